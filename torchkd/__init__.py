@@ -1,0 +1,3 @@
+"""torchkd — knowledge distillation for PyTorch."""
+
+__version__ = "0.1.0"

@@ -6,6 +6,7 @@ hyperparameters and calls the function. Losses register themselves; build one by
 """
 
 from torchkd.losses.attention_align import *  # noqa: F403
+from torchkd.losses.ce import *  # noqa: F403
 from torchkd.losses.crd import *  # noqa: F403
 from torchkd.losses.dist import *  # noqa: F403
 from torchkd.losses.dkd import *  # noqa: F403
@@ -15,6 +16,9 @@ from torchkd.losses.kl import *  # noqa: F403
 from torchkd.losses.logit import *  # noqa: F403
 from torchkd.losses.multi_teacher import *  # noqa: F403
 from torchkd.losses.pkt import *  # noqa: F403
-from torchkd.losses.registry import available, create, entry, register
+from torchkd.losses.registry import available as available
+from torchkd.losses.registry import create as create
+from torchkd.losses.registry import entry as entry
+from torchkd.losses.registry import register as register
 from torchkd.losses.relation import *  # noqa: F403
 from torchkd.losses.vid import *  # noqa: F403

@@ -29,8 +29,12 @@ def check_floating(name: str, tensor: Tensor) -> None:
 
 
 def check_pair(
-    student: Tensor, teacher: Tensor, *, student_name: str = "student_logits",
-    teacher_name: str = "teacher_logits", what: str = "classes",
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    student_name: str = "student_logits",
+    teacher_name: str = "teacher_logits",
+    what: str = "classes",
 ) -> None:
     """Check that student and teacher tensors are floating and have the same shape.
 

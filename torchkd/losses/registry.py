@@ -14,6 +14,7 @@ from typing import Literal
 from torch import nn
 
 # How a loss is called, so generic code (tests, the Distiller) can feed it:
+#   "labels"         f(student_logits, labels)                          hard labels, no teacher
 #   "logits"         f(student_logits, teacher_logits)
 #   "logits_labels"  f(student_logits, teacher_logits, labels)          labels required
 #   "multi_teacher"  f(student_logits, [teacher_logits, ...], labels=None)
@@ -22,7 +23,13 @@ from torch import nn
 #   "embeddings"     f(student_embedding [B, D], teacher_embedding [B, D'])
 #   "indexed"        f(student_embedding, teacher_embedding, index, contrast_index=None)
 Signature = Literal[
-    "logits", "logits_labels", "multi_teacher", "features", "feature_lists", "embeddings",
+    "labels",
+    "logits",
+    "logits_labels",
+    "multi_teacher",
+    "features",
+    "feature_lists",
+    "embeddings",
     "indexed",
 ]
 

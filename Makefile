@@ -1,0 +1,37 @@
+# Set-up is automatic: the first `make demo` or `make test` creates .venv and installs torch
+# (pinned CPU wheel by default; override with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.13.0+cu126")
+# before the project, so pip never pulls a multi-GB CUDA build by accident.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.torchkd-installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/torchkd demo
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check torchkd tests benchmarks
+	$(BIN)/ruff format --check torchkd tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format torchkd tests benchmarks
+	$(BIN)/ruff check --fix torchkd tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loss_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,98 @@
+"""Reports: report.md with tables and PNG plots; mean ± std comparison tables."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from torchkd.report import format_results_table, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic_history() -> list[dict]:
+    return [
+        {
+            "epoch": epoch,
+            "step": 10 * epoch,
+            "train": {"loss": 2.0 / epoch, "terms/kd": 1.0 / epoch, "terms/ce": 0.5 / epoch},
+            "val": {
+                "top1": 0.5 + 0.1 * epoch,
+                "nll": 1.5 / epoch,
+                "ece": 0.1,
+                "agreement": 0.6 + 0.05 * epoch,
+                "teacher_top1": 0.9,
+                "loss": 2.2 / epoch,
+                "terms/kd": 1.1 / epoch,
+                "terms/ce": 0.6 / epoch,
+            },
+        }
+        for epoch in (1, 2, 3)
+    ]
+
+
+def synthetic_steps() -> list[dict]:
+    return [
+        {"kind": "step", "step": step, "lr": 0.1, "weights": {"kd": 0.9 - 0.02 * step, "ce": 0.1}}
+        for step in range(1, 31)
+    ]
+
+
+def test_write_report_tables_and_plots(tmp_path: Path) -> None:
+    path = write_report(
+        tmp_path,
+        synthetic_history(),
+        steps=synthetic_steps(),
+        test_metrics={"top1": 0.77, "nll": 0.9},
+        title="kd run",
+    )
+    text = path.read_text()
+    assert text.startswith("# kd run")
+    assert "| final (epoch 3) | 80.00 | 0.5000 | 0.1000 | 75.00 | 90.00 | 0.7333 |" in text
+    assert "| best val top1 (epoch 3) |" in text
+    assert "| test (final model) | 77.00 | 0.9000 | – | – | – | – |" in text
+    assert "| 1 | 2.0000 | 60.00 |" in text
+    for name in ("losses.png", "schedules.png", "accuracy.png"):
+        assert f"(plots/{name})" in text
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_write_report_reads_metrics_jsonl(tmp_path: Path) -> None:
+    records = [{"kind": "epoch", **r} for r in synthetic_history()] + synthetic_steps()
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_report(tmp_path).read_text()
+    assert "| 3 | 0.6667 |" in text
+    assert (tmp_path / "plots" / "schedules.png").is_file()
+
+
+def test_write_report_without_epochs(tmp_path: Path) -> None:
+    assert "No epoch finished yet." in write_report(tmp_path, []).read_text()
+
+
+def test_results_table_mean_and_sample_std() -> None:
+    rows = [
+        {"method": "baseline", "seed": 0, "top1": 0.70, "nll": 1.0},
+        {"method": "kd", "seed": 0, "top1": 0.80, "nll": 0.8},
+        {"method": "baseline", "seed": 1, "top1": 0.74, "nll": 1.2},
+        {"method": "kd", "seed": 1, "top1": 0.84, "nll": 0.6},
+        {"method": "kd", "seed": 2, "top1": 0.85, "nll": 0.7},
+    ]
+    lines = format_results_table(rows).splitlines()
+    assert lines[0] == "| method | top1 | nll | runs |"
+    kd_top1 = [80.0, 84.0, 85.0]
+    kd_nll = [0.8, 0.6, 0.7]
+    assert lines[2] == "| baseline | 72.00 ± 2.83 | 1.1000 ± 0.1414 | 2 |"
+    assert lines[3] == (
+        f"| kd | {statistics.fmean(kd_top1):.2f} ± {statistics.stdev(kd_top1):.2f} | "
+        f"{statistics.fmean(kd_nll):.4f} ± {statistics.stdev(kd_nll):.4f} | 3 |"
+    )
+
+
+def test_results_table_errors() -> None:
+    with pytest.raises(ValueError, match="at least one row"):
+        format_results_table([])
+    with pytest.raises(KeyError, match=r"rows \[1\] have no 'method'"):
+        format_results_table([{"method": "a", "top1": 1.0}, {"top1": 0.5}])

@@ -1,0 +1,17 @@
+"""Reference models: MNIST-1D CNN and MLP, a digits CNN, CIFAR ResNets and Wide ResNets."""
+
+from __future__ import annotations
+
+from torchkd.models.cifar import ResNet, WideResNet
+from torchkd.models.registry import available_models, create_model
+from torchkd.models.simple import CNN1D, MLP, DigitsCNN
+
+__all__ = [
+    "CNN1D",
+    "MLP",
+    "DigitsCNN",
+    "ResNet",
+    "WideResNet",
+    "available_models",
+    "create_model",
+]

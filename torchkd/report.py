@@ -1,0 +1,263 @@
+"""Run reports: ``report.md`` with a results table and PNG plots, and seed-comparison tables.
+
+:func:`write_report` reads a run's history (the epoch records of ``metrics.jsonl``) and step
+records and writes ``report.md`` plus ``plots/losses.png`` (train and validation curves of
+each loss term), ``plots/schedules.png`` (term weights, temperatures and the learning rate
+over training) and ``plots/accuracy.png`` (student vs teacher validation accuracy).
+:func:`format_results_table` turns per-seed results into a ``mean ± std`` markdown table.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torchkd.train.logging import read_jsonl
+
+__all__ = ["format_results_table", "write_report"]
+
+PERCENT_METRICS = ("top1", "teacher_top1", "agreement")
+_TABLE_METRICS = ("top1", "nll", "ece", "agreement", "teacher_top1", "loss")
+
+
+def _format_value(name: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if name in PERCENT_METRICS:
+        return f"{100 * value:.2f}"
+    return f"{value:.4f}"
+
+
+def _mean_std(values: Sequence[float], percent: bool) -> str:
+    scale = 100.0 if percent else 1.0
+    digits = 2 if percent else 4
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def format_results_table(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    group_key: str = "method",
+    metrics: Sequence[str] | None = None,
+    percent_metrics: Sequence[str] = PERCENT_METRICS,
+) -> str:
+    """A markdown table of ``mean ± std`` (sample std over seeds) per group.
+
+    Args:
+        rows: one mapping per run, e.g. ``{"method": "kd", "seed": 0, "top1": 0.83}``.
+        group_key: the column that names a group; groups keep their first-seen order.
+        metrics: the metric columns (default: every numeric key except ``seed``).
+        percent_metrics: metrics stored as fractions and shown in percent.
+
+    Example:
+        >>> rows = [{"method": "kd", "top1": 0.80}, {"method": "kd", "top1": 0.84},
+        ...         {"method": "ce", "top1": 0.70}]
+        >>> print(format_results_table(rows))
+        | method | top1 | runs |
+        |---|---|---|
+        | kd | 82.00 ± 2.83 | 2 |
+        | ce | 70.00 | 1 |
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("format_results_table needs at least one row")
+    missing = [index for index, row in enumerate(rows) if group_key not in row]
+    if missing:
+        raise KeyError(f"rows {missing} have no {group_key!r} entry")
+    if metrics is None:
+        metrics = []
+        for row in rows:
+            for key, value in row.items():
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                if numeric and key not in (group_key, "seed") and key not in metrics:
+                    metrics.append(key)
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[group_key], []).append(row)
+    lines = [
+        "| " + " | ".join([group_key, *metrics, "runs"]) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
+    for group, members in groups.items():
+        cells = [str(group)]
+        for metric in metrics:
+            values = [float(m[metric]) for m in members if m.get(metric) is not None]
+            cells.append(_mean_std(values, metric in percent_metrics) if values else "–")
+        cells.append(str(len(members)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
+    columns = [m for m in _TABLE_METRICS if any(m in r.get("val", {}) for r in history)]
+    header = ["epoch", "train loss", *(f"val {m}" for m in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for record in history:
+        cells = [str(record["epoch"]), _format_value("loss", record.get("train", {}).get("loss"))]
+        cells += [_format_value(m, record.get("val", {}).get(m)) for m in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _term_names(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for record in history:
+        for split in ("train", "val"):
+            for key in record.get(split, {}):
+                if key.startswith("terms/") and key[6:] not in names:
+                    names.append(key[6:])
+    return names
+
+
+def _plot_losses(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    names = ["loss", *(f"terms/{name}" for name in _term_names(history))]
+    epochs = [record["epoch"] for record in history]
+    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for split in ("train", "val"):
+            values = [record.get(split, {}).get(name) for record in history]
+            if any(v is not None for v in values):
+                axis.plot(epochs, [math.nan if v is None else v for v in values], "o-", label=split)
+        axis.set_title(name.removeprefix("terms/"))
+        axis.set_xlabel("epoch")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _plot_schedules(steps: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    if not steps:
+        return False
+    import matplotlib.pyplot as plt
+
+    step_numbers = [record["step"] for record in steps]
+    names: list[str] = []
+    for record in steps:
+        names += [name for name in record.get("weights", {}) if name not in names]
+    figure, (weights_axis, lr_axis) = plt.subplots(1, 2, figsize=(9, 3))
+    for name in names:
+        values = [record.get("weights", {}).get(name, math.nan) for record in steps]
+        weights_axis.plot(step_numbers, [math.nan if v is None else v for v in values], label=name)
+    weights_axis.set_title("term weights and temperatures")
+    weights_axis.set_xlabel("optimizer step")
+    if names:
+        weights_axis.legend()
+    lr_axis.plot(step_numbers, [record.get("lr", math.nan) for record in steps])
+    lr_axis.set_title("learning rate")
+    lr_axis.set_xlabel("optimizer step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _plot_accuracy(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    keys = [k for k in ("top1", "teacher_top1", "agreement") if any(k in r["val"] for r in history)]
+    if "top1" not in keys:
+        return False
+    import matplotlib.pyplot as plt
+
+    epochs = [record["epoch"] for record in history]
+    labels = {"top1": "student", "teacher_top1": "teacher", "agreement": "agreement"}
+    figure, axis = plt.subplots(figsize=(5, 3))
+    for key in keys:
+        values = [100 * record["val"].get(key, math.nan) for record in history]
+        axis.plot(epochs, values, "o" + ("-" if key == "top1" else "--"), label=labels[key])
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation %")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def write_report(
+    run_dir: str | Path,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    steps: Sequence[Mapping[str, Any]] | None = None,
+    test_metrics: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path.
+
+    Args:
+        run_dir: the run directory.
+        history: epoch records (default: those of ``run_dir/metrics.jsonl``).
+        steps: step records for the schedule plot (default: from ``metrics.jsonl``).
+        test_metrics: final test metrics, shown in the summary.
+        title: the report heading (default: the run directory's name).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    if history is None:
+        history = [r for r in records if r.get("kind") == "epoch"]
+    if steps is None:
+        steps = [r for r in records if r.get("kind") == "step"]
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title or run_dir.name}", ""]
+    if not history:
+        lines.append("No epoch finished yet.")
+    else:
+        lines += _summary(history, test_metrics)
+        lines += ["## Epochs", "", _epoch_table(history), ""]
+        plots = {
+            "losses.png": (
+                "Loss terms (train and validation)",
+                _plot_losses(history, plots_dir / "losses.png"),
+            ),
+            "schedules.png": (
+                "Weights, temperatures and learning rate",
+                _plot_schedules(steps, plots_dir / "schedules.png"),
+            ),
+            "accuracy.png": (
+                "Student vs teacher accuracy",
+                _plot_accuracy(history, plots_dir / "accuracy.png"),
+            ),
+        }
+        for file_name, (caption, written) in plots.items():
+            if written:
+                lines += [f"## {caption}", "", f"![{caption}](plots/{file_name})", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _summary(
+    history: Sequence[Mapping[str, Any]], test_metrics: Mapping[str, float] | None
+) -> list[str]:
+    final = history[-1]["val"]
+    best = max(history, key=lambda r: r["val"].get("top1", -math.inf))
+    columns = [m for m in _TABLE_METRICS if m in final]
+    rows = [("final (epoch {})".format(history[-1]["epoch"]), final)]
+    if "top1" in final:
+        rows.append((f"best val top1 (epoch {best['epoch']})", best["val"]))
+    if test_metrics:
+        rows.append(("test (final model)", test_metrics))
+    lines = [
+        "## Results",
+        "",
+        "| | " + " | ".join(columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
+    ]
+    for label, metrics in rows:
+        lines.append(
+            f"| {label} | " + " | ".join(_format_value(m, metrics.get(m)) for m in columns) + " |"
+        )
+    lines += ["", "Accuracy-like metrics (top1, agreement) are in percent.", ""]
+    return lines

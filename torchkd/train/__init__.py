@@ -1,0 +1,30 @@
+"""The training engine: :func:`fit`, checkpoints, evaluation metrics and run logging."""
+
+from __future__ import annotations
+
+from torchkd.train.checkpoint import (
+    CheckpointError,
+    export_student,
+    load_checkpoint,
+    load_student_weights,
+    save_checkpoint,
+)
+from torchkd.train.evaluate import agreement, evaluate, expected_calibration_error
+from torchkd.train.loop import FitResult, NonFiniteLossError, fit, resolve_device
+from torchkd.train.rng import seed_everything
+
+__all__ = [
+    "CheckpointError",
+    "FitResult",
+    "NonFiniteLossError",
+    "agreement",
+    "evaluate",
+    "expected_calibration_error",
+    "export_student",
+    "fit",
+    "load_checkpoint",
+    "load_student_weights",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+]

@@ -1,0 +1,272 @@
+"""Evaluation metrics: top-1, NLL, expected calibration error, teacher–student agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchkd.teachers import call_model, select_logits
+from torchkd.train.rng import capture_rng_state, restore_rng_state
+
+NUM_CALIBRATION_BINS = 15
+IGNORE_INDEX = -100
+
+
+def calibration_bins(
+    probabilities: Tensor, labels: Tensor, num_bins: int = NUM_CALIBRATION_BINS
+) -> Tensor:
+    """Per-bin ``[count, confidence sum, correct count]`` (a ``[num_bins, 3]`` float64 tensor).
+
+    A row's confidence is its largest probability; bin ``b`` holds confidences in
+    ``(b / num_bins, (b + 1) / num_bins]``. Bins of several batches add up.
+
+    Example:
+        >>> probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4]])
+        >>> calibration_bins(probabilities, torch.tensor([0, 1]), num_bins=2).tolist()
+        [[0.0, 0.0, 0.0], [2.0, 1.5, 1.0]]
+    """
+    if probabilities.dim() != 2 or labels.shape != probabilities.shape[:1]:
+        raise ValueError(
+            f"probabilities must be [N, C] and labels [N], got {tuple(probabilities.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    confidence, predicted = probabilities.double().max(dim=-1)
+    correct = (predicted == labels).double()
+    bin_index = (confidence * num_bins).ceil().long().clamp(1, num_bins) - 1
+    bins = torch.zeros(num_bins, 3, dtype=torch.float64, device=probabilities.device)
+    bins[:, 0].index_add_(0, bin_index, torch.ones_like(confidence))
+    bins[:, 1].index_add_(0, bin_index, confidence)
+    bins[:, 2].index_add_(0, bin_index, correct)
+    return bins
+
+
+def ece_from_bins(bins: Tensor) -> float:
+    """Expected calibration error of accumulated :func:`calibration_bins`."""
+    total = bins[:, 0].sum()
+    if total == 0:
+        return float("nan")
+    gaps = (bins[:, 2] - bins[:, 1]).abs()  # |correct - confidence| summed per bin
+    return float(gaps.sum() / total)
+
+
+def expected_calibration_error(
+    logits: Tensor, labels: Tensor, num_bins: int = NUM_CALIBRATION_BINS
+) -> float:
+    r"""Expected calibration error of classifier ``logits`` (Guo et al., ICML 2017).
+
+    .. math::
+        \mathrm{ECE} = \sum_{b=1}^{B} \frac{|S_b|}{N}\,
+        \bigl|\mathrm{acc}(S_b) - \mathrm{conf}(S_b)\bigr|
+
+    with :math:`S_b` the samples whose confidence (largest softmax probability) falls in
+    bin :math:`b` of :math:`B` equal-width bins over :math:`[0, 1]`.
+
+    Example:
+        >>> logits = torch.log(torch.tensor([[0.9, 0.1], [0.6, 0.4]]))
+        >>> round(expected_calibration_error(logits, torch.tensor([0, 1]), num_bins=2), 4)
+        0.25
+    """
+    return ece_from_bins(calibration_bins(logits.float().softmax(dim=-1), labels, num_bins))
+
+
+def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
+    """Fraction of rows where student and teacher predict the same class.
+
+    Example:
+        >>> agreement(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 1.0]] * 2))
+        0.5
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
+    same = student_logits.argmax(dim=-1) == teacher_logits.argmax(dim=-1)
+    return float(same.double().mean())
+
+
+class _Totals:
+    """Running sums over evaluation batches."""
+
+    def __init__(self, num_bins: int) -> None:
+        self.num_bins = num_bins
+        self.samples = 0
+        self.labeled = 0
+        self.correct = 0.0
+        self.nll = 0.0
+        self.bins: Tensor | None = None
+        self.compared = 0
+        self.agree = 0.0
+        self.teacher_correct: list[float] = []
+        self.terms: dict[str, float] = {}
+
+    def add(
+        self,
+        student_logits: Tensor,
+        teacher_logits: list[Tensor],
+        labels: Tensor | None,
+        terms: Mapping[str, Tensor],
+    ) -> None:
+        """Add one batch; ``terms`` holds the batch's loss values by name (may be empty)."""
+        rows = student_logits.shape[0]
+        self.samples += rows
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + float(value) * rows
+        # token logits [B, L, V] count every labeled position; IGNORE_INDEX positions are skipped
+        num_classes = student_logits.shape[-1]
+        student_logits = student_logits.float().reshape(-1, num_classes)
+        teacher_logits = [t.float().reshape(-1, num_classes) for t in teacher_logits]
+        if labels is not None:
+            keep = labels.reshape(-1) != IGNORE_INDEX
+            labels = labels.reshape(-1)[keep]
+            student_logits = student_logits[keep]
+            teacher_logits = [t[keep] for t in teacher_logits]
+        positions = student_logits.shape[0]
+        if positions == 0:
+            return
+        if teacher_logits:
+            teacher_probabilities = torch.stack([t.softmax(-1) for t in teacher_logits])
+            self.compared += positions
+            self.agree += agreement(student_logits, teacher_probabilities.mean(0)) * positions
+        if labels is None:
+            return
+        self.labeled += positions
+        self.correct += float((student_logits.argmax(-1) == labels).sum())
+        self.nll += float(F.cross_entropy(student_logits, labels, reduction="sum"))
+        bins = calibration_bins(student_logits.softmax(-1), labels, self.num_bins)
+        self.bins = bins if self.bins is None else self.bins + bins
+        if not self.teacher_correct:
+            self.teacher_correct = [0.0] * (len(teacher_logits) + (len(teacher_logits) > 1))
+        predictions = [t.argmax(-1) for t in teacher_logits]
+        if len(teacher_logits) > 1:
+            predictions.append(teacher_probabilities.mean(0).argmax(-1))
+        for index, predicted in enumerate(predictions):
+            self.teacher_correct[index] += float((predicted == labels).sum())
+
+    def result(self, num_teachers: int) -> dict[str, float]:
+        metrics: dict[str, float] = {"samples": float(self.samples)}
+        if self.labeled:
+            metrics["top1"] = self.correct / self.labeled
+            metrics["nll"] = self.nll / self.labeled
+            metrics["ece"] = ece_from_bins(self.bins)
+            if num_teachers == 1:
+                metrics["teacher_top1"] = self.teacher_correct[0] / self.labeled
+            elif num_teachers > 1:
+                for index in range(num_teachers):
+                    metrics[f"teacher{index}_top1"] = self.teacher_correct[index] / self.labeled
+                metrics["teacher_top1"] = self.teacher_correct[-1] / self.labeled
+        if num_teachers and self.compared:
+            metrics["agreement"] = self.agree / self.compared
+        for name, total in self.terms.items():
+            metrics[name] = total / self.samples
+        return metrics
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+def _autocast(device: torch.device, amp: str) -> Any:
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _is_distiller(model: nn.Module) -> bool:
+    return hasattr(model, "student_logits") and hasattr(model, "teacher_logits")
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Any]],
+    *,
+    device: str | torch.device | None = None,
+    amp: str = "none",
+    with_terms: bool = False,
+    num_bins: int = NUM_CALIBRATION_BINS,
+) -> dict[str, float]:
+    """Metrics of a model or Distiller on dict batches.
+
+    Classifier logits are ``[B, C]``; token logits ``[B, L, V]`` with ``[B, L]`` labels count
+    every position whose label is not ``-100``.
+
+    Returns ``top1``, ``nll`` (mean negative log-likelihood), ``ece`` (15 bins) when batches
+    carry labels; ``agreement`` (same argmax as the teacher, or as the mean of the teachers'
+    probabilities) and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for
+    a Distiller with teachers; ``samples``. With ``with_terms`` the Distiller's full forward
+    is run and each loss term's batch-weighted mean is returned as ``terms/<name>`` (and the
+    weighted total as ``loss``); state that evaluation must not change (stateful loss buffers such
+    as CRD memory banks, every random generator) is restored afterwards.
+
+    The model is put in eval mode and restored to its previous mode afterwards.
+
+    Example:
+        >>> model = nn.Linear(3, 2)
+        >>> batches = [{"inputs": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}]
+        >>> sorted(evaluate(model, batches))
+        ['ece', 'nll', 'samples', 'top1']
+    """
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    distiller = _is_distiller(model)
+    inputs_key = getattr(model, "inputs_key", "inputs")
+    labels_key = getattr(model, "labels_key", "labels")
+    num_teachers = len(getattr(model, "teachers", ())) if distiller else 0
+    saved_buffers = _snapshot_extras(model) if with_terms else {}
+    rng_state = capture_rng_state()
+    was_training = model.training
+    model.eval()
+    totals = _Totals(num_bins)
+    try:
+        with torch.no_grad():
+            for raw_batch in loader:
+                batch = _to_device(raw_batch, device)
+                labels = batch.get(labels_key)
+                with _autocast(device, amp):
+                    if with_terms:
+                        output = model(batch)
+                        student_logits, teacher_logits = (
+                            output.student_logits,
+                            output.teacher_logits,
+                        )
+                        terms = {f"terms/{name}": value for name, value in output.terms.items()}
+                        terms["loss"] = output.loss
+                    elif distiller:
+                        student_logits = model.student_logits(batch[inputs_key])
+                        teacher_logits = model.teacher_logits(batch[inputs_key])
+                        terms = {}
+                    else:
+                        student_logits = select_logits(call_model(model, batch[inputs_key]))
+                        teacher_logits, terms = [], {}
+                totals.add(student_logits, list(teacher_logits), labels, terms)
+    finally:
+        model.train(was_training)
+        restore_rng_state(rng_state)
+        _restore_extras(model, saved_buffers)
+    return totals.result(num_teachers)
+
+
+def _snapshot_extras(model: nn.Module) -> dict[str, Tensor]:
+    extras = getattr(model, "extras", None)
+    if extras is None:
+        return {}
+    return {name: buffer.clone() for name, buffer in extras.named_buffers()}
+
+
+def _restore_extras(model: nn.Module, saved: dict[str, Tensor]) -> None:
+    if not saved:
+        return
+    buffers = dict(model.extras.named_buffers())
+    with torch.no_grad():
+        for name, value in saved.items():
+            buffers[name].copy_(value)

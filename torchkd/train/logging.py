@@ -1,0 +1,151 @@
+"""Run logging: a JSONL metrics file, TensorBoard event files and a tqdm progress bar.
+
+``metrics.jsonl`` holds one JSON object per line, of two kinds::
+
+    {"kind": "step", "epoch": 1, "step": 20, "lr": 0.003, "loss": 0.71, "grad_norm": 1.9,
+     "terms": {"kd": 0.52, "ce": 0.41}, "weights": {"kd": 0.9, "ce": 0.1}, "samples_per_s": 5e3}
+    {"kind": "epoch", "epoch": 1, "step": 57, "lr": 0.003, "time_s": 2.1, "samples_per_s": 1.7e3,
+     "nonfinite_steps": 0, "train": {"loss": 0.8, "terms/kd": 0.6}, "val": {"top1": 0.61, ...}}
+
+``step`` counts optimizer steps taken so far and ``epoch`` epochs started (1-based). Step
+values are means over the steps since the previous step record; non-finite values are
+written as ``null``. The same scalars go to TensorBoard under ``train/...``, ``weights/...``,
+``val/...`` and ``test/...``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSONL file (an empty list when the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _flatten(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(name, value))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+class RunLogger:
+    """Writes step and epoch records to ``metrics.jsonl`` and ``tb/`` of a run directory.
+
+    Args:
+        run_dir: the run directory.
+        resume_step: when resuming, the checkpoint's step: JSONL records after it are
+            dropped and TensorBoard purges events after it, so a resumed run's logs read as
+            one run.
+        resume_epoch: when resuming, the checkpoint's finished epochs (epoch records after it
+            are dropped).
+        tensorboard: write TensorBoard event files.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        resume_step: int | None = None,
+        resume_epoch: int | None = None,
+        tensorboard: bool = True,
+    ) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            self._truncate(resume_step, resume_epoch or 0)
+        self._stream = self.path.open("a")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
+
+    def _truncate(self, step: int, epoch: int) -> None:
+        def keep(record: dict[str, Any]) -> bool:
+            if record.get("kind") == "epoch":
+                return record["epoch"] <= epoch
+            return record["step"] <= step
+
+        kept = [record for record in read_jsonl(self.path) if keep(record)]
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(_finite_or_none(record), allow_nan=False) + "\n")
+        self._stream.flush()
+
+    def log_step(self, record: dict[str, Any]) -> None:
+        """Write a ``"step"`` record (keys as in the module docstring)."""
+        self._write({"kind": "step", **record})
+        if self._writer is None:
+            return
+        step = record["step"]
+        scalars = {"train/loss": record.get("loss"), "train/lr": record.get("lr")}
+        scalars["train/grad_norm"] = record.get("grad_norm")
+        scalars["train/samples_per_s"] = record.get("samples_per_s")
+        scalars.update(_flatten("train/terms", record.get("terms", {})))
+        scalars.update(_flatten("weights", record.get("weights", {})))
+        self._add_scalars(scalars, step)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """Write an ``"epoch"`` record with ``train``/``val`` (and ``test``) metric dicts."""
+        self._write({"kind": "epoch", **record})
+        if self._writer is None:
+            return
+        scalars: dict[str, Any] = {"epoch/time_s": record.get("time_s")}
+        for split in ("train", "val", "test"):
+            scalars.update(
+                _flatten(f"{split}_epoch" if split == "train" else split, record.get(split) or {})
+            )
+        self._add_scalars(scalars, record["step"])
+
+    def _add_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        for tag, value in scalars.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._writer.add_scalar(tag, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        self._stream.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def progress_bar(total: int, *, description: str, enabled: bool, initial: int = 0) -> tqdm:
+    """A tqdm bar over one epoch's batches; silent when disabled or stderr is not a terminal."""
+    show = enabled and sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=description,
+        disable=not show,
+        dynamic_ncols=True,
+        leave=False,
+    )

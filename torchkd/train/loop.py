@@ -1,0 +1,619 @@
+"""The training loop: :func:`fit` trains a Distiller, evaluates every epoch and checkpoints.
+
+One optimizer step, top to bottom: for each of ``grad_accum_steps`` micro-batches,
+``distiller.set_progress(step, total_steps)``, the forward pass under autocast (bf16, or fp16
+with a ``GradScaler`` on CUDA) and ``backward`` of ``loss / group_size``; then the gradient
+norm is measured (and clipped to ``grad_clip_norm``). If the loss or the norm is not finite
+the update is skipped and counted; ``max_consecutive_nonfinite`` skips in a row stop training
+with :class:`NonFiniteLossError` naming the terms that went non-finite. The learning rate of
+each step comes from :class:`~torchkd.train.optim.LRSchedule`.
+
+Resuming is exact: each epoch's shuffle order is derived from ``(seed, epoch)``, and a
+checkpoint stores every random generator's state at the last optimizer step (and at the start
+of its epoch), so a run that is stopped and resumed produces the same weights as one that was
+not (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from torchkd.config import TrainConfig, write_resolved_config
+from torchkd.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torchkd.train.evaluate import evaluate
+from torchkd.train.logging import RunLogger, progress_bar
+from torchkd.train.optim import LRSchedule, build_optimizer
+from torchkd.train.rng import (
+    capture_rng_state,
+    restore_rng_state,
+    seed_epoch_order,
+    seed_everything,
+)
+
+__all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient.
+
+    Attributes:
+        terms: the terms whose value went non-finite during those steps (may be empty when
+            only the total or the gradient did).
+        step: the optimizer step at which training stopped.
+    """
+
+    def __init__(self, message: str, terms: list[str], step: int) -> None:
+        super().__init__(message)
+        self.terms = terms
+        self.step = step
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        best_metrics: validation metrics of the best epoch (highest ``top1``; lowest ``loss``
+            when the validation set has no labels).
+        best_epoch: that epoch (1-based; 0 when no epoch was trained).
+        final_metrics: validation metrics after the last epoch.
+        test_metrics: metrics of the final model on ``test_loader`` (``None`` without one).
+        history: one record per epoch (the ``"epoch"`` records of ``metrics.jsonl``).
+        nonfinite_steps: optimizer steps skipped for a non-finite loss or gradient.
+        last_checkpoint: ``checkpoints/last.pt``.
+        best_checkpoint: ``checkpoints/best.pt`` (``None`` if never written).
+        metrics_path: ``metrics.jsonl``.
+        report_path: ``report.md`` (``None`` when ``report=False``).
+    """
+
+    run_dir: Path
+    best_metrics: dict[str, float]
+    best_epoch: int
+    final_metrics: dict[str, float]
+    test_metrics: dict[str, float] | None
+    history: list[dict[str, Any]]
+    nonfinite_steps: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    metrics_path: Path
+    report_path: Path | None
+
+
+@dataclass
+class _Progress:
+    """Where training stands; saved in checkpoints as the ``"progress"`` entry."""
+
+    num_batches: int
+    epoch: int = 0  # finished epochs
+    batches_done: int = 0  # batches of the current epoch already trained
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    best_metric: float | None = None
+    best_epoch: int = 0
+    nonfinite_steps: int = 0
+    consecutive_nonfinite: int = 0
+    nonfinite_terms: list[str] = field(default_factory=list)
+    epoch_totals: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def _check_amp(amp: str, device: torch.device) -> None:
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"train.amp='fp16' needs a CUDA device (loss scaling with torch.amp.GradScaler), "
+            f"but training runs on {device.type!r}; use amp='bf16' or amp='none' on CPU"
+        )
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+@dataclass
+class _Sums:
+    """Sums of per-step values over a window of optimizer steps (finite steps only)."""
+
+    steps: int = 0
+    samples: int = 0
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, outcome: Mapping[str, Any]) -> None:
+        self.steps += 1
+        self.samples += outcome["samples"]
+        self.loss += outcome["loss"]
+        self.grad_norm += outcome["grad_norm"]
+        for name, value in outcome["terms"].items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        count = max(self.steps, 1)
+        means = {"loss": self.loss / count, "grad_norm": self.grad_norm / count}
+        means.update({f"terms/{name}": value / count for name, value in self.terms.items()})
+        return means
+
+
+@dataclass
+class _Group:
+    """The micro-batches of one optimizer step: detached loss sums and the last output."""
+
+    size: int
+    samples: int = 0
+    loss_sum: Tensor | None = None
+    term_sums: dict[str, Tensor] = field(default_factory=dict)
+    last_output: Any = None
+
+    def add(self, output: Any) -> None:
+        self.samples += output.student_logits.shape[0]
+        loss = output.loss.detach().float()
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        for name, value in output.terms.items():
+            value = value.detach().float()
+            self.term_sums[name] = value + self.term_sums[name] if name in self.term_sums else value
+        self.last_output = output
+
+    def means(self, grad_norm: Tensor) -> tuple[float, float, dict[str, float]]:
+        """Mean loss, the gradient norm and mean terms as floats (one device sync)."""
+        names = list(self.term_sums)
+        stacked = torch.stack(
+            [self.loss_sum / self.size, grad_norm.to(self.loss_sum)]
+            + [self.term_sums[name] / self.size for name in names]
+        )
+        loss, norm, *values = stacked.tolist()
+        return loss, norm, dict(zip(names, values, strict=True))
+
+    def weights(self) -> dict[str, float]:
+        """The last micro-batch's term weights and temperatures (``temperature/<term>``)."""
+        output = self.last_output
+        weights = {name: float(value) for name, value in output.weights.items()}
+        temperatures = getattr(output, "temperatures", None) or {}
+        weights.update({f"temperature/{name}": float(v) for name, v in temperatures.items()})
+        return weights
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, so a step's state changes commit whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
+class _Trainer:
+    """The state of one :func:`fit` call; each method does one stage of the loop."""
+
+    def __init__(
+        self,
+        distiller: nn.Module,
+        train_loader: DataLoader,
+        config: TrainConfig,
+        run_dir: Path,
+        resolved_config: dict[str, Any],
+    ) -> None:
+        self.distiller = distiller
+        self.train_loader = train_loader
+        self.config = config
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.resolved_config = resolved_config
+        self.device = resolve_device(config.device)
+        _check_amp(config.amp, self.device)
+        num_batches = len(train_loader)
+        if num_batches == 0:
+            raise ValueError("train_loader yields no batches")
+        self.steps_per_epoch = math.ceil(num_batches / config.grad_accum_steps)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.progress = _Progress(num_batches=num_batches)
+        self.optimizer: torch.optim.Optimizer
+        self.schedule: LRSchedule
+        self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+        self.epoch_rng: dict[str, Any] = {}
+        self.step_rng: dict[str, Any] = {}
+        self.resume_rng: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, resume: bool) -> None:
+        """Build extras and the optimizer; restore a checkpoint when resuming."""
+        self.distiller.to(self.device)
+        first_batch = _to_device(next(iter(self.train_loader)), self.device)
+        self.distiller.build(first_batch)
+        self.distiller.to(self.device)
+        self.trainable = list(self.distiller.trainable_parameters())
+        self.optimizer = build_optimizer(self.trainable, self.config.optimizer)
+        self.schedule = LRSchedule(
+            self.optimizer, self.config.lr_schedule, self.steps_per_epoch, self.total_steps
+        )
+        if resume:
+            self._restore(self.checkpoint_dir / "last.pt")
+        else:
+            self.epoch_rng = self.step_rng = capture_rng_state()
+
+    def _restore(self, path: Path) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: {path}: no such checkpoint file")
+        checkpoint = load_checkpoint(path)
+        self.distiller.student.load_state_dict(checkpoint["student"])
+        self.distiller.extras.load_state_dict(checkpoint["extras"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["lr_schedule"])
+        if self.scaler is not None and checkpoint.get("scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        saved = _Progress(**checkpoint["progress"])
+        if saved.batches_done and saved.num_batches != self.progress.num_batches:
+            raise CheckpointError(
+                f"{path} stopped inside an epoch of {saved.num_batches} batches, but the train "
+                f"loader now has {self.progress.num_batches}: the data or batch size changed"
+            )
+        saved.num_batches = self.progress.num_batches
+        self.progress = saved
+        self.epoch_rng, self.step_rng = checkpoint["epoch_rng"], checkpoint["rng"]
+        self.resume_rng = (checkpoint["epoch_rng"], checkpoint["rng"])
+        restore_rng_state(checkpoint["rng"])
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint dict of the current state (see :mod:`torchkd.train.checkpoint`)."""
+        return {
+            "student": self.distiller.student.state_dict(),
+            "extras": self.distiller.extras.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.schedule.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": self.step_rng,
+            "epoch_rng": self.epoch_rng,
+            "progress": asdict(self.progress),
+            "config": self.resolved_config,
+        }
+
+    def save(self, name: str, checkpoint: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(checkpoint or self.checkpoint(), self.checkpoint_dir / name)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int, logger: RunLogger) -> None:
+        """Train the batches of ``epoch`` not yet trained (all of them unless resuming)."""
+        config, progress = self.config, self.progress
+        if self.resume_rng is not None:
+            restore_rng_state(self.resume_rng[0])
+        self.epoch_rng = capture_rng_state()
+        seed_epoch_order(self.train_loader, config.seed, epoch)
+        batches = iter(self.train_loader)
+        for _ in range(progress.batches_done):
+            next(batches)
+        if self.resume_rng is not None:
+            restore_rng_state(self.resume_rng[1])
+            self.resume_rng = None
+        if progress.batches_done == 0:
+            progress.epoch_totals = {}
+        self.step_rng = capture_rng_state()
+        self.distiller.train()
+        window, weights = _Sums(), {}
+        window_start = time.perf_counter()
+        bar = progress_bar(
+            progress.num_batches,
+            description=f"epoch {epoch + 1}/{config.epochs}",
+            enabled=config.progress,
+            initial=progress.batches_done,
+        )
+        accum = config.grad_accum_steps
+        try:
+            while progress.batches_done < progress.num_batches:
+                group_size = min(accum, progress.num_batches - progress.batches_done)
+                group = self._accumulate(batches, group_size)
+                with _interrupts_deferred():
+                    outcome = self._update(group)
+                    progress.batches_done += group_size
+                    progress.step += 1
+                    self.step_rng = capture_rng_state()
+                    if outcome is not None:
+                        weights = outcome["weights"]
+                        window.add(outcome)
+                        self._add_to_epoch(outcome)
+                bar.update(group_size)
+                if progress.step % config.log_every_steps == 0 and window.steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    record = self._step_record(epoch, window, weights, elapsed)
+                    logger.log_step(record)
+                    shown = {"loss": record["loss"], **record["terms"]}
+                    postfix = {name: f"{value:.4g}" for name, value in shown.items()}
+                    bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
+                    window, window_start = _Sums(), time.perf_counter()
+        finally:
+            bar.close()
+
+    def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> _Group:
+        """Forward and backward ``group_size`` micro-batches; gradients add up."""
+        self.schedule.apply(self.progress.step)
+        group = _Group(size=group_size)
+        for _ in range(group_size):
+            batch = _to_device(next(batches), self.device)
+            self.distiller.set_progress(self.progress.step, self.total_steps)
+            with self._autocast():
+                output = self.distiller(batch)
+            scaled = output.loss / group_size
+            (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+            group.add(output)
+        return group
+
+    def _update(self, group: _Group) -> dict[str, Any] | None:
+        """Measure (and clip) the gradient, then step, or skip a non-finite step.
+
+        Returns the step's values (``loss``, ``grad_norm``, ``terms``, ``samples``,
+        ``weights``), or ``None`` when the step was skipped.
+        """
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        loss, norm, terms = group.means(grad_norm)
+        overflow = self.scaler is not None and not math.isfinite(norm)
+        if not math.isfinite(loss) or (not math.isfinite(norm) and not overflow):
+            self._skip(terms, loss, norm)
+            return None
+        self.progress.consecutive_nonfinite, self.progress.nonfinite_terms = 0, []
+        if self.config.grad_clip_norm is not None and not overflow:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.config.grad_clip_norm, grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss": loss,
+            "grad_norm": norm,
+            "terms": terms,
+            "samples": group.samples,
+            "weights": group.weights(),
+        }
+
+    def _skip(self, terms: dict[str, float], loss: float, norm: float) -> None:
+        progress = self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        progress.nonfinite_steps += 1
+        progress.consecutive_nonfinite += 1
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        progress.nonfinite_terms = sorted({*progress.nonfinite_terms, *bad})
+        if progress.consecutive_nonfinite < self.config.max_consecutive_nonfinite:
+            return
+        if progress.nonfinite_terms:
+            culprit = f"non-finite terms: {', '.join(map(repr, progress.nonfinite_terms))}"
+        elif not math.isfinite(loss):
+            culprit = "every term was finite but the weighted total was not (check the weights)"
+        else:
+            culprit = f"the loss was finite but the gradient norm was {norm}"
+        raise NonFiniteLossError(
+            f"{progress.consecutive_nonfinite} consecutive optimizer steps had a non-finite "
+            f"loss or gradient (the last at step {progress.step}; "
+            f"max_consecutive_nonfinite={self.config.max_consecutive_nonfinite}); {culprit}",
+            terms=list(progress.nonfinite_terms),
+            step=progress.step,
+        )
+
+    def _autocast(self) -> Any:
+        if self.config.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _add_to_epoch(self, outcome: Mapping[str, Any]) -> None:
+        totals = self.progress.epoch_totals
+        updates = {"steps": 1.0, "samples": float(outcome["samples"])}
+        updates.update(loss=outcome["loss"], grad_norm=outcome["grad_norm"])
+        updates.update({f"terms/{name}": value for name, value in outcome["terms"].items()})
+        for key, value in updates.items():
+            totals[key] = totals.get(key, 0.0) + value
+
+    def _step_record(
+        self, epoch: int, window: _Sums, weights: dict[str, float], elapsed: float
+    ) -> dict[str, Any]:
+        means = window.means()
+        return {
+            "epoch": epoch + 1,
+            "step": self.progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss": means["loss"],
+            "grad_norm": means["grad_norm"],
+            "terms": {k.removeprefix("terms/"): v for k, v in means.items() if "/" in k},
+            "weights": weights,
+            "samples_per_s": window.samples / elapsed,
+            "nonfinite_steps": self.progress.nonfinite_steps,
+        }
+
+    def epoch_train_metrics(self) -> dict[str, float]:
+        totals = self.progress.epoch_totals
+        steps = totals.get("steps", 0.0)
+        if not steps:
+            return {}
+        return {k: v / steps for k, v in totals.items() if k not in ("steps", "samples")}
+
+
+def _monitor(metrics: Mapping[str, float]) -> float:
+    """Higher is better: validation top-1, else minus the validation loss."""
+    if "top1" in metrics:
+        return metrics["top1"]
+    return -metrics.get("loss", float("nan"))
+
+
+def fit(
+    distiller: nn.Module,
+    train_loader: DataLoader,
+    val_loader: Iterable[Mapping[str, Any]],
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    test_loader: Iterable[Mapping[str, Any]] | None = None,
+    resolved_config: Mapping[str, Any] | None = None,
+    report: bool = True,
+) -> FitResult:
+    """Train ``distiller`` for ``config.epochs`` epochs, evaluating and checkpointing each.
+
+    Args:
+        distiller: a :class:`~torchkd.distiller.Distiller` (``build``, ``set_progress``,
+            ``trainable_parameters``, ``student``, ``extras``, ``forward -> DistillOutput``).
+        train_loader: a map-style :class:`~torch.utils.data.DataLoader` of dict batches
+            (its length is needed for the schedule). Give it a ``generator`` (as
+            :func:`torchkd.config.build_loaders` does): it is reseeded every epoch.
+        val_loader: dict batches with labels, evaluated after every epoch.
+        config: the ``train:`` section.
+        run_dir: where ``checkpoints/``, ``metrics.jsonl``, ``tb/``, ``config.yaml``,
+            ``report.md`` and ``plots/`` go.
+        resume: continue from ``run_dir/checkpoints/last.pt``. Without it, a run directory
+            that already holds ``last.pt`` is refused (nothing is overwritten by accident).
+        test_loader: evaluated once with the final model.
+        resolved_config: the full resolved recipe, written to ``config.yaml`` and stored in
+            every checkpoint (default: ``{"train": config}``).
+        report: write ``report.md`` and the plots at the end.
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        NonFiniteLossError: ``config.max_consecutive_nonfinite`` skipped steps in a row.
+        CheckpointError: ``resume`` and ``last.pt`` is missing, truncated or corrupt.
+        FileExistsError: not ``resume`` and the run directory holds a checkpoint.
+        KeyboardInterrupt: re-raised after ``last.pt`` is saved (resume continues from the
+            last optimizer step).
+    """
+    run_dir = Path(run_dir)
+    last_path = run_dir / "checkpoints" / "last.pt"
+    if not resume and last_path.exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a checkpoint ({last_path}); pass resume=True to continue "
+            "it, or use another run directory"
+        )
+    if not resume:
+        seed_everything(config.seed)
+    resolved = dict(resolved_config or {"train": config.model_dump(mode="json")})
+    trainer = _Trainer(distiller, train_loader, config, run_dir, resolved)
+    trainer.setup(resume)
+    progress = trainer.progress
+    write_resolved_config(resolved, run_dir)
+    logger = RunLogger(
+        run_dir,
+        resume_step=progress.step if resume else None,
+        resume_epoch=progress.epoch if resume else None,
+    )
+    try:
+        for epoch in range(progress.epoch, config.epochs):
+            _run_epoch(trainer, epoch, val_loader, logger)
+    except KeyboardInterrupt:
+        trainer.save("last.pt")
+        print(f"\ninterrupted: saved {last_path}; resume to continue", file=sys.stderr)
+        raise
+    finally:
+        logger.close()
+    test_metrics = None
+    if test_loader is not None:
+        test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
+    history = progress.history
+    report_path = None
+    if report:
+        from torchkd.report import write_report
+
+        report_path = write_report(run_dir, history, test_metrics=test_metrics)
+    best = next((r["val"] for r in history if r["epoch"] == progress.best_epoch), {})
+    best_path = run_dir / "checkpoints" / "best.pt"
+    return FitResult(
+        run_dir=run_dir,
+        best_metrics=dict(best),
+        best_epoch=progress.best_epoch,
+        final_metrics=dict(history[-1]["val"]) if history else {},
+        test_metrics=test_metrics,
+        history=history,
+        nonfinite_steps=progress.nonfinite_steps,
+        last_checkpoint=last_path,
+        best_checkpoint=best_path if best_path.exists() else None,
+        metrics_path=run_dir / "metrics.jsonl",
+        report_path=report_path,
+    )
+
+
+def _run_epoch(
+    trainer: _Trainer, epoch: int, val_loader: Iterable[Mapping[str, Any]], logger: RunLogger
+) -> None:
+    """Train one epoch, evaluate, log, and write the checkpoints due."""
+    config, progress = trainer.config, trainer.progress
+    started = time.perf_counter()
+    samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
+    trainer.train_epoch(epoch, logger)
+    val_metrics = evaluate(
+        trainer.distiller, val_loader, device=trainer.device, amp=config.amp, with_terms=True
+    )
+    elapsed = time.perf_counter() - started
+    samples = progress.epoch_totals.get("samples", 0.0) - samples_before
+    record = {
+        "epoch": epoch + 1,
+        "step": progress.step,
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "time_s": elapsed,
+        "samples_per_s": samples / max(elapsed, 1e-9),
+        "nonfinite_steps": progress.nonfinite_steps,
+        "train": trainer.epoch_train_metrics(),
+        "val": val_metrics,
+    }
+    score = _monitor(val_metrics)
+    improved = math.isfinite(score) and (
+        progress.best_metric is None or score > progress.best_metric
+    )
+    with _interrupts_deferred():  # an interrupt before this point re-runs the evaluation
+        progress.history.append(record)
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        if improved:
+            progress.best_metric, progress.best_epoch = score, epoch + 1
+        trainer.epoch_rng = trainer.step_rng = capture_rng_state()
+    logger.log_epoch(record)
+    if config.progress:
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
+        print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
+    checkpoint = trainer.checkpoint()
+    final = epoch + 1 == config.epochs
+    if improved:
+        trainer.save("best.pt", checkpoint)
+    if final or (epoch + 1) % config.checkpoint_every_epochs == 0:
+        trainer.save("last.pt", checkpoint)
+    keep_every = config.keep_teacher_checkpoints_every
+    if keep_every is not None and (epoch + 1) % keep_every == 0:
+        trainer.save(f"epoch_{epoch + 1:03d}.pt", checkpoint)

@@ -244,6 +244,26 @@ def test_bf16_autocast_runs_on_cpu(tmp_path: Path) -> None:
     assert distiller.student[3].weight.dtype == torch.float32  # master weights stay fp32
 
 
+def test_fp16_loss_scaling_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GradScaler path, run on CPU (this machine has no CUDA) with a CPU scaler whose
+    large initial scale forces overflows: they skip updates without counting as non-finite."""
+    import torchkd.train.loop as loop
+
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(loop, "_check_amp", lambda amp, device: None)
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: real_scaler("cpu", 2.0**20))
+    distiller = make_distiller(dropout=0.0)
+    result = run(distiller, tmp_path / "run", make_config(amp="fp16"))
+    scale = load_checkpoint(result.last_checkpoint)["scaler"]["scale"]
+    overflows = round(math.log2(2.0**20 / scale))
+    assert 1 <= overflows < 12  # some of the 12 steps overflowed, not all
+    assert result.nonfinite_steps == 0
+    assert math.isfinite(result.history[-1]["train"]["grad_norm"])
+    steps = [r for r in read_jsonl(result.metrics_path) if r["kind"] == "step"]
+    assert steps[-1]["loss_scale"] == scale
+    assert all(torch.isfinite(p).all() for p in distiller.trainable_parameters())
+
+
 def test_fp16_on_cpu_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"amp='fp16' needs a CUDA device.*bf16"):
         run(make_distiller(), tmp_path / "run", make_config(amp="fp16"))
@@ -378,3 +398,26 @@ def test_checkpoints_written_as_configured(tmp_path: Path) -> None:
     best = load_checkpoint(result.best_checkpoint)
     assert best["progress"]["best_epoch"] == result.best_epoch
     assert result.best_metrics["top1"] == max(r["val"]["top1"] for r in result.history)
+
+
+def test_evaluate_reports_each_teacher_and_the_ensemble() -> None:
+    torch.manual_seed(0)
+    teachers = [nn.Linear(NUM_FEATURES, NUM_CLASSES) for _ in range(2)]
+    distiller = Distiller(nn.Linear(NUM_FEATURES, NUM_CLASSES), teachers, [Term("dist", "dist")])
+    _, val = make_loaders()
+    metrics = evaluate(distiller, val)
+    inputs = torch.cat([b["inputs"] for b in val])
+    labels = torch.cat([b["labels"] for b in val])
+    with torch.no_grad():
+        student = distiller.student(inputs)
+        probabilities = [teacher(inputs).softmax(-1) for teacher in distiller.teachers]
+    ensemble = (probabilities[0] + probabilities[1]) / 2
+    for index in range(2):
+        correct = (probabilities[index].argmax(-1) == labels).float().mean().item()
+        assert metrics[f"teacher{index}_top1"] == pytest.approx(correct)
+    assert metrics["teacher_top1"] == pytest.approx(
+        (ensemble.argmax(-1) == labels).float().mean().item()
+    )
+    assert metrics["agreement"] == pytest.approx(
+        (student.argmax(-1) == ensemble.argmax(-1)).float().mean().item()
+    )

@@ -20,6 +20,7 @@ number, got 'abc'``). :func:`build_from_recipe` seeds, builds the models, loader
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import re
@@ -182,7 +183,17 @@ class Section(BaseModel):
 
 
 class TransferConfig(Section):
-    """An unlabeled (or labeled) transfer set that replaces the training split."""
+    """``data.transfer:``: a transfer set that replaces the training split (label-free KD).
+
+    Attributes:
+        dataset: registered dataset name, called as ``create_dataset(dataset, "train",
+            num_samples=..., seed=..., **kwargs)``.
+        num_samples: how many transfer samples.
+        seed: the transfer set's generation seed.
+        labeled: ``false`` drops any labels (honest label-free distillation); ``true`` keeps
+            them and requires the dataset to have them.
+        kwargs: more dataset arguments.
+    """
 
     dataset: str = "mnist1d_transfer"
     num_samples: PositiveInt
@@ -192,7 +203,20 @@ class TransferConfig(Section):
 
 
 class DataConfig(Section):
-    """``data:``: which dataset, how it is split and batched."""
+    """``data:``: which dataset, how it is split and batched.
+
+    Attributes:
+        dataset: registered labeled dataset (``torchkd.data.available_datasets()``); its
+            validation and test splits are always used for evaluation.
+        kwargs: more dataset arguments (e.g. ``cache``).
+        batch_size: training batch size (per micro-batch with gradient accumulation).
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        val_fraction: fraction of the training split held out for validation.
+        seed: seed of the train/validation partition (the shuffle order follows
+            ``train.seed``).
+        num_workers: DataLoader worker processes.
+        transfer: optional transfer set replacing the training split.
+    """
 
     dataset: str
     kwargs: dict[str, Any] = {}
@@ -205,7 +229,15 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """``student:`` / ``teacher:``: a registered model name (or ``"module:attr"``) and weights."""
+    """``student:`` / ``teacher:`` / ``teachers: [...]``: a model and optionally its weights.
+
+    Attributes:
+        model: a registered name (``torchkd.models.available_models()``) or
+            ``"package.module:Class"`` for your own ``nn.Module`` (imported; trust the recipe).
+        kwargs: constructor arguments.
+        checkpoint: weights to load: ``.safetensors``, a torchkd checkpoint (its student
+            weights, e.g. ``runs/teacher/checkpoints/best.pt``) or a saved state dict.
+    """
 
     model: str
     kwargs: dict[str, Any] = {}
@@ -213,7 +245,22 @@ class ModelConfig(Section):
 
 
 class TermConfig(Section):
-    """One entry of ``terms:``, mirroring :class:`torchkd.distiller.Term`."""
+    """One entry of ``terms:``, mirroring :class:`torchkd.distiller.Term`.
+
+    Attributes:
+        name: the term's name in logs and ``DistillOutput.terms`` (unique).
+        loss: a registered loss (``torchkd.losses.available()``).
+        loss_kwargs: keyword arguments of the loss.
+        weight: a number, ``auto`` (uncertainty weighting) or a schedule mapping
+            ``{name: exponential, start: 0.9, rate: 2.0}`` (``torchkd.schedules.create``).
+        student: ``logits`` or a dotted module path to tap (a list for feature-list losses).
+        teacher: the same on the teacher side.
+        adapter: student-to-teacher shape adapter.
+        temperature: ``null`` (the loss's own), a number, ``learned`` (CTKD) or a schedule
+            mapping.
+        teacher_index: which teacher of ``teachers:`` the term reads (multi-teacher losses
+            read all of them).
+    """
 
     name: str
     loss: str
@@ -223,10 +270,14 @@ class TermConfig(Section):
     teacher: TapPath = "logits"
     adapter: Literal["auto", "conv1x1", "linear", "pool", "none"] = "auto"
     temperature: Temperature | None = None
+    teacher_index: NonNegativeInt = 0
 
 
 class OptimizerConfig(Section):
-    """``train.optimizer:``; ``momentum`` and ``nesterov`` apply to SGD only."""
+    """``train.optimizer:``: ``sgd`` | ``adam`` | ``adamw`` over the student and extras.
+
+    ``momentum`` and ``nesterov`` apply to SGD only.
+    """
 
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: PositiveFloat = 1e-3
@@ -236,7 +287,16 @@ class OptimizerConfig(Section):
 
 
 class LRScheduleConfig(Section):
-    """``train.lr_schedule:``: linear warmup, then cosine decay, step decay or constant."""
+    """``train.lr_schedule:``: linear warmup, then cosine decay, step decay or constant.
+
+    Attributes:
+        name: ``cosine`` (to ``min_lr`` at the end), ``step`` (× ``gamma`` at each of
+            ``milestones``, given in epochs) or ``constant``.
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        milestones: epochs where ``step`` multiplies the rate by ``gamma``.
+        gamma: the ``step`` factor.
+        min_lr: the final rate of ``cosine``.
+    """
 
     name: Literal["cosine", "step", "constant"] = "constant"
     warmup_epochs: NonNegativeFloat = 0.0
@@ -256,7 +316,28 @@ class LRScheduleConfig(Section):
 
 
 class TrainConfig(Section):
-    """``train:``: everything :func:`torchkd.train.fit` needs besides the model and data."""
+    """``train:``: everything :func:`torchkd.train.fit` needs besides the model and data.
+
+    Attributes:
+        epochs: training epochs.
+        optimizer: see :class:`OptimizerConfig`.
+        lr_schedule: see :class:`LRScheduleConfig` (applied per optimizer step).
+        grad_clip_norm: clip the global gradient norm to this value (``null``: no clipping).
+        grad_accum_steps: micro-batches per optimizer step.
+        amp: ``none``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (CUDA only, with loss
+            scaling).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seeds Python, NumPy and torch, the model initialization (via
+            :func:`build_from_recipe`) and each epoch's shuffle order.
+        max_consecutive_nonfinite: non-finite steps in a row (each skipped) before stopping.
+        checkpoint_every_epochs: write ``checkpoints/last.pt`` every N epochs (and always
+            after the last one and on Ctrl-C); ``best.pt`` is written whenever validation
+            top-1 improves.
+        keep_teacher_checkpoints_every: also keep ``checkpoints/epoch_XXX.pt`` every N epochs
+            (candidates for teacher selection: an earlier teacher can be a better teacher).
+        log_every_steps: step records (JSONL, TensorBoard) every N optimizer steps.
+        progress: show a tqdm bar (only on a terminal) and one summary line per epoch.
+    """
 
     epochs: PositiveInt = 10
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -274,7 +355,11 @@ class TrainConfig(Section):
 
 
 class Recipe(Section):
-    """A whole recipe. Give ``teacher`` (one) or ``teachers`` (a list), or neither."""
+    """A whole recipe. Give ``teacher`` (one) or ``teachers`` (a list), or neither.
+
+    ``name`` names the run directory (``runs/<name>/``); ``output_key`` selects the logits in
+    model outputs that are tuples or mappings (see :class:`~torchkd.distiller.Distiller`).
+    """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     data: DataConfig
@@ -543,7 +628,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         >>> apply_overrides({"train": {"epochs": 1}}, ["train.epochs=5", "train.amp=bf16"])
         {'train': {'epochs': 5, 'amp': 'bf16'}}
     """
-    copied = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    copied = copy.deepcopy(data)
     for override in overrides:
         parts, value = _split_override(override)
         _set_path(copied, parts, value, override)
@@ -704,6 +789,7 @@ def build_terms(recipe: Recipe) -> list[Term]:
                 teacher=spec.teacher,
                 adapter=spec.adapter,
                 temperature=_schedule_value(spec.temperature, f"terms.{index}.temperature"),
+                teacher_index=spec.teacher_index,
             )
         )
     return terms

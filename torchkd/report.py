@@ -115,6 +115,13 @@ def _term_names(history: Sequence[Mapping[str, Any]]) -> list[str]:
     return names
 
 
+def _epoch_axis(axis: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _plot_losses(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
@@ -127,7 +134,7 @@ def _plot_losses(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
             if any(v is not None for v in values):
                 axis.plot(epochs, [math.nan if v is None else v for v in values], "o-", label=split)
         axis.set_title(name.removeprefix("terms/"))
-        axis.set_xlabel("epoch")
+        _epoch_axis(axis)
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -173,7 +180,7 @@ def _plot_accuracy(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
     for key in keys:
         values = [100 * record["val"].get(key, math.nan) for record in history]
         axis.plot(epochs, values, "o" + ("-" if key == "top1" else "--"), label=labels[key])
-    axis.set_xlabel("epoch")
+    _epoch_axis(axis)
     axis.set_ylabel("validation %")
     axis.legend()
     figure.tight_layout()

@@ -266,6 +266,77 @@ def should_compile(logits: Tensor) -> bool:
 # --------------------------------------------------------------------------- eager kernel
 
 
+def _softened(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """``logits / T`` in the compute dtype, in a fresh buffer that the caller may overwrite."""
+    values = logits.to(compute_dtype(logits.dtype))
+    if isinstance(temperature, float) and temperature == 1.0:
+        return values.clone() if values is logits else values
+    return values / (temperature if isinstance(temperature, float) else temperature.unsqueeze(-1))
+
+
+def _softmax_in_place(values: Tensor) -> Tensor:
+    """Overwrite ``values`` with ``softmax(values)``; return the rows' log-sum-exp.
+
+    The log-sum-exp comes from the softmax itself: the largest probability is
+    ``exp(max - lse)``, so ``lse = max - log(max p)``, with ``max p >= 1 / C`` (no underflow).
+    """
+    maximum = values.amax(-1)
+    torch.softmax(values, dim=-1, out=values)
+    return maximum - values.amax(-1).log()
+
+
+def _eager_probability_form(
+    kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """Forward KL or soft cross-entropy rows (x 1) and the student gradient ``p_S - p_T``.
+
+    With ``a = z_S / T``, ``b = z_T / T``: ``KL = sum p_T (b - a) - lse(b) + lse(a)`` and
+    ``H = lse(a) - sum p_T a``. Two ``[N, C]`` buffers in all: the teacher's probabilities, and
+    one that holds the weighted logits of the dot product, then the student's probabilities,
+    then the gradient. The result is non-finite where a zero probability meets an infinite
+    logit; callers then use the log form.
+    """
+    teacher_probs = _softened(teacher, temperature)
+    teacher_lse = _softmax_in_place(teacher_probs)
+    work = student.to(compute_dtype(student.dtype), copy=True)
+    if kind == "forward_kl":
+        work.neg_().add_(teacher)
+    cross = work.mul_(teacher_probs).sum(-1) / temperature
+    work.copy_(student)
+    if not (isinstance(temperature, float) and temperature == 1.0):
+        work.div_(temperature if isinstance(temperature, float) else temperature.unsqueeze(-1))
+    student_lse = _softmax_in_place(work)
+    rows = cross + (student_lse - teacher_lse) if kind == "forward_kl" else student_lse - cross
+    return rows, work.sub_(teacher_probs)
+
+
+def _eager_log_form(
+    kind: Divergence,
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float | Tensor,
+    beta: float,
+    student_grad: bool,
+    teacher_grad: bool,
+    safe: bool,
+) -> KernelResult:
+    """Any divergence from two in-place log-softmaxes and :func:`_closed_form`."""
+
+    def log_probs(logits: Tensor) -> Tensor:
+        values = _softened(logits, temperature)
+        return torch.log_softmax(values, dim=-1, out=values)
+
+    return _closed_form(
+        kind,
+        log_probs(student),
+        log_probs(teacher),
+        beta,
+        safe=safe,
+        student_grad=student_grad,
+        teacher_grad=teacher_grad,
+    )
+
+
 def _eager(
     kind: Divergence,
     student: Tensor,
@@ -277,44 +348,22 @@ def _eager(
 ) -> KernelResult:
     """Loss rows (x T^2) and *unscaled* gradients (the caller owes them a factor of T).
 
-    Tries the fast form first (dot products, no NaN guards) and redoes the rows that came out
-    non-finite with the guarded form: only inputs with ``-inf`` (or NaN) take the slower path.
+    Library softmax calls written into fresh buffers in place (each new ``[N, C]`` buffer costs
+    page faults that dwarf the arithmetic on CPU). The fast forms have no NaN guards; if a row
+    comes out non-finite (``-inf`` or NaN logits), all rows are redone with the guarded form.
     """
-    scale = temperature if isinstance(temperature, float) else temperature.unsqueeze(-1)
-
-    def log_probs(logits: Tensor) -> Tensor:
-        values = logits.to(compute_dtype(logits.dtype))
-        if not (isinstance(scale, float) and scale == 1.0):
-            values = values / scale
-        return torch.log_softmax(values, dim=-1)
-
-    student_log_probs, teacher_log_probs = log_probs(student), log_probs(teacher)
-    rows, student_gradient, teacher_gradient = _closed_form(
-        kind,
-        student_log_probs,
-        teacher_log_probs,
-        beta,
-        safe=False,
-        student_grad=student_grad,
-        teacher_grad=teacher_grad,
-    )
-    broken = ~torch.isfinite(rows)
-    if bool(broken.any()):
-        safe_rows, safe_student, safe_teacher = _closed_form(
-            kind,
-            student_log_probs[broken],
-            teacher_log_probs[broken],
-            beta,
-            safe=True,
-            student_grad=student_grad,
-            teacher_grad=teacher_grad,
-        )
-        rows[broken] = safe_rows
-        if student_gradient is not None:
-            student_gradient[broken] = safe_student
-        if teacher_gradient is not None:
-            teacher_gradient[broken] = safe_teacher
     squared = temperature**2 if isinstance(temperature, float) else temperature.square()
+    if kind in ("forward_kl", "soft_ce") and not teacher_grad:
+        rows, student_gradient = _eager_probability_form(kind, student, teacher, temperature)
+        if bool(torch.isfinite(rows).all()):
+            return rows * squared, student_gradient if student_grad else None, None
+    else:
+        args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
+        rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=False)
+        if bool(torch.isfinite(rows).all()):
+            return rows * squared, student_gradient, teacher_gradient
+    args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
+    rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=True)
     return rows * squared, student_gradient, teacher_gradient
 
 

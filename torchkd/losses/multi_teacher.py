@@ -65,7 +65,7 @@ def _teacher_weights(
         return teacher_rows[0].new_full((num_rows, num_teachers), 1.0 / num_teachers, dtype=dtype)
     log_probs = torch.stack([rows.to(dtype).log_softmax(dim=-1) for rows in teacher_rows], dim=1)
     if weighting == "entropy":
-        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)  # [N, M]
+        entropy = torch.special.entr(log_probs.exp()).sum(dim=-1)  # [N, M]; 0 log 0 = 0
         return (-entropy).softmax(dim=-1)
     # "confidence": labels were checked to be present by the caller.
     label_index = labels.reshape(num_rows, 1, 1).expand(num_rows, num_teachers, 1)
@@ -162,7 +162,7 @@ def multi_teacher_kd_loss(
     teacher_rows = [select_rows(teacher, keep) for teacher in teacher_logits]
     kept_labels = None if labels is None else select_rows(labels.unsqueeze(-1), keep)
     with torch.no_grad():
-        weights = _teacher_weights([rows.detach() for rows in teacher_rows], kept_labels, weighting)
+        weights = _teacher_weights(teacher_rows, kept_labels, weighting)
     per_teacher = torch.stack(
         [
             kd_loss(student_rows, rows, temperature=temperature, reduction="none")

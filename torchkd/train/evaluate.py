@@ -167,14 +167,16 @@ class _Totals:
         return metrics
 
 
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with every tensor moved to ``device`` (other entries unchanged)."""
     return {
         key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
         for key, value in batch.items()
     }
 
 
-def _autocast(device: torch.device, amp: str) -> Any:
+def autocast_context(device: torch.device, amp: str) -> Any:
+    """``torch.autocast`` for ``amp`` in ``"bf16"`` / ``"fp16"``; a no-op for ``"none"``."""
     if amp == "none":
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
@@ -230,9 +232,9 @@ def evaluate(
     try:
         with torch.no_grad():
             for raw_batch in loader:
-                batch = _to_device(raw_batch, device)
+                batch = to_device(raw_batch, device)
                 labels = batch.get(labels_key)
-                with _autocast(device, amp):
+                with autocast_context(device, amp):
                     if with_terms:
                         output = model(batch)
                         student_logits, teacher_logits = (

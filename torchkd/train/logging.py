@@ -109,6 +109,7 @@ class RunLogger:
         scalars = {"train/loss": record.get("loss"), "train/lr": record.get("lr")}
         scalars["train/grad_norm"] = record.get("grad_norm")
         scalars["train/samples_per_s"] = record.get("samples_per_s")
+        scalars["train/loss_scale"] = record.get("loss_scale")
         scalars.update(_flatten("train/terms", record.get("terms", {})))
         scalars.update(_flatten("weights", record.get("weights", {})))
         self._add_scalars(scalars, step)

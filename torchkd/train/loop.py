@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from torchkd.config import TrainConfig, write_resolved_config
 from torchkd.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from torchkd.train.evaluate import evaluate
+from torchkd.train.evaluate import autocast_context, evaluate, to_device
 from torchkd.train.logging import RunLogger, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
 from torchkd.train.rng import (
@@ -128,13 +128,6 @@ def _check_amp(amp: str, device: torch.device) -> None:
         )
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-        for key, value in batch.items()
-    }
 
 
 @dataclass
@@ -255,7 +248,7 @@ class _Trainer:
     def setup(self, resume: bool) -> None:
         """Build extras and the optimizer; restore a checkpoint when resuming."""
         self.distiller.to(self.device)
-        first_batch = _to_device(next(iter(self.train_loader)), self.device)
+        first_batch = to_device(next(iter(self.train_loader)), self.device)
         self.distiller.build(first_batch)
         self.distiller.to(self.device)
         self.trainable = list(self.distiller.trainable_parameters())
@@ -365,9 +358,9 @@ class _Trainer:
         self.schedule.apply(self.progress.step)
         group = _Group(size=group_size)
         for _ in range(group_size):
-            batch = _to_device(next(batches), self.device)
+            batch = to_device(next(batches), self.device)
             self.distiller.set_progress(self.progress.step, self.total_steps)
-            with self._autocast():
+            with autocast_context(self.device, self.config.amp):
                 output = self.distiller(batch)
             scaled = output.loss / group_size
             (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
@@ -378,26 +371,30 @@ class _Trainer:
         """Measure (and clip) the gradient, then step, or skip a non-finite step.
 
         Returns the step's values (``loss``, ``grad_norm``, ``terms``, ``samples``,
-        ``weights``), or ``None`` when the step was skipped.
+        ``weights``), or ``None`` when no update happened: a non-finite loss or gradient
+        (counted), or an fp16 gradient overflow (the ``GradScaler`` lowers its scale; not
+        counted, as that is how loss scaling calibrates itself).
         """
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.trainable if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss, norm, terms = group.means(grad_norm)
-        overflow = self.scaler is not None and not math.isfinite(norm)
-        if not math.isfinite(loss) or (not math.isfinite(norm) and not overflow):
+        overflow = self.scaler is not None and math.isfinite(loss) and not math.isfinite(norm)
+        if not (math.isfinite(loss) and math.isfinite(norm)) and not overflow:
             self._skip(terms, loss, norm)
             return None
         self.progress.consecutive_nonfinite, self.progress.nonfinite_terms = 0, []
         if self.config.grad_clip_norm is not None and not overflow:
             torch.nn.utils.clip_grads_with_norm_(grads, self.config.grad_clip_norm, grad_norm)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # skips the update itself on overflow
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if overflow:
+            return None
         return {
             "loss": loss,
             "grad_norm": norm,
@@ -431,12 +428,6 @@ class _Trainer:
             step=progress.step,
         )
 
-    def _autocast(self) -> Any:
-        if self.config.amp == "none":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.config.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def _add_to_epoch(self, outcome: Mapping[str, Any]) -> None:
         totals = self.progress.epoch_totals
         updates = {"steps": 1.0, "samples": float(outcome["samples"])}
@@ -459,6 +450,7 @@ class _Trainer:
             "weights": weights,
             "samples_per_s": window.samples / elapsed,
             "nonfinite_steps": self.progress.nonfinite_steps,
+            **({} if self.scaler is None else {"loss_scale": self.scaler.get_scale()}),
         }
 
     def epoch_train_metrics(self) -> dict[str, float]:

@@ -1,0 +1,552 @@
+"""Every distillation method of torchkd on MNIST-1D: one teacher, two students, two settings.
+
+A wide 1-D CNN teacher (``configs/mnist1d/teacher.yaml``, trained once and cached) is distilled
+into a narrow CNN of the same family and into an MLP (a different family: no spatial feature
+maps, so the methods that need them — AT, NST, FSP, factor transfer — are marked n/a there).
+Each method is its recipe in ``configs/mnist1d/`` (the MLP is the override
+``student.model=mlp`` plus the tap paths listed in :data:`MLP_OVERRIDES`), built with
+:func:`torchkd.config.build_from_recipe` and trained with :func:`torchkd.train.fit`: the
+library's engine, not a loop of its own. Every run uses the same optimizer, learning-rate
+schedule, batch size and number of optimizer steps (:data:`COMMON_OVERRIDES`).
+
+Two settings:
+
+- ``labeled``: batches of labeled MNIST-1D training samples (the 3600 left after the
+  400-sample validation hold-out);
+- ``transfer``: half of every batch is labeled, half is fresh unlabeled MNIST-1D samples from
+  the transfer-set generator (:func:`torchkd.data.mnist1d_transfer_set`). Unlabeled rows carry
+  the label ``-100`` (``ignore_index``): CE and DKD skip them, every other term (logit, feature
+  and relation) uses all rows. The baseline cannot use unlabeled samples, so its transfer row
+  is its labeled runs.
+
+Two-stage methods (FitNets: hint stage then KD; factor transfer: paraphraser stage then
+transfer) run their first stage for a quarter of the step budget before the full second stage.
+
+Results go to ``benchmarks/results/methods_mnist1d.jsonl`` (one line per run, so partial runs
+add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
+
+Usage::
+
+    .venv/bin/python benchmarks/methods_mnist1d.py                      # the full table
+    .venv/bin/python benchmarks/methods_mnist1d.py --methods kd,crd --students mlp \
+        --settings transfer --seeds 0,1
+    .venv/bin/python benchmarks/methods_mnist1d.py --table-only         # re-render the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "torchkd" / "configs" / "mnist1d"
+RESULTS = ROOT / "benchmarks" / "results"
+LOG_PATH = RESULTS / "methods_mnist1d.jsonl"
+TABLE_PATH = RESULTS / "methods_mnist1d.md"
+
+STUDENTS = ("cnn", "mlp")
+SETTINGS = ("labeled", "transfer")
+UNLABELED = -100  # the ignore_index of the CE and DKD losses
+
+# The one training recipe of every run (on top of each method recipe's own train section).
+STEPS = 1000
+BATCHES_PER_EPOCH = 50
+BATCH_SIZE = 256
+TRANSFER_SAMPLES = 25_000
+TRANSFER_SEED = 1
+STAGE1_FRACTION = 0.25
+COMMON_OVERRIDES = [
+    f"data.batch_size={BATCH_SIZE}",
+    f"train.epochs={STEPS // BATCHES_PER_EPOCH}",
+    "train.optimizer={name: adam, lr: 0.01, weight_decay: 0.0}",
+    "train.lr_schedule={name: cosine}",
+    "train.progress=false",
+    f"train.log_every_steps={STEPS}",
+    "train.checkpoint_every_epochs=1000",
+]
+TEACHER_OVERRIDES = ["train.progress=false", "train.log_every_steps=1000"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: its recipe, an optional first stage, and where it applies.
+
+    Attributes:
+        label: the name shown in the table.
+        recipe: the recipe file in ``configs/mnist1d/``.
+        stage1: the first-stage recipe of a two-stage method.
+        cnn_only: needs spatial feature maps (n/a for the MLP).
+        mlp_overrides: tap paths for the MLP student (its penultimate layer is ``hidden1``).
+    """
+
+    label: str
+    recipe: str
+    stage1: str | None = None
+    cnn_only: bool = False
+    mlp_overrides: tuple[str, ...] = ()
+
+
+EMBEDDING = ("terms.0.student=hidden1",)
+METHODS: dict[str, Method] = {
+    "baseline": Method("baseline (CE)", "baseline.yaml"),
+    "kd": Method("KD", "kd.yaml"),
+    "fitnets": Method(
+        "FitNets (hint stage, then KD)",
+        "fitnets.yaml",
+        stage1="fitnets_stage1_hint.yaml",
+        mlp_overrides=("terms.0.student=hidden1", "terms.0.teacher=flatten"),
+    ),
+    "at": Method("AT", "at.yaml", cnn_only=True),
+    "nst": Method("NST", "nst.yaml", cnn_only=True),
+    "fsp": Method("FSP", "fsp.yaml", cnn_only=True),
+    "pkt": Method("PKT", "pkt.yaml", mlp_overrides=EMBEDDING),
+    "vid": Method(
+        "VID", "vid.yaml", mlp_overrides=("terms.0.student=hidden1", "terms.0.teacher=flatten")
+    ),
+    "factor_transfer": Method(
+        "factor transfer",
+        "factor_transfer.yaml",
+        stage1="factor_transfer_stage1_paraphraser.yaml",
+        cnn_only=True,
+    ),
+    "attention_align": Method(
+        "attention-weighted alignment",
+        "attention_align.yaml",
+        mlp_overrides=("terms.0.student=[hidden1]",),
+    ),
+    "rkd": Method("RKD", "rkd.yaml", mlp_overrides=EMBEDDING),
+    "sp": Method("SP", "sp.yaml", mlp_overrides=EMBEDDING),
+    "cc": Method("CC", "cc.yaml", mlp_overrides=EMBEDDING),
+    "crd": Method("CRD", "crd.yaml", mlp_overrides=EMBEDDING),
+    "crd_kd": Method("CRD + KD", "crd_kd.yaml", mlp_overrides=EMBEDDING),
+    "dkd": Method("DKD", "dkd.yaml"),
+    "dist": Method("DIST", "dist.yaml"),
+    "ls_kd": Method("KD + logit standardization", "ls_kd.yaml"),
+}
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+class RowBatches(Dataset[dict[str, torch.Tensor]]):
+    """Labeled rows followed by unlabeled rows; ``dataset[positions]`` is a whole batch.
+
+    ``index`` is the row's position in this union (CRD memory banks are keyed by it);
+    unlabeled rows get the label ``-100``.
+    """
+
+    def __init__(self, labeled: Any, unlabeled: Any | None) -> None:
+        inputs, labels = [labeled.inputs], [labeled.labels]
+        if unlabeled is not None:
+            inputs.append(unlabeled.inputs)
+            labels.append(torch.full((len(unlabeled),), UNLABELED, dtype=torch.long))
+        self.inputs = torch.cat(inputs)
+        self.labels = torch.cat(labels)
+        self.num_labeled = len(labeled)
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        rows = torch.as_tensor(positions)
+        return {"inputs": self.inputs[rows], "labels": self.labels[rows], "index": rows}
+
+
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches of ``labeled_per_batch`` labeled and ``batch_size - labeled_per_batch``
+    unlabeled rows, each part walked through in fresh random permutations.
+
+    An epoch is ``batches_per_epoch`` batches. The permutations come from ``generator``,
+    which the trainer reseeds every epoch.
+    """
+
+    def __init__(
+        self,
+        rows: RowBatches,
+        batch_size: int,
+        labeled_per_batch: int,
+        batches_per_epoch: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.parts = [(0, rows.num_labeled, labeled_per_batch)]
+        if labeled_per_batch < batch_size:
+            self.parts.append((rows.num_labeled, len(rows), batch_size - labeled_per_batch))
+        self.batches_per_epoch = batches_per_epoch
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def _stream(self, start: int, stop: int, take: int) -> Iterator[list[int]]:
+        pending: list[int] = []
+        while True:
+            while len(pending) < take:
+                order = torch.randperm(stop - start, generator=self.generator) + start
+                pending += order.tolist()
+            yield pending[:take]
+            pending = pending[take:]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        streams = [self._stream(*part) for part in self.parts]
+        for _ in range(self.batches_per_epoch):
+            yield [position for stream in streams for position in next(stream)]
+
+
+def train_loader(setting: str, labeled: Any, seed: int) -> DataLoader:
+    """The training batches of ``setting`` (see the module docstring)."""
+    from torchkd.data import mnist1d_transfer_set
+
+    unlabeled = None
+    labeled_per_batch = BATCH_SIZE
+    if setting == "transfer":
+        unlabeled = mnist1d_transfer_set(TRANSFER_SAMPLES, seed=TRANSFER_SEED)
+        labeled_per_batch = BATCH_SIZE // 2
+    rows = RowBatches(labeled, unlabeled)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = MixedBatchSampler(rows, BATCH_SIZE, labeled_per_batch, BATCHES_PER_EPOCH, generator)
+    return DataLoader(rows, batch_size=None, sampler=sampler, generator=generator)
+
+
+def num_train_rows(setting: str, num_labeled: int) -> int:
+    return num_labeled + (TRANSFER_SAMPLES if setting == "transfer" else 0)
+
+
+# ----------------------------------------------------------------------------------- runs
+
+
+def recipe_hash(paths: Sequence[Path], overrides: Sequence[str]) -> str:
+    text = "".join(path.read_text() for path in paths) + "\n".join(overrides)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def teacher_checkpoint() -> Path:
+    """Train ``teacher.yaml`` once; later calls return the cached checkpoint."""
+    from torchkd.config import build_from_recipe, load_recipe
+    from torchkd.data import cache_dir
+    from torchkd.train import fit
+
+    path = RECIPES / "teacher.yaml"
+    run_dir = cache_dir() / "benchmarks" / f"mnist1d_teacher-{recipe_hash([path], TEACHER_OVERRIDES)}"
+    checkpoint = run_dir / "checkpoints" / "best.pt"
+    if checkpoint.exists():
+        return checkpoint
+    started = time.perf_counter()
+    recipe = load_recipe(path, TEACHER_OVERRIDES)
+    distiller, loaders, config = build_from_recipe(recipe)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=".partial-"))
+    result = fit(
+        distiller,
+        loaders.train,
+        loaders.val,
+        config,
+        scratch,
+        test_loader=loaders.test,
+        resolved_config=recipe.model_dump(mode="json"),
+        report=False,
+    )
+    print(
+        f"teacher: test top-1 {100 * result.test_metrics['top1']:.1f}% "
+        f"({time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
+    os.replace(scratch, run_dir)
+    return checkpoint
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    student: str
+    setting: str
+    seed: int
+    teacher: str
+
+
+def stage_overrides(job: Job, recipe: Path, num_labeled: int) -> list[str]:
+    """Common settings, seed, teacher, student family and (for CRD) the bank size."""
+    import yaml
+
+    overrides = [*COMMON_OVERRIDES, f"train.seed={job.seed}"]
+    raw = yaml.safe_load(recipe.read_text())
+    if "teacher" in raw:
+        overrides.append(f"teacher.checkpoint={job.teacher}")
+    if job.student == "mlp":
+        overrides += ["student.model=mlp", "student.kwargs={}"]
+        overrides += METHODS[job.method].mlp_overrides
+    for index, term in enumerate(raw["terms"]):
+        if term["loss"] == "crd":
+            rows = num_train_rows(job.setting, num_labeled)
+            overrides.append(f"terms.{index}.loss_kwargs.num_samples={rows}")
+    return overrides
+
+
+def train_stage(
+    job: Job, recipe_name: str, overrides: list[str], run_dir: Path, extras_from: Path | None
+) -> Any:
+    """Build ``recipe_name`` with ``overrides`` and train it with :func:`torchkd.train.fit`."""
+    from torchkd.config import build_from_recipe, load_recipe
+    from torchkd.train import fit
+    from torchkd.train.checkpoint import load_checkpoint
+
+    recipe = load_recipe(RECIPES / recipe_name, overrides)
+    distiller, loaders, config = build_from_recipe(recipe)
+    loader = train_loader(job.setting, loaders.train.dataset, job.seed)
+    if extras_from is not None:
+        # Factor transfer's second stage starts from the paraphraser of the first (the recipe
+        # schema cannot load extras weights yet): build, then load the stage-1 extras.
+        distiller.build(next(iter(loader)))
+        extras = load_checkpoint(extras_from)["extras"]
+        own = distiller.extras.state_dict()
+        distiller.extras.load_state_dict(
+            {k: v for k, v in extras.items() if "paraphraser" in k} | {
+                k: v for k, v in own.items() if "paraphraser" not in k
+            }
+        )
+    return fit(
+        distiller,
+        loader,
+        loaders.val,
+        config,
+        run_dir,
+        test_loader=loaders.test,
+        resolved_config=recipe.model_dump(mode="json"),
+        report=False,
+    )
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train one (method, student, setting, seed); return its record."""
+    torch.set_num_threads(1)
+    from torchkd.data import load_mnist1d
+
+    method = METHODS[job.method]
+    num_labeled = len(load_mnist1d("train"))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="torchkd-methods-") as scratch:
+        student_checkpoint, extras_from = None, None
+        if method.stage1 is not None:
+            stage1 = stage_overrides(job, RECIPES / method.stage1, num_labeled)
+            stage1_epochs = max(1, round(STAGE1_FRACTION * STEPS / BATCHES_PER_EPOCH))
+            stage1.append(f"train.epochs={stage1_epochs}")
+            result = train_stage(job, method.stage1, stage1, Path(scratch) / "stage1", None)
+            if job.method == "factor_transfer":
+                extras_from = result.last_checkpoint
+            else:
+                student_checkpoint = result.last_checkpoint
+        overrides = stage_overrides(job, RECIPES / method.recipe, num_labeled)
+        if student_checkpoint is not None:
+            overrides.append(f"student.checkpoint={student_checkpoint}")
+        result = train_stage(job, method.recipe, overrides, Path(scratch) / "run", extras_from)
+    return {
+        "method": job.method,
+        "student": job.student,
+        "setting": job.setting,
+        "seed": job.seed,
+        "test_top1": 100 * result.test_metrics["top1"],
+        "val_top1": 100 * result.final_metrics.get("top1", float("nan")),
+        "nonfinite_steps": result.nonfinite_steps,
+        "seconds": time.perf_counter() - started,
+        "config": CONFIG_KEY,
+    }
+
+
+def config_key() -> str:
+    """Identifies the training recipe: runs with another key are not mixed into the table."""
+    paths = sorted(RECIPES.glob("*.yaml"))
+    extra = [str(STEPS), str(BATCHES_PER_EPOCH), str(TRANSFER_SAMPLES), str(STAGE1_FRACTION)]
+    return recipe_hash(paths, [*COMMON_OVERRIDES, *extra])
+
+
+CONFIG_KEY = config_key()
+
+
+# ----------------------------------------------------------------------------------- table
+
+
+def read_records() -> list[dict[str, Any]]:
+    if not LOG_PATH.exists():
+        return []
+    records = [json.loads(line) for line in LOG_PATH.read_text().splitlines() if line.strip()]
+    return [record for record in records if record.get("config") == CONFIG_KEY]
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "—"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {spread:.1f}"
+
+
+def _runs(records: list[dict[str, Any]], method: str, student: str, setting: str) -> dict:
+    if method == "baseline":
+        setting = "labeled"  # the baseline cannot use unlabeled samples
+    return {
+        r["seed"]: r
+        for r in records
+        if r["method"] == method and r["student"] == student and r["setting"] == setting
+    }
+
+
+def render_table(records: list[dict[str, Any]], header: list[str]) -> str:
+    """One table per student x setting: accuracy, gain and paired per-seed differences."""
+    lines = [*header]
+    for student in STUDENTS:
+        for setting in SETTINGS:
+            baseline = _runs(records, "baseline", student, setting)
+            lines += [
+                "",
+                f"### {student.upper()} student, {setting} setting",
+                "",
+                "| method | test top-1 (%) | gain over baseline | paired diff (mean ± std) "
+                "| wins | seeds | s / run |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            base_mean = (
+                statistics.mean(r["test_top1"] for r in baseline.values()) if baseline else None
+            )
+            for name, method in METHODS.items():
+                if student == "mlp" and method.cnn_only:
+                    lines.append(
+                        f"| {method.label} | n/a: needs spatial feature maps; the MLP has none "
+                        "| | | | | |"
+                    )
+                    continue
+                runs = _runs(records, name, student, setting)
+                if not runs:
+                    lines.append(f"| {method.label} | not run | | | | | |")
+                    continue
+                accuracies = [r["test_top1"] for r in runs.values()]
+                seconds = statistics.mean(r["seconds"] for r in runs.values())
+                gain, paired, wins = "—", "—", "—"
+                if name != "baseline" and base_mean is not None:
+                    gain = f"{statistics.mean(accuracies) - base_mean:+.1f}"
+                    common = sorted(set(runs) & set(baseline))
+                    diffs = [runs[s]["test_top1"] - baseline[s]["test_top1"] for s in common]
+                    if diffs:
+                        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                        paired = f"{statistics.mean(diffs):+.1f} ± {spread:.1f}"
+                        wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
+                    if name != "baseline" and statistics.mean(accuracies) <= base_mean:
+                        gain += " (no gain)"
+                elif setting == "transfer" and name == "baseline":
+                    gain = "(labeled runs: CE cannot use unlabeled rows)"
+                nonfinite = sum(r["nonfinite_steps"] for r in runs.values())
+                note = f" ({nonfinite} skipped non-finite steps)" if nonfinite else ""
+                lines.append(
+                    f"| {method.label} | {_mean_std(accuracies)}{note} | {gain} | {paired} "
+                    f"| {wins} | {len(runs)} | {seconds:.1f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return [
+        f"- torch {torch.__version__}, Python {platform.python_version()}, {cpu}, "
+        f"{os.cpu_count()} cores, device cpu, 1 thread per worker",
+    ]
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--students", default=",".join(STUDENTS))
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args(argv)
+    for flag, allowed in (("methods", METHODS), ("students", STUDENTS), ("settings", SETTINGS)):
+        values = [v for v in getattr(args, flag).split(",") if v]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            parser.error(f"--{flag}: unknown {unknown}; choose from {list(allowed)}")
+        setattr(args, flag, values)
+    args.seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/methods_mnist1d.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    started = time.perf_counter()
+    done_seconds = 0.0
+    if not args.table_only:
+        torch.set_num_threads(1)
+        teacher = str(teacher_checkpoint())
+        jobs = [
+            Job(method, student, setting, seed, teacher)
+            for seed in args.seeds
+            for setting in args.settings
+            for student in args.students
+            for method in args.methods
+            if not (student == "mlp" and METHODS[method].cnn_only)
+            and not (method == "baseline" and setting == "transfer")
+        ]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        print(f"{len(jobs)} runs on {args.workers} workers", flush=True)
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = {pool.submit(run_job, job): job for job in jobs}
+            for count, future in enumerate(as_completed(futures), start=1):
+                record = future.result()
+                with LOG_PATH.open("a") as stream:
+                    stream.write(json.dumps(record) + "\n")
+                print(
+                    f"[{count}/{len(jobs)}] {record['method']} {record['student']} "
+                    f"{record['setting']} seed {record['seed']}: {record['test_top1']:.1f}% "
+                    f"({record['seconds']:.1f} s, {time.perf_counter() - started:.0f} s total)",
+                    flush=True,
+                )
+        done_seconds = time.perf_counter() - started
+    records = read_records()
+    header = [
+        "# Distillation methods on MNIST-1D",
+        "",
+        "Written by `benchmarks/methods_mnist1d.py` (see its docstring for the protocol).",
+        "",
+        f"- command: `{command}`",
+        *environment(),
+        f"- wall time of this invocation: {done_seconds / 60:.1f} min"
+        + (" (table re-rendered only)" if args.table_only else ""),
+        f"- recipe key {CONFIG_KEY}: {STEPS} Adam steps (lr 0.01, cosine), batch "
+        f"{BATCH_SIZE}; transfer setting: {BATCH_SIZE // 2} labeled + {BATCH_SIZE // 2} "
+        f"unlabeled rows per batch from {TRANSFER_SAMPLES} fresh samples",
+        "- test top-1 of the final model on the 1000 MNIST-1D test samples; paired diff = "
+        "mean ± std over seeds of (method − baseline) with the same seed; wins = seeds where "
+        "the method beats the baseline",
+    ]
+    TABLE_PATH.write_text(render_table(records, header))
+    print(TABLE_PATH.read_text())
+
+
+if __name__ == "__main__":
+    main()

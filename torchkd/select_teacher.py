@@ -1,0 +1,319 @@
+"""Teacher selection: rank candidate teacher checkpoints for a recipe's student.
+
+The most accurate teacher is not always the best one to distil from. Early-stopped teachers
+often teach better than fully trained ones (Cho & Hariharan, "On the Efficacy of Knowledge
+Distillation", ICCV 2019), and a large capacity gap between teacher and student can hurt
+(Mirzadeh et al., "Improved Knowledge Distillation via Teacher Assistant", AAAI 2020). So each
+candidate is measured twice:
+
+1. as a classifier on the validation split: top-1, NLL and expected calibration error;
+2. optionally, by a *distillation probe*: a short training of the recipe's student with that
+   teacher (same seed, data and steps for every candidate), scored by the student's validation
+   top-1. The probe also trains the student without distillation (one cross-entropy term), the
+   baseline a teacher has to beat.
+
+When probes ran they decide the ranking (the question is which teacher makes the best student);
+otherwise the teachers are ranked by validation top-1, then NLL. Only the training and
+validation splits are built: selecting a teacher never looks at the test split.
+
+Candidates are torchkd checkpoints (``runs/x/checkpoints/best.pt``, ``last.pt``, the
+``epoch_XXX.pt`` kept with ``train.keep_teacher_checkpoints_every``), whose stored recipe names
+their architecture, or bare weights (``.safetensors``, a saved state dict) for the recipe's
+``teacher`` architecture.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchkd.config import ConfigError, ModelConfig, Recipe, build_model
+
+if TYPE_CHECKING:
+    from torchkd.tune import SearchLoaders
+
+__all__ = ["CandidateResult", "TeacherSelection", "select_teacher"]
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class CandidateResult:
+    """One candidate teacher, measured.
+
+    Attributes:
+        path: the checkpoint or weights file.
+        model: its architecture, e.g. ``cnn1d(width=64)``.
+        parameters: its parameter count.
+        val: its validation metrics (``top1``, ``nll``, ``ece``).
+        probe_top1: the probe students' validation top-1, one per probe seed (empty without
+            probes).
+        rank: 1 for the recommended teacher.
+        reason: why it ranks where it does.
+        warning: set when distilling from it did not beat the student trained without KD.
+    """
+
+    path: str
+    model: str
+    parameters: int
+    val: dict[str, float]
+    probe_top1: list[float] = field(default_factory=list)
+    rank: int = 0
+    reason: str = ""
+    warning: str = ""
+
+    @property
+    def probe_mean(self) -> float | None:
+        """Mean probe-student top-1 (``None`` without probes)."""
+        return statistics.fmean(self.probe_top1) if self.probe_top1 else None
+
+
+@dataclass
+class TeacherSelection:
+    """The ranked candidates and how they were ranked.
+
+    Attributes:
+        candidates: best first.
+        baseline_top1: validation top-1 of the probe student trained without KD, per seed
+            (empty without probes).
+        probe_steps: optimizer steps of each probe (0: no probes).
+        ranked_by: ``"distillation probe"`` or ``"teacher validation top-1"``.
+    """
+
+    candidates: list[CandidateResult]
+    baseline_top1: list[float]
+    probe_steps: int
+    ranked_by: str
+
+    @property
+    def baseline_mean(self) -> float | None:
+        """Mean top-1 of the no-KD probe students (``None`` without probes)."""
+        return statistics.fmean(self.baseline_top1) if self.baseline_top1 else None
+
+    def table(self) -> str:
+        """The ranking as a markdown table."""
+        probes = bool(self.baseline_top1)
+        header = ["rank", "candidate", "model", "params", "val top-1", "NLL", "ECE"]
+        header += ["probe student top-1"] if probes else []
+        header.append("why")
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for result in self.candidates:
+            cells = [
+                str(result.rank),
+                f"`{result.path}`",
+                result.model,
+                f"{result.parameters:,}",
+                f"{100 * result.val['top1']:.2f} %",
+                f"{result.val['nll']:.3f}",
+                f"{result.val['ece']:.3f}",
+            ]
+            if probes:
+                cells.append(_percent_spread(result.probe_top1))
+            cells.append(result.reason + (f" **{result.warning}**" if result.warning else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+        if probes:
+            lines.append(
+                f"\nstudent without KD (same probe): {_percent_spread(self.baseline_top1)} "
+                f"validation top-1; probes of {self.probe_steps} optimizer steps"
+            )
+        return "\n".join(lines)
+
+
+def _percent_spread(values: Sequence[float]) -> str:
+    mean = 100 * statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.2f} %"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f} %"
+
+
+def _describe(spec: ModelConfig) -> str:
+    arguments = ", ".join(f"{key}={value}" for key, value in spec.kwargs.items())
+    return f"{spec.model}({arguments})"
+
+
+def candidate_spec(path: str | Path, recipe: Recipe) -> ModelConfig:
+    """The architecture of candidate ``path`` with ``checkpoint`` set to it.
+
+    A torchkd checkpoint stores the recipe that trained it; its ``student`` is the candidate's
+    architecture. Bare weights use the recipe's ``teacher`` architecture.
+    """
+    from torchkd.train import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--candidates: {path} does not exist")
+    stored: Any = None
+    if path.suffix != ".safetensors":
+        try:
+            stored = load_checkpoint(path)["config"].get("student")
+        except CheckpointError:
+            stored = None  # a bare state dict
+    if stored is not None:
+        spec = ModelConfig.model_validate(stored)
+    elif recipe.teacher is not None:
+        spec = recipe.teacher
+    else:
+        raise ConfigError(
+            [f"teacher: required to read the bare weights {path} (its architecture is unknown)"]
+        )
+    return spec.model_copy(update={"checkpoint": str(path)})
+
+
+def _single_teacher(recipe: Recipe) -> None:
+    if recipe.teachers is not None or recipe.teacher is None:
+        raise ConfigError(
+            [
+                "teacher: select-teacher needs a recipe with one `teacher:` (its terms say how "
+                "the probe distils); got "
+                + ("a list of teachers" if recipe.teachers is not None else "no teacher")
+            ]
+        )
+
+
+def _probe_loaders(recipe: Recipe, probe_steps: int, seed: int) -> tuple[SearchLoaders, int]:
+    """Train/validation loaders for a probe, and its epochs, for about ``probe_steps`` steps.
+
+    Fewer steps than an epoch: the first ``probe_steps`` batches of a fixed shuffle (one
+    epoch). More: whole epochs, as many as needed.
+    """
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from torchkd.tune import SearchLoaders, build_search_loaders
+
+    loaders = build_search_loaders(recipe.data, seed=seed)
+    batches_per_step = recipe.train.grad_accum_steps
+    steps_per_epoch = math.ceil(len(loaders.train) / batches_per_step)
+    if probe_steps >= steps_per_epoch:
+        return loaders, math.ceil(probe_steps / steps_per_epoch)
+    dataset = loaders.train.dataset
+    samples = probe_steps * batches_per_step * recipe.data.batch_size
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    subset = Subset(dataset, order[:samples].tolist())
+    train = DataLoader(
+        subset,
+        batch_size=recipe.data.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=recipe.data.num_workers,
+    )
+    return SearchLoaders(train, loaders.val), 1
+
+
+def _probe(recipe: Recipe, teacher_spec: ModelConfig | None, probe_steps: int, seed: int) -> float:
+    """Validation top-1 of the recipe's student after a short fit (no teacher: no KD)."""
+    from torchkd.config import build_terms
+    from torchkd.distiller import Distiller, Term
+    from torchkd.train import fit, seed_everything
+
+    loaders, epochs = _probe_loaders(recipe, probe_steps, seed)
+    config = recipe.train.model_copy(update={"epochs": epochs, "seed": seed, "progress": False})
+    seed_everything(seed)
+    student = build_model(recipe.student, "student")  # the same initial weights every probe
+    if teacher_spec is None:
+        terms = [Term(name="ce", loss="ce")]
+        distiller = Distiller(student, None, terms, output_key=recipe.output_key)
+    else:  # a fresh teacher per probe: nothing one probe attaches reaches the next
+        teacher = build_model(teacher_spec, "teacher")
+        distiller = Distiller(student, [teacher], build_terms(recipe), output_key=recipe.output_key)
+    with tempfile.TemporaryDirectory(prefix="torchkd-probe-") as run_dir:
+        result = fit(distiller, loaders.train, loaders.val, config, run_dir, report=False)
+    return float(result.final_metrics["top1"])
+
+
+def _rank(results: list[CandidateResult], baseline: list[float], probe_steps: int) -> str:
+    """Order ``results`` in place, fill rank, reason and warning; returns the criterion."""
+    most_accurate = max(results, key=lambda r: (r.val["top1"], -r.val["nll"]))
+    if baseline:
+        results.sort(key=lambda r: (-(r.probe_mean or 0.0), -r.val["top1"], r.val["nll"]))
+        baseline_mean = statistics.fmean(baseline)
+        for position, result in enumerate(results, start=1):
+            result.rank = position
+            gain = 100 * ((result.probe_mean or 0.0) - baseline_mean)
+            result.reason = f"probe student {gain:+.2f} points over no-KD"
+            if position == 1:
+                result.reason = "best probe student: " + result.reason
+            if result is most_accurate and position > 1:
+                result.reason += (
+                    "; the most accurate teacher, but its student learns less (capacity gap or "
+                    "over-confident targets?)"
+                )
+            if (result.probe_mean or 0.0) <= baseline_mean:
+                result.warning = "not better than the student trained without KD"
+        return "distillation probe"
+    results.sort(key=lambda r: (-r.val["top1"], r.val["nll"]))
+    for position, result in enumerate(results, start=1):
+        result.rank = position
+        result.reason = "highest validation top-1" if position == 1 else "lower validation top-1"
+        if position > 1 and result.val["top1"] == results[0].val["top1"]:
+            result.reason = "same top-1, higher NLL"
+    return "teacher validation top-1"
+
+
+def select_teacher(
+    recipe: Recipe,
+    candidates: Sequence[str | Path],
+    *,
+    probe_steps: int = 0,
+    probe_seeds: int = 1,
+    echo: Echo = print,
+) -> TeacherSelection:
+    """Measure and rank candidate teachers for ``recipe``'s student.
+
+    Args:
+        recipe: a recipe with one ``teacher:``; its terms are the probe's distillation.
+        candidates: checkpoint or weights files, one per candidate teacher.
+        probe_steps: optimizer steps of each distillation probe (0: no probes; the ranking is
+            then by teacher validation top-1).
+        probe_seeds: probes per candidate (and for the baseline), seeds ``train.seed + k``;
+            the ranking uses their mean.
+        echo: where progress lines go.
+
+    Returns:
+        :class:`TeacherSelection`, best candidate first.
+
+    Raises:
+        ConfigError: the recipe has no single teacher, or bare weights without a ``teacher``.
+        FileNotFoundError: a candidate file is missing.
+    """
+    from torchkd.train import evaluate, resolve_device
+    from torchkd.tune import build_search_loaders
+
+    _single_teacher(recipe)
+    if not candidates:
+        raise ValueError("candidates: expected at least one checkpoint")
+    if probe_steps < 0 or probe_seeds < 1:
+        raise ValueError(
+            f"probe_steps must be >= 0 and probe_seeds >= 1, got {probe_steps} and {probe_seeds}"
+        )
+    device = resolve_device(recipe.train.device)
+    val_loader = build_search_loaders(recipe.data, seed=recipe.train.seed).val
+    seeds = [recipe.train.seed + offset for offset in range(probe_seeds)]
+    results: list[CandidateResult] = []
+    baseline: list[float] = []
+    if probe_steps:
+        baseline = [_probe(recipe, None, probe_steps, seed) for seed in seeds]
+        echo(f"student without KD: validation top-1 {_percent_spread(baseline)}")
+    for path in candidates:
+        spec = candidate_spec(path, recipe)
+        teacher = build_model(spec, f"--candidates {path}").eval()
+        metrics = evaluate(teacher.to(device), val_loader, device=device)
+        result = CandidateResult(
+            path=str(path),
+            model=_describe(spec),
+            parameters=sum(p.numel() for p in teacher.parameters()),
+            val=metrics,
+        )
+        line = f"{path}: teacher validation top-1 {100 * metrics['top1']:.2f} %"
+        if probe_steps:
+            result.probe_top1 = [_probe(recipe, spec, probe_steps, seed) for seed in seeds]
+            line += f", probe student {_percent_spread(result.probe_top1)}"
+        echo(line)
+        results.append(result)
+    ranked_by = _rank(results, baseline, probe_steps)
+    return TeacherSelection(results, baseline, probe_steps, ranked_by)

@@ -81,7 +81,8 @@ def test_ranks_the_trained_teacher_above_the_damaged_one(candidates, monkeypatch
     assert selection.ranked_by == "teacher validation top-1"
     best, worst = selection.candidates
     assert best.val["top1"] > 0.8 > worst.val["top1"] + 0.2
-    assert best.model == "mlp(in_features=64, hidden=[32])" and best.parameters == 64 * 32 + 32 + 330
+    assert best.model == "mlp(in_features=64, hidden=[32])"
+    assert best.parameters == (64 * 32 + 32) + (32 * 10 + 10)
     assert (best.rank, worst.rank) == (1, 2) and "highest validation top-1" in best.reason
     assert "| 1 | `" in selection.table() and "test" not in built
 
@@ -89,9 +90,7 @@ def test_ranks_the_trained_teacher_above_the_damaged_one(candidates, monkeypatch
 def test_the_distillation_probe_decides_the_ranking(candidates) -> None:
     good, damaged = candidates
     recipe = recipe_from_dict(kd_recipe())
-    selection = select_teacher(
-        recipe, [damaged, good], probe_steps=12, echo=lambda line: None
-    )
+    selection = select_teacher(recipe, [damaged, good], probe_steps=12, echo=lambda line: None)
     assert selection.ranked_by == "distillation probe" and selection.probe_steps == 12
     assert [c.path for c in selection.candidates] == [str(good), str(damaged)]
     best, worst = selection.candidates
@@ -109,7 +108,7 @@ def test_probe_ranking_overrides_teacher_accuracy_and_warns() -> None:
     early = make_result("early", top1=0.90, probe=0.80)
     useless = make_result("useless", top1=0.50, probe=0.60)
     results = [accurate, useless, early]
-    assert _rank(results, baseline=[0.72], probe_steps=10) == "distillation probe"
+    assert _rank(results, baseline=[0.72]) == "distillation probe"
     assert [r.path for r in results] == ["early", "accurate", "useless"]
     assert "the most accurate teacher, but its student learns less" in accurate.reason
     assert early.warning == "" and "+8.00 points" in early.reason
@@ -124,5 +123,22 @@ def test_bare_weights_need_a_teacher_architecture(candidates) -> None:
         candidate_spec(damaged, no_teacher)
     with pytest.raises(ConfigError, match="needs a recipe with one `teacher:`"):
         select_teacher(no_teacher, [good], echo=lambda line: None)
-    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt does not exist"):
         select_teacher(recipe_from_dict(kd_recipe()), [good.parent / "missing.pt"])
+
+
+def test_cli_select_teacher(candidates, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from torchkd.cli import main
+
+    good, damaged = candidates
+    recipe = tmp_path / "kd.yaml"
+    recipe.write_text(yaml.safe_dump(kd_recipe()))
+    arguments = ["select-teacher", str(recipe), "--out", str(tmp_path)]
+    assert main([*arguments, "--candidates", str(damaged), str(good)]) == 0
+    printed = capsys.readouterr().out
+    assert f"recommended: teacher.checkpoint={good}" in printed
+    assert "| 1 | `" in (tmp_path / "teacher_selection.md").read_text()
+    assert main([*arguments, "--candidates", str(tmp_path / "nope.pt")]) == 2
+    assert "--candidates" in capsys.readouterr().err

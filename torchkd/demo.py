@@ -26,12 +26,28 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARMS", "Arm", "ArmRun", "DemoResult", "demo_recipe_path", "run_demo"]
+__all__ = [
+    "ARMS",
+    "Arm",
+    "ArmRun",
+    "DemoResult",
+    "demo_recipe_path",
+    "environment",
+    "paired_gain",
+    "run_demo",
+    "summary_markdown",
+    "summary_text",
+    "teacher_cache_path",
+    "train_arm",
+    "train_teacher",
+    "write_demo_report",
+]
 
 Echo = Callable[[str], None]
 
@@ -84,6 +100,7 @@ class DemoResult:
         report_path: ``OUT/report.md``.
         student_description: e.g. ``"mlp(hidden=[256])"``.
         transfer_samples: size of the unlabeled transfer set of arm (b).
+        environment: torch and Python versions, CPU, core count, device.
     """
 
     teacher_test: dict[str, float]
@@ -220,24 +237,30 @@ def _describe_model(spec: Any) -> str:
     return f"{spec.model}({arguments})"
 
 
-def prepare_teacher(out: Path, quick: bool, echo: Echo) -> tuple[Path, bool, float]:
-    """The cached teacher weights for the demo; trained (and cached) first when missing.
-
-    Returns:
-        ``(weights path, was cached, training seconds)``.
-    """
-    from torchkd.config import build_from_recipe, load_recipe
+def teacher_cache_path(quick: bool) -> Path:
+    """Where the demo's teacher weights are cached: ``teachers/<name>-<hash>.safetensors``
+    under :func:`torchkd.data.cache_dir`, the hash taken over the resolved teacher recipe."""
+    from torchkd.config import load_recipe
     from torchkd.data import cache_dir
     from torchkd.data.base import cache_key
+
+    path = demo_recipe_path(TEACHER_RECIPE)
+    recipe = load_recipe(path, _arm_overrides(path, quick, teacher_weights=None))
+    key = cache_key(recipe.model_dump(mode="json"))
+    return cache_dir() / "teachers" / f"{recipe.name}-{key}.safetensors"
+
+
+def train_teacher(quick: bool, run_dir: str) -> tuple[Path, float]:
+    """Train the demo teacher into ``run_dir`` and cache its best checkpoint's weights.
+
+    Returns:
+        ``(cached weights path, training seconds)``.
+    """
+    from torchkd.config import build_from_recipe, load_recipe
     from torchkd.train import export_student, fit
 
     path = demo_recipe_path(TEACHER_RECIPE)
     recipe = load_recipe(path, _arm_overrides(path, quick, teacher_weights=None))
-    resolved = recipe.model_dump(mode="json")
-    weights = cache_dir() / "teachers" / f"{recipe.name}-{cache_key(resolved)}.safetensors"
-    if weights.is_file():
-        return weights, True, 0.0
-    echo(f"training the teacher ({_describe_model(recipe.student)}); it is cached at {weights}")
     started = time.perf_counter()
     built = build_from_recipe(recipe)
     result = fit(
@@ -245,20 +268,28 @@ def prepare_teacher(out: Path, quick: bool, echo: Echo) -> tuple[Path, bool, flo
         built.loaders.train,
         built.loaders.val,
         built.train_config,
-        _fresh_dir(out / "teacher"),
-        resolved_config=resolved,
+        _fresh_dir(Path(run_dir)),
+        resolved_config=recipe.model_dump(mode="json"),
         report=False,
     )
-    export_student(result.best_checkpoint or result.last_checkpoint, weights)
-    return weights, False, time.perf_counter() - started
+    weights = export_student(
+        result.best_checkpoint or result.last_checkpoint, teacher_cache_path(quick)
+    )
+    return weights, time.perf_counter() - started
 
 
 def train_arm(
-    arm_key: str, seed: int, overrides: Sequence[str], run_dir: str, threads: int = 0
+    arm_key: str,
+    seed: int,
+    overrides: Sequence[str],
+    run_dir: str,
+    run_report: bool = True,
+    threads: int = 0,
 ) -> ArmRun:
     """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory).
 
-    ``threads > 0`` sets torch's intra-op threads (for worker processes).
+    ``run_report`` writes the run's own ``report.md`` and plots; ``threads > 0`` sets torch's
+    intra-op threads (for worker processes).
     """
     import torch
 
@@ -279,6 +310,7 @@ def train_arm(
         _fresh_dir(Path(run_dir)),
         test_loader=built.loaders.test,
         resolved_config=recipe.model_dump(mode="json"),
+        report=run_report,
     )
     return ArmRun(
         arm=arm_key,
@@ -296,38 +328,57 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _run_all(jobs: list[tuple[str, int, list[str], str]], workers: int, echo: Echo) -> list[ArmRun]:
-    """Train every ``(arm, seed, overrides, run_dir)``: in-process, or over worker processes."""
-    runs: list[ArmRun] = []
+class _InProcess(concurrent.futures.Executor):
+    """Runs each submitted call at once, in this process (``workers=1``)."""
 
-    def finished(run: ArmRun) -> None:
-        runs.append(run)
-        echo(
-            f"  {run.arm:<11} seed {run.seed}: test top-1 {100 * run.test['top1']:5.1f} %"
-            f"  ({run.seconds:.0f} s)"
-        )
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future
 
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _executor(workers: int) -> concurrent.futures.Executor:
+    """``workers`` spawned processes with ``cores // workers`` torch threads each (more threads
+    than cores make small models many times slower), or this process for ``workers=1``."""
     if workers <= 1:
-        for job in jobs:
-            finished(train_arm(*job))
-        return runs
-    threads = max(1, _available_cpus() // workers)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(train_arm, *job, threads) for job in jobs]
-        for future in concurrent.futures.as_completed(futures):
-            finished(future.result())
-    return runs
+        return _InProcess()
+    return concurrent.futures.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_threads,
+        initargs=(max(1, _available_cpus() // workers),),
+    )
 
 
-def _environment() -> dict[str, str]:
+def cpu_model() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux), else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, str]:
+    """What a timing depends on: torch and Python versions, CPU, cores, threads, device."""
     import torch
 
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": str(_available_cpus()),
+        "cpu": cpu_model(),
+        "cores": str(_available_cpus()),
+        "threads": str(torch.get_num_threads()),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
 
@@ -358,25 +409,61 @@ def run_demo(
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_weights, cached, teacher_seconds = prepare_teacher(out, quick, echo)
     recipes = {arm.key: demo_recipe_path(arm.recipe) for arm in ARMS}
-    overrides = {key: _arm_overrides(path, quick, teacher_weights) for key, path in recipes.items()}
-    label_free = load_recipe(recipes["label_free"], overrides["label_free"])
-    # Builds (and caches) the transfer set once, before worker processes need it.
-    loaders = build_loaders(label_free.data)
-    teacher = build_model(label_free.teacher_configs[0], "teacher")
-    teacher_test = evaluate(teacher, loaders.test)
-    jobs = [
-        (arm.key, seed, overrides[arm.key], str(out / arm.key / f"seed{seed}"))
-        for arm in reversed(ARMS)  # longest runs first
-        for seed in range(seeds)
-    ]
+    teacher_weights = teacher_cache_path(quick)
+    cached = teacher_weights.is_file()
+    runs_total = len(ARMS) * seeds
     if workers is None:
-        workers = min(_available_cpus(), len(jobs))
+        workers = min(_available_cpus(), runs_total + (not cached))
     echo(
-        f"training {len(jobs)} student runs ({len(ARMS)} arms x {seeds} seeds), {workers} at a time"
+        f"{'reusing' if cached else 'training'} the teacher ({teacher_weights}); "
+        f"{runs_total} student runs ({len(ARMS)} arms x {seeds} seeds), {workers} at a time"
     )
-    runs = _run_all(jobs, workers, echo)
+    runs: list[ArmRun] = []
+
+    def collect(futures: list[Future[ArmRun]]) -> None:
+        for future in concurrent.futures.as_completed(futures):
+            run = future.result()
+            runs.append(run)
+            echo(
+                f"  {run.arm:<11} seed {run.seed}: test top-1 {100 * run.test['top1']:5.1f} %"
+                f"  ({run.seconds:.0f} s)"
+            )
+
+    def submit(executor: concurrent.futures.Executor, arm: Arm) -> list[Future[ArmRun]]:
+        overrides = _arm_overrides(recipes[arm.key], quick, teacher_weights)
+        return [
+            executor.submit(
+                train_arm, arm.key, seed, overrides, str(out / arm.key / f"seed{seed}"), not quick
+            )
+            for seed in range(seeds)
+        ]
+
+    teacher_seconds = 0.0
+    with _executor(workers) as executor:
+        try:
+            if not cached:
+                teacher_job = executor.submit(train_teacher, quick, str(out / "teacher"))
+            baseline_jobs = submit(executor, ARMS[0])  # needs no teacher: runs alongside it
+            # meanwhile, generate (and cache) the transfer set once for the label-free runs
+            label_free = load_recipe(
+                recipes["label_free"], _arm_overrides(recipes["label_free"], quick, None)
+            )
+            loaders = build_loaders(label_free.data)
+            if not cached:
+                teacher_weights, teacher_seconds = teacher_job.result()
+            distill_jobs = [job for arm in reversed(ARMS[1:]) for job in submit(executor, arm)]
+            teacher = build_model(
+                label_free.teacher_configs[0].model_copy(
+                    update={"checkpoint": str(teacher_weights)}
+                ),
+                "teacher",
+            )
+            teacher_test = evaluate(teacher, loaders.test)
+            collect(baseline_jobs + distill_jobs)
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
     result = DemoResult(
         teacher_test=teacher_test,
         teacher_description=_describe_model(label_free.teacher),
@@ -386,7 +473,7 @@ def run_demo(
         seeds=list(range(seeds)),
         student_description=_describe_model(label_free.student),
         transfer_samples=len(loaders.train.dataset),
-        environment=_environment(),
+        environment=environment(),
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_demo_report(result, out, quick=quick)
@@ -458,6 +545,11 @@ def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Pat
     ]
     environment = ", ".join(f"{key} {value}" for key, value in result.environment.items())
     quick_note = ["", "**--quick run: a few optimizer steps per run; not a result.**"]
+    run_links = [
+        f"- {labels[run.arm]}, seed {run.seed}: `{run.arm}/seed{run.seed}/` ({run.seconds:.0f} s)"
+        + ("" if quick else f", [report]({run.arm}/seed{run.seed}/report.md)")
+        for run in result.runs
+    ]
     lines = [
         "# torchkd demo: knowledge distillation on MNIST-1D",
         *(quick_note if quick else []),
@@ -493,13 +585,10 @@ def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Pat
         "",
         "Recipes: `torchkd/configs/demo/` (teacher.yaml, baseline.yaml, kd.yaml, "
         "label_free.yaml). Each run directory holds its resolved `config.yaml`, "
-        "`metrics.jsonl`, TensorBoard events, checkpoints and its own `report.md`:",
+        "`metrics.jsonl`, TensorBoard events and checkpoints (and, except with --quick, "
+        "its own `report.md`):",
         "",
-        *(
-            f"- {labels[run.arm]}, seed {run.seed}: [{run.arm}/seed{run.seed}/report.md]"
-            f"({run.arm}/seed{run.seed}/report.md) ({run.seconds:.0f} s)"
-            for run in result.runs
-        ),
+        *run_links,
         "",
         f"Wall time {result.seconds:.0f} s ({environment}).",
         "",

@@ -81,7 +81,8 @@ class TeacherSelection:
         candidates: best first.
         baseline_top1: validation top-1 of the probe student trained without KD, per seed
             (empty without probes).
-        probe_steps: optimizer steps of each probe (0: no probes).
+        probe_steps: optimizer steps each probe took (0: no probes; whole epochs when more
+            steps than one epoch were asked).
         ranked_by: ``"distillation probe"`` or ``"teacher validation top-1"``.
     """
 
@@ -205,8 +206,10 @@ def _probe_loaders(recipe: Recipe, probe_steps: int, seed: int) -> tuple[SearchL
     return SearchLoaders(train, loaders.val), 1
 
 
-def _probe(recipe: Recipe, teacher_spec: ModelConfig | None, probe_steps: int, seed: int) -> float:
-    """Validation top-1 of the recipe's student after a short fit (no teacher: no KD)."""
+def _probe(
+    recipe: Recipe, teacher_spec: ModelConfig | None, probe_steps: int, seed: int
+) -> tuple[float, int]:
+    """The recipe's student after a short fit (no teacher: no KD): validation top-1, steps."""
     from torchkd.config import build_terms
     from torchkd.distiller import Distiller, Term
     from torchkd.train import fit, seed_everything
@@ -223,10 +226,10 @@ def _probe(recipe: Recipe, teacher_spec: ModelConfig | None, probe_steps: int, s
         distiller = Distiller(student, [teacher], build_terms(recipe), output_key=recipe.output_key)
     with tempfile.TemporaryDirectory(prefix="torchkd-probe-") as run_dir:
         result = fit(distiller, loaders.train, loaders.val, config, run_dir, report=False)
-    return float(result.final_metrics["top1"])
+    return float(result.final_metrics["top1"]), int(result.history[-1]["step"])
 
 
-def _rank(results: list[CandidateResult], baseline: list[float], probe_steps: int) -> str:
+def _rank(results: list[CandidateResult], baseline: list[float]) -> str:
     """Order ``results`` in place, fill rank, reason and warning; returns the criterion."""
     most_accurate = max(results, key=lambda r: (r.val["top1"], -r.val["nll"]))
     if baseline:
@@ -235,7 +238,7 @@ def _rank(results: list[CandidateResult], baseline: list[float], probe_steps: in
         for position, result in enumerate(results, start=1):
             result.rank = position
             gain = 100 * ((result.probe_mean or 0.0) - baseline_mean)
-            result.reason = f"probe student {gain:+.2f} points over no-KD"
+            result.reason = f"probe student {gain:+.2f} points vs no KD"
             if position == 1:
                 result.reason = "best probe student: " + result.reason
             if result is most_accurate and position > 1:
@@ -296,8 +299,10 @@ def select_teacher(
     seeds = [recipe.train.seed + offset for offset in range(probe_seeds)]
     results: list[CandidateResult] = []
     baseline: list[float] = []
+    steps_taken = 0
     if probe_steps:
-        baseline = [_probe(recipe, None, probe_steps, seed) for seed in seeds]
+        probes = [_probe(recipe, None, probe_steps, seed) for seed in seeds]
+        baseline, steps_taken = [top1 for top1, _ in probes], probes[0][1]
         echo(f"student without KD: validation top-1 {_percent_spread(baseline)}")
     for path in candidates:
         spec = candidate_spec(path, recipe)
@@ -311,9 +316,10 @@ def select_teacher(
         )
         line = f"{path}: teacher validation top-1 {100 * metrics['top1']:.2f} %"
         if probe_steps:
-            result.probe_top1 = [_probe(recipe, spec, probe_steps, seed) for seed in seeds]
+            probes = [_probe(recipe, spec, probe_steps, seed) for seed in seeds]
+            result.probe_top1 = [top1 for top1, _ in probes]
             line += f", probe student {_percent_spread(result.probe_top1)}"
         echo(line)
         results.append(result)
-    ranked_by = _rank(results, baseline, probe_steps)
-    return TeacherSelection(results, baseline, probe_steps, ranked_by)
+    ranked_by = _rank(results, baseline)
+    return TeacherSelection(results, baseline, steps_taken, ranked_by)

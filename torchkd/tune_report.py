@@ -10,6 +10,7 @@ the space holds a temperature and an α, the objective over the T × α plane.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ class SearchSummary:
     metric: str
     maximize: bool
     space: dict[str, dict[str, Any]]
+    overrides: list[str]
     rows: list[TrialRow]
     counts: dict[str, int]
     best_params: dict[str, Any] | None = None
@@ -79,8 +81,14 @@ def _importances(study: optuna.Study, complete: int) -> tuple[dict[str, float], 
         return {}, f"could not be estimated ({error})"
 
 
-def summarize(study: optuna.Study, recipe: Recipe, sampler: str) -> SearchSummary:
-    """Collect the trials, the best one and the importances of ``study``."""
+def summarize(
+    study: optuna.Study, recipe: Recipe, sampler: str, overrides: Sequence[str] = ()
+) -> SearchSummary:
+    """Collect the trials, the best one and the importances of ``study``.
+
+    ``overrides`` are the search's own ``key=value`` overrides (quoted in the report's command
+    that trains the best parameters).
+    """
     assert recipe.tune is not None
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
@@ -96,6 +104,7 @@ def summarize(study: optuna.Study, recipe: Recipe, sampler: str) -> SearchSummar
             path: spec.model_dump(exclude_none=True, exclude_defaults=True)
             for path, spec in recipe.tune.space.items()
         },
+        overrides=list(overrides),
         rows=[_row(trial) for trial in trials],
         counts=counts,
     )
@@ -172,9 +181,7 @@ def _plot_curves(summary: SearchSummary, path: Path) -> None:
 def _temperature_alpha_paths(summary: SearchSummary) -> tuple[str, str] | None:
     temperatures = [p for p in summary.space if _short(p) == "temperature"]
     alphas = [p for p in summary.space if _short(p) == "alpha"]
-    numeric = [
-        p for p in temperatures + alphas if summary.space[p].get("type") in ("float", "int")
-    ]
+    numeric = [p for p in temperatures + alphas if summary.space[p].get("type") in ("float", "int")]
     if temperatures and alphas and temperatures[0] in numeric and alphas[0] in numeric:
         return temperatures[0], alphas[0]
     return None
@@ -296,7 +303,7 @@ def write_tune_report(summary: SearchSummary, result: TuneResult, command: str =
             *[f"| `{p}` | {_value_text(v)} |" for p, v in summary.best_params.items()],
             "",
             "Train them: `torchkd train RECIPE.yaml "
-            + " ".join(trial_overrides(summary.best_params))
+            + " ".join([*summary.overrides, *trial_overrides(summary.best_params)])
             + "`",
             "",
         ]

@@ -1,10 +1,10 @@
 """Numeric kernels for the KL family of logit losses, with closed-form gradients.
 
 One kernel computes, per row of ``[N, C]`` logits, the divergence between the softened
-distributions ``p_S = softmax(z_S / T)`` and ``p_T = softmax(z_T / T)`` scaled by ``T^2``, and
-in the same pass its gradient with respect to the logits. The gradient is saved and the backward
-pass only multiplies it by the incoming row gradients, in place when autograd will not run the
-graph again. Divergences (``kind``):
+distributions ``p_S = softmax(z_S / T)`` and ``p_T = softmax(z_T / T)`` scaled by ``T^2`` and,
+in the same forward call, its closed-form gradient with respect to the logits. The gradient is
+saved and the backward pass only multiplies it by the incoming row gradients, in place when
+autograd will not run the graph again (no new ``[N, C]`` buffer). Divergences (``kind``):
 
 - ``"forward_kl"``: ``KL(p_T || p_S)``, student gradient ``T (p_S - p_T)``;
 - ``"reverse_kl"``: ``KL(p_S || p_T)``;
@@ -15,9 +15,11 @@ Three execution paths, all computing in at least float32 and returning gradients
 dtype:
 
 - a fused kernel: the same math written in elementwise primitives and compiled by
-  :func:`torch.compile` (dynamic shapes) into one pass per row that stores only the gradient;
-- the eager kernel: library softmax calls and in-place arithmetic, the default for small inputs
-  and the fallback wherever compilation is unavailable or fails;
+  :func:`torch.compile` (dynamic shapes: new batch sizes do not recompile) into one kernel that
+  writes no ``[N, C]`` tensor but the gradients;
+- the eager kernel: library softmax calls and in-place arithmetic in at most two fresh
+  ``[N, C]`` buffers, the default for small inputs and the fallback wherever compilation is
+  unavailable or fails;
 - plain autograd through the formula, used when the temperature itself requires a gradient
   (learned temperatures, CTKD) or when an outer ``torch.compile`` is tracing the loss.
 
@@ -31,6 +33,7 @@ the same positions in student and teacher (vocabulary masking) give finite losse
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -68,7 +71,7 @@ def _weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
 
 
 def _weighted_row_sum(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
-    """``sum_c weights * values`` per row; the fast form is one dot product, no temporary."""
+    """``sum_c weights * values`` per row; the fast form is one library dot-product call."""
     if safe:
         return _weighted(weights, values, safe).sum(-1)
     return torch.linalg.vecdot(weights, values)
@@ -163,15 +166,17 @@ def _fused(
     student_grad: bool,
     teacher_grad: bool,
 ) -> KernelResult:
-    """Loss rows (x T^2) and logit gradients (x T), in primitives that compile to one pass.
+    """Loss rows (x T^2) and logit gradients (x T), written for :func:`torch.compile`.
 
-    ``temperature`` is ``[N, 1]``. The log-softmax is spelled out (max, shift, log-sum-exp) so
-    the compiler keeps every ``[N, C]`` intermediate in registers and stores only the gradients.
+    ``temperature`` is ``[N, 1]``. The log-softmax is spelled out (max, shift, log-sum-exp)
+    rather than called, so the compiler fuses everything into row reductions that recompute
+    the elementwise terms instead of storing them: for forward KL the generated kernel writes
+    no ``[N, C]`` buffer but the gradient (JSD keeps one more).
     """
 
     def log_probs(logits: Tensor) -> Tensor:
         values = logits.to(compute_dtype(logits.dtype))
-        shifted = (values - values.amax(-1, keepdim=True)) / temperature
+        shifted = (values - values.amax(-1, keepdim=True)) * temperature.reciprocal()
         return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
     rows, student_gradient, teacher_gradient = _closed_form(
@@ -226,18 +231,19 @@ def _compiled_kernel(kind: Divergence) -> Callable[..., KernelResult]:
     return _compiled_kernels[kind]
 
 
-def _platform_can_compile(device: torch.device) -> bool:
+@functools.cache
+def _platform_can_compile(device_type: str) -> bool:
     """Whether ``torch.compile`` can build kernels here (Dynamo, plus a C++ compiler or Triton)."""
     try:
         if not torch._dynamo.is_dynamo_supported():
             return False
-        if device.type == "cuda":
+        if device_type == "cuda":
             from torch.utils._triton import has_triton
 
             return has_triton()
     except Exception:  # a private helper moved: assume no
         return False
-    if device.type != "cpu":
+    if device_type != "cpu":
         return False
     compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
     return any(name and shutil.which(name) for name in compilers)
@@ -260,7 +266,7 @@ def should_compile(logits: Tensor) -> bool:
         return False
     if policy == "1":
         return True
-    return logits.numel() >= AUTO_COMPILE_MIN_ELEMENTS and _platform_can_compile(logits.device)
+    return logits.numel() >= AUTO_COMPILE_MIN_ELEMENTS and _platform_can_compile(logits.device.type)
 
 
 # --------------------------------------------------------------------------- eager kernel
@@ -271,7 +277,16 @@ def _softened(logits: Tensor, temperature: float | Tensor) -> Tensor:
     values = logits.to(compute_dtype(logits.dtype))
     if isinstance(temperature, float) and temperature == 1.0:
         return values.clone() if values is logits else values
-    return values / (temperature if isinstance(temperature, float) else temperature.unsqueeze(-1))
+    return values / _column(temperature)
+
+
+def _column(temperature: float | Tensor) -> float | Tensor:
+    """A per-row ``[N]`` temperature as an ``[N, 1]`` column (floats pass through)."""
+    return temperature if isinstance(temperature, float) else temperature.unsqueeze(-1)
+
+
+def _squared(temperature: float | Tensor) -> float | Tensor:
+    return temperature**2 if isinstance(temperature, float) else temperature.square()
 
 
 def _softmax_in_place(values: Tensor) -> Tensor:
@@ -298,13 +313,18 @@ def _eager_probability_form(
     """
     teacher_probs = _softened(teacher, temperature)
     teacher_lse = _softmax_in_place(teacher_probs)
-    work = student.to(compute_dtype(student.dtype), copy=True)
+    dtype = teacher_probs.dtype
     if kind == "forward_kl":
-        work.neg_().add_(teacher)
+        work = torch.sub(teacher.to(dtype), student)
+    else:
+        work = student.to(dtype, copy=True)
     cross = work.mul_(teacher_probs).sum(-1) / temperature
-    work.copy_(student)
-    if not (isinstance(temperature, float) and temperature == 1.0):
-        work.div_(temperature if isinstance(temperature, float) else temperature.unsqueeze(-1))
+    if isinstance(temperature, float) and temperature == 1.0:
+        work.copy_(student)
+    elif student.dtype == dtype:
+        torch.div(student, _column(temperature), out=work)
+    else:
+        work.copy_(student).div_(_column(temperature))
     student_lse = _softmax_in_place(work)
     rows = cross + (student_lse - teacher_lse) if kind == "forward_kl" else student_lse - cross
     return rows, work.sub_(teacher_probs)
@@ -352,7 +372,7 @@ def _eager(
     page faults that dwarf the arithmetic on CPU). The fast forms have no NaN guards; if a row
     comes out non-finite (``-inf`` or NaN logits), all rows are redone with the guarded form.
     """
-    squared = temperature**2 if isinstance(temperature, float) else temperature.square()
+    squared = _squared(temperature)
     if kind in ("forward_kl", "soft_ce") and not teacher_grad:
         rows, student_gradient = _eager_probability_form(kind, student, teacher, temperature)
         if bool(torch.isfinite(rows).all()):
@@ -419,8 +439,7 @@ def _run_kernel(
         rows, student_gradient, teacher_gradient = _eager(
             kind, student, teacher, temperature, beta, student_grad, teacher_grad
         )
-        pending = temperature if isinstance(temperature, float) else temperature.unsqueeze(-1)
-        return rows, student_gradient, teacher_gradient, pending
+        return rows, student_gradient, teacher_gradient, _column(temperature)
 
 
 class _DivergenceFunction(torch.autograd.Function):
@@ -465,10 +484,10 @@ def _autograd_rows(
     kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor, beta: float
 ) -> Tensor:
     """The same rows by plain autograd through the formula (differentiable in ``temperature``)."""
-    scale = temperature if isinstance(temperature, float) else temperature.unsqueeze(-1)
 
     def log_probs(logits: Tensor) -> Tensor:
-        return torch.log_softmax(logits.to(compute_dtype(logits.dtype)) / scale, dim=-1)
+        values = logits.to(compute_dtype(logits.dtype)) / _column(temperature)
+        return torch.log_softmax(values, dim=-1)
 
     rows = _closed_form(
         kind,
@@ -479,7 +498,7 @@ def _autograd_rows(
         student_grad=False,
         teacher_grad=False,
     )[0]
-    return rows * (temperature**2 if isinstance(temperature, float) else temperature.square())
+    return rows * _squared(temperature)
 
 
 def divergence_rows(
@@ -504,7 +523,7 @@ def divergence_rows(
         ``[N]`` rows in float32 (float64 for float64 inputs).
     """
     if isinstance(temperature, Tensor):
-        temperature = temperature.to(dtype=compute_dtype(student_rows.dtype))
+        temperature = temperature.to(student_rows.device, compute_dtype(student_rows.dtype))
         if temperature.dim() == 0 and not temperature.requires_grad:
             temperature = float(temperature)
     if kind == "jsd" and not 0.0 < beta < 1.0:
@@ -512,4 +531,6 @@ def divergence_rows(
     learned = isinstance(temperature, Tensor) and temperature.requires_grad
     if learned or torch.compiler.is_compiling():
         return _autograd_rows(kind, student_rows, teacher_rows, temperature, beta)
+    if not (torch.is_grad_enabled() and (student_rows.requires_grad or teacher_rows.requires_grad)):
+        return _run_kernel(kind, student_rows, teacher_rows, temperature, beta, False, False)[0]
     return _DivergenceFunction.apply(student_rows, teacher_rows, temperature, kind, beta)

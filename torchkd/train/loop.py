@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -479,6 +479,7 @@ def fit(
     test_loader: Iterable[Mapping[str, Any]] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
     report: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``distiller`` for ``config.epochs`` epochs, evaluating and checkpointing each.
 
@@ -498,6 +499,9 @@ def fit(
         resolved_config: the full resolved recipe, written to ``config.yaml`` and stored in
             every checkpoint (default: ``{"train": config}``).
         report: write ``report.md`` and the plots at the end.
+        on_epoch_end: called with each epoch's record (``epoch``, ``val`` metrics, ...) once
+            its checkpoints are written; an exception it raises stops training and
+            propagates (how :mod:`torchkd.tune` prunes a trial).
 
     Returns:
         :class:`FitResult`.
@@ -531,6 +535,8 @@ def fit(
     try:
         for epoch in range(progress.epoch, config.epochs):
             _run_epoch(trainer, epoch, val_loader, logger)
+            if on_epoch_end is not None:
+                on_epoch_end(progress.history[-1])
     except KeyboardInterrupt:
         trainer.save("last.pt")
         print(f"\ninterrupted: saved {last_path}; resume to continue", file=sys.stderr)

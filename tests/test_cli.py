@@ -1,0 +1,271 @@
+"""The ``torchkd`` command line: every command on a tiny setting, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from torchkd.cli import COMMANDS, main
+from torchkd.data import load_mnist1d
+from torchkd.models import create_model
+from torchkd.train import load_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[1] / "torchkd" / "configs"
+FAST = ["train.epochs=1", "train.progress=false", "data.batch_size=256"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dataset cache for the module, so MNIST-1D is generated once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cache: Path) -> None:
+    monkeypatch.setenv("TORCHKD_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*argv: str) -> int:
+    return main([str(arg) for arg in argv])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> dict[str, Path]:
+    """A one-epoch teacher, and a one-epoch student distilled from it with KD + FitNets hint
+    (the hint's 1x1-conv adapter lives in the checkpoint's extras)."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHKD_CACHE", str(cache))
+        teacher_dir = root / "teacher"
+        teacher_args = [CONFIGS / "mnist1d" / "teacher.yaml", *FAST, "student.kwargs.width=8"]
+        assert run("train", *teacher_args, "--run-dir", teacher_dir) == 0
+        recipe = root / "kd_hint.yaml"
+        recipe.write_text(
+            "name: kd_hint\n"
+            "data: {dataset: mnist1d, batch_size: 256}\n"
+            f"teacher: {{model: cnn1d, kwargs: {{width: 8}}, checkpoint: "
+            f"{teacher_dir / 'checkpoints' / 'best.pt'}}}\n"
+            "student: {model: cnn1d, kwargs: {width: 4}}\n"
+            "terms:\n"
+            "  - {name: kd, loss: kd, loss_kwargs: {temperature: 4.0}, weight: 0.9}\n"
+            "  - {name: ce, loss: ce, weight: 0.1}\n"
+            "  - {name: hint, loss: hint, student: conv2, teacher: conv2, weight: 0.1}\n"
+            "train: {epochs: 1, progress: false}\n"
+        )
+        student_dir = root / "student"
+        assert run("train", recipe, "--run-dir", student_dir) == 0
+    return {"recipe": recipe, "teacher": teacher_dir, "student": student_dir}
+
+
+# ------------------------------------------------------------------------------ help, list
+
+
+def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"demo", "train", "eval", "export", "list"} <= set(COMMANDS)
+    for name in COMMANDS:
+        assert run(name, "--help") == 0
+        text = capsys.readouterr().out
+        assert f"usage: torchkd {name}" in text and "examples:" in text and "torchkd " in text
+    assert run("--help") == 0
+    overview = capsys.readouterr().out
+    assert all(name in overview for name in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("models", ["cnn1d", "mlp", "resnet8x4"]),
+        ("datasets", ["mnist1d", "mnist1d_transfer", "digits"]),
+        ("losses", ["kd", "hinton", "ce", "crd"]),
+        ("schedules", ["constant", "cosine", "exponential"]),
+    ],
+)
+def test_list(kind: str, expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("list", kind) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert set(expected) <= set(names)
+
+
+def test_list_losses_shows_family_and_signature(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("list", "losses") == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["kd"] == ["logit", "logits"]
+    assert rows["hinton"] == ["logit", "logits_labels"]
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("torchkd")
+    done = subprocess.run(
+        [str(script), "list", "schedules"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cosine" in done.stdout.split()
+
+
+# ------------------------------------------------------------------------------- exit codes
+
+
+def test_unknown_recipe_key_exits_2_naming_the_path(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run("train", CONFIGS / "mnist1d" / "baseline.yaml", "train.optimizer.lrr=0.1")
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "train.optimizer.lrr" in error and "did you mean 'lr'" in error
+    assert "Traceback" not in error
+
+
+def test_bad_value_exits_2_naming_the_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("train", CONFIGS / "mnist1d" / "baseline.yaml", "train.epochs=abc") == 2
+    assert "train.epochs: expected an integer, got 'abc'" in capsys.readouterr().err
+
+
+def test_invalid_yaml_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: x\ndata: {dataset: mnist1d}\nstudent: {model: mlp}\nterms: []\n")
+    assert run("train", recipe) == 2
+    error = capsys.readouterr().err
+    assert "terms" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "missing.yaml"],
+        ["eval", "missing.yaml", "--checkpoint", "x.pt"],
+        ["export", "missing.yaml", "--checkpoint", "x.pt", "--out", "s.safetensors"],
+    ],
+)
+def test_missing_recipe_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(*argv) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("eval", CONFIGS / "mnist1d" / "baseline.yaml", "--checkpoint", "nope.pt") == 2
+    assert "nope.pt" in capsys.readouterr().err
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("frobnicate") == 2
+    assert run("list", "teachers") == 2
+    assert run("demo", "--seeds", "0") == 2
+    assert run("eval", CONFIGS / "mnist1d" / "baseline.yaml") == 2  # --checkpoint missing
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_runtime_failure_exits_1_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nn.Identity passes the [B, 1, 40] inputs through: not logits, the CE term refuses them
+    # once training starts (a runtime failure, not a recipe error).
+    overrides = [*FAST, "student.model=torch.nn:Identity", "student.kwargs={}"]
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    assert run("train", baseline, *overrides, "--run-dir", tmp_path / "a") == 1
+    error = capsys.readouterr().err
+    assert "failed:" in error and "Traceback" not in error and "--traceback" in error
+    assert run("--traceback", "train", baseline, *overrides, "--run-dir", tmp_path / "b") == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- train, resume
+
+
+def test_train_writes_a_run_and_refuses_to_overwrite_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    assert run("train", baseline, *FAST) == 0  # default run dir: runs/<recipe name>
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "runs" / "mnist1d_baseline"
+    for name in ("checkpoints/last.pt", "metrics.jsonl", "config.yaml", "report.md"):
+        assert (run_dir / name).is_file(), name
+    assert re.search(r"test top-1 of the final model: \d+\.\d\d %", out)
+    assert run("train", baseline, *FAST) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_continues_the_run(tmp_path: Path) -> None:
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    run_dir = tmp_path / "run"
+    assert run("train", baseline, *FAST, "--run-dir", run_dir) == 0
+    assert run("train", baseline, *FAST, "train.epochs=2", "--run-dir", run_dir, "--resume") == 0
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "epoch"
+    ]
+    assert epochs == [1, 2]
+    assert run("train", baseline, *FAST, "--run-dir", tmp_path / "none", "--resume") == 2
+
+
+# -------------------------------------------------------------------------- eval, export
+
+
+def test_eval_prints_the_metrics_of_the_checkpoint(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained["student"] / "checkpoints" / "last.pt"
+    assert run("eval", trained["recipe"], "--checkpoint", last, "--json") == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["split"] == "test" and metrics["samples"] == 1000
+    student = create_model("cnn1d", width=4)
+    student.load_state_dict(load_checkpoint(last)["student"])
+    test = load_mnist1d("test")
+    with torch.no_grad():
+        correct = (student(test.inputs).argmax(-1) == test.labels).double().mean().item()
+    assert metrics["top1"] == pytest.approx(correct, abs=1e-9)
+
+    assert run("eval", trained["recipe"], "--checkpoint", last, "--split", "val") == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^split\s+val$", text, re.MULTILINE)
+    printed = re.search(r"^top1\s+(\d+\.\d\d) %$", text, re.MULTILINE)
+    assert printed is not None
+    # fit evaluated the same final model on the validation split after its last epoch
+    last_epoch = [
+        record
+        for record in map(json.loads, (trained["student"] / "metrics.jsonl").open())
+        if record.get("kind") == "epoch"
+    ][-1]
+    assert float(printed.group(1)) == pytest.approx(100 * last_epoch["val"]["top1"], abs=0.006)
+
+
+def test_eval_refuses_a_checkpoint_of_another_student(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher_checkpoint = trained["teacher"] / "checkpoints" / "last.pt"
+    assert run("eval", trained["recipe"], "--checkpoint", teacher_checkpoint) == 2
+    assert "does not fit the recipe's student" in capsys.readouterr().err
+
+
+def test_export_writes_bare_student_weights(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained["student"] / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    assert any(key.startswith("hint.adapters") for key in checkpoint["extras"])
+    out = tmp_path / "student.safetensors"
+    assert run("export", trained["recipe"], "--checkpoint", last, "--out", out) == 0
+    assert "wrote" in capsys.readouterr().out
+    exported = load_file(out)
+    fresh = create_model("cnn1d", width=4)
+    assert set(exported) == set(fresh.state_dict())  # no adapter or other extras keys
+    fresh.load_state_dict(exported)  # strict
+    inputs = torch.randn(5, 1, 40)
+    trained_student = create_model("cnn1d", width=4)
+    trained_student.load_state_dict(checkpoint["student"])
+    torch.testing.assert_close(fresh(inputs), trained_student(inputs), rtol=0, atol=0)
+
+
+def test_export_needs_a_safetensors_name(
+    trained: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained["student"] / "checkpoints" / "last.pt"
+    assert run("export", trained["recipe"], "--checkpoint", last, "--out", "student.pt") == 2
+    assert ".safetensors" in capsys.readouterr().err

@@ -24,28 +24,32 @@ def _check_weight(name: str, value: float) -> None:
         raise ValueError(f"{name} must be >= 0 (a loss weight, may exceed 1), got {value}")
 
 
-def _target_and_rest(scaled_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Split ``[N, C]`` logits into the binary log-probabilities and the non-target logits.
+def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tensor, Tensor]:
+    """Split ``[N, C]`` scaled logits into DKD's two distributions, in log space.
 
-    Returns ``log_binary`` ``[N, 2]`` = (log p_target, log(1 - p_target)), computed in log space
-    so neither entry underflows to ``-inf``, and ``rest`` ``[N, C - 1]``, the logits of the
-    non-target classes (the target column removed exactly).
+    Returns ``log_binary`` ``[N, 2]`` = (log p_target, log(1 - p_target)), computed from
+    log-sum-exps so neither entry underflows to ``-inf``, and ``log_rest`` ``[N, C]``, the
+    log-softmax over the non-target classes with ``-inf`` in the target column (the target is
+    removed exactly, without gathering a ``[N, C - 1]`` copy).
     """
     log_normalizer = scaled_logits.logsumexp(dim=-1)
-    target_logit = scaled_logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    others = torch.ones_like(scaled_logits, dtype=torch.bool).scatter_(
-        -1, labels.unsqueeze(-1), False
-    )
-    rest = scaled_logits[others].reshape(scaled_logits.shape[0], scaled_logits.shape[1] - 1)
+    target_logit = (scaled_logits * is_target).sum(dim=-1)
+    rest_logits = scaled_logits.masked_fill(is_target, float("-inf"))
+    rest_normalizer = rest_logits.logsumexp(dim=-1)
     log_binary = torch.stack(
-        (target_logit - log_normalizer, rest.logsumexp(dim=-1) - log_normalizer), dim=-1
+        (target_logit - log_normalizer, rest_normalizer - log_normalizer), dim=-1
     )
-    return log_binary, rest
+    return log_binary, rest_logits - rest_normalizer.unsqueeze(-1)
 
 
-def _kl_from_log_probs(teacher_log_probs: Tensor, student_log_probs: Tensor) -> Tensor:
-    """Row-wise KL(teacher || student) from log-probabilities (finite inputs)."""
-    return (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)
+def _kl_from_log_probs(
+    teacher_log_probs: Tensor, student_log_probs: Tensor, excluded: Tensor | None = None
+) -> Tensor:
+    """Row-wise KL(teacher || student) from log-probabilities; ``excluded`` entries add 0."""
+    log_ratio = teacher_log_probs - student_log_probs
+    if excluded is not None:
+        log_ratio = log_ratio.masked_fill(excluded, 0.0)
+    return (teacher_log_probs.exp() * log_ratio).sum(dim=-1)
 
 
 def dkd_loss(
@@ -135,10 +139,12 @@ def dkd_loss(
     teacher_rows = select_rows(teacher_logits, keep).to(dtype) / temperature
     kept_labels = labels.reshape(-1)[keep.reshape(-1)]
 
-    student_binary, student_rest = _target_and_rest(student_rows, kept_labels)
-    teacher_binary, teacher_rest = _target_and_rest(teacher_rows, kept_labels)
+    is_target = torch.zeros_like(student_rows, dtype=torch.bool)
+    is_target.scatter_(-1, kept_labels.unsqueeze(-1), True)
+    student_binary, student_rest = _log_binary_and_rest(student_rows, is_target)
+    teacher_binary, teacher_rest = _log_binary_and_rest(teacher_rows, is_target)
     tckd = _kl_from_log_probs(teacher_binary, student_binary)
-    nckd = _kl_from_log_probs(teacher_rest.log_softmax(dim=-1), student_rest.log_softmax(dim=-1))
+    nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
     row_values = (alpha * tckd + beta * nckd) * temperature**2
     return reduce_rows(
         row_values, reduction, rows_shape=rows_shape, mask=keep, elements_per_row=num_classes

@@ -4,10 +4,13 @@ A wide 1-D CNN teacher (``configs/mnist1d/teacher.yaml``, trained once and cache
 into a narrow CNN of the same family and into an MLP (a different family: no spatial feature
 maps, so the methods that need them — AT, NST, FSP, factor transfer — are marked n/a there).
 Each method is its recipe in ``configs/mnist1d/`` (the MLP is the override
-``student.model=mlp`` plus the tap paths listed in :data:`MLP_OVERRIDES`), built with
-:func:`torchkd.config.build_from_recipe` and trained with :func:`torchkd.train.fit`: the
+``student.model=mlp`` plus the tap paths in each :class:`Method`'s ``mlp_overrides``), built
+with :func:`torchkd.config.build_from_recipe` and trained with :func:`torchkd.train.fit`: the
 library's engine, not a loop of its own. Every run uses the same optimizer, learning-rate
-schedule, batch size and number of optimizer steps (:data:`COMMON_OVERRIDES`).
+schedule, batch size and number of optimizer steps (:func:`common_overrides`); the table
+reports the test top-1 of the final model (no checkpoint selection). Training batches are
+drawn by :class:`MixedBatchSampler` (random permutations, 50-batch epochs) and built whole by
+:class:`RowBatches`, which is much cheaper than collating one sample at a time.
 
 Two settings:
 
@@ -57,29 +60,34 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "torchkd" / "configs" / "mnist1d"
 RESULTS = ROOT / "benchmarks" / "results"
 LOG_PATH = RESULTS / "methods_mnist1d.jsonl"
-TABLE_PATH = RESULTS / "methods_mnist1d.md"
 
 STUDENTS = ("cnn", "mlp")
 SETTINGS = ("labeled", "transfer")
 UNLABELED = -100  # the ignore_index of the CE and DKD losses
 
 # The one training recipe of every run (on top of each method recipe's own train section).
-STEPS = 1000
+STEPS = 600  # the default budget; --steps N writes methods_mnist1d_steps<N>.md instead
 BATCHES_PER_EPOCH = 50
 BATCH_SIZE = 256
 TRANSFER_SAMPLES = 25_000
 TRANSFER_SEED = 1
 TRANSFER_LABELED_PER_BATCH = 64
 STAGE1_FRACTION = 0.25
-COMMON_OVERRIDES = [
-    f"data.batch_size={BATCH_SIZE}",
-    f"train.epochs={STEPS // BATCHES_PER_EPOCH}",
-    "train.optimizer={name: adam, lr: 0.01, weight_decay: 0.0}",
-    "train.lr_schedule={name: cosine}",
-    "train.progress=false",
-    f"train.log_every_steps={STEPS}",
-    "train.checkpoint_every_epochs=1000",
-]
+
+
+def common_overrides(steps: int) -> list[str]:
+    """The training settings every run shares, for a budget of ``steps`` optimizer steps."""
+    return [
+        f"data.batch_size={BATCH_SIZE}",
+        f"train.epochs={steps // BATCHES_PER_EPOCH}",
+        "train.optimizer={name: adam, lr: 0.01, weight_decay: 0.0}",
+        "train.lr_schedule={name: cosine}",
+        "train.progress=false",
+        f"train.log_every_steps={steps}",
+        "train.checkpoint_every_epochs=1000",
+    ]
+
+
 TEACHER_OVERRIDES = ["train.progress=false", "train.log_every_steps=1000"]
 
 
@@ -316,13 +324,14 @@ class Job:
     setting: str
     seed: int
     teacher: str
+    steps: int = STEPS
 
 
 def stage_overrides(job: Job, recipe: Path, num_labeled: int, stage1: bool = False) -> list[str]:
     """Common settings, seed, teacher, student family and (for CRD) the bank size."""
     import yaml
 
-    overrides = [*COMMON_OVERRIDES, f"train.seed={job.seed}"]
+    overrides = [*common_overrides(job.steps), f"train.seed={job.seed}"]
     raw = yaml.safe_load(recipe.read_text())
     if "teacher" in raw:
         overrides.append(f"teacher.checkpoint={job.teacher}")
@@ -384,7 +393,7 @@ def run_job(job: Job) -> dict[str, Any]:
         student_checkpoint, extras_from = None, None
         if method.stage1 is not None:
             stage1 = stage_overrides(job, RECIPES / method.stage1, num_labeled, stage1=True)
-            stage1_epochs = max(1, round(STAGE1_FRACTION * STEPS / BATCHES_PER_EPOCH))
+            stage1_epochs = max(1, round(STAGE1_FRACTION * job.steps / BATCHES_PER_EPOCH))
             stage1.append(f"train.epochs={stage1_epochs}")
             result = train_stage(job, method.stage1, stage1, Path(scratch) / "stage1", None)
             if job.method == "factor_transfer":
@@ -404,30 +413,99 @@ def run_job(job: Job) -> dict[str, Any]:
         "val_top1": 100 * result.final_metrics.get("top1", float("nan")),
         "nonfinite_steps": result.nonfinite_steps,
         "seconds": time.perf_counter() - started,
-        "config": CONFIG_KEY,
+        "config": config_key(job.steps),
     }
 
 
-def config_key() -> str:
+def config_key(steps: int) -> str:
     """Identifies the training recipe: runs with another key are not mixed into the table."""
-    paths = sorted(RECIPES.glob("*.yaml"))
-    sizes = (STEPS, BATCHES_PER_EPOCH, TRANSFER_SAMPLES, TRANSFER_LABELED_PER_BATCH)
+    names = {"teacher.yaml"} | {m.recipe for m in METHODS.values()}
+    names |= {m.stage1 for m in METHODS.values() if m.stage1 is not None}
+    paths = [RECIPES / name for name in sorted(names)]
+    sizes = (steps, BATCHES_PER_EPOCH, TRANSFER_SAMPLES, TRANSFER_LABELED_PER_BATCH)
     extra = [str(value) for value in (*sizes, STAGE1_FRACTION)]
     extra += [repr(method) for method in METHODS.values()]
-    return recipe_hash(paths, [*COMMON_OVERRIDES, *extra])
+    return recipe_hash(paths, [*common_overrides(steps), *extra])
 
 
-CONFIG_KEY = config_key()
+def table_path(steps: int) -> Path:
+    suffix = "" if steps == STEPS else f"_steps{steps}"
+    return RESULTS / f"methods_mnist1d{suffix}.md"
 
 
 # ----------------------------------------------------------------------------------- table
 
 
-def read_records() -> list[dict[str, Any]]:
+def read_log(key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(runs, invocations)`` of the log that belong to the recipe key ``key``."""
     if not LOG_PATH.exists():
-        return []
-    records = [json.loads(line) for line in LOG_PATH.read_text().splitlines() if line.strip()]
-    return [record for record in records if record.get("config") == CONFIG_KEY]
+        return [], []
+    lines = LOG_PATH.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    current = [record for record in records if record.get("config") == key]
+    runs = [record for record in current if record.get("kind", "run") == "run"]
+    invocations = [record for record in current if record.get("kind") == "invocation"]
+    return runs, invocations
+
+
+def teacher_test_top1(checkpoint: Path) -> float:
+    """Test top-1 (%) of the cached teacher."""
+    import yaml
+
+    from torchkd.config import ModelConfig, build_model
+    from torchkd.data import load_mnist1d
+    from torchkd.train.evaluate import evaluate
+
+    spec = yaml.safe_load((RECIPES / "teacher.yaml").read_text())["student"]
+    teacher = build_model(ModelConfig(**spec, checkpoint=str(checkpoint)), "teacher")
+    test = DataLoader(load_mnist1d("test"), batch_size=1000)
+    return 100 * evaluate(teacher, test)["top1"]
+
+
+def targets(runs: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, checked on the runs in the table."""
+    lines = ["", "### Targets", ""]
+
+    def mean(method: str, student: str, setting: str) -> float | None:
+        found = [r["test_top1"] for r in _runs(runs, method, student, setting).values()]
+        return statistics.mean(found) if found else None
+
+    for student in STUDENTS:
+        found = [r["test_top1"] for r in _runs(runs, "baseline", student, "labeled").values()]
+        if len(found) > 1:
+            spread = statistics.stdev(found)
+            verdict = "met" if spread <= 1.5 else "NOT met"
+            lines.append(
+                f"- {student.upper()} baseline seed std {spread:.2f} points (target ≤ 1.5): "
+                f"{verdict}"
+            )
+    kd, base = mean("kd", "mlp", "transfer"), mean("baseline", "mlp", "labeled")
+    if kd is not None and base is not None:
+        verdict = "met" if kd - base >= 12 else "NOT met"
+        lines.append(
+            f"- transfer setting, KD on the MLP: {kd - base:+.1f} points over the baseline "
+            f"(target ≥ +12): {verdict}"
+        )
+    best = []
+    for student in STUDENTS:
+        base = mean("baseline", student, "labeled")
+        gains = [
+            (value - base, METHODS[name].label)
+            for name in METHODS
+            if name != "baseline"
+            and base is not None
+            and (value := mean(name, student, "labeled")) is not None
+        ]
+        if gains:
+            gain, label = max(gains)
+            best.append(gain)
+            lines.append(
+                f"- labeled setting, {student.upper()}: best method {label}, {gain:+.1f} points"
+            )
+    if best:
+        verdict = "met" if max(best) >= 2 else "NOT met"
+        lines.append(f"- best labeled-setting gain ≥ +2 on at least one student: {verdict}")
+    return lines
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -527,6 +605,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     for flag, allowed in (("methods", METHODS), ("students", STUDENTS), ("settings", SETTINGS)):
@@ -545,12 +624,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     started = time.perf_counter()
-    done_seconds = 0.0
+    key = config_key(args.steps)
     if not args.table_only:
         torch.set_num_threads(1)
         teacher = str(teacher_checkpoint())
         jobs = [
-            Job(method, student, setting, seed, teacher)
+            Job(method, student, setting, seed, teacher, args.steps)
             for seed in args.seeds
             for setting in args.settings
             for student in args.students
@@ -572,18 +651,35 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"({record['seconds']:.1f} s, {time.perf_counter() - started:.0f} s total)",
                     flush=True,
                 )
-        done_seconds = time.perf_counter() - started
-    records = read_records()
+        invocation = {
+            "kind": "invocation",
+            "command": command,
+            "seconds": time.perf_counter() - started,
+            "runs": len(jobs),
+            "teacher_test_top1": teacher_test_top1(Path(teacher)),
+            "finished": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "config": key,
+        }
+        with LOG_PATH.open("a") as stream:
+            stream.write(json.dumps(invocation) + "\n")
+    runs, invocations = read_log(key)
+    produced_by = [
+        f"- `{record['command']}`: {record['runs']} runs in {record['seconds'] / 60:.1f} min "
+        f"wall time (finished {record['finished']}; teacher test top-1 "
+        f"{record['teacher_test_top1']:.1f}%)"
+        for record in invocations
+    ]
     header = [
         "# Distillation methods on MNIST-1D",
         "",
         "Written by `benchmarks/methods_mnist1d.py` (see its docstring for the protocol).",
         "",
-        f"- command: `{command}`",
+        "Produced by (each invocation's exact command and total wall time):",
+        "",
+        *(produced_by or ["- (no finished invocation logged)"]),
+        "",
         *environment(),
-        f"- wall time of this invocation: {done_seconds / 60:.1f} min"
-        + (" (table re-rendered only)" if args.table_only else ""),
-        f"- recipe key {CONFIG_KEY}: {STEPS} Adam steps (lr 0.01, cosine), batch "
+        f"- recipe key {key}: {args.steps} Adam steps (lr 0.01, cosine), batch "
         f"{BATCH_SIZE}; transfer setting: {TRANSFER_LABELED_PER_BATCH} labeled + "
         f"{BATCH_SIZE - TRANSFER_LABELED_PER_BATCH} "
         f"unlabeled rows per batch from {TRANSFER_SAMPLES} fresh samples",
@@ -591,8 +687,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "mean ± std over seeds of (method − baseline) with the same seed; wins = seeds where "
         "the method beats the baseline",
     ]
-    TABLE_PATH.write_text(render_table(records, header))
-    print(TABLE_PATH.read_text())
+    path = table_path(args.steps)
+    path.write_text(render_table(runs, header) + "\n".join(targets(runs)) + "\n")
+    print(path.read_text())
 
 
 if __name__ == "__main__":

@@ -269,3 +269,13 @@ def test_export_needs_a_safetensors_name(
     last = trained["student"] / "checkpoints" / "last.pt"
     assert run("export", trained["recipe"], "--checkpoint", last, "--out", "student.pt") == 2
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_train_warns_about_a_teacher_without_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = CONFIGS / "demo" / "kd.yaml"  # its teacher.checkpoint is left to `torchkd demo`
+    assert run("train", recipe, *FAST, "--run-dir", tmp_path / "run") == 0
+    error = capsys.readouterr().err
+    assert "warning: teacher 0 (cnn1d) has no checkpoint" in error
+    assert "teacher.checkpoint=PATH" in error

@@ -71,7 +71,6 @@ def test_recipes_found_with_unique_run_names() -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
 def test_recipe_trains_a_few_steps(recipe: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     raw = yaml.safe_load(recipe.read_text())
     distiller, loaders, config = build_from_recipe(load_recipe(recipe, _overrides(raw, recipe)))
     train_rows = Subset(loaders.train.dataset, range(STEPS * BATCH_SIZE))

@@ -287,7 +287,7 @@ def _eval(args: argparse.Namespace) -> int:
     model = Distiller(student, None, [Term("ce", "ce")], output_key=recipe.output_key)
     device = resolve_device(recipe.train.device)
     metrics = evaluate(model.to(device), getattr(loaders, args.split), device=device)
-    metrics = {"split": args.split, **metrics}
+    metrics = {"split": args.split, **metrics, "samples": int(metrics["samples"])}
     if not args.json and "top1" in metrics:
         metrics["top1"] = f"{100 * metrics['top1']:.2f} %"
     _print_metrics(metrics, args.json)

@@ -30,16 +30,26 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from torchkd.models import CNN1D
+
+if TYPE_CHECKING:
+    from torchkd.config import Recipe
 
 __all__ = [
     "ARMS",
     "Arm",
     "ArmRun",
     "DemoResult",
+    "ShiftAugmentedCNN1D",
     "demo_recipe_path",
     "environment",
     "paired_gain",
+    "random_circular_shift",
     "run_demo",
     "summary_markdown",
     "summary_text",
@@ -75,12 +85,21 @@ QUICK_TRANSFER_SAMPLES = 512
 
 @dataclass
 class ArmRun:
-    """The outcome of one arm at one seed."""
+    """The outcome of one arm at one seed.
+
+    Attributes:
+        arm: the arm's key.
+        seed: ``train.seed`` of the run.
+        test: test metrics of the final model (``top1`` in [0, 1]).
+        val_curve: ``(optimizer step, validation top-1)`` after every epoch.
+        seconds: wall time of the run.
+        run_dir: the run directory.
+    """
 
     arm: str
     seed: int
     test: dict[str, float]
-    val_top1: list[float]
+    val_curve: list[tuple[int, float]]
     seconds: float
     run_dir: str
 
@@ -206,6 +225,58 @@ def per_seed_markdown(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- teacher model
+
+
+def random_circular_shift(inputs: Tensor, max_shift: int) -> Tensor:
+    """Rotate each row of ``inputs`` ``[B, C, L]`` along ``L`` by its own random offset.
+
+    Offsets are drawn uniformly from ``-max_shift .. max_shift`` with torch's global generator
+    (which the trainer seeds and checkpoints).
+
+    Example:
+        >>> row = torch.arange(5.0).reshape(1, 1, 5)
+        >>> shifted = random_circular_shift(row, 2)
+        >>> sorted(shifted.flatten().tolist()) == row.flatten().tolist()
+        True
+    """
+    if inputs.dim() != 3:
+        raise ValueError(f"inputs must be [B, C, L], got {tuple(inputs.shape)}")
+    length = inputs.shape[-1]
+    offsets = torch.randint(-max_shift, max_shift + 1, (inputs.shape[0],), device=inputs.device)
+    positions = (torch.arange(length, device=inputs.device) - offsets[:, None]) % length
+    return inputs.gather(-1, positions[:, None, :].expand(-1, inputs.shape[1], -1))
+
+
+class ShiftAugmentedCNN1D(CNN1D):
+    """:class:`~torchkd.models.CNN1D` that trains on randomly shifted inputs.
+
+    In training mode every input is circularly shifted by up to ``max_shift`` samples
+    (:func:`random_circular_shift`); in eval mode it is a plain ``CNN1D``. It has exactly the
+    ``CNN1D`` parameters, so its weights load into ``cnn1d`` of the same width. The demo's
+    teacher uses it: a shift-invariant teacher is what makes Hinton KD on the 3600 labeled
+    samples beat the baseline (see ``benchmarks/results/demo_recipe_search.md``).
+
+    Args:
+        width: channels of every convolution.
+        max_shift: the largest shift, in samples (0 turns the augmentation off).
+        **kwargs: the other :class:`~torchkd.models.CNN1D` arguments.
+    """
+
+    def __init__(self, width: int = 25, max_shift: int = 4, **kwargs: Any) -> None:
+        super().__init__(width=width, **kwargs)
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        self.max_shift = max_shift
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.training and self.max_shift > 0:
+            if inputs.dim() == 2:
+                inputs = inputs.unsqueeze(1)
+            inputs = random_circular_shift(inputs, self.max_shift)
+        return super().forward(inputs)
+
+
 # ---------------------------------------------------------------------------------- running
 
 
@@ -233,19 +304,26 @@ def _fresh_dir(path: Path) -> Path:
 
 
 def _describe_model(spec: Any) -> str:
+    """``"cnn1d(width=16)"`` for a recipe's model section (a ``module:Class`` path loses its
+    module)."""
     arguments = ", ".join(f"{key}={value}" for key, value in spec.kwargs.items())
-    return f"{spec.model}({arguments})"
+    return f"{spec.model.rpartition(':')[2]}({arguments})"
+
+
+def _teacher_recipe(quick: bool) -> Recipe:
+    from torchkd.config import load_recipe
+
+    path = demo_recipe_path(TEACHER_RECIPE)
+    return load_recipe(path, _arm_overrides(path, quick, teacher_weights=None))
 
 
 def teacher_cache_path(quick: bool) -> Path:
     """Where the demo's teacher weights are cached: ``teachers/<name>-<hash>.safetensors``
     under :func:`torchkd.data.cache_dir`, the hash taken over the resolved teacher recipe."""
-    from torchkd.config import load_recipe
     from torchkd.data import cache_dir
     from torchkd.data.base import cache_key
 
-    path = demo_recipe_path(TEACHER_RECIPE)
-    recipe = load_recipe(path, _arm_overrides(path, quick, teacher_weights=None))
+    recipe = _teacher_recipe(quick)
     key = cache_key(recipe.model_dump(mode="json"))
     return cache_dir() / "teachers" / f"{recipe.name}-{key}.safetensors"
 
@@ -256,11 +334,10 @@ def train_teacher(quick: bool, run_dir: str) -> tuple[Path, float]:
     Returns:
         ``(cached weights path, training seconds)``.
     """
-    from torchkd.config import build_from_recipe, load_recipe
+    from torchkd.config import build_from_recipe
     from torchkd.train import export_student, fit
 
-    path = demo_recipe_path(TEACHER_RECIPE)
-    recipe = load_recipe(path, _arm_overrides(path, quick, teacher_weights=None))
+    recipe = _teacher_recipe(quick)
     started = time.perf_counter()
     built = build_from_recipe(recipe)
     result = fit(
@@ -284,20 +361,12 @@ def train_arm(
     overrides: Sequence[str],
     run_dir: str,
     run_report: bool = True,
-    threads: int = 0,
 ) -> ArmRun:
-    """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory).
-
-    ``run_report`` writes the run's own ``report.md`` and plots; ``threads > 0`` sets torch's
-    intra-op threads (for worker processes).
-    """
-    import torch
-
+    """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory);
+    ``run_report`` writes the run's own ``report.md`` and plots."""
     from torchkd.config import build_from_recipe, load_recipe
     from torchkd.train import fit
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     arm = next(arm for arm in ARMS if arm.key == arm_key)
     recipe = load_recipe(demo_recipe_path(arm.recipe), [*overrides, f"train.seed={seed}"])
     started = time.perf_counter()
@@ -316,7 +385,7 @@ def train_arm(
         arm=arm_key,
         seed=seed,
         test=dict(result.test_metrics or {}),
-        val_top1=[record["val"]["top1"] for record in result.history],
+        val_curve=[(record["step"], record["val"]["top1"]) for record in result.history],
         seconds=time.perf_counter() - started,
         run_dir=str(run_dir),
     )
@@ -341,9 +410,11 @@ class _InProcess(concurrent.futures.Executor):
 
 
 def _set_threads(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
+
+
+def _worker_threads(workers: int) -> int:
+    return max(1, _available_cpus() // workers)
 
 
 def _executor(workers: int) -> concurrent.futures.Executor:
@@ -355,7 +426,7 @@ def _executor(workers: int) -> concurrent.futures.Executor:
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_set_threads,
-        initargs=(max(1, _available_cpus() // workers),),
+        initargs=(_worker_threads(workers),),
     )
 
 
@@ -371,8 +442,6 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, str]:
     """What a timing depends on: torch and Python versions, CPU, cores, threads, device."""
-    import torch
-
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -410,11 +479,17 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recipes = {arm.key: demo_recipe_path(arm.recipe) for arm in ARMS}
+    teacher_recipe = _teacher_recipe(quick)
     teacher_weights = teacher_cache_path(quick)
     cached = teacher_weights.is_file()
     runs_total = len(ARMS) * seeds
     if workers is None:
         workers = min(_available_cpus(), runs_total + (not cached))
+    worker_text = (
+        f"{workers} processes x {_worker_threads(workers)} thread(s)"
+        if workers > 1
+        else f"in-process, {torch.get_num_threads()} thread(s)"
+    )
     echo(
         f"{'reusing' if cached else 'training'} the teacher ({teacher_weights}); "
         f"{runs_total} student runs ({len(ARMS)} arms x {seeds} seeds), {workers} at a time"
@@ -466,14 +541,14 @@ def run_demo(
             raise
     result = DemoResult(
         teacher_test=teacher_test,
-        teacher_description=_describe_model(label_free.teacher),
+        teacher_description=_describe_model(teacher_recipe.student),
         teacher_cached=cached,
         teacher_seconds=teacher_seconds,
         runs=sorted(runs, key=lambda run: (run.arm, run.seed)),
         seeds=list(range(seeds)),
         student_description=_describe_model(label_free.student),
         transfer_samples=len(loaders.train.dataset),
-        environment=environment(),
+        environment={**environment(), "threads": worker_text},
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_demo_report(result, out, quick=quick)
@@ -505,19 +580,22 @@ def _plot_test_top1(result: DemoResult, path: Path) -> None:
 
 
 def _plot_val_top1(result: DemoResult, path: Path) -> None:
-    """Validation top-1 over training (mean over seeds) per arm."""
+    """Validation top-1 after every epoch (mean over seeds) per arm, by optimizer step."""
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.2))
     for arm in ARMS:
-        curves = [run.val_top1 for run in result.runs if run.arm == arm.key]
+        curves = [run.val_curve for run in result.runs if run.arm == arm.key]
         length = min(len(curve) for curve in curves)
         if length == 0:
             continue
-        mean = [100 * statistics.fmean(curve[i] for curve in curves) for i in range(length)]
-        axis.plot([(i + 1) / length for i in range(length)], mean, label=arm.label)
-    axis.axhline(100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher")
-    axis.set_xlabel("fraction of training (epochs differ between arms)")
+        steps = [step for step, _ in curves[0][:length]]
+        mean = [100 * statistics.fmean(curve[i][1] for curve in curves) for i in range(length)]
+        axis.plot(steps, mean, label=arm.label)
+    axis.axhline(
+        100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher (test)"
+    )
+    axis.set_xlabel("optimizer step")
     axis.set_ylabel("validation top-1 (%)")
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -590,7 +668,8 @@ def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Pat
         "",
         *run_links,
         "",
-        f"Wall time {result.seconds:.0f} s ({environment}).",
+        f"Wall time {result.seconds:.0f} s ({environment}). Command: `torchkd demo --seeds "
+        f"{len(result.seeds)}{' --quick' if quick else ''} --out {out}`.",
         "",
     ]
     path = out / "report.md"

@@ -31,6 +31,7 @@ add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
 Usage::
 
     .venv/bin/python benchmarks/methods_mnist1d.py                      # the full table
+    .venv/bin/python benchmarks/methods_mnist1d.py --steps 3000 --methods baseline,kd
     .venv/bin/python benchmarks/methods_mnist1d.py --methods kd,crd --students mlp \
         --settings transfer --seeds 0,1
     .venv/bin/python benchmarks/methods_mnist1d.py --table-only         # re-render the table
@@ -66,7 +67,7 @@ SETTINGS = ("labeled", "transfer")
 UNLABELED = -100  # the ignore_index of the CE and DKD losses
 
 # The one training recipe of every run (on top of each method recipe's own train section).
-STEPS = 600  # the default budget; --steps N writes methods_mnist1d_steps<N>.md instead
+STEPS = 1200  # the default budget; --steps N writes methods_mnist1d_steps<N>.md instead
 BATCHES_PER_EPOCH = 50
 BATCH_SIZE = 256
 TRANSFER_SAMPLES = 25_000
@@ -271,11 +272,21 @@ def num_train_rows(setting: str, num_labeled: int) -> int:
 # ----------------------------------------------------------------------------------- runs
 
 
-def recipe_hash(paths: Sequence[Path], overrides: Sequence[str]) -> str:
-    """A short hash of the recipes' parsed contents (comments do not count) and ``overrides``."""
+def recipe_hash(paths: Sequence[Path], overrides: Sequence[str], ignore: Sequence[str] = ()) -> str:
+    """A short hash of the recipes' parsed contents and ``overrides``.
+
+    Comments do not count, nor the dotted keys in ``ignore`` (settings the benchmark overrides).
+    """
     import yaml
 
     contents = [yaml.safe_load(path.read_text()) for path in paths]
+    for content in contents:
+        for dotted in ignore:
+            *parents, leaf = dotted.split(".")
+            section = content
+            for part in parents:
+                section = section.get(part) or {}
+            section.pop(leaf, None)
     text = json.dumps([contents, list(overrides)], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -425,7 +436,8 @@ def config_key(steps: int) -> str:
     sizes = (steps, BATCHES_PER_EPOCH, TRANSFER_SAMPLES, TRANSFER_LABELED_PER_BATCH)
     extra = [str(value) for value in (*sizes, STAGE1_FRACTION)]
     extra += [repr(method) for method in METHODS.values()]
-    return recipe_hash(paths, [*common_overrides(steps), *extra])
+    overridden = [override.split("=", 1)[0] for override in common_overrides(steps)]
+    return recipe_hash(paths, [*common_overrides(steps), *extra], ignore=overridden)
 
 
 def table_path(steps: int) -> Path:

@@ -1,4 +1,4 @@
-"""The training loop: :func:`fit` trains a Distiller, evaluates every epoch and checkpoints.
+"""The training loop: :func:`fit` trains a Distiller, evaluates and checkpoints.
 
 One optimizer step, top to bottom: for each of ``grad_accum_steps`` micro-batches,
 ``distiller.set_progress(step, total_steps)``, the forward pass under autocast (bf16, or fp16
@@ -552,7 +552,8 @@ def fit(
     report: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Train ``distiller`` for ``config.epochs`` epochs, evaluating and checkpointing each.
+    """Train ``distiller`` for ``config.epochs`` epochs, evaluating every
+    ``config.eval_every_epochs`` (and after the last) and checkpointing.
 
     Args:
         distiller: a :class:`~torchkd.distiller.Distiller` (``build``, ``set_progress``,
@@ -560,7 +561,7 @@ def fit(
         train_loader: a map-style :class:`~torch.utils.data.DataLoader` of dict batches
             (its length is needed for the schedule). Give it a ``generator`` (as
             :func:`torchkd.config.build_loaders` does): it is reseeded every epoch.
-        val_loader: dict batches with labels, evaluated after every epoch.
+        val_loader: dict batches with labels, evaluated every ``eval_every_epochs`` epochs.
         config: the ``train:`` section.
         run_dir: where ``checkpoints/``, ``metrics.jsonl``, ``tb/``, ``config.yaml``,
             ``report.md`` and ``plots/`` go.
@@ -606,8 +607,8 @@ def fit(
     try:
         with trainer.interrupts.installed():
             for epoch in range(progress.epoch, config.epochs):
-                _run_epoch(trainer, epoch, val_loader, logger)
-                if on_epoch_end is not None:
+                evaluated = _run_epoch(trainer, epoch, val_loader, logger)
+                if evaluated and on_epoch_end is not None:
                     on_epoch_end(progress.history[-1])
     except KeyboardInterrupt:
         trainer.capture_interrupted_rng()
@@ -644,12 +645,23 @@ def fit(
 
 def _run_epoch(
     trainer: _Trainer, epoch: int, val_loader: Iterable[Mapping[str, Any]], logger: RunLogger
-) -> None:
-    """Train one epoch, evaluate, log, and write the checkpoints due."""
+) -> bool:
+    """Train one epoch, evaluate (when due), log, and write the checkpoints due.
+
+    Returns whether the epoch was evaluated (and got an epoch record).
+    """
     config, progress = trainer.config, trainer.progress
     started = time.perf_counter()
     samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
     trainer.train_epoch(epoch, logger)
+    final = epoch + 1 == config.epochs
+    if not final and (epoch + 1) % config.eval_every_epochs != 0:
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        trainer.epoch_rng = trainer.step_rng = capture_rng_state()
+        trainer.boundary_rng = _device_rng_state(trainer.device)
+        _save_due(trainer, epoch, trainer.checkpoint(), improved=False)
+        trainer.interrupts.check()
+        return False
     val_metrics = evaluate(
         trainer.distiller, val_loader, device=trainer.device, amp=config.amp, with_terms=True
     )
@@ -681,13 +693,18 @@ def _run_epoch(
     if config.progress:
         summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
         print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
-    checkpoint = trainer.checkpoint()
-    final = epoch + 1 == config.epochs
+    _save_due(trainer, epoch, trainer.checkpoint(), improved=improved)
+    trainer.interrupts.check()
+    return True
+
+
+def _save_due(trainer: _Trainer, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
+    """Write the checkpoints due after ``epoch`` (0-based)."""
+    config = trainer.config
     if improved:
         trainer.save("best.pt", checkpoint)
-    if final or (epoch + 1) % config.checkpoint_every_epochs == 0:
+    if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
         trainer.save("last.pt", checkpoint)
     keep_every = config.keep_teacher_checkpoints_every
     if keep_every is not None and (epoch + 1) % keep_every == 0:
         trainer.save(f"epoch_{epoch + 1:03d}.pt", checkpoint)
-    trainer.interrupts.check()

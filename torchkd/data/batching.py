@@ -240,5 +240,4 @@ def batch_loader(
         sampler=order,
         generator=generator,
         num_workers=num_workers,
-        persistent_workers=False,
     )

@@ -199,10 +199,9 @@ class _Group:
     def values(self, grad_norm: Tensor) -> tuple[Tensor, list[str]]:
         """``[mean loss, grad_norm, *mean terms]`` as one device tensor, and its names."""
         names = ["loss", "grad_norm", *(f"terms/{name}" for name in self.term_sums)]
-        stacked = torch.stack(
-            [self.loss_sum, grad_norm.to(self.loss_sum) * self.size, *self.term_sums.values()]
-        )
-        return stacked / self.size, names
+        sums = [self.loss_sum, *self.term_sums.values()]
+        means = sums if self.size == 1 else [value / self.size for value in sums]
+        return torch.stack([means[0], grad_norm.to(means[0]), *means[1:]]), names
 
     def all_finite(self, grad_norm: Tensor) -> bool:
         """Whether the loss and the gradient norm are finite (one fused test, one sync)."""

@@ -118,3 +118,21 @@ def test_recipe_augments_only_the_training_split(tmp_path: Path) -> None:
     assert torch.equal(train["index"], plain_train["index"])
     assert not torch.equal(train["inputs"], plain_train["inputs"])
     assert train["inputs"].shape == plain_train["inputs"].shape == (64, 1, 8, 8)
+
+
+def test_worker_processes_load_the_same_augmented_batches() -> None:
+    dataset = make_dataset()
+    loaders = [
+        batch_loader(
+            dataset,
+            4,
+            shuffle=True,
+            generator=torch.Generator(),
+            num_workers=workers,
+            augment=Augment(shift=2),
+        )
+        for workers in (0, 2)
+    ]
+    for loader in loaders:
+        seed_epoch_order(loader, 3, 1)
+    assert_same_batches(list(loaders[1]), list(loaders[0]))

@@ -287,6 +287,7 @@ class Distiller(nn.Module):
         self._temperature_routes: dict[str, TemperatureRoute | None] = {}
         self._step, self._total_steps = 0, 1
         self._progress_listeners: list[nn.Module] | None = None
+        self._step_weights = {name: weight(0, 1) for name, weight in self._weights.items()}
         self._built = False
 
     # ---------------------------------------------------------------- validation
@@ -430,6 +431,9 @@ class Distiller(nn.Module):
             ]
         for module in self._progress_listeners:
             module.set_progress(step, total_steps)
+        self._step_weights = {
+            name: weight(step, total_steps) for name, weight in self._weights.items()
+        }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates: the student's and the extras' (not the teachers')."""
@@ -456,7 +460,7 @@ class Distiller(nn.Module):
                 weighted = parts["weight"](value)
                 weights[term.name] = float(parts["weight"].weight().detach())
             else:
-                weights[term.name] = self._weights[term.name](self._step, self._total_steps)
+                weights[term.name] = self._step_weights[term.name]  # set by set_progress
                 weighted = weights[term.name] * value
             total = weighted if total is None else total + weighted
         return DistillOutput(

@@ -422,7 +422,7 @@ class _Trainer:
             self.distiller.set_progress(self.progress.step, self.total_steps)
             with autocast_context(self.device, self.config.amp):
                 output = self.distiller(batch)
-            scaled = output.loss / group_size
+            scaled = output.loss if group_size == 1 else output.loss / group_size
             (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             group.add(output)
         return group

@@ -175,6 +175,7 @@ CONTAINERS = {
     "_update",
     "forward",
     "_capture",
+    "_call_tapped",
     "_term_value",
     "_call_impl",
     "_wrapped_call_impl",

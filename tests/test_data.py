@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import mnist1d.data as mnist1d_generator
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import torchkd.data.mnist1d as mnist1d_module
 from torchkd.data import (
     available_datasets,
     create_dataset,
@@ -79,7 +79,7 @@ def test_mnist1d_cache_round_trip_skips_generation(
     def refuse(*args: object) -> None:
         raise AssertionError("make_dataset must not run when the cache holds the arrays")
 
-    monkeypatch.setattr(mnist1d_module, "make_dataset", refuse)
+    monkeypatch.setattr(mnist1d_generator, "make_dataset", refuse)  # imported at call time
     cached = generate_mnist1d()
     assert set(cached) == {"x", "y", "x_test", "y_test"}
     for name, array in generated.items():

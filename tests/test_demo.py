@@ -99,7 +99,7 @@ def test_table_reports_mean_std_and_paired_gain(
     result, _, _ = quick_demo
     table = result.table().splitlines()
     assert len(table) == 5  # header, teacher, baseline, (a), (b)
-    assert table[1].startswith("teacher ShiftAugmentedCNN1D(width=64, max_shift=4)")
+    assert table[1].startswith("teacher cnn1d(width=64)")
     baseline = result.top1("baseline")
     for line, arm in zip(table[2:], demo.ARMS, strict=True):
         values = result.top1(arm.key)
@@ -148,32 +148,3 @@ def test_cli_demo_prints_the_table(
     assert result.table() in printed and str(result.report_path) in printed
     with pytest.raises(argparse.ArgumentTypeError):
         cli._positive_int("0")
-
-
-def test_random_circular_shift_matches_a_loop() -> None:
-    torch.manual_seed(0)
-    inputs = torch.randn(6, 2, 9)
-    state = torch.get_rng_state()
-    shifted = demo.random_circular_shift(inputs, 3)
-    torch.set_rng_state(state)
-    offsets = torch.randint(-3, 4, (6,))
-    for row in range(6):
-        expected = torch.roll(inputs[row], int(offsets[row]), dims=-1)
-        torch.testing.assert_close(shifted[row], expected, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"\[B, C, L\]"):
-        demo.random_circular_shift(torch.zeros(3, 9), 1)
-
-
-def test_shift_augmented_teacher_is_a_cnn1d_that_shifts_only_in_training() -> None:
-    torch.manual_seed(0)
-    teacher = demo.ShiftAugmentedCNN1D(width=8, max_shift=4)
-    plain = create_model("cnn1d", width=8)
-    plain.load_state_dict(teacher.state_dict())  # same parameters, same names
-    inputs = torch.randn(16, 1, 40)
-    torch.testing.assert_close(teacher.eval()(inputs), plain(inputs), rtol=0, atol=0)
-    assert not torch.allclose(teacher.train()(inputs), plain(inputs))
-    unshifted = demo.ShiftAugmentedCNN1D(width=8, max_shift=0)
-    unshifted.load_state_dict(plain.state_dict())
-    torch.testing.assert_close(unshifted.train()(inputs), plain(inputs), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="max_shift"):
-        demo.ShiftAugmentedCNN1D(max_shift=-1)

@@ -204,6 +204,20 @@ class TransferConfig(Section):
     kwargs: dict[str, Any] = {}
 
 
+class AugmentConfig(Section):
+    """``data.augment:``: training-time augmentation (the training loader only).
+
+    Each training batch is augmented with a generator seeded from the training loader's
+    generator, so the augmentation is reproducible and resumes exactly.
+
+    Attributes:
+        shift: random circular shift of each input by up to this many positions along its
+            last axis (``torchkd.data.batching.random_circular_shift``); 0: none.
+    """
+
+    shift: NonNegativeInt = 0
+
+
 class DataConfig(Section):
     """``data:``: which dataset, how it is split and batched.
 
@@ -218,6 +232,7 @@ class DataConfig(Section):
             ``train.seed``).
         num_workers: DataLoader worker processes.
         transfer: optional transfer set replacing the training split.
+        augment: training-time augmentation (see :class:`AugmentConfig`).
     """
 
     dataset: str
@@ -228,6 +243,7 @@ class DataConfig(Section):
     seed: NonNegativeInt = 0
     num_workers: NonNegativeInt = 0
     transfer: TransferConfig | None = None
+    augment: AugmentConfig | None = None
 
 
 class ModelConfig(Section):
@@ -337,6 +353,10 @@ class TrainConfig(Section):
             top-1 improves.
         keep_teacher_checkpoints_every: also keep ``checkpoints/epoch_XXX.pt`` every N epochs
             (candidates for teacher selection: an earlier teacher can be a better teacher).
+        eval_every_epochs: evaluate on the validation set every N epochs (and always after
+            the last). Only evaluated epochs get an epoch record (``metrics.jsonl``, history,
+            ``on_epoch_end``) and can become ``best.pt``; ``last.pt`` follows
+            ``checkpoint_every_epochs`` either way.
         log_every_steps: step records (JSONL, TensorBoard) every N optimizer steps.
         progress: show a tqdm bar (only on a terminal) and one summary line per epoch.
     """
@@ -352,6 +372,7 @@ class TrainConfig(Section):
     max_consecutive_nonfinite: PositiveInt = 5
     checkpoint_every_epochs: PositiveInt = 1
     keep_teacher_checkpoints_every: PositiveInt | None = None
+    eval_every_epochs: PositiveInt = 1
     log_every_steps: PositiveInt = 10
     progress: bool = True
 
@@ -807,10 +828,11 @@ def build_loaders(data: DataConfig, seed: int = 0) -> Loaders:
     reseeds it every epoch from ``(seed, epoch)``.
     """
     import torch
-    from torch.utils.data import DataLoader
 
     from torchkd.data import Loaders, create_dataset, make_loaders
+    from torchkd.data.batching import Augment, batch_loader
 
+    augment = None if data.augment is None else Augment(shift=data.augment.shift)
     split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
     with _blame("data"):
         labeled = make_loaders(
@@ -819,6 +841,7 @@ def build_loaders(data: DataConfig, seed: int = 0) -> Loaders:
             seed=seed,
             eval_batch_size=data.eval_batch_size,
             num_workers=data.num_workers,
+            augment=augment,
             **split_kwargs,
         )
     if data.transfer is None:
@@ -842,12 +865,13 @@ def build_loaders(data: DataConfig, seed: int = 0) -> Loaders:
         )
     if has_labels and not transfer.labeled:
         transfer_set = _WithoutLabels(transfer_set)
-    train = DataLoader(
+    train = batch_loader(
         transfer_set,
-        batch_size=data.batch_size,
+        data.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
         num_workers=data.num_workers,
+        augment=augment,
     )
     return Loaders(train=train, val=labeled.val, test=labeled.test)
 
@@ -861,7 +885,8 @@ class _WithoutLabels:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, position: int) -> dict[str, Any]:
+    def __getitem__(self, position: Any) -> dict[str, Any]:
+        """A sample, or a batch for a sequence of indices (whatever the dataset answers)."""
         return {k: v for k, v in self.dataset[position].items() if k != "labels"}
 
 

@@ -33,9 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
-
-from torchkd.models import CNN1D
 
 if TYPE_CHECKING:
     from torchkd.config import Recipe
@@ -45,11 +42,9 @@ __all__ = [
     "Arm",
     "ArmRun",
     "DemoResult",
-    "ShiftAugmentedCNN1D",
     "demo_recipe_path",
     "environment",
     "paired_gain",
-    "random_circular_shift",
     "run_demo",
     "summary_markdown",
     "summary_text",
@@ -223,58 +218,6 @@ def per_seed_markdown(result: DemoResult) -> str:
         cells = [f"{column[position]:.1f}" for column in columns]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------- teacher model
-
-
-def random_circular_shift(inputs: Tensor, max_shift: int) -> Tensor:
-    """Rotate each row of ``inputs`` ``[B, C, L]`` along ``L`` by its own random offset.
-
-    Offsets are drawn uniformly from ``-max_shift .. max_shift`` with torch's global generator
-    (which the trainer seeds and checkpoints).
-
-    Example:
-        >>> row = torch.arange(5.0).reshape(1, 1, 5)
-        >>> shifted = random_circular_shift(row, 2)
-        >>> sorted(shifted.flatten().tolist()) == row.flatten().tolist()
-        True
-    """
-    if inputs.dim() != 3:
-        raise ValueError(f"inputs must be [B, C, L], got {tuple(inputs.shape)}")
-    length = inputs.shape[-1]
-    offsets = torch.randint(-max_shift, max_shift + 1, (inputs.shape[0],), device=inputs.device)
-    positions = (torch.arange(length, device=inputs.device) - offsets[:, None]) % length
-    return inputs.gather(-1, positions[:, None, :].expand(-1, inputs.shape[1], -1))
-
-
-class ShiftAugmentedCNN1D(CNN1D):
-    """:class:`~torchkd.models.CNN1D` that trains on randomly shifted inputs.
-
-    In training mode every input is circularly shifted by up to ``max_shift`` samples
-    (:func:`random_circular_shift`); in eval mode it is a plain ``CNN1D``. It has exactly the
-    ``CNN1D`` parameters, so its weights load into ``cnn1d`` of the same width. The demo's
-    teacher uses it: a shift-invariant teacher is what makes Hinton KD on the 3600 labeled
-    samples beat the baseline (see ``benchmarks/results/demo_recipe_search.md``).
-
-    Args:
-        width: channels of every convolution.
-        max_shift: the largest shift, in samples (0 turns the augmentation off).
-        **kwargs: the other :class:`~torchkd.models.CNN1D` arguments.
-    """
-
-    def __init__(self, width: int = 25, max_shift: int = 4, **kwargs: Any) -> None:
-        super().__init__(width=width, **kwargs)
-        if max_shift < 0:
-            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-        self.max_shift = max_shift
-
-    def forward(self, inputs: Tensor) -> Tensor:
-        if self.training and self.max_shift > 0:
-            if inputs.dim() == 2:
-                inputs = inputs.unsqueeze(1)
-            inputs = random_circular_shift(inputs, self.max_shift)
-        return super().forward(inputs)
 
 
 # ---------------------------------------------------------------------------------- running

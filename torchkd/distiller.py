@@ -204,9 +204,9 @@ class _Capture:
     """Everything one forward pass of the models produced."""
 
     student_logits: Tensor
-    student_taps: Taps
+    student_taps: Taps | dict[str, Any]
     teacher_logits: list[Tensor]
-    teacher_taps: list[Taps]
+    teacher_taps: list[Taps | dict[str, Any]]
 
 
 class Distiller(nn.Module):
@@ -286,6 +286,8 @@ class Distiller(nn.Module):
         self._losses: dict[str, Callable[..., Tensor]] = {}
         self._temperature_routes: dict[str, TemperatureRoute | None] = {}
         self._step, self._total_steps = 0, 1
+        self._progress_listeners: list[nn.Module] | None = None
+        self._step_weights = {name: weight(0, 1) for name, weight in self._weights.items()}
         self._built = False
 
     # ---------------------------------------------------------------- validation
@@ -362,6 +364,7 @@ class Distiller(nn.Module):
             self._losses[name] = loss
             self._temperature_routes[name] = _temperature_route(loss)
         self._built = True
+        self._progress_listeners = None
         self.extras.train(self.training)
         self.set_progress(self._step, self._total_steps)
 
@@ -420,9 +423,17 @@ class Distiller(nn.Module):
         with a ``set_progress`` method (e.g. the CTKD λ ramp)."""
         progress(step, total_steps)
         self._step, self._total_steps = step, total_steps
-        for module in self.extras.modules():
-            if module is not self.extras and callable(getattr(module, "set_progress", None)):
-                module.set_progress(step, total_steps)
+        if self._progress_listeners is None:  # found once after build (extras are fixed then)
+            self._progress_listeners = [
+                module
+                for module in self.extras.modules()
+                if module is not self.extras and callable(getattr(module, "set_progress", None))
+            ]
+        for module in self._progress_listeners:
+            module.set_progress(step, total_steps)
+        self._step_weights = {
+            name: weight(step, total_steps) for name, weight in self._weights.items()
+        }
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer updates: the student's and the extras' (not the teachers')."""
@@ -449,7 +460,7 @@ class Distiller(nn.Module):
                 weighted = parts["weight"](value)
                 weights[term.name] = float(parts["weight"].weight().detach())
             else:
-                weights[term.name] = self._weights[term.name](self._step, self._total_steps)
+                weights[term.name] = self._step_weights[term.name]  # set by set_progress
                 weighted = weights[term.name] * value
             total = weighted if total is None else total + weighted
         return DistillOutput(
@@ -482,12 +493,10 @@ class Distiller(nn.Module):
         teacher_logits, teacher_taps = [], []
         with torch.no_grad():
             for teacher, paths in zip(self.teachers, self._teacher_paths, strict=True):
-                with Taps(teacher, paths) as taps:
-                    output = call_model(teacher, inputs)
+                output, taps = _call_tapped(teacher, paths, inputs)
                 teacher_logits.append(select_logits(output, self.output_key))
                 teacher_taps.append(taps)
-        with Taps(self.student, self._student_paths) as student_taps:
-            output = call_model(self.student, inputs)
+        output, student_taps = _call_tapped(self.student, self._student_paths, inputs)
         return _Capture(
             select_logits(output, self.output_key), student_taps, teacher_logits, teacher_taps
         )
@@ -568,6 +577,16 @@ class Distiller(nn.Module):
 
 
 # -------------------------------------------------------------------- helpers
+def _call_tapped(
+    model: nn.Module, paths: list[str], inputs: Any
+) -> tuple[Any, Taps | dict[str, Any]]:
+    """``model``'s output and its taps at ``paths`` (no hooks at all when nothing is tapped)."""
+    if not paths:
+        return call_model(model, inputs), {}
+    with Taps(model, paths) as taps:
+        return call_model(model, inputs), taps
+
+
 def _resolve_signature(term: Term) -> str:
     if isinstance(term.loss, str):
         registered = losses.entry(term.loss).signature

@@ -52,6 +52,8 @@ __all__ = [
 
 
 def _check_int(name: str, value: int) -> int:
+    if type(value) is int:  # the common case, without the slower ABC check below
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     return int(value)

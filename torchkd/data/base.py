@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,20 @@ class TensorDictDataset(Dataset[dict[str, Tensor]]):
     def __len__(self) -> int:
         return self.inputs.shape[0]
 
-    def __getitem__(self, position: int) -> dict[str, Tensor]:
-        sample = {"inputs": self.inputs[position], "index": torch.tensor(position)}
+    def __getitem__(self, position: int | Sequence[int]) -> dict[str, Tensor]:
+        """One sample for an integer; for a sequence of indices, the batch of those samples
+        (what the default collate would make of them, in one indexing operation)."""
+        if isinstance(position, int | np.integer | Tensor) and not (
+            isinstance(position, Tensor) and position.dim() > 0
+        ):
+            position = int(position)
+            sample = {"inputs": self.inputs[position], "index": torch.tensor(position)}
+        else:
+            index = torch.as_tensor(position, dtype=torch.long)
+            if index.dim() != 1:
+                raise ValueError(f"batch indices must be 1-D, got shape {tuple(index.shape)}")
+            sample = {"inputs": self.inputs[index], "index": index}
+            position = index
         if self.labels is not None:
             sample["labels"] = self.labels[position]
         return sample

@@ -9,7 +9,6 @@ validation split from the rest, both seeded by ``split_seed``.
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits as sklearn_load_digits
 
 from torchkd.data.base import TensorDictDataset, check_fraction, check_split, holdout_split
 
@@ -39,6 +38,8 @@ def load_digits(
     check_split(split)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
+    from sklearn.datasets import load_digits as sklearn_load_digits  # slow import: only here
+
     bunch = sklearn_load_digits()
     inputs = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / MAX_PIXEL_VALUE
     labels = torch.as_tensor(bunch.target, dtype=torch.long)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
 
 from torchkd.data.base import (
     TensorDictDataset,
@@ -79,6 +78,8 @@ def generate_mnist1d(
     path = cache_dir(cache) / "mnist1d" / f"mnist1d-{cache_key(settings)}.npz"
     if path.exists():
         return load_npz(path)
+    from mnist1d.data import get_dataset_args, make_dataset  # slow import (scipy): only here
+
     args = get_dataset_args()
     args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
     python_state, numpy_state = random.getstate(), np.random.get_state()

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from torchkd.data.base import TensorDictDataset
+from torchkd.data.batching import Augment, batch_loader
 from torchkd.data.digits import load_digits
 from torchkd.data.mnist1d import load_mnist1d, mnist1d_transfer_set
 
@@ -77,6 +78,7 @@ def make_loaders(
     seed: int = 0,
     eval_batch_size: int | None = None,
     num_workers: int = 0,
+    augment: Augment | None = None,
     **kwargs: object,
 ) -> Loaders:
     """Train/validation/test :class:`~torch.utils.data.DataLoader` s of a labeled dataset.
@@ -87,6 +89,8 @@ def make_loaders(
         seed: seeds the training shuffle order (the splits are seeded by ``split_seed``).
         eval_batch_size: validation/test batch size (default ``batch_size``).
         num_workers: worker processes per loader.
+        augment: training-time augmentation (training loader only; seeded per batch from the
+            training loader's generator).
         **kwargs: forwarded to :func:`create_dataset`.
 
     Example:
@@ -100,10 +104,12 @@ def make_loaders(
     build = partial(create_dataset, name, **kwargs)
     splits = {split: build(split) for split in ("train", "val", "test")}
     generator = torch.Generator().manual_seed(seed)
-    loader = partial(DataLoader, num_workers=num_workers)
+    loader = partial(batch_loader, num_workers=num_workers)
     eval_size = eval_batch_size or batch_size
     return Loaders(
-        train=loader(splits["train"], batch_size=batch_size, shuffle=True, generator=generator),
-        val=loader(splits["val"], batch_size=eval_size, shuffle=False),
-        test=loader(splits["test"], batch_size=eval_size, shuffle=False),
+        train=loader(
+            splits["train"], batch_size, shuffle=True, generator=generator, augment=augment
+        ),
+        val=loader(splits["val"], eval_size, shuffle=False),
+        test=loader(splits["test"], eval_size, shuffle=False),
     )

@@ -10,7 +10,9 @@
 ``step`` counts optimizer steps taken so far and ``epoch`` epochs started (1-based). Step
 values are means over the steps since the previous step record; non-finite values are
 written as ``null``. The same scalars go to TensorBoard under ``train/...``, ``weights/...``,
-``val/...`` and ``test/...``.
+``val/...`` and ``test/...``. The JSONL file is flushed at every record; TensorBoard events
+are flushed with every epoch record (and by the writer itself every two minutes), not at every
+step record.
 """
 
 from __future__ import annotations
@@ -125,12 +127,12 @@ class RunLogger:
                 _flatten(f"{split}_epoch" if split == "train" else split, record.get(split) or {})
             )
         self._add_scalars(scalars, record["step"])
+        self._writer.flush()
 
     def _add_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
         for tag, value in scalars.items():
             if isinstance(value, int | float) and math.isfinite(value):
                 self._writer.add_scalar(tag, value, global_step=step)
-        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the files."""

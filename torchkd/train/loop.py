@@ -1,4 +1,4 @@
-"""The training loop: :func:`fit` trains a Distiller, evaluates every epoch and checkpoints.
+"""The training loop: :func:`fit` trains a Distiller, evaluates and checkpoints.
 
 One optimizer step, top to bottom: for each of ``grad_accum_steps`` micro-batches,
 ``distiller.set_progress(step, total_steps)``, the forward pass under autocast (bf16, or fp16
@@ -12,6 +12,17 @@ Resuming is exact: each epoch's shuffle order is derived from ``(seed, epoch)``,
 checkpoint stores every random generator's state at the last optimizer step (and at the start
 of its epoch), so a run that is stopped and resumed produces the same weights as one that was
 not (bit for bit on CPU).
+
+Keeping the per-step cost low: the random state is captured in full only when a checkpoint is
+written (each optimizer step keeps just a copy of torch's generator state, a few microseconds).
+Ctrl-C only sets a flag (the handler is installed once per :func:`fit`; a second Ctrl-C
+interrupts at once), and training stops at the next step boundary, where every generator is
+in its step-boundary state. A ``KeyboardInterrupt`` raised inside a step (a second Ctrl-C, or
+one raised by user code) rolls torch's generators back to the last step boundary; Python's
+and NumPy's generators are saved as they are then (exact unless that step drew from them).
+Step values (loss, gradient norm, terms) stay on the device and are read once per logged
+step; each step checks finiteness with one fused test of ``loss + grad_norm`` and names the
+non-finite terms only when it fails.
 """
 
 from __future__ import annotations
@@ -132,27 +143,38 @@ def _check_amp(amp: str, device: torch.device) -> None:
 
 @dataclass
 class _Sums:
-    """Sums of per-step values over a window of optimizer steps (finite steps only)."""
+    """Sums of per-step values over a window of optimizer steps (finite steps only).
+
+    Each step adds one device tensor ``[loss, grad_norm, *terms]`` to ``pending``; the values
+    reach the host (one sync) only when :meth:`drain` is called.
+    """
 
     steps: int = 0
     samples: int = 0
-    loss: float = 0.0
-    grad_norm: float = 0.0
-    terms: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+    pending: list[Tensor] = field(default_factory=list)
+    pending_names: list[str] = field(default_factory=list)
 
-    def add(self, outcome: Mapping[str, Any]) -> None:
+    def add(self, values: Tensor, names: list[str], samples: int) -> None:
+        if self.pending and names != self.pending_names:
+            self.drain()
+        self.pending.append(values)
+        self.pending_names = names
         self.steps += 1
-        self.samples += outcome["samples"]
-        self.loss += outcome["loss"]
-        self.grad_norm += outcome["grad_norm"]
-        for name, value in outcome["terms"].items():
-            self.terms[name] = self.terms.get(name, 0.0) + value
+        self.samples += samples
+
+    def drain(self) -> dict[str, float]:
+        """Move the pending device values into ``totals`` (one host sync); return ``totals``."""
+        if self.pending:
+            summed = torch.stack(self.pending).sum(dim=0).tolist()
+            for name, value in zip(self.pending_names, summed, strict=True):
+                self.totals[name] = self.totals.get(name, 0.0) + value
+            self.pending = []
+        return self.totals
 
     def means(self) -> dict[str, float]:
         count = max(self.steps, 1)
-        means = {"loss": self.loss / count, "grad_norm": self.grad_norm / count}
-        means.update({f"terms/{name}": value / count for name, value in self.terms.items()})
-        return means
+        return {name: value / count for name, value in self.drain().items()}
 
 
 @dataclass
@@ -174,15 +196,16 @@ class _Group:
             self.term_sums[name] = value + self.term_sums[name] if name in self.term_sums else value
         self.last_output = output
 
-    def means(self, grad_norm: Tensor) -> tuple[float, float, dict[str, float]]:
-        """Mean loss, the gradient norm and mean terms as floats (one device sync)."""
-        names = list(self.term_sums)
-        stacked = torch.stack(
-            [self.loss_sum / self.size, grad_norm.to(self.loss_sum)]
-            + [self.term_sums[name] / self.size for name in names]
-        )
-        loss, norm, *values = stacked.tolist()
-        return loss, norm, dict(zip(names, values, strict=True))
+    def values(self, grad_norm: Tensor) -> tuple[Tensor, list[str]]:
+        """``[mean loss, grad_norm, *mean terms]`` as one device tensor, and its names."""
+        names = ["loss", "grad_norm", *(f"terms/{name}" for name in self.term_sums)]
+        sums = [self.loss_sum, *self.term_sums.values()]
+        means = sums if self.size == 1 else [value / self.size for value in sums]
+        return torch.stack([means[0], grad_norm.to(means[0]), *means[1:]]), names
+
+    def all_finite(self, grad_norm: Tensor) -> bool:
+        """Whether the loss and the gradient norm are finite (one fused test, one sync)."""
+        return bool(torch.isfinite(self.loss_sum + grad_norm.to(self.loss_sum)))
 
     def weights(self) -> dict[str, float]:
         """The last micro-batch's term weights and temperatures (``temperature/<term>``)."""
@@ -193,22 +216,40 @@ class _Group:
         return weights
 
 
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, so a step's state changes commit whole."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
+class _InterruptFlag:
+    """Ctrl-C (SIGINT) handling for one :func:`fit` call.
+
+    The first Ctrl-C only sets :attr:`pending`; the trainer checks it at step and epoch
+    boundaries (:meth:`check`), so a step's state changes commit whole. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once. Outside the main thread no handler can be installed and
+    nothing is deferred.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    @contextmanager
+    def installed(self) -> Iterator[_InterruptFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived since the handler was installed."""
+        if self.pending:
+            self.pending = False
             raise KeyboardInterrupt
 
 
@@ -243,6 +284,11 @@ class _Trainer:
         self.epoch_rng: dict[str, Any] = {}
         self.step_rng: dict[str, Any] = {}
         self.resume_rng: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self.boundary_rng = _device_rng_state(self.device)
+        self.interrupts = _InterruptFlag()
+        self.window = _Sums()
+        self.epoch_sums = _Sums()
+        self.last_weights: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
     def setup(self, resume: bool) -> None:
@@ -260,6 +306,7 @@ class _Trainer:
             self._restore(self.checkpoint_dir / "last.pt")
         else:
             self.epoch_rng = self.step_rng = capture_rng_state()
+        self.boundary_rng = _device_rng_state(self.device)
 
     def _restore(self, path: Path) -> None:
         if not path.is_file():
@@ -284,6 +331,12 @@ class _Trainer:
         restore_rng_state(checkpoint["rng"])
 
     # ------------------------------------------------------------------ checkpoints
+    def capture_interrupted_rng(self) -> None:
+        """Set ``step_rng`` to the state at the last step boundary (see the module docstring)."""
+        state = capture_rng_state()
+        state.update(self.boundary_rng)
+        self.step_rng = state
+
     def checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict of the current state (see :mod:`torchkd.train.checkpoint`)."""
         return {
@@ -317,9 +370,14 @@ class _Trainer:
             self.resume_rng = None
         if progress.batches_done == 0:
             progress.epoch_totals = {}
-        self.step_rng = capture_rng_state()
+        self.epoch_sums = _Sums(
+            steps=int(progress.epoch_totals.get("steps", 0)),
+            samples=int(progress.epoch_totals.get("samples", 0)),
+            totals={k: v for k, v in progress.epoch_totals.items() if k not in _COUNTS},
+        )
+        self.boundary_rng = _device_rng_state(self.device)
         self.distiller.train()
-        window, weights = _Sums(), {}
+        self.window = _Sums()
         window_start = time.perf_counter()
         bar = progress_bar(
             progress.num_batches,
@@ -332,26 +390,28 @@ class _Trainer:
             while progress.batches_done < progress.num_batches:
                 group_size = min(accum, progress.num_batches - progress.batches_done)
                 group = self._accumulate(batches, group_size)
-                with _interrupts_deferred():
-                    outcome = self._update(group)
-                    progress.batches_done += group_size
-                    progress.step += 1
-                    self.step_rng = capture_rng_state()
-                    if outcome is not None:
-                        weights = outcome["weights"]
-                        window.add(outcome)
-                        self._add_to_epoch(outcome)
+                outcome = self._update(group)
+                progress.batches_done += group_size
+                progress.step += 1
+                self.boundary_rng = _device_rng_state(self.device)
+                if outcome is not None:
+                    values, names = outcome
+                    self.window.add(values, names, group.samples)
+                    self.epoch_sums.add(values, names, group.samples)
+                    self.last_weights = group.weights()
                 bar.update(group_size)
-                if progress.step % config.log_every_steps == 0 and window.steps:
+                if progress.step % config.log_every_steps == 0 and self.window.steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    record = self._step_record(epoch, window, weights, elapsed)
+                    record = self._step_record(epoch, self.window, self.last_weights, elapsed)
                     logger.log_step(record)
                     shown = {"loss": record["loss"], **record["terms"]}
                     postfix = {name: f"{value:.4g}" for name, value in shown.items()}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
-                    window, window_start = _Sums(), time.perf_counter()
+                    self.window, window_start = _Sums(), time.perf_counter()
+                self.interrupts.check()
         finally:
             bar.close()
+            progress.epoch_totals = self.epoch_train_totals()
 
     def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> _Group:
         """Forward and backward ``group_size`` micro-batches; gradients add up."""
@@ -362,28 +422,33 @@ class _Trainer:
             self.distiller.set_progress(self.progress.step, self.total_steps)
             with autocast_context(self.device, self.config.amp):
                 output = self.distiller(batch)
-            scaled = output.loss / group_size
+            scaled = output.loss if group_size == 1 else output.loss / group_size
             (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             group.add(output)
         return group
 
-    def _update(self, group: _Group) -> dict[str, Any] | None:
+    def _update(self, group: _Group) -> tuple[Tensor, list[str]] | None:
         """Measure (and clip) the gradient, then step, or skip a non-finite step.
 
-        Returns the step's values (``loss``, ``grad_norm``, ``terms``, ``samples``,
-        ``weights``), or ``None`` when no update happened: a non-finite loss or gradient
-        (counted), or an fp16 gradient overflow (the ``GradScaler`` lowers its scale; not
-        counted, as that is how loss scaling calibrates itself).
+        Returns the step's values on the device (``[loss, grad_norm, *terms]``) and their
+        names, or ``None`` when no update happened: a non-finite loss or gradient (counted),
+        or an fp16 gradient overflow (the ``GradScaler`` lowers its scale; not counted, as that
+        is how loss scaling calibrates itself).
         """
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.trainable if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        loss, norm, terms = group.means(grad_norm)
-        overflow = self.scaler is not None and math.isfinite(loss) and not math.isfinite(norm)
-        if not (math.isfinite(loss) and math.isfinite(norm)) and not overflow:
-            self._skip(terms, loss, norm)
-            return None
+        overflow = False
+        if not group.all_finite(grad_norm):
+            values, names = group.values(grad_norm)
+            named = dict(zip(names, values.tolist(), strict=True))
+            loss, norm = named.pop("loss"), named.pop("grad_norm")
+            terms = {k.removeprefix("terms/"): v for k, v in named.items()}
+            overflow = self.scaler is not None and math.isfinite(loss)
+            if not overflow:
+                self._skip(terms, loss, norm)
+                return None
         self.progress.consecutive_nonfinite, self.progress.nonfinite_terms = 0, []
         if self.config.grad_clip_norm is not None and not overflow:
             torch.nn.utils.clip_grads_with_norm_(grads, self.config.grad_clip_norm, grad_norm)
@@ -395,13 +460,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if overflow:
             return None
-        return {
-            "loss": loss,
-            "grad_norm": norm,
-            "terms": terms,
-            "samples": group.samples,
-            "weights": group.weights(),
-        }
+        return group.values(grad_norm)
 
     def _skip(self, terms: dict[str, float], loss: float, norm: float) -> None:
         progress = self.progress
@@ -428,13 +487,13 @@ class _Trainer:
             step=progress.step,
         )
 
-    def _add_to_epoch(self, outcome: Mapping[str, Any]) -> None:
-        totals = self.progress.epoch_totals
-        updates = {"steps": 1.0, "samples": float(outcome["samples"])}
-        updates.update(loss=outcome["loss"], grad_norm=outcome["grad_norm"])
-        updates.update({f"terms/{name}": value for name, value in outcome["terms"].items()})
-        for key, value in updates.items():
-            totals[key] = totals.get(key, 0.0) + value
+    def epoch_train_totals(self) -> dict[str, float]:
+        """The epoch's sums so far (``steps``, ``samples`` and each value), read to the host."""
+        sums = self.epoch_sums
+        totals = sums.drain()
+        if not sums.steps:
+            return {}
+        return {"steps": float(sums.steps), "samples": float(sums.samples), **totals}
 
     def _step_record(
         self, epoch: int, window: _Sums, weights: dict[str, float], elapsed: float
@@ -454,11 +513,22 @@ class _Trainer:
         }
 
     def epoch_train_metrics(self) -> dict[str, float]:
-        totals = self.progress.epoch_totals
+        totals = self.epoch_train_totals()
         steps = totals.get("steps", 0.0)
         if not steps:
             return {}
-        return {k: v / steps for k, v in totals.items() if k not in ("steps", "samples")}
+        return {k: v / steps for k, v in totals.items() if k not in _COUNTS}
+
+
+_COUNTS = ("steps", "samples")
+
+
+def _device_rng_state(device: torch.device) -> dict[str, Any]:
+    """A copy of the generator states a training step on ``device`` draws from (cheap)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _monitor(metrics: Mapping[str, float]) -> float:
@@ -481,7 +551,8 @@ def fit(
     report: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """Train ``distiller`` for ``config.epochs`` epochs, evaluating and checkpointing each.
+    """Train ``distiller`` for ``config.epochs`` epochs, evaluating every
+    ``config.eval_every_epochs`` (and after the last) and checkpointing.
 
     Args:
         distiller: a :class:`~torchkd.distiller.Distiller` (``build``, ``set_progress``,
@@ -489,7 +560,7 @@ def fit(
         train_loader: a map-style :class:`~torch.utils.data.DataLoader` of dict batches
             (its length is needed for the schedule). Give it a ``generator`` (as
             :func:`torchkd.config.build_loaders` does): it is reseeded every epoch.
-        val_loader: dict batches with labels, evaluated after every epoch.
+        val_loader: dict batches with labels, evaluated every ``eval_every_epochs`` epochs.
         config: the ``train:`` section.
         run_dir: where ``checkpoints/``, ``metrics.jsonl``, ``tb/``, ``config.yaml``,
             ``report.md`` and ``plots/`` go.
@@ -533,11 +604,13 @@ def fit(
         resume_epoch=progress.epoch if resume else None,
     )
     try:
-        for epoch in range(progress.epoch, config.epochs):
-            _run_epoch(trainer, epoch, val_loader, logger)
-            if on_epoch_end is not None:
-                on_epoch_end(progress.history[-1])
+        with trainer.interrupts.installed():
+            for epoch in range(progress.epoch, config.epochs):
+                evaluated = _run_epoch(trainer, epoch, val_loader, logger)
+                if evaluated and on_epoch_end is not None:
+                    on_epoch_end(progress.history[-1])
     except KeyboardInterrupt:
+        trainer.capture_interrupted_rng()
         trainer.save("last.pt")
         print(f"\ninterrupted: saved {last_path}; resume to continue", file=sys.stderr)
         raise
@@ -571,12 +644,23 @@ def fit(
 
 def _run_epoch(
     trainer: _Trainer, epoch: int, val_loader: Iterable[Mapping[str, Any]], logger: RunLogger
-) -> None:
-    """Train one epoch, evaluate, log, and write the checkpoints due."""
+) -> bool:
+    """Train one epoch, evaluate (when due), log, and write the checkpoints due.
+
+    Returns whether the epoch was evaluated (and got an epoch record).
+    """
     config, progress = trainer.config, trainer.progress
     started = time.perf_counter()
     samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
     trainer.train_epoch(epoch, logger)
+    final = epoch + 1 == config.epochs
+    if not final and (epoch + 1) % config.eval_every_epochs != 0:
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        trainer.epoch_rng = trainer.step_rng = capture_rng_state()
+        trainer.boundary_rng = _device_rng_state(trainer.device)
+        _save_due(trainer, epoch, trainer.checkpoint(), improved=False)
+        trainer.interrupts.check()
+        return False
     val_metrics = evaluate(
         trainer.distiller, val_loader, device=trainer.device, amp=config.amp, with_terms=True
     )
@@ -596,21 +680,29 @@ def _run_epoch(
     improved = math.isfinite(score) and (
         progress.best_metric is None or score > progress.best_metric
     )
-    with _interrupts_deferred():  # an interrupt before this point re-runs the evaluation
-        progress.history.append(record)
-        progress.epoch, progress.batches_done = epoch + 1, 0
-        if improved:
-            progress.best_metric, progress.best_epoch = score, epoch + 1
-        trainer.epoch_rng = trainer.step_rng = capture_rng_state()
+    # Ctrl-C only sets a flag (checked below), so these updates commit whole; an exception
+    # raised before this point re-runs the evaluation on resume.
+    progress.history.append(record)
+    progress.epoch, progress.batches_done = epoch + 1, 0
+    if improved:
+        progress.best_metric, progress.best_epoch = score, epoch + 1
+    trainer.epoch_rng = trainer.step_rng = capture_rng_state()
+    trainer.boundary_rng = _device_rng_state(trainer.device)
     logger.log_epoch(record)
     if config.progress:
         summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
         print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
-    checkpoint = trainer.checkpoint()
-    final = epoch + 1 == config.epochs
+    _save_due(trainer, epoch, trainer.checkpoint(), improved=improved)
+    trainer.interrupts.check()
+    return True
+
+
+def _save_due(trainer: _Trainer, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
+    """Write the checkpoints due after ``epoch`` (0-based)."""
+    config = trainer.config
     if improved:
         trainer.save("best.pt", checkpoint)
-    if final or (epoch + 1) % config.checkpoint_every_epochs == 0:
+    if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
         trainer.save("last.pt", checkpoint)
     keep_every = config.keep_teacher_checkpoints_every
     if keep_every is not None and (epoch + 1) % keep_every == 0:

@@ -200,8 +200,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from torchkd.config import build_from_recipe
-    from torchkd.train import fit
+    from torchkd.config import fit_recipe
 
     recipe = _load_recipe(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
@@ -220,17 +219,7 @@ def _train(args: argparse.Namespace) -> int:
                 "so it distils its initial weights; set teacher.checkpoint=PATH",
                 file=sys.stderr,
             )
-    built = build_from_recipe(recipe)
-    result = fit(
-        built.distiller,
-        built.loaders.train,
-        built.loaders.val,
-        built.train_config,
-        run_dir,
-        resume=args.resume,
-        test_loader=built.loaders.test,
-        resolved_config=recipe.model_dump(mode="json"),
-    )
+    result = fit_recipe(recipe, run_dir, resume=args.resume)
     best = result.best_metrics.get("top1")
     if best is not None:
         print(f"best validation top-1: {100 * best:.2f} % (epoch {result.best_epoch})")

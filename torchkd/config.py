@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from torchkd.data import Loaders
     from torchkd.distiller import Distiller, Term
+    from torchkd.train import FitResult
 
 __all__ = [
     "Built",
@@ -68,6 +69,7 @@ __all__ = [
     "build_from_recipe",
     "build_loaders",
     "build_model",
+    "fit_recipe",
     "load_recipe",
     "recipe_from_dict",
     "write_resolved_config",
@@ -966,3 +968,37 @@ def build_from_recipe(recipe: Recipe) -> Built:
     distiller = build_distiller(recipe)
     loaders = build_loaders(recipe.data, seed=recipe.train.seed)
     return Built(distiller, loaders, recipe.train)
+
+
+def fit_recipe(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    evaluate_test: bool = True,
+    report: bool = True,
+    progress: bool | None = None,
+) -> FitResult:
+    """Build everything a recipe names and train it with :func:`torchkd.train.fit`.
+
+    The one path from a validated recipe to a trained run (CLI ``train``, the demo, the tuner's
+    final retrain). ``evaluate_test=False`` never touches the test split; ``progress`` overrides
+    ``train.progress``. The resolved recipe is written to the run directory and checkpoints.
+    """
+    from torchkd.train import fit
+
+    built = build_from_recipe(recipe)
+    train_config = built.train_config
+    if progress is not None:
+        train_config = train_config.model_copy(update={"progress": progress})
+    return fit(
+        built.distiller,
+        built.loaders.train,
+        built.loaders.val,
+        train_config,
+        run_dir,
+        resume=resume,
+        test_loader=built.loaders.test if evaluate_test else None,
+        resolved_config=recipe.model_dump(mode="json"),
+        report=report,
+    )

@@ -277,21 +277,12 @@ def train_teacher(quick: bool, run_dir: str) -> tuple[Path, float]:
     Returns:
         ``(cached weights path, training seconds)``.
     """
-    from torchkd.config import build_from_recipe
-    from torchkd.train import export_student, fit
+    from torchkd.config import fit_recipe
+    from torchkd.train import export_student
 
     recipe = _teacher_recipe(quick)
     started = time.perf_counter()
-    built = build_from_recipe(recipe)
-    result = fit(
-        built.distiller,
-        built.loaders.train,
-        built.loaders.val,
-        built.train_config,
-        _fresh_dir(Path(run_dir)),
-        resolved_config=recipe.model_dump(mode="json"),
-        report=False,
-    )
+    result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), evaluate_test=False, report=False)
     weights = export_student(
         result.best_checkpoint or result.last_checkpoint, teacher_cache_path(quick)
     )
@@ -307,23 +298,12 @@ def train_arm(
 ) -> ArmRun:
     """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory);
     ``run_report`` writes the run's own ``report.md`` and plots."""
-    from torchkd.config import build_from_recipe, load_recipe
-    from torchkd.train import fit
+    from torchkd.config import fit_recipe, load_recipe
 
     arm = next(arm for arm in ARMS if arm.key == arm_key)
     recipe = load_recipe(demo_recipe_path(arm.recipe), [*overrides, f"train.seed={seed}"])
     started = time.perf_counter()
-    built = build_from_recipe(recipe)
-    result = fit(
-        built.distiller,
-        built.loaders.train,
-        built.loaders.val,
-        built.train_config,
-        _fresh_dir(Path(run_dir)),
-        test_loader=built.loaders.test,
-        resolved_config=recipe.model_dump(mode="json"),
-        report=run_report,
-    )
+    result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), report=run_report)
     return ArmRun(
         arm=arm_key,
         seed=seed,

@@ -699,24 +699,14 @@ def _retrain(
     echo: Echo,
 ) -> dict[str, float]:
     """Train the best parameters on the full recipe; the one evaluation on the test split."""
-    from torchkd.config import build_from_recipe
-    from torchkd.train import fit
+    from torchkd.config import fit_recipe
 
     recipe = recipe_from_dict(raw, [*overrides, *trial_overrides(best_params)])
     run_dir = out / "best"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     echo(f"retraining the best parameters into {run_dir}")
-    built = build_from_recipe(recipe)
-    result = fit(
-        built.distiller,
-        built.loaders.train,
-        built.loaders.val,
-        recipe.train.model_copy(update={"progress": False}),
-        run_dir,
-        test_loader=built.loaders.test,
-        resolved_config=recipe.model_dump(mode="json"),
-    )
+    result = fit_recipe(recipe, run_dir, progress=False)
     return dict(result.test_metrics or {})
 
 

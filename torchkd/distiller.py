@@ -25,7 +25,6 @@ shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import numbers
@@ -41,70 +40,16 @@ from torch import Tensor, nn
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
 from torchkd.losses.registry import Signature
-from torchkd.schedules import LearnableTemperature, Schedule, as_schedule, progress
+from torchkd.schedules import Schedule, as_schedule, progress
+from torchkd.temperature import LearnableTemperature
 from torchkd.taps import Taps, resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 
-__all__ = ["LOSS_SHAPE_RULES", "DistillOutput", "Distiller", "Term", "UncertaintyWeight"]
+__all__ = ["DistillOutput", "Distiller", "Term", "UncertaintyWeight"]
 
 LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
-
-Shapes = list[tuple[int, ...]]
-TemperatureRoute = Literal["keyword", "attribute"]
-
-
-# Constructor sizes computed from the probed shapes: (student_shapes, teacher_shapes) -> kwargs.
-SizeRule = Callable[[Shapes, Shapes], dict[str, Any]]
-
-
-def _flat_dims(student: Shapes, teacher: Shapes) -> dict[str, Any]:
-    return {"student_dim": math.prod(student[0][1:]), "teacher_dim": math.prod(teacher[0][1:])}
-
-
-def _channel_lists(student: Shapes, teacher: Shapes) -> dict[str, Any]:
-    return {
-        "student_channels": [shape[1] for shape in student],
-        "teacher_channels": [shape[1] for shape in teacher],
-    }
-
-
-def _vid_channels(student: Shapes, teacher: Shapes) -> dict[str, Any]:
-    # As in the VID reference (RepDistiller): the regressor's hidden width is the teacher's.
-    return {
-        "num_input_channels": student[0][1],
-        "num_mid_channels": teacher[0][1],
-        "num_target_channels": teacher[0][1],
-    }
-
-
-def _factor_channels(student: Shapes, teacher: Shapes) -> dict[str, Any]:
-    return {
-        "student_channels": student[0][1],
-        "teacher_channels": teacher[0][1],
-        "spatial_dims": len(teacher[0]) - 2,
-    }
-
-
-# Registered losses that compare student and teacher tensors of different shapes themselves
-# ("auto" builds no adapter for them), with the constructor sizes the Distiller fills in from
-# the probed shapes (user-given loss_kwargs win). Shapes are batch-first; student shapes are
-# taken after the adapters. A loss missing here gets an adapter whenever the shapes differ.
-LOSS_SHAPE_RULES: dict[str, SizeRule | None] = {
-    "vid": _vid_channels,
-    "crd": _flat_dims,  # num_samples (the dataset size) comes from the user
-    "crd_inbatch": _flat_dims,
-    "attention_align": _channel_lists,
-    "factor_transfer": _factor_channels,
-    "at": None,  # channel-summed attention maps; the loss pools the spatial size
-    "nst": None,  # MMD between per-channel distributions
-    "sp": None,  # [B, B] similarity matrices
-    "rkd": None,  # [B, B] distances and [B, B, B] angles
-    "cc": None,  # [B, B] correlations
-    "pkt": None,  # [B, B] conditional probabilities
-}
-
 
 @dataclass
 class Term:
@@ -116,8 +61,8 @@ class Term:
         loss: a registered loss name (``torchkd.losses.available()``), or a loss module or
             callable (then give ``signature``, or give the object a ``signature`` attribute).
         loss_kwargs: keyword arguments for ``torchkd.losses.create(loss, **loss_kwargs)``;
-            the sizes of the losses in :data:`LOSS_SHAPE_RULES` are filled in by
-            :meth:`Distiller.build`.
+            constructor sizes a loss declares at registration (``LossEntry.sizes``) are filled
+            in from the probed shapes by :meth:`Distiller.build`.
         weight: a number, a :class:`~torchkd.schedules.Schedule` of training progress, or
             ``"auto"`` (uncertainty weighting, Kendall et al. 2018).
         student: ``"logits"`` (the student's output logits) or a tapped module path; a list of
@@ -129,9 +74,9 @@ class Term:
         temperature: ``None`` (the loss's own), a number or a schedule evaluated every step,
             ``"learned"`` (a global CTKD :class:`~torchkd.schedules.LearnableTemperature`), or
             a temperature module called as ``module(student_logits, teacher_logits)`` (e.g. an
-            instance-wise one). The value reaches the loss as ``temperature=`` if its forward
-            takes that keyword; otherwise the loss module's ``temperature`` hyperparameter is
-            set for the call and restored after it (the registered logit losses work so).
+            instance-wise one). The value is passed to the loss call as ``temperature=`` (the
+            registered logit losses take it and use it instead of their own for that call).
+            Give a temperature here or in ``loss_kwargs``, not both.
         teacher_index: which teacher the term reads (all teachers for ``"multi_teacher"``).
         signature: how a custom loss is called; must agree with a registered loss's signature.
     """
@@ -284,7 +229,6 @@ class Distiller(nn.Module):
             for path in paths:
                 resolve_module(teacher, path)
         self._losses: dict[str, Callable[..., Tensor]] = {}
-        self._temperature_routes: dict[str, TemperatureRoute | None] = {}
         self._step, self._total_steps = 0, 1
         self._progress_listeners: list[nn.Module] | None = None
         self._step_weights = {name: weight(0, 1) for name, weight in self._weights.items()}
@@ -324,6 +268,11 @@ class Distiller(nn.Module):
             )
         if signature in _LOGIT_SIGNATURES and term.adapter not in ("auto", "none"):
             raise ValueError(f"{where}: adapters apply to feature terms, not {signature!r} losses")
+        if term.temperature is not None and "temperature" in term.loss_kwargs:
+            raise ValueError(
+                f"{where}: temperature is given twice, as Term.temperature={term.temperature!r} "
+                f"and loss_kwargs['temperature']={term.loss_kwargs['temperature']!r}; keep one"
+            )
         if term.temperature is not None and signature == "labels":
             raise ValueError(f"{where}: a temperature needs a teacher; 'labels' losses have none")
         if isinstance(term.temperature, numbers.Real) and not term.temperature > 0:
@@ -362,7 +311,6 @@ class Distiller(nn.Module):
         for name, (parts, loss) in built.items():  # all terms built: nothing half-made on error
             self.extras[name] = parts.to(device=device, dtype=dtype)
             self._losses[name] = loss
-            self._temperature_routes[name] = _temperature_route(loss)
         self._built = True
         self._progress_listeners = None
         self.extras.train(self.training)
@@ -387,17 +335,16 @@ class Distiller(nn.Module):
                     build_adapter(s.shape, t.shape, kind) for s, t in pairs
                 )
                 adapted = [tuple(t.shape) for t in teacher]
-            rule = LOSS_SHAPE_RULES.get(term.loss) if isinstance(term.loss, str) else None
-            if rule is not None:
-                kwargs = {**rule(adapted, [tuple(t.shape) for t in teacher]), **kwargs}
+            sizes = losses.entry(term.loss).sizes if isinstance(term.loss, str) else None
+            if sizes is not None:
+                kwargs = {**sizes(adapted, [tuple(t.shape) for t in teacher]), **kwargs}
         loss = self._create_loss(term, kwargs)
         if isinstance(loss, nn.Module):
             parts["loss"] = loss
-        if term.temperature is not None and _temperature_route(loss) is None:
+        if term.temperature is not None and not _takes_temperature(loss):
             raise TypeError(
-                f"term {term.name!r}: temperature={term.temperature!r} needs a loss that takes "
-                f"`temperature=` or has a `temperature` attribute; {type(loss).__name__} has "
-                "neither"
+                f"term {term.name!r}: temperature={term.temperature!r} needs a loss whose call "
+                f"takes `temperature=`; {type(loss).__name__} does not"
             )
         if term.temperature == "learned":
             parts["temperature"] = LearnableTemperature()
@@ -538,7 +485,7 @@ class Distiller(nn.Module):
             temperatures[term.name] = float(
                 temperature.detach().mean() if isinstance(temperature, Tensor) else temperature
             )
-            loss = _with_temperature(loss, temperature, self._temperature_routes[term.name])
+            kwargs["temperature"] = temperature
         if signature == "multi_teacher":
             teachers = [self._teacher_value(term, capture, i) for i in range(len(self.teachers))]
             kwargs["labels"] = batch.get(self.labels_key)
@@ -638,42 +585,16 @@ def _as_list(value: Tensor | list[Tensor]) -> list[Tensor]:
 def _adapter_kind(term: Term) -> AdapterKind:
     if term.adapter != "auto" or not isinstance(term.loss, str):
         return term.adapter
-    return "none" if term.loss in LOSS_SHAPE_RULES else "auto"
+    return "none" if losses.entry(term.loss).compares_shapes else "auto"
 
 
-def _temperature_route(loss: Callable[..., Tensor]) -> TemperatureRoute | None:
-    """How a per-step temperature reaches ``loss``: a ``temperature=`` keyword of its forward
-    (or ``**kwargs``), else the module's ``temperature`` hyperparameter, else not at all."""
+def _takes_temperature(loss: Callable[..., Tensor]) -> bool:
+    """Whether ``loss`` (its ``forward`` for a module) takes a ``temperature=`` keyword."""
     function = loss.forward if isinstance(loss, nn.Module) else loss
     parameters = inspect.signature(function).parameters.values()
-    if any(p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        return "keyword"
-    if isinstance(loss, nn.Module) and hasattr(loss, "temperature"):
-        return "attribute"
-    return None
-
-
-def _with_temperature(
-    loss: Callable[..., Tensor], temperature: float | Tensor, route: TemperatureRoute | None
-) -> Callable[..., Tensor]:
-    """``loss`` called with ``temperature`` for one call.
-
-    Through the keyword when the loss takes one; otherwise the module's ``temperature``
-    attribute is set for the call and restored afterwards, so the module keeps its configured
-    value (and holds no graph) between steps.
-    """
-    if route == "keyword":
-        return functools.partial(loss, temperature=temperature)
-
-    def call(*args: Any, **kwargs: Any) -> Tensor:
-        configured = loss.temperature
-        loss.temperature = temperature
-        try:
-            return loss(*args, **kwargs)
-        finally:
-            loss.temperature = configured
-
-    return call
+    return any(
+        p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
 
 
 def _loss_name(term: Term) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from torchkd.data.base import SPLITS, TensorDictDataset, cache_dir, holdout_split
 from torchkd.data.digits import load_digits
+from torchkd.data.loaders import Loaders, make_loaders
 from torchkd.data.mnist1d import generate_mnist1d, load_mnist1d, mnist1d_transfer_set
-from torchkd.data.registry import Loaders, available_datasets, create_dataset, make_loaders
+from torchkd.data.registry import DATASETS, available_datasets, create_dataset
 
 __all__ = [
+    "DATASETS",
     "SPLITS",
     "Loaders",
     "TensorDictDataset",

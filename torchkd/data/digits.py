@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 
 from torchkd.data.base import TensorDictDataset, check_fraction, check_split, holdout_split
+from torchkd.data.registry import DATASETS
 
 NUM_CLASSES = 10
 MAX_PIXEL_VALUE = 16.0
 
 
+@DATASETS.register("digits")
 def load_digits(
     split: str = "train",
     val_fraction: float = 0.1,

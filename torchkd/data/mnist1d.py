@@ -41,6 +41,7 @@ from torchkd.data.base import (
     load_npz,
     save_npz_atomic,
 )
+from torchkd.data.registry import DATASETS
 
 PUBLISHED_NUM_SAMPLES = 5000
 PUBLISHED_SEED = 42
@@ -98,6 +99,7 @@ def generate_mnist1d(
     return arrays
 
 
+@DATASETS.register("mnist1d")
 def load_mnist1d(
     split: str = "train",
     val_fraction: float = 0.1,
@@ -164,3 +166,14 @@ def mnist1d_transfer_set(
     arrays = generate_mnist1d(generated_count, seed=seed, train_split=1.0, cache=cache)
     inputs = torch.from_numpy(arrays["x"][:num_samples])
     return TensorDictDataset(inputs.unsqueeze(1))
+
+
+@DATASETS.register("mnist1d_transfer")
+def _transfer_factory(
+    split: str = "train", num_samples: int = 25_000, seed: int = 1, **kwargs: object
+) -> TensorDictDataset:
+    if split != "train":
+        raise ValueError(
+            f"mnist1d_transfer is an unlabeled training set; split must be 'train', got {split!r}"
+        )
+    return mnist1d_transfer_set(num_samples, seed=seed, **kwargs)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ hyperparameters and calls the function. Losses register themselves; build one by
 :func:`create` and list them with :func:`available`.
 """
 
+from torchkd.losses._common import check_pair as check_pair
 from torchkd.losses.attention_align import *  # noqa: F403
 from torchkd.losses.ce import *  # noqa: F403
 from torchkd.losses.crd import *  # noqa: F403

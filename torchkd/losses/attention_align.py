@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating
 from torchkd.losses._feature_common import ChannelLinear, pool_to_size, upcast
-from torchkd.losses.registry import register
+from torchkd.losses.registry import Shapes, register
 
 __all__ = ["AttentionAlignLoss", "attention_align_loss", "layer_attention"]
 
@@ -73,6 +74,22 @@ def _global_pool(feature: Tensor) -> Tensor:
     return feature.flatten(2).mean(dim=2) if feature.dim() > 2 else feature
 
 
+def _channel_lists(student: Shapes, teacher: Shapes) -> dict[str, Any]:
+    """Per-layer channel counts from the probed shapes."""
+    return {
+        "student_channels": [shape[1] for shape in student],
+        "teacher_channels": [shape[1] for shape in teacher],
+    }
+
+
+@register(
+    "attention_align",
+    functional=None,
+    signature="feature_lists",
+    family="feature",
+    compares_shapes=True,
+    sizes=_channel_lists,
+)
 class AttentionAlignLoss(nn.Module):
     r"""Per-sample attention of every student layer over every teacher layer.
 
@@ -224,10 +241,3 @@ class AttentionAlignLoss(nn.Module):
 
 
 # functional=None: the loss owns trainable projections; attention_align_loss takes (q, k, d).
-register(
-    "attention_align",
-    module=AttentionAlignLoss,
-    functional=None,
-    signature="feature_lists",
-    family="feature",
-)

@@ -66,6 +66,7 @@ def ce_loss(
     )
 
 
+@register("ce", functional=ce_loss, signature="labels", family="logit")
 class CELoss(nn.Module):
     """Module form of :func:`ce_loss`."""
 
@@ -90,6 +91,3 @@ class CELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
-
-
-register("ce", module=CELoss, functional=ce_loss, signature="labels", family="logit")

@@ -15,14 +15,14 @@ assumes and as RepDistiller's in-loss sampler does).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating, check_temperature, check_unit_interval
-from torchkd.losses.registry import register
+from torchkd.losses.registry import Shapes, register
 
 __all__ = [
     "CRDInBatchLoss",
@@ -229,6 +229,20 @@ def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _flat_dims(student: Shapes, teacher: Shapes) -> dict[str, Any]:
+    """The embedding heads' input sizes from the probed shapes (``num_samples``, the dataset
+    size, comes from the user)."""
+    return {"student_dim": math.prod(student[0][1:]), "teacher_dim": math.prod(teacher[0][1:])}
+
+
+@register(
+    "crd",
+    functional=None,
+    signature="indexed",
+    family="relation",
+    compares_shapes=True,
+    sizes=_flat_dims,
+)
 class CRDLoss(nn.Module):
     r"""Contrastive representation distillation with memory banks (Tian et al., ICLR 2020).
 
@@ -501,6 +515,14 @@ def crd_inbatch_loss(
     return loss.to(student_embedding.dtype)
 
 
+@register(
+    "crd_inbatch",
+    functional=None,
+    signature="embeddings",
+    family="relation",
+    compares_shapes=True,
+    sizes=_flat_dims,
+)
 class CRDInBatchLoss(nn.Module):
     """:func:`crd_inbatch_loss` behind learned :class:`EmbeddingHead` s (student and teacher).
 
@@ -536,10 +558,3 @@ class CRDInBatchLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feat_dim={self.student_head.linear.out_features}, temperature={self.temperature}"
-
-
-register("crd", module=CRDLoss, functional=None, signature="indexed", family="relation")
-# The registered form owns learned heads, so it is module-only (like "crd").
-register(
-    "crd_inbatch", module=CRDInBatchLoss, functional=None, signature="embeddings", family="relation"
-)

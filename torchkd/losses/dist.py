@@ -132,6 +132,7 @@ def dist_loss(
     return temperature**2 * (beta * inter_class + gamma * intra_class)
 
 
+@register("dist", functional=dist_loss, signature="logits", family="logit")
 class DISTLoss(nn.Module):
     """Module form of :func:`dist_loss`; stores the hyperparameters.
 
@@ -160,14 +161,18 @@ class DISTLoss(nn.Module):
         self.reduction = reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return dist_loss(
             student_logits,
             teacher_logits,
             beta=self.beta,
             gamma=self.gamma,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             eps=self.eps,
             reduction=self.reduction,
             mask=mask,
@@ -178,6 +183,3 @@ class DISTLoss(nn.Module):
             f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}, "
             f"eps={self.eps}, reduction={self.reduction!r}"
         )
-
-
-register("dist", module=DISTLoss, functional=dist_loss, signature="logits", family="logit")

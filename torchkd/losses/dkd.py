@@ -151,6 +151,7 @@ def dkd_loss(
     )
 
 
+@register("dkd", functional=dkd_loss, signature="logits_labels", family="logit")
 class DKDLoss(nn.Module):
     """Module form of :func:`dkd_loss`; stores the hyperparameters.
 
@@ -184,6 +185,7 @@ class DKDLoss(nn.Module):
         teacher_logits: Tensor,
         labels: Tensor,
         mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return dkd_loss(
             student_logits,
@@ -191,7 +193,7 @@ class DKDLoss(nn.Module):
             labels,
             alpha=self.alpha,
             beta=self.beta,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             mask=mask,
@@ -202,6 +204,3 @@ class DKDLoss(nn.Module):
             f"alpha={self.alpha}, beta={self.beta}, temperature={self.temperature}, "
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
         )
-
-
-register("dkd", module=DKDLoss, functional=dkd_loss, signature="logits_labels", family="logit")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating
 from torchkd.losses._feature_common import check_feature_map, match_spatial_size, upcast
-from torchkd.losses.registry import register
+from torchkd.losses.registry import Shapes, register
 
 __all__ = ["FactorTransferLoss", "Paraphraser", "Translator", "factor_transfer_loss"]
 
@@ -128,6 +128,23 @@ class Translator(nn.Module):
         return self.encoder(student_feature)
 
 
+def _factor_channels(student: Shapes, teacher: Shapes) -> dict[str, Any]:
+    """The paraphraser's and translator's sizes from the probed shapes."""
+    return {
+        "student_channels": student[0][1],
+        "teacher_channels": teacher[0][1],
+        "spatial_dims": len(teacher[0]) - 2,
+    }
+
+
+@register(
+    "factor_transfer",
+    functional=None,
+    signature="features",
+    family="feature",
+    compares_shapes=True,
+    sizes=_factor_channels,
+)
 class FactorTransferLoss(nn.Module):
     r"""Factor transfer with its two trainable parts and its two stages.
 
@@ -232,12 +249,3 @@ class FactorTransferLoss(nn.Module):
             f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
             f"rate={self.rate}, p={self.p}, stage={self.stage!r}, spatial_dims={self.spatial_dims}"
         )
-
-
-register(
-    "factor_transfer",
-    module=FactorTransferLoss,
-    functional=None,  # the loss owns trainable encoders; factor_transfer_loss takes factors
-    signature="features",
-    family="feature",
-)

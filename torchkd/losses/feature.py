@@ -281,6 +281,7 @@ def fsp_loss(
     return _reduce_pairs(pair_losses, pair_reduction).to(students[0].dtype)
 
 
+@register("hint", functional=hint_loss, signature="features", family="feature")
 class HintLoss(nn.Module):
     """Module form of :func:`hint_loss`."""
 
@@ -296,6 +297,13 @@ class HintLoss(nn.Module):
         return f"reduction={self.reduction!r}"
 
 
+@register(
+    "at",
+    functional=at_loss,
+    signature="feature_lists",
+    family="feature",
+    compares_shapes=True,
+)
 class ATLoss(nn.Module):
     """Module form of :func:`at_loss`."""
 
@@ -325,6 +333,7 @@ class ATLoss(nn.Module):
         return f"p={self.p}, pool={self.pool}, pair_reduction={self.pair_reduction!r}"
 
 
+@register("nst", functional=nst_loss, signature="features", family="feature", compares_shapes=True)
 class NSTLoss(nn.Module):
     """Module form of :func:`nst_loss`."""
 
@@ -339,6 +348,7 @@ class NSTLoss(nn.Module):
         return f"pool={self.pool}"
 
 
+@register("fsp", functional=fsp_loss, signature="feature_lists", family="feature")
 class FSPLoss(nn.Module):
     """Module form of :func:`fsp_loss`."""
 
@@ -357,9 +367,3 @@ class FSPLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pool={self.pool}, pair_reduction={self.pair_reduction!r}"
-
-
-register("hint", module=HintLoss, functional=hint_loss, signature="features", family="feature")
-register("at", module=ATLoss, functional=at_loss, signature="feature_lists", family="feature")
-register("nst", module=NSTLoss, functional=nst_loss, signature="features", family="feature")
-register("fsp", module=FSPLoss, functional=fsp_loss, signature="feature_lists", family="feature")

@@ -563,6 +563,7 @@ def logit_mse_loss(
 # --------------------------------------------------------------------------- modules
 
 
+@register("kd", functional=kd_loss, signature="logits", family="logit")
 class KDLoss(_LogitLoss):
     """Module form of :func:`kd_loss`.
 
@@ -587,18 +588,23 @@ class KDLoss(_LogitLoss):
         self.temperature, self.standardize, self.reduction = temperature, standardize, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return kd_loss(
             student_logits,
             teacher_logits,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             standardize=self.standardize,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("ls_kd", functional=ls_kd_loss, signature="logits", family="logit")
 class LSKDLoss(_LogitLoss):
     """Module form of :func:`ls_kd_loss` (KD on standardized logits).
 
@@ -614,17 +620,22 @@ class LSKDLoss(_LogitLoss):
         self.temperature, self.reduction = temperature, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return ls_kd_loss(
             student_logits,
             teacher_logits,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("hinton", functional=hinton_loss, signature="logits_labels", family="logit")
 class HintonLoss(_LogitLoss):
     """Module form of :func:`hinton_loss` (``alpha`` weights the soft term).
 
@@ -653,12 +664,13 @@ class HintonLoss(_LogitLoss):
         teacher_logits: Tensor,
         labels: Tensor,
         mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return hinton_loss(
             student_logits,
             teacher_logits,
             labels,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             alpha=self.alpha,
             standardize=self.standardize,
             ignore_index=self.ignore_index,
@@ -667,6 +679,7 @@ class HintonLoss(_LogitLoss):
         )
 
 
+@register("soft_ce", functional=soft_ce_loss, signature="logits", family="logit")
 class SoftCELoss(_LogitLoss):
     """Module form of :func:`soft_ce_loss`.
 
@@ -682,17 +695,22 @@ class SoftCELoss(_LogitLoss):
         self.temperature, self.reduction = temperature, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return soft_ce_loss(
             student_logits,
             teacher_logits,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("reverse_kl", functional=reverse_kl_loss, signature="logits", family="logit")
 class ReverseKLLoss(_LogitLoss):
     """Module form of :func:`reverse_kl_loss`.
 
@@ -708,17 +726,22 @@ class ReverseKLLoss(_LogitLoss):
         self.temperature, self.reduction = temperature, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return reverse_kl_loss(
             student_logits,
             teacher_logits,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("jsd", functional=jsd_loss, signature="logits", family="logit")
 class JSDLoss(_LogitLoss):
     """Module form of :func:`jsd_loss`.
 
@@ -736,18 +759,23 @@ class JSDLoss(_LogitLoss):
         self.beta, self.temperature, self.reduction = beta, temperature, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return jsd_loss(
             student_logits,
             teacher_logits,
             beta=self.beta,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("tvd", functional=tvd_loss, signature="logits", family="logit")
 class TVDLoss(_LogitLoss):
     """Module form of :func:`tvd_loss`.
 
@@ -763,17 +791,22 @@ class TVDLoss(_LogitLoss):
         self.temperature, self.reduction = temperature, reduction
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
     ) -> Tensor:
         return tvd_loss(
             student_logits,
             teacher_logits,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             reduction=self.reduction,
             mask=mask,
         )
 
 
+@register("logit_mse", functional=logit_mse_loss, signature="logits", family="logit")
 class LogitMSELoss(_LogitLoss):
     """Module form of :func:`logit_mse_loss`.
 
@@ -792,16 +825,3 @@ class LogitMSELoss(_LogitLoss):
         self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
     ) -> Tensor:
         return logit_mse_loss(student_logits, teacher_logits, reduction=self.reduction, mask=mask)
-
-
-for _name, _module, _functional, _signature in (
-    ("kd", KDLoss, kd_loss, "logits"),
-    ("ls_kd", LSKDLoss, ls_kd_loss, "logits"),
-    ("hinton", HintonLoss, hinton_loss, "logits_labels"),
-    ("soft_ce", SoftCELoss, soft_ce_loss, "logits"),
-    ("reverse_kl", ReverseKLLoss, reverse_kl_loss, "logits"),
-    ("jsd", JSDLoss, jsd_loss, "logits"),
-    ("tvd", TVDLoss, tvd_loss, "logits"),
-    ("logit_mse", LogitMSELoss, logit_mse_loss, "logits"),
-):
-    register(_name, module=_module, functional=_functional, signature=_signature, family="logit")

@@ -229,6 +229,12 @@ def weights_from_accuracies(
     return values / values.sum()
 
 
+@register(
+    "multi_teacher_kd",
+    functional=multi_teacher_kd_loss,
+    signature="multi_teacher",
+    family="logit",
+)
 class MultiTeacherKDLoss(nn.Module):
     """Module form of :func:`multi_teacher_kd_loss`; stores the hyperparameters.
 
@@ -273,13 +279,14 @@ class MultiTeacherKDLoss(nn.Module):
         labels: Tensor | None = None,
         mask: Tensor | None = None,
         return_weights: bool = False,
+        temperature: float | Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         return multi_teacher_kd_loss(
             student_logits,
             teacher_logits,
             labels,
             weighting=self.weights if self.weights is not None else self.weighting,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             mask=mask,
@@ -292,12 +299,3 @@ class MultiTeacherKDLoss(nn.Module):
             f"weighting={weighting!r}, temperature={self.temperature}, "
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
         )
-
-
-register(
-    "multi_teacher_kd",
-    module=MultiTeacherKDLoss,
-    functional=multi_teacher_kd_loss,
-    signature="multi_teacher",
-    family="logit",
-)

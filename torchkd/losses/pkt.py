@@ -76,6 +76,13 @@ def pkt_loss(
     return loss.to(student_embedding.dtype)
 
 
+@register(
+    "pkt",
+    functional=pkt_loss,
+    signature="embeddings",
+    family="feature",
+    compares_shapes=True,
+)
 class PKTLoss(nn.Module):
     """Module form of :func:`pkt_loss`."""
 
@@ -92,6 +99,3 @@ class PKTLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, reduction={self.reduction!r}"
-
-
-register("pkt", module=PKTLoss, functional=pkt_loss, signature="embeddings", family="feature")

@@ -1,17 +1,37 @@
-"""The loss registry: one name -> (functional form, module class, how it is called).
+"""The loss registry: one name -> (functional form, module class, how it is called, and what
+the Distiller must know to build it).
 
-``create(name, **kwargs)`` builds the module; ``available()`` lists the names. Every registered
-loss is picked up by the test template in ``tests/losses/`` the day it is registered.
+Losses register at their definition with the :func:`register` decorator on the module class::
+
+    @register("hint", functional=hint_loss, signature="features", family="feature")
+    class HintLoss(nn.Module): ...
+
+``create(name, **kwargs)`` builds the module; ``available()`` lists the names; ``entry(name)``
+returns the :class:`LossEntry`. Every registered loss is picked up by the test template in
+``tests/losses/`` the day it is registered, and a loss registered from outside torchkd is used
+by the :class:`~torchkd.distiller.Distiller` exactly like a built-in one.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from torch import nn
+
+from torchkd._registry import Registry
+
+__all__ = [
+    "LossEntry",
+    "Shapes",
+    "Signature",
+    "SizeRule",
+    "available",
+    "create",
+    "entry",
+    "register",
+]
 
 # How a loss is called, so generic code (tests, the Distiller) can feed it:
 #   "labels"         f(student_logits, labels)                          hard labels, no teacher
@@ -32,47 +52,89 @@ Signature = Literal[
     "embeddings",
     "indexed",
 ]
+Family = Literal["logit", "feature", "relation"]
+
+# Probed tensor shapes of one side of a term, batch first (student shapes after adapters).
+Shapes = list[tuple[int, ...]]
+# Constructor sizes computed from the probed shapes: (student_shapes, teacher_shapes) -> kwargs.
+SizeRule = Callable[[Shapes, Shapes], dict[str, Any]]
+
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
 
 
 @dataclass(frozen=True)
 class LossEntry:
-    """One registered loss."""
+    """One registered loss.
+
+    Attributes:
+        name: the registered name.
+        functional: the function form (``None`` for losses that own trainable parts).
+        module: the ``nn.Module`` class.
+        signature: how the loss is called (see :data:`Signature`).
+        family: ``logit``, ``feature`` or ``relation``.
+        compares_shapes: the loss compares student and teacher tensors of different shapes
+            itself, so the Distiller builds no adapter for it by default.
+        sizes: constructor keyword arguments computed from the probed shapes (the user's own
+            ``loss_kwargs`` win), or ``None``.
+    """
 
     name: str
     functional: Callable[..., object] | None
     module: type[nn.Module]
     signature: Signature
-    family: Literal["logit", "feature", "relation"]
+    family: Family
+    compares_shapes: bool = False
+    sizes: SizeRule | None = None
 
 
-_REGISTRY: dict[str, LossEntry] = {}
+LOSSES: Registry[LossEntry] = Registry(
+    "loss", wrap=lambda name, module, **details: LossEntry(name=name, module=module, **details)
+)
 
 
 def register(
     name: str,
     *,
-    module: type[nn.Module],
     functional: Callable[..., object] | None,
     signature: Signature,
-    family: Literal["logit", "feature", "relation"],
-) -> None:
-    """Register a loss under ``name``. Registering the same name twice is an error."""
-    if name in _REGISTRY:
-        raise ValueError(f"loss {name!r} is already registered")
-    _REGISTRY[name] = LossEntry(name, functional, module, signature, family)
+    family: Family,
+    compares_shapes: bool = False,
+    sizes: SizeRule | None = None,
+) -> Callable[[ModuleT], ModuleT]:
+    """Class decorator: register the loss module under ``name`` (twice is an error).
 
+    Args:
+        name: the loss name used in recipes and :func:`create`.
+        functional: the function form, or ``None``.
+        signature: how the loss is called (see :data:`Signature`).
+        family: ``logit``, ``feature`` or ``relation``.
+        compares_shapes: see :class:`LossEntry`.
+        sizes: see :class:`LossEntry`.
 
-def _unknown(name: str) -> KeyError:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return KeyError(f"unknown loss {name!r}{hint} (available: {', '.join(available())})")
+    Example:
+        >>> import torch
+        >>> @register("doc_l1", functional=None, signature="features", family="feature")
+        ... class L1Loss(nn.Module):
+        ...     def forward(self, student, teacher):
+        ...         return (student - teacher).abs().mean()
+        >>> entry("doc_l1").signature
+        'features'
+    """
+    if signature not in Signature.__args__:  # type: ignore[attr-defined]
+        raise ValueError(f"signature must be one of {Signature.__args__}, got {signature!r}")  # type: ignore[attr-defined]
+    return LOSSES.register(
+        name,
+        functional=functional,
+        signature=signature,
+        family=family,
+        compares_shapes=compares_shapes,
+        sizes=sizes,
+    )
 
 
 def entry(name: str) -> LossEntry:
     """The :class:`LossEntry` registered under ``name``."""
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name]
+    return LOSSES.entry(name)
 
 
 def create(name: str | nn.Module, **kwargs: object) -> nn.Module:
@@ -92,4 +154,4 @@ def create(name: str | nn.Module, **kwargs: object) -> nn.Module:
 
 def available(family: str | None = None) -> list[str]:
     """Sorted names of the registered losses, optionally of one family."""
-    return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
+    return LOSSES.available(None if family is None else lambda e: e.family == family)

@@ -142,6 +142,13 @@ def rkd_loss(
     return loss.to(student_embedding.dtype)
 
 
+@register(
+    "rkd",
+    functional=rkd_loss,
+    signature="embeddings",
+    family="relation",
+    compares_shapes=True,
+)
 class RKDLoss(nn.Module):
     """Module form of :func:`rkd_loss`."""
 
@@ -224,6 +231,7 @@ def sp_loss(
     return torch.stack(losses).sum().to(student_list[0].dtype)
 
 
+@register("sp", functional=sp_loss, signature="features", family="relation", compares_shapes=True)
 class SPLoss(nn.Module):
     """Module form of :func:`sp_loss` (no hyperparameters)."""
 
@@ -299,6 +307,7 @@ def cc_loss(
     return (difference.pow(2).sum() / batch_size**2).to(student_embedding.dtype)
 
 
+@register("cc", functional=cc_loss, signature="embeddings", family="relation", compares_shapes=True)
 class CCLoss(nn.Module):
     """Module form of :func:`cc_loss`."""
 
@@ -313,8 +322,3 @@ class CCLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, order={self.order}"
-
-
-register("rkd", module=RKDLoss, functional=rkd_loss, signature="embeddings", family="relation")
-register("sp", module=SPLoss, functional=sp_loss, signature="features", family="relation")
-register("cc", module=CCLoss, functional=cc_loss, signature="embeddings", family="relation")

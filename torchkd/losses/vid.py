@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating, check_reduction, reduce_rows
 from torchkd.losses._feature_common import ChannelLinear, match_spatial_size, upcast
-from torchkd.losses.registry import register
+from torchkd.losses.registry import Shapes, register
 
 __all__ = ["VIDLoss", "vid_loss"]
 
@@ -68,6 +69,24 @@ def vid_loss(
     return loss.to(target.dtype)
 
 
+def _vid_channels(student: Shapes, teacher: Shapes) -> dict[str, Any]:
+    """The regressor's sizes from the probed shapes; as in the VID reference (RepDistiller) its
+    hidden width is the teacher's."""
+    return {
+        "num_input_channels": student[0][1],
+        "num_mid_channels": teacher[0][1],
+        "num_target_channels": teacher[0][1],
+    }
+
+
+@register(
+    "vid",
+    functional=None,
+    signature="features",
+    family="feature",
+    compares_shapes=True,
+    sizes=_vid_channels,
+)
 class VIDLoss(nn.Module):
     r"""VID with its trainable parts: a 1x1-conv regressor for the mean and per-channel variances.
 
@@ -166,4 +185,3 @@ class VIDLoss(nn.Module):
 
 
 # functional=None: the loss owns trainable state; vid_loss takes (pred_mean, pred_var, target).
-register("vid", module=VIDLoss, functional=None, signature="features", family="feature")

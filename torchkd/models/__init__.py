@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from torchkd.models.cifar import ResNet, WideResNet
-from torchkd.models.registry import available_models, create_model
+from torchkd.models.registry import MODELS, available_models, create_model
 from torchkd.models.simple import CNN1D, MLP, DigitsCNN
 
 __all__ = [
     "CNN1D",
     "MLP",
+    "MODELS",
     "DigitsCNN",
     "ResNet",
     "WideResNet",

@@ -17,7 +17,11 @@ The default ``num_classes=100`` matches the CIFAR-100 benchmark.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
+
+from torchkd.models.registry import MODELS
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -184,3 +188,14 @@ class WideResNet(nn.Module):
         _check_images("WideResNet", inputs)
         features = self.block3(self.block2(self.block1(self.conv1(inputs))))
         return self.fc(self.pool(self.relu(self.bn(features))))
+
+
+_BASE_CHANNELS = (16, 16, 32, 64)
+_X4_CHANNELS = (32, 64, 128, 256)
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    MODELS.add(f"resnet{_depth}", partial(ResNet, _depth, _BASE_CHANNELS))
+MODELS.add("resnet8x4", partial(ResNet, 8, _X4_CHANNELS))
+MODELS.add("resnet32x4", partial(ResNet, 32, _X4_CHANNELS))
+for _depth in (16, 40):
+    for _widen in (1, 2):
+        MODELS.add(f"wrn_{_depth}_{_widen}", partial(WideResNet, _depth, _widen))

@@ -1,35 +1,18 @@
-"""Model registry: ``create_model(name, **kw)`` and ``available_models()``."""
+"""Model registry: ``create_model(name, **kw)`` and ``available_models()``.
+
+Models register at their definition (``@MODELS.register("cnn1d")``); importing
+:mod:`torchkd.models` registers them all.
+"""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
-from functools import partial
 
 from torch import nn
 
-from torchkd.models.cifar import ResNet, WideResNet
-from torchkd.models.simple import CNN1D, MLP, DigitsCNN
+from torchkd._registry import Registry
 
-_BASE_CHANNELS = (16, 16, 32, 64)
-_X4_CHANNELS = (32, 64, 128, 256)
-
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn1d": CNN1D,
-    "mlp": MLP,
-    "digits_cnn": DigitsCNN,
-    **{
-        f"resnet{depth}": partial(ResNet, depth, _BASE_CHANNELS)
-        for depth in (8, 14, 20, 32, 44, 56, 110)
-    },
-    "resnet8x4": partial(ResNet, 8, _X4_CHANNELS),
-    "resnet32x4": partial(ResNet, 32, _X4_CHANNELS),
-    **{
-        f"wrn_{depth}_{widen}": partial(WideResNet, depth, widen)
-        for depth in (16, 40)
-        for widen in (1, 2)
-    },
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def available_models() -> list[str]:
@@ -39,7 +22,7 @@ def available_models() -> list[str]:
         >>> "resnet8x4" in available_models(), "cnn1d" in available_models()
         (True, True)
     """
-    return sorted(_MODELS)
+    return MODELS.available()
 
 
 def create_model(name: str | nn.Module, **kwargs: object) -> nn.Module:
@@ -56,8 +39,4 @@ def create_model(name: str | nn.Module, **kwargs: object) -> nn.Module:
         if kwargs:
             raise TypeError(f"create_model got a module and keyword arguments {sorted(kwargs)}")
         return name
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}{hint} (available: {', '.join(available_models())})")
-    return _MODELS[name](**kwargs)
+    return MODELS.entry(name)(**kwargs)

@@ -12,11 +12,14 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
+from torchkd.models.registry import MODELS
+
 
 def _conv_output_length(length: int, kernel_size: int, stride: int, padding: int) -> int:
     return (length + 2 * padding - kernel_size) // stride + 1
 
 
+@MODELS.register("cnn1d")
 class CNN1D(nn.Module):
     """The MNIST-1D convolutional baseline (Greydanus, "Scaling down deep learning", 2020).
 
@@ -79,6 +82,7 @@ class CNN1D(nn.Module):
         return self.head(self.flatten(features))
 
 
+@MODELS.register("mlp")
 class MLP(nn.Module):
     """Multilayer perceptron on flattened inputs: ``hidden1 .. hiddenK`` (Linear + ReLU), ``head``.
 
@@ -127,6 +131,7 @@ class MLP(nn.Module):
         return self.head(features)
 
 
+@MODELS.register("digits_cnn")
 class DigitsCNN(nn.Module):
     """A small 2-D CNN for 8×8 sklearn digits: two 3×3 conv stages, flatten, linear head.
 

@@ -1,0 +1,104 @@
+"""One registry mechanism for every named thing torchkd builds: losses, models, datasets,
+schedules (and any registry added later).
+
+A :class:`Registry` maps names to entries. Entries are registered at their definition with the
+:meth:`Registry.register` decorator; :meth:`Registry.entry` looks one up and answers an unknown
+name with the closest registered names; :meth:`Registry.available` lists them. Each registry
+module keeps its public names (``losses.create``, ``models.create_model``, ...) as thin
+functions over one :class:`Registry`.
+
+Example:
+    >>> colors = Registry("color")
+    >>> @colors.register("red")
+    ... def red() -> str:
+    ...     return "#f00"
+    >>> colors.entry("red")()
+    '#f00'
+    >>> colors.entry("rde")
+    Traceback (most recent call last):
+    ...
+    KeyError: "unknown color 'rde'; did you mean 'red'? (available: red)"
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+__all__ = ["Registry", "closest"]
+
+EntryT = TypeVar("EntryT")
+ObjectT = TypeVar("ObjectT")
+
+
+def closest(name: str, options: Iterable[str], cutoff: float = 0.5, limit: int = 3) -> list[str]:
+    """The registered or allowed names closest to ``name`` (the one "did you mean" helper).
+
+    Example:
+        >>> closest("temprature", ["temperature", "alpha"])
+        ['temperature']
+    """
+    return difflib.get_close_matches(name, list(options), n=limit, cutoff=cutoff)
+
+
+def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.5) -> str:
+    """``"; did you mean 'x'?"`` for the closest options, or ``""`` when none is close."""
+    close = closest(name, options, cutoff)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+class Registry(Generic[EntryT]):
+    """Names -> entries of one kind (``kind`` names it in error messages).
+
+    Args:
+        kind: what the entries are, e.g. ``"loss"``, used in ``"unknown loss 'x'"``.
+        wrap: turns a decorated object and the decorator's keyword arguments into the stored
+            entry (default: the object itself; the loss registry stores a record).
+    """
+
+    def __init__(self, kind: str, wrap: Callable[..., EntryT] | None = None) -> None:
+        self.kind = kind
+        self._wrap = wrap
+        self._entries: dict[str, EntryT] = {}
+
+    def register(self, name: str, **details: object) -> Callable[[ObjectT], ObjectT]:
+        """Decorator: register the decorated object under ``name`` (twice is an error)."""
+
+        def decorate(obj: ObjectT) -> ObjectT:
+            self.add(name, obj, **details)
+            return obj
+
+        return decorate
+
+    def add(self, name: str, obj: object, **details: object) -> EntryT:
+        """Register ``obj`` under ``name`` without a decorator (for objects built in code)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        if self._wrap is None:
+            if details:
+                raise TypeError(f"the {self.kind} registry takes no details, got {sorted(details)}")
+            entry = obj
+        else:
+            entry = self._wrap(name, obj, **details)
+        self._entries[name] = entry  # type: ignore[assignment]
+        return entry  # type: ignore[return-value]
+
+    def entry(self, name: str) -> EntryT:
+        """The entry registered under ``name``; an unknown name raises ``KeyError`` with the
+        closest names and the full list."""
+        if not isinstance(name, str) or name not in self._entries:
+            hint = did_you_mean(name, self._entries) if isinstance(name, str) else ""
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{hint} (available: {', '.join(self.available())})"
+            )
+        return self._entries[name]
+
+    def available(self, predicate: Callable[[EntryT], bool] | None = None) -> list[str]:
+        """Sorted registered names, optionally only those whose entry passes ``predicate``."""
+        return sorted(n for n, e in self._entries.items() if predicate is None or predicate(e))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries

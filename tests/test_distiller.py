@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torchkd import losses
 from torchkd.distiller import Distiller, Term
 from torchkd.schedules import Linear
-from torchkd.temperature import LearnableTemperature
 from torchkd.teachers import TeacherEnsemble, as_teacher_list, select_logits
+from torchkd.temperature import LearnableTemperature
 
 NUM_CLASSES = 3
 LENGTH = 8

@@ -26,7 +26,6 @@ shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -41,9 +40,9 @@ from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
 from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule, as_schedule, progress
-from torchkd.temperature import LearnableTemperature
 from torchkd.taps import Taps, resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
+from torchkd.temperature import LearnableTemperature
 
 __all__ = ["DistillOutput", "Distiller", "Term", "UncertaintyWeight"]
 

@@ -43,8 +43,8 @@ from torch.utils.data import DataLoader
 
 from torchkd.config import OptimizerConfig, TrainConfig
 from torchkd.data import load_mnist1d
-from torchkd.demo import environment
 from torchkd.distiller import Distiller, Term
+from torchkd.environment import environment
 from torchkd.losses import ce_loss, kd_loss
 from torchkd.models import create_model
 from torchkd.train import fit
@@ -119,7 +119,7 @@ def run_engine(pair: Pair, loader: DataLoader, val_batch: list[dict[str, Tensor]
     )
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        fit(distiller, loader, val_batch, config, run_dir, report=False)
+        fit(distiller, loader, val_batch, config, run_dir)
         return time.perf_counter() - started
 
 

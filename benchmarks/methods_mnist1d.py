@@ -317,7 +317,6 @@ def teacher_checkpoint() -> Path:
         scratch,
         test_loader=loaders.test,
         resolved_config=recipe.model_dump(mode="json"),
-        report=False,
     )
     print(
         f"teacher: test top-1 {100 * result.test_metrics['top1']:.1f}% "
@@ -388,7 +387,6 @@ def train_stage(
         run_dir,
         test_loader=loaders.test,
         resolved_config=recipe.model_dump(mode="json"),
-        report=False,
     )
 
 

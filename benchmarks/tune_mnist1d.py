@@ -79,7 +79,6 @@ def train(raw: dict[str, Any], overrides: list[str], run_dir: Path) -> dict[str,
         run_dir,
         test_loader=built.loaders.test,
         resolved_config=recipe.model_dump(mode="json"),
-        report=False,
     )
     return dict(result.test_metrics or {})
 

@@ -116,7 +116,7 @@ def _trained_run(run_dir: Path) -> Distiller:
     ]
     distiller = Distiller(student, teacher, terms)
     config = TrainConfig(epochs=1, device="cpu", progress=False)
-    fit(distiller, train, DataLoader(data, batch_size=16), config, run_dir, report=False)
+    fit(distiller, train, DataLoader(data, batch_size=16), config, run_dir)
     return distiller
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from torchkd.config import DataConfig, build_loaders
 from torchkd.data import (
     available_datasets,
     create_dataset,
     generate_mnist1d,
     load_digits,
     load_mnist1d,
-    make_loaders,
     mnist1d_transfer_set,
 )
 
@@ -139,9 +139,10 @@ def test_default_collate_gives_dict_batches_and_loaders_are_seeded() -> None:
     batch = next(iter(DataLoader(load_digits("val"), batch_size=5)))
     assert batch["inputs"].shape == (5, 1, 8, 8)
     assert batch["labels"].shape == (5,) and batch["index"].tolist() == [0, 1, 2, 3, 4]
-    first = next(iter(make_loaders("digits", batch_size=16, seed=4).train))["index"]
-    again = next(iter(make_loaders("digits", batch_size=16, seed=4).train))["index"]
-    other = next(iter(make_loaders("digits", batch_size=16, seed=5).train))["index"]
+    data = DataConfig(dataset="digits", batch_size=16)
+    first = next(iter(build_loaders(data, seed=4).train))["index"]
+    again = next(iter(build_loaders(data, seed=4).train))["index"]
+    other = next(iter(build_loaders(data, seed=5).train))["index"]
     assert torch.equal(first, again) and not torch.equal(first, other)
-    loaders = make_loaders("digits", batch_size=16, eval_batch_size=100)
+    loaders = build_loaders(data.model_copy(update={"eval_batch_size": 100}))
     assert len(next(iter(loaders.test))["labels"]) == 100

@@ -78,7 +78,7 @@ def test_recipe_trains_a_few_steps(recipe: Path, tmp_path: Path) -> None:
     train = DataLoader(train_rows, batch_size=BATCH_SIZE, shuffle=True, generator=generator)
     val = DataLoader(Subset(loaders.val.dataset, range(VAL_ROWS)), batch_size=VAL_ROWS)
     before = [p.detach().clone() for p in distiller.student.parameters()]
-    result = fit(distiller, train, val, config, tmp_path / "run", report=False)
+    result = fit(distiller, train, val, config, tmp_path / "run")
     assert result.nonfinite_steps == 0
     assert len(result.history) == 1 and result.history[0]["step"] == STEPS
     assert math.isfinite(result.history[0]["train"]["loss"])

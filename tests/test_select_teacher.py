@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import torchkd.data
 from torchkd.config import ConfigError, build_from_recipe, recipe_from_dict
-from torchkd.data import registry
 from torchkd.select_teacher import CandidateResult, _rank, candidate_spec, select_teacher
 from torchkd.train import fit, load_student_weights
 
@@ -52,7 +52,6 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         built.train_config,
         root / "teacher",
         resolved_config=teacher_recipe.model_dump(mode="json"),
-        report=False,
     )
     good = result.last_checkpoint
     generator = torch.Generator().manual_seed(0)
@@ -68,13 +67,13 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_ranks_the_trained_teacher_above_the_damaged_one(candidates, monkeypatch) -> None:
     good, damaged = candidates
     built: list[str] = []
-    original = registry._DATASETS["digits"]
+    original = torchkd.data.create_dataset
 
-    def recording(split: str = "train", **kwargs: Any):
+    def recording(name: str, split: str = "train", **kwargs: Any):
         built.append(split)
-        return original(split=split, **kwargs)
+        return original(name, split, **kwargs)
 
-    monkeypatch.setitem(registry._DATASETS, "digits", recording)
+    monkeypatch.setattr(torchkd.data, "create_dataset", recording)
     recipe = recipe_from_dict(kd_recipe())
     selection = select_teacher(recipe, [damaged, good], echo=lambda line: None)
     assert [c.path for c in selection.candidates] == [str(good), str(damaged)]

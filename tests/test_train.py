@@ -105,7 +105,7 @@ def make_config(**overrides: object) -> TrainConfig:
 
 def run(distiller: Distiller, run_dir: Path, config: TrainConfig, **kwargs: object) -> FitResult:
     train, val = make_loaders(**kwargs.pop("loader_kwargs", {}))
-    return fit(distiller, train, val, config, run_dir, report=False, **kwargs)
+    return fit(distiller, train, val, config, run_dir, **kwargs)
 
 
 def trained_state(distiller: Distiller) -> dict[str, Tensor]:
@@ -386,7 +386,9 @@ def test_jsonl_and_tensorboard_hold_the_scalars(tmp_path: Path) -> None:
     assert {"train/loss", "train/lr", "train/terms/ce", "weights/dist", "val/top1"} <= tags
     val_top1 = [event.value for event in events.Scalars("val/top1")]
     assert val_top1 == pytest.approx([r["val"]["top1"] for r in epochs])
-    assert (tmp_path / "run" / "config.yaml").is_file()
+    # the recipe file and the report belong to fit_recipe, which owns the recipe
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run" / "report.md").exists()
 
 
 def test_checkpoints_written_as_configured(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def make_run(tmp_path: Path, loss: nn.Module, **overrides: object) -> tuple[Dist
     distiller = Distiller(nn.Sequential(nn.Dropout(0.1), nn.Linear(5, 2)), None, [Term("ce", loss)])
     settings = {"epochs": 5, "device": "cpu", "progress": False, "log_every_steps": 2}
     config = TrainConfig.model_validate({**settings, **overrides})
-    return distiller, lambda **kw: fit(distiller, train, val, config, tmp_path, report=False, **kw)
+    return distiller, lambda **kw: fit(distiller, train, val, config, tmp_path, **kw)
 
 
 def test_eval_every_epochs_evaluates_every_n_and_after_the_last(tmp_path: Path) -> None:

@@ -17,19 +17,13 @@ from typing import Any
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from torchkd.config import ConfigError, SearchParam, build_loaders, recipe_from_dict
-from torchkd.data import registry
-from torchkd.tune import (
-    _Job,
-    _work,
-    build_search_loaders,
-    grid_points,
-    run_search,
-    trial_overrides,
-)
+import torchkd.data
+from torchkd.config import ConfigError, SearchParam, recipe_from_dict
+from torchkd.tune import grid_points, run_search, trial_overrides
+from torchkd.tune.search import _work
+from torchkd.tune.study import Job
 
 SPACE: dict[str, Any] = {
     "terms.0.loss_kwargs.temperature": {"type": "float", "low": 1.0, "high": 8.0},
@@ -149,13 +143,13 @@ def test_median_pruner_stops_a_hopeless_trial(tmp_path: Path) -> None:
 
 def test_the_test_split_never_reaches_a_trial(tmp_path: Path, monkeypatch) -> None:
     built: list[str] = []
-    original = registry._DATASETS["digits"]
+    original = torchkd.data.create_dataset
 
-    def recording(split: str = "train", **kwargs: Any):
+    def recording(name: str, split: str = "train", **kwargs: Any):
         built.append(split)
-        return original(split=split, **kwargs)
+        return original(name, split, **kwargs)
 
-    monkeypatch.setitem(registry._DATASETS, "digits", recording)
+    monkeypatch.setattr(torchkd.data, "create_dataset", recording)
     space = {"terms.0.loss_kwargs.temperature": {"type": "float", "low": 1, "high": 8}}
     lines: list[str] = []
     result = run_search(
@@ -236,7 +230,7 @@ def test_concurrent_workers_share_one_study(tmp_path: Path) -> None:
     space = {"terms.0.loss_kwargs.alpha": {"type": "float", "low": 0.1, "high": 0.9, "step": 0.2}}
     recipe = tiny_recipe(space)
     run_search(recipe, trials=1, sampler="grid", out=tmp_path, retrain=False, echo=quiet)
-    job = _Job(recipe, [], str(tmp_path), f"sqlite:///{tmp_path / 'study.db'}", "tiny", 5, "grid")
+    job = Job(recipe, [], str(tmp_path), f"sqlite:///{tmp_path / 'study.db'}", "tiny", 5, "grid")
     workers = [
         threading.Thread(target=_work, args=(replace(job, worker=index), quiet))
         for index in range(2)
@@ -300,21 +294,6 @@ def test_trial_overrides_round_trip_through_yaml() -> None:
     recipe = recipe_from_dict(tiny_recipe(SPACE), trial_overrides(params))
     assert recipe.train.optimizer.lr == 1e-5 and recipe.train.optimizer.name == "sgd"
     assert recipe.data.batch_size == 64 and math.isclose(recipe.train.optimizer.lr, 1e-5)
-
-
-@pytest.mark.parametrize("transfer", [None, {"num_samples": 64, "labeled": False}])
-def test_search_loaders_are_the_training_loaders_without_test(transfer) -> None:
-    data = {"dataset": "digits", "batch_size": 16, "val_fraction": 0.2, "seed": 3}
-    if transfer:
-        data = {**data, "dataset": "mnist1d", "transfer": transfer}
-    recipe = recipe_from_dict({**tiny_recipe(SPACE), "data": data})
-    search = build_search_loaders(recipe.data, seed=5)
-    full = build_loaders(recipe.data, seed=5)
-    for mine, theirs in ((search.train, full.train), (search.val, full.val)):
-        assert len(mine.dataset) == len(theirs.dataset)
-        first, reference = next(iter(mine)), next(iter(theirs))
-        assert first.keys() == reference.keys()
-        assert all(torch.equal(first[key], reference[key]) for key in first)
 
 
 def test_cli_tune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

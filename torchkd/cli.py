@@ -452,7 +452,8 @@ def _tune_arguments(parser: argparse.ArgumentParser) -> None:
 def _tune(args: argparse.Namespace) -> int:
     import shlex
 
-    from torchkd.tune import load_raw_recipe, run_search
+    from torchkd.config import load_raw_recipe
+    from torchkd.tune import run_search
 
     path = _existing_file(args.recipe, "recipe")
     options = [

@@ -50,6 +50,7 @@ LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
 
+
 @dataclass
 class Term:
     """One weighted loss term of a :class:`Distiller`.

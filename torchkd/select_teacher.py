@@ -30,12 +30,17 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from torchkd.config import ConfigError, ModelConfig, Recipe, build_model
-
-if TYPE_CHECKING:
-    from torchkd.tune import SearchLoaders
+from torchkd.config import (
+    ConfigError,
+    ModelConfig,
+    Recipe,
+    TermConfig,
+    build_loaders,
+    build_model,
+    fit_recipe,
+)
 
 __all__ = ["CandidateResult", "TeacherSelection", "select_teacher"]
 
@@ -176,56 +181,41 @@ def _single_teacher(recipe: Recipe) -> None:
         )
 
 
-def _probe_loaders(recipe: Recipe, probe_steps: int, seed: int) -> tuple[SearchLoaders, int]:
-    """Train/validation loaders for a probe, and its epochs, for about ``probe_steps`` steps.
+def _probe_plan(recipe: Recipe, probe_steps: int, seed: int) -> tuple[int, int | None]:
+    """``(epochs, train_samples)`` for a probe of about ``probe_steps`` optimizer steps.
 
-    Fewer steps than an epoch: the first ``probe_steps`` batches of a fixed shuffle (one
-    epoch). More: whole epochs, as many as needed.
+    Fewer steps than an epoch: one epoch over the first ``probe_steps`` batches' worth of a
+    fixed permutation of the training set. More: whole epochs, as many as needed.
     """
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
-    from torchkd.tune import SearchLoaders, build_search_loaders
-
-    loaders = build_search_loaders(recipe.data, seed=seed)
+    train = build_loaders(recipe.data, seed=seed, splits=["train"]).train
+    assert train is not None
     batches_per_step = recipe.train.grad_accum_steps
-    steps_per_epoch = math.ceil(len(loaders.train) / batches_per_step)
+    steps_per_epoch = math.ceil(len(train) / batches_per_step)
     if probe_steps >= steps_per_epoch:
-        return loaders, math.ceil(probe_steps / steps_per_epoch)
-    dataset = loaders.train.dataset
-    samples = probe_steps * batches_per_step * recipe.data.batch_size
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-    subset = Subset(dataset, order[:samples].tolist())
-    train = DataLoader(
-        subset,
-        batch_size=recipe.data.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=recipe.data.num_workers,
-    )
-    return SearchLoaders(train, loaders.val), 1
+        return math.ceil(probe_steps / steps_per_epoch), None
+    return 1, probe_steps * batches_per_step * recipe.data.batch_size
 
 
 def _probe(
     recipe: Recipe, teacher_spec: ModelConfig | None, probe_steps: int, seed: int
 ) -> tuple[float, int]:
-    """The recipe's student after a short fit (no teacher: no KD): validation top-1, steps."""
-    from torchkd.config import build_terms
-    from torchkd.distiller import Distiller, Term
-    from torchkd.train import fit, seed_everything
+    """The recipe's student after a short fit (no teacher: no KD): validation top-1, steps.
 
-    loaders, epochs = _probe_loaders(recipe, probe_steps, seed)
-    config = recipe.train.model_copy(update={"epochs": epochs, "seed": seed, "progress": False})
-    seed_everything(seed)
-    student = build_model(recipe.student, "student")  # the same initial weights every probe
+    The probe is the recipe itself with the candidate as its teacher (or, for the baseline, no
+    teacher and one cross-entropy term), run through :func:`torchkd.config.fit_recipe`: the
+    same data, augmentation and initial weights for every candidate.
+    """
+    epochs, train_samples = _probe_plan(recipe, probe_steps, seed)
+    train = recipe.train.model_copy(update={"epochs": epochs, "seed": seed, "progress": False})
     if teacher_spec is None:
-        terms = [Term(name="ce", loss="ce")]
-        distiller = Distiller(student, None, terms, output_key=recipe.output_key)
-    else:  # a fresh teacher per probe: nothing one probe attaches reaches the next
-        teacher = build_model(teacher_spec, "teacher")
-        distiller = Distiller(student, [teacher], build_terms(recipe), output_key=recipe.output_key)
+        update: dict[str, Any] = {"teacher": None, "terms": [TermConfig(name="ce", loss="ce")]}
+    else:
+        update = {"teacher": teacher_spec}
+    probe = recipe.model_copy(update={**update, "train": train, "tune": None})
     with tempfile.TemporaryDirectory(prefix="torchkd-probe-") as run_dir:
-        result = fit(distiller, loaders.train, loaders.val, config, run_dir, report=False)
+        result = fit_recipe(
+            probe, run_dir, evaluate_test=False, report=False, train_samples=train_samples
+        )
     return float(result.final_metrics["top1"]), int(result.history[-1]["step"])
 
 
@@ -285,7 +275,6 @@ def select_teacher(
         FileNotFoundError: a candidate file is missing.
     """
     from torchkd.train import evaluate, resolve_device
-    from torchkd.tune import build_search_loaders
 
     _single_teacher(recipe)
     if not candidates:
@@ -295,7 +284,7 @@ def select_teacher(
             f"probe_steps must be >= 0 and probe_seeds >= 1, got {probe_steps} and {probe_seeds}"
         )
     device = resolve_device(recipe.train.device)
-    val_loader = build_search_loaders(recipe.data, seed=recipe.train.seed).val
+    val_loader = build_loaders(recipe.data, seed=recipe.train.seed, splits=["val"]).val
     seeds = [recipe.train.seed + offset for offset in range(probe_seeds)]
     results: list[CandidateResult] = []
     baseline: list[float] = []

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from torchkd.data.base import SPLITS, TensorDictDataset, cache_dir, holdout_split
 from torchkd.data.digits import load_digits
-from torchkd.data.loaders import Loaders, make_loaders
 from torchkd.data.mnist1d import generate_mnist1d, load_mnist1d, mnist1d_transfer_set
 from torchkd.data.registry import DATASETS, available_datasets, create_dataset
+from torchkd.data.views import RowsView, WithoutLabels
 
 __all__ = [
     "DATASETS",
     "SPLITS",
-    "Loaders",
+    "RowsView",
     "TensorDictDataset",
+    "WithoutLabels",
     "available_datasets",
     "cache_dir",
     "create_dataset",
@@ -20,6 +21,5 @@ __all__ = [
     "holdout_split",
     "load_digits",
     "load_mnist1d",
-    "make_loaders",
     "mnist1d_transfer_set",
 ]

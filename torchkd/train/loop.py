@@ -28,13 +28,10 @@ non-finite terms only when it fails.
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from torchkd.config import TrainConfig, write_resolved_config
 from torchkd.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torchkd.train.config import TrainConfig
 from torchkd.train.evaluate import autocast_context, evaluate, to_device
 from torchkd.train.logging import RunLogger, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
@@ -51,10 +48,10 @@ from torchkd.train.rng import (
     capture_rng_state,
     restore_rng_state,
     seed_epoch_order,
-    seed_everything,
 )
+from torchkd.train.state import COUNTS, InterruptFlag, Progress, StepGroup, StepSums
 
-__all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
+__all__ = ["FitResult", "NonFiniteLossError", "Trainer", "fit", "resolve_device"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,7 +85,8 @@ class FitResult:
         last_checkpoint: ``checkpoints/last.pt``.
         best_checkpoint: ``checkpoints/best.pt`` (``None`` if never written).
         metrics_path: ``metrics.jsonl``.
-        report_path: ``report.md`` (``None`` when ``report=False``).
+        report_path: ``report.md``, set by the caller that writes it
+            (:func:`torchkd.config.fit_recipe`); ``None`` otherwise.
     """
 
     run_dir: Path
@@ -101,24 +99,7 @@ class FitResult:
     last_checkpoint: Path
     best_checkpoint: Path | None
     metrics_path: Path
-    report_path: Path | None
-
-
-@dataclass
-class _Progress:
-    """Where training stands; saved in checkpoints as the ``"progress"`` entry."""
-
-    num_batches: int
-    epoch: int = 0  # finished epochs
-    batches_done: int = 0  # batches of the current epoch already trained
-    step: int = 0  # optimizer steps taken (skipped ones included)
-    best_metric: float | None = None
-    best_epoch: int = 0
-    nonfinite_steps: int = 0
-    consecutive_nonfinite: int = 0
-    nonfinite_terms: list[str] = field(default_factory=list)
-    epoch_totals: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    report_path: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,131 +122,40 @@ def _check_amp(amp: str, device: torch.device) -> None:
         raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
 
 
-@dataclass
-class _Sums:
-    """Sums of per-step values over a window of optimizer steps (finite steps only).
+def _device_rng_state(device: torch.device) -> dict[str, Any]:
+    """A copy of the generator states a training step on ``device`` draws from (cheap)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    Each step adds one device tensor ``[loss, grad_norm, *terms]`` to ``pending``; the values
-    reach the host (one sync) only when :meth:`drain` is called.
+
+def _monitor(metrics: Mapping[str, float]) -> float:
+    """Higher is better: validation top-1, else minus the validation loss."""
+    if "top1" in metrics:
+        return metrics["top1"]
+    return -metrics.get("loss", float("nan"))
+
+
+class Trainer:
+    """One training run: :meth:`run` is the whole loop, each other method one stage of it.
+
+    Built by :func:`fit`; all run state (progress, random-generator snapshots, optimizer,
+    schedule, sums) lives on the instance and only its methods change it.
     """
-
-    steps: int = 0
-    samples: int = 0
-    totals: dict[str, float] = field(default_factory=dict)
-    pending: list[Tensor] = field(default_factory=list)
-    pending_names: list[str] = field(default_factory=list)
-
-    def add(self, values: Tensor, names: list[str], samples: int) -> None:
-        if self.pending and names != self.pending_names:
-            self.drain()
-        self.pending.append(values)
-        self.pending_names = names
-        self.steps += 1
-        self.samples += samples
-
-    def drain(self) -> dict[str, float]:
-        """Move the pending device values into ``totals`` (one host sync); return ``totals``."""
-        if self.pending:
-            summed = torch.stack(self.pending).sum(dim=0).tolist()
-            for name, value in zip(self.pending_names, summed, strict=True):
-                self.totals[name] = self.totals.get(name, 0.0) + value
-            self.pending = []
-        return self.totals
-
-    def means(self) -> dict[str, float]:
-        count = max(self.steps, 1)
-        return {name: value / count for name, value in self.drain().items()}
-
-
-@dataclass
-class _Group:
-    """The micro-batches of one optimizer step: detached loss sums and the last output."""
-
-    size: int
-    samples: int = 0
-    loss_sum: Tensor | None = None
-    term_sums: dict[str, Tensor] = field(default_factory=dict)
-    last_output: Any = None
-
-    def add(self, output: Any) -> None:
-        self.samples += output.student_logits.shape[0]
-        loss = output.loss.detach().float()
-        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
-        for name, value in output.terms.items():
-            value = value.detach().float()
-            self.term_sums[name] = value + self.term_sums[name] if name in self.term_sums else value
-        self.last_output = output
-
-    def values(self, grad_norm: Tensor) -> tuple[Tensor, list[str]]:
-        """``[mean loss, grad_norm, *mean terms]`` as one device tensor, and its names."""
-        names = ["loss", "grad_norm", *(f"terms/{name}" for name in self.term_sums)]
-        sums = [self.loss_sum, *self.term_sums.values()]
-        means = sums if self.size == 1 else [value / self.size for value in sums]
-        return torch.stack([means[0], grad_norm.to(means[0]), *means[1:]]), names
-
-    def all_finite(self, grad_norm: Tensor) -> bool:
-        """Whether the loss and the gradient norm are finite (one fused test, one sync)."""
-        return bool(torch.isfinite(self.loss_sum + grad_norm.to(self.loss_sum)))
-
-    def weights(self) -> dict[str, float]:
-        """The last micro-batch's term weights and temperatures (``temperature/<term>``)."""
-        output = self.last_output
-        weights = {name: float(value) for name, value in output.weights.items()}
-        temperatures = getattr(output, "temperatures", None) or {}
-        weights.update({f"temperature/{name}": float(v) for name, v in temperatures.items()})
-        return weights
-
-
-class _InterruptFlag:
-    """Ctrl-C (SIGINT) handling for one :func:`fit` call.
-
-    The first Ctrl-C only sets :attr:`pending`; the trainer checks it at step and epoch
-    boundaries (:meth:`check`), so a step's state changes commit whole. A second Ctrl-C raises
-    ``KeyboardInterrupt`` at once. Outside the main thread no handler can be installed and
-    nothing is deferred.
-    """
-
-    def __init__(self) -> None:
-        self.pending = False
-        self._previous: Any = None
-        self._installed = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    @contextmanager
-    def installed(self) -> Iterator[_InterruptFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def check(self) -> None:
-        """Raise ``KeyboardInterrupt`` if a Ctrl-C arrived since the handler was installed."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-
-class _Trainer:
-    """The state of one :func:`fit` call; each method does one stage of the loop."""
 
     def __init__(
         self,
         distiller: nn.Module,
         train_loader: DataLoader,
+        val_loader: Iterable[Mapping[str, Any]],
         config: TrainConfig,
         run_dir: Path,
         resolved_config: dict[str, Any],
     ) -> None:
         self.distiller = distiller
         self.train_loader = train_loader
+        self.val_loader = val_loader
         self.config = config
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
@@ -277,7 +167,7 @@ class _Trainer:
             raise ValueError("train_loader yields no batches")
         self.steps_per_epoch = math.ceil(num_batches / config.grad_accum_steps)
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.progress = _Progress(num_batches=num_batches)
+        self.progress = Progress(num_batches=num_batches)
         self.optimizer: torch.optim.Optimizer
         self.schedule: LRSchedule
         self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
@@ -285,13 +175,36 @@ class _Trainer:
         self.step_rng: dict[str, Any] = {}
         self.resume_rng: tuple[dict[str, Any], dict[str, Any]] | None = None
         self.boundary_rng = _device_rng_state(self.device)
-        self.interrupts = _InterruptFlag()
-        self.window = _Sums()
-        self.epoch_sums = _Sums()
+        self.interrupts = InterruptFlag()
+        self.window = StepSums()
+        self.epoch_sums = StepSums()
         self.last_weights: dict[str, float] = {}
 
+    def run(self, resume: bool, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+        """Train (or resume) to ``config.epochs``, evaluating and checkpointing as configured."""
+        self._setup(resume)
+        progress = self.progress
+        logger = RunLogger(
+            self.run_dir,
+            resume_step=progress.step if resume else None,
+            resume_epoch=progress.epoch if resume else None,
+        )
+        try:
+            with self.interrupts.installed():
+                for epoch in range(progress.epoch, self.config.epochs):
+                    evaluated = self._run_epoch(epoch, logger)
+                    if evaluated and on_epoch_end is not None:
+                        on_epoch_end(progress.history[-1])
+        except KeyboardInterrupt:
+            self._capture_interrupted_rng()
+            path = self._save("last.pt")
+            print(f"\ninterrupted: saved {path}; resume to continue", file=sys.stderr)
+            raise
+        finally:
+            logger.close()
+
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: bool) -> None:
+    def _setup(self, resume: bool) -> None:
         """Build extras and the optimizer; restore a checkpoint when resuming."""
         self.distiller.to(self.device)
         first_batch = to_device(next(iter(self.train_loader)), self.device)
@@ -318,7 +231,7 @@ class _Trainer:
         self.schedule.load_state_dict(checkpoint["lr_schedule"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
-        saved = _Progress(**checkpoint["progress"])
+        saved = Progress(**checkpoint["progress"])
         if saved.batches_done and saved.num_batches != self.progress.num_batches:
             raise CheckpointError(
                 f"{path} stopped inside an epoch of {saved.num_batches} batches, but the train "
@@ -331,13 +244,13 @@ class _Trainer:
         restore_rng_state(checkpoint["rng"])
 
     # ------------------------------------------------------------------ checkpoints
-    def capture_interrupted_rng(self) -> None:
+    def _capture_interrupted_rng(self) -> None:
         """Set ``step_rng`` to the state at the last step boundary (see the module docstring)."""
         state = capture_rng_state()
         state.update(self.boundary_rng)
         self.step_rng = state
 
-    def checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict of the current state (see :mod:`torchkd.train.checkpoint`)."""
         return {
             "student": self.distiller.student.state_dict(),
@@ -351,11 +264,11 @@ class _Trainer:
             "config": self.resolved_config,
         }
 
-    def save(self, name: str, checkpoint: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(checkpoint or self.checkpoint(), self.checkpoint_dir / name)
+    def _save(self, name: str, checkpoint: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(checkpoint or self._checkpoint(), self.checkpoint_dir / name)
 
     # ------------------------------------------------------------------ one epoch
-    def train_epoch(self, epoch: int, logger: RunLogger) -> None:
+    def _train_epoch(self, epoch: int, logger: RunLogger) -> None:
         """Train the batches of ``epoch`` not yet trained (all of them unless resuming)."""
         config, progress = self.config, self.progress
         if self.resume_rng is not None:
@@ -370,14 +283,14 @@ class _Trainer:
             self.resume_rng = None
         if progress.batches_done == 0:
             progress.epoch_totals = {}
-        self.epoch_sums = _Sums(
+        self.epoch_sums = StepSums(
             steps=int(progress.epoch_totals.get("steps", 0)),
             samples=int(progress.epoch_totals.get("samples", 0)),
-            totals={k: v for k, v in progress.epoch_totals.items() if k not in _COUNTS},
+            totals={k: v for k, v in progress.epoch_totals.items() if k not in COUNTS},
         )
         self.boundary_rng = _device_rng_state(self.device)
         self.distiller.train()
-        self.window = _Sums()
+        self.window = StepSums()
         window_start = time.perf_counter()
         bar = progress_bar(
             progress.num_batches,
@@ -407,16 +320,16 @@ class _Trainer:
                     shown = {"loss": record["loss"], **record["terms"]}
                     postfix = {name: f"{value:.4g}" for name, value in shown.items()}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
-                    self.window, window_start = _Sums(), time.perf_counter()
+                    self.window, window_start = StepSums(), time.perf_counter()
                 self.interrupts.check()
         finally:
             bar.close()
-            progress.epoch_totals = self.epoch_train_totals()
+            progress.epoch_totals = self._epoch_train_totals()
 
-    def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> _Group:
+    def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> StepGroup:
         """Forward and backward ``group_size`` micro-batches; gradients add up."""
         self.schedule.apply(self.progress.step)
-        group = _Group(size=group_size)
+        group = StepGroup(size=group_size)
         for _ in range(group_size):
             batch = to_device(next(batches), self.device)
             self.distiller.set_progress(self.progress.step, self.total_steps)
@@ -427,7 +340,7 @@ class _Trainer:
             group.add(output)
         return group
 
-    def _update(self, group: _Group) -> tuple[Tensor, list[str]] | None:
+    def _update(self, group: StepGroup) -> tuple[Tensor, list[str]] | None:
         """Measure (and clip) the gradient, then step, or skip a non-finite step.
 
         Returns the step's values on the device (``[loss, grad_norm, *terms]``) and their
@@ -487,7 +400,7 @@ class _Trainer:
             step=progress.step,
         )
 
-    def epoch_train_totals(self) -> dict[str, float]:
+    def _epoch_train_totals(self) -> dict[str, float]:
         """The epoch's sums so far (``steps``, ``samples`` and each value), read to the host."""
         sums = self.epoch_sums
         totals = sums.drain()
@@ -496,7 +409,7 @@ class _Trainer:
         return {"steps": float(sums.steps), "samples": float(sums.samples), **totals}
 
     def _step_record(
-        self, epoch: int, window: _Sums, weights: dict[str, float], elapsed: float
+        self, epoch: int, window: StepSums, weights: dict[str, float], elapsed: float
     ) -> dict[str, Any]:
         means = window.means()
         return {
@@ -512,30 +425,75 @@ class _Trainer:
             **({} if self.scaler is None else {"loss_scale": self.scaler.get_scale()}),
         }
 
-    def epoch_train_metrics(self) -> dict[str, float]:
-        totals = self.epoch_train_totals()
+    def _epoch_train_metrics(self) -> dict[str, float]:
+        totals = self._epoch_train_totals()
         steps = totals.get("steps", 0.0)
         if not steps:
             return {}
-        return {k: v / steps for k, v in totals.items() if k not in _COUNTS}
+        return {k: v / steps for k, v in totals.items() if k not in COUNTS}
 
+    def _run_epoch(self, epoch: int, logger: RunLogger) -> bool:
+        """Train one epoch, evaluate (when due), log, and write the checkpoints due.
 
-_COUNTS = ("steps", "samples")
+        Returns whether the epoch was evaluated (and got an epoch record).
+        """
+        config, progress = self.config, self.progress
+        started = time.perf_counter()
+        samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
+        self._train_epoch(epoch, logger)
+        final = epoch + 1 == config.epochs
+        if not final and (epoch + 1) % config.eval_every_epochs != 0:
+            progress.epoch, progress.batches_done = epoch + 1, 0
+            self.epoch_rng = self.step_rng = capture_rng_state()
+            self.boundary_rng = _device_rng_state(self.device)
+            self._save_due(epoch, self._checkpoint(), improved=False)
+            self.interrupts.check()
+            return False
+        val_metrics = evaluate(
+            self.distiller, self.val_loader, device=self.device, amp=config.amp, with_terms=True
+        )
+        elapsed = time.perf_counter() - started
+        samples = progress.epoch_totals.get("samples", 0.0) - samples_before
+        record = {
+            "epoch": epoch + 1,
+            "step": progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time_s": elapsed,
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "nonfinite_steps": progress.nonfinite_steps,
+            "train": self._epoch_train_metrics(),
+            "val": val_metrics,
+        }
+        score = _monitor(val_metrics)
+        improved = math.isfinite(score) and (
+            progress.best_metric is None or score > progress.best_metric
+        )
+        # Ctrl-C only sets a flag (checked below), so these updates commit whole; an exception
+        # raised before this point re-runs the evaluation on resume.
+        progress.history.append(record)
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        if improved:
+            progress.best_metric, progress.best_epoch = score, epoch + 1
+        self.epoch_rng = self.step_rng = capture_rng_state()
+        self.boundary_rng = _device_rng_state(self.device)
+        logger.log_epoch(record)
+        if config.progress:
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
+            print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
+        self._save_due(epoch, self._checkpoint(), improved=improved)
+        self.interrupts.check()
+        return True
 
-
-def _device_rng_state(device: torch.device) -> dict[str, Any]:
-    """A copy of the generator states a training step on ``device`` draws from (cheap)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _monitor(metrics: Mapping[str, float]) -> float:
-    """Higher is better: validation top-1, else minus the validation loss."""
-    if "top1" in metrics:
-        return metrics["top1"]
-    return -metrics.get("loss", float("nan"))
+    def _save_due(self, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
+        """Write the checkpoints due after ``epoch`` (0-based)."""
+        config = self.config
+        if improved:
+            self._save("best.pt", checkpoint)
+        if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
+            self._save("last.pt", checkpoint)
+        keep_every = config.keep_teacher_checkpoints_every
+        if keep_every is not None and (epoch + 1) % keep_every == 0:
+            self._save(f"epoch_{epoch + 1:03d}.pt", checkpoint)
 
 
 def fit(
@@ -548,11 +506,16 @@ def fit(
     resume: bool = False,
     test_loader: Iterable[Mapping[str, Any]] | None = None,
     resolved_config: Mapping[str, Any] | None = None,
-    report: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``distiller`` for ``config.epochs`` epochs, evaluating every
     ``config.eval_every_epochs`` (and after the last) and checkpointing.
+
+    ``fit`` does not reseed the global random generators: the shuffle order follows
+    ``(config.seed, epoch)``, and everything else (initial weights, dropout, augmentation) draws
+    from the generators as the caller left them. For a reproducible run seed once, before
+    building the models, with :func:`torchkd.train.seed_everything` (as
+    :func:`torchkd.config.fit_recipe` does).
 
     Args:
         distiller: a :class:`~torchkd.distiller.Distiller` (``build``, ``set_progress``,
@@ -562,14 +525,14 @@ def fit(
             :func:`torchkd.config.build_loaders` does): it is reseeded every epoch.
         val_loader: dict batches with labels, evaluated every ``eval_every_epochs`` epochs.
         config: the ``train:`` section.
-        run_dir: where ``checkpoints/``, ``metrics.jsonl``, ``tb/``, ``config.yaml``,
-            ``report.md`` and ``plots/`` go.
+        run_dir: where ``checkpoints/``, ``metrics.jsonl`` and ``tb/`` go (the recipe's
+            ``config.yaml`` and ``report.md`` are written by the caller that owns them:
+            :func:`torchkd.config.fit_recipe`, or :func:`torchkd.report.write_report`).
         resume: continue from ``run_dir/checkpoints/last.pt``. Without it, a run directory
             that already holds ``last.pt`` is refused (nothing is overwritten by accident).
         test_loader: evaluated once with the final model.
-        resolved_config: the full resolved recipe, written to ``config.yaml`` and stored in
-            every checkpoint (default: ``{"train": config}``).
-        report: write ``report.md`` and the plots at the end.
+        resolved_config: the full resolved recipe, stored in every checkpoint (default:
+            ``{"train": config}``).
         on_epoch_end: called with each epoch's record (``epoch``, ``val`` metrics, ...) once
             its checkpoints are written; an exception it raises stops training and
             propagates (how :mod:`torchkd.tune` prunes a trial).
@@ -591,40 +554,14 @@ def fit(
             f"{run_dir} already holds a checkpoint ({last_path}); pass resume=True to continue "
             "it, or use another run directory"
         )
-    if not resume:
-        seed_everything(config.seed)
     resolved = dict(resolved_config or {"train": config.model_dump(mode="json")})
-    trainer = _Trainer(distiller, train_loader, config, run_dir, resolved)
-    trainer.setup(resume)
-    progress = trainer.progress
-    write_resolved_config(resolved, run_dir)
-    logger = RunLogger(
-        run_dir,
-        resume_step=progress.step if resume else None,
-        resume_epoch=progress.epoch if resume else None,
-    )
-    try:
-        with trainer.interrupts.installed():
-            for epoch in range(progress.epoch, config.epochs):
-                evaluated = _run_epoch(trainer, epoch, val_loader, logger)
-                if evaluated and on_epoch_end is not None:
-                    on_epoch_end(progress.history[-1])
-    except KeyboardInterrupt:
-        trainer.capture_interrupted_rng()
-        trainer.save("last.pt")
-        print(f"\ninterrupted: saved {last_path}; resume to continue", file=sys.stderr)
-        raise
-    finally:
-        logger.close()
+    trainer = Trainer(distiller, train_loader, val_loader, config, run_dir, resolved)
+    trainer.run(resume, on_epoch_end)
     test_metrics = None
     if test_loader is not None:
         test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
+    progress = trainer.progress
     history = progress.history
-    report_path = None
-    if report:
-        from torchkd.report import write_report
-
-        report_path = write_report(run_dir, history, test_metrics=test_metrics)
     best = next((r["val"] for r in history if r["epoch"] == progress.best_epoch), {})
     best_path = run_dir / "checkpoints" / "best.pt"
     return FitResult(
@@ -638,72 +575,4 @@ def fit(
         last_checkpoint=last_path,
         best_checkpoint=best_path if best_path.exists() else None,
         metrics_path=run_dir / "metrics.jsonl",
-        report_path=report_path,
     )
-
-
-def _run_epoch(
-    trainer: _Trainer, epoch: int, val_loader: Iterable[Mapping[str, Any]], logger: RunLogger
-) -> bool:
-    """Train one epoch, evaluate (when due), log, and write the checkpoints due.
-
-    Returns whether the epoch was evaluated (and got an epoch record).
-    """
-    config, progress = trainer.config, trainer.progress
-    started = time.perf_counter()
-    samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
-    trainer.train_epoch(epoch, logger)
-    final = epoch + 1 == config.epochs
-    if not final and (epoch + 1) % config.eval_every_epochs != 0:
-        progress.epoch, progress.batches_done = epoch + 1, 0
-        trainer.epoch_rng = trainer.step_rng = capture_rng_state()
-        trainer.boundary_rng = _device_rng_state(trainer.device)
-        _save_due(trainer, epoch, trainer.checkpoint(), improved=False)
-        trainer.interrupts.check()
-        return False
-    val_metrics = evaluate(
-        trainer.distiller, val_loader, device=trainer.device, amp=config.amp, with_terms=True
-    )
-    elapsed = time.perf_counter() - started
-    samples = progress.epoch_totals.get("samples", 0.0) - samples_before
-    record = {
-        "epoch": epoch + 1,
-        "step": progress.step,
-        "lr": trainer.optimizer.param_groups[0]["lr"],
-        "time_s": elapsed,
-        "samples_per_s": samples / max(elapsed, 1e-9),
-        "nonfinite_steps": progress.nonfinite_steps,
-        "train": trainer.epoch_train_metrics(),
-        "val": val_metrics,
-    }
-    score = _monitor(val_metrics)
-    improved = math.isfinite(score) and (
-        progress.best_metric is None or score > progress.best_metric
-    )
-    # Ctrl-C only sets a flag (checked below), so these updates commit whole; an exception
-    # raised before this point re-runs the evaluation on resume.
-    progress.history.append(record)
-    progress.epoch, progress.batches_done = epoch + 1, 0
-    if improved:
-        progress.best_metric, progress.best_epoch = score, epoch + 1
-    trainer.epoch_rng = trainer.step_rng = capture_rng_state()
-    trainer.boundary_rng = _device_rng_state(trainer.device)
-    logger.log_epoch(record)
-    if config.progress:
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
-        print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
-    _save_due(trainer, epoch, trainer.checkpoint(), improved=improved)
-    trainer.interrupts.check()
-    return True
-
-
-def _save_due(trainer: _Trainer, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
-    """Write the checkpoints due after ``epoch`` (0-based)."""
-    config = trainer.config
-    if improved:
-        trainer.save("best.pt", checkpoint)
-    if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
-        trainer.save("last.pt", checkpoint)
-    keep_every = config.keep_teacher_checkpoints_every
-    if keep_every is not None and (epoch + 1) % keep_every == 0:
-        trainer.save(f"epoch_{epoch + 1:03d}.pt", checkpoint)

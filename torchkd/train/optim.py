@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from torchkd.config import LRScheduleConfig, OptimizerConfig
+from torchkd.train.config import LRScheduleConfig, OptimizerConfig
 
 
 def build_optimizer(

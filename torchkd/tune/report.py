@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from torchkd.tune.space import trial_overrides
+
 if TYPE_CHECKING:
     from torchkd.config import Recipe
-    from torchkd.tune import TuneResult
+    from torchkd.tune.result import TuneResult
 
 __all__ = ["SearchSummary", "TrialRow", "summarize", "write_tune_report"]
 
@@ -264,8 +266,6 @@ def write_tune_report(summary: SearchSummary, result: TuneResult, command: str =
     import matplotlib
 
     matplotlib.use("Agg")
-    from torchkd.tune import trial_overrides
-
     out = result.out
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)

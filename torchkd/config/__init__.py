@@ -1,0 +1,63 @@
+"""Recipes: the YAML schema, its error messages, ``key=value`` overrides, loading, and the one
+path from a recipe to a trained run (:func:`fit_recipe`).
+
+Layer 4: it composes the engine (:mod:`torchkd.train`, whose ``train:`` section it reuses),
+the Distiller, models and data; nothing below imports it.
+"""
+
+from __future__ import annotations
+
+from torchkd.config.build import (
+    Built,
+    build_distiller,
+    build_from_recipe,
+    build_loaders,
+    build_model,
+    build_terms,
+    fit_recipe,
+)
+from torchkd.config.errors import ConfigError
+from torchkd.config.loading import (
+    load_raw_recipe,
+    load_recipe,
+    recipe_from_dict,
+    write_resolved_config,
+)
+from torchkd.config.overrides import apply_overrides
+from torchkd.config.schema import (
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    Recipe,
+    TermConfig,
+    TransferConfig,
+)
+from torchkd.config.tune_schema import SearchParam, TuneConfig
+from torchkd.train.config import LRScheduleConfig, OptimizerConfig, TrainConfig
+
+__all__ = [
+    "AugmentConfig",
+    "Built",
+    "ConfigError",
+    "DataConfig",
+    "LRScheduleConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "Recipe",
+    "SearchParam",
+    "TermConfig",
+    "TrainConfig",
+    "TransferConfig",
+    "TuneConfig",
+    "apply_overrides",
+    "build_distiller",
+    "build_from_recipe",
+    "build_loaders",
+    "build_model",
+    "build_terms",
+    "fit_recipe",
+    "load_raw_recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "write_resolved_config",
+]

@@ -1,0 +1,314 @@
+"""Building a run from a recipe: models, loaders, terms, the Distiller, and :func:`fit_recipe`,
+the one path from a validated recipe to a trained run (``torchkd train``, tuning trials and
+their final retrain, teacher-selection probes, the demo)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from torchkd.config.errors import ConfigError, blame
+from torchkd.config.loading import write_resolved_config
+from torchkd.config.schema import DataConfig, ModelConfig, Recipe, is_number
+from torchkd.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from torchkd.distiller import Distiller, Term
+    from torchkd.train import FitResult
+
+__all__ = [
+    "Built",
+    "Loaders",
+    "build_distiller",
+    "build_from_recipe",
+    "build_loaders",
+    "build_model",
+    "build_terms",
+    "fit_recipe",
+]
+
+
+def _model_factory(name: str) -> Any:
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    from torchkd.models import create_model
+
+    return lambda **kwargs: create_model(name, **kwargs)
+
+
+def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
+    """Instantiate ``spec.model`` with ``spec.kwargs`` and load ``spec.checkpoint`` if given.
+
+    ``model`` is a registered name (:func:`torchkd.models.create_model`) or ``"package.module:
+    Class"`` for your own ``nn.Module``. ``checkpoint`` is a ``.safetensors`` file, a torchkd
+    training checkpoint (its student weights are used) or a ``torch.save``-d state dict.
+    """
+    from torchkd.train.checkpoint import load_student_weights
+
+    with blame(f"{path}.model"):
+        model = _model_factory(spec.model)(**spec.kwargs)
+    if spec.checkpoint is not None:
+        with blame(f"{path}.checkpoint"):
+            weights = load_student_weights(spec.checkpoint)
+            try:
+                model.load_state_dict(weights)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"the weights in {spec.checkpoint} do not fit model {spec.model!r} with "
+                    f"kwargs {spec.kwargs}: {error}"
+                ) from error
+    return model
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The loaders :func:`build_loaders` made; a split that was not asked for is ``None``."""
+
+    train: DataLoader | None
+    val: DataLoader | None
+    test: DataLoader | None
+
+
+def build_loaders(
+    data: DataConfig,
+    seed: int = 0,
+    *,
+    splits: Sequence[str] = SPLIT_NAMES,
+    train_samples: int | None = None,
+) -> Loaders:
+    """The loaders of ``data``: the one loader builder of every run.
+
+    ``torchkd train``, tuning trials and their retrain, teacher-selection probes and the demo
+    all load through here, so they see the same batches for the same recipe and seed
+    (augmentation and transfer set included).
+
+    Args:
+        data: the recipe's ``data:`` section. With ``data.transfer`` the transfer set is the
+            training split; ``data.augment`` applies to the training loader only.
+        seed: seeds the training shuffle (the trainer reseeds it every epoch from
+            ``(seed, epoch)``) and the ``train_samples`` selection.
+        splits: which loaders to build; a search asks for ``("train", "val")`` so the test
+            split is never built.
+        train_samples: keep only this many training samples, the first of a permutation
+            seeded by ``seed`` (probes shorter than one epoch).
+
+    Example:
+        >>> from torchkd.config import DataConfig
+        >>> loaders = build_loaders(DataConfig(dataset="digits", batch_size=32), splits=["val"])
+        >>> loaders.train is None, next(iter(loaders.val))["inputs"].shape[0]
+        (True, 32)
+    """
+    import torch
+
+    from torchkd.data import RowsView, create_dataset
+    from torchkd.data.batching import Augment, batch_loader
+
+    unknown = [split for split in splits if split not in SPLIT_NAMES]
+    if unknown or not splits:
+        raise ValueError(f"splits: expected a non-empty subset of {SPLIT_NAMES}, got {splits}")
+    split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
+    datasets: dict[str, Any] = {}
+    with blame("data"):
+        for split in splits:
+            if split != "train" or data.transfer is None:
+                datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
+    if "train" in splits and data.transfer is not None:
+        datasets["train"] = _transfer_set(data)
+    if "train" in splits and train_samples is not None:
+        order = torch.randperm(
+            len(datasets["train"]), generator=torch.Generator().manual_seed(seed)
+        )
+        datasets["train"] = RowsView(datasets["train"], order[:train_samples].tolist())
+    eval_size = data.eval_batch_size or data.batch_size
+    loaders: dict[str, DataLoader | None] = dict.fromkeys(SPLIT_NAMES)
+    for split, dataset in datasets.items():
+        training = split == "train"
+        loaders[split] = batch_loader(
+            dataset,
+            data.batch_size if training else eval_size,
+            shuffle=training,
+            generator=torch.Generator().manual_seed(seed) if training else None,
+            num_workers=data.num_workers,
+            augment=Augment(shift=data.augment.shift) if training and data.augment else None,
+        )
+    return Loaders(**loaders)
+
+
+def _transfer_set(data: DataConfig) -> Any:
+    """The transfer set of ``data.transfer`` (labels dropped unless ``labeled: true``)."""
+    from torchkd.data import WithoutLabels, create_dataset
+
+    transfer = data.transfer
+    assert transfer is not None
+
+    with blame("data.transfer"):
+        transfer_set = create_dataset(
+            transfer.dataset,
+            "train",
+            num_samples=transfer.num_samples,
+            seed=transfer.seed,
+            **transfer.kwargs,
+        )
+    has_labels = "labels" in transfer_set[0]
+    if transfer.labeled and not has_labels:
+        raise ConfigError(
+            [
+                f"data.transfer.labeled: dataset {transfer.dataset!r} yields no labels; "
+                "set labeled: false for label-free distillation"
+            ]
+        )
+    return WithoutLabels(transfer_set) if has_labels and not transfer.labeled else transfer_set
+
+
+def _schedule_value(value: Any, path: str) -> Any:
+    """A number or a literal passes through; a schedule mapping becomes a schedule object."""
+    if not isinstance(value, dict):
+        return float(value) if is_number(value) else value
+    from torchkd import schedules
+
+    options = {key: item for key, item in value.items() if key != "name"}
+    with blame(path):
+        return schedules.create(value["name"], **options)
+
+
+def build_terms(recipe: Recipe) -> list[Term]:
+    """The :class:`~torchkd.distiller.Term` list of ``recipe.terms`` (losses checked by name)."""
+    from torchkd import losses
+    from torchkd.distiller import Term
+
+    terms = []
+    for index, spec in enumerate(recipe.terms):
+        with blame(f"terms.{index}.loss"):
+            losses.entry(spec.loss)
+        with blame(f"terms.{index}.loss_kwargs"):
+            losses.create(spec.loss, **spec.loss_kwargs)
+        terms.append(
+            Term(
+                name=spec.name,
+                loss=spec.loss,
+                loss_kwargs=dict(spec.loss_kwargs),
+                weight=_schedule_value(spec.weight, f"terms.{index}.weight"),
+                student=spec.student,
+                teacher=spec.teacher,
+                adapter=spec.adapter,
+                temperature=_schedule_value(spec.temperature, f"terms.{index}.temperature"),
+                teacher_index=spec.teacher_index,
+            )
+        )
+    return terms
+
+
+def build_distiller(recipe: Recipe) -> Distiller:
+    """Student, teachers (frozen by the Distiller) and terms of ``recipe`` as a Distiller."""
+    from torchkd.distiller import Distiller
+
+    student = build_model(recipe.student, "student")
+    teacher_paths = (
+        ["teacher"]
+        if recipe.teacher
+        else [f"teachers.{i}" for i in range(len(recipe.teacher_configs))]
+    )
+    teachers = [
+        build_model(spec, where)
+        for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
+    ]
+    terms = build_terms(recipe)
+    with blame("terms"):
+        return Distiller(student, teachers or None, terms, output_key=recipe.output_key)
+
+
+class Built(NamedTuple):
+    """What :func:`build_from_recipe` returns (unpacks as a tuple)."""
+
+    distiller: Distiller
+    loaders: Loaders
+    train_config: TrainConfig
+
+
+def build_from_recipe(
+    recipe: Recipe, *, splits: Sequence[str] = SPLIT_NAMES, train_samples: int | None = None
+) -> Built:
+    """Seed with ``recipe.train.seed``, then build the distiller, the loaders and the config.
+
+    The one place a recipe's run is seeded: before the models are built, so their initial
+    weights are a function of the recipe (:func:`torchkd.train.fit` does not reseed).
+    ``splits`` and ``train_samples`` go to :func:`build_loaders`.
+    """
+    from torchkd.train.rng import seed_everything
+
+    seed_everything(recipe.train.seed)
+    distiller = build_distiller(recipe)
+    loaders = build_loaders(
+        recipe.data, seed=recipe.train.seed, splits=splits, train_samples=train_samples
+    )
+    return Built(distiller, loaders, recipe.train)
+
+
+def fit_recipe(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    evaluate_test: bool = True,
+    report: bool = True,
+    progress: bool | None = None,
+    train_samples: int | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Build everything a recipe names and train it with :func:`torchkd.train.fit`.
+
+    The one path from a validated recipe to a trained run: ``torchkd train``, tuning trials
+    and the final retrain, teacher-selection probes and the demo. It writes the resolved
+    recipe to ``run_dir/config.yaml`` (and into every checkpoint) and, with ``report``, the
+    run report (``report.md`` and plots).
+
+    Args:
+        recipe: the validated recipe.
+        run_dir: the run directory.
+        resume: continue from ``run_dir/checkpoints/last.pt``.
+        evaluate_test: build the test split and evaluate the final model on it; ``False``
+            never builds it (searches and probes).
+        report: write ``report.md`` and the plots.
+        progress: overrides ``train.progress``.
+        train_samples: train on this many samples only (see :func:`build_loaders`).
+        on_epoch_end: called with each evaluated epoch's record (see
+            :func:`torchkd.train.fit`).
+    """
+    from torchkd.train import fit
+
+    splits = SPLIT_NAMES if evaluate_test else ("train", "val")
+    built = build_from_recipe(recipe, splits=splits, train_samples=train_samples)
+    train_config = built.train_config
+    if progress is not None:
+        train_config = train_config.model_copy(update={"progress": progress})
+    resolved = recipe.model_dump(mode="json")
+    if not resume and not (Path(run_dir) / "checkpoints" / "last.pt").exists():
+        write_resolved_config(resolved, run_dir)  # a resumed run keeps the recipe it started with
+    result = fit(
+        built.distiller,
+        built.loaders.train,
+        built.loaders.val,
+        train_config,
+        run_dir,
+        resume=resume,
+        test_loader=built.loaders.test,
+        resolved_config=resolved,
+        on_epoch_end=on_epoch_end,
+    )
+    if report:
+        from torchkd.report import write_report
+
+        result.report_path = write_report(
+            result.run_dir, result.history, test_metrics=result.test_metrics
+        )
+    return result

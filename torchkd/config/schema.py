@@ -1,0 +1,262 @@
+"""The recipe schema (pydantic): one class per YAML section.
+
+A recipe names everything by registry name plus keyword arguments::
+
+    name: kd_mnist1d
+    data: {dataset: mnist1d, batch_size: 128}
+    teacher: {model: cnn1d, kwargs: {width: 64}, checkpoint: runs/teacher/checkpoints/best.pt}
+    student: {model: cnn1d, kwargs: {width: 6}}
+    terms:
+      - {name: kd, loss: kd, loss_kwargs: {temperature: 4.0}, weight: 0.9}
+      - {name: ce, loss: ce, weight: 0.1}
+    train: {epochs: 20, optimizer: {name: adamw, lr: 0.003}}
+
+Sections forbid unknown keys; the ``train:`` section is the engine's own
+(:mod:`torchkd.train.config`), ``tune:`` the search's (:mod:`torchkd.config.tune_schema`).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+
+from torchkd.config.tune_schema import TuneConfig
+from torchkd.train.config import (
+    Float,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    TrainConfig,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "Recipe",
+    "TermConfig",
+    "TransferConfig",
+    "is_number",
+]
+
+
+def _check_schedule_mapping(spec: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(spec.get("name"), str):
+        raise ValueError(
+            "a schedule mapping needs a string 'name' (e.g. {name: exponential, start: 0.9}), "
+            f"got keys {sorted(map(str, spec))}"
+        )
+    return spec
+
+
+ScheduleMapping = Annotated[dict[str, Any], AfterValidator(_check_schedule_mapping)]
+
+
+def is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _kind_of(*literals: str) -> typing.Callable[[Any], str | None]:
+    def kind(value: Any) -> str | None:
+        if is_number(value):
+            return "number"
+        if isinstance(value, dict):
+            return "schedule"
+        if value in literals:
+            return value
+        return None
+
+    return kind
+
+
+Weight = Annotated[
+    Annotated[Float, Tag("number")]
+    | Annotated[Literal["auto"], Tag("auto")]
+    | Annotated[ScheduleMapping, Tag("schedule")],
+    Discriminator(
+        _kind_of("auto"),
+        custom_error_type="weight_spec",
+        custom_error_message="expected a number, 'auto' or a schedule mapping like "
+        "{name: exponential, ...}",
+    ),
+]
+Temperature = Annotated[
+    Annotated[PositiveFloat, Tag("number")]
+    | Annotated[Literal["learned"], Tag("learned")]
+    | Annotated[ScheduleMapping, Tag("schedule")],
+    Discriminator(
+        _kind_of("learned"),
+        custom_error_type="temperature_spec",
+        custom_error_message="expected a positive number, 'learned', a schedule mapping "
+        "like {name: linear, ...} or null",
+    ),
+]
+
+
+def _tap_kind(value: Any) -> str | None:
+    return "one" if isinstance(value, str) else "many" if isinstance(value, list) else None
+
+
+TapPath = Annotated[
+    Annotated[str, Tag("one")] | Annotated[list[str], Tag("many")],
+    Discriminator(
+        _tap_kind,
+        custom_error_type="tap_path",
+        custom_error_message="expected 'logits', a dotted module path or a list of them",
+    ),
+]
+
+
+class TransferConfig(Section):
+    """``data.transfer:``: a transfer set that replaces the training split (label-free KD).
+
+    Attributes:
+        dataset: registered dataset name, called as ``create_dataset(dataset, "train",
+            num_samples=..., seed=..., **kwargs)``.
+        num_samples: how many transfer samples.
+        seed: the transfer set's generation seed.
+        labeled: ``false`` drops any labels (honest label-free distillation); ``true`` keeps
+            them and requires the dataset to have them.
+        kwargs: more dataset arguments.
+    """
+
+    dataset: str = "mnist1d_transfer"
+    num_samples: PositiveInt
+    seed: NonNegativeInt = 1
+    labeled: bool = False
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class AugmentConfig(Section):
+    """``data.augment:``: training-time augmentation (the training loader only).
+
+    Each training batch is augmented with a generator seeded from the training loader's
+    generator, so the augmentation is reproducible and resumes exactly.
+
+    Attributes:
+        shift: random circular shift of each input by up to this many positions along its
+            last axis (``torchkd.data.batching.random_circular_shift``); 0: none.
+    """
+
+    shift: NonNegativeInt = 0
+
+
+class DataConfig(Section):
+    """``data:``: which dataset, how it is split and batched.
+
+    Attributes:
+        dataset: registered labeled dataset (``torchkd.data.available_datasets()``); its
+            validation and test splits are always used for evaluation.
+        kwargs: more dataset arguments (e.g. ``cache``).
+        batch_size: training batch size (per micro-batch with gradient accumulation).
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        val_fraction: fraction of the training split held out for validation.
+        seed: seed of the train/validation partition (the shuffle order follows
+            ``train.seed``).
+        num_workers: DataLoader worker processes.
+        transfer: optional transfer set replacing the training split.
+        augment: training-time augmentation (see :class:`AugmentConfig`).
+    """
+
+    dataset: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt | None = None
+    val_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.1
+    seed: NonNegativeInt = 0
+    num_workers: NonNegativeInt = 0
+    transfer: TransferConfig | None = None
+    augment: AugmentConfig | None = None
+
+
+class ModelConfig(Section):
+    """``student:`` / ``teacher:`` / ``teachers: [...]``: a model and optionally its weights.
+
+    Attributes:
+        model: a registered name (``torchkd.models.available_models()``) or
+            ``"package.module:Class"`` for your own ``nn.Module`` (imported; trust the recipe).
+        kwargs: constructor arguments.
+        checkpoint: weights to load: ``.safetensors``, a torchkd checkpoint (its student
+            weights, e.g. ``runs/teacher/checkpoints/best.pt``) or a saved state dict.
+    """
+
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+class TermConfig(Section):
+    """One entry of ``terms:``, mirroring :class:`torchkd.distiller.Term`.
+
+    Attributes:
+        name: the term's name in logs and ``DistillOutput.terms`` (unique).
+        loss: a registered loss (``torchkd.losses.available()``).
+        loss_kwargs: keyword arguments of the loss.
+        weight: a number, ``auto`` (uncertainty weighting) or a schedule mapping
+            ``{name: exponential, start: 0.9, rate: 2.0}`` (``torchkd.schedules.create``).
+        student: ``logits`` or a dotted module path to tap (a list for feature-list losses).
+        teacher: the same on the teacher side.
+        adapter: student-to-teacher shape adapter.
+        temperature: ``null`` (the loss's own), a number, ``learned`` (CTKD) or a schedule
+            mapping.
+        teacher_index: which teacher of ``teachers:`` the term reads (multi-teacher losses
+            read all of them).
+    """
+
+    name: str
+    loss: str
+    loss_kwargs: dict[str, Any] = Field(default_factory=dict)
+    weight: Weight = 1.0
+    student: TapPath = "logits"
+    teacher: TapPath = "logits"
+    adapter: Literal["auto", "conv1x1", "linear", "pool", "none"] = "auto"
+    temperature: Temperature | None = None
+    teacher_index: NonNegativeInt = 0
+
+
+class Recipe(Section):
+    """A whole recipe. Give ``teacher`` (one) or ``teachers`` (a list), or neither.
+
+    ``name`` names the run directory (``runs/<name>/``); ``output_key`` selects the logits in
+    model outputs that are tuples or mappings (see :class:`~torchkd.distiller.Distiller`).
+    """
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    data: DataConfig
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+    teachers: list[ModelConfig] | None = None
+    terms: Annotated[list[TermConfig], Field(min_length=1)]
+    output_key: str | int | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig | None = None  # torchkd tune's search (ignored by torchkd train)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.teacher is not None and self.teachers is not None:
+            raise ValueError("teacher, teachers: give one teacher or a list of teachers, not both")
+        names = [term.name for term in self.terms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"terms: term names must be unique, repeated: {duplicates}")
+        return self
+
+    @property
+    def teacher_configs(self) -> list[ModelConfig]:
+        """The teachers as a list (empty for a supervised recipe)."""
+        if self.teacher is not None:
+            return [self.teacher]
+        return list(self.teachers or [])

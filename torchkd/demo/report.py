@@ -1,0 +1,258 @@
+"""The demo's report: the summary table (mean ± std over seeds, paired gains, wins), the
+per-seed table, plots and ``OUT/report.md``."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torchkd.demo.arms import ARMS, ArmRun
+
+__all__ = [
+    "DemoResult",
+    "paired_gain",
+    "per_seed_markdown",
+    "summary_markdown",
+    "summary_text",
+    "write_demo_report",
+]
+
+
+@dataclass
+class DemoResult:
+    """Everything ``torchkd demo`` measured.
+
+    Attributes:
+        teacher_test: the teacher's test metrics (``top1`` in [0, 1], ``nll``, ``ece``).
+        teacher_description: e.g. ``"cnn1d(width=64)"``.
+        teacher_cached: the teacher's weights came from the cache (not trained in this run).
+        teacher_seconds: time spent training the teacher (0 when cached).
+        runs: one :class:`ArmRun` per arm and seed.
+        seeds: the seeds used.
+        seconds: wall time of the whole demo.
+        report_path: ``OUT/report.md``.
+        student_description: e.g. ``"mlp(hidden=[256])"``.
+        transfer_samples: size of the unlabeled transfer set of arm (b).
+        environment: torch and Python versions, CPU, core count, device.
+    """
+
+    teacher_test: dict[str, float]
+    teacher_description: str
+    teacher_cached: bool
+    teacher_seconds: float
+    runs: list[ArmRun]
+    seeds: list[int]
+    seconds: float = 0.0
+    report_path: Path | None = None
+    student_description: str = ""
+    transfer_samples: int = 0
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def top1(self, arm: str) -> list[float]:
+        """Test top-1 (percent) of ``arm``, in seed order."""
+        by_seed = {run.seed: run for run in self.runs if run.arm == arm}
+        return [100.0 * by_seed[seed].test["top1"] for seed in self.seeds]
+
+    def table(self) -> str:
+        """The summary table (plain text, fixed width)."""
+        return summary_text(self)
+
+
+def _mean_std(values: Sequence[float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:{sign}.1f}"
+    return f"{mean:{sign}.1f} ± {statistics.stdev(values):.1f}"
+
+
+def paired_gain(arm_top1: Sequence[float], baseline_top1: Sequence[float]) -> tuple[str, int]:
+    """Mean ± std of the per-seed differences ``arm - baseline`` and how many are positive.
+
+    Example:
+        >>> paired_gain([80.0, 82.0, 81.0], [78.0, 79.0, 81.5])
+        ('+1.5 ± 1.8', 2)
+    """
+    differences = [a - b for a, b in zip(arm_top1, baseline_top1, strict=True)]
+    return _mean_std(differences, signed=True), sum(d > 0 for d in differences)
+
+
+SUMMARY_HEADER = ("", "test top-1 (%)", "gain vs baseline (paired)", "better than baseline")
+
+
+def summary_cells(result: DemoResult) -> list[tuple[str, str, str, str]]:
+    """Rows of the summary table: teacher, baseline, (a), (b)."""
+    source = "cached" if result.teacher_cached else f"trained in {result.teacher_seconds:.0f} s"
+    rows = [
+        (
+            f"teacher {result.teacher_description}, {source}",
+            f"{100 * result.teacher_test['top1']:.1f}",
+            "",
+            "",
+        )
+    ]
+    baseline = result.top1("baseline")
+    for arm in ARMS:
+        values = result.top1(arm.key)
+        if arm.key == "baseline":
+            rows.append((arm.label, _mean_std(values), "", ""))
+            continue
+        gain, wins = paired_gain(values, baseline)
+        rows.append((arm.label, _mean_std(values), gain, f"{wins}/{len(result.seeds)} seeds"))
+    return rows
+
+
+def summary_text(result: DemoResult) -> str:
+    """The summary table as fixed-width text."""
+    rows = [SUMMARY_HEADER, *summary_cells(result)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(SUMMARY_HEADER))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:3], widths[1:3], strict=True)]
+        cells.append(row[3])
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def summary_markdown(result: DemoResult) -> str:
+    """The summary table as markdown."""
+    rows = [SUMMARY_HEADER, ("---",) * len(SUMMARY_HEADER), *summary_cells(result)]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def per_seed_markdown(result: DemoResult) -> str:
+    """Test top-1 (%) per seed and arm, as markdown."""
+    lines = [
+        "| seed | " + " | ".join(arm.label for arm in ARMS) + " |",
+        "|---|" + "---|" * len(ARMS),
+    ]
+    columns = [result.top1(arm.key) for arm in ARMS]
+    for position, seed in enumerate(result.seeds):
+        cells = [f"{column[position]:.1f}" for column in columns]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _plot_test_top1(result: DemoResult, path: Path) -> None:
+    """Each seed's test top-1 per arm (dots), the mean (bar) and the teacher (dashed)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    for position, arm in enumerate(ARMS):
+        values = result.top1(arm.key)
+        axis.bar(position, statistics.fmean(values), color="0.85")
+        axis.scatter([position] * len(values), values, color="C0", zorder=3)
+    axis.axhline(100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher")
+    axis.set_xticks(range(len(ARMS)), [arm.label.replace(" (", "\n(", 1) for arm in ARMS])
+    axis.tick_params(axis="x", labelsize=7)
+    axis.set_ylabel("test top-1 (%)")
+    lowest = min(min(result.top1(arm.key)) for arm in ARMS)
+    axis.set_ylim(max(0.0, lowest - 10), 100)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _plot_val_top1(result: DemoResult, path: Path) -> None:
+    """Validation top-1 after every epoch (mean over seeds) per arm, by optimizer step."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    for arm in ARMS:
+        curves = [run.val_curve for run in result.runs if run.arm == arm.key]
+        length = min(len(curve) for curve in curves)
+        if length == 0:
+            continue
+        steps = [step for step, _ in curves[0][:length]]
+        mean = [100 * statistics.fmean(curve[i][1] for curve in curves) for i in range(length)]
+        axis.plot(steps, mean, label=arm.label)
+    axis.axhline(
+        100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher (test)"
+    )
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("validation top-1 (%)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Path:
+    """Write ``out/report.md`` and ``out/plots/{test_top1,val_top1}.png``; returns the path."""
+    import matplotlib
+
+    from torchkd.report import format_results_table
+
+    matplotlib.use("Agg")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    _plot_test_top1(result, plots / "test_top1.png")
+    _plot_val_top1(result, plots / "val_top1.png")
+    labels = {arm.key: arm.label for arm in ARMS}
+    metric_rows = [
+        {"arm": labels[run.arm], **{k: v for k, v in run.test.items() if k != "samples"}}
+        for arm in ARMS
+        for run in result.runs
+        if run.arm == arm.key
+    ]
+    environment = ", ".join(f"{key} {value}" for key, value in result.environment.items())
+    quick_note = ["", "**--quick run: a few optimizer steps per run; not a result.**"]
+    run_links = [
+        f"- {labels[run.arm]}, seed {run.seed}: `{run.arm}/seed{run.seed}/` ({run.seconds:.0f} s)"
+        + ("" if quick else f", [report]({run.arm}/seed{run.seed}/report.md)")
+        for run in result.runs
+    ]
+    lines = [
+        "# torchkd demo: knowledge distillation on MNIST-1D",
+        *(quick_note if quick else []),
+        "",
+        f"Teacher {result.teacher_description} → student {result.student_description}, "
+        f"{len(result.seeds)} seeds, test top-1 on the 1000 MNIST-1D test samples. "
+        f"Arm (b) never sees a label: it learns from the teacher's soft targets on "
+        f"{result.transfer_samples} fresh unlabeled MNIST-1D samples. "
+        "Gains are the mean ± std of per-seed differences to the baseline (same seed = same "
+        "initialisation and shuffle order).",
+        "",
+        summary_markdown(result),
+        "",
+        "## Per seed (test top-1, %)",
+        "",
+        per_seed_markdown(result),
+        "",
+        "## All test metrics (mean ± std over seeds)",
+        "",
+        "top1 and agreement (with the teacher) in percent; nll and ece (15 bins) as numbers.",
+        "",
+        format_results_table(
+            metric_rows, group_key="arm", metrics=["top1", "nll", "ece", "agreement"]
+        ),
+        "",
+        "## Plots",
+        "",
+        "![test top-1 per seed](plots/test_top1.png)",
+        "",
+        "![validation top-1 during training](plots/val_top1.png)",
+        "",
+        "## Runs",
+        "",
+        "Recipes: `torchkd/configs/demo/` (teacher.yaml, baseline.yaml, kd.yaml, "
+        "label_free.yaml). Each run directory holds its resolved `config.yaml`, "
+        "`metrics.jsonl`, TensorBoard events and checkpoints (and, except with --quick, "
+        "its own `report.md`):",
+        "",
+        *run_links,
+        "",
+        f"Wall time {result.seconds:.0f} s ({environment}). Command: `torchkd demo --seeds "
+        f"{len(result.seeds)}{' --quick' if quick else ''} --out {out}`.",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

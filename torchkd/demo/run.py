@@ -1,0 +1,134 @@
+"""``torchkd demo``: the teacher (trained once, then cached), then every arm at every seed."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+
+import torch
+
+from torchkd.demo.arms import (
+    ARMS,
+    Arm,
+    ArmRun,
+    arm_overrides,
+    demo_recipe_path,
+    describe_model,
+    teacher_cache_path,
+    teacher_recipe,
+    train_arm,
+    train_teacher,
+)
+from torchkd.demo.report import DemoResult, write_demo_report
+from torchkd.demo.workers import executor, worker_threads
+from torchkd.environment import available_cpus, environment
+
+__all__ = ["run_demo"]
+
+Echo = Callable[[str], None]
+
+
+def run_demo(
+    seeds: int = 3,
+    quick: bool = False,
+    out: str | Path = "runs/demo",
+    workers: int | None = None,
+    echo: Echo = print,
+) -> DemoResult:
+    """Run the demo and write ``OUT/report.md``; returns what it measured.
+
+    Args:
+        seeds: number of seeds per arm (seeds ``0 .. seeds - 1``).
+        quick: a few optimizer steps per run (a smoke test, not a result).
+        out: the demo's output directory; its ``teacher/``, ``<arm>/seed<k>/`` run
+            directories and ``report.md`` from a previous demo are replaced.
+        workers: processes training runs in parallel (default: one per available CPU core,
+            each with one thread; ``1`` trains in this process).
+        echo: where progress lines go.
+    """
+    from torchkd.config import build_loaders, build_model, load_recipe
+    from torchkd.train import evaluate
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipes = {arm.key: demo_recipe_path(arm.recipe) for arm in ARMS}
+    teacher_spec = teacher_recipe(quick).student
+    teacher_weights = teacher_cache_path(quick)
+    cached = teacher_weights.is_file()
+    runs_total = len(ARMS) * seeds
+    if workers is None:
+        workers = min(available_cpus(), runs_total + (not cached))
+    worker_text = (
+        f"{workers} processes x {worker_threads(workers)} thread(s)"
+        if workers > 1
+        else f"in-process, {torch.get_num_threads()} thread(s)"
+    )
+    echo(
+        f"{'reusing' if cached else 'training'} the teacher ({teacher_weights}); "
+        f"{runs_total} student runs ({len(ARMS)} arms x {seeds} seeds), {workers} at a time"
+    )
+    runs: list[ArmRun] = []
+
+    def collect(futures: list[Future[ArmRun]]) -> None:
+        for future in concurrent.futures.as_completed(futures):
+            run = future.result()
+            runs.append(run)
+            echo(
+                f"  {run.arm:<11} seed {run.seed}: test top-1 {100 * run.test['top1']:5.1f} %"
+                f"  ({run.seconds:.0f} s)"
+            )
+
+    def submit(pool: concurrent.futures.Executor, arm: Arm) -> list[Future[ArmRun]]:
+        overrides = arm_overrides(recipes[arm.key], quick, teacher_weights)
+        return [
+            pool.submit(
+                train_arm, arm.key, seed, overrides, str(out / arm.key / f"seed{seed}"), not quick
+            )
+            for seed in range(seeds)
+        ]
+
+    teacher_seconds = 0.0
+    with executor(workers) as pool:
+        try:
+            if not cached:
+                teacher_job = pool.submit(train_teacher, quick, str(out / "teacher"))
+            baseline_jobs = submit(pool, ARMS[0])  # needs no teacher: runs alongside it
+            # meanwhile, generate (and cache) the transfer set once for the label-free runs
+            label_free = load_recipe(
+                recipes["label_free"], arm_overrides(recipes["label_free"], quick, None)
+            )
+            loaders = build_loaders(label_free.data)
+            if not cached:
+                teacher_weights, teacher_seconds = teacher_job.result()
+            distill_jobs = [job for arm in reversed(ARMS[1:]) for job in submit(pool, arm)]
+            teacher = build_model(
+                label_free.teacher_configs[0].model_copy(
+                    update={"checkpoint": str(teacher_weights)}
+                ),
+                "teacher",
+            )
+            teacher_test = evaluate(teacher, loaders.test)
+            collect(baseline_jobs + distill_jobs)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    result = DemoResult(
+        teacher_test=teacher_test,
+        teacher_description=describe_model(teacher_spec),
+        teacher_cached=cached,
+        teacher_seconds=teacher_seconds,
+        runs=sorted(runs, key=lambda run: (run.arm, run.seed)),
+        seeds=list(range(seeds)),
+        student_description=describe_model(label_free.student),
+        transfer_samples=len(loaders.train.dataset),
+        environment={**environment(), "threads": worker_text},
+    )
+    result.seconds = time.perf_counter() - started
+    result.report_path = write_demo_report(result, out, quick=quick)
+    return result

@@ -642,3 +642,65 @@ def test_select_logits_and_teacher_containers() -> None:
     assert not first.training and not second.training
     with pytest.raises(ValueError, match="2 weights for 1 ensemble members"):
         TeacherEnsemble([first], weights=[1.0, 1.0])
+
+
+EXTERNAL_LOSS = '''
+"""A feature loss registered from outside torchkd, used by a Distiller untouched."""
+import torch
+from torch import nn
+
+import torchkd.losses as L
+from torchkd import Distiller, Term
+
+
+def _projection_sizes(student_shapes, teacher_shapes):
+    return {"student_dim": student_shapes[0][1], "teacher_dim": teacher_shapes[0][1]}
+
+
+@L.register(
+    "projected_cosine",
+    functional=None,
+    signature="features",
+    family="feature",
+    compares_shapes=True,
+    sizes=_projection_sizes,
+)
+class ProjectedCosine(nn.Module):
+    def __init__(self, student_dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(student_dim, teacher_dim)
+
+    def forward(self, student, teacher):
+        projected = self.project(student.flatten(1))
+        return 1 - torch.cosine_similarity(projected, teacher.flatten(1), dim=1).mean()
+
+
+torch.manual_seed(0)
+student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+teacher = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3))
+distiller = Distiller(student, teacher, [Term("cos", "projected_cosine", student="1", teacher="1")])
+batch = {"inputs": torch.randn(4, 6), "labels": torch.tensor([0, 1, 2, 0])}
+distiller.build(batch)
+loss = distiller.extras["cos"]["loss"]
+adapters = distiller.extras["cos"]["adapters"]
+assert isinstance(loss, ProjectedCosine) and loss.project.weight.shape == (9, 5)
+assert all(isinstance(a, nn.Identity) for a in adapters)  # compares_shapes: no adapter
+value = distiller(batch).loss
+value.backward()
+assert loss.project.weight.grad is not None and student[0].weight.grad is not None
+assert "projected_cosine" in L.available("feature")
+print("ok", float(value))
+'''
+
+
+def test_a_loss_registered_outside_torchkd_works_in_a_distiller(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_losses.py"
+    script.write_text(EXTERNAL_LOSS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok ")

@@ -260,7 +260,7 @@ def test_space_errors_name_the_entry(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
         match=r"tune\.space\.terms\.0\.loss_kwargs\.temprature: .*"
-        "unexpected keyword argument 'temprature'",
+        "unknown argument of HintonLoss; did you mean 'temperature'",
     ):
         run_search(tiny_recipe(bad_path), trials=1, out=tmp_path, echo=quiet)
     bad_key = {"train.optimiser.lr": {"type": "float", "low": 0.1, "high": 1}}

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 __all__ = ["Registry", "closest"]
@@ -100,5 +100,13 @@ class Registry(Generic[EntryT]):
         """Sorted registered names, optionally only those whose entry passes ``predicate``."""
         return sorted(n for n, e in self._entries.items() if predicate is None or predicate(e))
 
+    def values(self) -> list[EntryT]:
+        """The entries in registration order."""
+        return list(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        """The names in registration order."""
+        return iter(self._entries)

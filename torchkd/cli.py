@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkd._registry import Registry
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -55,15 +57,12 @@ class Command:
     description: str = ""
 
 
-COMMANDS: dict[str, Command] = {}
+COMMANDS: Registry[Command] = Registry("command")
 
 
 def register(command: Command) -> Command:
     """Add ``command`` to the CLI (names are unique); returns it."""
-    if command.name in COMMANDS:
-        raise ValueError(f"CLI command {command.name!r} is already registered")
-    COMMANDS[command.name] = command
-    return command
+    return COMMANDS.add(command.name, command)
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -5,11 +5,13 @@ their final retrain, teacher-selection probes, the demo)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
 from torchkd.config.loading import write_resolved_config
 from torchkd.config.schema import DataConfig, ModelConfig, Recipe, is_number
@@ -181,17 +183,34 @@ def _schedule_value(value: Any, path: str) -> Any:
         return schedules.create(value["name"], **options)
 
 
+def _check_arguments(factory: Callable[..., Any], kwargs: dict[str, Any], path: str) -> None:
+    """Refuse keyword arguments ``factory`` does not take, naming each one's YAML path and the
+    closest accepted name."""
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [name for name in parameters if name != "self"]
+    problems = [
+        f"{path}.{key}: unknown argument of {getattr(factory, '__name__', factory)}"
+        f"{did_you_mean(key, accepted)} (it takes {', '.join(accepted) or 'no arguments'})"
+        for key in kwargs
+        if key not in accepted
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
 def build_terms(recipe: Recipe) -> list[Term]:
-    """The :class:`~torchkd.distiller.Term` list of ``recipe.terms`` (losses checked by name)."""
+    """The :class:`~torchkd.distiller.Term` list of ``recipe.terms``: loss names and argument
+    names are checked here; each loss is built once, by :meth:`Distiller.build`."""
     from torchkd import losses
     from torchkd.distiller import Term
 
     terms = []
     for index, spec in enumerate(recipe.terms):
         with blame(f"terms.{index}.loss"):
-            losses.entry(spec.loss)
-        with blame(f"terms.{index}.loss_kwargs"):
-            losses.create(spec.loss, **spec.loss_kwargs)
+            module = losses.entry(spec.loss).module
+        _check_arguments(module, spec.loss_kwargs, f"terms.{index}.loss_kwargs")
         terms.append(
             Term(
                 name=spec.name,

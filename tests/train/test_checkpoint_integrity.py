@@ -24,9 +24,10 @@ from torchkd.train import (
     fit,
     load_checkpoint,
     load_student_weights,
+    remove_stale_temporaries,
     save_checkpoint,
 )
-from torchkd.train.checkpoint import remove_stale_temporaries
+from torchkd.train import checkpoint as checkpoint_module
 from torchkd.train.rng import capture_rng_state
 
 fcntl = pytest.importorskip("fcntl")
@@ -198,12 +199,17 @@ def test_export_round_trip_is_exact_and_foreign_safetensors_load(tmp_path: Path)
 
 
 def test_save_removes_stale_temporaries_and_keeps_other_files(tmp_path: Path) -> None:
-    stale = [tmp_path / ".last.pt.k2x_9abc.tmp", tmp_path / ".epoch_003.pt.0a1b2c3d.tmp"]
+    stale = [
+        tmp_path / ".last.pt.k2x_9abc.tmp",
+        tmp_path / ".epoch_003.pt.0a1b2c3d.tmp",
+        tmp_path / ".student.safetensors.zzzzzzzz.tmp",
+    ]
     kept = [
         tmp_path / "notes.tmp",
         tmp_path / ".last.pt.tmp",
         tmp_path / ".last.pt.ABCDEFGH.tmp",
         tmp_path / "last.pt.k2x_9abc.tmp",
+        tmp_path / ".notes.txt.k2x_9abc.tmp",  # not a checkpoint's
     ]
     for path in stale + kept:
         path.write_bytes(b"partial")
@@ -239,3 +245,25 @@ def test_a_killed_write_leaves_a_temporary_that_the_next_save_removes(tmp_path: 
     assert load_checkpoint(last)["student"]["weight"][0, 0] == 1.0  # the old one is intact
     save_checkpoint(minimal_checkpoint(2.0), last)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_temporary_removed_before_its_writer_locked_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a cleanup can lose: it removes a new temporary between its creation and its
+    writer's lock; the writer notices (no links left) and makes another."""
+    created: list[str] = []
+    real_mkstemp = checkpoint_module.tempfile.mkstemp
+
+    def mkstemp_then_cleanup(**kwargs: object) -> tuple[int, str]:
+        handle, name = real_mkstemp(**kwargs)
+        created.append(name)
+        if len(created) == 1:
+            os.unlink(name)  # what remove_stale_temporaries does to an unlocked temporary
+        return handle, name
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp_then_cleanup)
+    path = save_checkpoint(minimal_checkpoint(5.0), tmp_path / "last.pt")
+    assert len(created) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert load_checkpoint(path)["student"]["weight"][0, 0] == 5.0

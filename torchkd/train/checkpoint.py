@@ -32,8 +32,8 @@ elsewhere have none and are read as they are.
 
 Writes go to a temporary ``.<name>.XXXXXXXX.tmp`` beside the target, locked (``flock``) while
 written, then renamed over it. A write killed outright (SIGKILL, power loss) leaves its
-temporary behind; the next write into that directory removes every such file no live writer
-holds (:func:`remove_stale_temporaries`).
+temporary behind; the next write into that directory removes every checkpoint or export
+temporary that no live writer holds (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ CHECKPOINT_VERSION = 2  # 2: with a "sha256" digest; 1: without (read with a war
 SAFETENSORS_DIGEST_KEY = "torchkd.sha256"
 _DIGEST_KEY = "sha256"
 _REQUIRED_KEYS = ("student", "extras", "optimizer", "rng", "progress", "config")
-# what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") creates: 8 random characters
-_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# what atomic_write's tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names a checkpoint's
+# or an export's temporary: 8 random characters
+_TEMPORARY_NAME = re.compile(r"^\..+\.(pt|safetensors)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -83,9 +84,10 @@ def _fsync_directory(directory: Path) -> None:
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Remove the temporary files that killed writes left in ``directory``; return them.
 
-    Only names :func:`atomic_write` gives its temporaries (``.<name>.XXXXXXXX.tmp``) are
-    considered, and only those no process holds locked: a write in progress keeps its file.
-    Without ``fcntl`` (not POSIX) nothing is removed.
+    Only the names :func:`atomic_write` gives the temporaries of checkpoints and exports
+    (``.<name>.pt.XXXXXXXX.tmp``, ``.<name>.safetensors.XXXXXXXX.tmp``) are considered, and
+    only those no process holds locked: a write in progress keeps its file. Without ``fcntl``
+    (not POSIX) nothing is removed.
     """
     directory = Path(directory)
     if fcntl is None or not directory.is_dir():
@@ -160,11 +162,16 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda stream: torch.save(sealed, stream))
 
 
-def _damaged(path: Path, detail: str) -> CheckpointError:
+def _damaged(path: Path, detail: str, remedy: str) -> CheckpointError:
     return CheckpointError(
-        f"{path} is damaged: {detail}; it was not used. Restore it from a copy or use another "
-        "checkpoint (e.g. the run's best.pt or an epoch_*.pt), which this did not touch"
+        f"{path} is damaged: {detail}. It was not used and no file was changed; {remedy}"
     )
+
+
+_CHECKPOINT_REMEDY = (
+    "restore it from a copy, or use another checkpoint of the run (best.pt, epoch_*.pt; to "
+    "resume from one, copy it over last.pt)"
+)
 
 
 def _read(path: Path) -> Any:
@@ -207,13 +214,14 @@ def _verify(path: Path, checkpoint: dict[str, Any]) -> None:
         )
         return
     if not isinstance(stored, str):
-        raise _damaged(path, "its SHA-256 digest is missing")
+        raise _damaged(path, "its SHA-256 digest is missing", _CHECKPOINT_REMEDY)
     actual = content_sha256(checkpoint)
     if actual != stored:
         raise _damaged(
             path,
             f"its contents do not match the SHA-256 digest written with it (stored "
             f"{stored[:12]}..., now {actual[:12]}...)",
+            _CHECKPOINT_REMEDY,
         )
 
 
@@ -256,7 +264,11 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is truncated or corrupt ({error})") from error
     stored = metadata.get(SAFETENSORS_DIGEST_KEY)
     if stored is not None and _tensors_sha256(tensors) != stored:
-        raise _damaged(path, "its tensors do not match the SHA-256 digest in its metadata")
+        raise _damaged(
+            path,
+            "its tensors do not match the SHA-256 digest in its metadata",
+            "export it again from its checkpoint (torchkd export)",
+        )
     return tensors
 
 

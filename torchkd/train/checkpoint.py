@@ -4,7 +4,7 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` accepts
 numbers, strings, lists, dicts)::
 
     {
-      "format": "torchkd.checkpoint", "version": 1,
+      "format": "torchkd.checkpoint", "version": 2,
       "student": student.state_dict(),          # what export_student writes
       "extras": distiller.extras.state_dict(),  # adapters, loss state (CRD banks), auto weights
       "optimizer": ..., "lr_schedule": ..., "scaler": ... | None,
@@ -12,6 +12,7 @@ numbers, strings, lists, dicts)::
       "progress": {"epoch", "batches_done", "step", "num_batches", "best_metric",
                    "best_epoch", "nonfinite_steps", "epoch_totals", "history"},
       "config": {...},                          # the resolved recipe (or train section)
+      "sha256": "...",                          # digest of all the above (added on save)
     }
 
 ``epoch`` counts finished epochs, ``batches_done`` the batches of the current epoch already

@@ -4,8 +4,8 @@
 and raw bytes, and every container, key and scalar in order. A checkpoint stores the digest of
 its contents when written and the loader recomputes it, so any change to what a load returns
 (a flipped byte in the tensor data, in the pickled structure, in a number) is a mismatch, while
-bytes that no load reads (zip padding) cannot change the result. Torch's own loader checks
-no checksum, and a CRC would not be a digest.
+bytes that no load reads (zip padding) cannot change the result. (``torch.load`` does not
+check the CRC-32s in its zip archive: damaged tensor data loads without a word.)
 
 The encoding is unambiguous: every token carries its type and length, so no two different
 contents feed the hash the same bytes.

@@ -79,7 +79,7 @@ def run(tmp_path: Path) -> dict[str, object]:
         )
         train_loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator())
         val_loader = DataLoader(data, batch_size=32)
-        fit(distiller, train_loader, val_loader, config, run_dir, resume=resume, report=False)
+        fit(distiller, train_loader, val_loader, config, run_dir, resume=resume)
 
     run_dir = tmp_path / "run"
     train()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -279,3 +280,132 @@ def test_train_warns_about_a_teacher_without_weights(
     error = capsys.readouterr().err
     assert "warning: teacher 0 (cnn1d) has no checkpoint" in error
     assert "teacher.checkpoint=PATH" in error
+
+
+# ---------------------------------------------------------- overrides, --traceback, usage
+
+
+def test_overrides_after_options_reach_the_recipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    run_dir = tmp_path / "run"
+    assert run("train", baseline, "--run-dir", run_dir, *FAST, "train.epochs=1") == 0
+    written = (run_dir / "config.yaml").read_text()
+    assert "batch_size: 256" in written and "epochs: 1" in written
+    capsys.readouterr()
+    # an override after the options is applied (so its bad value is reported by its path)
+    last = run_dir / "checkpoints" / "last.pt"
+    for argv in (
+        ["tune", CONFIGS / "mnist1d" / "tune_kd.yaml", "--trials", "4", "train.epochs=abc"],
+        ["train", baseline, "--run-dir", tmp_path / "other", "train.epochs=abc", "--resume"],
+        ["eval", baseline, "--checkpoint", last, "train.epochs=abc"],
+        ["select-teacher", baseline, "--candidates", last, "train.epochs=abc"],
+    ):
+        assert run(*argv) == 2
+        error = capsys.readouterr().err
+        assert "train.epochs: expected an integer" in error, error
+        assert "unrecognized arguments" not in error and "does not exist" not in error
+
+
+def test_traceback_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = [*FAST, "student.model=torch.nn:Identity", "student.kwargs={}"]
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    assert run("train", baseline, "--traceback", *overrides, "--run-dir", tmp_path / "a") == 1
+    assert "Traceback" in capsys.readouterr().err
+    assert run("train", baseline, *overrides, "--run-dir", tmp_path / "b", "--traceback") == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "R.yaml", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["export", "R.yaml", "--checkpoint", "x", "--out", "y", "a=1"], "unrecognized"),
+        (["eval", "R.yaml", "--checkpoint", "nope.pt"], "does not exist"),  # a UsageError
+        (["train", "train.epochs=1", "R.yaml"], "the recipe comes first"),
+        (["tune", "R.yaml", "--trials", "0"], "expected a positive integer"),
+    ],
+)
+def test_errors_print_the_subcommand_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("R.yaml").write_text((CONFIGS / "mnist1d" / "baseline.yaml").read_text())
+    assert run(*argv) == 2
+    error = capsys.readouterr().err
+    assert f"usage: torchkd {argv[0]} " in error and message in error, error
+    assert f"torchkd {argv[0]}: error:" in error
+
+
+def test_python_dash_m_torchkd(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for argv, expected in ((["--help"], "usage: torchkd"), (["list", "losses"], "hinton")):
+        done = subprocess.run(
+            [sys.executable, "-m", "torchkd", *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+
+
+def _flip_student_bytes(path: Path) -> None:
+    """Invert 16 bytes inside the stored data of the student's largest tensor."""
+    student = load_checkpoint(path)["student"]
+    largest = max(student.values(), key=lambda tensor: tensor.numel())
+    data = largest.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    raw = bytearray(path.read_bytes())
+    start = raw.find(data)
+    assert start >= 0
+    middle = start + len(data) // 2
+    raw[middle : middle + 16] = bytes(byte ^ 0xFF for byte in raw[middle : middle + 16])
+    path.write_bytes(bytes(raw))
+
+
+def test_eval_and_resume_refuse_a_damaged_last_pt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    baseline = CONFIGS / "mnist1d" / "baseline.yaml"
+    run_dir = tmp_path / "run"
+    keep = "train.keep_teacher_checkpoints_every=1"
+    assert run("train", baseline, *FAST, keep, "--run-dir", run_dir) == 0
+    checkpoints = run_dir / "checkpoints"
+    last = checkpoints / "last.pt"
+    _flip_student_bytes(last)
+    before = {path.name: path.read_bytes() for path in checkpoints.iterdir()}
+    capsys.readouterr()
+
+    assert run("eval", baseline, "--checkpoint", last) == 2
+    error = capsys.readouterr().err
+    assert f"{last} is damaged" in error and "usage: torchkd eval" in error
+    assert run("train", baseline, *FAST, keep, "--run-dir", run_dir, "--resume") == 2
+    assert f"{last} is damaged" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in checkpoints.iterdir()} == before
+    for other in ("best.pt", "epoch_001.pt"):
+        assert run("eval", baseline, "--checkpoint", checkpoints / other, "--json") == 0
+        assert json.loads(capsys.readouterr().out)["samples"] == 1000
+
+
+def test_eval_refuses_a_damaged_export(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained["student"] / "checkpoints" / "last.pt"
+    out = tmp_path / "student.safetensors"
+    assert run("export", trained["recipe"], "--checkpoint", last, "--out", out) == 0
+    assert run("eval", trained["recipe"], "--checkpoint", out) == 0
+    weights = load_file(out)
+    largest = max(weights.values(), key=lambda tensor: tensor.numel())
+    raw = bytearray(out.read_bytes())
+    start = raw.find(largest.reshape(-1).view(torch.uint8).numpy().tobytes()) + 8
+    raw[start : start + 16] = bytes(16)
+    out.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert run("eval", trained["recipe"], "--checkpoint", out) == 2
+    assert f"{out} is damaged" in capsys.readouterr().err

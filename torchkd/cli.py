@@ -4,8 +4,12 @@
 Each subcommand is one :class:`Command` (a function that adds its arguments and a function that
 runs it) passed to :func:`register`; :func:`main` builds the parser from the registered commands.
 
-Exit codes: 0 success, 2 bad usage or an invalid recipe (the message names the YAML path, no
-traceback), 1 a failure while running (``--traceback`` shows where), 130 interrupted.
+Recipe overrides (``key=value``) may come anywhere after the recipe, before or after options,
+and ``--traceback`` anywhere: ``torchkd tune R --trials 4 train.epochs=4 --traceback``.
+
+Exit codes: 0 success, 2 bad usage, an invalid recipe (the message names the YAML path, no
+traceback) or a damaged checkpoint, 1 a failure while running (``--traceback`` shows where),
+130 interrupted. Usage errors print the subcommand's usage line.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main", "register"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# a recipe override: a dotted path of names or list indices, "=", a YAML value
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
 class UsageError(Exception):
@@ -90,9 +97,33 @@ def _add_overrides_argument(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="recipe overrides by dotted path, values parsed as YAML "
-        "(e.g. train.epochs=5 terms.0.loss_kwargs.temperature=8)",
+        help="recipe overrides by dotted path, values parsed as YAML, anywhere after the "
+        "recipe (e.g. train.epochs=5 terms.0.loss_kwargs.temperature=8)",
     )
+
+
+def _is_override(token: str) -> bool:
+    """Whether a command-line word is a ``key=value`` recipe override (and not a file)."""
+    return _OVERRIDE.match(token) is not None and not Path(token).exists()
+
+
+class _PathsAndOverrides(argparse.Action):
+    """An ``nargs="+"`` option of paths that leaves ``key=value`` words to the overrides, so
+    ``--candidates a.pt b.pt train.epochs=5`` overrides the recipe."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        paths = [value for value in values if not _is_override(value)]
+        if not paths:
+            parser.error(f"argument {option_string}: expected at least one path")
+        setattr(namespace, self.dest, paths)
+        overrides = [value for value in values if _is_override(value)]
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *overrides]
 
 
 def _student_from_checkpoint(recipe: Recipe, checkpoint: str) -> nn.Module:
@@ -336,8 +367,9 @@ register(
         name="export",
         summary="write a checkpoint's bare student weights to a .safetensors file",
         description="Export the student of a training checkpoint, without adapters, loss "
-        "state or optimizer, as safetensors. Load it with "
-        "`student.load_state_dict(safetensors.torch.load_file(FILE))`.",
+        "state or optimizer, as safetensors with the SHA-256 digest of its tensors in its "
+        "metadata. Load it with `student.load_state_dict(torchkd.train.load_student_weights("
+        "FILE))`, which checks the digest (`safetensors.torch.load_file` reads it unchecked).",
         examples="torchkd export configs/mnist1d/kd.yaml "
         "--checkpoint runs/mnist1d_kd/checkpoints/best.pt --out student.safetensors",
         add_arguments=_export_arguments,
@@ -514,6 +546,7 @@ def _select_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--candidates",
         nargs="+",
+        action=_PathsAndOverrides,
         required=True,
         metavar="PATH",
         help="candidate teachers: torchkd checkpoints (their recipe gives the architecture) or "
@@ -591,21 +624,21 @@ register(
 # ------------------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``torchkd`` parser with one subparser per registered :class:`Command`."""
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``torchkd`` parser and its subparsers by command name."""
     parser = argparse.ArgumentParser(
         prog="torchkd",
         description="Knowledge distillation for PyTorch: train, evaluate and export students "
         "from YAML recipes, or run the built-in MNIST-1D demo.",
         epilog="Run `torchkd COMMAND --help` for a command's options and examples.",
     )
-    parser.add_argument(
-        "--traceback", action="store_true", help="show the full traceback when a command fails"
-    )
+    traceback_help = "show the full traceback when a command fails"
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     from torchkd import __version__
 
     parser.add_argument("--version", action="version", version=f"torchkd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    by_name = {}
     for command in COMMANDS.values():
         subparser = subparsers.add_parser(
             command.name,
@@ -615,27 +648,61 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.add_arguments(subparser)
+        # SUPPRESS: given before the command, it is not reset by the subcommand's default
+        subparser.add_argument(
+            "--traceback", action="store_true", default=argparse.SUPPRESS, help=traceback_help
+        )
         subparser.set_defaults(run=command.run)
-    return parser
+        by_name[command.name] = subparser
+    return parser, by_name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``torchkd`` parser with one subparser per registered :class:`Command`."""
+    return _build_parsers()[0]
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """Parse ``argv``; ``key=value`` words after options join the overrides.
+
+    Raises:
+        SystemExit: ``--help``, ``--version`` or a usage error (printed with the usage line of
+            the subcommand).
+    """
+    parser, subparsers = _build_parsers()
+    args, extras = parser.parse_known_args(argv)
+    subparser = subparsers[args.command]
+    takes_overrides = hasattr(args, "overrides")
+    recipe = getattr(args, "recipe", None)
+    if recipe is not None and _is_override(recipe):
+        subparser.error(f"the recipe comes first, then key=value overrides; got {recipe!r}")
+    unknown = [word for word in extras if not (takes_overrides and _is_override(word))]
+    if unknown:
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if takes_overrides:
+        args.overrides = [*args.overrides, *extras]
+    return args, subparser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``torchkd`` command line with ``argv`` (default ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 success, 1 runtime failure, 2 bad usage or invalid recipe.
+        The exit code: 0 success, 1 runtime failure, 2 bad usage, invalid recipe or damaged
+        checkpoint.
     """
     from torchkd.config import ConfigError
+    from torchkd.train.checkpoint import CheckpointError
 
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, subparser = _parse(argv)
     except SystemExit as exit_request:  # --help, --version, argparse usage errors
         return int(exit_request.code or 0)
     show_traceback = args.traceback or os.environ.get("TORCHKD_TRACEBACK") == "1"
     try:
         return args.run(args)
-    except (ConfigError, UsageError) as error:
+    except (ConfigError, UsageError, CheckpointError) as error:
+        print(subparser.format_usage().rstrip(), file=sys.stderr)
         print(f"torchkd {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from torchkd.train.checkpoint import (
     export_student,
     load_checkpoint,
     load_student_weights,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from torchkd.train.evaluate import agreement, evaluate, expected_calibration_error
@@ -24,6 +25,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "load_student_weights",
+    "remove_stale_temporaries",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",

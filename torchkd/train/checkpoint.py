@@ -4,7 +4,7 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` accepts
 numbers, strings, lists, dicts)::
 
     {
-      "format": "torchkd.checkpoint", "version": 1,
+      "format": "torchkd.checkpoint", "version": 2,
       "student": student.state_dict(),          # what export_student writes
       "extras": distiller.extras.state_dict(),  # adapters, loss state (CRD banks), auto weights
       "optimizer": ..., "lr_schedule": ..., "scaler": ... | None,
@@ -12,10 +12,29 @@ numbers, strings, lists, dicts)::
       "progress": {"epoch", "batches_done", "step", "num_batches", "best_metric",
                    "best_epoch", "nonfinite_steps", "epoch_totals", "history"},
       "config": {...},                          # the resolved recipe (or train section)
+      "sha256": "...",                          # digest of all the above (added on save)
     }
 
 ``epoch`` counts finished epochs, ``batches_done`` the batches of the current epoch already
 trained (non-zero only for a checkpoint written on Ctrl-C), ``step`` the optimizer steps.
+
+Damage is detected, never trained on. :func:`save_checkpoint` adds ``"sha256"``, the
+:func:`~torchkd.train.digest.content_sha256` of everything else in the dict, in the same file
+and so in the same atomic rename; :func:`load_checkpoint` recomputes it and refuses a mismatch
+with a :class:`CheckpointError` that names the file (the run's other checkpoints are untouched:
+nothing is written on a failed load). Version 1 checkpoints (older torchkd) carry no digest:
+they are loaded with a warning that their bytes cannot be checked; saving them again (resume
+the run, or ``save_checkpoint(load_checkpoint(path), path)``) adds one. A version 2 checkpoint
+without its digest is refused as damaged.
+
+Exported ``.safetensors`` files carry the digest of their tensors in their metadata under
+``"torchkd.sha256"``; :func:`load_student_weights` checks it. Safetensors files written
+elsewhere have none and are read as they are.
+
+Writes go to a temporary ``.<name>.XXXXXXXX.tmp`` beside the target, locked (``flock``) while
+written, then renamed over it. A write killed outright (SIGKILL, power loss) leaves its
+temporary behind; the next write into that directory removes every checkpoint or export
+temporary that no live writer holds (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -23,16 +42,30 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
+
+from torchkd.train.digest import content_sha256
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, so stale temporaries are left alone
+    fcntl = None  # type: ignore[assignment]
 
 CHECKPOINT_FORMAT = "torchkd.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: with a "sha256" digest; 1: without (read with a warning)
+SAFETENSORS_DIGEST_KEY = "torchkd.sha256"
+_DIGEST_KEY = "sha256"
 _REQUIRED_KEYS = ("student", "extras", "optimizer", "rng", "progress", "config")
+# what atomic_write's tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names a checkpoint's
+# or an export's temporary: 8 random characters
+_TEMPORARY_NAME = re.compile(r"^\..+\.(pt|safetensors)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -49,22 +82,67 @@ def _fsync_directory(directory: Path) -> None:
         os.close(handle)
 
 
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the temporary files that killed writes left in ``directory``; return them.
+
+    Only the names :func:`atomic_write` gives the temporaries of checkpoints and exports
+    (``.<name>.pt.XXXXXXXX.tmp``, ``.<name>.safetensors.XXXXXXXX.tmp``) are considered, and
+    only those no process holds locked: a write in progress keeps its file. Without ``fcntl``
+    (not POSIX) nothing is removed.
+    """
+    directory = Path(directory)
+    if fcntl is None or not directory.is_dir():
+        return []
+    removed = []
+    for candidate in sorted(directory.iterdir()):
+        if not _TEMPORARY_NAME.match(candidate.name) or not candidate.is_file():
+            continue
+        try:
+            handle = os.open(candidate, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            candidate.unlink(missing_ok=True)  # still locked: a new writer sees it unlinked
+            removed.append(candidate)
+        except OSError:  # held by a live writer (or no locks here): leave it
+            continue
+        finally:
+            os.close(handle)
+    return removed
+
+
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, open and locked against stale-file cleanup."""
+    while True:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if fcntl is None:
+            return handle, name
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if os.fstat(handle).st_nlink > 0:
+            return handle, name
+        os.close(handle)  # a cleanup removed it between its creation and our lock: again
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` so that readers see the old file or the complete new one, never a mix.
 
-    ``write`` fills a temporary file in the same directory; it is flushed and fsynced, renamed
-    over ``path`` with ``os.replace`` and the directory is fsynced. On any error (Ctrl-C
-    included) the temporary file is removed and ``path`` is untouched.
+    ``write`` fills a temporary file in the same directory (locked while written); it is
+    flushed and fsynced, renamed over ``path`` with ``os.replace`` and the directory is
+    fsynced. On any error (Ctrl-C included) the temporary file is removed and ``path`` is
+    untouched. Temporaries that earlier, killed writes left in the directory are removed first
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent)
+    handle, temp_name = _locked_temporary(path)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+            os.replace(temp_name, path)  # before close: the lock is held until the rename
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
@@ -73,9 +151,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Atomically ``torch.save`` ``checkpoint``, stamped with format and version, to ``path``."""
-    stamped = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
-    return atomic_write(path, lambda stream: torch.save(stamped, stream))
+    """Atomically ``torch.save`` ``checkpoint`` to ``path``, stamped with format and version
+    and sealed with the SHA-256 digest of its contents (see the module docstring)."""
+    reserved = ("format", "version", _DIGEST_KEY)
+    stamped = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        **{key: value for key, value in checkpoint.items() if key not in reserved},
+    }
+    sealed = {**stamped, _DIGEST_KEY: content_sha256(stamped)}
+    return atomic_write(path, lambda stream: torch.save(sealed, stream))
+
+
+def _damaged(path: Path, detail: str, remedy: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is damaged: {detail}. It was not used and no file was changed; {remedy}"
+    )
+
+
+_CHECKPOINT_REMEDY = (
+    "restore it from a copy, or use another checkpoint of the run (best.pt, epoch_*.pt; to "
+    "resume from one, copy it over last.pt)"
+)
 
 
 def _read(path: Path) -> Any:
@@ -99,47 +196,100 @@ def _read(path: Path) -> Any:
         ) from error
 
 
+def _verify(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Check and remove the digest of a loaded checkpoint (see the module docstring)."""
+    version = checkpoint.get("version")
+    if version not in (1, CHECKPOINT_VERSION):
+        raise CheckpointError(
+            f"{path} has checkpoint version {version!r}; this torchkd reads versions 1 and "
+            f"{CHECKPOINT_VERSION}"
+        )
+    stored = checkpoint.pop(_DIGEST_KEY, None)
+    if version == 1:
+        warnings.warn(
+            f"{path} was written by an older torchkd (checkpoint version 1, no SHA-256 digest), "
+            "so damage to its bytes cannot be detected; it is loaded unchecked. Saving it again "
+            "(resume the run, or save_checkpoint(load_checkpoint(path), path)) adds a digest",
+            UserWarning,
+            stacklevel=4,
+        )
+        return
+    if not isinstance(stored, str):
+        raise _damaged(path, "its SHA-256 digest is missing", _CHECKPOINT_REMEDY)
+    actual = content_sha256(checkpoint)
+    if actual != stored:
+        raise _damaged(
+            path,
+            f"its contents do not match the SHA-256 digest written with it (stored "
+            f"{stored[:12]}..., now {actual[:12]}...)",
+            _CHECKPOINT_REMEDY,
+        )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
+    The returned dict is the one saved: its SHA-256 digest is checked and removed.
+
     Raises:
-        CheckpointError: the file is missing, truncated, corrupt, or not a torchkd checkpoint.
+        CheckpointError: the file is missing, truncated, damaged (digest mismatch), corrupt, or
+            not a torchkd checkpoint.
     """
     path = Path(path)
-    checkpoint = _read(path)
+    return _checked(path, _read(path))
+
+
+def _checked(path: Path, checkpoint: Any) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a torchkd checkpoint (no format marker)")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint version {checkpoint.get('version')!r}; this torchkd reads "
-            f"version {CHECKPOINT_VERSION}"
-        )
+    _verify(path, checkpoint)
     missing = [key for key in _REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} lacks {missing}")
     return checkpoint
 
 
+def _tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    return content_sha256(dict(sorted(tensors.items())))
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked against the digest in its metadata when it has one."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(path, framework="pt") as archive:
+            metadata = archive.metadata() or {}
+            tensors = {name: archive.get_tensor(name) for name in archive.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise CheckpointError(f"{path} is truncated or corrupt ({error})") from error
+    stored = metadata.get(SAFETENSORS_DIGEST_KEY)
+    if stored is not None and _tensors_sha256(tensors) != stored:
+        raise _damaged(
+            path,
+            "its tensors do not match the SHA-256 digest in its metadata",
+            "export it again from its checkpoint (torchkd export)",
+        )
+    return tensors
+
+
 def load_student_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The student state dict stored in ``path``.
 
     ``path`` is a ``.safetensors`` file, a torchkd checkpoint (its ``"student"`` entry) or a
-    ``torch.save``-d state dict; everything is read without unpickling code.
+    ``torch.save``-d state dict; everything is read without unpickling code. Digests are
+    checked: a torchkd checkpoint's (:func:`load_checkpoint`) and that in the metadata of a
+    safetensors file written by :func:`export_student`.
 
     Raises:
-        CheckpointError: the file is missing, unreadable or holds no state dict.
+        CheckpointError: the file is missing, unreadable, damaged or holds no state dict.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such weights file")
-        try:
-            return load_file(path)
-        except Exception as error:
-            raise CheckpointError(f"{path} is truncated or corrupt ({error})") from error
+        return _load_safetensors(path)
     loaded = _read(path)
     if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
-        return loaded["student"]
+        return _checked(path, loaded)["student"]
     if isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loaded.values()):
         return loaded
     raise CheckpointError(f"{path} holds neither a torchkd checkpoint nor a state dict")
@@ -149,10 +299,16 @@ def export_student(checkpoint_path: str | Path, out_path: str | Path) -> Path:
     """Write the bare student weights of a checkpoint to a ``.safetensors`` file (no extras).
 
     Tensors are copied so that tied weights (shared storage) can be written; the file is
-    written atomically. Load it with ``safetensors.torch.load_file`` + ``load_state_dict``.
+    written atomically, with the SHA-256 digest of its tensors in its metadata
+    (``"torchkd.sha256"``). :func:`load_student_weights` checks the digest;
+    ``safetensors.torch.load_file`` reads the file too, unchecked.
     """
     student_state = load_checkpoint(checkpoint_path)["student"]
     tensors = {name: value.detach().clone().contiguous() for name, value in student_state.items()}
-    metadata = {"format": "pt", "source": str(checkpoint_path)}
+    metadata = {
+        "format": "pt",
+        "source": str(checkpoint_path),
+        SAFETENSORS_DIGEST_KEY: _tensors_sha256(tensors),
+    }
     payload = save(tensors, metadata=metadata)
     return atomic_write(out_path, lambda stream: stream.write(payload))

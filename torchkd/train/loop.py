@@ -39,7 +39,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from torchkd.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from torchkd.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from torchkd.train.config import TrainConfig
 from torchkd.train.evaluate import autocast_context, evaluate, to_device
 from torchkd.train.logging import RunLogger, progress_bar
@@ -216,6 +221,7 @@ class Trainer:
             self.optimizer, self.config.lr_schedule, self.steps_per_epoch, self.total_steps
         )
         if resume:
+            remove_stale_temporaries(self.checkpoint_dir)  # left by writes that were killed
             self._restore(self.checkpoint_dir / "last.pt")
         else:
             self.epoch_rng = self.step_rng = capture_rng_state()

@@ -86,11 +86,8 @@ def test_search_runs_the_trials_inside_the_space(tmp_path: Path) -> None:
         config = (run_dir / "config.yaml").read_text()
         assert f"batch_size: {params['data.batch_size']}" in config
     assert result.best_value == max(trial.value for trial in trials)
-    report = (tmp_path / "tune_report.md").read_text()
-    assert "## Parameter importances (fANOVA)" in report and "| `train.optimizer.lr` |" in report
-    assert set(result.importances) == set(SPACE)
-    assert (tmp_path / "plots" / "optimization_history.png").stat().st_size > 0
-    assert (tmp_path / "plots" / "temperature_alpha.png").stat().st_size > 0
+    assert set(result.importances) == set(SPACE)  # the report's contents: tests/tune/test_report.py
+    assert result.report_path == tmp_path / "tune_report.md" and result.report_path.is_file()
 
 
 def test_grid_sampler_covers_the_grid_exactly(tmp_path: Path) -> None:

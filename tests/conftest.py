@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 from hypothesis import settings
+
+import torchkd.data
 
 # Losses that can be compiled run their eager path under test: compilation is slow to warm up
 # and its numerics are covered by the eager path's tests.
@@ -15,3 +18,18 @@ torch.set_num_threads(1)
 # Shared CI machines are noisy: no per-example deadline for property tests.
 settings.register_profile("torchkd", deadline=None)
 settings.load_profile("torchkd")
+
+
+@pytest.fixture
+def built_splits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The split of every dataset built during the test, in order (e.g. to prove that a
+    search never builds the test split)."""
+    built: list[str] = []
+    create_dataset = torchkd.data.create_dataset
+
+    def recording(name: str, split: str = "train", **kwargs: object) -> object:
+        built.append(split)
+        return create_dataset(name, split, **kwargs)
+
+    monkeypatch.setattr(torchkd.data, "create_dataset", recording)
+    return built

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import torchkd.data
 from torchkd.config import ConfigError, build_from_recipe, recipe_from_dict
 from torchkd.select_teacher import CandidateResult, _rank, candidate_spec, select_teacher
 from torchkd.train import fit, load_student_weights
@@ -64,16 +63,11 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return good, damaged_path
 
 
-def test_ranks_the_trained_teacher_above_the_damaged_one(candidates, monkeypatch) -> None:
+def test_ranks_the_trained_teacher_above_the_damaged_one(
+    candidates, built_splits: list[str]
+) -> None:
     good, damaged = candidates
-    built: list[str] = []
-    original = torchkd.data.create_dataset
-
-    def recording(name: str, split: str = "train", **kwargs: Any):
-        built.append(split)
-        return original(name, split, **kwargs)
-
-    monkeypatch.setattr(torchkd.data, "create_dataset", recording)
+    built = built_splits
     recipe = recipe_from_dict(kd_recipe())
     selection = select_teacher(recipe, [damaged, good], echo=lambda line: None)
     assert [c.path for c in selection.candidates] == [str(good), str(damaged)]

@@ -167,9 +167,28 @@ class Exponential(Schedule):
         return self.end + (self.start - self.end) * math.exp(-self.rate * t)
 
 
+@dataclass(frozen=True)
+class _Ramp(Schedule):
+    """A move from ``start`` to ``end`` over the first ``duration`` of training (the shape is
+    the subclass's); ``end`` is held afterwards."""
+
+    start: float
+    end: float
+    duration: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_finite("start", self.start)
+        check_finite("end", self.end)
+        _check_duration(self.duration)
+
+    def fraction(self, step: int, total_steps: int) -> float:
+        """How far the ramp has gone: :math:`\\min(t / \\text{duration}, 1)`."""
+        return min(progress(step, total_steps) / self.duration, 1.0)
+
+
 @SCHEDULES.register("linear")
 @dataclass(frozen=True)
-class Linear(Schedule):
+class Linear(_Ramp):
     """Straight line from ``start`` to ``end``, reached at fraction ``duration`` of training.
 
     .. math::
@@ -182,23 +201,14 @@ class Linear(Schedule):
         2.5
     """
 
-    start: float
-    end: float
-    duration: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_finite("start", self.start)
-        check_finite("end", self.end)
-        _check_duration(self.duration)
-
     def __call__(self, step: int, total_steps: int) -> float:
-        fraction = min(progress(step, total_steps) / self.duration, 1.0)
+        fraction = self.fraction(step, total_steps)
         return self.start + (self.end - self.start) * fraction
 
 
 @SCHEDULES.register("cosine")
 @dataclass(frozen=True)
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half cosine from ``start`` to ``end``, reached at fraction ``duration`` of training.
 
     .. math::
@@ -214,17 +224,8 @@ class Cosine(Schedule):
         3.0
     """
 
-    start: float
-    end: float
-    duration: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_finite("start", self.start)
-        check_finite("end", self.end)
-        _check_duration(self.duration)
-
     def __call__(self, step: int, total_steps: int) -> float:
-        fraction = min(progress(step, total_steps) / self.duration, 1.0)
+        fraction = self.fraction(step, total_steps)
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 

@@ -19,7 +19,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import torchkd.data
 from torchkd.config import ConfigError, SearchParam, recipe_from_dict
 from torchkd.tune import grid_points, run_search, trial_overrides
 from torchkd.tune.search import _work
@@ -138,15 +137,8 @@ def test_median_pruner_stops_a_hopeless_trial(tmp_path: Path) -> None:
     assert list(pruned.intermediate_values) == [1]  # stopped after its first epoch
 
 
-def test_the_test_split_never_reaches_a_trial(tmp_path: Path, monkeypatch) -> None:
-    built: list[str] = []
-    original = torchkd.data.create_dataset
-
-    def recording(name: str, split: str = "train", **kwargs: Any):
-        built.append(split)
-        return original(name, split, **kwargs)
-
-    monkeypatch.setattr(torchkd.data, "create_dataset", recording)
+def test_the_test_split_never_reaches_a_trial(tmp_path: Path, built_splits: list[str]) -> None:
+    built = built_splits
     space = {"terms.0.loss_kwargs.temperature": {"type": "float", "low": 1, "high": 8}}
     lines: list[str] = []
     result = run_search(

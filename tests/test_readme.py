@@ -1,0 +1,45 @@
+"""The README's examples run as written: every Python block executes, every ``torchkd`` command
+line parses with the real CLI parser, and the ``list`` commands run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from torchkd.cli import build_parser, main
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TEXT = README.read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+COMMANDS = [
+    line.split("#")[0].strip()
+    for block in re.findall(r"```bash\n(.*?)```", TEXT, re.S)
+    for line in block.splitlines()
+    if line.strip().startswith(".venv/bin/torchkd ")
+]
+
+
+def test_the_readme_has_examples() -> None:
+    assert len(PYTHON_BLOCKS) >= 2 and len(COMMANDS) >= 5
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
+def test_python_example_runs(block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # examples write runs/... relative to the working directory
+    exec(compile(block, str(README), "exec"), {"__name__": "readme_example"})
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_line_parses(command: str) -> None:
+    argv = shlex.split(command)[1:]
+    arguments = build_parser().parse_args(argv)
+    assert arguments.command == argv[0]
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c.split()[1] == "list"])
+def test_list_commands_run(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(shlex.split(command)[1:]) == 0
+    assert capsys.readouterr().out.strip()

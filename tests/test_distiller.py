@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd import losses
-from torchkd.distiller import Distiller, Term
+from torchkd.distiller import Distiller, Term, TermError
 from torchkd.schedules import Linear
 from torchkd.teachers import TeacherEnsemble, as_teacher_list, select_logits
 from torchkd.temperature import LearnableTemperature
@@ -545,7 +545,7 @@ def test_extras_state_dict_round_trip() -> None:
         ),
         (
             {"terms": [Term("kd", kd_like, signature="logits", weight="fixed")]},
-            TypeError,
+            TermError,
             "weight must be a number, a Schedule or 'auto'",
         ),
         (
@@ -558,7 +558,7 @@ def test_extras_state_dict_round_trip() -> None:
             ValueError,
             "has signature 'labels', not 'logits'",
         ),
-        ({"terms": [Term("x", "not_a_loss")]}, KeyError, "unknown loss 'not_a_loss'"),
+        ({"terms": [Term("x", "not_a_loss")]}, TermError, "unknown loss 'not_a_loss'"),
         (
             {"terms": [Term("fsp", "fsp", student=["features.0"], teacher=["a", "b"])]},
             ValueError,
@@ -567,7 +567,7 @@ def test_extras_state_dict_round_trip() -> None:
         ({"terms": []}, ValueError, "at least one Term"),
         (
             {"terms": [Term("hint", "hint", student="feature.2", teacher="features.2")]},
-            KeyError,
+            TermError,
             r"no module at path 'feature\.2' in ConvNet \(closest: 'features\.2'",
         ),
     ],
@@ -589,13 +589,13 @@ def test_build_errors_name_the_term() -> None:
 
     term = Term("fixed", no_temperature_loss, temperature=2.0, signature="logits")
     no_temperature = Distiller(student, teacher, [Term("ok", "ce"), term])
-    with pytest.raises(TypeError, match=r"term 'fixed'.*call takes `temperature=`"):
+    with pytest.raises(TermError, match=r"term 'fixed'.*call takes `temperature=`"):
         no_temperature.build(batch)
     assert len(no_temperature.extras) == 0  # a failed build leaves nothing half-made
     missing_size = Distiller(
         student, teacher, [Term("crd", "crd", student="flatten", teacher="flatten")]
     )
-    with pytest.raises(TypeError, match=r"term 'crd': cannot build loss 'crd'.*num_samples"):
+    with pytest.raises(TermError, match=r"term 'crd': cannot build loss 'crd'.*num_samples"):
         missing_size.build(batch)
     per_row = Distiller(student, None, [Term("ce", "ce", loss_kwargs={"reduction": "none"})])
     per_row.build(batch)
@@ -704,3 +704,31 @@ def test_a_loss_registered_outside_torchkd_works_in_a_distiller(tmp_path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok ")
+
+
+@pytest.mark.parametrize(
+    ("term", "field"),
+    [
+        (Term("hint", "hint", student="feature.2", teacher="features.2"), "student"),
+        (Term("hint", "hint", student="features.2", teacher="feature.2"), "teacher"),
+        (Term("kd", "kd", weight="fixed"), "weight"),
+        (Term("kd", "kd", loss_kwargs={"temperature": 2.0}, temperature=3.0), ""),
+    ],
+)
+def test_term_errors_name_the_field_at_fault(term: Term, field: str) -> None:
+    with pytest.raises(TermError) as caught:
+        Distiller(seeded(4, 0), seeded(8, 1), [Term("ok", "ce"), term])
+    assert (caught.value.term, caught.value.field) == (term.name, field)
+
+
+def test_build_refuses_logits_of_different_class_counts() -> None:
+    student = nn.Linear(4, 5)
+    distiller = Distiller(student, nn.Linear(4, 10), [Term("kd", "kd")])
+    with pytest.raises(TermError, match="student's logits have 5 classes but teacher 0's have 10"):
+        distiller.build({"inputs": torch.randn(3, 4)})
+    built = Distiller(
+        student, nn.Linear(4, 5), [Term("kd", "kd", loss_kwargs={"temperature": 0.0})]
+    )
+    with pytest.raises(TermError) as caught:
+        built.build({"inputs": torch.randn(3, 4)})
+    assert caught.value.field == "loss_kwargs" and "temperature" in str(caught.value)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import inspect
 import numbers
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal
@@ -44,11 +45,40 @@ from torchkd.taps import Taps, resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 from torchkd.temperature import LearnableTemperature
 
-__all__ = ["DistillOutput", "Distiller", "Term", "UncertaintyWeight"]
+__all__ = ["DistillOutput", "Distiller", "Term", "TermError", "UncertaintyWeight"]
 
 LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
+
+
+class TermError(ValueError):
+    """A problem with one :class:`Term`: ``term`` is its name, ``field`` the attribute at fault
+    (``"loss_kwargs"``, ``"student"``, ``"teacher"``, ``"temperature"``, ``"weight"``, ...;
+    ``""`` for the term as a whole), so a recipe can name the YAML path."""
+
+    def __init__(self, term: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.term = term
+        self.field = field
+
+
+@contextmanager
+def _blame(term: Term, field: str = "") -> Iterator[None]:
+    """Re-raise an error about ``term`` as a :class:`TermError` naming it and ``field``."""
+    try:
+        yield
+    except TermError:
+        raise
+    except (ValueError, TypeError, KeyError) as error:
+        raise _term_error(term, field, error) from error
+
+
+def _term_error(term: Term, field: str, error: Exception) -> TermError:
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if not message.startswith("term "):
+        message = f"term {term.name!r}: {message}"
+    return TermError(term.name, field, message)
 
 
 @dataclass
@@ -203,31 +233,29 @@ class Distiller(nn.Module):
         for term in self.terms:
             if term.name in self._signatures:
                 raise ValueError(f"duplicate term name {term.name!r}")
-            self._signatures[term.name] = self._check_term(term)
-        self._weights = {
-            term.name: _term_schedule(term, "weight", "a number, a Schedule or 'auto'")
-            for term in self.terms
-            if term.weight != "auto"
-        }
-        self._temperature_schedules = {
-            term.name: _term_schedule(
-                term, "temperature", "a number, a Schedule, 'learned' or a module"
-            )
-            for term in self.terms
-            if term.temperature is not None
-            and term.temperature != "learned"
-            and not isinstance(term.temperature, nn.Module)
-        }
+            with _blame(term):
+                self._signatures[term.name] = self._check_term(term)
+        self._weights: dict[str, Schedule] = {}
+        self._temperature_schedules: dict[str, Schedule] = {}
+        for term in self.terms:
+            if term.weight != "auto":
+                with _blame(term, "weight"):
+                    self._weights[term.name] = _term_schedule(
+                        term, "weight", "a number, a Schedule or 'auto'"
+                    )
+            scheduled = term.temperature not in (None, "learned")
+            if scheduled and not isinstance(term.temperature, nn.Module):
+                with _blame(term, "temperature"):
+                    self._temperature_schedules[term.name] = _term_schedule(
+                        term, "temperature", "a number, a Schedule, 'learned' or a module"
+                    )
         self._student_paths = _paths(term.student for term in self.terms)
         self._teacher_paths = [
             _paths(term.teacher for term in self._terms_reading(index))
             for index in range(len(self.teachers))
         ]
-        for path in self._student_paths:  # unknown paths fail now, with the closest names
-            resolve_module(self.student, path)
-        for teacher, paths in zip(self.teachers, self._teacher_paths, strict=True):
-            for path in paths:
-                resolve_module(teacher, path)
+        for term in self.terms:  # unknown paths fail now, naming the term, side and closest names
+            self._check_paths(term)
         self._losses: dict[str, Callable[..., Tensor]] = {}
         self._step, self._total_steps = 0, 1
         self._progress_listeners: list[nn.Module] | None = None
@@ -279,6 +307,21 @@ class Distiller(nn.Module):
             raise ValueError(f"{where}: temperature must be > 0, got {term.temperature}")
         return signature
 
+    def _check_paths(self, term: Term) -> None:
+        signature = self._signatures[term.name]
+        with _blame(term, "student"):
+            for path in _paths([term.student]):
+                resolve_module(self.student, path)
+        if signature == "labels":
+            return
+        indices = (
+            range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
+        )
+        with _blame(term, "teacher"):
+            for index in indices:
+                for path in _paths([term.teacher]):
+                    resolve_module(self.teachers[index], path)
+
     def _terms_reading(self, teacher_index: int) -> list[Term]:
         return [
             term
@@ -307,7 +350,11 @@ class Distiller(nn.Module):
         reference = next((p for p in self.student.parameters() if p.is_floating_point()), None)
         device = capture.student_logits.device if reference is None else reference.device
         dtype = torch.get_default_dtype() if reference is None else reference.dtype
-        built = {term.name: self._build_term(term, capture) for term in self.terms}
+        built = {}
+        for term in self.terms:
+            with _blame(term, "loss_kwargs"):
+                self._check_classes(term, capture)
+                built[term.name] = self._build_term(term, capture)
         for name, (parts, loss) in built.items():  # all terms built: nothing half-made on error
             self.extras[name] = parts.to(device=device, dtype=dtype)
             self._losses[name] = loss
@@ -315,6 +362,28 @@ class Distiller(nn.Module):
         self._progress_listeners = None
         self.extras.train(self.training)
         self.set_progress(self._step, self._total_steps)
+
+    def _check_classes(self, term: Term, capture: _Capture) -> None:
+        """Student and teacher logits compared by a logit term must have the same classes."""
+        signature = self._signatures[term.name]
+        if signature not in ("logits", "logits_labels", "multi_teacher"):
+            return
+        if term.student != LOGITS or (signature != "multi_teacher" and term.teacher != LOGITS):
+            return
+        indices = (
+            range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
+        )
+        student_classes = capture.student_logits.shape[-1]
+        for index in indices:
+            teacher_classes = capture.teacher_logits[index].shape[-1]
+            if teacher_classes != student_classes:
+                raise TermError(
+                    term.name,
+                    "",
+                    f"term {term.name!r}: the student's logits have {student_classes} classes "
+                    f"but teacher {index}'s have {teacher_classes}; give both models the same "
+                    "number of classes (e.g. their num_classes argument)",
+                )
 
     def _build_term(
         self, term: Term, capture: _Capture
@@ -342,9 +411,11 @@ class Distiller(nn.Module):
         if isinstance(loss, nn.Module):
             parts["loss"] = loss
         if term.temperature is not None and not _takes_temperature(loss):
-            raise TypeError(
+            raise TermError(
+                term.name,
+                "temperature",
                 f"term {term.name!r}: temperature={term.temperature!r} needs a loss whose call "
-                f"takes `temperature=`; {type(loss).__name__} does not"
+                f"takes `temperature=`; {type(loss).__name__} does not",
             )
         if term.temperature == "learned":
             parts["temperature"] = LearnableTemperature()
@@ -359,9 +430,11 @@ class Distiller(nn.Module):
             return term.loss
         try:
             return losses.create(term.loss, **kwargs)
-        except TypeError as error:
-            raise TypeError(
-                f"term {term.name!r}: cannot build loss {term.loss!r} with {kwargs}: {error}"
+        except (TypeError, ValueError) as error:
+            raise TermError(
+                term.name,
+                "loss_kwargs",
+                f"term {term.name!r}: cannot build loss {term.loss!r} with {kwargs}: {error}",
             ) from error
 
     # ---------------------------------------------------------------- running
@@ -400,7 +473,12 @@ class Distiller(nn.Module):
         temperatures: dict[str, float] = {}
         total: Tensor | None = None
         for term in self.terms:
-            value = self._term_value(term, capture, batch, temperatures)
+            try:
+                value = self._term_value(term, capture, batch, temperatures)
+            except TermError:
+                raise
+            except (ValueError, TypeError, KeyError) as error:  # name the term at fault
+                raise _term_error(term, "", error) from error
             terms[term.name] = value
             parts = self.extras[term.name]
             if "weight" in parts:

@@ -32,17 +32,19 @@ __all__ = [
     "build_loaders",
     "build_model",
     "build_terms",
+    "check_built",
     "fit_recipe",
 ]
 
 
 def _model_factory(name: str) -> Any:
+    """The class or factory a recipe's ``model`` names (registered, or ``module:Class``)."""
     if ":" in name:
         module_name, _, attribute = name.partition(":")
         return getattr(importlib.import_module(module_name), attribute)
-    from torchkd.models import create_model
+    from torchkd.models import MODELS
 
-    return lambda **kwargs: create_model(name, **kwargs)
+    return MODELS.entry(name)
 
 
 def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
@@ -55,7 +57,10 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
     from torchkd.train.checkpoint import load_student_weights
 
     with blame(f"{path}.model"):
-        model = _model_factory(spec.model)(**spec.kwargs)
+        factory = _model_factory(spec.model)
+    _check_arguments(factory, spec.kwargs, f"{path}.kwargs")
+    with blame(f"{path}.kwargs"):
+        model = factory(**spec.kwargs)
     if spec.checkpoint is not None:
         with blame(f"{path}.checkpoint"):
             weights = load_student_weights(spec.checkpoint)
@@ -119,6 +124,9 @@ def build_loaders(
     if unknown or not splits:
         raise ValueError(f"splits: expected a non-empty subset of {SPLIT_NAMES}, got {splits}")
     split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
+    _check_dataset_name(data.dataset, "data.dataset")
+    if data.transfer is not None:
+        _check_dataset_name(data.transfer.dataset, "data.transfer.dataset")
     datasets: dict[str, Any] = {}
     with blame("data"):
         for split in splits:
@@ -144,6 +152,13 @@ def build_loaders(
             augment=Augment(shift=data.augment.shift) if training and data.augment else None,
         )
     return Loaders(**loaders)
+
+
+def _check_dataset_name(name: str, path: str) -> None:
+    from torchkd.data import DATASETS
+
+    with blame(path):
+        DATASETS.entry(name)
 
 
 def _transfer_set(data: DataConfig) -> Any:
@@ -241,9 +256,13 @@ def build_distiller(recipe: Recipe) -> Distiller:
         build_model(spec, where)
         for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
     ]
+    from torchkd.distiller import TermError
+
     terms = build_terms(recipe)
-    with blame("terms"):
+    try:
         return Distiller(student, teachers or None, terms, output_key=recipe.output_key)
+    except TermError as error:
+        raise ConfigError([f"{_term_path(recipe, error)}: {error}"]) from error
 
 
 class Built(NamedTuple):
@@ -271,6 +290,45 @@ def build_from_recipe(
         recipe.data, seed=recipe.train.seed, splits=splits, train_samples=train_samples
     )
     return Built(distiller, loaders, recipe.train)
+
+
+def check_built(built: Built, recipe: Recipe) -> None:
+    """Check a built run before anything is written: build the Distiller's adapters and loss
+    modules on one validation batch and compute every term once (eval mode, no gradient, the
+    random generators restored), so bad loss arguments, tap paths and class counts fail now.
+
+    Raises:
+        ConfigError: naming the YAML path of the term (and of the loss argument) at fault.
+    """
+    import torch
+
+    from torchkd.distiller import TermError
+
+    distiller = built.distiller
+    assert built.loaders.val is not None
+    batch = next(iter(built.loaders.val))
+    try:
+        distiller.build(batch)  # the trainer's own build then does nothing
+        was_training = distiller.training
+        distiller.eval()
+        try:
+            with torch.random.fork_rng(), torch.no_grad():
+                distiller(batch)
+        finally:
+            distiller.train(was_training)
+    except TermError as error:
+        raise ConfigError([f"{_term_path(recipe, error)}: {error}"]) from error
+
+
+def _term_path(recipe: Recipe, error: Any) -> str:
+    """``terms.N[.field[.argument]]`` of a :class:`~torchkd.distiller.TermError`."""
+    index = next(i for i, term in enumerate(recipe.terms) if term.name == error.term)
+    path = f"terms.{index}"
+    message = str(error).removeprefix(f"term {error.term!r}: ")
+    named = [key for key in recipe.terms[index].loss_kwargs if message.startswith(key)]
+    if error.field in ("", "loss_kwargs") and named:
+        return f"{path}.loss_kwargs.{named[0]}"
+    return f"{path}.{error.field}" if error.field else path
 
 
 def fit_recipe(
@@ -310,6 +368,7 @@ def fit_recipe(
     train_config = built.train_config
     if progress is not None:
         train_config = train_config.model_copy(update={"progress": progress})
+    check_built(built, recipe)
     resolved = recipe.model_dump(mode="json")
     if not resume and not (Path(run_dir) / "checkpoints" / "last.pt").exists():
         write_resolved_config(resolved, run_dir)  # a resumed run keeps the recipe it started with

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 from torchkd.config.tune_schema import TuneConfig
 from torchkd.train.config import (
     Float,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -83,13 +84,13 @@ def _kind_of(*literals: str) -> typing.Callable[[Any], str | None]:
 
 
 Weight = Annotated[
-    Annotated[Float, Tag("number")]
+    Annotated[NonNegativeFloat, Tag("number")]
     | Annotated[Literal["auto"], Tag("auto")]
     | Annotated[ScheduleMapping, Tag("schedule")],
     Discriminator(
         _kind_of("auto"),
         custom_error_type="weight_spec",
-        custom_error_message="expected a number, 'auto' or a schedule mapping like "
+        custom_error_message="expected a number >= 0, 'auto' or a schedule mapping like "
         "{name: exponential, ...}",
     ),
 ]

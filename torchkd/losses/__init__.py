@@ -8,6 +8,8 @@ hyperparameters and calls the function. Losses register themselves; build one by
 from torchkd.losses.attention_align import *  # noqa: F403
 from torchkd.losses.ce import *  # noqa: F403
 from torchkd.losses.crd import *  # noqa: F403
+from torchkd.losses.crd_inbatch import *  # noqa: F403
+from torchkd.losses.crd_sampling import *  # noqa: F403
 from torchkd.losses.dist import *  # noqa: F403
 from torchkd.losses.dkd import *  # noqa: F403
 from torchkd.losses.factor_transfer import *  # noqa: F403

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -13,6 +12,7 @@ from torchkd.losses._common import (
     check_unit_interval,
     reduce_rows,
     select_rows,
+    upcast,
 )
 from torchkd.losses.registry import register
 
@@ -36,8 +36,8 @@ def ce_loss(
 
     Rows whose label equals ``ignore_index`` (and rows outside ``mask``) are excluded; with
     ``"batchmean"`` (and ``"mean"``: one value per row, so they coincide) the sum is divided by the
-    number of remaining rows, as ``F.cross_entropy`` does with ``reduction="mean"``. Computed in
-    float32 for half-precision inputs.
+    number of remaining rows, as ``F.cross_entropy`` does with ``reduction="mean"``. Computed,
+    summed and returned in float32 for half-precision inputs; labels may have any integer dtype.
 
     Example:
         >>> import torch
@@ -46,24 +46,20 @@ def ce_loss(
         0.2395
     """
     check_floating("student_logits", student_logits)
-    check_labels(labels, student_logits, ignore_index)
+    labels = check_labels(labels, student_logits, ignore_index)
     check_mask(mask, student_logits.shape[:-1])
     check_unit_interval("label_smoothing", label_smoothing)
     rows_shape = student_logits.shape[:-1]
     keep = labels != ignore_index
     keep = keep if mask is None else keep & mask
-    logits = select_rows(student_logits, keep)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
+    logits = upcast(select_rows(student_logits, keep))
     per_row = F.cross_entropy(
         logits,
         labels.reshape(-1)[keep.reshape(-1)],
         reduction="none",
         label_smoothing=label_smoothing,
     )
-    return reduce_rows(per_row, reduction, rows_shape=rows_shape, mask=keep).to(
-        student_logits.dtype
-    )
+    return reduce_rows(per_row, reduction, rows_shape=rows_shape, mask=keep)
 
 
 class CELoss(nn.Module):

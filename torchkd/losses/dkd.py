@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from torchkd.losses._common import (
     check_labels,
     check_mask,
+    check_number,
     check_pair,
     check_reduction,
     check_temperature,
+    compute_dtype,
     reduce_rows,
     select_rows,
 )
@@ -19,9 +23,12 @@ from torchkd.losses.registry import register
 __all__ = ["DKDLoss", "dkd_loss"]
 
 
+# Rows below this many float32 roundings of log C (before the T^2 factor) are redone in float64.
+PRECISION_FACTOR = 1024.0
+
+
 def _check_weight(name: str, value: float) -> None:
-    if not float(value) >= 0.0:
-        raise ValueError(f"{name} must be >= 0 (a loss weight, may exceed 1), got {value}")
+    check_number(name, value, minimum=0.0)
 
 
 def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,7 +40,7 @@ def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tens
     removed exactly, without gathering a ``[N, C - 1]`` copy).
     """
     log_normalizer = scaled_logits.logsumexp(dim=-1)
-    target_logit = (scaled_logits * is_target).sum(dim=-1)
+    target_logit = torch.where(is_target, scaled_logits, 0.0).sum(dim=-1)
     rest_logits = scaled_logits.masked_fill(is_target, float("-inf"))
     rest_normalizer = rest_logits.logsumexp(dim=-1)
     log_binary = torch.stack(
@@ -45,11 +52,59 @@ def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tens
 def _kl_from_log_probs(
     teacher_log_probs: Tensor, student_log_probs: Tensor, excluded: Tensor | None = None
 ) -> Tensor:
-    """Row-wise KL(teacher || student) from log-probabilities; ``excluded`` entries add 0."""
-    log_ratio = teacher_log_probs - student_log_probs
+    """Row-wise KL(teacher || student) from log-probabilities; ``excluded`` entries add 0, and
+    so do classes of zero teacher probability (``-inf`` masking), without NaN gradients."""
+    absent = teacher_log_probs == float("-inf")
     if excluded is not None:
-        log_ratio = log_ratio.masked_fill(excluded, 0.0)
-    return (teacher_log_probs.exp() * log_ratio).sum(dim=-1)
+        absent = absent | excluded
+    teacher_safe = torch.where(absent, 0.0, teacher_log_probs)
+    log_ratio = teacher_safe - torch.where(absent, 0.0, student_log_probs)
+    return torch.where(absent, 0.0, teacher_safe.exp() * log_ratio).sum(dim=-1)
+
+
+def _dkd_rows(
+    student_rows: Tensor,
+    teacher_rows: Tensor,
+    labels: Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+) -> Tensor:
+    """``alpha TCKD + beta NCKD`` of each ``[N, C]`` row, without the ``T^2`` factor."""
+    student_rows, teacher_rows = student_rows / temperature, teacher_rows / temperature
+    is_target = torch.zeros_like(student_rows, dtype=torch.bool)
+    is_target.scatter_(-1, labels.unsqueeze(-1), True)
+    student_binary, student_rest = _log_binary_and_rest(student_rows, is_target)
+    teacher_binary, teacher_rest = _log_binary_and_rest(teacher_rows, is_target)
+    tckd = _kl_from_log_probs(teacher_binary, student_binary)
+    nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
+    return (alpha * tckd + beta * nckd).clamp(min=0.0)
+
+
+def _precise_dkd_rows(student_rows: Tensor, teacher_rows: Tensor, *args: float | Tensor) -> Tensor:
+    """:func:`_dkd_rows`, with the rows float32 cannot resolve recomputed in float64.
+
+    A row is a difference of log-normalizers: at large temperatures (``z / T`` ~ 1e-4) or for
+    logits near the float32 range its float32 value loses all its digits or overflows.
+    """
+    labels, alpha, beta, temperature = args
+    rows = _dkd_rows(student_rows, teacher_rows, labels, alpha, beta, temperature)
+    if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
+        return rows
+    tolerance = PRECISION_FACTOR * torch.finfo(rows.dtype).eps * math.log(rows.shape[-1] + 1)
+    with torch.no_grad():
+        redo = ~torch.isfinite(rows) | (rows < (alpha + beta) * tolerance)
+    if not bool(redo.any()):
+        return rows
+    keep = ~redo
+    precise = rows.new_zeros(rows.shape)
+    precise = precise.index_put(
+        (keep,), _dkd_rows(student_rows[keep], teacher_rows[keep], labels[keep], *args[1:])
+    )
+    exact = _dkd_rows(
+        student_rows[redo].double(), teacher_rows[redo].double(), labels[redo], *args[1:]
+    )
+    return precise.index_put((redo,), exact.to(rows.dtype))
 
 
 def dkd_loss(
@@ -90,7 +145,9 @@ def dkd_loss(
     ``torchkd.schedules.Warmup(inner=1.0, warmup_steps=20 * steps_per_epoch)``.
 
     Computation is in float32 at least (half-precision inputs are upcast), so the result is
-    float32 for float16/bfloat16 inputs.
+    float32 for float16/bfloat16 inputs; rows float32 cannot resolve (large temperatures,
+    logits near the float32 range) are recomputed in float64. Classes masked with ``-inf`` in
+    both student and teacher contribute nothing.
 
     Args:
         student_logits: ``[..., C]`` student logits, ``C >= 2``.
@@ -118,7 +175,7 @@ def dkd_loss(
         0.0
     """
     check_pair(student_logits, teacher_logits)
-    check_labels(labels, student_logits, ignore_index)
+    labels = check_labels(labels, student_logits, ignore_index)
     rows_shape = student_logits.shape[:-1]
     check_mask(mask, rows_shape)
     check_temperature(temperature)
@@ -134,18 +191,12 @@ def dkd_loss(
     keep = labels != ignore_index
     if mask is not None:
         keep = keep & mask
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    student_rows = select_rows(student_logits, keep).to(dtype) / temperature
-    teacher_rows = select_rows(teacher_logits, keep).to(dtype) / temperature
+    dtype = compute_dtype(student_logits, teacher_logits)
+    student_rows = select_rows(student_logits, keep).to(dtype)
+    teacher_rows = select_rows(teacher_logits, keep).to(dtype)
     kept_labels = labels.reshape(-1)[keep.reshape(-1)]
-
-    is_target = torch.zeros_like(student_rows, dtype=torch.bool)
-    is_target.scatter_(-1, kept_labels.unsqueeze(-1), True)
-    student_binary, student_rest = _log_binary_and_rest(student_rows, is_target)
-    teacher_binary, teacher_rest = _log_binary_and_rest(teacher_rows, is_target)
-    tckd = _kl_from_log_probs(teacher_binary, student_binary)
-    nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
-    row_values = (alpha * tckd + beta * nckd) * temperature**2
+    rows = _precise_dkd_rows(student_rows, teacher_rows, kept_labels, alpha, beta, temperature)
+    row_values = rows * temperature**2
     return reduce_rows(
         row_values, reduction, rows_shape=rows_shape, mask=keep, elements_per_row=num_classes
     )

@@ -82,12 +82,13 @@ def check_number(
     """A finite real number (an ``int`` when ``integer``), ``>= minimum`` (``>`` if ``strict``).
 
     ``TypeError`` names ``name`` for a string, bool or other non-number; ``ValueError`` names it
-    for NaN, an infinity or a value out of range.
+    for NaN, an infinity, a non-integer where an integer is needed, or a value out of range.
     """
     kind = "an integer" if integer else "a real number"
-    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else Real)
-    if wrong_type:
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if integer and not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if minimum is not None and (value <= minimum if strict else value < minimum):
@@ -221,7 +222,8 @@ def reduce_rows(
         mask: the row mask used to select the rows, or None.
         elements_per_row: number of elements each row's value summed over (the class count).
 
-    Zero selected rows give a loss of exactly 0 whose gradient is zero, never NaN.
+    Zero selected rows give a loss of exactly 0 whose gradient is zero, never NaN. Means
+    divide each row before summing, so rows near the dtype's largest value do not overflow.
     """
     check_reduction(reduction)
     if reduction == "none":
@@ -229,8 +231,8 @@ def reduce_rows(
             return row_values.reshape(rows_shape)
         out = row_values.new_zeros(mask.numel())
         return out.masked_scatter(mask.reshape(-1), row_values).reshape(rows_shape)
-    total = row_values.sum()
     if reduction == "sum":
-        return total
+        return row_values.sum()
     count = row_values.shape[0] * (elements_per_row if reduction == "mean" else 1)
-    return total / max(count, 1)
+    # Divide before summing: rows near the dtype's largest value average without overflow.
+    return (row_values / max(count, 1)).sum()

@@ -225,6 +225,7 @@ class CRDLoss(nn.Module):
             raise ValueError(f"mode must be 'exact' or 'relax', got {mode!r}")
         if normalizer not in ("first_batch", "ema"):
             raise ValueError(f"normalizer must be 'first_batch' or 'ema', got {normalizer!r}")
+        check_number("ema_decay", ema_decay)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.num_samples = num_samples

@@ -66,6 +66,16 @@ def _reduce_pairs(pair_losses: list[Tensor], pair_reduction: str) -> Tensor:
     return total if pair_reduction == "sum" else total / len(pair_losses)
 
 
+def _scaled_maps(feature: Tensor, per_channel: bool = True) -> Tensor:
+    """``[B, C, *spatial]`` divided by the largest magnitude of each map (or each sample).
+
+    For losses that normalize each channel map (NST) or each sample (AT) this changes nothing
+    but keeps average pooling of values near the float32 range from overflowing.
+    """
+    dims = tuple(range(2 if per_channel else 1, feature.dim()))
+    return feature / largest_magnitude(feature, dims)
+
+
 def hint_loss(
     student_feature: Tensor, teacher_feature: Tensor, *, reduction: str = "mean"
 ) -> Tensor:
@@ -183,7 +193,12 @@ def at_loss(
         names = (f"student_features[{index}]", f"teacher_features[{index}]")
         check_feature_map(names[0], student)
         check_feature_map(names[1], teacher)
-        student, teacher = match_spatial_size(student, teacher, pool=pool, names=names)
+        student, teacher = match_spatial_size(
+            _scaled_maps(student, per_channel=False),
+            _scaled_maps(teacher, per_channel=False),
+            pool=pool,
+            names=names,
+        )
         difference = attention_map(student, p) - attention_map(teacher, p)
         pair_losses.append(difference.pow(2).mean())
     return _reduce_pairs(pair_losses, pair_reduction)
@@ -216,8 +231,8 @@ def nst_loss(student_feature: Tensor, teacher_feature: Tensor, *, pool: bool = T
     check_feature_map("student_feature", student_feature)
     check_feature_map("teacher_feature", teacher_feature)
     student, teacher = match_spatial_size(
-        upcast(student_feature, teacher_feature),
-        upcast(teacher_feature, student_feature),
+        _scaled_maps(upcast(student_feature, teacher_feature)),
+        _scaled_maps(upcast(teacher_feature, student_feature)),
         pool=pool,
         names=("student_feature", "teacher_feature"),
     )

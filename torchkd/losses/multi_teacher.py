@@ -18,7 +18,7 @@ from torchkd.losses._common import (
     select_rows,
     upcast,
 )
-from torchkd.losses.logit import kd_loss
+from torchkd.losses.kl import divergence_rows
 from torchkd.losses.registry import register
 
 __all__ = ["MultiTeacherKDLoss", "multi_teacher_kd_loss", "weights_from_accuracies"]
@@ -99,7 +99,8 @@ def multi_teacher_kd_loss(
             \mathrm{KL}\big(\mathrm{softmax}(z^{T_m}_i / T) \,\big\|\,
             \mathrm{softmax}(z^S_i / T)\big), \qquad \sum_m w_{m,i} = 1
 
-    Each KD term is :func:`torchkd.losses.kd_loss` (which owns the :math:`T^2` factor). The
+    Each KD term is a row of :func:`torchkd.losses.kd_loss` (the KL kernel of
+    :mod:`torchkd.losses.kl`, which owns the :math:`T^2` factor). The
     weights :math:`w_{m,i}` come from ``weighting``:
 
     - ``"mean"``: :math:`w_{m,i} = 1/M` (AVER-MKD).
@@ -168,12 +169,9 @@ def multi_teacher_kd_loss(
     with torch.no_grad():
         weights = _teacher_weights(teacher_rows, kept_labels, weighting)
     per_teacher = torch.stack(
-        [
-            kd_loss(student_rows, rows, temperature=temperature, reduction="none")
-            for rows in teacher_rows
-        ],
+        [divergence_rows("forward_kl", student_rows, rows, temperature) for rows in teacher_rows],
         dim=-1,
-    )  # [N, M]
+    )  # [N, M]: the rows of kd_loss, reduction="none"
     row_values = (weights.to(per_teacher.dtype) * per_teacher).sum(dim=-1)
     loss = reduce_rows(
         row_values,

@@ -12,7 +12,7 @@ import time
 
 os.environ.setdefault("TORCHKD_COMPILE", "0")
 
-from .test_fuzz import OK_CLASSES, format_counts, run_grid  # noqa: E402
+from .test_fuzz import OK_CLASSES, format_counts, run_grid
 
 
 def main() -> int:

@@ -83,6 +83,18 @@ def test_shared_neg_inf_student_equals_teacher_is_zero(name):
     assert gradient.abs().max() < 1e-5
 
 
+def test_ce_label_smoothing_spreads_over_the_classes_that_exist():
+    """Found by the fuzz suite: smoothing mass on ``-inf`` classes made the loss ``inf``."""
+    logits = vocab_masked(4, 7, seed=44).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 4])
+    value = L.ce_loss(logits, labels, label_smoothing=0.1)
+    finite_student_gradient(value, logits)
+    expected = torch.nn.functional.cross_entropy(
+        logits.detach()[:, :-2], labels, label_smoothing=0.1
+    )
+    torch.testing.assert_close(value.detach(), expected)
+
+
 def test_standardize_keeps_neg_inf_and_standardizes_the_rest():
     row = torch.tensor([[1.0, 2.0, 3.0, NEG_INF]])
     out = standardize_logits(row)

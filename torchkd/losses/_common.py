@@ -20,6 +20,7 @@ Conventions (see DESIGN.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
 from typing import Literal
 
@@ -52,6 +53,39 @@ def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
     upcast(teacher, student)`` puts both sides in the same dtype, float32 at least.
     """
     return tensor.to(compute_dtype(tensor, *others))
+
+
+def with_float64_rows(
+    row_fn: Callable[..., Tensor],
+    row_tensors: tuple[Tensor, ...],
+    imprecise: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``row_fn(*row_tensors)`` (one value per row), with the rows float32 cannot resolve redone
+    in float64.
+
+    ``imprecise(rows)`` flags rows (non-finite where the true value is representable, or too
+    small next to their rounding error); those rows are recomputed from float64 copies and
+    returned in the compute dtype, with their gradients. Rows are dim 0 of every tensor. Other
+    rows are computed as usual (the first, flagged pass is discarded), so gradients stay finite.
+    Skipped for float64 and on devices without float64 (MPS).
+    """
+    rows = row_fn(*row_tensors)
+    if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
+        return rows
+    with torch.no_grad():
+        redo = imprecise(rows.detach())
+    if not bool(redo.any()):
+        return rows
+    keep = ~redo
+
+    def part(selected: Tensor, wide: bool) -> tuple[Tensor, ...]:
+        return tuple(
+            t[selected].double() if wide and t.is_floating_point() else t[selected]
+            for t in row_tensors
+        )
+
+    combined = rows.new_zeros(rows.shape).index_put((keep,), row_fn(*part(keep, False)))
+    return combined.index_put((redo,), row_fn(*part(redo, True)).to(rows.dtype))
 
 
 def check_floating(name: str, tensor: Tensor) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from torchkd.losses._common import (
@@ -13,6 +13,7 @@ from torchkd.losses._common import (
     reduce_rows,
     select_rows,
     upcast,
+    with_float64_rows,
 )
 from torchkd.losses.registry import register
 
@@ -34,6 +35,10 @@ def ce_loss(
         \mathcal{L} = -\sum_c q_c \log \mathrm{softmax}(z)_c, \quad
         q = (1-\varepsilon)\,\mathrm{onehot}(y) + \varepsilon / C
 
+    Classes whose logit is ``-inf`` (vocabulary masking) are not counted in :math:`C`: label
+    smoothing spreads :math:`\varepsilon` over the classes that exist (with no ``-inf`` this is
+    ``F.cross_entropy``'s smoothing).
+
     Rows whose label equals ``ignore_index`` (and rows outside ``mask``) are excluded; with
     ``"batchmean"`` (and ``"mean"``: one value per row, so they coincide) the sum is divided by the
     number of remaining rows, as ``F.cross_entropy`` does with ``reduction="mean"``. Computed,
@@ -53,12 +58,20 @@ def ce_loss(
     keep = labels != ignore_index
     keep = keep if mask is None else keep & mask
     logits = upcast(select_rows(student_logits, keep))
-    per_row = F.cross_entropy(
-        logits,
-        labels.reshape(-1)[keep.reshape(-1)],
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
+    kept_labels = labels.reshape(-1)[keep.reshape(-1)]
+
+    def row_fn(row_logits: Tensor, row_labels: Tensor) -> Tensor:
+        log_probs = row_logits.log_softmax(dim=-1)
+        rows = -log_probs.gather(-1, row_labels.unsqueeze(-1)).squeeze(-1)
+        if label_smoothing == 0:
+            return rows
+        # Spread over the classes that exist: -inf logits (vocabulary masking) get no mass.
+        present = row_logits != float("-inf")
+        smooth = -torch.where(present, log_probs, 0.0).sum(-1) / present.sum(-1).clamp(min=1)
+        return (1.0 - label_smoothing) * rows + label_smoothing * smooth
+
+    # Logits near the float32 range overflow z - max(z); such rows are redone in float64.
+    per_row = with_float64_rows(row_fn, (logits, kept_labels), lambda rows: ~torch.isfinite(rows))
     return reduce_rows(per_row, reduction, rows_shape=rows_shape, mask=keep)
 
 

@@ -17,6 +17,7 @@ from torchkd.losses._common import (
     compute_dtype,
     reduce_rows,
     select_rows,
+    with_float64_rows,
 )
 from torchkd.losses.registry import register
 
@@ -79,32 +80,6 @@ def _dkd_rows(
     tckd = _kl_from_log_probs(teacher_binary, student_binary)
     nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
     return (alpha * tckd + beta * nckd).clamp(min=0.0)
-
-
-def _precise_dkd_rows(student_rows: Tensor, teacher_rows: Tensor, *args: float | Tensor) -> Tensor:
-    """:func:`_dkd_rows`, with the rows float32 cannot resolve recomputed in float64.
-
-    A row is a difference of log-normalizers: at large temperatures (``z / T`` ~ 1e-4) or for
-    logits near the float32 range its float32 value loses all its digits or overflows.
-    """
-    labels, alpha, beta, temperature = args
-    rows = _dkd_rows(student_rows, teacher_rows, labels, alpha, beta, temperature)
-    if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
-        return rows
-    tolerance = PRECISION_FACTOR * torch.finfo(rows.dtype).eps * math.log(rows.shape[-1] + 1)
-    with torch.no_grad():
-        redo = ~torch.isfinite(rows) | (rows < (alpha + beta) * tolerance)
-    if not bool(redo.any()):
-        return rows
-    keep = ~redo
-    precise = rows.new_zeros(rows.shape)
-    precise = precise.index_put(
-        (keep,), _dkd_rows(student_rows[keep], teacher_rows[keep], labels[keep], *args[1:])
-    )
-    exact = _dkd_rows(
-        student_rows[redo].double(), teacher_rows[redo].double(), labels[redo], *args[1:]
-    )
-    return precise.index_put((redo,), exact.to(rows.dtype))
 
 
 def dkd_loss(
@@ -195,7 +170,18 @@ def dkd_loss(
     student_rows = select_rows(student_logits, keep).to(dtype)
     teacher_rows = select_rows(teacher_logits, keep).to(dtype)
     kept_labels = labels.reshape(-1)[keep.reshape(-1)]
-    rows = _precise_dkd_rows(student_rows, teacher_rows, kept_labels, alpha, beta, temperature)
+    tolerance = (alpha + beta) * PRECISION_FACTOR * torch.finfo(dtype).eps * math.log(num_classes)
+
+    def row_fn(student: Tensor, teacher: Tensor, row_labels: Tensor) -> Tensor:
+        return _dkd_rows(student, teacher, row_labels, alpha, beta, temperature)
+
+    # A row is a difference of log-normalizers: at large T (z / T ~ 1e-4) or for logits near the
+    # float32 range its float32 value loses its digits or overflows; redo such rows in float64.
+    rows = with_float64_rows(
+        row_fn,
+        (student_rows, teacher_rows, kept_labels),
+        lambda rows: ~torch.isfinite(rows) | (rows < tolerance),
+    )
     row_values = rows * temperature**2
     return reduce_rows(
         row_values, reduction, rows_shape=rows_shape, mask=keep, elements_per_row=num_classes

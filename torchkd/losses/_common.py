@@ -32,6 +32,8 @@ REDUCTIONS: tuple[str, ...] = ("batchmean", "sum", "mean", "none")
 # Softmax temperatures above this are refused: at T = 1e6 the softened distributions of float32
 # logits differ by ~1e-6, and their divergence (~1e-12, times T^2) is still resolved in float64.
 MAX_TEMPERATURE = 1e6
+# Divergence rows below this many roundings of log C are recomputed in float64.
+PRECISION_FACTOR = 1024.0
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -53,6 +55,14 @@ def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
     upcast(teacher, student)`` puts both sides in the same dtype, float32 at least.
     """
     return tensor.to(compute_dtype(tensor, *others))
+
+
+def unresolved_divergences(rows: Tensor, num_classes: int, weight: float = 1.0) -> Tensor:
+    """Divergence rows (before any ``T^2`` factor) to recompute in float64: non-finite ones, and
+    those below ``PRECISION_FACTOR * eps * log C`` (times ``weight``), where the rounding of the
+    log-normalizers (``~eps * log C``) is a sizeable part of the value or makes it negative."""
+    tolerance = weight * PRECISION_FACTOR * torch.finfo(rows.dtype).eps
+    return ~torch.isfinite(rows) | (rows < tolerance * max(1.0, math.log(num_classes)))
 
 
 def with_float64_rows(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -17,15 +15,12 @@ from torchkd.losses._common import (
     compute_dtype,
     reduce_rows,
     select_rows,
+    unresolved_divergences,
     with_float64_rows,
 )
 from torchkd.losses.registry import register
 
 __all__ = ["DKDLoss", "dkd_loss"]
-
-
-# Rows below this many float32 roundings of log C (before the T^2 factor) are redone in float64.
-PRECISION_FACTOR = 1024.0
 
 
 def _check_weight(name: str, value: float) -> None:
@@ -170,7 +165,6 @@ def dkd_loss(
     student_rows = select_rows(student_logits, keep).to(dtype)
     teacher_rows = select_rows(teacher_logits, keep).to(dtype)
     kept_labels = labels.reshape(-1)[keep.reshape(-1)]
-    tolerance = (alpha + beta) * PRECISION_FACTOR * torch.finfo(dtype).eps * math.log(num_classes)
 
     def row_fn(student: Tensor, teacher: Tensor, row_labels: Tensor) -> Tensor:
         return _dkd_rows(student, teacher, row_labels, alpha, beta, temperature)
@@ -180,7 +174,7 @@ def dkd_loss(
     rows = with_float64_rows(
         row_fn,
         (student_rows, teacher_rows, kept_labels),
-        lambda rows: ~torch.isfinite(rows) | (rows < tolerance),
+        lambda rows: unresolved_divergences(rows, num_classes, weight=alpha + beta),
     )
     row_values = rows * temperature**2
     return reduce_rows(

@@ -35,7 +35,7 @@ Precision: a divergence is a difference of log-normalizers, so in float32 a row 
 tiny next to ``log C`` loses its digits (at large temperatures ``z / T`` differs by ~1e-4 between
 student and teacher and the float32 result can even come out negative), and a row of logits
 near the float32 range can overflow to ``inf`` although the divergence itself is representable.
-Such rows (non-finite, or below ``PRECISION_FACTOR * eps * log C`` before the ``T^2`` scaling)
+Such rows (:func:`torchkd.losses._common.unresolved_divergences`, before the ``T^2`` factor)
 are recomputed in float64 with their gradients, then returned in the compute dtype. Every row
 is clamped at 0, the divergences' lower bound. Temperatures are bounded by
 :data:`torchkd.losses._common.MAX_TEMPERATURE` (1e6), where float64 still resolves the
@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from torchkd.losses._common import compute_dtype
+from torchkd.losses._common import compute_dtype, unresolved_divergences
 
 __all__: list[str] = []
 
@@ -66,7 +66,6 @@ KernelResult = tuple[Tensor, Tensor | None, Tensor | None]
 
 COMPILE_ENV = "TORCHKD_COMPILE"
 AUTO_COMPILE_MIN_ELEMENTS = 2**19
-PRECISION_FACTOR = 1024.0
 _COMPILABLE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _compile_failed = False
 
@@ -438,13 +437,6 @@ def _run_kernel(
         return result
 
 
-def _imprecise_rows(rows: Tensor, temperature: float | Tensor, num_classes: int) -> Tensor:
-    """Rows that are non-finite or too small, next to their rounding error, to trust."""
-    unscaled = rows / _squared(temperature)
-    tolerance = PRECISION_FACTOR * torch.finfo(rows.dtype).eps * max(1.0, math.log(num_classes))
-    return ~torch.isfinite(rows) | (unscaled < tolerance)
-
-
 def _refine(
     kind: Divergence,
     student: Tensor,
@@ -457,7 +449,8 @@ def _refine(
     rows, student_gradient, teacher_gradient, pending = result
     if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
         return
-    index = _imprecise_rows(rows, temperature, student.shape[-1]).nonzero().squeeze(1)
+    unscaled = rows / _squared(temperature)
+    index = unresolved_divergences(unscaled, student.shape[-1]).nonzero().squeeze(1)
     if index.numel() == 0:
         return
     row_temperature = temperature

@@ -32,8 +32,10 @@ REDUCTIONS: tuple[str, ...] = ("batchmean", "sum", "mean", "none")
 # Softmax temperatures above this are refused: at T = 1e6 the softened distributions of float32
 # logits differ by ~1e-6, and their divergence (~1e-12, times T^2) is still resolved in float64.
 MAX_TEMPERATURE = 1e6
-# Divergence rows below this many roundings of log C are recomputed in float64.
+# A divergence row is recomputed in float64 when its float32 rounding (after T^2) exceeds both
+# ABSOLUTE_TOLERANCE and 1 / PRECISION_FACTOR of its value (see unresolved_divergences).
 PRECISION_FACTOR = 1024.0
+ABSOLUTE_TOLERANCE = 1e-4
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -57,12 +59,24 @@ def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
     return tensor.to(compute_dtype(tensor, *others))
 
 
-def unresolved_divergences(rows: Tensor, num_classes: int, weight: float = 1.0) -> Tensor:
-    """Divergence rows (before any ``T^2`` factor) to recompute in float64: non-finite ones, and
-    those below ``PRECISION_FACTOR * eps * log C`` (times ``weight``), where the rounding of the
-    log-normalizers (``~eps * log C``) is a sizeable part of the value or makes it negative."""
-    tolerance = weight * PRECISION_FACTOR * torch.finfo(rows.dtype).eps
-    return ~torch.isfinite(rows) | (rows < tolerance * max(1.0, math.log(num_classes)))
+def unresolved_divergences(
+    rows: Tensor, num_classes: int, temperature: float | Tensor, weight: float = 1.0
+) -> Tensor:
+    """Divergence rows (before the ``T^2`` factor) to recompute in float64.
+
+    A row is a difference of log-normalizers, each rounded by about ``eps * log C``; after the
+    ``T^2`` factor that rounding is ``r = weight * T^2 * eps * log C``. Flagged: non-finite rows,
+    and rows where ``r`` exceeds ``ABSOLUTE_TOLERANCE`` *and* ``1 / PRECISION_FACTOR`` of the
+    row's value (or the value is negative). At ordinary temperatures (``r`` ~ 1e-5 in float32
+    at ``T = 4``) nothing but non-finite rows is redone; at ``T = 1e4``, where ``z / T`` of
+    student and teacher differ by ~1e-4 and the float32 value is mostly rounding, every row is.
+    ``temperature`` is a number or one value per row.
+    """
+    rounding = weight * torch.finfo(rows.dtype).eps * max(1.0, math.log(num_classes))
+    scaled_rounding = rounding * temperature**2
+    relevant = scaled_rounding > ABSOLUTE_TOLERANCE
+    imprecise = rows < PRECISION_FACTOR * rounding
+    return ~torch.isfinite(rows) | (imprecise & relevant)
 
 
 def with_float64_rows(

@@ -174,7 +174,7 @@ def dkd_loss(
     rows = with_float64_rows(
         row_fn,
         (student_rows, teacher_rows, kept_labels),
-        lambda rows: unresolved_divergences(rows, num_classes, weight=alpha + beta),
+        lambda rows: unresolved_divergences(rows, num_classes, temperature, alpha + beta),
     )
     row_values = rows * temperature**2
     return reduce_rows(

@@ -32,12 +32,13 @@ the same positions in student and teacher (vocabulary masking) give finite losse
 on every path (a learned temperature's gradient included).
 
 Precision: a divergence is a difference of log-normalizers, so in float32 a row whose value is
-tiny next to ``log C`` loses its digits (at large temperatures ``z / T`` differs by ~1e-4 between
-student and teacher and the float32 result can even come out negative), and a row of logits
-near the float32 range can overflow to ``inf`` although the divergence itself is representable.
-Such rows (:func:`torchkd.losses._common.unresolved_divergences`, before the ``T^2`` factor)
-are recomputed in float64 with their gradients, then returned in the compute dtype. Every row
-is clamped at 0, the divergences' lower bound. Temperatures are bounded by
+tiny next to ``log C`` loses its digits, which the ``T^2`` factor magnifies (at large
+temperatures ``z / T`` differs by ~1e-4 between student and teacher and the float32 result can
+even come out negative), and a row of logits near the float32 range can overflow to ``inf``
+although the divergence itself is representable. Such rows
+(:func:`torchkd.losses._common.unresolved_divergences`: at ordinary temperatures only
+non-finite ones) are recomputed in float64 with their gradients, then returned in the compute
+dtype. Every row is clamped at 0, the divergences' lower bound. Temperatures are bounded by
 :data:`torchkd.losses._common.MAX_TEMPERATURE` (1e6), where float64 still resolves the
 divergence. The recomputation is skipped while ``torch.compile`` traces the loss and on
 devices without float64 (MPS).
@@ -450,7 +451,8 @@ def _refine(
     if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
         return
     unscaled = rows / _squared(temperature)
-    index = unresolved_divergences(unscaled, student.shape[-1]).nonzero().squeeze(1)
+    flagged = unresolved_divergences(unscaled, student.shape[-1], temperature)
+    index = flagged.nonzero().squeeze(1)
     if index.numel() == 0:
         return
     row_temperature = temperature

@@ -25,6 +25,7 @@ from numbers import Real
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Reduction = Literal["batchmean", "sum", "mean", "none"]
@@ -110,6 +111,24 @@ def with_float64_rows(
 
     combined = rows.new_zeros(rows.shape).index_put((keep,), row_fn(*part(keep, False)))
     return combined.index_put((redo,), row_fn(*part(redo, True)).to(rows.dtype))
+
+
+def largest_magnitude(values: Tensor, dims: int | tuple[int, ...]) -> Tensor:
+    """``max |values|`` over ``dims`` (kept, detached), 1 where that maximum is 0.
+
+    Dividing by it before squaring keeps values near the float32 range from overflowing; the
+    losses that use it are invariant to the scale, so their value and gradient are unchanged.
+    """
+    largest = values.detach().abs().amax(dim=dims, keepdim=True)
+    return torch.where(largest > 0, largest, 1.0)
+
+
+def unit_vectors(values: Tensor, dim: int, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(values, dim=dim)`` that does not overflow for entries near the dtype's max.
+
+    Each vector is first divided by its largest magnitude; an all-zero vector stays zero.
+    """
+    return F.normalize(values / largest_magnitude(values, dim), dim=dim, eps=eps)
 
 
 def check_floating(name: str, tensor: Tensor) -> None:

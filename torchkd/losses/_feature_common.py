@@ -4,31 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating
 
 _ADAPTIVE_POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-
-
-def largest_magnitude(values: Tensor, dims: int | tuple[int, ...]) -> Tensor:
-    """``max |values|`` over ``dims`` (kept, detached), 1 where that maximum is 0.
-
-    Dividing by it before squaring keeps values near the float32 range from overflowing; the
-    losses that use it are invariant to the scale, so their value and gradient are unchanged.
-    """
-    largest = values.detach().abs().amax(dim=dims, keepdim=True)
-    return torch.where(largest > 0, largest, 1.0)
-
-
-def unit_vectors(values: Tensor, dim: int, eps: float = 1e-12) -> Tensor:
-    """``F.normalize(values, dim=dim)`` that does not overflow for entries near the dtype's max.
-
-    Each vector is first divided by its largest magnitude; an all-zero vector stays zero.
-    """
-    return F.normalize(values / largest_magnitude(values, dim), dim=dim, eps=eps)
 
 
 def check_feature_map(name: str, feature: Tensor) -> None:

@@ -27,9 +27,10 @@ from torchkd.losses._common import (
     check_number,
     check_temperature,
     check_unit_interval,
+    largest_magnitude,
+    unit_vectors,
     upcast,
 )
-from torchkd.losses._feature_common import largest_magnitude, unit_vectors
 from torchkd.losses.crd_sampling import (
     SamplingMode,
     check_index_tensor,

@@ -9,8 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_number, check_temperature, upcast
-from torchkd.losses._feature_common import unit_vectors
+from torchkd.losses._common import (
+    check_floating,
+    check_number,
+    check_temperature,
+    unit_vectors,
+    upcast,
+)
 from torchkd.losses.crd import EmbeddingHead
 from torchkd.losses.registry import register
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_number, upcast
-from torchkd.losses._feature_common import check_feature_map, match_spatial_size, unit_vectors
+from torchkd.losses._common import check_floating, check_number, unit_vectors, upcast
+from torchkd.losses._feature_common import check_feature_map, match_spatial_size
 from torchkd.losses.registry import register
 
 __all__ = ["FactorTransferLoss", "Paraphraser", "Translator", "factor_transfer_loss"]

@@ -20,15 +20,12 @@ from torchkd.losses._common import (
     check_floating,
     check_number,
     check_reduction,
+    largest_magnitude,
     reduce_rows,
+    unit_vectors,
     upcast,
 )
-from torchkd.losses._feature_common import (
-    check_feature_map,
-    largest_magnitude,
-    match_spatial_size,
-    unit_vectors,
-)
+from torchkd.losses._feature_common import check_feature_map, match_spatial_size
 from torchkd.losses.registry import register
 
 __all__ = [

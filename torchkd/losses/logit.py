@@ -29,6 +29,7 @@ from torchkd.losses._common import (
     check_temperature,
     check_unit_interval,
     compute_dtype,
+    largest_magnitude,
     reduce_rows,
     select_rows,
     upcast,
@@ -92,21 +93,15 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
     count = kept.sum(dim=-1, keepdim=True)
     # Work on 0 in place of -inf, so no -inf enters an operation that has a derivative.
     safe = torch.where(kept, values, 0.0)
-    scale = _largest_magnitude(safe)
+    scale = largest_magnitude(safe, -1)
     scaled = safe / scale
     mean = scaled.sum(dim=-1, keepdim=True) / count.clamp(min=1)
     centered = torch.where(kept, scaled - mean, 0.0)
-    spread = _largest_magnitude(centered)
+    spread = largest_magnitude(centered, -1)
     unit = centered / spread
     std = (unit.square().sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
     standardized = unit / (std + eps / (scale * spread))
     return torch.where(kept, standardized, values)
-
-
-def _largest_magnitude(values: Tensor) -> Tensor:
-    """The largest ``|value|`` of each row (``[..., 1]``), 1 for an all-zero row."""
-    largest = values.detach().abs().amax(dim=-1, keepdim=True)
-    return torch.where(largest > 0, largest, 1.0)
 
 
 def _row_temperature(

@@ -9,10 +9,10 @@ from torchkd.losses._common import (
     check_floating,
     check_number,
     check_reduction,
+    largest_magnitude,
     reduce_rows,
     upcast,
 )
-from torchkd.losses._feature_common import largest_magnitude
 from torchkd.losses.registry import register
 
 __all__ = ["PKTLoss", "pkt_loss"]

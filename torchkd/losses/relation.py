@@ -21,8 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_number, upcast
-from torchkd.losses._feature_common import largest_magnitude, unit_vectors
+from torchkd.losses._common import (
+    check_floating,
+    check_number,
+    largest_magnitude,
+    unit_vectors,
+    upcast,
+)
 from torchkd.losses.registry import register
 
 __all__ = ["CCLoss", "RKDLoss", "SPLoss", "cc_loss", "rkd_loss", "sp_loss"]

@@ -722,13 +722,8 @@ def test_term_errors_name_the_field_at_fault(term: Term, field: str) -> None:
 
 
 def test_build_refuses_logits_of_different_class_counts() -> None:
+    # (a bad loss argument fails when the loss is first called: see tests/config/test_checks.py)
     student = nn.Linear(4, 5)
     distiller = Distiller(student, nn.Linear(4, 10), [Term("kd", "kd")])
     with pytest.raises(TermError, match="student's logits have 5 classes but teacher 0's have 10"):
         distiller.build({"inputs": torch.randn(3, 4)})
-    built = Distiller(
-        student, nn.Linear(4, 5), [Term("kd", "kd", loss_kwargs={"temperature": 0.0})]
-    )
-    with pytest.raises(TermError) as caught:
-        built.build({"inputs": torch.randn(3, 4)})
-    assert caught.value.field == "loss_kwargs" and "temperature" in str(caught.value)

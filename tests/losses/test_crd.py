@@ -14,14 +14,9 @@ from torch.utils.data import DataLoader
 import torchkd.losses as L
 from torchkd.data.base import TensorDictDataset
 from torchkd.data.contrastive import ContrastiveSampleDataset
-from torchkd.losses.crd import (
-    CRDInBatchLoss,
-    CRDLoss,
-    crd_inbatch_loss,
-    crd_nce_loss,
-    draw_contrast_index,
-    group_by_class,
-)
+from torchkd.losses.crd import CRDLoss, crd_nce_loss
+from torchkd.losses.crd_inbatch import CRDInBatchLoss, crd_inbatch_loss
+from torchkd.losses.crd_sampling import draw_contrast_index, group_by_class
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 3, 3, 0, 2, 1, 0, 0, 2, 1])
@@ -277,9 +272,8 @@ def test_state_dict_round_trip_restores_banks_heads_and_normalizers():
     for _ in range(2):
         crd(torch.randn(4, 6), torch.randn(4, 5), torch.randint(len(LABELS), (4,)))
     state = crd.state_dict()
-    assert {"student_bank", "teacher_bank", "student_normalizer", "teacher_normalizer"} <= set(
-        state
-    )
+    expected = {"student_bank", "teacher_bank", "student_log_normalizer", "teacher_log_normalizer"}
+    assert expected <= set(state)
     assert "labels_per_sample" not in state  # derived from the data, not training state
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -393,3 +387,24 @@ def test_contrastive_dataset_errors():
         ContrastiveSampleDataset(base, LABELS, num_negatives=0)
     with pytest.raises(ValueError, match="labels must follow"):
         ContrastiveSampleDataset(base, LABELS.roll(1), num_negatives=4)[0]
+
+
+def test_checkpoint_with_linear_normalizers_loads_into_log_space():
+    """Checkpoints written before the normalizers moved to log space still load."""
+    torch.manual_seed(0)
+    crd = small_crd(labels_per_sample=LABELS)
+    crd(torch.randn(4, 6), torch.randn(4, 5), torch.randint(len(LABELS), (4,)))
+    state = crd.state_dict()
+    old_state = {
+        key.replace("_log_normalizer", "_normalizer"): value.exp()
+        if key.endswith("_log_normalizer")
+        else value
+        for key, value in state.items()
+    }
+    restored = small_crd(labels_per_sample=LABELS)
+    restored.load_state_dict(old_state)
+    torch.testing.assert_close(restored.student_log_normalizer, crd.student_log_normalizer)
+    torch.testing.assert_close(restored.teacher_normalizer, crd.teacher_normalizer)
+    unset = small_crd(labels_per_sample=LABELS)
+    unset.load_state_dict({**old_state, "student_normalizer": torch.tensor(-1.0)})
+    assert unset.student_normalizer.item() == -1.0

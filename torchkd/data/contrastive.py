@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from torchkd.losses.crd import SamplingMode, draw_contrast_index, group_by_class
+from torchkd.losses.crd_sampling import SamplingMode, draw_contrast_index, group_by_class
 
 __all__ = ["ContrastiveSampleDataset"]
 
@@ -24,7 +24,7 @@ class ContrastiveSampleDataset(Dataset[dict[str, Tensor]]):
 
     The positive is the sample itself (``mode="exact"``) or a random sample of its class
     (``"relax"``); negatives are drawn uniformly with replacement from the other classes (see
-    :func:`torchkd.losses.crd.draw_contrast_index`).
+    :func:`torchkd.losses.crd_sampling.draw_contrast_index`).
 
     Randomness: with ``seed=None`` draws come from torch's global generator (the DataLoader seeds
     it per worker and epoch, so runs are reproducible under ``torch.manual_seed``). With an

@@ -1,4 +1,4 @@
-"""Input validation and the one reduction helper shared by every torchkd loss.
+"""Input validation, the one float32 upcast helper and the one reduction helper of every loss.
 
 Conventions (see DESIGN.md):
 - the class (or feature) dimension is last: logits are ``[..., C]``, so ``[B, C]`` classifier
@@ -6,26 +6,170 @@ Conventions (see DESIGN.md):
 - a loss first computes one value per *row* (every position of ``[...]``), then
   :func:`reduce_rows` turns the rows into the requested reduction;
 - ``mask`` (bool, shape ``[...]``) selects rows; unselected rows never enter the arithmetic,
-  so ``-inf``/NaN padding in them cannot leak into the loss or its gradient.
+  so ``-inf``/NaN padding in them cannot leak into the loss or its gradient;
+- precision: every loss computes in :func:`compute_dtype` (float32 at least, accumulating sums
+  in float32 for float16/bfloat16 inputs) and returns its value in that dtype: float32 for half
+  inputs. A float32 student with a float64 teacher is promoted to float64 (never refused);
+- an empty input (a tensor with no elements, e.g. a batch of 0 samples) is refused with a
+  ``ValueError`` naming the argument; rows that a ``mask`` or ``ignore_index`` leaves out are
+  not an empty input: with none left the loss is exactly 0 with a zero gradient;
+- hyperparameters are checked up front: a wrong type is a ``TypeError`` and a value out of
+  range (NaN and infinities included) a ``ValueError``, both naming the argument.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from numbers import Real
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 Reduction = Literal["batchmean", "sum", "mean", "none"]
 REDUCTIONS: tuple[str, ...] = ("batchmean", "sum", "mean", "none")
+# Softmax temperatures above this are refused: at T = 1e6 the softened distributions of float32
+# logits differ by ~1e-6, and their divergence (~1e-12, times T^2) is still resolved in float64.
+MAX_TEMPERATURE = 1e6
+# A divergence row is recomputed in float64 when its float32 rounding (after T^2) exceeds both
+# ABSOLUTE_TOLERANCE and 1 / PRECISION_FACTOR of its value (see unresolved_divergences).
+PRECISION_FACTOR = 1024.0
+ABSOLUTE_TOLERANCE = 1e-4
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a loss computes and returns in: the promotion of the inputs and float32.
+
+    float16/bfloat16 inputs are computed (and their sums accumulated) in float32; a float64
+    input promotes the computation to float64.
+    """
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
+def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
+    """``tensor`` in :func:`compute_dtype` of itself and ``others`` (no copy if already there).
+
+    The one float32 upcast of the losses layer: ``student, teacher = upcast(student, teacher),
+    upcast(teacher, student)`` puts both sides in the same dtype, float32 at least.
+    """
+    return tensor.to(compute_dtype(tensor, *others))
+
+
+def unresolved_divergences(
+    rows: Tensor, num_classes: int, temperature: float | Tensor, weight: float = 1.0
+) -> Tensor:
+    """Divergence rows (before the ``T^2`` factor) to recompute in float64.
+
+    A row is a difference of log-normalizers, each rounded by about ``eps * log C``; after the
+    ``T^2`` factor that rounding is ``r = weight * T^2 * eps * log C``. Flagged: non-finite rows,
+    and rows where ``r`` exceeds ``ABSOLUTE_TOLERANCE`` *and* ``1 / PRECISION_FACTOR`` of the
+    row's value (or the value is negative). At ordinary temperatures (``r`` ~ 1e-5 in float32
+    at ``T = 4``) nothing but non-finite rows is redone; at ``T = 1e4``, where ``z / T`` of
+    student and teacher differ by ~1e-4 and the float32 value is mostly rounding, every row is.
+    ``temperature`` is a number or one value per row.
+    """
+    rounding = weight * torch.finfo(rows.dtype).eps * max(1.0, math.log(num_classes))
+    scaled_rounding = rounding * temperature**2
+    relevant = scaled_rounding > ABSOLUTE_TOLERANCE
+    imprecise = rows < PRECISION_FACTOR * rounding
+    return ~torch.isfinite(rows) | (imprecise & relevant)
+
+
+def with_float64_rows(
+    row_fn: Callable[..., Tensor],
+    row_tensors: tuple[Tensor, ...],
+    imprecise: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``row_fn(*row_tensors)`` (one value per row), with the rows float32 cannot resolve redone
+    in float64.
+
+    ``imprecise(rows)`` flags rows (non-finite where the true value is representable, or too
+    small next to their rounding error); those rows are recomputed from float64 copies and
+    returned in the compute dtype, with their gradients. Rows are dim 0 of every tensor. Other
+    rows are computed as usual (the first, flagged pass is discarded), so gradients stay finite.
+    Skipped for float64 and on devices without float64 (MPS).
+    """
+    rows = row_fn(*row_tensors)
+    if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
+        return rows
+    with torch.no_grad():
+        redo = imprecise(rows.detach())
+    if not bool(redo.any()):
+        return rows
+    keep = ~redo
+
+    def part(selected: Tensor, wide: bool) -> tuple[Tensor, ...]:
+        return tuple(
+            t[selected].double() if wide and t.is_floating_point() else t[selected]
+            for t in row_tensors
+        )
+
+    combined = rows.new_zeros(rows.shape).index_put((keep,), row_fn(*part(keep, False)))
+    return combined.index_put((redo,), row_fn(*part(redo, True)).to(rows.dtype))
+
+
+def largest_magnitude(values: Tensor, dims: int | tuple[int, ...]) -> Tensor:
+    """``max |values|`` over ``dims`` (kept, detached), 1 where that maximum is 0.
+
+    Dividing by it before squaring keeps values near the float32 range from overflowing; the
+    losses that use it are invariant to the scale, so their value and gradient are unchanged.
+    """
+    largest = values.detach().abs().amax(dim=dims, keepdim=True)
+    return torch.where(largest > 0, largest, 1.0)
+
+
+def unit_vectors(values: Tensor, dim: int, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(values, dim=dim)`` that does not overflow for entries near the dtype's max.
+
+    Each vector is first divided by its largest magnitude; an all-zero vector stays zero.
+    """
+    return F.normalize(values / largest_magnitude(values, dim), dim=dim, eps=eps)
 
 
 def check_floating(name: str, tensor: Tensor) -> None:
-    """Raise ``TypeError`` unless ``tensor`` is a floating-point tensor."""
+    """Raise unless ``tensor`` is a non-empty floating-point tensor.
+
+    ``TypeError`` for a non-tensor or an integer tensor; ``ValueError`` for a tensor with no
+    elements (an empty batch is refused by every loss, see the module docstring).
+    """
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+    if tensor.numel() == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(tensor.shape)}): a loss needs at least one sample; "
+            "skip empty batches before the loss"
+        )
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    integer: bool = False,
+) -> None:
+    """A finite real number (an ``int`` when ``integer``), ``>= minimum`` (``>`` if ``strict``).
+
+    ``TypeError`` names ``name`` for a string, bool or other non-number; ``ValueError`` names it
+    for NaN, an infinity, a non-integer where an integer is needed, or a value out of range.
+    """
+    kind = "an integer" if integer else "a real number"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if integer and not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
 
 
 def check_pair(
@@ -57,30 +201,41 @@ def check_pair(
         )
 
 
-def check_temperature(temperature: float | Tensor, rows_shape: torch.Size | None = None) -> None:
-    """Temperature must be > 0: a number, a scalar tensor, or one value per row."""
+def check_temperature(
+    temperature: float | Tensor, rows_shape: torch.Size | None = None, name: str = "temperature"
+) -> None:
+    """A temperature in ``(0, MAX_TEMPERATURE]``: a number, a scalar tensor, or one per row."""
+    bound = f"in (0, {MAX_TEMPERATURE:g}]"
     if isinstance(temperature, Tensor):
+        if not temperature.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {temperature.dtype}")
         if rows_shape is not None and temperature.dim() > 0 and temperature.shape != rows_shape:
             raise ValueError(
-                f"temperature must be a scalar or have the rows' shape {tuple(rows_shape)}, "
+                f"{name} must be a scalar or have the rows' shape {tuple(rows_shape)}, "
                 f"got {tuple(temperature.shape)}"
             )
-        if not bool((temperature > 0).all()):
-            raise ValueError(f"temperature must be > 0, got min {temperature.min().item():g}")
-    elif not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        values = temperature.detach()
+        if not bool(((values > 0) & (values <= MAX_TEMPERATURE)).all()):
+            bad = values[~((values > 0) & (values <= MAX_TEMPERATURE))].flatten()[0].item()
+            raise ValueError(f"{name} must be {bound}, got {bad:g}")
+        return
+    check_number(name, temperature)
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"{name} must be {bound}, got {temperature}")
 
 
 def check_unit_interval(name: str, value: float) -> None:
-    """Raise unless ``0 <= value <= 1``."""
+    """Raise unless ``value`` is a real number with ``0 <= value <= 1``."""
+    check_number(name, value)
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
-def check_labels(labels: Tensor, logits: Tensor, ignore_index: int | None = None) -> None:
+def check_labels(labels: Tensor, logits: Tensor, ignore_index: int | None = None) -> Tensor:
     """Labels are integer class indices of shape ``logits.shape[:-1]`` within ``[0, C)``.
 
-    Entries equal to ``ignore_index`` are allowed anywhere.
+    Entries equal to ``ignore_index`` are allowed anywhere. Any integer dtype is accepted
+    (int16, int32, uint8, ...); the labels are returned as int64, the index type torch needs.
     """
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
@@ -97,6 +252,7 @@ def check_labels(labels: Tensor, logits: Tensor, ignore_index: int | None = None
             f"labels must be in [0, {logits.shape[-1]}) (number of classes), got values in "
             f"[{int(valid.min())}, {int(valid.max())}]"
         )
+    return labels.long()
 
 
 def check_mask(mask: Tensor | None, rows_shape: torch.Size) -> None:
@@ -143,7 +299,8 @@ def reduce_rows(
         mask: the row mask used to select the rows, or None.
         elements_per_row: number of elements each row's value summed over (the class count).
 
-    Zero selected rows give a loss of exactly 0 whose gradient is zero, never NaN.
+    Zero selected rows give a loss of exactly 0 whose gradient is zero, never NaN. Means
+    divide each row before summing, so rows near the dtype's largest value do not overflow.
     """
     check_reduction(reduction)
     if reduction == "none":
@@ -151,8 +308,8 @@ def reduce_rows(
             return row_values.reshape(rows_shape)
         out = row_values.new_zeros(mask.numel())
         return out.masked_scatter(mask.reshape(-1), row_values).reshape(rows_shape)
-    total = row_values.sum()
     if reduction == "sum":
-        return total
+        return row_values.sum()
     count = row_values.shape[0] * (elements_per_row if reduction == "mean" else 1)
-    return total / max(count, 1)
+    # Divide before summing: rows near the dtype's largest value average without overflow.
+    return (row_values / max(count, 1)).sum()

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating
 
 _ADAPTIVE_POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-
-
-def upcast(tensor: Tensor) -> Tensor:
-    """Half-precision tensors are computed in float32 (sums of squares overflow fp16)."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def check_feature_map(name: str, feature: Tensor) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating
-from torchkd.losses._feature_common import ChannelLinear, pool_to_size, upcast
+from torchkd.losses._common import check_floating, check_number, upcast
+from torchkd.losses._feature_common import ChannelLinear, pool_to_size
 from torchkd.losses.registry import Shapes, register
 
 __all__ = ["AttentionAlignLoss", "attention_align_loss", "layer_attention"]
@@ -34,7 +34,8 @@ def layer_attention(queries: Tensor, keys: Tensor) -> Tensor:
             "queries must be [B, S, d] and keys [B, T, d] with the same B and d, got "
             f"{tuple(queries.shape)} and {tuple(keys.shape)}"
         )
-    logits = upcast(queries) @ upcast(keys).transpose(1, 2) / math.sqrt(queries.shape[-1])
+    logits = upcast(queries, keys) @ upcast(keys, queries).transpose(1, 2)
+    logits = logits / math.sqrt(queries.shape[-1])
     return logits.softmax(dim=-1)
 
 
@@ -65,8 +66,7 @@ def attention_align_loss(queries: Tensor, keys: Tensor, pair_distances: Tensor) 
             f"{tuple(queries.shape)} and keys {tuple(keys.shape)}), got "
             f"{tuple(pair_distances.shape)}"
         )
-    loss = (weights * upcast(pair_distances)).sum(dim=(1, 2)).mean()
-    return loss.to(pair_distances.dtype)
+    return (weights * upcast(pair_distances, weights)).sum(dim=(1, 2)).mean()
 
 
 def _global_pool(feature: Tensor) -> Tensor:
@@ -143,6 +143,13 @@ class AttentionAlignLoss(nn.Module):
         super().__init__()
         if not student_channels or not teacher_channels:
             raise ValueError("student_channels and teacher_channels must each list >= 1 layer")
+        for side, channels in (
+            ("student_channels", student_channels),
+            ("teacher_channels", teacher_channels),
+        ):
+            for index, count in enumerate(channels):
+                check_number(f"{side}[{index}]", count, minimum=1, integer=True)
+        check_number("embed_dim", embed_dim, minimum=1, integer=True)
         self.student_channels = list(student_channels)
         self.teacher_channels = list(teacher_channels)
         self.embed_dim = embed_dim

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from torchkd.losses._common import (
     check_mask,
+    check_number,
     check_pair,
     check_reduction,
     check_temperature,
     select_rows,
+    upcast,
 )
 from torchkd.losses.registry import register
 
@@ -30,8 +31,7 @@ def _check_dist_reduction(reduction: str) -> None:
 
 
 def _check_weight(name: str, value: float) -> None:
-    if not float(value) >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    check_number(name, value, minimum=0.0)
 
 
 def _pearson_rows(first: Tensor, second: Tensor, eps: float) -> Tensor:
@@ -87,7 +87,8 @@ def dist_loss(
     zero-initialised classifier) has no defined correlation: :math:`\rho = 0` there and, as in
     the reference, its gradient is of order :math:`1/\epsilon`.
 
-    Computation is in float32 at least (half-precision inputs are upcast).
+    Computation is in float32 at least (half-precision inputs are upcast, the result is
+    float32).
 
     Args:
         student_logits: ``[..., C]`` student logits.
@@ -117,12 +118,10 @@ def dist_loss(
     _check_dist_reduction(reduction)
     _check_weight("beta", beta)
     _check_weight("gamma", gamma)
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_number("eps", eps, minimum=0.0)
 
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    student_rows = select_rows(student_logits, mask).to(dtype)
-    teacher_rows = select_rows(teacher_logits, mask).to(dtype)
+    student_rows = upcast(select_rows(student_logits, mask), teacher_logits)
+    teacher_rows = upcast(select_rows(teacher_logits, mask), student_logits)
     if student_rows.shape[0] == 0:
         return student_rows.sum()  # exactly 0, with a zero gradient
     student_probs = (student_rows / temperature).softmax(dim=-1)

@@ -8,11 +8,15 @@ from torch import Tensor, nn
 from torchkd.losses._common import (
     check_labels,
     check_mask,
+    check_number,
     check_pair,
     check_reduction,
     check_temperature,
+    compute_dtype,
     reduce_rows,
     select_rows,
+    unresolved_divergences,
+    with_float64_rows,
 )
 from torchkd.losses.registry import register
 
@@ -20,8 +24,7 @@ __all__ = ["DKDLoss", "dkd_loss"]
 
 
 def _check_weight(name: str, value: float) -> None:
-    if not float(value) >= 0.0:
-        raise ValueError(f"{name} must be >= 0 (a loss weight, may exceed 1), got {value}")
+    check_number(name, value, minimum=0.0)
 
 
 def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tensor, Tensor]:
@@ -33,7 +36,7 @@ def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tens
     removed exactly, without gathering a ``[N, C - 1]`` copy).
     """
     log_normalizer = scaled_logits.logsumexp(dim=-1)
-    target_logit = (scaled_logits * is_target).sum(dim=-1)
+    target_logit = torch.where(is_target, scaled_logits, 0.0).sum(dim=-1)
     rest_logits = scaled_logits.masked_fill(is_target, float("-inf"))
     rest_normalizer = rest_logits.logsumexp(dim=-1)
     log_binary = torch.stack(
@@ -45,11 +48,33 @@ def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tens
 def _kl_from_log_probs(
     teacher_log_probs: Tensor, student_log_probs: Tensor, excluded: Tensor | None = None
 ) -> Tensor:
-    """Row-wise KL(teacher || student) from log-probabilities; ``excluded`` entries add 0."""
-    log_ratio = teacher_log_probs - student_log_probs
+    """Row-wise KL(teacher || student) from log-probabilities; ``excluded`` entries add 0, and
+    so do classes of zero teacher probability (``-inf`` masking), without NaN gradients."""
+    absent = teacher_log_probs == float("-inf")
     if excluded is not None:
-        log_ratio = log_ratio.masked_fill(excluded, 0.0)
-    return (teacher_log_probs.exp() * log_ratio).sum(dim=-1)
+        absent = absent | excluded
+    teacher_safe = torch.where(absent, 0.0, teacher_log_probs)
+    log_ratio = teacher_safe - torch.where(absent, 0.0, student_log_probs)
+    return torch.where(absent, 0.0, teacher_safe.exp() * log_ratio).sum(dim=-1)
+
+
+def _dkd_rows(
+    student_rows: Tensor,
+    teacher_rows: Tensor,
+    labels: Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float,
+) -> Tensor:
+    """``alpha TCKD + beta NCKD`` of each ``[N, C]`` row, without the ``T^2`` factor."""
+    student_rows, teacher_rows = student_rows / temperature, teacher_rows / temperature
+    is_target = torch.zeros_like(student_rows, dtype=torch.bool)
+    is_target.scatter_(-1, labels.unsqueeze(-1), True)
+    student_binary, student_rest = _log_binary_and_rest(student_rows, is_target)
+    teacher_binary, teacher_rest = _log_binary_and_rest(teacher_rows, is_target)
+    tckd = _kl_from_log_probs(teacher_binary, student_binary)
+    nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
+    return (alpha * tckd + beta * nckd).clamp(min=0.0)
 
 
 def dkd_loss(
@@ -90,7 +115,9 @@ def dkd_loss(
     ``torchkd.schedules.Warmup(inner=1.0, warmup_steps=20 * steps_per_epoch)``.
 
     Computation is in float32 at least (half-precision inputs are upcast), so the result is
-    float32 for float16/bfloat16 inputs.
+    float32 for float16/bfloat16 inputs; rows float32 cannot resolve (large temperatures,
+    logits near the float32 range) are recomputed in float64. Classes masked with ``-inf`` in
+    both student and teacher contribute nothing.
 
     Args:
         student_logits: ``[..., C]`` student logits, ``C >= 2``.
@@ -118,7 +145,7 @@ def dkd_loss(
         0.0
     """
     check_pair(student_logits, teacher_logits)
-    check_labels(labels, student_logits, ignore_index)
+    labels = check_labels(labels, student_logits, ignore_index)
     rows_shape = student_logits.shape[:-1]
     check_mask(mask, rows_shape)
     check_temperature(temperature)
@@ -134,18 +161,22 @@ def dkd_loss(
     keep = labels != ignore_index
     if mask is not None:
         keep = keep & mask
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    student_rows = select_rows(student_logits, keep).to(dtype) / temperature
-    teacher_rows = select_rows(teacher_logits, keep).to(dtype) / temperature
+    dtype = compute_dtype(student_logits, teacher_logits)
+    student_rows = select_rows(student_logits, keep).to(dtype)
+    teacher_rows = select_rows(teacher_logits, keep).to(dtype)
     kept_labels = labels.reshape(-1)[keep.reshape(-1)]
 
-    is_target = torch.zeros_like(student_rows, dtype=torch.bool)
-    is_target.scatter_(-1, kept_labels.unsqueeze(-1), True)
-    student_binary, student_rest = _log_binary_and_rest(student_rows, is_target)
-    teacher_binary, teacher_rest = _log_binary_and_rest(teacher_rows, is_target)
-    tckd = _kl_from_log_probs(teacher_binary, student_binary)
-    nckd = _kl_from_log_probs(teacher_rest, student_rest, excluded=is_target)
-    row_values = (alpha * tckd + beta * nckd) * temperature**2
+    def row_fn(student: Tensor, teacher: Tensor, row_labels: Tensor) -> Tensor:
+        return _dkd_rows(student, teacher, row_labels, alpha, beta, temperature)
+
+    # A row is a difference of log-normalizers: at large T (z / T ~ 1e-4) or for logits near the
+    # float32 range its float32 value loses its digits or overflows; redo such rows in float64.
+    rows = with_float64_rows(
+        row_fn,
+        (student_rows, teacher_rows, kept_labels),
+        lambda rows: unresolved_divergences(rows, num_classes, temperature, alpha + beta),
+    )
+    row_values = rows * temperature**2
     return reduce_rows(
         row_values, reduction, rows_shape=rows_shape, mask=keep, elements_per_row=num_classes
     )

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating
-from torchkd.losses._feature_common import check_feature_map, match_spatial_size, upcast
+from torchkd.losses._common import check_floating, check_number, unit_vectors, upcast
+from torchkd.losses._feature_common import check_feature_map, match_spatial_size
 from torchkd.losses.registry import Shapes, register
 
 __all__ = ["FactorTransferLoss", "Paraphraser", "Translator", "factor_transfer_loss"]
@@ -60,16 +60,17 @@ def factor_transfer_loss(
     """
     check_floating("student_factor", student_factor)
     check_floating("teacher_factor", teacher_factor)
-    if not p > 0:
-        raise ValueError(f"p must be > 0, got {p}")
+    check_number("p", p, minimum=0.0, strict=True)
     if student_factor.dim() < 2 or student_factor.shape != teacher_factor.shape:
         raise ValueError(
             f"student_factor {tuple(student_factor.shape)} and teacher_factor "
             f"{tuple(teacher_factor.shape)} must have the same shape [B, ...]"
         )
-    student = F.normalize(upcast(student_factor).flatten(1), dim=1)
-    teacher = F.normalize(upcast(teacher_factor).flatten(1), dim=1)
-    return (student - teacher).abs().pow(p).mean().to(student_factor.dtype)
+    student = unit_vectors(upcast(student_factor, teacher_factor).flatten(1), dim=1)
+    teacher = unit_vectors(upcast(teacher_factor, student_factor).flatten(1), dim=1)
+    difference = (student - teacher).abs()
+    nonzero = difference > 0  # |x|^p has an infinite slope at 0 for p < 1
+    return torch.where(nonzero, torch.where(nonzero, difference, 1.0).pow(p), 0.0).mean()
 
 
 class Paraphraser(nn.Module):
@@ -87,8 +88,8 @@ class Paraphraser(nn.Module):
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0, got {rate}")
+        check_number("in_channels", in_channels, minimum=1, integer=True)
+        check_number("rate", rate, minimum=0.0, strict=True)
         self.factor_channels = max(1, round(rate * in_channels))
         factor = self.factor_channels
         self.encoder = _conv_stack(
@@ -192,6 +193,9 @@ class FactorTransferLoss(nn.Module):
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
+        check_number("student_channels", student_channels, minimum=1, integer=True)
+        check_number("teacher_channels", teacher_channels, minimum=1, integer=True)
+        check_number("p", p, minimum=0.0, strict=True)
         self.student_channels = student_channels
         self.teacher_channels = teacher_channels
         self.rate = rate

@@ -3,7 +3,8 @@
 Feature maps are ``[B, C, *spatial]`` with one to three spatial dimensions (``[B, C, L]`` from
 1-D convolutions, ``[B, C, H, W]`` from 2-D ones). Where a loss compares maps of different
 resolutions, the larger map is average-pooled to the smaller one (``pool=True``, as in
-RepDistiller); ``pool=False`` turns that into an error instead.
+RepDistiller); ``pool=False`` turns that into an error instead. Every loss computes and sums in
+float32 at least and returns float32 for half-precision features.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_reduction, reduce_rows
-from torchkd.losses._feature_common import check_feature_map, match_spatial_size, upcast
+from torchkd.losses._common import (
+    check_floating,
+    check_number,
+    check_reduction,
+    largest_magnitude,
+    reduce_rows,
+    unit_vectors,
+    upcast,
+)
+from torchkd.losses._feature_common import check_feature_map, match_spatial_size
 from torchkd.losses.registry import register
 
 __all__ = [
@@ -54,6 +63,16 @@ def _reduce_pairs(pair_losses: list[Tensor], pair_reduction: str) -> Tensor:
     return total if pair_reduction == "sum" else total / len(pair_losses)
 
 
+def _scaled_maps(feature: Tensor, per_channel: bool = True) -> Tensor:
+    """``[B, C, *spatial]`` divided by the largest magnitude of each map (or each sample).
+
+    For losses that normalize each channel map (NST) or each sample (AT) this changes nothing
+    but keeps average pooling of values near the float32 range from overflowing.
+    """
+    dims = tuple(range(2 if per_channel else 1, feature.dim()))
+    return feature / largest_magnitude(feature, dims)
+
+
 def hint_loss(
     student_feature: Tensor, teacher_feature: Tensor, *, reduction: str = "mean"
 ) -> Tensor:
@@ -87,29 +106,36 @@ def hint_loss(
             f"{tuple(teacher_feature.shape)} must have the same shape; map the student to the "
             f"teacher's shape with an adapter (Term(adapter='auto' | 'conv1x1' | 'linear'))"
         )
-    squared = (upcast(student_feature) - upcast(teacher_feature)).pow(2)
-    per_sample = squared.reshape(squared.shape[0], -1).sum(dim=1)
-    loss = reduce_rows(
+    difference = upcast(student_feature, teacher_feature) - upcast(teacher_feature, student_feature)
+    per_sample = difference.pow(2).reshape(difference.shape[0], -1).sum(dim=1)
+    return reduce_rows(
         per_sample,
         reduction,
-        rows_shape=squared.shape[:1],
-        elements_per_row=squared[0].numel(),
+        rows_shape=difference.shape[:1],
+        elements_per_row=difference[0].numel(),
     )
-    return loss.to(student_feature.dtype)
 
 
 def attention_map(feature: Tensor, p: float = 2.0) -> Tensor:
     r"""Spatial attention map (Zagoruyko & Komodakis), ``[B, C, *spatial] -> [B, prod(spatial)]``.
 
     :math:`Q = \mathrm{vec}(\frac{1}{C}\sum_c |F_c|^p)`, scaled to unit L2 norm per sample.
+    Each sample's feature is first divided by its largest magnitude (``Q`` does not change), so
+    activations near the float32 range do not overflow; exact zeros (ReLU maps) get a zero
+    gradient for every ``p > 0`` (``|x|^p`` has an infinite slope at 0 when ``p < 1``).
 
     Example:
         >>> import torch
         >>> attention_map(torch.ones(1, 2, 2, 2)).tolist()
         [[0.5, 0.5, 0.5, 0.5]]
     """
-    pooled = upcast(feature).abs().pow(p).mean(dim=1).reshape(feature.shape[0], -1)
-    return F.normalize(pooled, dim=1)
+    check_number("p", p, minimum=0.0, strict=True)
+    magnitude = upcast(feature).abs()
+    dims = tuple(range(1, feature.dim()))
+    magnitude = magnitude / largest_magnitude(magnitude, dims)
+    nonzero = magnitude > 0
+    powered = torch.where(nonzero, torch.where(nonzero, magnitude, 1.0).pow(p), 0.0)
+    return F.normalize(powered.mean(dim=1).reshape(feature.shape[0], -1), dim=1)
 
 
 def at_loss(
@@ -141,7 +167,7 @@ def at_loss(
     Args:
         student_features: one ``[B, C, *spatial]`` map or a sequence of them.
         teacher_features: the teacher maps, paired with the student's by position.
-        p: exponent of the activations.
+        p: exponent of the activations, finite and ``> 0``.
         pool: pool mismatched spatial sizes to the smaller one (else an error).
         pair_reduction: ``"sum"`` (default, as the references) or ``"mean"`` over layer pairs.
 
@@ -151,6 +177,7 @@ def at_loss(
         >>> at_loss(feats, [f.clone() for f in feats]).item()
         0.0
     """
+    check_number("p", p, minimum=0.0, strict=True)
     students = _as_layer_list("student_features", student_features)
     teachers = _as_layer_list("teacher_features", teacher_features)
     if len(students) != len(teachers):
@@ -163,10 +190,15 @@ def at_loss(
         names = (f"student_features[{index}]", f"teacher_features[{index}]")
         check_feature_map(names[0], student)
         check_feature_map(names[1], teacher)
-        student, teacher = match_spatial_size(student, teacher, pool=pool, names=names)
+        student, teacher = match_spatial_size(
+            _scaled_maps(student, per_channel=False),
+            _scaled_maps(teacher, per_channel=False),
+            pool=pool,
+            names=names,
+        )
         difference = attention_map(student, p) - attention_map(teacher, p)
         pair_losses.append(difference.pow(2).mean())
-    return _reduce_pairs(pair_losses, pair_reduction).to(students[0].dtype)
+    return _reduce_pairs(pair_losses, pair_reduction)
 
 
 def nst_loss(student_feature: Tensor, teacher_feature: Tensor, *, pool: bool = True) -> Tensor:
@@ -196,13 +228,13 @@ def nst_loss(student_feature: Tensor, teacher_feature: Tensor, *, pool: bool = T
     check_feature_map("student_feature", student_feature)
     check_feature_map("teacher_feature", teacher_feature)
     student, teacher = match_spatial_size(
-        upcast(student_feature),
-        upcast(teacher_feature),
+        _scaled_maps(upcast(student_feature, teacher_feature)),
+        _scaled_maps(upcast(teacher_feature, student_feature)),
         pool=pool,
         names=("student_feature", "teacher_feature"),
     )
-    student = F.normalize(student.flatten(2), dim=2)
-    teacher = F.normalize(teacher.flatten(2), dim=2)
+    student = unit_vectors(student.flatten(2), dim=2)
+    teacher = unit_vectors(teacher.flatten(2), dim=2)
 
     def mean_kernel(first: Tensor, second: Tensor) -> Tensor:
         return torch.bmm(first, second.transpose(1, 2)).pow(2).mean(dim=(1, 2))
@@ -212,7 +244,7 @@ def nst_loss(student_feature: Tensor, teacher_feature: Tensor, *, pool: bool = T
         + mean_kernel(teacher, teacher)
         - 2.0 * mean_kernel(student, teacher)
     )
-    return mmd.mean().to(student_feature.dtype)
+    return mmd.mean()
 
 
 def fsp_matrix(first: Tensor, second: Tensor, *, pool: bool = True) -> Tensor:
@@ -225,7 +257,7 @@ def fsp_matrix(first: Tensor, second: Tensor, *, pool: bool = True) -> Tensor:
         [[[2.0], [2.0]]]
     """
     first, second = match_spatial_size(first, second, pool=pool, names=("first", "second"))
-    first, second = upcast(first).flatten(2), upcast(second).flatten(2)
+    first, second = upcast(first, second).flatten(2), upcast(second, first).flatten(2)
     return torch.bmm(first, second.transpose(1, 2)) / first.shape[2]
 
 
@@ -278,7 +310,7 @@ def fsp_loss(
         student_fsp = fsp_matrix(students[index], students[index + 1], pool=pool)
         teacher_fsp = fsp_matrix(teachers[index], teachers[index + 1], pool=pool)
         pair_losses.append((student_fsp - teacher_fsp).pow(2).mean())
-    return _reduce_pairs(pair_losses, pair_reduction).to(students[0].dtype)
+    return _reduce_pairs(pair_losses, pair_reduction)
 
 
 @register("hint", functional=hint_loss, signature="features", family="feature")
@@ -312,6 +344,7 @@ class ATLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_pair_reduction(pair_reduction)
+        check_number("p", p, minimum=0.0, strict=True)
         self.p = p
         self.pool = pool
         self.pair_reduction = pair_reduction

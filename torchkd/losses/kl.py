@@ -28,7 +28,20 @@ inputs of at least ``2**19`` elements on platforms that support it, ``"1"`` alwa
 ``"0"`` never does. A failed compilation warns once and falls back to the eager kernel.
 
 Terms whose weight is a zero probability contribute 0 (as in ``xlogy``), so ``-inf`` logits at
-the same positions in student and teacher (vocabulary masking) give finite losses and gradients.
+the same positions in student and teacher (vocabulary masking) give finite losses and gradients,
+on every path (a learned temperature's gradient included).
+
+Precision: a divergence is a difference of log-normalizers, so in float32 a row whose value is
+tiny next to ``log C`` loses its digits, which the ``T^2`` factor magnifies (at large
+temperatures ``z / T`` differs by ~1e-4 between student and teacher and the float32 result can
+even come out negative), and a row of logits near the float32 range can overflow to ``inf``
+although the divergence itself is representable. Such rows
+(:func:`torchkd.losses._common.unresolved_divergences`: at ordinary temperatures only
+non-finite ones) are recomputed in float64 with their gradients, then returned in the compute
+dtype. Every row is clamped at 0, the divergences' lower bound. Temperatures are bounded by
+:data:`torchkd.losses._common.MAX_TEMPERATURE` (1e6), where float64 still resolves the
+divergence. The recomputation is skipped while ``torch.compile`` traces the loss and on
+devices without float64 (MPS).
 """
 
 from __future__ import annotations
@@ -44,6 +57,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from torchkd.losses._common import compute_dtype, unresolved_divergences
 
 __all__: list[str] = []
 
@@ -128,9 +143,13 @@ def _closed_form(
         if teacher_grad:
             teacher_gradient = teacher_probs - student_probs
     elif kind == "jsd":
-        log_mixture = torch.logaddexp(
-            teacher_log_probs + math.log(beta), student_log_probs + math.log1p(-beta)
-        )
+        weighted_teacher = teacher_log_probs + math.log(beta)
+        weighted_student = student_log_probs + math.log1p(-beta)
+        if safe:  # classes with p_T = p_S = 0: logaddexp(-inf, -inf) has a NaN derivative
+            absent = (teacher_probs == 0) & (student_probs == 0)
+            weighted_teacher = torch.where(absent, 0.0, weighted_teacher)
+            weighted_student = torch.where(absent, 0.0, weighted_student)
+        log_mixture = torch.logaddexp(weighted_teacher, weighted_student)
         teacher_ratio = teacher_log_probs - log_mixture
         student_ratio = student_log_probs - log_mixture
         teacher_part = _weighted_row_sum(teacher_probs, teacher_ratio, safe)
@@ -147,11 +166,6 @@ def _closed_form(
     else:
         raise ValueError(f"unknown divergence {kind!r}")
     return rows, student_gradient, teacher_gradient
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels compute in: float32 for half types, else the input's own."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 # --------------------------------------------------------------------------- fused kernel
@@ -175,7 +189,7 @@ def _fused(
     """
 
     def log_probs(logits: Tensor) -> Tensor:
-        values = logits.to(compute_dtype(logits.dtype))
+        values = logits.to(compute_dtype(logits))
         shifted = (values - values.amax(-1, keepdim=True)) * temperature.reciprocal()
         return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
@@ -274,7 +288,7 @@ def should_compile(logits: Tensor) -> bool:
 
 def _softened(logits: Tensor, temperature: float | Tensor) -> Tensor:
     """``logits / T`` in the compute dtype, in a fresh buffer that the caller may overwrite."""
-    values = logits.to(compute_dtype(logits.dtype))
+    values = logits.to(compute_dtype(logits))
     if isinstance(temperature, float) and temperature == 1.0:
         return values.clone() if values is logits else values
     return values / _column(temperature)
@@ -413,33 +427,87 @@ def _run_kernel(
     student_grad: bool,
     teacher_grad: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, float | Tensor | None]:
-    """Pick the fused or the eager kernel; also return the scale the gradients still owe."""
-    global _compile_failed
+    """Pick the fused or the eager kernel; also return the scale the gradients still owe.
+
+    Rows the kernel cannot resolve in its dtype are redone in float64 (:func:`_refine`).
+    """
     with torch.no_grad():
-        if should_compile(student):
-            rows_temperature = (
-                torch.as_tensor(
-                    temperature, dtype=compute_dtype(student.dtype), device=student.device
-                )
-                .expand(student.shape[0])
-                .reshape(-1, 1)
-                .contiguous()
-            )
-            args = (student, teacher, rows_temperature, beta, student_grad, teacher_grad)
-            try:
-                return (*_compiled_kernel(kind)(*args), None)
-            except Exception as error:  # compilation is optional: never let it crash a loss
-                _compile_failed = True
-                warnings.warn(
-                    f"torchkd: compiling the {kind} kernel failed ({type(error).__name__}: "
-                    f"{error}); using the eager kernel from now on",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-        rows, student_gradient, teacher_gradient = _eager(
-            kind, student, teacher, temperature, beta, student_grad, teacher_grad
+        result = _fast_kernel(kind, student, teacher, temperature, beta, student_grad, teacher_grad)
+        _refine(kind, student, teacher, temperature, beta, result)
+        result[0].clamp_(min=0.0)
+        return result
+
+
+def _refine(
+    kind: Divergence,
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float | Tensor,
+    beta: float,
+    result: tuple[Tensor, Tensor | None, Tensor | None, float | Tensor | None],
+) -> None:
+    """Recompute the imprecise rows of ``result`` in float64 and write them back in place."""
+    rows, student_gradient, teacher_gradient, pending = result
+    if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
+        return
+    unscaled = rows / _squared(temperature)
+    flagged = unresolved_divergences(unscaled, student.shape[-1], temperature)
+    index = flagged.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return
+    row_temperature = temperature
+    if isinstance(temperature, Tensor):
+        row_temperature = temperature.double()[index]
+    exact = _eager(
+        kind,
+        student[index].double(),
+        teacher[index].double(),
+        row_temperature,
+        beta,
+        student_gradient is not None,
+        teacher_gradient is not None,
+    )
+    rows[index] = exact[0].to(rows.dtype)
+    # The fused kernel's gradients carry their factor T already; the eager one's still owe it.
+    scale = _column(row_temperature) if pending is None else 1.0
+    for gradient, exact_gradient in ((student_gradient, exact[1]), (teacher_gradient, exact[2])):
+        if gradient is not None:
+            gradient[index] = (exact_gradient * scale).to(gradient.dtype)
+
+
+def _fast_kernel(
+    kind: Divergence,
+    student: Tensor,
+    teacher: Tensor,
+    temperature: float | Tensor,
+    beta: float,
+    student_grad: bool,
+    teacher_grad: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, float | Tensor | None]:
+    """The fused kernel where it applies, else the eager one (see the module docstring)."""
+    global _compile_failed
+    if should_compile(student):
+        rows_temperature = (
+            torch.as_tensor(temperature, dtype=compute_dtype(student), device=student.device)
+            .expand(student.shape[0])
+            .reshape(-1, 1)
+            .contiguous()
         )
-        return rows, student_gradient, teacher_gradient, _column(temperature)
+        args = (student, teacher, rows_temperature, beta, student_grad, teacher_grad)
+        try:
+            return (*_compiled_kernel(kind)(*args), None)
+        except Exception as error:  # compilation is optional: never let it crash a loss
+            _compile_failed = True
+            warnings.warn(
+                f"torchkd: compiling the {kind} kernel failed ({type(error).__name__}: "
+                f"{error}); using the eager kernel from now on",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+    rows, student_gradient, teacher_gradient = _eager(
+        kind, student, teacher, temperature, beta, student_grad, teacher_grad
+    )
+    return rows, student_gradient, teacher_gradient, _column(temperature)
 
 
 class _DivergenceFunction(torch.autograd.Function):
@@ -483,11 +551,17 @@ class _DivergenceFunction(torch.autograd.Function):
 def _autograd_rows(
     kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor, beta: float
 ) -> Tensor:
-    """The same rows by plain autograd through the formula (differentiable in ``temperature``)."""
+    """The same rows by plain autograd through the formula (differentiable in ``temperature``).
+
+    ``-inf`` logits are kept out of the division by ``T``: ``-inf / T`` has a NaN derivative in
+    ``T`` even where the loss does not depend on it.
+    """
 
     def log_probs(logits: Tensor) -> Tensor:
-        values = logits.to(compute_dtype(logits.dtype)) / _column(temperature)
-        return torch.log_softmax(values, dim=-1)
+        values = logits.to(compute_dtype(logits))
+        masked = values == float("-inf")
+        scaled = torch.where(masked, 0.0, values) / _column(temperature)
+        return torch.log_softmax(torch.where(masked, float("-inf"), scaled), dim=-1)
 
     rows = _closed_form(
         kind,
@@ -498,7 +572,7 @@ def _autograd_rows(
         student_grad=False,
         teacher_grad=False,
     )[0]
-    return rows * _squared(temperature)
+    return (rows * _squared(temperature)).clamp(min=0.0)
 
 
 def divergence_rows(
@@ -520,10 +594,14 @@ def divergence_rows(
         beta: the JSD mixture weight, strictly between 0 and 1 (ignored by the others).
 
     Returns:
-        ``[N]`` rows in float32 (float64 for float64 inputs).
+        ``[N]`` rows in float32 (float64 if either input is float64: a float32 student with a
+        float64 teacher is computed in float64).
     """
+    dtype = compute_dtype(student_rows, teacher_rows)
+    if student_rows.dtype != teacher_rows.dtype:
+        student_rows, teacher_rows = student_rows.to(dtype), teacher_rows.to(dtype)
     if isinstance(temperature, Tensor):
-        temperature = temperature.to(student_rows.device, compute_dtype(student_rows.dtype))
+        temperature = temperature.to(student_rows.device, dtype)
         if temperature.dim() == 0 and not temperature.requires_grad:
             temperature = float(temperature)
     if kind == "jsd" and not 0.0 < beta < 1.0:

@@ -4,10 +4,13 @@ logit MSE and logit standardization.
 Logits are ``[..., C]`` with the class dimension last. Every loss computes one value per row,
 then :func:`torchkd.losses._common.reduce_rows` applies ``reduction`` ("batchmean" by default:
 sum over classes, mean over the selected rows) and ``mask`` (bool ``[...]``) selects the rows.
-The KL family runs through :mod:`torchkd.losses.kl`: closed-form gradients, float32 compute for
-half-precision inputs, finite results for ``-inf`` (vocabulary-masked) and huge logits.
+The KL family runs through :mod:`torchkd.losses.kl`: closed-form gradients, finite results for
+``-inf`` (vocabulary-masked) and huge logits, float64 recomputation of rows float32 cannot
+resolve (large temperatures). Every loss here computes in float32 at least and returns float32
+for half-precision inputs; classes masked with ``-inf`` in both student and teacher contribute
+nothing (the loss equals the loss without those classes).
 
-``temperature`` is a positive float, a 0-dim tensor, or one value per row (shape ``[...]``); a
+``temperature`` is a float in ``(0, 1e6]``, a 0-dim tensor, or one value per row (``[...]``); a
 tensor that requires grad (a learned temperature, as in CTKD: Li et al., "Curriculum Temperature
 for Knowledge Distillation", AAAI 2023) receives its gradient through plain autograd.
 """
@@ -25,10 +28,13 @@ from torchkd.losses._common import (
     check_reduction,
     check_temperature,
     check_unit_interval,
+    compute_dtype,
+    largest_magnitude,
     reduce_rows,
     select_rows,
+    upcast,
 )
-from torchkd.losses.kl import Divergence, compute_dtype, divergence_rows
+from torchkd.losses.kl import Divergence, divergence_rows
 from torchkd.losses.registry import register
 
 __all__ = [
@@ -62,7 +68,10 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
 
     As in the reference code of Sun et al. (CVPR 2024): the sample standard deviation (divisor
     ``C - 1``) and ``eps`` added to it, not under the square root. Half-precision logits are
-    standardized in float32.
+    standardized in float32. ``-inf`` entries (masked classes) stay ``-inf`` and the other
+    entries are standardized among themselves. Each row is scaled by its largest magnitude
+    before squaring (the result is scale-free, ``eps`` scaled alike), so logits near the
+    float32 range do not overflow.
 
     .. math::
         \\tilde z_c = \\frac{z_c - \\bar z}{\\sigma(z) + \\epsilon}, \\qquad
@@ -77,12 +86,22 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
         raise ValueError(
             f"standardizing logits needs at least 2 classes, got shape {tuple(logits.shape)}"
         )
-    values = logits.to(compute_dtype(logits.dtype))
+    values = upcast(logits)
     if values.numel() == 0:
         return values
-    mean = values.mean(dim=-1, keepdim=True)
-    std = values.std(dim=-1, keepdim=True)
-    return (values - mean) / (std + eps)
+    kept = values != float("-inf")
+    count = kept.sum(dim=-1, keepdim=True)
+    # Work on 0 in place of -inf, so no -inf enters an operation that has a derivative.
+    safe = torch.where(kept, values, 0.0)
+    scale = largest_magnitude(safe, -1)
+    scaled = safe / scale
+    mean = scaled.sum(dim=-1, keepdim=True) / count.clamp(min=1)
+    centered = torch.where(kept, scaled - mean, 0.0)
+    spread = largest_magnitude(centered, -1)
+    unit = centered / spread
+    std = (unit.square().sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    standardized = unit / (std + eps / (scale * spread))
+    return torch.where(kept, standardized, values)
 
 
 def _row_temperature(
@@ -304,7 +323,7 @@ def hinton_loss(
     check_unit_interval("alpha", alpha)
     rows_shape = student_logits.shape[:-1]
     check_mask(mask, rows_shape)
-    check_labels(labels, student_logits, ignore_index)
+    labels = check_labels(labels, student_logits, ignore_index)
     ignored = labels == ignore_index
     if bool(ignored.any()):
         mask = ~ignored if mask is None else mask & ~ignored
@@ -312,7 +331,8 @@ def hinton_loss(
         student_logits, teacher_logits, temperature, reduction, mask
     )
     label_rows = labels.reshape(-1) if mask is None else labels.reshape(-1)[mask.reshape(-1)]
-    rows = student_rows.new_zeros(student_rows.shape[0], dtype=compute_dtype(student_rows.dtype))
+    dtype = compute_dtype(student_rows, teacher_rows)
+    rows = student_rows.new_zeros(student_rows.shape[0], dtype=dtype)
     if alpha > 0:
         soft_student, soft_teacher = student_rows, teacher_rows
         if standardize:
@@ -321,9 +341,7 @@ def hinton_loss(
         soft = divergence_rows("forward_kl", soft_student, soft_teacher, row_temperature)
         rows = alpha * soft
     if alpha < 1:
-        hard = F.cross_entropy(
-            student_rows.to(compute_dtype(student_rows.dtype)), label_rows, reduction="none"
-        )
+        hard = F.cross_entropy(student_rows.to(dtype), label_rows, reduction="none")
         rows = rows + (1.0 - alpha) * hard
     return reduce_rows(
         rows, reduction, rows_shape=rows_shape, mask=mask, elements_per_row=student_logits.shape[-1]
@@ -504,7 +522,7 @@ def tvd_loss(
         row_temperature = row_temperature.unsqueeze(-1)
 
     def probs(logits: Tensor) -> Tensor:
-        return torch.softmax(logits.to(compute_dtype(logits.dtype)) / row_temperature, dim=-1)
+        return torch.softmax(upcast(logits, student_rows, teacher_rows) / row_temperature, dim=-1)
 
     rows = 0.5 * (probs(teacher_rows) - probs(student_rows)).abs().sum(-1)
     return reduce_rows(
@@ -530,8 +548,8 @@ def logit_mse_loss(
         \\ell_{\\text{row}} = \\sum_c (z_{S,c} - z_{T,c})^2
 
     ``"batchmean"`` divides the sum by the number of rows, ``"mean"`` by the number of elements
-    (equal to ``F.mse_loss``). The logits must be finite (no ``-inf`` masking: mask rows
-    instead).
+    (equal to ``F.mse_loss``). Classes that are ``-inf`` in both student and teacher (vocabulary
+    masking) add 0; a class masked on one side only gives ``inf``.
 
     Args:
         student_logits: ``[..., C]`` student logits.
@@ -549,8 +567,11 @@ def logit_mse_loss(
     student_rows, teacher_rows, _ = _selected_pair(
         student_logits, teacher_logits, 1.0, reduction, mask
     )
-    dtype = compute_dtype(student_rows.dtype)
-    rows = (student_rows.to(dtype) - teacher_rows.to(dtype)).square().sum(-1)
+    student_rows = upcast(student_rows, teacher_rows)
+    teacher_rows = upcast(teacher_rows, student_rows)
+    shared = (student_rows == teacher_rows) & torch.isinf(student_rows)
+    difference = torch.where(shared, 0.0, student_rows) - torch.where(shared, 0.0, teacher_rows)
+    rows = difference.square().sum(-1)
     return reduce_rows(
         rows,
         reduction,

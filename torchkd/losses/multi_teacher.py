@@ -13,10 +13,12 @@ from torchkd.losses._common import (
     check_pair,
     check_reduction,
     check_temperature,
+    compute_dtype,
     reduce_rows,
     select_rows,
+    upcast,
 )
-from torchkd.losses.logit import kd_loss
+from torchkd.losses.kl import divergence_rows
 from torchkd.losses.registry import register
 
 __all__ = ["MultiTeacherKDLoss", "multi_teacher_kd_loss", "weights_from_accuracies"]
@@ -56,14 +58,16 @@ def _teacher_weights(
 ) -> Tensor:
     """Per-row teacher weights ``[N, M]`` (rows sum to 1) from the selected teacher rows."""
     num_rows, num_teachers = teacher_rows[0].shape[0], len(teacher_rows)
-    dtype = torch.promote_types(teacher_rows[0].dtype, torch.float32)
+    dtype = compute_dtype(*teacher_rows)
     if isinstance(weighting, Tensor):
         normalized = weighting.to(device=teacher_rows[0].device, dtype=dtype)
         normalized = normalized / normalized.sum()
         return normalized.expand(num_rows, num_teachers)
     if weighting == "mean":
         return teacher_rows[0].new_full((num_rows, num_teachers), 1.0 / num_teachers, dtype=dtype)
-    log_probs = torch.stack([rows.to(dtype).log_softmax(dim=-1) for rows in teacher_rows], dim=1)
+    log_probs = torch.stack(
+        [upcast(rows, *teacher_rows).log_softmax(dim=-1) for rows in teacher_rows], dim=1
+    )
     if weighting == "entropy":
         entropy = torch.special.entr(log_probs.exp()).sum(dim=-1)  # [N, M]; 0 log 0 = 0
         return (-entropy).softmax(dim=-1)
@@ -95,7 +99,8 @@ def multi_teacher_kd_loss(
             \mathrm{KL}\big(\mathrm{softmax}(z^{T_m}_i / T) \,\big\|\,
             \mathrm{softmax}(z^S_i / T)\big), \qquad \sum_m w_{m,i} = 1
 
-    Each KD term is :func:`torchkd.losses.kd_loss` (which owns the :math:`T^2` factor). The
+    Each KD term is a row of :func:`torchkd.losses.kd_loss` (the KL kernel of
+    :mod:`torchkd.losses.kl`, which owns the :math:`T^2` factor). The
     weights :math:`w_{m,i}` come from ``weighting``:
 
     - ``"mean"``: :math:`w_{m,i} = 1/M` (AVER-MKD).
@@ -151,7 +156,7 @@ def multi_teacher_kd_loss(
     elif weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}")
     if labels is not None:
-        check_labels(labels, student_logits, ignore_index)
+        labels = check_labels(labels, student_logits, ignore_index)
     elif isinstance(weighting, str) and weighting == "confidence":
         raise ValueError('weighting="confidence" (CA-MKD) needs labels; pass labels=...')
 
@@ -164,12 +169,9 @@ def multi_teacher_kd_loss(
     with torch.no_grad():
         weights = _teacher_weights(teacher_rows, kept_labels, weighting)
     per_teacher = torch.stack(
-        [
-            kd_loss(student_rows, rows, temperature=temperature, reduction="none")
-            for rows in teacher_rows
-        ],
+        [divergence_rows("forward_kl", student_rows, rows, temperature) for rows in teacher_rows],
         dim=-1,
-    )  # [N, M]
+    )  # [N, M]: the rows of kd_loss, reduction="none"
     row_values = (weights.to(per_teacher.dtype) * per_teacher).sum(dim=-1)
     loss = reduce_rows(
         row_values,

@@ -6,6 +6,10 @@ differ. The losses are computed for the whole batch; there is no per-row reducti
 
 Both sides are differentiable: torchkd's teachers are frozen (no gradient reaches them), and a
 differentiable teacher side lets ``gradcheck`` test every input.
+
+All three losses are invariant to the scale of each side's representations, so each side is
+first divided by its largest magnitude: values near the float32 range do not overflow. They
+compute in float32 at least and return float32 for half-precision inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating
+from torchkd.losses._common import (
+    check_floating,
+    check_number,
+    largest_magnitude,
+    unit_vectors,
+    upcast,
+)
 from torchkd.losses.registry import register
 
 __all__ = ["CCLoss", "RKDLoss", "SPLoss", "cc_loss", "rkd_loss", "sp_loss"]
@@ -46,38 +56,43 @@ def _check_batch_pair(
         )
 
 
-def _flat_compute(tensor: Tensor) -> Tensor:
-    """``[B, ...] -> [B, D]``, upcast to float32 when half precision."""
-    flat = tensor.reshape(tensor.shape[0], -1)
-    return flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat
+def _flat_compute(tensor: Tensor, other: Tensor) -> Tensor:
+    """``[B, ...] -> [B, D]`` in the compute dtype, divided by its largest magnitude."""
+    flat = upcast(tensor, other).reshape(tensor.shape[0], -1)
+    return flat / largest_magnitude(flat, (0, 1))
 
 
-def _check_rkd_weights(distance_weight: float, angle_weight: float) -> None:
-    if distance_weight < 0 or angle_weight < 0:
-        raise ValueError(
-            f"distance_weight and angle_weight must be >= 0, got {distance_weight}, {angle_weight}"
-        )
+def _check_rkd_hyperparameters(distance_weight: float, angle_weight: float, eps: float) -> None:
+    check_number("distance_weight", distance_weight, minimum=0.0)
+    check_number("angle_weight", angle_weight, minimum=0.0)
+    check_number("eps", eps, minimum=0.0)
 
 
 def _pairwise_distances(embedding: Tensor, eps: float) -> Tensor:
-    """Euclidean distance matrix ``[B, B]``: squared distances clamped at ``eps``, zero diagonal."""
-    squared_norms = embedding.pow(2).sum(dim=1)
-    squared = squared_norms[:, None] + squared_norms[None, :] - 2.0 * embedding @ embedding.T
-    distances = squared.clamp(min=eps).sqrt()
+    """Euclidean distance matrix ``[B, B]``: squared distances floored at ``eps``, zero diagonal.
+
+    Computed from the differences (not ``|a|^2 + |b|^2 - 2 a.b``, which cancels for close
+    points); a zero distance (diagonal, or coincident samples with ``eps = 0``) gets a zero
+    gradient instead of the square root's infinite one.
+    """
+    squared = (embedding[:, None, :] - embedding[None, :, :]).square().sum(dim=2).clamp(min=eps)
     off_diagonal = ~torch.eye(embedding.shape[0], dtype=torch.bool, device=embedding.device)
-    return torch.where(off_diagonal, distances, torch.zeros_like(distances))
+    usable = off_diagonal & (squared > 0)
+    return torch.where(usable, torch.where(usable, squared, 1.0).sqrt(), 0.0)
 
 
 def _normalized_distances(embedding: Tensor, eps: float) -> Tensor:
-    """Distance matrix divided by the mean of its positive entries."""
+    """Distance matrix divided by the mean of its positive entries (unchanged if there are none)."""
     distances = _pairwise_distances(embedding, eps)
-    return distances / distances[distances > 0].mean()
+    positive = (distances > 0).sum()
+    mean = distances.sum() / positive.clamp(min=1)
+    return distances / torch.where(positive > 0, mean, 1.0)
 
 
 def _triplet_angles(embedding: Tensor) -> Tensor:
     """``[B, B, B]`` with entry ``[a, b, c]`` = cosine of the angle at vertex ``a`` of (b, a, c)."""
     differences = embedding[None, :, :] - embedding[:, None, :]  # [a, b] = x_b - x_a
-    directions = F.normalize(differences, p=2, dim=2)
+    directions = unit_vectors(differences, dim=2)
     return directions @ directions.transpose(1, 2)
 
 
@@ -114,7 +129,9 @@ def rkd_loss(
         teacher_embedding: ``[B, D']`` teacher representations.
         distance_weight: :math:`w_d` (25 in the paper's setup).
         angle_weight: :math:`w_a` (50).
-        eps: floor on squared distances before the square root.
+        eps: floor on squared distances before the square root, ``>= 0``. The embedding is
+            first divided by its largest magnitude (the loss does not change), so ``eps``
+            floors distances relative to that scale.
 
     Example:
         >>> import torch
@@ -127,9 +144,9 @@ def rkd_loss(
     _check_batch_pair(
         student_embedding, teacher_embedding, "student_embedding", "teacher_embedding", min_batch=2
     )
-    _check_rkd_weights(distance_weight, angle_weight)
-    student = _flat_compute(student_embedding)
-    teacher = _flat_compute(teacher_embedding)
+    _check_rkd_hyperparameters(distance_weight, angle_weight, eps)
+    student = _flat_compute(student_embedding, teacher_embedding)
+    teacher = _flat_compute(teacher_embedding, student_embedding)
     loss = student.new_zeros(())
     if distance_weight:
         distance_term = F.smooth_l1_loss(
@@ -139,7 +156,7 @@ def rkd_loss(
     if angle_weight:
         angle_term = F.smooth_l1_loss(_triplet_angles(student), _triplet_angles(teacher))
         loss = loss + angle_weight * angle_term
-    return loss.to(student_embedding.dtype)
+    return loss
 
 
 @register(
@@ -156,7 +173,7 @@ class RKDLoss(nn.Module):
         self, distance_weight: float = 25.0, angle_weight: float = 50.0, eps: float = 1e-12
     ) -> None:
         super().__init__()
-        _check_rkd_weights(distance_weight, angle_weight)
+        _check_rkd_hyperparameters(distance_weight, angle_weight, eps)
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
         self.eps = eps
@@ -174,15 +191,17 @@ class RKDLoss(nn.Module):
         return f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"
 
 
-def _row_normalized_gram(feature: Tensor) -> Tensor:
-    flat = _flat_compute(feature)
-    return F.normalize(flat @ flat.T, p=2, dim=1)
+def _row_normalized_gram(feature: Tensor, other: Tensor) -> Tensor:
+    flat = _flat_compute(feature, other)
+    return unit_vectors(flat @ flat.T, dim=1)
 
 
 def _sp_pair(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     _check_batch_pair(student_feature, teacher_feature, "student_feature", "teacher_feature")
     batch_size = student_feature.shape[0]
-    difference = _row_normalized_gram(student_feature) - _row_normalized_gram(teacher_feature)
+    difference = _row_normalized_gram(student_feature, teacher_feature) - _row_normalized_gram(
+        teacher_feature, student_feature
+    )
     return difference.pow(2).sum() / batch_size**2
 
 
@@ -215,7 +234,7 @@ def sp_loss(
         True
     """
     if isinstance(student_feature, Tensor) and isinstance(teacher_feature, Tensor):
-        return _sp_pair(student_feature, teacher_feature).to(student_feature.dtype)
+        return _sp_pair(student_feature, teacher_feature)
     if isinstance(student_feature, Tensor) or isinstance(teacher_feature, Tensor):
         raise TypeError(
             "student_feature and teacher_feature must both be tensors or both be sequences, got "
@@ -228,7 +247,7 @@ def sp_loss(
             f"got {len(student_list)} and {len(teacher_list)}"
         )
     losses = [_sp_pair(s, t) for s, t in zip(student_list, teacher_list, strict=True)]
-    return torch.stack(losses).sum().to(student_list[0].dtype)
+    return torch.stack(losses).sum()
 
 
 @register("sp", functional=sp_loss, signature="features", family="relation", compares_shapes=True)
@@ -244,15 +263,13 @@ class SPLoss(nn.Module):
 
 
 def _check_cc_hyperparameters(gamma: float, order: int) -> None:
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise ValueError(f"order must be an integer >= 0, got {order!r}")
+    check_number("gamma", gamma, minimum=0.0, strict=True)
+    check_number("order", order, minimum=0, integer=True)
 
 
-def _rbf_correlation(embedding: Tensor, gamma: float, order: int) -> Tensor:
+def _rbf_correlation(embedding: Tensor, other: Tensor, gamma: float, order: int) -> Tensor:
     """Order-``order`` Taylor expansion of the Gaussian RBF kernel on L2-normalized rows."""
-    unit = F.normalize(_flat_compute(embedding), p=2, dim=1)
+    unit = unit_vectors(_flat_compute(embedding, other), dim=1)
     cosine = unit @ unit.T
     correlation = torch.zeros_like(cosine)
     for power in range(order + 1):
@@ -300,11 +317,11 @@ def cc_loss(
         student_embedding, teacher_embedding, "student_embedding", "teacher_embedding"
     )
     _check_cc_hyperparameters(gamma, order)
-    difference = _rbf_correlation(student_embedding, gamma, order) - _rbf_correlation(
-        teacher_embedding, gamma, order
-    )
+    difference = _rbf_correlation(
+        student_embedding, teacher_embedding, gamma, order
+    ) - _rbf_correlation(teacher_embedding, student_embedding, gamma, order)
     batch_size = student_embedding.shape[0]
-    return (difference.pow(2).sum() / batch_size**2).to(student_embedding.dtype)
+    return difference.pow(2).sum() / batch_size**2
 
 
 @register("cc", functional=cc_loss, signature="embeddings", family="relation", compares_shapes=True)

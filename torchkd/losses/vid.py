@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_reduction, reduce_rows
-from torchkd.losses._feature_common import ChannelLinear, match_spatial_size, upcast
+from torchkd.losses._common import (
+    check_floating,
+    check_number,
+    check_reduction,
+    reduce_rows,
+    upcast,
+)
+from torchkd.losses._feature_common import ChannelLinear, match_spatial_size
 from torchkd.losses.registry import Shapes, register
 
 __all__ = ["VIDLoss", "vid_loss"]
@@ -60,13 +66,18 @@ def vid_loss(
             f"pred_var must have shape ({channels},) (one variance per channel) or the target's "
             f"shape {tuple(target.shape)}, got {tuple(pred_var.shape)}"
         )
-    pred_mean, pred_var, target = upcast(pred_mean), upcast(pred_var), upcast(target)
+    if not bool((pred_var.detach() > 0).all()):
+        raise ValueError(f"pred_var must be > 0 everywhere, got min {pred_var.min().item():g}")
+    pred_mean, pred_var, target = (
+        upcast(pred_mean, pred_var, target),
+        upcast(pred_var, pred_mean, target),
+        upcast(target, pred_mean, pred_var),
+    )
     nll = 0.5 * ((target - pred_mean).pow(2) / pred_var + pred_var.log())
     per_sample = nll.reshape(nll.shape[0], -1).sum(dim=1)
-    loss = reduce_rows(
+    return reduce_rows(
         per_sample, reduction, rows_shape=per_sample.shape, elements_per_row=nll[0].numel()
     )
-    return loss.to(target.dtype)
 
 
 def _vid_channels(student: Shapes, teacher: Shapes) -> dict[str, Any]:
@@ -109,8 +120,8 @@ class VIDLoss(nn.Module):
         num_input_channels: student feature channels.
         num_mid_channels: hidden width of the regressor.
         num_target_channels: teacher feature channels.
-        init_pred_var: initial variance of every channel.
-        eps: variance floor.
+        init_pred_var: initial variance of every channel, finite and ``> eps``.
+        eps: variance floor, finite and ``>= 0``.
 
     Example:
         >>> import torch
@@ -130,8 +141,14 @@ class VIDLoss(nn.Module):
         eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if not init_pred_var > eps:
-            raise ValueError(f"init_pred_var must be > eps={eps}, got {init_pred_var}")
+        for name, value in (
+            ("num_input_channels", num_input_channels),
+            ("num_mid_channels", num_mid_channels),
+            ("num_target_channels", num_target_channels),
+        ):
+            check_number(name, value, minimum=1, integer=True)
+        check_number("eps", eps, minimum=0.0)
+        check_number("init_pred_var", init_pred_var, minimum=eps, strict=True)
         self.num_input_channels = num_input_channels
         self.num_mid_channels = num_mid_channels
         self.num_target_channels = num_target_channels
@@ -144,8 +161,10 @@ class VIDLoss(nn.Module):
             nn.ReLU(),
             ChannelLinear(num_mid_channels, num_target_channels, bias=False),
         )
-        # softplus(raw) = init_pred_var - eps  <=>  raw = log(exp(init_pred_var - eps) - 1)
-        raw = math.log(math.expm1(init_pred_var - eps))
+        # softplus(raw) = v  <=>  raw = log(exp(v) - 1) = v + log(1 - exp(-v)), v = var - eps:
+        # the second form does not overflow for large initial variances.
+        excess = init_pred_var - eps
+        raw = excess + math.log(-math.expm1(-excess))
         self.raw_variance = nn.Parameter(torch.full((num_target_channels,), raw))
 
     def variance(self) -> Tensor:

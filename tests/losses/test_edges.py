@@ -1,0 +1,393 @@
+"""Numerics at the edges (issue 12, section 1): one regression test per defect found by the
+robustness sweep. Each test failed before its fix; the fuzz suite (``test_fuzz.py``) covers the
+same classes of input for every registered loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+import torchkd.losses as L
+from torchkd.losses import kl
+from torchkd.losses.crd import crd_nce_loss
+from torchkd.losses.crd_inbatch import crd_inbatch_loss
+from torchkd.losses.feature import at_loss, hint_loss
+from torchkd.losses.logit import standardize_logits
+
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True)
+def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kl.COMPILE_ENV, "0")
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32, scale: float = 2.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(dtype)
+
+
+def vocab_masked(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Logits whose last two classes are masked with ``-inf`` (vocabulary masking)."""
+    values = randn(*shape, seed=seed, dtype=dtype)
+    values[..., -2:] = NEG_INF
+    return values
+
+
+def finite_student_gradient(loss: Tensor, student: Tensor) -> Tensor:
+    (gradient,) = torch.autograd.grad(loss, student)
+    assert torch.isfinite(gradient).all(), gradient
+    return gradient
+
+
+# --------------------------------------------------------------------------- -inf logits
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, t, y: L.ls_kd_loss(s, t),
+        lambda s, t, y: L.hinton_loss(s, t, y, standardize=True),
+        lambda s, t, y: L.kd_loss(s, t, standardize=True),
+        lambda s, t, y: L.dkd_loss(s, t, y),
+        lambda s, t, y: L.logit_mse_loss(s, t),
+    ],
+    ids=["ls_kd", "hinton_standardize", "kd_standardize", "dkd", "logit_mse"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_neg_inf_is_finite_and_equals_the_loss_without_those_classes(call, dtype):
+    student = vocab_masked(4, 3, 7, seed=1, dtype=dtype).requires_grad_()
+    teacher = vocab_masked(4, 3, 7, seed=2, dtype=dtype)
+    labels = torch.randint(0, 5, (4, 3), generator=torch.Generator().manual_seed(3))
+    value = call(student, teacher, labels)
+    assert torch.isfinite(value), value
+    gradient = finite_student_gradient(value, student)
+    assert (gradient[..., -2:] == 0).all()
+    # Masked classes carry no probability: the loss equals the loss on the other classes.
+    expected = call(student.detach()[..., :-2], teacher[..., :-2], labels)
+    torch.testing.assert_close(value.detach(), expected)
+
+
+@pytest.mark.parametrize("name", ["ls_kd", "dkd", "logit_mse", "kd", "jsd", "reverse_kl"])
+def test_shared_neg_inf_student_equals_teacher_is_zero(name):
+    logits = vocab_masked(4, 7, seed=4).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 3])
+    loss = L.create(name)
+    args = (logits, logits.detach().clone(), labels) if name == "dkd" else (logits, logits.detach())
+    value = loss(*args)
+    assert float(value.detach()) == pytest.approx(0.0, abs=1e-6)
+    gradient = finite_student_gradient(value, logits)
+    assert gradient.abs().max() < 1e-5
+
+
+def test_ce_label_smoothing_spreads_over_the_classes_that_exist():
+    """Found by the fuzz suite: smoothing mass on ``-inf`` classes made the loss ``inf``."""
+    logits = vocab_masked(4, 7, seed=44).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 4])
+    value = L.ce_loss(logits, labels, label_smoothing=0.1)
+    finite_student_gradient(value, logits)
+    expected = torch.nn.functional.cross_entropy(
+        logits.detach()[:, :-2], labels, label_smoothing=0.1
+    )
+    torch.testing.assert_close(value.detach(), expected)
+
+
+def test_standardize_keeps_neg_inf_and_standardizes_the_rest():
+    row = torch.tensor([[1.0, 2.0, 3.0, NEG_INF]])
+    out = standardize_logits(row)
+    assert out[0, -1] == NEG_INF
+    torch.testing.assert_close(out[:, :3], standardize_logits(row[:, :3]))
+
+
+def test_learned_temperature_gets_a_finite_gradient_with_neg_inf():
+    temperature = torch.tensor(2.0, requires_grad=True)
+    student = vocab_masked(4, 7, seed=5).requires_grad_()
+    teacher = vocab_masked(4, 7, seed=6)
+    value = L.kd_loss(student, teacher, temperature=temperature)
+    student_gradient, temperature_gradient = torch.autograd.grad(value, (student, temperature))
+    assert torch.isfinite(student_gradient).all()
+    assert torch.isfinite(temperature_gradient)
+    plain = L.kd_loss(student[..., :-2], teacher[..., :-2], temperature=temperature)
+    (expected,) = torch.autograd.grad(plain, temperature)
+    torch.testing.assert_close(temperature_gradient, expected)
+
+
+@pytest.mark.parametrize("name", ["jsd_loss", "kd_loss", "reverse_kl_loss", "soft_ce_loss"])
+def test_compiled_loss_gradients_are_finite_where_eager_ones_are(name):
+    torch._dynamo.reset()
+    function = getattr(L, name)
+    student = vocab_masked(4, 7, seed=7).requires_grad_()
+    teacher = vocab_masked(4, 7, seed=8)
+    eager = finite_student_gradient(function(student, teacher), student)
+    compiled = torch.compile(function, backend="eager", fullgraph=False)
+    gradient = finite_student_gradient(compiled(student, teacher), student)
+    torch.testing.assert_close(gradient, eager)
+
+
+# --------------------------------------------------------------------------- huge magnitudes
+
+
+@pytest.mark.parametrize("name", ["kd", "soft_ce", "reverse_kl", "jsd"])
+def test_huge_logits_give_the_float64_value_not_inf(name):
+    student = randn(4, 6, seed=9, scale=1e38).clamp(-3e38, 3e38)
+    teacher = randn(4, 6, seed=10, scale=1e38).clamp(-3e38, 3e38)
+    loss = L.create(name)
+    value = loss(student, teacher)
+    expected = loss(student.double(), teacher.double())
+    assert math.isfinite(float(expected)) and float(expected) < 3e38
+    assert torch.isfinite(value), value
+    assert float(value) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_huge_features_give_the_float64_value_and_zero_at_equality():
+    cases = {
+        "at": ([randn(4, 3, 4, 4, seed=11, scale=1e38)], [randn(4, 5, 4, 4, seed=12, scale=1e38)]),
+        "sp": (randn(4, 6, seed=13, scale=1e38), randn(4, 5, seed=14, scale=1e38)),
+        "rkd": (randn(4, 6, seed=15, scale=1e38), randn(4, 5, seed=16, scale=1e38)),
+        "ls_kd": (randn(4, 6, seed=17, scale=1e38), randn(4, 6, seed=18, scale=1e38)),
+        "pkt": (randn(4, 6, seed=19, scale=1e38), randn(4, 5, seed=20, scale=1e38)),
+        "nst": (randn(4, 3, 4, 4, seed=21, scale=1e38), randn(4, 5, 4, 4, seed=22, scale=1e38)),
+    }
+    for name, (student, teacher) in cases.items():
+        loss = L.create(name)
+
+        def as64(side):
+            return [t.double() for t in side] if isinstance(side, list) else side.double()
+
+        value, expected = loss(student, teacher), loss(as64(student), as64(teacher))
+        assert torch.isfinite(value), (name, value)
+        assert float(value) == pytest.approx(float(expected), rel=1e-3, abs=1e-6), name
+        same = loss(student, student)
+        assert float(same) == pytest.approx(0.0, abs=1e-6), (name, same)
+
+
+# --------------------------------------------------------------------------- half precision
+
+
+def test_hint_half_precision_accumulates_and_returns_float32():
+    student = randn(8, 2048, 7, 7, seed=23, dtype=torch.float16, scale=1.0)
+    teacher = randn(8, 2048, 7, 7, seed=24, dtype=torch.float16, scale=1.0)
+    value = hint_loss(student, teacher, reduction="sum")
+    assert value.dtype == torch.float32
+    expected = (student.double() - teacher.double()).square().sum()
+    assert float(value) == pytest.approx(float(expected), rel=1e-4)
+    assert float(hint_loss(student, teacher, reduction="batchmean")) == pytest.approx(
+        float(expected) / 8, rel=1e-4
+    )
+
+
+def test_ce_half_precision_sum_is_finite_float32():
+    logits = randn(4, 8192, 10, seed=25, dtype=torch.float16)
+    labels = torch.randint(0, 10, (4, 8192), generator=torch.Generator().manual_seed(26))
+    value = L.ce_loss(logits, labels, reduction="sum")
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    expected = torch.nn.functional.cross_entropy(
+        logits.double().reshape(-1, 10), labels.reshape(-1), reduction="sum"
+    )
+    assert float(value) == pytest.approx(float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", L.available())
+def test_every_loss_returns_float32_for_half_inputs(name):
+    from .test_fuzz import build_call
+
+    call = build_call(name, dtype=torch.float16, seed=0)
+    value = call()
+    assert value.dtype == torch.float32, (name, value.dtype)
+
+
+def test_exactly_one_float32_upcast_helper():
+    import pathlib
+
+    root = pathlib.Path(L.__file__).parent
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        if path.name in ("_common.py", "fused_linear.py"):
+            continue
+        text = path.read_text()
+        for needle in ("promote_types(", ".float()", "to(torch.float32", "dtype=torch.float32"):
+            if needle in text:
+                offenders.append(f"{path.name}: {needle}")
+    assert not offenders, offenders
+
+
+# --------------------------------------------------------------------------- large temperatures
+
+
+@pytest.mark.parametrize("temperature", [1e2, 1e4, 1e6])
+def test_large_temperature_kd_dkd_multi_teacher_match_float64(temperature):
+    student = randn(8, 10, seed=27)
+    teachers = [randn(8, 10, seed=28), randn(8, 10, seed=29)]
+    labels = torch.arange(8) % 10
+    calls = {
+        "kd": lambda s, t: L.kd_loss(s, t[0], temperature=temperature),
+        "reverse_kl": lambda s, t: L.reverse_kl_loss(s, t[0], temperature=temperature),
+        "jsd": lambda s, t: L.jsd_loss(s, t[0], temperature=temperature),
+        "dkd": lambda s, t: L.dkd_loss(s, t[0], labels, temperature=temperature),
+        "multi": lambda s, t: L.multi_teacher_kd_loss(s, t, temperature=temperature),
+    }
+    for name, call in calls.items():
+        value = call(student, teachers)
+        expected = call(student.double(), [t.double() for t in teachers])
+        assert float(value) >= 0, (name, value)
+        assert float(value) == pytest.approx(float(expected), rel=2e-3), (name, value, expected)
+
+
+def test_temperature_beyond_the_bound_is_refused():
+    student, teacher = randn(2, 5, seed=30), randn(2, 5, seed=31)
+    with pytest.raises(ValueError, match="temperature"):
+        L.kd_loss(student, teacher, temperature=2e6)
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+@pytest.mark.parametrize("name", ["kd", "tvd", "jsd", "dist", "dkd", "hinton", "ls_kd"])
+@pytest.mark.parametrize("temperature", [math.inf, math.nan, "2", True])
+def test_bad_temperature_is_refused_naming_it(name, temperature):
+    student, teacher = randn(4, 5, seed=32), randn(4, 5, seed=33)
+    labels = torch.arange(4)
+    function = L.entry(name).functional
+    args = (student, teacher, labels) if name in ("dkd", "hinton") else (student, teacher)
+    error = TypeError if isinstance(temperature, str | bool) else ValueError
+    with pytest.raises(error, match="temperature"):
+        function(*args, temperature=temperature)
+
+
+def test_crd_inbatch_infinite_temperature_is_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        crd_inbatch_loss(randn(4, 3), randn(4, 3), temperature=math.inf)
+    with pytest.raises(ValueError, match="temperature"):
+        L.CRDInBatchLoss(3, 3, temperature=math.inf)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: L.rkd_loss(randn(4, 3), randn(4, 3), eps=math.nan),
+        lambda: L.rkd_loss(randn(4, 3), randn(4, 3), eps=-1.0),
+        lambda: L.RKDLoss(eps=-1.0),
+        lambda: L.pkt_loss(randn(4, 3), randn(4, 3), eps=math.nan),
+        lambda: L.pkt_loss(randn(4, 3), randn(4, 3), eps=-1.0),
+        lambda: L.PKTLoss(eps=-1.0),
+        lambda: L.VIDLoss(3, 4, 5, eps=math.nan),
+        lambda: L.VIDLoss(3, 4, 5, eps=-1.0),
+        lambda: L.VIDLoss(3, 4, 5, init_pred_var=math.inf),
+        lambda: at_loss([randn(2, 3, 4, 4)], [randn(2, 3, 4, 4)], p=0.0),
+        lambda: at_loss([randn(2, 3, 4, 4)], [randn(2, 3, 4, 4)], p=-1.0),
+        lambda: at_loss([randn(2, 3, 4, 4)], [randn(2, 3, 4, 4)], p=math.nan),
+        lambda: L.ATLoss(p=0.0),
+        lambda: L.AttentionAlignLoss([3], [4], embed_dim=0),
+        lambda: L.AttentionAlignLoss([3], [4], embed_dim=-2),
+    ],
+    ids=[
+        "rkd-eps-nan",
+        "rkd-eps-neg",
+        "RKDLoss-eps-neg",
+        "pkt-eps-nan",
+        "pkt-eps-neg",
+        "PKTLoss-eps-neg",
+        "vid-eps-nan",
+        "vid-eps-neg",
+        "vid-init-inf",
+        "at-p-zero",
+        "at-p-neg",
+        "at-p-nan",
+        "ATLoss-p-zero",
+        "align-embed-zero",
+        "align-embed-neg",
+    ],
+)
+def test_bad_hyperparameters_are_refused(build):
+    with pytest.raises(ValueError, match=r"eps|p must|embed_dim|init_pred_var"):
+        build()
+
+
+def test_vid_large_initial_variance_works():
+    loss = L.VIDLoss(3, 4, 5, init_pred_var=1e4)
+    torch.testing.assert_close(loss.variance(), torch.full((5,), 1e4))
+    assert torch.isfinite(loss(randn(2, 3, 4, 4), randn(2, 5, 4, 4)))
+
+
+@pytest.mark.parametrize("temperature", [0.0125, 0.005, 0.001])
+def test_crd_small_temperature_is_finite(temperature):
+    torch.manual_seed(0)
+    crd = L.CRDLoss(6, 5, num_samples=32, feat_dim=4, num_negatives=8, temperature=temperature)
+    student, teacher = randn(4, 6, seed=34), randn(4, 5, seed=35)
+    value = crd(student, teacher, torch.arange(4))
+    assert torch.isfinite(value), value
+    assert torch.isfinite(crd(student, teacher, torch.arange(4, 8)))
+    anchor = torch.nn.functional.normalize(randn(2, 3, seed=36), dim=1)
+    rows = torch.nn.functional.normalize(randn(2, 5, 3, seed=37), dim=2)
+    log_z = 1.0 / temperature + math.log(32)
+    value = crd_nce_loss(
+        anchor, rows, temperature=temperature, log_normalizer=log_z, num_samples=32
+    )
+    expected = crd_nce_loss(
+        anchor.double(),
+        rows.double(),
+        temperature=temperature,
+        log_normalizer=log_z,
+        num_samples=32,
+    )
+    assert float(value) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_rkd_eps_zero_gradient_is_finite():
+    student = randn(5, 4, seed=38).requires_grad_()
+    value = L.rkd_loss(student, randn(5, 3, seed=39), eps=0.0)
+    finite_student_gradient(value, student)
+
+
+def test_at_fractional_p_gradient_at_exact_zeros_is_finite():
+    student = torch.relu(randn(2, 3, 4, 4, seed=40)).requires_grad_()
+    value = at_loss([student], [torch.relu(randn(2, 3, 4, 4, seed=41))], p=0.5)
+    finite_student_gradient(value, student)
+
+
+def test_pkt_eps_zero_with_a_zero_row_is_finite():
+    student = randn(4, 3, seed=42)
+    student[1] = 0.0
+    student.requires_grad_()
+    value = L.pkt_loss(student, randn(4, 3, seed=43), eps=0.0)
+    assert torch.isfinite(value)
+    finite_student_gradient(value, student)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize("name", L.available())
+def test_empty_batch_is_a_clear_value_error(name):
+    from .test_fuzz import build_call
+
+    call = build_call(name, dtype=torch.float32, seed=0, batch=0)
+    with pytest.raises(ValueError, match=r"empty"):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("name", ["ce", "hinton", "dkd", "multi_teacher_kd"])
+def test_narrow_integer_labels_work(name, dtype):
+    from .test_fuzz import build_call
+
+    wide = build_call(name, dtype=torch.float32, seed=0)()
+    narrow = build_call(name, dtype=torch.float32, seed=0, label_dtype=dtype)()
+    torch.testing.assert_close(narrow, wide)
+
+
+@pytest.mark.parametrize("name", L.available())
+def test_float32_student_with_float64_teacher_is_promoted(name):
+    from .test_fuzz import build_call
+
+    if L.entry(name).signature == "labels":
+        pytest.skip("no teacher")
+    mixed = build_call(name, dtype=torch.float32, seed=0, teacher_dtype=torch.float64)()
+    assert torch.isfinite(mixed)
+    if L.entry(name).functional is not None:
+        assert mixed.dtype == torch.float64
+        both = build_call(name, dtype=torch.float64, seed=0, rounded_to=torch.float32)()
+        torch.testing.assert_close(mixed, both)

@@ -105,8 +105,9 @@ def _vocab(student_vocab: int, teacher_vocab: int, truncate_vocab: bool, what: s
     return min(student_vocab, teacher_vocab)
 
 
-def _rows(tensor: Tensor, index: Tensor | None) -> Tensor:
-    flat = tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(-1)
+def _rows(tensor: Tensor, index: Tensor | None, per_token: bool = False) -> Tensor:
+    """The selected rows of ``[..., D]`` as ``[n, D]`` (``per_token``: of ``[...]`` as ``[n]``)."""
+    flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
     return flat if index is None else flat[index]
 
 
@@ -325,7 +326,7 @@ def fused_linear_kd_loss(
         )
     buckets = None
     if sparse is not None:
-        tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index)
+        tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
         log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
         if divergence == "reverse_kl" and bool((log_masses[:, -1] == float("-inf")).any()):
             raise ValueError(
@@ -346,7 +347,7 @@ def fused_linear_kd_loss(
         teacher_scale=float(teacher_logit_scale),
         teacher_softcap=teacher_softcap,
     )
-    selected_labels = None if labels is None else _rows(labels, index)
+    selected_labels = None if labels is None else _rows(labels, index, True)
     teacher_rows = None if dense is None else _rows(dense, index)
     originals = dict(
         zip(

@@ -262,6 +262,11 @@ def fused_linear_kd_loss(
                     f"teacher_logits must have shape [{', '.join(map(str, rows_shape))}, V] (the "
                     f"student's tokens), got {tuple(dense.shape)}"
                 )
+            if dense.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "teacher_logits require grad, but the fused loss gives given logits none: "
+                    "detach them, or pass teacher_hidden + teacher_weight to train the teacher"
+                )
             if bool(torch.isnan(dense).any()) or bool((dense == float("inf")).any()):
                 raise ValueError("teacher_logits contain NaN or +inf")
             vocab = _vocab(student_weight.shape[0], dense.shape[-1], truncate_vocab, "logits")

@@ -61,7 +61,8 @@ class TopKLogits:
         if not 1 <= k <= logits.shape[-1]:
             raise ValueError(f"k must be in [1, {logits.shape[-1]}] (the vocabulary), got {k}")
         with torch.no_grad():
-            log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+            values = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            log_probs = torch.log_softmax(values / temperature, dim=-1)
             top_log_probs, token_ids = log_probs.topk(k, dim=-1)
             rest = log_probs.scatter(-1, token_ids, float("-inf"))
             tail = torch.logsumexp(rest, dim=-1)

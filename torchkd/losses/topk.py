@@ -48,7 +48,7 @@ class TopKLogits:
         >>> sparse.token_ids
         tensor([[0, 1]])
         >>> round(sparse.tail_log_mass.exp().item(), 4)
-        0.0458
+        0.0566
     """
 
     token_ids: Tensor

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 from torch import Tensor
 
 from torchkd.losses import FusedLinearKDLoss, TopKLogits, create, fused_linear_kd_loss
@@ -529,3 +531,43 @@ def test_bad_topk_targets_raise_clear_errors() -> None:
         fused_linear_kd_loss(**case, teacher_logits=full, divergence="reverse_kl")
     with pytest.raises(ValueError, match="final"):
         fused_linear_kd_loss(**case, teacher_logits=full, teacher_softcap=30.0)
+
+
+# --------------------------------------------------------------------------- fuzz
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    hidden=st.integers(1, 5),
+    vocab=st.integers(2, 9),
+    chunk_size=st.integers(1, 10),
+    divergence=st.sampled_from(["forward_kl", "reverse_kl", "jsd", "tvd"]),
+    temperature=st.floats(0.5, 4.0),
+    spread=st.floats(0.1, 8.0),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_the_reference_and_are_non_negative(
+    rows: int,
+    hidden: int,
+    vocab: int,
+    chunk_size: int,
+    divergence: str,
+    temperature: float,
+    spread: float,
+    seed: int,
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64) * spread**0.5
+
+    case = {
+        "student_hidden": randn(rows, hidden),
+        "student_weight": randn(vocab, hidden),
+        "teacher_hidden": randn(rows, hidden + 1),
+        "teacher_weight": randn(vocab, hidden + 1),
+    }
+    options = {"divergence": divergence, "temperature": temperature, "chunk_size": chunk_size}
+    assert_matches_reference(case, options, rtol=1e-8, atol=1e-10)
+    assert fused_linear_kd_loss(**case, **options) >= -1e-12

@@ -236,6 +236,10 @@ def test_dense_teacher_logits_match_reference(divergence: str, beta: float) -> N
     case["teacher_logits"] = (hidden @ weight.T + case.pop("teacher_bias")).detach()
     options = {"divergence": divergence, "beta": beta, "temperature": 2.0, "chunk_size": 4}
     assert_matches_reference(case, options)
+    case["labels"][1, 2] = -100  # rows left out: the teacher's rows are gathered per chunk
+    mask = torch.ones(2, ROWS // 2, dtype=torch.bool)
+    mask[0, :2] = False
+    assert_matches_reference(case, {**options, "mask": mask, "chunk_size": 3})
 
 
 @pytest.mark.parametrize(("divergence", "beta"), DIVERGENCES)

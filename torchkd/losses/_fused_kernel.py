@@ -1,4 +1,4 @@
-"""The chunked kernel behind :func:`torchkd.losses.fused_linear_kd_loss`.
+r"""The chunked kernel behind :func:`torchkd.losses.fused_linear_kd_loss`.
 
 Rows are processed ``chunk_size`` at a time. For each chunk the student's (and, from hidden
 states, the teacher's) logits are written into one preallocated ``[chunk, V]`` buffer per side,
@@ -7,12 +7,16 @@ gradient is pushed through the output projection at once: ``grad_hidden[chunk] =
 ``grad_weight += G^T h``, ``grad_bias += sum_rows G``, accumulated in float32 (float64 for
 float64 inputs). The backward pass only multiplies the stored gradients by the incoming scalar.
 
-Per side, the logits are ``y = cap tanh(s (h W^T + b) / cap)`` (scale ``s``, optional softcap
-``cap``), softened as ``a = y / T``. With :math:`\\partial L / \\partial a` from the divergence
-and :math:`w (\\mathrm{softmax}(y) - \\mathrm{onehot})` from the hard-label term, the gradient
-w.r.t. the pre-activation ``z = h W^T + b`` is
-:math:`s (1 - \\tanh^2) (\\lambda \\, \\partial L / \\partial a / T + w \\ldots) / D` with
-:math:`\\lambda` the :math:`T^2` factor and ``D`` the normalizer.
+Per side the logits are ``y = c tanh(s z / c)`` with ``z = h W^T + b`` (scale ``s``, optional
+softcap ``c``), softened as ``a = y / T``. The gradient w.r.t. ``z`` is
+
+.. math::
+    \frac{\partial \ell}{\partial z} = s \left(1 - \tanh^2\frac{s z}{c}\right)
+    \left[\frac{\lambda}{T D} \frac{\partial \mathcal{D}}{\partial a}
+    + \frac{w}{D} \left(\mathrm{softmax}(y) - \mathrm{onehot}\right)\right]
+
+with :math:`\lambda` the :math:`T^2` factor, ``w`` the hard-label weight and ``D`` the
+normalizer; the scalar factor rides on the matrix products (their ``alpha``).
 """
 
 from __future__ import annotations
@@ -232,17 +236,22 @@ def _gradient_buffers(student: Side, teacher: Side | None, wanted: set[str]) -> 
 def run(
     plan: Plan,
     student: Side,
-    teacher: Side | None,
-    teacher_logits: Tensor | None,
+    teacher: Side | tuple[Tensor, Tensor | None] | None,
     sparse: tuple[Tensor, Tensor] | None,
     labels: Tensor | None,
     wanted: set[str],
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss (0-dim, compute dtype) and the gradients of the ``wanted`` inputs.
 
-    ``wanted`` names inputs as ``"student_hidden"``, ``"teacher_weight"``, ...; the student's
-    weight (and the teacher's, from hidden states) must already be in the compute dtype.
+    The teacher is a :class:`Side`, or dense logits as ``(all rows [N, V'], index of the
+    selected rows or None)`` (rows are gathered a chunk at a time, never copied whole), or None
+    with ``sparse`` = (token ids ``[n, k]``, bucket log-masses ``[n, k + 1]``). ``wanted``
+    names inputs as ``"student_hidden"``, ``"teacher_weight"``, ...; the weights must already
+    be in the compute dtype.
     """
+    teacher_logits = row_index = None
+    if isinstance(teacher, tuple):
+        (teacher_logits, row_index), teacher = teacher, None
     dtype, device = student.weight.dtype, student.weight.device
     rows_total, vocab = student.hidden.shape[0], student.weight.shape[0]
     grads = _gradient_buffers(student, teacher, wanted)
@@ -282,7 +291,10 @@ def run(
                     other, plan.teacher_scale, plan.teacher_softcap, temperature, teacher_derivative
                 )
             else:
-                other.copy_(teacher_logits[start:stop, :vocab])
+                if row_index is None:
+                    other.copy_(teacher_logits[start:stop, :vocab])
+                else:
+                    other.copy_(teacher_logits.index_select(0, row_index[start:stop])[:, :vocab])
                 if temperature != 1.0:
                     other.div_(temperature)
             rows, other = _dense_divergence(

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from torchkd.losses._common import check_floating, check_labels, check_mask, check_unit_interval
-from torchkd.losses._fused_kernel import FusedLinearFunction, Plan, Side, run
+from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
 from torchkd.losses.registry import register
 from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
 
@@ -359,21 +359,8 @@ def fused_linear_kd_loss(
         teacher_softcap=teacher_softcap,
     )
     selected_labels = None if labels is None else _rows(labels, index, True)
-    teacher_rows = None if dense is None else _rows(dense, index)
-    originals = dict(
-        zip(
-            (
-                "student_hidden",
-                "student_weight",
-                "student_bias",
-                "teacher_hidden",
-                "teacher_weight",
-                "teacher_bias",
-            ),
-            tensors[:6],
-            strict=True,
-        )
-    )
+    teacher_rows = None if dense is None else dense.reshape(-1, dense.shape[-1])
+    originals = dict(zip(INPUT_NAMES, tensors[:6], strict=True))
 
     def finish(name: str, gradient: Tensor) -> Tensor:
         original = originals[name]
@@ -389,7 +376,8 @@ def fused_linear_kd_loss(
         return gradient.to(original.dtype)
 
     def compute(wanted: set[str]) -> tuple[Tensor, dict[str, Tensor], Callable]:
-        loss, grads = run(plan, student, teacher, teacher_rows, buckets, selected_labels, wanted)
+        teacher_side = teacher if teacher_rows is None else (teacher_rows, index)
+        loss, grads = run(plan, student, teacher_side, buckets, selected_labels, wanted)
         return loss, grads, finish
 
     differentiable = tensors[:6]

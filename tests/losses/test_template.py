@@ -19,6 +19,10 @@ reductions and any check that does not apply (with the reason). Checks:
   exactly 0 with a zero gradient; ``ignore_index`` rows are left out;
 - bad inputs raise ``ValueError``/``TypeError`` (shapes, labels, mask, temperature, reduction).
 
+Losses with the ``hidden_states`` signature (fused with the output projection) get hidden
+states and output weights for each side (hidden sizes 6 and 7, vocabulary C); every check then
+treats the side as that pair, and only the hidden states and labels have rows to mask.
+
 Shapes are tiny (B=4, C=5, L=3) so the whole template runs in seconds.
 """
 

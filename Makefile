@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_speed.py
+
+# Token-level KD at LM scale (long: one process per measurement). Liger-Kernel is installed
+# without its dependencies for variant (c) only; torchkd never depends on it.
+bench-token: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps liger-kernel
+	$(BIN)/python benchmarks/token_kd.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -974,3 +974,85 @@ REFERENCES.update(
         ),
     }
 )
+
+
+# --------------------------------------------------------------------------- fused token losses
+
+
+def linear_row(hidden: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``z_c = sum_h hidden_h weight_c,h`` by explicit loops."""
+    return np.array(
+        [
+            math.fsum(float(hidden[h]) * float(weight[c, h]) for h in range(len(hidden)))
+            for c in range(weight.shape[0])
+        ]
+    )
+
+
+def fused_linear_reference(
+    student_hidden: np.ndarray,
+    student_weight: np.ndarray,
+    teacher_hidden: np.ndarray,
+    teacher_weight: np.ndarray,
+    labels: np.ndarray,
+    *,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    temperature_squared: bool = True,
+    hard_label_weight: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+    student_softcap: float | None = None,
+    student_logit_scale: float = 1.0,
+    chunk_size: int | None = None,
+) -> float:
+    """Per token: materialize both logit rows, then T^2 D(p_T, p_S) + w CE (T = 1).
+
+    Tokens whose label is ``ignore_index`` are skipped; batchmean divides by the tokens kept.
+    ``chunk_size`` does not change the value.
+    """
+    del chunk_size
+    divergences = {
+        "forward_kl": lambda s, t: kd_row(s, t, temperature=temperature),
+        "reverse_kl": lambda s, t: reverse_kl_row(s, t, temperature=temperature),
+        "jsd": lambda s, t: jsd_row(s, t, beta=beta, temperature=temperature),
+        "tvd": lambda s, t: tvd_row(s, t, temperature=temperature) * temperature**2,
+    }
+    student_rows = student_hidden.reshape(-1, student_hidden.shape[-1])
+    teacher_rows = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    values = []
+    for student_row, teacher_row, label in zip(
+        student_rows, teacher_rows, labels.reshape(-1), strict=True
+    ):
+        if label == ignore_index:
+            continue
+        student_logits = linear_row(student_row, student_weight) * student_logit_scale
+        if student_softcap is not None:
+            student_logits = np.array(
+                [student_softcap * math.tanh(z / student_softcap) for z in student_logits]
+            )
+        teacher_logits = linear_row(teacher_row, teacher_weight)
+        value = divergences[divergence](student_logits, teacher_logits)  # includes T^2
+        if not temperature_squared or divergence == "tvd":
+            value /= temperature**2
+        values.append(value + hard_label_weight * ce_row(student_logits, int(label)))
+    if reduction == "sum":
+        return math.fsum(values)
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+REFERENCES["fused_linear_kd"] = Reference(
+    fused_linear_reference,
+    {"temperature": 2.0, "chunk_size": 5},
+    variants=(
+        {"divergence": "reverse_kl", "chunk_size": 2},
+        {"divergence": "jsd", "beta": 0.3},
+        {"divergence": "jsd", "beta": 0.0},
+        {"divergence": "jsd", "beta": 1.0},
+        {"divergence": "tvd"},
+        {"hard_label_weight": 0.5, "temperature_squared": False},
+        {"student_softcap": 3.0, "student_logit_scale": 0.5},
+    ),
+    reductions=("batchmean", "sum"),
+)

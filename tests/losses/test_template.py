@@ -19,6 +19,10 @@ reductions and any check that does not apply (with the reason). Checks:
   exactly 0 with a zero gradient; ``ignore_index`` rows are left out;
 - bad inputs raise ``ValueError``/``TypeError`` (shapes, labels, mask, temperature, reduction).
 
+Losses with the ``hidden_states`` signature (fused with the output projection) get hidden
+states and output weights for each side (hidden sizes 6 and 7, vocabulary C); every check then
+treats the side as that pair, and only the hidden states and labels have rows to mask.
+
 Shapes are tiny (B=4, C=5, L=3) so the whole template runs in seconds.
 """
 
@@ -38,8 +42,11 @@ from torchkd.losses import available, entry
 from .references import REFERENCES, Reference
 
 BATCH, CLASSES, LENGTH, TEACHERS, NUM_DATA = 4, 5, 3, 3, 16
-LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
-WITH_LABELS = ("labels", "logits_labels", "multi_teacher")
+LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher", "hidden_states")
+WITH_LABELS = ("labels", "logits_labels", "multi_teacher", "hidden_states")
+# "hidden_states": (student_hidden, student_weight, teacher_hidden, teacher_weight, labels); a
+# side is its hidden states and output weight, and only the hidden states (and labels) have rows.
+STUDENT_HIDDEN, TEACHER_HIDDEN = 6, 7
 ALL_REDUCTIONS = ("batchmean", "sum", "mean", "none")
 NAMES = available()
 
@@ -77,6 +84,33 @@ def rows_shape(layout: str) -> tuple[int, ...]:
     return (BATCH, LENGTH) if layout == "tokens" else (BATCH,)
 
 
+def side_slots(name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Positions of the student's and the teacher's inputs."""
+    return ((0, 1), (2, 3)) if signature_of(name) == "hidden_states" else ((0,), (1,))
+
+
+def row_slots(name: str, inputs: Sequence[object]) -> tuple[int, ...]:
+    """Positions of the inputs whose leading dims are the rows (all, except output weights)."""
+    if signature_of(name) == "hidden_states":
+        return (0, 2, 4)
+    return tuple(range(len(inputs)))
+
+
+def side_of(name: str, inputs: Sequence[object], side: int) -> list[Tensor]:
+    """The student's (``side=0``) or the teacher's (``side=1``) tensors."""
+    return [t for slot in side_slots(name)[side] for t in tensors_of(inputs[slot])]
+
+
+def select(name: str, inputs: Sequence[object], keep: Tensor) -> list[object]:
+    """``inputs`` with only the rows selected by ``keep`` (lists: each member)."""
+    slots = row_slots(name, inputs)
+
+    def selected(item: object) -> object:
+        return [t[keep] for t in item] if isinstance(item, list) else item[keep]
+
+    return [selected(item) if i in slots else item for i, item in enumerate(inputs)]
+
+
 def spec_of(name: str) -> Reference:
     if name not in REFERENCES:
         pytest.skip(f"{name!r} has no reference (test_every_loss_has_a_reference fails)")
@@ -102,6 +136,11 @@ def make_inputs(
         return values.to(dtype)
 
     signature = signature_of(name)
+    if signature == "hidden_states":
+        rows = rows_shape(layout)
+        labels = torch.randint(0, CLASSES, rows, generator=generator)
+        student = (randn(*rows, STUDENT_HIDDEN), randn(CLASSES, STUDENT_HIDDEN))
+        return (*student, randn(*rows, TEACHER_HIDDEN), randn(CLASSES, TEACHER_HIDDEN), labels)
     if signature in LOGIT_SIGNATURES:
         shape = (*rows_shape(layout), CLASSES)
         student = randn(*shape)
@@ -166,17 +205,20 @@ def tensors_of(side: object) -> list[Tensor]:
 
 
 def with_sides(
-    inputs: Sequence[object], student: list[Tensor], teacher: list[Tensor] | None
+    name: str, inputs: Sequence[object], student: list[Tensor], teacher: list[Tensor] | None
 ) -> tuple[object, ...]:
     """``inputs`` with the student (and teacher) side replaced, keeping tensor-or-list form."""
-
-    def shaped(original: object, tensors: list[Tensor]) -> object:
-        return tensors[0] if isinstance(original, Tensor) else list(tensors)
-
     rebuilt = list(inputs)
-    rebuilt[0] = shaped(inputs[0], student)
-    if teacher is not None:
-        rebuilt[1] = shaped(inputs[1], teacher)
+    for slots, tensors in zip(side_slots(name), (student, teacher), strict=True):
+        if tensors is None:
+            continue
+        if len(slots) > 1:
+            for slot, tensor in zip(slots, tensors, strict=True):
+                rebuilt[slot] = tensor
+        elif isinstance(inputs[slots[0]], Tensor):
+            rebuilt[slots[0]] = tensors[0]
+        else:
+            rebuilt[slots[0]] = list(tensors)
     return tuple(rebuilt)
 
 
@@ -247,15 +289,17 @@ def test_gradcheck(name: str) -> None:
     skip_if_declared(spec, "gradcheck")
     inputs = make_inputs(name)
     loss = make_loss(name, spec.kwargs)
-    student = [t.clone().requires_grad_() for t in tensors_of(inputs[0])]
+    student = [t.clone().requires_grad_() for t in side_of(name, inputs, 0)]
     differentiate_teacher = has_teacher(name) and spec.teacher_grad
     teacher = (
-        [t.clone().requires_grad_() for t in tensors_of(inputs[1])] if differentiate_teacher else []
+        [t.clone().requires_grad_() for t in side_of(name, inputs, 1)]
+        if differentiate_teacher
+        else []
     )
 
     def function(*tensors: Tensor) -> Tensor:
         student_part, teacher_part = list(tensors[: len(student)]), list(tensors[len(student) :])
-        return loss(*with_sides(inputs, student_part, teacher_part or None))
+        return loss(*with_sides(name, inputs, student_part, teacher_part or None))
 
     assert torch.autograd.gradcheck(function, (*student, *teacher))
 
@@ -282,12 +326,12 @@ def test_zero_when_student_equals_teacher(name: str, layout: str) -> None:
         pytest.skip("no teacher")
     skip_if_declared(spec, "zero_at_equal")
     inputs = make_inputs(name, layout)
-    student = [t.clone().requires_grad_() for t in tensors_of(inputs[0])]
+    student = [t.clone().requires_grad_() for t in side_of(name, inputs, 0)]
     if signature_of(name) == "multi_teacher":
         teacher = [student[0].detach().clone() for _ in tensors_of(inputs[1])]
     else:
         teacher = [t.detach().clone() for t in student]
-    value = make_loss(name, spec.kwargs)(*with_sides(inputs, student, teacher))
+    value = make_loss(name, spec.kwargs)(*with_sides(name, inputs, student, teacher))
     assert float(value.detach()) == pytest.approx(0.0, abs=1e-5)
     gradients = torch.autograd.grad(value, student)
     for gradient in gradients:
@@ -330,8 +374,10 @@ def test_low_precision_close_to_float32(name: str, dtype: torch.dtype) -> None:
     tolerance = {torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
     half_inputs = make_inputs(name, dtype=dtype)
     float_inputs = [as_float32(item) for item in half_inputs]
-    student = [t.clone().requires_grad_() for t in tensors_of(half_inputs[0])]
-    value = make_loss(name, spec.kwargs, torch.float32)(*with_sides(half_inputs, student, None))
+    student = [t.clone().requires_grad_() for t in side_of(name, half_inputs, 0)]
+    value = make_loss(name, spec.kwargs, torch.float32)(
+        *with_sides(name, half_inputs, student, None)
+    )
     expected = make_loss(name, spec.kwargs, torch.float32)(*float_inputs)
     assert torch.isfinite(value).all()
     assert_close(value.float(), expected.detach(), rtol=tolerance, atol=tolerance)
@@ -345,11 +391,13 @@ def test_low_precision_close_to_float32(name: str, dtype: torch.dtype) -> None:
 def test_extreme_logits_stay_finite(name: str, layout: str) -> None:
     spec = spec_of(name)
     inputs = make_inputs(name, layout, dtype=torch.float32, scale=1e4)
-    student = [t.clone().requires_grad_() for t in tensors_of(inputs[0])]
+    student = [t.clone().requires_grad_() for t in side_of(name, inputs, 0)]
     teacher = (
-        [t.clone().requires_grad_() for t in tensors_of(inputs[1])] if has_teacher(name) else None
+        [t.clone().requires_grad_() for t in side_of(name, inputs, 1)]
+        if has_teacher(name)
+        else None
     )
-    value = make_loss(name, spec.kwargs, torch.float32)(*with_sides(inputs, student, teacher))
+    value = make_loss(name, spec.kwargs, torch.float32)(*with_sides(name, inputs, student, teacher))
     assert torch.isfinite(value).all(), value
     value.sum().backward()
     for tensor in student + (teacher or []):
@@ -361,13 +409,26 @@ def masked_inputs(
 ) -> tuple[tuple[object, ...], list[Tensor], list[Tensor] | None]:
     """Inputs whose unselected rows are NaN, with gradients tracked on both sides."""
     inputs = make_inputs(name, layout)
+    slots = row_slots(name, inputs)
 
-    def poisoned(tensor: Tensor) -> Tensor:
+    def poisoned(tensor: Tensor, slot: int) -> Tensor:
+        if slot not in slots:  # an output weight: no rows
+            return tensor.clone().requires_grad_()
         return tensor.masked_fill(~keep.unsqueeze(-1), float("nan")).requires_grad_()
 
-    student = [poisoned(t) for t in tensors_of(inputs[0])]
-    teacher = [poisoned(t) for t in tensors_of(inputs[1])] if has_teacher(name) else None
-    return with_sides(inputs, student, teacher), student, teacher
+    def side(index: int) -> list[Tensor]:
+        return [
+            poisoned(t, slot) for slot in side_slots(name)[index] for t in tensors_of(inputs[slot])
+        ]
+
+    student = side(0)
+    teacher = side(1) if has_teacher(name) else None
+    return with_sides(name, inputs, student, teacher), student, teacher
+
+
+def row_tensors(name: str, tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors of one side that have rows (a ``hidden_states`` side: its hidden states)."""
+    return tensors[:1] if signature_of(name) == "hidden_states" else tensors
 
 
 @pytest.mark.parametrize(("name", "layout"), layout_cases(logit_only=True, needs="mask"))
@@ -395,8 +456,7 @@ def test_mask_selects_rows(name: str, layout: str) -> None:
             [[True, True, False], [False, False, False], [True, False, True], [False, True, True]]
         )
     inputs, student, teacher = masked_inputs(name, layout, keep)
-    clean = make_inputs(name, layout)
-    selected = [[t[keep] for t in item] if isinstance(item, list) else item[keep] for item in clean]
+    selected = select(name, make_inputs(name, layout), keep)
     loss = make_loss(name, spec.kwargs)
     expected = reference_value(name, loss, selected, **spec.kwargs)
     value = loss(*inputs, mask=keep)
@@ -404,6 +464,7 @@ def test_mask_selects_rows(name: str, layout: str) -> None:
     value.backward()
     for tensor in student + (teacher or []):
         assert torch.isfinite(tensor.grad).all()
+    for tensor in row_tensors(name, student) + row_tensors(name, teacher or []):
         assert (tensor.grad[~keep] == 0).all()
 
 
@@ -416,7 +477,7 @@ def test_ignore_index_rows_are_left_out(name: str, layout: str) -> None:
     ignored.view(-1)[1::3] = True
     labels[ignored] = -100
     keep = ~ignored
-    kept = [[t[keep] for t in item] if isinstance(item, list) else item[keep] for item in inputs]
+    kept = select(name, inputs, keep)
     loss = make_loss(name, spec.kwargs)
     expected = reference_value(name, loss, kept, **spec.kwargs)
     assert_close(loss(*inputs[:-1], labels), expected, rtol=1e-7, atol=1e-9)
@@ -451,16 +512,22 @@ def test_bad_inputs_raise(name: str, case: str) -> None:
     kwargs = dict(spec.kwargs)
     call_kwargs: dict[str, object] = {}
     error: type[Exception] = ValueError
-    student_side = tensors_of(inputs[0])
+    student_side = side_of(name, inputs, 0)
+    hidden_states = signature_of(name) == "hidden_states"
     if case == "integer_student":
         error = TypeError
-        inputs[0] = with_sides(inputs, [t.long() for t in student_side], None)[0]
+        inputs = list(with_sides(name, inputs, [t.long() for t in student_side], None))
     elif case == "bad_batch":
-        shorter = [t[1:] for t in student_side]
-        inputs[0] = with_sides(inputs, shorter, None)[0]
+        with_rows = row_tensors(name, student_side)
+        shorter = [t[1:] for t in with_rows] + student_side[len(with_rows) :]
+        inputs = list(with_sides(name, inputs, shorter, None))
+    elif case == "class_mismatch" and hidden_states:  # one more vocabulary row in the teacher
+        teacher_hidden, teacher_weight = side_of(name, inputs, 1)
+        wider = torch.cat([teacher_weight, teacher_weight[:1]], dim=0)
+        inputs = list(with_sides(name, inputs, student_side, [teacher_hidden, wider]))
     elif case == "class_mismatch":
         wider = [torch.cat([t, t[..., :1]], dim=-1) for t in tensors_of(inputs[1])]
-        inputs[1] = with_sides(inputs, student_side, wider)[1]
+        inputs[1] = with_sides(name, inputs, student_side, wider)[1]
     elif case in ("label_too_large", "label_negative"):
         inputs[-1] = inputs[-1].clone()
         inputs[-1][0] = CLASSES if case == "label_too_large" else -2

@@ -42,6 +42,9 @@ __all__ = [
 #   "feature_lists"  f([student_features], [teacher_features])          lists of layer outputs
 #   "embeddings"     f(student_embedding [B, D], teacher_embedding [B, D'])
 #   "indexed"        f(student_embedding, teacher_embedding, index, contrast_index=None)
+#   "hidden_states"  f(student_hidden [..., Hs], student_weight [V, Hs],
+#                      teacher_hidden [..., Ht], teacher_weight [V, Ht], labels=None)
+#                    token-level losses fused with the output projection (logits never built)
 Signature = Literal[
     "labels",
     "logits",
@@ -51,6 +54,7 @@ Signature = Literal[
     "feature_lists",
     "embeddings",
     "indexed",
+    "hidden_states",
 ]
 Family = Literal["logit", "feature", "relation"]
 

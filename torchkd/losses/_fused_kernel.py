@@ -1,0 +1,374 @@
+r"""The chunked kernel behind :func:`torchkd.losses.fused_linear_kd_loss`.
+
+Rows are processed ``chunk_size`` at a time. For each chunk the student's (and, from hidden
+states, the teacher's) logits are written into one preallocated ``[chunk, V]`` buffer per side,
+the divergence and its closed-form gradient w.r.t. the logits are computed in place, and the
+gradient is pushed through the output projection at once: ``grad_hidden[chunk] = G W``,
+``grad_weight += G^T h``, ``grad_bias += sum_rows G``, accumulated in float32 (float64 for
+float64 inputs). The backward pass only multiplies the stored gradients by the incoming scalar.
+
+Per side the logits are ``y = c tanh(s z / c)`` with ``z = h W^T + b`` (scale ``s``, optional
+softcap ``c``), softened as ``a = y / T``. The gradient w.r.t. ``z`` is
+
+.. math::
+    \frac{\partial \ell}{\partial z} = s \left(1 - \tanh^2\frac{s z}{c}\right)
+    \left[\frac{\lambda}{T D} \frac{\partial \mathcal{D}}{\partial a}
+    + \frac{w}{D} \left(\mathrm{softmax}(y) - \mathrm{onehot}\right)\right]
+
+with :math:`\lambda` the :math:`T^2` factor, ``w`` the hard-label weight and ``D`` the
+normalizer; the scalar factor rides on the matrix products (their ``alpha``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from torchkd.losses.kl import _graph_kept
+from torchkd.losses.topk import bucket_gradients
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's output layer: selected hidden rows ``[n, H]``, weight ``[V, H]``, options."""
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    scale: float
+    softcap: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the kernel needs besides the tensors."""
+
+    divergence: str  # "forward_kl" | "reverse_kl" | "jsd" | "tvd"
+    beta: float
+    temperature: float
+    divergence_weight: float  # T^2, or 1 (no T^2, or TVD)
+    hard_label_weight: float
+    denominator: float
+    chunk_size: int
+    student_scale: float
+    student_softcap: float | None
+    teacher_scale: float
+    teacher_softcap: float | None
+
+
+class _Buffers:
+    """Preallocated ``[chunk, V]`` work buffers, created on first use; views of the first rows."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.shape, self.dtype, self.device = (rows, vocab), dtype, device
+        self.store: dict[str, Tensor] = {}
+
+    def get(self, name: str, rows: int) -> Tensor:
+        if name not in self.store:
+            self.store[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self.store[name][:rows]
+
+
+def _soften(
+    out: Tensor, scale: float, softcap: float | None, temperature: float, derivative: Tensor | None
+) -> None:
+    """``out <- cap tanh(s out / cap) / T`` in place; ``derivative <- 1 - tanh^2`` if given."""
+    if softcap is None:
+        if scale / temperature != 1.0:
+            out.mul_(scale / temperature)
+        return
+    out.mul_(scale / softcap).tanh_()
+    if derivative is not None:
+        torch.mul(out, out, out=derivative)
+        derivative.neg_().add_(1.0)
+    out.mul_(softcap / temperature)
+
+
+def _project(out: Tensor, hidden: Tensor, side: Side) -> None:
+    weight = side.weight.t()
+    if side.bias is None:
+        torch.mm(hidden, weight, out=out)
+    else:
+        torch.addmm(side.bias, hidden, weight, out=out)
+
+
+def _row_dot(first: Tensor, second: Tensor, scratch: Tensor) -> Tensor:
+    """``sum_c first * second`` per row through ``scratch`` (on CPU twice as fast as vecdot)."""
+    return torch.mul(first, second, out=scratch).sum(-1)
+
+
+def _dense_divergence(
+    plan: Plan,
+    student: Tensor,
+    teacher: Tensor,
+    buffers: _Buffers,
+    teacher_grad: bool,
+    masked_teacher: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Rows of D(p_T, p_S); ``student`` <- dD/da_S; returns the buffer holding dD/da_T.
+
+    On entry both buffers hold the softened logits. Every step writes into a preallocated
+    ``[chunk, V]`` buffer: forward and reverse KL use one more (two when the teacher needs its
+    gradient too), JSD and TVD two more.
+    """
+    n = student.shape[0]
+    work = buffers.get("work", n)
+    torch.log_softmax(student, dim=-1, out=student)
+    torch.log_softmax(teacher, dim=-1, out=teacher)
+    if masked_teacher:  # -inf teacher logits: keep log q finite so that q log q = 0
+        teacher.clamp_(min=torch.finfo(teacher.dtype).min)
+    kind, beta = plan.divergence, plan.beta
+    teacher_gradient = None
+    if kind == "forward_kl":
+        torch.sub(teacher, student, out=work)  # log q - log p
+        teacher.exp_()  # q
+        if teacher_grad:  # q (log q - log p - D)
+            rows = _row_dot(work, teacher, buffers.get("scratch", n))
+            teacher_gradient = work.sub_(rows.unsqueeze(-1)).mul_(teacher)
+        else:
+            rows = work.mul_(teacher).sum(-1)
+        student.exp_().sub_(teacher)  # p - q
+    elif kind == "reverse_kl":
+        torch.sub(student, teacher, out=work)  # log p - log q
+        student.exp_()  # p
+        if teacher_grad:
+            teacher_gradient = teacher.exp_().sub_(student)  # q - p
+        rows = work.mul_(student).sum(-1)
+        student.mul_(rows.unsqueeze(-1))
+        torch.sub(work, student, out=student)  # p (log p - log q - D)
+    elif kind == "jsd":
+        scratch = buffers.get("scratch", n)
+        torch.add(teacher, math.log(beta) - math.log1p(-beta), out=work)
+        torch.logaddexp(work, student, out=work)
+        work.add_(math.log1p(-beta))  # log m
+        torch.exp(student, out=scratch)  # p
+        student_part = student.sub_(work).mul_(scratch).sum(-1)  # p log(p / m)
+        scratch.mul_(student_part.unsqueeze(-1))
+        student.sub_(scratch).mul_(1.0 - beta)  # (1 - beta) p (log(p / m) - K_S)
+        torch.exp(teacher, out=scratch)  # q
+        teacher_part = teacher.sub_(work).mul_(scratch).sum(-1)
+        if teacher_grad:
+            scratch.mul_(teacher_part.unsqueeze(-1))
+            teacher_gradient = teacher.sub_(scratch).mul_(beta)
+        rows = beta * teacher_part + (1.0 - beta) * student_part
+    else:  # tvd: g_S = sign(p - q) / 2, g_T = -g_S
+        scratch = buffers.get("scratch", n)
+        student.exp_()
+        teacher.exp_()
+        torch.sub(student, teacher, out=work)
+        rows = 0.5 * torch.abs(work, out=scratch).sum(-1)
+        work.sign_().mul_(0.5)
+        student_mean = _row_dot(student, work, scratch).unsqueeze(-1)
+        if teacher_grad:  # q (g_T - sum q g_T) = q (sum q g_S - g_S)
+            teacher_mean = _row_dot(teacher, work, scratch).unsqueeze(-1)
+            teacher_gradient = teacher.mul_(torch.sub(teacher_mean, work, out=scratch))
+        student.mul_(work.sub_(student_mean))
+    return rows, teacher_gradient
+
+
+def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Tensor) -> Tensor:
+    """Rows of the bucket divergence; ``student`` <- dD/da_S (see :mod:`torchkd.losses.topk`)."""
+    torch.log_softmax(student, dim=-1, out=student)
+    kept_log = student.gather(1, ids)
+    student.exp_().scatter_(1, ids, 0.0)  # p outside the kept ids
+    tail = student.sum(-1).clamp_min(torch.finfo(student.dtype).tiny)
+    student_log = torch.cat([kept_log, tail.log().unsqueeze(-1)], dim=-1)
+    rows, kept, tail_coefficient = bucket_gradients(
+        plan.divergence, plan.beta, teacher_log, student_log
+    )
+    student.mul_(tail_coefficient.unsqueeze(-1)).scatter_(1, ids, kept)
+    return rows
+
+
+def _hard_labels(work: Tensor, softened: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """CE rows of ``y = T a`` (the unsoftened logits); ``work`` <- softmax(y) - onehot."""
+    torch.mul(softened, temperature, out=work)
+    torch.log_softmax(work, dim=-1, out=work)
+    rows = -work.gather(1, labels.unsqueeze(-1)).squeeze(-1)
+    work.exp_().scatter_add_(1, labels.unsqueeze(-1), torch.full_like(rows, -1.0).unsqueeze(-1))
+    return rows
+
+
+def _backpropagate(
+    gradient: Tensor,
+    scale: float,
+    side: Side,
+    hidden: Tensor,
+    start: int,
+    grads: dict[str, Tensor],
+    prefix: str,
+) -> None:
+    """Push ``scale * gradient`` (w.r.t. the chunk's logits ``h W^T + b``) into the inputs.
+
+    The scale rides on the matrix products (``alpha``), saving a pass over the chunk.
+    """
+    if f"{prefix}_hidden" in grads:
+        rows = grads[f"{prefix}_hidden"][start : start + hidden.shape[0]]
+        torch.addmm(rows, gradient, side.weight, beta=0.0, alpha=scale, out=rows)
+    if f"{prefix}_weight" in grads:
+        grads[f"{prefix}_weight"].addmm_(gradient.t(), hidden, alpha=scale)
+    if f"{prefix}_bias" in grads:
+        grads[f"{prefix}_bias"].add_(gradient.sum(0), alpha=scale)
+
+
+def _gradient_buffers(student: Side, teacher: Side | None, wanted: set[str]) -> dict[str, Tensor]:
+    """Zeroed gradient accumulators in the compute dtype for the ``wanted`` inputs."""
+    grads = {}
+    for prefix, side in (("student", student), ("teacher", teacher)):
+        if side is None:
+            continue
+        shapes = {
+            "hidden": side.hidden.shape,
+            "weight": side.weight.shape,
+            "bias": side.weight.shape[:1],
+        }
+        for part, shape in shapes.items():
+            if f"{prefix}_{part}" in wanted:
+                grads[f"{prefix}_{part}"] = side.weight.new_zeros(shape)
+    return grads
+
+
+def run(
+    plan: Plan,
+    student: Side,
+    teacher: Side | tuple[Tensor, Tensor | None] | None,
+    sparse: tuple[Tensor, Tensor] | None,
+    labels: Tensor | None,
+    wanted: set[str],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss (0-dim, compute dtype) and the gradients of the ``wanted`` inputs.
+
+    The teacher is a :class:`Side`, or dense logits as ``(all rows [N, V'], index of the
+    selected rows or None)`` (rows are gathered a chunk at a time, never copied whole), or None
+    with ``sparse`` = (token ids ``[n, k]``, bucket log-masses ``[n, k + 1]``). ``wanted``
+    names inputs as ``"student_hidden"``, ``"teacher_weight"``, ...; the weights must already
+    be in the compute dtype.
+    """
+    teacher_logits = row_index = None
+    if isinstance(teacher, tuple):
+        (teacher_logits, row_index), teacher = teacher, None
+    dtype, device = student.weight.dtype, student.weight.device
+    rows_total, vocab = student.hidden.shape[0], student.weight.shape[0]
+    grads = _gradient_buffers(student, teacher, wanted)
+    student_grad = any(key.startswith("student_") for key in grads)
+    teacher_grad = any(key.startswith("teacher_") for key in grads)
+    chunk = max(1, min(plan.chunk_size, rows_total))
+    buffers = _Buffers(chunk, vocab, dtype, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    temperature = plan.temperature
+    factor = plan.divergence_weight / (temperature * plan.denominator)
+    for start in range(0, rows_total, chunk):
+        stop = min(start + chunk, rows_total)
+        n = stop - start
+        hidden = student.hidden[start:stop].to(dtype)
+        logits = buffers.get("student", n)
+        _project(logits, hidden, student)
+        student_derivative = None
+        if student_grad and plan.student_softcap is not None:
+            student_derivative = buffers.get("student_derivative", n)
+        _soften(logits, plan.student_scale, plan.student_softcap, temperature, student_derivative)
+        hard = hard_gradient = None
+        if plan.hard_label_weight > 0:
+            hard_gradient = buffers.get("hard", n)
+            hard = _hard_labels(hard_gradient, logits, labels[start:stop], temperature)
+        teacher_hidden = teacher_derivative = other = None
+        if sparse is not None:
+            ids, log_masses = sparse
+            rows = _sparse_divergence(plan, logits, ids[start:stop], log_masses[start:stop])
+        else:
+            other = buffers.get("teacher", n)
+            if teacher is not None:
+                teacher_hidden = teacher.hidden[start:stop].to(dtype)
+                _project(other, teacher_hidden, teacher)
+                if teacher_grad and plan.teacher_softcap is not None:
+                    teacher_derivative = buffers.get("teacher_derivative", n)
+                _soften(
+                    other, plan.teacher_scale, plan.teacher_softcap, temperature, teacher_derivative
+                )
+            else:
+                if row_index is None:
+                    other.copy_(teacher_logits[start:stop, :vocab])
+                else:
+                    other.copy_(teacher_logits.index_select(0, row_index[start:stop])[:, :vocab])
+                if temperature != 1.0:
+                    other.div_(temperature)
+            rows, other = _dense_divergence(
+                plan, logits, other, buffers, teacher_grad, teacher_logits is not None
+            )
+        row_sum = rows.sum() * plan.divergence_weight
+        if hard is not None:
+            row_sum = row_sum + hard.sum() * plan.hard_label_weight
+        total += row_sum.double()
+        if student_grad:
+            scale = factor * plan.student_scale
+            if hard_gradient is not None:  # fold the hard-label gradient in, w / D * s
+                logits.add_(hard_gradient, alpha=plan.hard_label_weight / plan.denominator / factor)
+            if student_derivative is not None:
+                logits.mul_(student_derivative)
+            _backpropagate(logits, scale, student, hidden, start, grads, "student")
+        if teacher_grad and teacher_hidden is not None:
+            if teacher_derivative is not None:
+                other.mul_(teacher_derivative)
+            scale = factor * plan.teacher_scale
+            _backpropagate(other, scale, teacher, teacher_hidden, start, grads, "teacher")
+    return (total / plan.denominator).to(dtype), grads
+
+
+INPUT_NAMES = (
+    "student_hidden",
+    "student_weight",
+    "student_bias",
+    "teacher_hidden",
+    "teacher_weight",
+    "teacher_bias",
+)
+
+
+class FusedLinearFunction(torch.autograd.Function):
+    """Loss from hidden states whose backward only scales the gradients the forward stored.
+
+    ``compute(wanted)`` runs the kernel and returns the loss, the gradients (keyed by
+    :data:`INPUT_NAMES`) and ``finish(name, gradient)``, which gives a scaled gradient its
+    input's shape and dtype (rows left out by the mask, vocabulary rows left out by truncation).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        student_bias: Tensor | None,
+        teacher_hidden: Tensor | None,
+        teacher_weight: Tensor | None,
+        teacher_bias: Tensor | None,
+        compute: Callable[[set[str]], tuple[Tensor, dict[str, Tensor], Callable]],
+    ) -> Tensor:
+        wanted = {
+            name for name, need in zip(INPUT_NAMES, ctx.needs_input_grad, strict=False) if need
+        }
+        loss, grads, finish = compute(wanted)
+        ctx.grads, ctx.finish = grads, finish
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        kept = _graph_kept()
+        grads = ctx.grads
+        if not kept:
+            ctx.grads = None  # let autograd take the buffers without a copy
+        result: list[Tensor | None] = []
+        for name in INPUT_NAMES:
+            gradient = grads.get(name)
+            if gradient is None:
+                result.append(None)
+                continue
+            scaled = gradient * grad_output if kept else gradient.mul_(grad_output)
+            result.append(ctx.finish(name, scaled))
+        grads = None
+        return (*result, None)

@@ -1,0 +1,469 @@
+"""Token-level distillation from hidden states: fused, chunked losses that never build the
+``[tokens x vocabulary]`` logit matrices.
+
+A language model's logits are ``h W^T (+ b)`` for its last hidden states ``h`` and output
+projection ``W`` (``lm_head.weight``). :func:`fused_linear_kd_loss` takes ``h`` and ``W`` of the
+student (and of the teacher, or the teacher's logits: dense, or sparse :class:`TopKLogits`)
+and computes the loss a chunk of rows at a time, with closed-form gradients accumulated in
+float32 during the forward pass (see :mod:`torchkd.losses._fused_kernel`). Peak extra memory is
+a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N, V]`` matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from torchkd.losses._common import check_floating, check_labels, check_mask, check_unit_interval
+from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
+from torchkd.losses.registry import register
+from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
+
+__all__ = ["FusedLinearKDLoss", "TopKLogits", "default_chunk_size", "fused_linear_kd_loss"]
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+FUSED_REDUCTIONS = ("batchmean", "sum")
+CHUNK_BUDGET_BYTES = 2**26  # one [chunk, V] buffer: 64 MiB
+MIN_CHUNK_ROWS = 256  # below this the matrix products slow down (CPU, H = 1024, V = 128k: ~30 %)
+
+
+def default_chunk_size(vocab: int, dtype: torch.dtype = torch.float32) -> int:
+    """Rows per chunk: as many as fit one ``[chunk, V]`` buffer into 64 MiB, at least 256.
+
+    At V = 32,000 in float32: 520 rows (a multiple of 8); at V = 128,256: 256 rows (131 MB per
+    buffer). The kernel holds three to five such buffers (logits of each side, a work buffer,
+    and one more for JSD, TVD, the hard-label term or a softcap): a few percent of the
+    ``[N, V]`` matrices of a plain composition at LM sizes. Fewer rows per chunk would save
+    memory but make the matrix products (the bulk of the time) slower.
+
+    Example:
+        >>> default_chunk_size(32000), default_chunk_size(128256)
+        (520, 256)
+    """
+    size = torch.empty((), dtype=dtype).element_size()
+    rows = CHUNK_BUDGET_BYTES // (max(vocab, 1) * size) // 8 * 8
+    return max(MIN_CHUNK_ROWS, rows)
+
+
+def _check_projection(prefix: str, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+    check_floating(f"{prefix}_hidden", hidden)
+    check_floating(f"{prefix}_weight", weight)
+    if hidden.dim() < 1 or weight.dim() != 2:
+        raise ValueError(
+            f"{prefix}_hidden must be [..., H] and {prefix}_weight [V, H], got "
+            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{prefix}_hidden has hidden size {hidden.shape[-1]} but {prefix}_weight "
+            f"{tuple(weight.shape)} expects {weight.shape[1]} ([V, H])"
+        )
+    if bias is not None:
+        check_floating(f"{prefix}_bias", bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(
+                f"{prefix}_bias must have shape ({weight.shape[0]},) (one per vocabulary row), "
+                f"got {tuple(bias.shape)}"
+            )
+
+
+def _check_options(
+    divergence: str,
+    beta: float,
+    temperature: float,
+    hard_label_weight: float,
+    reduction: str,
+    chunk_size: int | None,
+    scales_caps: dict[str, float | None],
+) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    check_unit_interval("beta", beta)
+    if isinstance(temperature, Tensor):
+        raise TypeError("temperature must be a float here (the fused loss has no learned T)")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not hard_label_weight >= 0:
+        raise ValueError(f"hard_label_weight must be >= 0, got {hard_label_weight}")
+    if reduction not in FUSED_REDUCTIONS:
+        raise ValueError(
+            f"reduction must be one of {FUSED_REDUCTIONS} for the fused loss (its backward is "
+            f"stored per loss, not per row), got {reduction!r}"
+        )
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    for name, value in scales_caps.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _vocab(student_vocab: int, teacher_vocab: int, truncate_vocab: bool, what: str) -> int:
+    if student_vocab == teacher_vocab:
+        return student_vocab
+    if not truncate_vocab:
+        raise ValueError(
+            f"student has {student_vocab} vocabulary entries, teacher {teacher_vocab} ({what}); "
+            "pass truncate_vocab=True to compare the first min(V_student, V_teacher) entries "
+            "(padded vocabularies of one model family)"
+        )
+    return min(student_vocab, teacher_vocab)
+
+
+def _rows(tensor: Tensor, index: Tensor | None, per_token: bool = False) -> Tensor:
+    """The selected rows of ``[..., D]`` as ``[n, D]`` (``per_token``: of ``[...]`` as ``[n]``)."""
+    flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
+    return flat if index is None else flat[index]
+
+
+def _denominator(reduction: str, num_items_in_batch: int | Tensor | None, valid_rows: int) -> float:
+    if num_items_in_batch is None:
+        return float(max(valid_rows, 1)) if reduction == "batchmean" else 1.0
+    if reduction != "batchmean":
+        raise ValueError(
+            "num_items_in_batch is the batchmean normalizer; use reduction='batchmean'"
+        )
+    count = float(num_items_in_batch)
+    if not count > 0:
+        raise ValueError(f"num_items_in_batch must be > 0, got {count:g}")
+    return count
+
+
+def fused_linear_kd_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    labels: Tensor | None = None,
+    *,
+    teacher_logits: Tensor | TopKLogits | None = None,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    temperature_squared: bool = True,
+    hard_label_weight: float = 0.0,
+    ignore_index: int = -100,
+    mask: Tensor | None = None,
+    num_items_in_batch: int | Tensor | None = None,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+    truncate_vocab: bool = False,
+) -> Tensor:
+    """Token-level distillation loss from the student's hidden states and output projection.
+
+    Per token, with :math:`z_S = s_S (h_S W_S^\\top + b_S)` passed through the optional softcap
+    :math:`c \\tanh(z / c)`, :math:`p = \\mathrm{softmax}(z_S / T)` and the teacher's
+    :math:`q` likewise (or from given logits),
+
+    .. math::
+        \\ell = \\frac{1}{D} \\sum_{i \\,\\text{valid}} \\Big[ \\lambda \\, \\mathcal{D}(q_i, p_i)
+        + w \\, \\mathrm{CE}(z_{S,i}, y_i) \\Big], \\qquad \\lambda = T^2
+
+    with :math:`\\mathcal{D}` forward KL :math:`\\mathrm{KL}(q \\| p)` (Hinton et al., 2015),
+    reverse KL :math:`\\mathrm{KL}(p \\| q)`, the generalized JSD(β)
+    :math:`\\beta \\mathrm{KL}(q \\| m) + (1-\\beta) \\mathrm{KL}(p \\| m)`,
+    :math:`m = \\beta q + (1-\\beta) p` (Agarwal et al., "On-Policy Distillation of Language
+    Models", ICLR 2024; β = 0 / 1 are forward / reverse KL as in :func:`jsd_loss`), or TVD
+    :math:`\\tfrac12 \\sum |q - p|`. The :math:`T^2` factor is the one :func:`kd_loss` applies
+    (it keeps the gradient's size independent of T); ``temperature_squared=False`` drops it, for
+    parity with libraries that omit it (Liger-Kernel's fused losses), and TVD never has it (as
+    :func:`tvd_loss`). The hard-label cross-entropy uses the same student logits at T = 1.
+
+    Valid tokens are those in ``mask`` whose label is not ``ignore_index``; they alone enter
+    every term. ``D`` is their number (``"batchmean"``), or ``num_items_in_batch`` when given:
+    pass the valid-token count of the whole batch (all micro-batches and ranks) and summing the
+    micro-batch losses gives exactly the gradient of the one large batch. ``"sum"``: ``D = 1``.
+    No valid token: the loss is exactly 0 with zero gradients.
+
+    Rows are processed ``chunk_size`` at a time (default :func:`default_chunk_size`); per chunk
+    the gradients w.r.t. every input that requires grad (hidden states, weight, bias, of both
+    sides when the teacher is given by hidden states) are accumulated in float32 (float64 for
+    float64 inputs); the backward pass only scales them. Half-precision inputs are computed in
+    float32 (the output weight is upcast once) and the loss is float32.
+
+    Args:
+        student_hidden: ``[..., Hs]`` the student's last hidden states (leading dims flattened).
+        student_weight: ``[V, Hs]`` the student's output projection (``lm_head.weight``).
+        teacher_hidden: ``[..., Ht]`` the teacher's last hidden states (``Ht`` may differ).
+        teacher_weight: ``[V', Ht]`` the teacher's output projection.
+        labels: ``[...]`` next-token ids (already shifted) or ``ignore_index``; needed for
+            ``hard_label_weight > 0``, otherwise only used to leave out ignored tokens.
+        teacher_logits: instead of teacher hidden states: dense ``[..., V']`` logits (``-inf``
+            allowed for masked vocabulary entries), or a :class:`TopKLogits` (bucket math in
+            :mod:`torchkd.losses.topk`; its log-probabilities are taken as the teacher's
+            distribution at ``temperature``, only the student is softened).
+        student_bias: ``[V]`` optional output bias of the student.
+        teacher_bias: ``[V']`` optional output bias of the teacher.
+        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"tvd"``.
+        beta: the JSD mixture weight in ``[0, 1]``.
+        temperature: :math:`T > 0`, a float.
+        temperature_squared: multiply the divergence by :math:`T^2` (default, as ``kd_loss``).
+        hard_label_weight: weight :math:`w \\ge 0` of the hard-label cross-entropy.
+        ignore_index: label value of tokens to leave out of every term.
+        mask: bool ``[...]``: tokens to include.
+        num_items_in_batch: the normalizer ``D`` (global valid-token count) for ``"batchmean"``.
+        reduction: ``"batchmean"`` (default) or ``"sum"``.
+        chunk_size: rows per chunk; None picks :func:`default_chunk_size` of ``V``.
+        student_logit_scale: factor :math:`s_S` applied to the student's logits.
+        teacher_logit_scale: factor applied to the teacher's logits (from hidden states).
+        student_softcap: final-logit softcap :math:`c` of the student (e.g. Gemma 2: 30).
+        teacher_softcap: final-logit softcap of the teacher (from hidden states).
+        truncate_vocab: compare the first ``min(V, V')`` entries when the sizes differ
+            (otherwise a size mismatch is an error).
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for half-precision inputs).
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> hidden, weight = torch.randn(2, 3, 8), torch.randn(50, 8)
+        >>> loss = fused_linear_kd_loss(
+        ...     hidden, weight, hidden, weight, temperature=2.0, chunk_size=4)
+        >>> loss.item()
+        0.0
+    """
+    _check_options(
+        divergence,
+        beta,
+        temperature,
+        hard_label_weight,
+        reduction,
+        chunk_size,
+        {
+            "student_logit_scale": student_logit_scale,
+            "teacher_logit_scale": teacher_logit_scale,
+            "student_softcap": student_softcap,
+            "teacher_softcap": teacher_softcap,
+        },
+    )
+    _check_projection("student", student_hidden, student_weight, student_bias)
+    rows_shape = student_hidden.shape[:-1]
+    dense: Tensor | None = None
+    sparse: TopKLogits | None = None
+    if teacher_logits is not None:
+        if teacher_hidden is not None or teacher_weight is not None or teacher_bias is not None:
+            raise ValueError("give the teacher either as teacher_logits or as hidden + weight")
+        if teacher_logit_scale != 1.0 or teacher_softcap is not None:
+            raise ValueError(
+                "teacher_logit_scale/teacher_softcap apply to logits computed from teacher "
+                "hidden states; given teacher_logits must already be final"
+            )
+        if isinstance(teacher_logits, TopKLogits):
+            sparse = teacher_logits
+            vocab = student_weight.shape[0]
+            check_topk(sparse, rows_shape, vocab)
+        else:
+            check_floating("teacher_logits", teacher_logits)
+            dense = teacher_logits
+            if dense.shape[:-1] != rows_shape:
+                raise ValueError(
+                    f"teacher_logits must have shape [{', '.join(map(str, rows_shape))}, V] (the "
+                    f"student's tokens), got {tuple(dense.shape)}"
+                )
+            if dense.requires_grad and torch.is_grad_enabled():
+                raise ValueError(
+                    "teacher_logits require grad, but the fused loss gives given logits none: "
+                    "detach them, or pass teacher_hidden + teacher_weight to train the teacher"
+                )
+            if bool(torch.isnan(dense).any()) or bool((dense == float("inf")).any()):
+                raise ValueError("teacher_logits contain NaN or +inf")
+            vocab = _vocab(student_weight.shape[0], dense.shape[-1], truncate_vocab, "logits")
+    elif teacher_hidden is None or teacher_weight is None:
+        raise ValueError(
+            "the teacher is missing: give teacher_hidden and teacher_weight, or teacher_logits"
+        )
+    else:
+        _check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
+        if teacher_hidden.shape[:-1] != rows_shape:
+            raise ValueError(
+                f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
+                f"{tuple(teacher_hidden.shape)} must have the same tokens (all dims but the last)"
+            )
+        vocab = _vocab(student_weight.shape[0], teacher_weight.shape[0], truncate_vocab, "weights")
+    check_mask(mask, rows_shape)
+    if labels is not None:
+        check_labels(labels, student_hidden.new_empty((*rows_shape, vocab)), ignore_index)
+    elif hard_label_weight > 0:
+        raise ValueError("hard_label_weight > 0 needs labels")
+    if beta == 0 and divergence == "jsd":
+        divergence = "forward_kl"
+    elif beta == 1 and divergence == "jsd":
+        divergence = "reverse_kl"
+
+    valid = None if mask is None else mask.reshape(-1)
+    if labels is not None:
+        kept = labels.reshape(-1) != ignore_index
+        valid = kept if valid is None else valid & kept
+    index = None if valid is None or bool(valid.all()) else valid.nonzero().squeeze(-1)
+    total_rows = rows_shape.numel()
+    valid_rows = total_rows if index is None else index.numel()
+    denominator = _denominator(reduction, num_items_in_batch, valid_rows)
+
+    tensors = [
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        dense,
+    ]
+    dtype = torch.float32
+    for tensor in tensors:
+        if tensor is not None:
+            dtype = torch.promote_types(dtype, tensor.dtype)
+
+    def side(
+        hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float, cap: float | None
+    ) -> Side:
+        bias = None if bias is None else bias[:vocab].to(dtype)
+        return Side(_rows(hidden, index), weight[:vocab].to(dtype), bias, scale, cap)
+
+    student = side(
+        student_hidden, student_weight, student_bias, student_logit_scale, student_softcap
+    )
+    teacher = None
+    if teacher_hidden is not None:
+        teacher = side(
+            teacher_hidden, teacher_weight, teacher_bias, teacher_logit_scale, teacher_softcap
+        )
+    buckets = None
+    if sparse is not None:
+        tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
+        log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
+        if divergence == "reverse_kl" and bool((log_masses[:, -1] == float("-inf")).any()):
+            raise ValueError(
+                "reverse KL with a top-k teacher needs a positive tail mass in every row "
+                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit)"
+            )
+        buckets = (_rows(sparse.token_ids, index), log_masses)
+    plan = Plan(
+        divergence=divergence,
+        beta=float(beta),
+        temperature=float(temperature),
+        divergence_weight=temperature**2 if temperature_squared and divergence != "tvd" else 1.0,
+        hard_label_weight=float(hard_label_weight),
+        denominator=denominator,
+        chunk_size=chunk_size or default_chunk_size(vocab, dtype),
+        student_scale=float(student_logit_scale),
+        student_softcap=student_softcap,
+        teacher_scale=float(teacher_logit_scale),
+        teacher_softcap=teacher_softcap,
+    )
+    selected_labels = None if labels is None else _rows(labels, index, True)
+    teacher_rows = None if dense is None else dense.reshape(-1, dense.shape[-1])
+    originals = dict(zip(INPUT_NAMES, tensors[:6], strict=True))
+
+    def finish(name: str, gradient: Tensor) -> Tensor:
+        original = originals[name]
+        if name.endswith("hidden"):
+            if index is not None:
+                full = gradient.new_zeros((total_rows, gradient.shape[-1]))
+                gradient = full.index_copy_(0, index, gradient)
+            gradient = gradient.reshape(original.shape)
+        elif gradient.shape[0] != original.shape[0]:  # truncated vocabulary
+            full = gradient.new_zeros(original.shape)
+            full[: gradient.shape[0]] = gradient
+            gradient = full
+        return gradient.to(original.dtype)
+
+    def compute(wanted: set[str]) -> tuple[Tensor, dict[str, Tensor], Callable]:
+        teacher_side = teacher if teacher_rows is None else (teacher_rows, index)
+        loss, grads = run(plan, student, teacher_side, buckets, selected_labels, wanted)
+        return loss, grads, finish
+
+    differentiable = tensors[:6]
+    needs = any(t is not None and t.requires_grad for t in differentiable)
+    if not (torch.is_grad_enabled() and needs):
+        return compute(set())[0]
+    return FusedLinearFunction.apply(*differentiable, compute)
+
+
+class FusedLinearKDLoss(nn.Module):
+    """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
+
+    Example:
+        >>> FusedLinearKDLoss(divergence="jsd", temperature=2.0)  # doctest: +ELLIPSIS
+        FusedLinearKDLoss(divergence='jsd', beta=0.5, temperature=2.0, ...)
+    """
+
+    def __init__(
+        self,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        temperature_squared: bool = True,
+        hard_label_weight: float = 0.0,
+        ignore_index: int = -100,
+        reduction: str = "batchmean",
+        chunk_size: int | None = None,
+        student_logit_scale: float = 1.0,
+        teacher_logit_scale: float = 1.0,
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
+        truncate_vocab: bool = False,
+    ) -> None:
+        super().__init__()
+        self.options = {
+            "divergence": divergence,
+            "beta": beta,
+            "temperature": temperature,
+            "temperature_squared": temperature_squared,
+            "hard_label_weight": hard_label_weight,
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+            "chunk_size": chunk_size,
+            "student_logit_scale": student_logit_scale,
+            "teacher_logit_scale": teacher_logit_scale,
+            "student_softcap": student_softcap,
+            "teacher_softcap": teacher_softcap,
+            "truncate_vocab": truncate_vocab,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+
+    def forward(
+        self,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor | None = None,
+        teacher_weight: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        teacher_logits: Tensor | TopKLogits | None = None,
+        student_bias: Tensor | None = None,
+        teacher_bias: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+    ) -> Tensor:
+        return fused_linear_kd_loss(
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            teacher_logits=teacher_logits,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            mask=mask,
+            num_items_in_batch=num_items_in_batch,
+            **self.options,
+        )
+
+
+register(
+    "fused_linear_kd",
+    module=FusedLinearKDLoss,
+    functional=fused_linear_kd_loss,
+    signature="hidden_states",
+    family="logit",
+)

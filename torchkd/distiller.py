@@ -270,6 +270,12 @@ class Distiller(nn.Module):
         if hasattr(self.extras, term.name):
             raise ValueError(f"{where}: the name clashes with an nn.ModuleDict attribute")
         signature = _resolve_signature(term)
+        if signature == "hidden_states":
+            raise ValueError(
+                f"{where}: {signature!r} losses take hidden states and output-projection weights, "
+                "not model outputs; call them directly (e.g. torchkd.losses."
+                "fused_linear_kd_loss on the last hidden state and lm_head.weight)"
+            )
         if signature != "labels" and not self.teachers:
             raise ValueError(f"{where} (signature {signature!r}) needs a teacher; none was given")
         if signature not in ("labels", "multi_teacher") and not (

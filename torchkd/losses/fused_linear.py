@@ -387,6 +387,12 @@ def fused_linear_kd_loss(
     return FusedLinearFunction.apply(*differentiable, compute)
 
 
+@register(
+    "fused_linear_kd",
+    functional=fused_linear_kd_loss,
+    signature="hidden_states",
+    family="logit",
+)
 class FusedLinearKDLoss(nn.Module):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
 
@@ -458,12 +464,3 @@ class FusedLinearKDLoss(nn.Module):
             num_items_in_batch=num_items_in_batch,
             **self.options,
         )
-
-
-register(
-    "fused_linear_kd",
-    module=FusedLinearKDLoss,
-    functional=fused_linear_kd_loss,
-    signature="hidden_states",
-    family="logit",
-)

@@ -45,11 +45,43 @@ from torchkd.taps import Taps, resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 from torchkd.temperature import LearnableTemperature
 
-__all__ = ["DistillOutput", "Distiller", "Term", "TermError", "UncertaintyWeight"]
+__all__ = [
+    "DistillOutput",
+    "Distiller",
+    "Term",
+    "TermError",
+    "UncertaintyWeight",
+    "as_batch",
+]
 
 LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
+
+
+def as_batch(
+    batch: Mapping[str, Any] | Sequence[Any], inputs_key: str = "inputs", labels_key: str = "labels"
+) -> Mapping[str, Any]:
+    """A batch as the dict the engine reads: a dict passes through; the ``(inputs, labels)``
+    or ``(inputs,)`` tuples a ``TensorDataset`` yields become ``{"inputs": ..., "labels": ...}``.
+
+    Example:
+        >>> import torch
+        >>> sorted(as_batch((torch.zeros(2, 3), torch.tensor([0, 1]))))
+        ['inputs', 'labels']
+    """
+    if isinstance(batch, Mapping):
+        return batch
+    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+        return dict(zip((inputs_key, labels_key), batch, strict=False))
+    described = f"a {type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        described += f" of {len(batch)} entries"
+    raise TypeError(
+        f"a batch must be a dict ({inputs_key!r}, optional {labels_key!r} and 'index') or an "
+        f"(inputs, labels) tuple, got {described}; for more entries yield dicts, e.g. with "
+        "torchkd.data.TensorDictDataset"
+    )
 
 
 class TermError(ValueError):
@@ -350,7 +382,7 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             with torch.no_grad():
-                capture = self._capture(self._inputs(example_batch))
+                capture = self._capture(self._inputs(self._as_batch(example_batch)))
         finally:
             self.student.train(was_training)
         reference = next((p for p in self.student.parameters() if p.is_floating_point()), None)
@@ -473,6 +505,7 @@ class Distiller(nn.Module):
                 "call Distiller.build(example_batch) before the first forward (and before "
                 "building the optimizer): it creates the adapters and loss modules"
             )
+        batch = self._as_batch(batch)
         capture = self._capture(self._inputs(batch))
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
@@ -513,9 +546,10 @@ class Distiller(nn.Module):
             select_logits(out, self.output_key) for out in teacher_outputs(self.teachers, inputs)
         ]
 
+    def _as_batch(self, batch: Mapping[str, Any] | Sequence[Any]) -> Mapping[str, Any]:
+        return as_batch(batch, self.inputs_key, self.labels_key)
+
     def _inputs(self, batch: Mapping[str, Any]) -> Any:
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"a batch must be a dict of tensors, got {type(batch).__name__}")
         if self.inputs_key not in batch:
             raise KeyError(f"batch has no {self.inputs_key!r} entry (keys: {list(batch)})")
         return batch[self.inputs_key]

@@ -423,3 +423,20 @@ def test_evaluate_reports_each_teacher_and_the_ensemble() -> None:
     assert metrics["agreement"] == pytest.approx(
         (student.argmax(-1) == ensemble.argmax(-1)).float().mean().item()
     )
+
+
+def test_fit_accepts_the_tuples_a_tensor_dataset_yields(tmp_path: Path) -> None:
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(64, 4), torch.randint(0, 3, (64,)))
+    distiller = Distiller(nn.Linear(4, 3), nn.Linear(4, 3), [Term("kd", "hinton")])
+    config = TrainConfig(epochs=2, progress=False, device="cpu")
+    result = fit(
+        distiller, DataLoader(data, 16, shuffle=True), DataLoader(data, 32), config, tmp_path
+    )
+    assert len(result.history) == 2 and 0.0 <= result.final_metrics["top1"] <= 100.0
+    with pytest.raises(
+        TypeError, match=r"or an \(inputs, labels\) tuple, got a tuple of 3 entries"
+    ):
+        distiller((torch.randn(2, 4), torch.tensor([0, 1]), torch.tensor([0, 1])))

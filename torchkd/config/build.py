@@ -33,7 +33,9 @@ __all__ = [
     "build_model",
     "build_terms",
     "check_built",
+    "check_resumable",
     "fit_recipe",
+    "recipe_changes",
 ]
 
 
@@ -292,6 +294,77 @@ def build_from_recipe(
     return Built(distiller, loaders, recipe.train)
 
 
+# What may differ when a run is resumed: more epochs, and whether a progress bar is shown.
+RESUMABLE_CHANGES = ("train.epochs", "train.progress")
+
+
+_ABSENT = "<absent>"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"dotted.path": leaf}`` of nested mappings and lists (empty containers are leaves)."""
+    if isinstance(value, dict | list) and value:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        flat: dict[str, Any] = {}
+        for key, item in items:
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def recipe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``"path: old -> new"`` for every value that differs between two resolved recipes.
+
+    Example:
+        >>> recipe_changes({"train": {"epochs": 2, "lr": 0.1}}, {"train": {"epochs": 4, "lr": 0.1}})
+        ['train.epochs: 2 -> 4']
+    """
+    old, new = _flatten(before), _flatten(after)
+    return [
+        f"{path}: {old.get(path, _ABSENT)} -> {new.get(path, _ABSENT)}"
+        for path in sorted(set(old) | set(new))
+        if old.get(path, _ABSENT) != new.get(path, _ABSENT)
+    ]
+
+
+def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
+    """Refuse to resume ``run_dir`` with a recipe other than the one it started with.
+
+    Only ``train.epochs`` may grow (the learning-rate schedule is then re-planned over the new
+    total, see :class:`torchkd.train.Trainer`) and ``train.progress`` may change. Anything
+    else -- a learning rate, a loss argument, a model -- would silently mix two runs.
+
+    Raises:
+        ConfigError: listing every other difference, ``path: run's value -> new value``.
+    """
+    from torchkd.train import load_checkpoint
+
+    last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return  # the trainer says there is nothing to resume
+    stored = load_checkpoint(last)["config"]
+    if "name" not in stored:
+        return  # started by torchkd.train.fit with no recipe: nothing to compare
+    resolved = recipe.model_dump(mode="json")
+    changes = [
+        change
+        for change in recipe_changes(stored, resolved)
+        if change.split(":")[0] not in RESUMABLE_CHANGES
+    ]
+    before, after = stored["train"]["epochs"], resolved["train"]["epochs"]
+    if after < before:
+        changes.append(f"train.epochs: {before} -> {after} (a run can be extended, not shortened)")
+    if changes:
+        raise ConfigError(
+            [
+                f"--resume: the recipe differs from the one {run_dir} started with; only "
+                "train.epochs may grow (and train.progress change). Differences, run -> now:",
+                *[f"  {change}" for change in changes],
+                "Start a new run (another --run-dir) to train with other settings.",
+            ]
+        )
+
+
 def check_built(built: Built, recipe: Recipe) -> None:
     """Check a built run before anything is written: build the Distiller's adapters and loss
     modules on one validation batch and compute every term once (eval mode, no gradient, the
@@ -363,6 +436,8 @@ def fit_recipe(
     """
     from torchkd.train import fit
 
+    if resume:
+        check_resumable(recipe, run_dir)
     splits = SPLIT_NAMES if evaluate_test else ("train", "val")
     built = build_from_recipe(recipe, splits=splits, train_samples=train_samples)
     train_config = built.train_config
@@ -370,8 +445,8 @@ def fit_recipe(
         train_config = train_config.model_copy(update={"progress": progress})
     check_built(built, recipe)
     resolved = recipe.model_dump(mode="json")
-    if not resume and not (Path(run_dir) / "checkpoints" / "last.pt").exists():
-        write_resolved_config(resolved, run_dir)  # a resumed run keeps the recipe it started with
+    if resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists():
+        write_resolved_config(resolved, run_dir)  # resumed: the same recipe, or more epochs
     result = fit(
         built.distiller,
         built.loaders.train,

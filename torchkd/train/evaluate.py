@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchkd.distiller import as_batch
 from torchkd.teachers import call_model, select_logits
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
@@ -167,11 +168,12 @@ class _Totals:
         return metrics
 
 
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` with every tensor moved to ``device`` (other entries unchanged)."""
+def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
+    :func:`torchkd.distiller.as_batch`) as a dict with every tensor moved to ``device``."""
     return {
         key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-        for key, value in batch.items()
+        for key, value in as_batch(batch).items()
     }
 
 

@@ -127,6 +127,32 @@ def _check_amp(amp: str, device: torch.device) -> None:
         raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
 
 
+def _check_fits(path: Path, name: str, module: nn.Module, saved: Mapping[str, Tensor]) -> None:
+    """Refuse a checkpoint whose ``name`` weights do not fit ``module``, saying how."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    resized = [
+        f"{key} {tuple(saved[key].shape)} -> {tuple(own[key].shape)}"
+        for key in own
+        if key in saved and tuple(saved[key].shape) != tuple(own[key].shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+        for label, keys in (
+            ("missing in the checkpoint", missing),
+            ("not in the model", unexpected),
+            ("shape changed", resized),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the {name} weights do not fit the model being resumed (was the model "
+            f"changed since the run started?); {'; '.join(problems)}"
+        )
+
+
 def _device_rng_state(device: torch.device) -> dict[str, Any]:
     """A copy of the generator states a training step on ``device`` draws from (cheap)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
@@ -231,6 +257,11 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path}: no such checkpoint file")
         checkpoint = load_checkpoint(path)
+        for name, module in (
+            ("student", self.distiller.student),
+            ("extras", self.distiller.extras),
+        ):
+            _check_fits(path, name, module, checkpoint[name])
         self.distiller.student.load_state_dict(checkpoint["student"])
         self.distiller.extras.load_state_dict(checkpoint["extras"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -244,10 +275,42 @@ class Trainer:
                 f"loader now has {self.progress.num_batches}: the data or batch size changed"
             )
         saved.num_batches = self.progress.num_batches
+        if saved.epoch > self.config.epochs:
+            raise CheckpointError(
+                f"{path} has trained {saved.epoch} epochs but train.epochs is now "
+                f"{self.config.epochs}: a run can be extended on resume, not shortened"
+            )
         self.progress = saved
+        self._announce_extension(checkpoint)
         self.epoch_rng, self.step_rng = checkpoint["epoch_rng"], checkpoint["rng"]
         self.resume_rng = (checkpoint["epoch_rng"], checkpoint["rng"])
         restore_rng_state(checkpoint["rng"])
+
+    def _announce_extension(self, checkpoint: dict[str, Any]) -> None:
+        """Say what resuming with more epochs does to the learning rate.
+
+        The schedule is re-planned over the new total: from the resume step on, every step uses
+        the rate a run planned for ``train.epochs`` epochs uses at that step (a cosine that had
+        decayed to ``min_lr`` rises back to that curve).
+        """
+        before = checkpoint.get("config", {}).get("train", {}).get("epochs")
+        if before is None or before == self.config.epochs or not self.config.progress:
+            return
+        step = self.progress.step
+        planned = LRSchedule(
+            self.optimizer,
+            self.config.lr_schedule,
+            self.steps_per_epoch,
+            before * self.steps_per_epoch,
+        )
+        planned.base_lrs = self.schedule.base_lrs
+        was, now = planned.rate(step), self.schedule.rate(step)
+        print(
+            f"resuming with train.epochs {before} -> {self.config.epochs}: the learning-rate "
+            f"schedule is re-planned over {self.config.epochs} epochs; step {step} uses "
+            f"{now:.3g} (the {before}-epoch plan: {was:.3g})",
+            file=sys.stderr,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _capture_interrupted_rng(self) -> None:

@@ -98,14 +98,23 @@ class LRSchedule:
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
-    def apply(self, step: int) -> float:
-        """Set every group's rate for ``step``; returns the first group's rate."""
+    def rates(self, step: int) -> list[float]:
+        """Every parameter group's rate at ``step``."""
         factor = self.factor(step)
         warming_up = step < self.warmup_steps
         floor = self.config.min_lr if self.config.name == "cosine" and not warming_up else 0.0
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = floor + (base_lr - floor) * factor
-        return self.optimizer.param_groups[0]["lr"]
+        return [floor + (base_lr - floor) * factor for base_lr in self.base_lrs]
+
+    def rate(self, step: int) -> float:
+        """The first parameter group's rate at ``step``."""
+        return self.rates(step)[0]
+
+    def apply(self, step: int) -> float:
+        """Set every group's rate for ``step``; returns the first group's rate."""
+        rates = self.rates(step)
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        return rates[0]
 
     def state_dict(self) -> dict[str, list[float]]:
         """The base rates (everything else follows from the config and the step)."""

@@ -319,7 +319,7 @@ def teacher_checkpoint() -> Path:
         resolved_config=recipe.model_dump(mode="json"),
     )
     print(
-        f"teacher: test top-1 {100 * result.test_metrics['top1']:.1f}% "
+        f"teacher: test top-1 {result.test_metrics['top1']:.1f}% "
         f"({time.perf_counter() - started:.0f} s)",
         flush=True,
     )
@@ -418,8 +418,8 @@ def run_job(job: Job) -> dict[str, Any]:
         "student": job.student,
         "setting": job.setting,
         "seed": job.seed,
-        "test_top1": 100 * result.test_metrics["top1"],
-        "val_top1": 100 * result.final_metrics.get("top1", float("nan")),
+        "test_top1": result.test_metrics["top1"],
+        "val_top1": result.final_metrics.get("top1", float("nan")),
         "nonfinite_steps": result.nonfinite_steps,
         "seconds": time.perf_counter() - started,
         "config": config_key(job.steps),
@@ -469,7 +469,7 @@ def teacher_test_top1(checkpoint: Path) -> float:
     spec = yaml.safe_load((RECIPES / "teacher.yaml").read_text())["student"]
     teacher = build_model(ModelConfig(**spec, checkpoint=str(checkpoint)), "teacher")
     test = DataLoader(load_mnist1d("test"), batch_size=1000)
-    return 100 * evaluate(teacher, test)["top1"]
+    return evaluate(teacher, test)["top1"]
 
 
 def targets(runs: list[dict[str, Any]]) -> list[str]:

@@ -104,7 +104,7 @@ def train_teacher(out: Path, epochs: int) -> tuple[Path, float]:
 
 
 def mean_std(values: list[float]) -> str:
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def main() -> None:
@@ -122,7 +122,7 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     teacher_weights, teacher_top1 = train_teacher(out, args.teacher_epochs)
-    print(f"teacher test top-1 {100 * teacher_top1:.1f} %", flush=True)
+    print(f"teacher test top-1 {teacher_top1:.1f} %", flush=True)
     raw = student_recipe(args.epochs, str(teacher_weights), args.trials)
     search_started = time.perf_counter()
     search = run_search(raw, out=out / "search", retrain=False, command=" ".join(sys.argv))
@@ -141,7 +141,7 @@ def main() -> None:
             run_dir = out / "eval" / f"{list(arms).index(label)}" / f"seed{seed}"
             top1 = train(raw, overrides, run_dir)["top1"]
             scores[label].append(top1)
-            print(f"{label}, seed {seed}: test top-1 {100 * top1:.1f} %", flush=True)
+            print(f"{label}, seed {seed}: test top-1 {top1:.1f} %", flush=True)
     seconds = time.perf_counter() - started
     write_results(args, teacher_top1, search, search_seconds, scores, seeds, seconds)
 
@@ -171,13 +171,13 @@ def write_results(
         "```",
         "",
         f"Teacher: cnn1d(width=32), {args.teacher_epochs} epochs, test top-1 "
-        f"{100 * teacher_top1:.1f} %. Student: cnn1d(width=6), Adam 0.01, cosine, "
+        f"{teacher_top1:.1f} %. Student: cnn1d(width=6), Adam 0.01, cosine, "
         f"{args.epochs} epochs, batch 128, loss α·T²·KL + (1 − α)·CE (`hinton`).",
         "",
         f"Search: TPE, {args.trials} trials ({counts}), median pruning, T ∈ [1, 10], "
         f"α ∈ [0, 1], objective = final validation top-1 on the 10 % validation split of the "
         f"training data (seed 0), {search_seconds:.0f} s. Best: trial {search.best_trial}, "
-        f"validation top-1 {100 * search.best_value:.1f} %.",
+        f"validation top-1 {search.best_value:.1f} %.",
         "",
         f"Test top-1 (%), mean ± std over seeds {seeds} (not used by the search), each run "
         "evaluated once on the test split:",
@@ -186,7 +186,7 @@ def write_results(
         "|---|---|---|",
     ]
     for label, values in scores.items():
-        per_seed = ", ".join(f"{100 * v:.1f}" for v in values)
+        per_seed = ", ".join(f"{v:.1f}" for v in values)
         lines.append(f"| {label} | {mean_std(values)} | {per_seed} |")
     lines += [
         "",

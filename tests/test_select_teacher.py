@@ -73,7 +73,7 @@ def test_ranks_the_trained_teacher_above_the_damaged_one(
     assert [c.path for c in selection.candidates] == [str(good), str(damaged)]
     assert selection.ranked_by == "teacher validation top-1"
     best, worst = selection.candidates
-    assert best.val["top1"] > 0.8 > worst.val["top1"] + 0.2
+    assert best.val["top1"] > 80 > worst.val["top1"] + 20
     assert best.model == "mlp(in_features=64, hidden=[32])"
     assert best.parameters == (64 * 32 + 32) + (32 * 10 + 10)
     assert (best.rank, worst.rank) == (1, 2) and "highest validation top-1" in best.reason
@@ -88,7 +88,7 @@ def test_the_distillation_probe_decides_the_ranking(candidates) -> None:
     assert [c.path for c in selection.candidates] == [str(good), str(damaged)]
     best, worst = selection.candidates
     assert best.probe_mean > worst.probe_mean
-    assert len(selection.baseline_top1) == 1 and 0.0 < selection.baseline_mean < 1.0
+    assert len(selection.baseline_top1) == 1 and 0.0 < selection.baseline_mean < 100.0
     assert "probe student top-1" in selection.table()
 
 

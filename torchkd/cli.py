@@ -252,9 +252,9 @@ def _train(args: argparse.Namespace) -> int:
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     best = result.best_metrics.get("top1")
     if best is not None:
-        print(f"best validation top-1: {100 * best:.2f} % (epoch {result.best_epoch})")
+        print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")
     if result.test_metrics and "top1" in result.test_metrics:
-        print(f"test top-1 of the final model: {100 * result.test_metrics['top1']:.2f} %")
+        print(f"test top-1 of the final model: {result.test_metrics['top1']:.2f} %")
     print(f"run directory: {result.run_dir}")
     if result.report_path is not None:
         print(f"report: {result.report_path}")
@@ -308,7 +308,7 @@ def _eval(args: argparse.Namespace) -> int:
     metrics = evaluate(model.to(device), getattr(loaders, args.split), device=device)
     metrics = {"split": args.split, **metrics, "samples": int(metrics["samples"])}
     if not args.json and "top1" in metrics:
-        metrics["top1"] = f"{100 * metrics['top1']:.2f} %"
+        metrics["top1"] = f"{metrics['top1']:.2f} %"
     _print_metrics(metrics, args.json)
     return EXIT_OK
 
@@ -515,7 +515,7 @@ def _tune(args: argparse.Namespace) -> int:
         for name, value in result.best_params.items():
             print(f"  {name} = {value}")
     if result.test_metrics and "top1" in result.test_metrics:
-        top1 = 100 * result.test_metrics["top1"]
+        top1 = result.test_metrics["top1"]
         print(f"retrained best parameters: test top-1 {top1:.2f} % (evaluated once)")
     print(f"report: {result.report_path}")
     return EXIT_OK

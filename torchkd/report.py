@@ -27,17 +27,16 @@ def _format_value(name: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     if name in PERCENT_METRICS:
-        return f"{100 * value:.2f}"
+        return f"{value:.2f}"
     return f"{value:.4f}"
 
 
 def _mean_std(values: Sequence[float], percent: bool) -> str:
-    scale = 100.0 if percent else 1.0
     digits = 2 if percent else 4
-    mean = statistics.fmean(values) * scale
+    mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def format_results_table(
@@ -50,14 +49,14 @@ def format_results_table(
     """A markdown table of ``mean ± std`` (sample std over seeds) per group.
 
     Args:
-        rows: one mapping per run, e.g. ``{"method": "kd", "seed": 0, "top1": 0.83}``.
+        rows: one mapping per run, e.g. ``{"method": "kd", "seed": 0, "top1": 83.0}``.
         group_key: the column that names a group; groups keep their first-seen order.
         metrics: the metric columns (default: every numeric key except ``seed``).
-        percent_metrics: metrics stored as fractions and shown in percent.
+        percent_metrics: metrics in percent (shown with 2 decimals, others with 4).
 
     Example:
-        >>> rows = [{"method": "kd", "top1": 0.80}, {"method": "kd", "top1": 0.84},
-        ...         {"method": "ce", "top1": 0.70}]
+        >>> rows = [{"method": "kd", "top1": 80.0}, {"method": "kd", "top1": 84.0},
+        ...         {"method": "ce", "top1": 70.0}]
         >>> print(format_results_table(rows))
         | method | top1 | runs |
         |---|---|---|
@@ -178,7 +177,7 @@ def _plot_accuracy(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
     labels = {"top1": "student", "teacher_top1": "teacher", "agreement": "agreement"}
     figure, axis = plt.subplots(figsize=(5, 3))
     for key in keys:
-        values = [100 * record["val"].get(key, math.nan) for record in history]
+        values = [record["val"].get(key, math.nan) for record in history]
         axis.plot(epochs, values, "o" + ("-" if key == "top1" else "--"), label=labels[key])
     _epoch_axis(axis)
     axis.set_ylabel("validation %")

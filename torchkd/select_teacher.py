@@ -114,7 +114,7 @@ class TeacherSelection:
                 f"`{result.path}`",
                 result.model,
                 f"{result.parameters:,}",
-                f"{100 * result.val['top1']:.2f} %",
+                f"{result.val['top1']:.2f} %",
                 f"{result.val['nll']:.3f}",
                 f"{result.val['ece']:.3f}",
             ]
@@ -131,10 +131,10 @@ class TeacherSelection:
 
 
 def _percent_spread(values: Sequence[float]) -> str:
-    mean = 100 * statistics.fmean(values)
+    mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.2f} %"
-    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f} %"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f} %"
 
 
 def _describe(spec: ModelConfig) -> str:
@@ -227,7 +227,7 @@ def _rank(results: list[CandidateResult], baseline: list[float]) -> str:
         baseline_mean = statistics.fmean(baseline)
         for position, result in enumerate(results, start=1):
             result.rank = position
-            gain = 100 * ((result.probe_mean or 0.0) - baseline_mean)
+            gain = (result.probe_mean or 0.0) - baseline_mean
             result.reason = f"probe student {gain:+.2f} points vs no KD"
             if position == 1:
                 result.reason = "best probe student: " + result.reason
@@ -303,7 +303,7 @@ def select_teacher(
             parameters=sum(p.numel() for p in teacher.parameters()),
             val=metrics,
         )
-        line = f"{path}: teacher validation top-1 {100 * metrics['top1']:.2f} %"
+        line = f"{path}: teacher validation top-1 {metrics['top1']:.2f} %"
         if probe_steps:
             probes = [_probe(recipe, spec, probe_steps, seed) for seed in seeds]
             result.probe_top1 = [top1 for top1, _ in probes]

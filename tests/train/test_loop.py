@@ -325,7 +325,7 @@ def test_expected_calibration_error_by_hand() -> None:
 def test_agreement_counts_same_argmax() -> None:
     student = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
-    assert agreement(student, teacher) == 0.5
+    assert agreement(student, teacher) == 50.0
     with pytest.raises(ValueError, match="same shape"):
         agreement(student, teacher[:, :2])
 
@@ -349,9 +349,9 @@ def test_evaluate_distiller_against_brute_force() -> None:
     )
     teacher_correct = sum(int(teacher_logits[i].argmax() == labels[i]) for i in range(len(labels)))
     nll = -sum(student_logits[i].log_softmax(0)[labels[i]].item() for i in range(len(labels)))
-    assert metrics["top1"] == correct / len(labels)
-    assert metrics["agreement"] == same / len(labels)
-    assert metrics["teacher_top1"] == teacher_correct / len(labels)
+    assert metrics["top1"] == 100 * correct / len(labels)
+    assert metrics["agreement"] == 100 * same / len(labels)
+    assert metrics["teacher_top1"] == 100 * teacher_correct / len(labels)
     assert metrics["nll"] == pytest.approx(nll / len(labels), rel=1e-5)
     assert set(metrics) >= {"terms/ce", "terms/dist", "terms/hint", "loss", "ece"}
 
@@ -377,7 +377,7 @@ def test_jsonl_and_tensorboard_hold_the_scalars(tmp_path: Path) -> None:
     assert set(steps[0]["terms"]) == {"ce", "dist", "hint"}
     assert steps[0]["weights"] == {"ce": 1.0, "dist": 0.5, "hint": 0.1}
     assert [r["epoch"] for r in epochs] == [1, 2]
-    assert 0.0 <= epochs[-1]["val"]["top1"] <= 1.0
+    assert 0.0 <= epochs[-1]["val"]["top1"] <= 100.0
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
 
     events = EventAccumulator(str(tmp_path / "run" / "tb"))
@@ -416,12 +416,12 @@ def test_evaluate_reports_each_teacher_and_the_ensemble() -> None:
     ensemble = (probabilities[0] + probabilities[1]) / 2
     for index in range(2):
         correct = (probabilities[index].argmax(-1) == labels).float().mean().item()
-        assert metrics[f"teacher{index}_top1"] == pytest.approx(correct)
+        assert metrics[f"teacher{index}_top1"] == pytest.approx(100 * correct)
     assert metrics["teacher_top1"] == pytest.approx(
-        (ensemble.argmax(-1) == labels).float().mean().item()
+        100 * (ensemble.argmax(-1) == labels).float().mean().item()
     )
     assert metrics["agreement"] == pytest.approx(
-        (student.argmax(-1) == ensemble.argmax(-1)).float().mean().item()
+        100 * (student.argmax(-1) == ensemble.argmax(-1)).float().mean().item()
     )
 
 

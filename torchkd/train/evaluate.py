@@ -76,11 +76,11 @@ def expected_calibration_error(
 
 
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
-    """Fraction of rows where student and teacher predict the same class.
+    """Percent of rows where student and teacher predict the same class.
 
     Example:
         >>> agreement(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 1.0]] * 2))
-        0.5
+        50.0
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -88,7 +88,7 @@ def agreement(student_logits: Tensor, teacher_logits: Tensor) -> float:
             f"{tuple(teacher_logits.shape)} must have the same shape"
         )
     same = student_logits.argmax(dim=-1) == teacher_logits.argmax(dim=-1)
-    return float(same.double().mean())
+    return 100.0 * float(same.double().mean())
 
 
 class _Totals:
@@ -152,17 +152,19 @@ class _Totals:
     def result(self, num_teachers: int) -> dict[str, float]:
         metrics: dict[str, float] = {"samples": float(self.samples)}
         if self.labeled:
-            metrics["top1"] = self.correct / self.labeled
+            metrics["top1"] = 100.0 * self.correct / self.labeled
             metrics["nll"] = self.nll / self.labeled
             metrics["ece"] = ece_from_bins(self.bins)
             if num_teachers == 1:
-                metrics["teacher_top1"] = self.teacher_correct[0] / self.labeled
+                metrics["teacher_top1"] = 100.0 * self.teacher_correct[0] / self.labeled
             elif num_teachers > 1:
                 for index in range(num_teachers):
-                    metrics[f"teacher{index}_top1"] = self.teacher_correct[index] / self.labeled
-                metrics["teacher_top1"] = self.teacher_correct[-1] / self.labeled
+                    metrics[f"teacher{index}_top1"] = (
+                        100.0 * self.teacher_correct[index] / self.labeled
+                    )
+                metrics["teacher_top1"] = 100.0 * self.teacher_correct[-1] / self.labeled
         if num_teachers and self.compared:
-            metrics["agreement"] = self.agree / self.compared
+            metrics["agreement"] = 100.0 * self.agree / self.compared
         for name, total in self.terms.items():
             metrics[name] = total / self.samples
         return metrics
@@ -203,8 +205,8 @@ def evaluate(
     Classifier logits are ``[B, C]``; token logits ``[B, L, V]`` with ``[B, L]`` labels count
     every position whose label is not ``-100``.
 
-    Returns ``top1``, ``nll`` (mean negative log-likelihood), ``ece`` (15 bins) when batches
-    carry labels; ``agreement`` (same argmax as the teacher, or as the mean of the teachers'
+    Returns ``top1`` (percent, like every accuracy torchkd reports), ``nll`` (mean negative
+    log-likelihood), ``ece`` (15 bins) when batches carry labels; ``agreement`` (same argmax as the teacher, or as the mean of the teachers'
     probabilities) and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for
     a Distiller with teachers; ``samples``. With ``with_terms`` the Distiller's full forward
     is run and each loss term's batch-weighted mean is returned as ``terms/<name>`` (and the

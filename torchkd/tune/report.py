@@ -240,7 +240,7 @@ def _value_text(value: Any) -> str:
 def _metric_text(metric: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    return f"{100 * value:.2f} %" if metric == "top1" else f"{value:.4f}"
+    return f"{value:.2f} %" if metric == "top1" else f"{value:.4f}"
 
 
 def _trials_table(summary: SearchSummary) -> list[str]:

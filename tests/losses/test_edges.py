@@ -449,6 +449,9 @@ def test_fused_bad_hyperparameters_are_refused_naming_them(argument, value, erro
     student, teacher, labels = fused_inputs()
     with pytest.raises(error, match=argument):
         L.fused_linear_kd_loss(*student, *teacher, labels, **{argument: value})
+    if argument != "num_items_in_batch":  # a forward argument, not a stored hyperparameter
+        with pytest.raises(error, match=argument):
+            L.FusedLinearKDLoss(**{argument: value})
 
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd", "tvd"])

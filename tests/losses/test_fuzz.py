@@ -51,6 +51,9 @@ BAD_FLOATS: tuple[object, ...] = (math.nan, math.inf, -math.inf, -1.0, 0.0, "2")
 BAD_INTS: tuple[object, ...] = (0, -1, 2.5, "2")
 # Keyword arguments that select a mode rather than a number: not fuzzed with bad numbers.
 NOT_NUMERIC = {"ignore_index", "return_weights", "standardize", "pool", "mask"}
+# Annotations (strings: the losses use ``from __future__ import annotations``) of optional
+# numeric hyperparameters, and a number of that type.
+OPTIONAL_NUMBERS: dict[object, object] = {"float | None": 1.0, "int | None": 1}
 OK_CLASSES = ("finite", "named error", "overflow")
 CLASSES = (*OK_CLASSES, "silent non-finite", "unclear exception")
 
@@ -265,7 +268,11 @@ def _hidden_states_call(
 
 
 def numeric_parameters(name: str) -> dict[str, object]:
-    """Keyword parameters with a numeric default (the loss's hyperparameters), and the default."""
+    """Keyword parameters with a numeric default (the loss's hyperparameters), and the default.
+
+    Optional numbers (annotated ``float | None`` or ``int | None``, default None: a softcap, a
+    chunk size) are hyperparameters too; for them the value is a number of that type.
+    """
     loss_entry = entry(name)
     function = loss_entry.functional or loss_entry.module.__init__
     found = {}
@@ -275,6 +282,8 @@ def numeric_parameters(name: str) -> dict[str, object]:
             continue
         if isinstance(default, int | float):
             found[parameter.name] = default
+        elif default is None and parameter.annotation in OPTIONAL_NUMBERS:
+            found[parameter.name] = OPTIONAL_NUMBERS[parameter.annotation]
     return found
 
 

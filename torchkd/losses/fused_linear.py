@@ -85,8 +85,10 @@ def _check_options(
     hard_label_weight: float,
     reduction: str,
     chunk_size: int | None,
+    ignore_index: int,
     scales_caps: dict[str, float | None],
 ) -> None:
+    """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`)."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     check_unit_interval("beta", beta)
@@ -101,6 +103,7 @@ def _check_options(
         )
     if chunk_size is not None:
         check_number("chunk_size", chunk_size, minimum=1, integer=True)
+    check_number("ignore_index", ignore_index, integer=True)
     for name, value in scales_caps.items():
         if value is not None:
             check_number(name, value, minimum=0.0, strict=True)
@@ -206,7 +209,12 @@ def fused_linear_kd_loss(
     the gradients w.r.t. every input that requires grad (hidden states, weight, bias, of both
     sides when the teacher is given by hidden states) are accumulated in float32 (float64 for
     float64 inputs); the backward pass only scales them. Half-precision inputs are computed in
-    float32 (the output weight is upcast once) and the loss is float32.
+    float32 (the output weight is upcast once) and the loss is float32; a float64 input on
+    either side (a float64 teacher) promotes the computation to float64. Where the logits
+    overflow the compute dtype (hidden states and weights near its largest values) the loss is
+    redone in float64: the result is the float64 value, or ``inf`` where that is out of range.
+    Hyperparameters are checked as in every loss: a wrong type is a ``TypeError``, a value out
+    of range (NaN and infinities included) a ``ValueError``, both naming the argument.
 
     Args:
         student_hidden: ``[..., Hs]`` the student's last hidden states (leading dims flattened).
@@ -257,6 +265,7 @@ def fused_linear_kd_loss(
         hard_label_weight,
         reduction,
         chunk_size,
+        ignore_index,
         {
             "student_logit_scale": student_logit_scale,
             "teacher_logit_scale": teacher_logit_scale,
@@ -309,7 +318,6 @@ def fused_linear_kd_loss(
             )
         vocab = _vocab(student_weight.shape[0], teacher_weight.shape[0], truncate_vocab, "weights")
     check_mask(mask, rows_shape)
-    check_number("ignore_index", ignore_index, integer=True)
     if labels is not None:
         labels = check_labels(labels, student_hidden.new_empty((*rows_shape, vocab)), ignore_index)
     elif hard_label_weight > 0:
@@ -444,6 +452,21 @@ class FusedLinearKDLoss(nn.Module):
         truncate_vocab: bool = False,
     ) -> None:
         super().__init__()
+        _check_options(
+            divergence,
+            beta,
+            temperature,
+            hard_label_weight,
+            reduction,
+            chunk_size,
+            ignore_index,
+            {
+                "student_logit_scale": student_logit_scale,
+                "teacher_logit_scale": teacher_logit_scale,
+                "student_softcap": student_softcap,
+                "teacher_softcap": teacher_softcap,
+            },
+        )
         self.options = {
             "divergence": divergence,
             "beta": beta,

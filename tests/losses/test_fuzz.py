@@ -51,6 +51,9 @@ BAD_FLOATS: tuple[object, ...] = (math.nan, math.inf, -math.inf, -1.0, 0.0, "2")
 BAD_INTS: tuple[object, ...] = (0, -1, 2.5, "2")
 # Keyword arguments that select a mode rather than a number: not fuzzed with bad numbers.
 NOT_NUMERIC = {"ignore_index", "return_weights", "standardize", "pool", "mask"}
+# Annotations (strings: the losses use ``from __future__ import annotations``) of optional
+# numeric hyperparameters, and a number of that type.
+OPTIONAL_NUMBERS: dict[object, object] = {"float | None": 1.0, "int | None": 1}
 OK_CLASSES = ("finite", "named error", "overflow")
 CLASSES = (*OK_CLASSES, "silent non-finite", "unclear exception")
 
@@ -128,6 +131,23 @@ def build_call(
     """
     spec = REFERENCES[name]
     base = make_inputs(name, layout)
+    if signature_of(name) == "hidden_states":
+        return _hidden_states_call(
+            name,
+            base,
+            dtype=dtype,
+            seed=seed,
+            batch=batch,
+            scale=scale,
+            kwargs={**spec.kwargs, **(kwargs or {})},
+            teacher_dtype=teacher_dtype,
+            label_dtype=label_dtype,
+            rounded_to=rounded_to,
+            identical=identical,
+            masked_classes=masked_classes,
+            row_mask=row_mask,
+            as_float64=as_float64,
+        )
     batch = base[0].shape[0] if isinstance(base[0], Tensor) and batch is None else batch
     if batch is None:
         batch = base[0][0].shape[0]
@@ -179,11 +199,80 @@ def build_call(
     return functools.partial(loss, *inputs, **call_kwargs)
 
 
+def _hidden_states_call(
+    name: str,
+    base: tuple[object, ...],
+    *,
+    dtype: torch.dtype,
+    seed: int,
+    batch: int | None,
+    scale: float,
+    kwargs: dict[str, object],
+    teacher_dtype: torch.dtype | None,
+    label_dtype: torch.dtype,
+    rounded_to: torch.dtype | None,
+    identical: bool,
+    masked_classes: bool,
+    row_mask: bool,
+    as_float64: bool,
+) -> Callable[[], Tensor]:
+    """:func:`build_call` for the ``hidden_states`` signature: per side hidden states
+    ``[batch, ..., H]`` and an output weight ``[V, H]`` (the template's shapes), then labels.
+
+    ``batch`` replaces the hidden states' first dim (the weights have no rows); ``identical``
+    gives the teacher the student's hidden states and weight; ``masked_classes`` masks the
+    last two vocabulary entries of both sides with a ``-inf`` output bias (the fused loss's
+    logits are ``h W^T + b``), and the labels avoid them.
+    """
+    student_hidden, student_weight, teacher_hidden, teacher_weight, _ = base
+    batch = student_hidden.shape[0] if batch is None else batch
+    generator = torch.Generator().manual_seed(seed)
+    value_dtype = rounded_to or dtype
+
+    def draw(tensor: Tensor, rows: bool) -> Tensor:
+        shape = (batch, *tensor.shape[1:]) if rows else tuple(tensor.shape)
+        return _values(shape, generator, scale, value_dtype)
+
+    student = [draw(student_hidden, True), draw(student_weight, False)]
+    teacher = (
+        [t.clone() for t in student]
+        if identical
+        else [draw(teacher_hidden, True), draw(teacher_weight, False)]
+    )
+    rows_shape = student[0].shape[:-1]
+    vocab = student[1].shape[0]
+    labels = torch.randint(
+        0, vocab - 2 if masked_classes else vocab, rows_shape, generator=generator
+    )
+    side_dtype = teacher_dtype or dtype
+    cast = torch.float64 if as_float64 else None
+    inputs = [
+        *(t.to(cast or dtype) for t in student),
+        *(t.to(cast or side_dtype) for t in teacher),
+        labels.to(label_dtype),
+    ]
+    call_kwargs: dict[str, object] = dict(kwargs)
+    if masked_classes:
+        for side, side_type in (("student", dtype), ("teacher", side_dtype)):
+            bias = torch.zeros(vocab, dtype=cast or side_type)
+            bias[-2:] = float("-inf")
+            call_kwargs[f"{side}_bias"] = bias
+    if row_mask:
+        mask = torch.rand(rows_shape, generator=generator) < 0.6
+        mask.view(-1)[0] = True
+        call_kwargs["mask"] = mask
+    return functools.partial(entry(name).functional, *inputs, **call_kwargs)
+
+
 # --------------------------------------------------------------------------- the grid
 
 
 def numeric_parameters(name: str) -> dict[str, object]:
-    """Keyword parameters with a numeric default (the loss's hyperparameters), and the default."""
+    """Keyword parameters with a numeric default (the loss's hyperparameters), and the default.
+
+    Optional numbers (annotated ``float | None`` or ``int | None``, default None: a softcap, a
+    chunk size) are hyperparameters too; for them the value is a number of that type.
+    """
     loss_entry = entry(name)
     function = loss_entry.functional or loss_entry.module.__init__
     found = {}
@@ -193,6 +282,8 @@ def numeric_parameters(name: str) -> dict[str, object]:
             continue
         if isinstance(default, int | float):
             found[parameter.name] = default
+        elif default is None and parameter.annotation in OPTIONAL_NUMBERS:
+            found[parameter.name] = OPTIONAL_NUMBERS[parameter.annotation]
     return found
 
 
@@ -231,7 +322,7 @@ def grid_cases(name: str) -> Iterator[Case]:
             "f32 student, f64 teacher",
             {"dtype": torch.float32, "teacher_dtype": torch.float64},
         )
-    if signature_of(name) in ("labels", "logits_labels", "multi_teacher"):
+    if signature_of(name) in ("labels", "logits_labels", "multi_teacher", "hidden_states"):
         for label_dtype in (torch.int32, torch.int16, torch.uint8):
             yield Case(
                 name, f"labels {label_dtype}", {"dtype": torch.float32, "label_dtype": label_dtype}

@@ -108,20 +108,24 @@ def _dense_divergence(
     teacher: Tensor,
     buffers: _Buffers,
     teacher_grad: bool,
-    masked_teacher: bool,
+    masked: tuple[bool, bool],
 ) -> tuple[Tensor, Tensor | None]:
     """Rows of D(p_T, p_S); ``student`` <- dD/da_S; returns the buffer holding dD/da_T.
 
-    On entry both buffers hold the softened logits. Every step writes into a preallocated
-    ``[chunk, V]`` buffer: forward and reverse KL use one more (two when the teacher needs its
-    gradient too), JSD and TVD two more.
+    On entry both buffers hold the softened logits. ``masked`` says whether the student's and
+    the teacher's logits may hold ``-inf`` (vocabulary masking by a bias or given logits): their
+    log-probabilities are then clamped to the dtype's lowest value, so that entries masked on
+    both sides give ``0 log 0 = 0`` instead of ``-inf - (-inf)``. Every step writes into a
+    preallocated ``[chunk, V]`` buffer: forward and reverse KL use one more (two when the
+    teacher needs its gradient too), JSD and TVD two more.
     """
     n = student.shape[0]
     work = buffers.get("work", n)
     torch.log_softmax(student, dim=-1, out=student)
     torch.log_softmax(teacher, dim=-1, out=teacher)
-    if masked_teacher:  # -inf teacher logits: keep log q finite so that q log q = 0
-        teacher.clamp_(min=torch.finfo(teacher.dtype).min)
+    for side, side_masked in zip((student, teacher), masked, strict=True):
+        if side_masked:
+            side.clamp_(min=torch.finfo(side.dtype).min)
     kind, beta = plan.divergence, plan.beta
     teacher_gradient = None
     if kind == "forward_kl":
@@ -216,6 +220,11 @@ def _backpropagate(
         grads[f"{prefix}_bias"].add_(gradient.sum(0), alpha=scale)
 
 
+def _masks_vocabulary(side: Side) -> bool:
+    """Whether the side's bias masks vocabulary entries with ``-inf``."""
+    return side.bias is not None and bool(torch.isneginf(side.bias).any())
+
+
 def _gradient_buffers(student: Side, teacher: Side | None, wanted: set[str]) -> dict[str, Tensor]:
     """Zeroed gradient accumulators in the compute dtype for the ``wanted`` inputs."""
     grads = {}
@@ -261,6 +270,10 @@ def run(
     buffers = _Buffers(chunk, vocab, dtype, device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     temperature = plan.temperature
+    masked = (
+        _masks_vocabulary(student),
+        teacher_logits is not None or (teacher is not None and _masks_vocabulary(teacher)),
+    )
     factor = plan.divergence_weight / (temperature * plan.denominator)
     for start in range(0, rows_total, chunk):
         stop = min(start + chunk, rows_total)
@@ -297,9 +310,7 @@ def run(
                     other.copy_(teacher_logits.index_select(0, row_index[start:stop])[:, :vocab])
                 if temperature != 1.0:
                     other.div_(temperature)
-            rows, other = _dense_divergence(
-                plan, logits, other, buffers, teacher_grad, teacher_logits is not None
-            )
+            rows, other = _dense_divergence(plan, logits, other, buffers, teacher_grad, masked)
         row_sum = rows.sum() * plan.divergence_weight
         if hard is not None:
             row_sum = row_sum + hard.sum() * plan.hard_label_weight

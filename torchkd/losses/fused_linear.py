@@ -12,11 +12,20 @@ a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
-from torchkd.losses._common import check_floating, check_labels, check_mask, check_unit_interval
+from torchkd.losses._common import (
+    check_floating,
+    check_labels,
+    check_mask,
+    check_number,
+    check_temperature,
+    check_unit_interval,
+    compute_dtype,
+)
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
 from torchkd.losses.registry import register
 from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
@@ -76,27 +85,28 @@ def _check_options(
     hard_label_weight: float,
     reduction: str,
     chunk_size: int | None,
+    ignore_index: int,
     scales_caps: dict[str, float | None],
 ) -> None:
+    """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`)."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     check_unit_interval("beta", beta)
     if isinstance(temperature, Tensor):
         raise TypeError("temperature must be a float here (the fused loss has no learned T)")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not hard_label_weight >= 0:
-        raise ValueError(f"hard_label_weight must be >= 0, got {hard_label_weight}")
+    check_temperature(temperature)
+    check_number("hard_label_weight", hard_label_weight, minimum=0.0)
     if reduction not in FUSED_REDUCTIONS:
         raise ValueError(
             f"reduction must be one of {FUSED_REDUCTIONS} for the fused loss (its backward is "
             f"stored per loss, not per row), got {reduction!r}"
         )
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        check_number("chunk_size", chunk_size, minimum=1, integer=True)
+    check_number("ignore_index", ignore_index, integer=True)
     for name, value in scales_caps.items():
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
+        if value is not None:
+            check_number(name, value, minimum=0.0, strict=True)
 
 
 def _vocab(student_vocab: int, teacher_vocab: int, truncate_vocab: bool, what: str) -> int:
@@ -109,6 +119,14 @@ def _vocab(student_vocab: int, teacher_vocab: int, truncate_vocab: bool, what: s
             "(padded vocabularies of one model family)"
         )
     return min(student_vocab, teacher_vocab)
+
+
+def _wide(side: Side | None) -> Side | None:
+    """``side`` with its weight and bias in float64 (the kernel computes in the weight's dtype)."""
+    if side is None:
+        return None
+    bias = None if side.bias is None else side.bias.double()
+    return replace(side, weight=side.weight.double(), bias=bias)
 
 
 def _rows(tensor: Tensor, index: Tensor | None, per_token: bool = False) -> Tensor:
@@ -124,10 +142,15 @@ def _denominator(reduction: str, num_items_in_batch: int | Tensor | None, valid_
         raise ValueError(
             "num_items_in_batch is the batchmean normalizer; use reduction='batchmean'"
         )
-    count = float(num_items_in_batch)
-    if not count > 0:
-        raise ValueError(f"num_items_in_batch must be > 0, got {count:g}")
-    return count
+    if isinstance(num_items_in_batch, Tensor):
+        if num_items_in_batch.numel() != 1 or num_items_in_batch.dtype == torch.bool:
+            raise ValueError(
+                "num_items_in_batch must be a number or a one-element tensor, got a "
+                f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
+            )
+        num_items_in_batch = num_items_in_batch.item()
+    check_number("num_items_in_batch", num_items_in_batch, minimum=0.0, strict=True)
+    return float(num_items_in_batch)
 
 
 def fused_linear_kd_loss(
@@ -186,7 +209,12 @@ def fused_linear_kd_loss(
     the gradients w.r.t. every input that requires grad (hidden states, weight, bias, of both
     sides when the teacher is given by hidden states) are accumulated in float32 (float64 for
     float64 inputs); the backward pass only scales them. Half-precision inputs are computed in
-    float32 (the output weight is upcast once) and the loss is float32.
+    float32 (the output weight is upcast once) and the loss is float32; a float64 input on
+    either side (a float64 teacher) promotes the computation to float64. Where the logits
+    overflow the compute dtype (hidden states and weights near its largest values) the loss is
+    redone in float64: the result is the float64 value, or ``inf`` where that is out of range.
+    Hyperparameters are checked as in every loss: a wrong type is a ``TypeError``, a value out
+    of range (NaN and infinities included) a ``ValueError``, both naming the argument.
 
     Args:
         student_hidden: ``[..., Hs]`` the student's last hidden states (leading dims flattened).
@@ -237,6 +265,7 @@ def fused_linear_kd_loss(
         hard_label_weight,
         reduction,
         chunk_size,
+        ignore_index,
         {
             "student_logit_scale": student_logit_scale,
             "teacher_logit_scale": teacher_logit_scale,
@@ -290,7 +319,7 @@ def fused_linear_kd_loss(
         vocab = _vocab(student_weight.shape[0], teacher_weight.shape[0], truncate_vocab, "weights")
     check_mask(mask, rows_shape)
     if labels is not None:
-        check_labels(labels, student_hidden.new_empty((*rows_shape, vocab)), ignore_index)
+        labels = check_labels(labels, student_hidden.new_empty((*rows_shape, vocab)), ignore_index)
     elif hard_label_weight > 0:
         raise ValueError("hard_label_weight > 0 needs labels")
     if beta == 0 and divergence == "jsd":
@@ -316,10 +345,8 @@ def fused_linear_kd_loss(
         teacher_bias,
         dense,
     ]
-    dtype = torch.float32
-    for tensor in tensors:
-        if tensor is not None:
-            dtype = torch.promote_types(dtype, tensor.dtype)
+    sparse_values = [] if sparse is None else [sparse.log_probs, sparse.tail_log_mass]
+    dtype = compute_dtype(*(t for t in [*tensors, *sparse_values] if t is not None))
 
     def side(
         hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float, cap: float | None
@@ -378,7 +405,14 @@ def fused_linear_kd_loss(
     def compute(wanted: set[str]) -> tuple[Tensor, dict[str, Tensor], Callable]:
         teacher_side = teacher if teacher_rows is None else (teacher_rows, index)
         loss, grads = run(plan, student, teacher_side, buckets, selected_labels, wanted)
-        return loss, grads, finish
+        if bool(torch.isfinite(loss)) or dtype == torch.float64 or loss.device.type == "mps":
+            return loss, grads, finish
+        # Logits beyond the compute dtype's range (hidden states and weights near its largest
+        # values): redo in float64, which gives the true value, or inf where that is too large.
+        teacher_side = _wide(teacher) if teacher_rows is None else (teacher_rows.double(), index)
+        wide_buckets = None if buckets is None else (buckets[0], buckets[1].double())
+        loss, grads = run(plan, _wide(student), teacher_side, wide_buckets, selected_labels, wanted)
+        return loss.to(dtype), {key: grad.to(dtype) for key, grad in grads.items()}, finish
 
     differentiable = tensors[:6]
     needs = any(t is not None and t.requires_grad for t in differentiable)
@@ -418,6 +452,21 @@ class FusedLinearKDLoss(nn.Module):
         truncate_vocab: bool = False,
     ) -> None:
         super().__init__()
+        _check_options(
+            divergence,
+            beta,
+            temperature,
+            hard_label_weight,
+            reduction,
+            chunk_size,
+            ignore_index,
+            {
+                "student_logit_scale": student_logit_scale,
+                "teacher_logit_scale": teacher_logit_scale,
+                "student_softcap": student_softcap,
+                "teacher_softcap": teacher_softcap,
+            },
+        )
         self.options = {
             "divergence": divergence,
             "beta": beta,

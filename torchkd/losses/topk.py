@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from torchkd.losses._common import check_number, check_temperature, upcast
+
 __all__ = ["TopKLogits"]
 
 TAIL_TOLERANCE = 1e-4
@@ -58,10 +60,12 @@ class TopKLogits:
     @classmethod
     def from_logits(cls, logits: Tensor, k: int, temperature: float = 1.0) -> TopKLogits:
         """The top-``k`` of ``softmax(logits / T)`` with the exact tail mass (no gradient)."""
+        check_temperature(temperature)
+        check_number("k", k, integer=True)
         if not 1 <= k <= logits.shape[-1]:
             raise ValueError(f"k must be in [1, {logits.shape[-1]}] (the vocabulary), got {k}")
         with torch.no_grad():
-            values = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            values = upcast(logits)
             log_probs = torch.log_softmax(values / temperature, dim=-1)
             top_log_probs, token_ids = log_probs.topk(k, dim=-1)
             rest = log_probs.scatter(-1, token_ids, float("-inf"))

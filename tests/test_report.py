@@ -20,11 +20,11 @@ def synthetic_history() -> list[dict]:
             "step": 10 * epoch,
             "train": {"loss": 2.0 / epoch, "terms/kd": 1.0 / epoch, "terms/ce": 0.5 / epoch},
             "val": {
-                "top1": 0.5 + 0.1 * epoch,
+                "top1": 50.0 + 10.0 * epoch,
                 "nll": 1.5 / epoch,
                 "ece": 0.1,
-                "agreement": 0.6 + 0.05 * epoch,
-                "teacher_top1": 0.9,
+                "agreement": 60.0 + 5.0 * epoch,
+                "teacher_top1": 90.0,
                 "loss": 2.2 / epoch,
                 "terms/kd": 1.1 / epoch,
                 "terms/ce": 0.6 / epoch,
@@ -46,7 +46,7 @@ def test_write_report_tables_and_plots(tmp_path: Path) -> None:
         tmp_path,
         synthetic_history(),
         steps=synthetic_steps(),
-        test_metrics={"top1": 0.77, "nll": 0.9},
+        test_metrics={"top1": 77.0, "nll": 0.9},
         title="kd run",
     )
     text = path.read_text()
@@ -74,11 +74,11 @@ def test_write_report_without_epochs(tmp_path: Path) -> None:
 
 def test_results_table_mean_and_sample_std() -> None:
     rows = [
-        {"method": "baseline", "seed": 0, "top1": 0.70, "nll": 1.0},
-        {"method": "kd", "seed": 0, "top1": 0.80, "nll": 0.8},
-        {"method": "baseline", "seed": 1, "top1": 0.74, "nll": 1.2},
-        {"method": "kd", "seed": 1, "top1": 0.84, "nll": 0.6},
-        {"method": "kd", "seed": 2, "top1": 0.85, "nll": 0.7},
+        {"method": "baseline", "seed": 0, "top1": 70.0, "nll": 1.0},
+        {"method": "kd", "seed": 0, "top1": 80.0, "nll": 0.8},
+        {"method": "baseline", "seed": 1, "top1": 74.0, "nll": 1.2},
+        {"method": "kd", "seed": 1, "top1": 84.0, "nll": 0.6},
+        {"method": "kd", "seed": 2, "top1": 85.0, "nll": 0.7},
     ]
     lines = format_results_table(rows).splitlines()
     assert lines[0] == "| method | top1 | nll | runs |"

@@ -97,11 +97,11 @@ def make_result(path: str, top1: float, probe: float) -> CandidateResult:
 
 
 def test_probe_ranking_overrides_teacher_accuracy_and_warns() -> None:
-    accurate = make_result("accurate", top1=0.95, probe=0.70)
-    early = make_result("early", top1=0.90, probe=0.80)
-    useless = make_result("useless", top1=0.50, probe=0.60)
+    accurate = make_result("accurate", top1=95.0, probe=70.0)
+    early = make_result("early", top1=90.0, probe=80.0)
+    useless = make_result("useless", top1=50.0, probe=60.0)
     results = [accurate, useless, early]
-    assert _rank(results, baseline=[0.72]) == "distillation probe"
+    assert _rank(results, baseline=[72.0]) == "distillation probe"
     assert [r.path for r in results] == ["early", "accurate", "useless"]
     assert "the most accurate teacher, but its student learns less" in accurate.reason
     assert early.warning == "" and "+8.00 points" in early.reason

@@ -38,7 +38,7 @@ def recipe():
 
 def study_with_trials() -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    for temperature, alpha, value in [(2.0, 0.5, 0.81), (4.0, 0.9, 0.87), (6.0, 0.2, 0.79)]:
+    for temperature, alpha, value in [(2.0, 0.5, 81.0), (4.0, 0.9, 87.0), (6.0, 0.2, 79.0)]:
         params = {
             "terms.0.loss_kwargs.temperature": temperature,
             "terms.0.loss_kwargs.alpha": alpha,
@@ -48,7 +48,7 @@ def study_with_trials() -> optuna.Study:
                 params=params,
                 distributions=DISTRIBUTIONS,
                 value=value,
-                intermediate_values={1: value - 0.1, 2: value},
+                intermediate_values={1: value - 10.0, 2: value},
                 user_attrs={"seconds": 1.5},
             )
         )
@@ -57,7 +57,7 @@ def study_with_trials() -> optuna.Study:
             state=TrialState.PRUNED,
             params={"terms.0.loss_kwargs.temperature": 7.5, "terms.0.loss_kwargs.alpha": 0.6},
             distributions=DISTRIBUTIONS,
-            intermediate_values={1: 0.2},
+            intermediate_values={1: 20.0},
             user_attrs={"note": "pruned after epoch 1"},
         )
     )
@@ -68,7 +68,7 @@ def test_report_holds_best_parameters_importances_plots_and_every_trial(tmp_path
     study = study_with_trials()
     summary = summarize(study, recipe(), "tpe", ["train.epochs=3"])
     assert summary.counts == {"COMPLETE": 3, "PRUNED": 1}
-    assert summary.best_trial == 1 and summary.best_value == 0.87
+    assert summary.best_trial == 1 and summary.best_value == 87.0
     assert set(summary.importances) == set(SPACE)
     assert abs(sum(summary.importances.values()) - 1.0) < 1e-6
     result = TuneResult(
@@ -80,7 +80,7 @@ def test_report_holds_best_parameters_importances_plots_and_every_trial(tmp_path
         best_trial=summary.best_trial,
         counts=summary.counts,
         importances=summary.importances,
-        test_metrics={"top1": 0.9, "nll": 0.3, "ece": 0.02},
+        test_metrics={"top1": 90.0, "nll": 0.3, "ece": 0.02},
     )
     report = write_tune_report(summary, result, command="torchkd tune r.yaml").read_text()
     assert "Trial 1: validation top1 87.00 %" in report

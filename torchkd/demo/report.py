@@ -53,7 +53,7 @@ class DemoResult:
     def top1(self, arm: str) -> list[float]:
         """Test top-1 (percent) of ``arm``, in seed order."""
         by_seed = {run.seed: run for run in self.runs if run.arm == arm}
-        return [100.0 * by_seed[seed].test["top1"] for seed in self.seeds]
+        return [by_seed[seed].test["top1"] for seed in self.seeds]
 
     def table(self) -> str:
         """The summary table (plain text, fixed width)."""
@@ -88,7 +88,7 @@ def summary_cells(result: DemoResult) -> list[tuple[str, str, str, str]]:
     rows = [
         (
             f"teacher {result.teacher_description}, {source}",
-            f"{100 * result.teacher_test['top1']:.1f}",
+            f"{result.teacher_test['top1']:.1f}",
             "",
             "",
         )
@@ -148,7 +148,7 @@ def _plot_test_top1(result: DemoResult, path: Path) -> None:
         values = result.top1(arm.key)
         axis.bar(position, statistics.fmean(values), color="0.85")
         axis.scatter([position] * len(values), values, color="C0", zorder=3)
-    axis.axhline(100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher")
+    axis.axhline(result.teacher_test["top1"], color="C3", linestyle="--", label="teacher")
     axis.set_xticks(range(len(ARMS)), [arm.label.replace(" (", "\n(", 1) for arm in ARMS])
     axis.tick_params(axis="x", labelsize=7)
     axis.set_ylabel("test top-1 (%)")
@@ -171,11 +171,9 @@ def _plot_val_top1(result: DemoResult, path: Path) -> None:
         if length == 0:
             continue
         steps = [step for step, _ in curves[0][:length]]
-        mean = [100 * statistics.fmean(curve[i][1] for curve in curves) for i in range(length)]
+        mean = [statistics.fmean(curve[i][1] for curve in curves) for i in range(length)]
         axis.plot(steps, mean, label=arm.label)
-    axis.axhline(
-        100 * result.teacher_test["top1"], color="C3", linestyle="--", label="teacher (test)"
-    )
+    axis.axhline(result.teacher_test["top1"], color="C3", linestyle="--", label="teacher (test)")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("validation top-1 (%)")
     axis.legend(fontsize=7)

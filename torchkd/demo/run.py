@@ -80,7 +80,7 @@ def run_demo(
             run = future.result()
             runs.append(run)
             echo(
-                f"  {run.arm:<11} seed {run.seed}: test top-1 {100 * run.test['top1']:5.1f} %"
+                f"  {run.arm:<11} seed {run.seed}: test top-1 {run.test['top1']:5.1f} %"
                 f"  ({run.seconds:.0f} s)"
             )
 

@@ -164,7 +164,7 @@ class _Totals:
                     )
                 metrics["teacher_top1"] = 100.0 * self.teacher_correct[-1] / self.labeled
         if num_teachers and self.compared:
-            metrics["agreement"] = 100.0 * self.agree / self.compared
+            metrics["agreement"] = self.agree / self.compared  # agreement() is in percent
         for name, total in self.terms.items():
             metrics[name] = total / self.samples
         return metrics
@@ -206,12 +206,13 @@ def evaluate(
     every position whose label is not ``-100``.
 
     Returns ``top1`` (percent, like every accuracy torchkd reports), ``nll`` (mean negative
-    log-likelihood), ``ece`` (15 bins) when batches carry labels; ``agreement`` (same argmax as the teacher, or as the mean of the teachers'
-    probabilities) and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for
-    a Distiller with teachers; ``samples``. With ``with_terms`` the Distiller's full forward
-    is run and each loss term's batch-weighted mean is returned as ``terms/<name>`` (and the
-    weighted total as ``loss``); state that evaluation must not change (stateful loss buffers such
-    as CRD memory banks, every random generator) is restored afterwards.
+    log-likelihood) and ``ece`` (15 bins) when batches carry labels; ``agreement`` (percent of
+    rows with the same argmax as the teacher, or as the mean of the teachers' probabilities)
+    and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for a Distiller with
+    teachers; ``samples``. With ``with_terms`` the Distiller's full forward is run and each
+    loss term's batch-weighted mean is returned as ``terms/<name>`` (and the weighted total as
+    ``loss``); state that evaluation must not change (stateful loss buffers such as CRD memory
+    banks, every random generator) is restored afterwards.
 
     The model is put in eval mode and restored to its previous mode afterwards.
 

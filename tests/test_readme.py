@@ -43,3 +43,41 @@ def test_command_line_parses(command: str) -> None:
 def test_list_commands_run(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(shlex.split(command)[1:]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_the_recipe_format_block_is_a_valid_recipe() -> None:
+    import yaml
+
+    from torchkd.config import recipe_from_dict
+
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", TEXT, re.S) if "name: my_run" in b]
+    text = "\n".join(line for line in block.splitlines() if not line.startswith("tune:"))
+    recipe = recipe_from_dict(yaml.safe_load(text))
+    assert [term.name for term in recipe.terms] == ["kd", "ce", "hint"]
+
+
+# Extra arguments that only shorten a README command for the test (none changes what it does).
+SHORTER = {
+    "configs/mnist1d/teacher.yaml": ["train.epochs=2"],
+    "tune": ["--trials", "2", "train.epochs=1", "--workers", "1"],
+    "select-teacher": ["--probe-steps", "4"],
+}
+
+
+def test_the_command_lines_run_in_order_from_a_fresh_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh clone's view: only ``configs/``; every command line of the README, in order."""
+    import glob
+
+    (tmp_path / "configs").symlink_to(README.parent / "torchkd" / "configs")
+    monkeypatch.chdir(tmp_path)
+    for command in COMMANDS:
+        argv = shlex.split(command)[1:]
+        argv = [
+            match for arg in argv for match in (sorted(glob.glob(arg)) if "*" in arg else [arg])
+        ]
+        extra = SHORTER.get(argv[0], []) + SHORTER.get(argv[1] if len(argv) > 1 else "", [])
+        if argv[0] in ("train", "eval", "tune", "select-teacher"):  # the ones taking overrides
+            extra += ["train.progress=false", "data.batch_size=1024"]
+        assert main([*argv, *extra]) == 0, command

@@ -59,3 +59,15 @@ def test_the_good_recipe_passes_the_checks(tmp_path: Path) -> None:
     assert (
         main(["train", str(recipe), "data.batch_size=1024", "--run-dir", str(tmp_path / "r")]) == 0
     )
+
+
+def test_a_missing_teacher_says_which_recipe_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no runs/ yet
+    kd = Path(__file__).resolve().parents[2] / "torchkd" / "configs" / "mnist1d" / "kd.yaml"
+    assert main(["train", str(kd)]) == 2
+    error = capsys.readouterr().err
+    assert "teacher.checkpoint: runs/mnist1d_teacher/checkpoints/best.pt does not exist" in error
+    assert "torchkd train configs/mnist1d/teacher.yaml" in error
+    assert not (tmp_path / "runs").exists()

@@ -64,6 +64,7 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
     with blame(f"{path}.kwargs"):
         model = factory(**spec.kwargs)
     if spec.checkpoint is not None:
+        _check_weights_exist(spec.checkpoint, f"{path}.checkpoint")
         with blame(f"{path}.checkpoint"):
             weights = load_student_weights(spec.checkpoint)
             try:
@@ -74,6 +75,35 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
                     f"kwargs {spec.kwargs}: {error}"
                 ) from error
     return model
+
+
+def _check_weights_exist(checkpoint: str, path: str) -> None:
+    """A missing weights file is refused saying how to make it: ``runs/NAME/...`` is written by
+    ``torchkd train`` of the recipe named NAME (the shipped one is named when it exists)."""
+    file = Path(checkpoint)
+    if file.is_file():
+        return
+    hint = "point it at a torchkd checkpoint, a .safetensors file or a saved state dict"
+    if len(file.parts) > 2 and file.parts[0] == "runs":
+        run_name = file.parts[1]
+        shipped = _shipped_recipe(run_name)
+        command = f"torchkd train {shipped}" if shipped else f"a recipe named {run_name!r}"
+        hint = f"train its run first ({command}), or {hint}"
+    raise ConfigError([f"{path}: {checkpoint} does not exist; {hint}"])
+
+
+def _shipped_recipe(name: str) -> str | None:
+    """``configs/<group>/<file>.yaml`` of the shipped recipe whose ``name`` is ``name``."""
+    from importlib import resources
+
+    import yaml
+
+    root = Path(str(resources.files("torchkd") / "configs"))
+    for recipe in sorted(root.rglob("*.yaml")):
+        data = yaml.safe_load(recipe.read_text())
+        if isinstance(data, dict) and data.get("name") == name:
+            return f"configs/{recipe.relative_to(root).as_posix()}"
+    return None
 
 
 SPLIT_NAMES = ("train", "val", "test")

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchkd.environment import cpu_model
 from torchkd.losses.kl import COMPILE_ENV, compile_policy, should_compile
 from torchkd.losses.logit import hinton_loss, jsd_loss, kd_loss
 
@@ -156,16 +157,6 @@ def measure_shape(
         for name, fn in timed.items():
             samples[name].append(forward_backward(fn, inputs))
     return first, samples
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def verdict(kind: str, limit: float, value: float) -> str:

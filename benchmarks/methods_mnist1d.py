@@ -43,7 +43,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from torchkd.environment import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "torchkd" / "configs" / "mnist1d"
@@ -590,18 +591,11 @@ def render_table(records: list[dict[str, Any]], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def environment_lines() -> list[str]:
+    details = environment()
     return [
-        f"- torch {torch.__version__}, Python {platform.python_version()}, {cpu}, "
-        f"{os.cpu_count()} cores, device cpu, 1 thread per worker",
+        f"- torch {details['torch']}, Python {details['python']}, {details['cpu']}, "
+        f"{details['cores']} cores, device {details['device']}, 1 thread per worker",
     ]
 
 
@@ -688,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         *(produced_by or ["- (no finished invocation logged)"]),
         "",
-        *environment(),
+        *environment_lines(),
         f"- recipe key {key}: {args.steps} Adam steps (lr 0.01, cosine), batch "
         f"{BATCH_SIZE}; transfer setting: {TRANSFER_LABELED_PER_BATCH} labeled + "
         f"{BATCH_SIZE - TRANSFER_LABELED_PER_BATCH} "

@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/torchkd demo
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check torchkd tests benchmarks

@@ -231,25 +231,29 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from torchkd.config import fit_recipe
+    from torchkd.train.distributed import is_main_process
 
     recipe = _load_recipe(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
     last = run_dir / "checkpoints" / "last.pt"
-    if args.resume and not last.is_file():
+    sharded = last.with_suffix(".dcp")  # an FSDP run's (torchrun, train.distributed=fsdp)
+    if args.resume and not (last.is_file() or sharded.is_dir()):
         raise UsageError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
-    if not args.resume and last.exists():
+    if not args.resume and (last.exists() or sharded.exists()):
         raise UsageError(
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
     for index, teacher in enumerate(recipe.teacher_configs):
-        if teacher.checkpoint is None:
+        if teacher.checkpoint is None and is_main_process():
             print(
                 f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
                 "so it distils its initial weights; set teacher.checkpoint=PATH",
                 file=sys.stderr,
             )
     result = fit_recipe(recipe, run_dir, resume=args.resume)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return EXIT_OK
     best = result.best_metrics.get("top1")
     if best is not None:
         print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")
@@ -693,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from torchkd.config import ConfigError
     from torchkd.train.checkpoint import CheckpointError
+    from torchkd.train.distributed import process_description, record_failure
 
     try:
         args, subparser = _parse(argv)
@@ -714,7 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if show_traceback:
             traceback.print_exc()
-        print(f"torchkd {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        where = process_description()
+        print(
+            f"torchkd {args.command}: failed{where}: {type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        record_failure(error)  # under torchrun: the root cause torchrun reports
         if not show_traceback:
             print("(rerun with `torchkd --traceback ...` to see where)", file=sys.stderr)
         return EXIT_FAILURE

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
+from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import Taps, resolve_module
@@ -57,6 +58,7 @@ __all__ = [
 LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
+_GATHERED_SIGNATURES = ("logits", "features", "feature_lists", "embeddings")
 
 
 def as_batch(
@@ -141,6 +143,13 @@ class Term:
             Give a temperature here or in ``loss_kwargs``, not both.
         teacher_index: which teacher the term reads (all teachers for ``"multi_teacher"``).
         signature: how a custom loss is called; must agree with a registered loss's signature.
+        global_batch: in a distributed run (``torchrun``), compute the term in training on the
+            global batch: the (adapted) student and the teacher tensors of every process are
+            gathered (:func:`torchkd.losses.distributed.gather_rows_with_grad`) before the
+            loss is called. For losses that couple the samples of a batch (SP, RKD, CC, PKT,
+            ``crd_inbatch``, DIST's intra-class term); off, they see each process's share.
+            Only for ``logits``, ``features``, ``feature_lists`` and ``embeddings`` losses; a
+            no-op on one process.
     """
 
     name: str
@@ -153,6 +162,7 @@ class Term:
     temperature: float | Schedule | Literal["learned"] | nn.Module | None = None
     teacher_index: int = 0
     signature: Signature | None = None
+    global_batch: bool = False
 
 
 @dataclass
@@ -338,6 +348,11 @@ class Distiller(nn.Module):
             raise ValueError(
                 f"{where}: temperature is given twice, as Term.temperature={term.temperature!r} "
                 f"and loss_kwargs['temperature']={term.loss_kwargs['temperature']!r}; keep one"
+            )
+        if term.global_batch and signature not in _GATHERED_SIGNATURES:
+            raise ValueError(
+                f"{where}: global_batch gathers the batch of {_GATHERED_SIGNATURES} losses; "
+                f"a {signature!r} loss averages over samples, so every process's share suffices"
             )
         if term.temperature is not None and signature == "labels":
             raise ValueError(f"{where}: a temperature needs a teacher; 'labels' losses have none")
@@ -614,6 +629,8 @@ class Distiller(nn.Module):
             adapters = self.extras[term.name]["adapters"]
             adapted = [adapter(s) for adapter, s in zip(adapters, _as_list(student), strict=True)]
             args[0] = adapted if signature == "feature_lists" else adapted[0]
+        if term.global_batch and self.training:
+            args = [_gather_rows(value) for value in args]
         if signature == "logits_labels":
             args.append(self._batch_entry(batch, self.labels_key, term, signature))
         if signature == "indexed":
@@ -694,6 +711,13 @@ def _paths(specs: Any) -> list[str]:
             if path != LOGITS and path not in paths:
                 paths.append(path)
     return paths
+
+
+def _gather_rows(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    """Every process's rows of ``value`` (each tensor of a list), gradients flowing back."""
+    if isinstance(value, list):
+        return [gather_rows_with_grad(tensor) for tensor in value]
+    return gather_rows_with_grad(value)
 
 
 def _as_list(value: Tensor | list[Tensor]) -> list[Tensor]:

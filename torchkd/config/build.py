@@ -269,6 +269,7 @@ def build_terms(recipe: Recipe) -> list[Term]:
                 adapter=spec.adapter,
                 temperature=_schedule_value(spec.temperature, f"terms.{index}.temperature"),
                 teacher_index=spec.teacher_index,
+                global_batch=spec.global_batch,
             )
         )
     return terms
@@ -370,6 +371,8 @@ def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
     from torchkd.train import load_checkpoint
 
     last = Path(run_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():  # an FSDP run's sharded last.dcp/ holds it in its trainer files
+        last = last.with_suffix(".dcp") / "trainer.rank0.pt"
     if not last.is_file():
         return  # the trainer says there is nothing to resume
     stored = load_checkpoint(last)["config"]
@@ -465,6 +468,7 @@ def fit_recipe(
             :func:`torchkd.train.fit`).
     """
     from torchkd.train import fit
+    from torchkd.train.distributed import is_main_process
 
     if resume:
         check_resumable(recipe, run_dir)
@@ -475,7 +479,8 @@ def fit_recipe(
         train_config = train_config.model_copy(update={"progress": progress})
     check_built(built, recipe)
     resolved = recipe.model_dump(mode="json")
-    if resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists():
+    main = is_main_process()  # under torchrun, rank 0 alone writes files
+    if main and (resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists()):
         write_resolved_config(resolved, run_dir)  # resumed: the same recipe, or more epochs
     result = fit(
         built.distiller,
@@ -488,7 +493,7 @@ def fit_recipe(
         resolved_config=resolved,
         on_epoch_end=on_epoch_end,
     )
-    if report:
+    if report and main:
         from torchkd.report import write_report
 
         result.report_path = write_report(

@@ -162,7 +162,8 @@ class DataConfig(Section):
         dataset: registered labeled dataset (``torchkd.data.available_datasets()``); its
             validation and test splits are always used for evaluation.
         kwargs: more dataset arguments (e.g. ``cache``).
-        batch_size: training batch size (per micro-batch with gradient accumulation).
+        batch_size: training batch size (per micro-batch with gradient accumulation); under
+            ``torchrun`` the global batch, split evenly across the processes.
         eval_batch_size: validation/test batch size (default ``batch_size``).
         val_fraction: fraction of the training split held out for validation.
         seed: seed of the train/validation partition (the shuffle order follows
@@ -215,6 +216,9 @@ class TermConfig(Section):
             mapping.
         teacher_index: which teacher of ``teachers:`` the term reads (multi-teacher losses
             read all of them).
+        global_batch: under ``torchrun``, compute the term on the batch of every process
+            (gathered), not on each process's share: for in-batch relation losses (SP, RKD,
+            CC, PKT, ``crd_inbatch``, ``dist``); see ``docs/distributed.md``.
     """
 
     name: str
@@ -226,6 +230,7 @@ class TermConfig(Section):
     adapter: Literal["auto", "conv1x1", "linear", "pool", "none"] = "auto"
     temperature: Temperature | None = None
     teacher_index: NonNegativeInt = 0
+    global_batch: bool = False
 
 
 class Recipe(Section):

@@ -61,6 +61,17 @@ class BatchOrder(Sampler[BatchKey]):
             ``RandomSampler``.
         drop_last: drop a last, incomplete batch.
         seeded: also draw one augmentation seed per batch from ``generator``.
+        num_replicas: processes sharing each batch (``torch.distributed`` world size).
+        rank: this process's share: with ``num_replicas > 1``, ``batch_size`` is the global
+            batch, every process draws the same order and takes the ``rank``-th contiguous
+            slice of ``batch_size / num_replicas`` samples of each batch (so ``N`` processes
+            together see exactly the batches one process would). A last batch of ``m``
+            samples gives each process ``m // num_replicas`` (the ``m % num_replicas`` last
+            samples of the epoch are skipped; a batch too small to share is dropped).
+            Augmentation seeds are mixed with ``rank``.
+        seed: with ``num_replicas > 1`` and no ``generator``, the order of epoch ``e`` is
+            drawn from a generator seeded with ``seed + e`` (:meth:`set_epoch`, as
+            ``DistributedSampler`` does), identical on every process.
 
     Example:
         >>> order = BatchOrder(5, 2, shuffle=False)
@@ -77,28 +88,54 @@ class BatchOrder(Sampler[BatchKey]):
         generator: torch.Generator | None = None,
         drop_last: bool = False,
         seeded: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if num_samples < 0:
             raise ValueError(f"num_samples must be non-negative, got {num_samples}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, {num_replicas=}")
+        if batch_size % num_replicas:
+            raise ValueError(
+                f"batch_size={batch_size} (the global batch) must be divisible by the "
+                f"{num_replicas} processes that share it"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
         self.drop_last = drop_last
         self.seeded = seeded
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order a sharded sampler without a ``generator`` draws."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         if self.drop_last:
+            return self.num_samples // self.batch_size
+        if self.num_samples % self.batch_size < self.num_replicas:  # no shareable last batch
             return self.num_samples // self.batch_size
         return -(-self.num_samples // self.batch_size)
 
     def _generator(self) -> torch.Generator:
         if self.generator is not None:
             return self.generator
+        if self.num_replicas > 1:
+            return torch.Generator().manual_seed(self.seed + self.epoch)
         seed = int(torch.empty((), dtype=torch.int64).random_().item())
         return torch.Generator().manual_seed(seed)
+
+    def _share(self, indices: list[int]) -> list[int]:
+        share = len(indices) // self.num_replicas
+        return indices[self.rank * share : (self.rank + 1) * share]
 
     def __iter__(self) -> Iterator[BatchKey]:
         generator = self._generator() if self.shuffle or self.seeded else None
@@ -111,7 +148,8 @@ class BatchOrder(Sampler[BatchKey]):
             seed = None
             if self.seeded:
                 seed = int(torch.randint(0, 2**62, (), generator=generator))
-            yield BatchKey(indices, seed)
+                seed = seed if self.num_replicas == 1 else (seed + self.rank) % 2**62
+            yield BatchKey(indices if self.num_replicas == 1 else self._share(indices), seed)
 
 
 def random_circular_shift(

@@ -37,6 +37,7 @@ from torchkd.losses.crd_sampling import (
     draw_contrast_index,
     group_by_class,
 )
+from torchkd.losses.distributed import gather_rows
 from torchkd.losses.registry import Shapes, register
 
 __all__ = ["CRDLoss", "EmbeddingHead", "crd_nce_loss"]
@@ -325,19 +326,22 @@ class CRDLoss(nn.Module):
     def _log_normalizer(self, name: str, scores_over_tau: Tensor) -> Tensor:
         """Current log Z for one side; estimates / updates the stored one in training mode."""
         stored = getattr(self, name)
-        flat = scores_over_tau.detach().flatten()
+        first = bool(torch.isneginf(stored))
+        if not first and not (self.training and self.normalizer == "ema"):
+            return stored.clone()
+        flat = scores_over_tau.detach()
+        flat = (gather_rows(flat) if self.training else flat).flatten()  # the global batch's
         log_mean = torch.logsumexp(flat, 0) - math.log(flat.numel())
         batch_estimate = (log_mean + math.log(self.num_samples)).to(stored.dtype)
-        if bool(torch.isneginf(stored)):
+        if first:
             if self.training:
                 stored.copy_(batch_estimate)
             return batch_estimate
-        if self.training and self.normalizer == "ema":
-            if self.ema_decay > 0:
-                batch_estimate = torch.logaddexp(
-                    stored + math.log(self.ema_decay), batch_estimate + math.log1p(-self.ema_decay)
-                )
-            stored.copy_(batch_estimate)
+        if self.ema_decay > 0:
+            batch_estimate = torch.logaddexp(
+                stored + math.log(self.ema_decay), batch_estimate + math.log1p(-self.ema_decay)
+            )
+        stored.copy_(batch_estimate)
         return stored.clone()
 
     @torch.no_grad()
@@ -398,9 +402,12 @@ class CRDLoss(nn.Module):
             log_normalizer=teacher_log_z,
             num_samples=self.num_samples,
         )
-        if self.training:
-            self._update_bank(self.student_bank, index, student_unit.detach())
-            self._update_bank(self.teacher_bank, index, teacher_unit.detach())
+        if self.training:  # every process applies every process's rows: identical banks
+            index, student_unit, teacher_unit = (
+                gather_rows(t.detach()) for t in (index, student_unit, teacher_unit)
+            )
+            self._update_bank(self.student_bank, index, student_unit)
+            self._update_bank(self.teacher_bank, index, teacher_unit)
         return loss
 
     def extra_repr(self) -> str:

@@ -118,6 +118,15 @@ class TrainConfig(Section):
             ``checkpoint_every_epochs`` either way.
         log_every_steps: step records (JSONL, TensorBoard) every N optimizer steps.
         progress: show a tqdm bar (only on a terminal) and one summary line per epoch.
+        distributed: how processes launched by ``torchrun`` share the work
+            (:mod:`torchkd.train.distributed`): ``auto`` (``ddp`` when launched with more than
+            one process, else ``none``), ``none`` (one process only), ``ddp``
+            (``DistributedDataParallel``: student and extras replicated, gradients averaged)
+            or ``fsdp`` (FSDP2 ``fully_shard``: student and extras sharded). The data's
+            ``batch_size`` is the global batch, split evenly across the processes.
+        shard_teacher: under ``fsdp``, shard the frozen teachers too (each forward gathers
+            their weights; for teachers that do not fit one device); otherwise every process
+            holds a full copy of each teacher.
     """
 
     epochs: PositiveInt = 10
@@ -134,3 +143,13 @@ class TrainConfig(Section):
     eval_every_epochs: PositiveInt = 1
     log_every_steps: PositiveInt = 10
     progress: bool = True
+    distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    shard_teacher: bool = False
+
+    @model_validator(mode="after")
+    def _shard_teacher_needs_fsdp(self) -> TrainConfig:
+        if self.shard_teacher and self.distributed != "fsdp":
+            raise ValueError(
+                f"shard_teacher: only used when distributed is 'fsdp', not {self.distributed!r}"
+            )
+        return self

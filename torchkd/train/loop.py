@@ -41,11 +41,11 @@ from torch.utils.data import DataLoader
 
 from torchkd.train.checkpoint import (
     CheckpointError,
-    load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
 )
 from torchkd.train.config import TrainConfig
+from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate, to_device
 from torchkd.train.logging import RunLogger, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
@@ -193,6 +193,12 @@ class Trainer:
         self.resolved_config = resolved_config
         self.device = resolve_device(config.device)
         _check_amp(config.amp, self.device)
+        # torchrun: process group, this process's device and share of each batch
+        self.parallel = Parallel.from_environment(
+            config.distributed, self.device, config.shard_teacher
+        )
+        self.device = self.parallel.device
+        self.train_loader = train_loader = self.parallel.shard_loader(train_loader)
         num_batches = len(train_loader)
         if num_batches == 0:
             raise ValueError("train_loader yields no batches")
@@ -215,10 +221,14 @@ class Trainer:
         """Train (or resume) to ``config.epochs``, evaluating and checkpointing as configured."""
         self._setup(resume)
         progress = self.progress
-        logger = RunLogger(
-            self.run_dir,
-            resume_step=progress.step if resume else None,
-            resume_epoch=progress.epoch if resume else None,
+        logger = (
+            RunLogger(
+                self.run_dir,
+                resume_step=progress.step if resume else None,
+                resume_epoch=progress.epoch if resume else None,
+            )
+            if self.parallel.is_main
+            else SilentLogger()
         )
         try:
             with self.interrupts.installed():
@@ -227,6 +237,8 @@ class Trainer:
                     if evaluated and on_epoch_end is not None:
                         on_epoch_end(progress.history[-1])
         except KeyboardInterrupt:
+            if self.parallel.enabled:  # torchrun stops every process: resume from last.pt
+                raise
             self._capture_interrupted_rng()
             path = self._save("last.pt")
             print(f"\ninterrupted: saved {path}; resume to continue", file=sys.stderr)
@@ -241,6 +253,7 @@ class Trainer:
         first_batch = to_device(next(iter(self.train_loader)), self.device)
         self.distiller.build(first_batch)
         self.distiller.to(self.device)
+        self.model = self.parallel.wrap(self.distiller)  # DDP / FSDP2, or the Distiller
         self.trainable = list(self.distiller.trainable_parameters())
         self.optimizer = build_optimizer(self.trainable, self.config.optimizer)
         self.schedule = LRSchedule(
@@ -250,21 +263,24 @@ class Trainer:
             remove_stale_temporaries(self.checkpoint_dir)  # left by writes that were killed
             self._restore(self.checkpoint_dir / "last.pt")
         else:
+            self.parallel.seed_process(self.config.seed)
             self.epoch_rng = self.step_rng = capture_rng_state()
         self.boundary_rng = _device_rng_state(self.device)
 
     def _restore(self, path: Path) -> None:
-        if not path.is_file():
+        path = self.parallel.checkpoint_path(path)  # FSDP: the last.dcp directory
+        if not path.exists():
             raise CheckpointError(f"cannot resume: {path}: no such checkpoint file")
-        checkpoint = load_checkpoint(path)
-        for name, module in (
-            ("student", self.distiller.student),
-            ("extras", self.distiller.extras),
-        ):
-            _check_fits(path, name, module, checkpoint[name])
-        self.distiller.student.load_state_dict(checkpoint["student"])
-        self.distiller.extras.load_state_dict(checkpoint["extras"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        checkpoint = self.parallel.load(path, self.optimizer)  # FSDP: loads model, optimizer
+        if not self.parallel.sharded:
+            for name, module in (
+                ("student", self.distiller.student),
+                ("extras", self.distiller.extras),
+            ):
+                _check_fits(path, name, module, checkpoint[name])
+            self.distiller.student.load_state_dict(checkpoint["student"])
+            self.distiller.extras.load_state_dict(checkpoint["extras"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["lr_schedule"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
@@ -331,10 +347,14 @@ class Trainer:
             "epoch_rng": self.epoch_rng,
             "progress": asdict(self.progress),
             "config": self.resolved_config,
+            **self.parallel.rank_rng(self.epoch_rng, self.step_rng),
         }
 
     def _save(self, name: str, checkpoint: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(checkpoint or self._checkpoint(), self.checkpoint_dir / name)
+        checkpoint = checkpoint or self._checkpoint()
+        if self.parallel.enabled:  # rank 0 writes .pt; FSDP: every rank its shards
+            return self.parallel.save(checkpoint, self.checkpoint_dir / name, self.optimizer)
+        return save_checkpoint(checkpoint, self.checkpoint_dir / name)
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int, logger: RunLogger) -> None:
@@ -364,7 +384,7 @@ class Trainer:
         bar = progress_bar(
             progress.num_batches,
             description=f"epoch {epoch + 1}/{config.epochs}",
-            enabled=config.progress,
+            enabled=config.progress and self.parallel.is_main,
             initial=progress.batches_done,
         )
         accum = config.grad_accum_steps
@@ -398,14 +418,15 @@ class Trainer:
     def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> StepGroup:
         """Forward and backward ``group_size`` micro-batches; gradients add up."""
         self.schedule.apply(self.progress.step)
-        group = StepGroup(size=group_size)
-        for _ in range(group_size):
+        group = StepGroup(size=group_size, reduce=self.parallel.reducer)
+        for index in range(group_size):
             batch = to_device(next(batches), self.device)
             self.distiller.set_progress(self.progress.step, self.total_steps)
-            with autocast_context(self.device, self.config.amp):
-                output = self.distiller(batch)
-            scaled = output.loss if group_size == 1 else output.loss / group_size
-            (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+            with self.parallel.sync_gradients(index == group_size - 1):
+                with autocast_context(self.device, self.config.amp):
+                    output = self.model(batch)
+                scaled = output.loss if group_size == 1 else output.loss / group_size
+                (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             group.add(output)
         return group
 
@@ -421,6 +442,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.trainable if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        grad_norm = self.parallel.full_tensor(grad_norm)  # FSDP: the norm of all shards
         overflow = False
         if not group.all_finite(grad_norm):
             values, names = group.values(grad_norm)
@@ -518,9 +540,10 @@ class Trainer:
             self._save_due(epoch, self._checkpoint(), improved=False)
             self.interrupts.check()
             return False
-        val_metrics = evaluate(
-            self.distiller, self.val_loader, device=self.device, amp=config.amp, with_terms=True
-        )
+        with self.parallel.evaluation(self.distiller):
+            val_metrics = evaluate(
+                self.distiller, self.val_loader, device=self.device, amp=config.amp, with_terms=True
+            )
         elapsed = time.perf_counter() - started
         samples = progress.epoch_totals.get("samples", 0.0) - samples_before
         record = {
@@ -546,7 +569,7 @@ class Trainer:
         self.epoch_rng = self.step_rng = capture_rng_state()
         self.boundary_rng = _device_rng_state(self.device)
         logger.log_epoch(record)
-        if config.progress:
+        if config.progress and self.parallel.is_main:
             summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
             print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
         self._save_due(epoch, self._checkpoint(), improved=improved)
@@ -618,7 +641,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
-    if not resume and last_path.exists():
+    if not resume and (last_path.exists() or last_path.with_suffix(".dcp").exists()):
         raise FileExistsError(
             f"{run_dir} already holds a checkpoint ({last_path}); pass resume=True to continue "
             "it, or use another run directory"
@@ -628,11 +651,12 @@ def fit(
     trainer.run(resume, on_epoch_end)
     test_metrics = None
     if test_loader is not None:
-        test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
+        with trainer.parallel.evaluation(distiller):
+            test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
     progress = trainer.progress
     history = progress.history
     best = next((r["val"] for r in history if r["epoch"] == progress.best_epoch), {})
-    best_path = run_dir / "checkpoints" / "best.pt"
+    best_path = trainer.parallel.checkpoint_path(run_dir / "checkpoints" / "best.pt")
     return FitResult(
         run_dir=run_dir,
         best_metrics=dict(best),
@@ -641,7 +665,7 @@ def fit(
         test_metrics=test_metrics,
         history=history,
         nonfinite_steps=progress.nonfinite_steps,
-        last_checkpoint=last_path,
+        last_checkpoint=trainer.parallel.checkpoint_path(last_path),
         best_checkpoint=best_path if best_path.exists() else None,
         metrics_path=run_dir / "metrics.jsonl",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,13 +74,20 @@ class StepSums:
 
 @dataclass
 class StepGroup:
-    """The micro-batches of one optimizer step: detached loss sums and the last output."""
+    """The micro-batches of one optimizer step: detached loss sums and the last output.
+
+    ``reduce`` maps the step's values to their mean over the processes of a distributed run
+    (applied once; the finiteness test reads the reduced values, so every process decides
+    alike).
+    """
 
     size: int
     samples: int = 0
     loss_sum: Tensor | None = None
     term_sums: dict[str, Tensor] = field(default_factory=dict)
     last_output: Any = None
+    reduce: Callable[[Tensor], Tensor] | None = None
+    reduced: tuple[Tensor, list[str]] | None = None
 
     def add(self, output: Any) -> None:
         self.samples += output.student_logits.shape[0]
@@ -93,13 +100,22 @@ class StepGroup:
 
     def values(self, grad_norm: Tensor) -> tuple[Tensor, list[str]]:
         """``[mean loss, grad_norm, *mean terms]`` as one device tensor, and its names."""
+        if self.reduced is not None:
+            return self.reduced
         names = ["loss", "grad_norm", *(f"terms/{name}" for name in self.term_sums)]
         sums = [self.loss_sum, *self.term_sums.values()]
         means = sums if self.size == 1 else [value / self.size for value in sums]
-        return torch.stack([means[0], grad_norm.to(means[0]), *means[1:]]), names
+        values = torch.stack([means[0], grad_norm.to(means[0]), *means[1:]])
+        if self.reduce is None:
+            return values, names
+        self.reduced = (self.reduce(values), names)
+        return self.reduced
 
     def all_finite(self, grad_norm: Tensor) -> bool:
         """Whether the loss and the gradient norm are finite (one fused test, one sync)."""
+        if self.reduce is not None:
+            values = self.values(grad_norm)[0]
+            return bool(torch.isfinite(values[0] + values[1]))
         return bool(torch.isfinite(self.loss_sum + grad_norm.to(self.loss_sum)))
 
     def weights(self) -> dict[str, float]:

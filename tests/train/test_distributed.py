@@ -1,0 +1,204 @@
+"""Training on 2 processes (gloo, CPU) equals training on one; resume after a kill is exact;
+FSDP2 equals DDP; a failure on one rank stops the run with its message.
+
+The spawned cases share one 2-process session (``distributed_cases.all_cases``); the torchrun
+cases launch ``distributed_cases.py`` as a script. Select them with ``-m distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from torchkd.data.batching import BatchOrder
+from torchkd.distiller import Distiller, Term
+from torchkd.losses.distributed import gather_rows, gather_rows_with_grad
+
+from . import distributed_cases as cases
+
+TORCHRUN_TIMEOUT_S = 120
+
+CASES = Path(cases.__file__)
+ROOT = CASES.parents[2]
+
+
+def max_difference(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def load(path: Path) -> dict[str, Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("spawned")
+    cases.spawn(cases.all_cases, str(out))
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+@pytest.mark.parametrize("case", sorted(cases.TERMS))
+def test_two_processes_equal_one_with_the_global_batch(
+    spawned: Path, tmp_path: Path, case: str
+) -> None:
+    """2 ranks x batch 8 for 8 steps == 1 rank x batch 16 (student and extras: adapters,
+    CRD heads and memory banks, the "auto" uncertainty weight)."""
+    single = cases.run(case, tmp_path / "one")
+    rank0, rank1 = (load(spawned / f"{case}.rank{r}.pt") for r in (0, 1))
+    assert max_difference(single, rank0) < 1e-5
+    assert max_difference(rank0, rank1) == 0.0  # identical on every rank (banks, weights)
+    learned = {"crd": ["weight.log_variance", "student_bank"], "logit": ["temperature"]}
+    for name in learned.get(case, []):  # "auto" weights, learned temperatures, CRD banks
+        assert any(name in key for key in rank0), (name, sorted(rank0))
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_gradient_accumulation_matches_one_process(spawned: Path, tmp_path: Path) -> None:
+    single = cases.run("logit", tmp_path / "one", batch_size=8, grad_accum_steps=2)
+    assert max_difference(single, load(spawned / "accum.rank0.pt")) < 1e-5
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_fsdp_with_sharded_teacher_follows_ddp(spawned: Path) -> None:
+    """A tiny transformer pair: FSDP2 student + sharded teacher vs DDP, same loss curve."""
+
+    def curve(name: str) -> list[float]:
+        lines = (spawned / name / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["kind"] == "step"]
+
+    ddp, fsdp = curve("lm-ddp"), curve("lm-fsdp")
+    assert len(ddp) == 8
+    assert ddp == pytest.approx(fsdp, rel=1e-5, abs=1e-6)
+    assert ddp[-1] < ddp[0]
+    assert (
+        max_difference(load(spawned / "lm-ddp.rank0.pt"), load(spawned / "lm-fsdp.rank0.pt")) < 1e-5
+    )
+    checkpoints = spawned / "lm-fsdp" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.dcp", "last.dcp"]
+    assert (checkpoints / "last.dcp" / "trainer.rank1.pt").is_file()
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_fsdp_matches_one_process_with_crd_and_accumulation(spawned: Path, tmp_path: Path) -> None:
+    """FSDP with CRD (banks, heads and the 0-d "auto" weight, evaluated directly) equals one
+    process; FSDP accumulating 2 micro-batches equals DDP accumulating them (the LM's AdamW
+    turns the rounding noise of the attention's key bias, whose true gradient is 0, into
+    1e-3 updates, so accumulated and whole batches are compared alike)."""
+    single = cases.run("crd", tmp_path / "one")
+    assert max_difference(single, load(spawned / "crd-fsdp.rank0.pt")) < 1e-5
+    accumulated = load(spawned / "lm-fsdp-accum.rank0.pt")
+    assert max_difference(load(spawned / "lm-ddp-accum.rank0.pt"), accumulated) < 1e-5
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_fsdp_resume_is_exact(spawned: Path) -> None:
+    straight, resumed = (
+        load(spawned / "lm-fsdp.rank0.pt"),
+        load(spawned / "lm-fsdp-resumed.rank0.pt"),
+    )
+    assert max_difference(straight, resumed) == 0.0
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_rank_zero_alone_writes(spawned: Path) -> None:
+    run_dir = spawned / "logit"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "tb"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 9))
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(cases.free_port()),
+        str(CASES),
+        *args,
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=TORCHRUN_TIMEOUT_S,
+        check=False,
+    )
+
+
+@pytest.mark.distributed
+def test_resume_after_a_kill_under_torchrun_is_exact(tmp_path: Path) -> None:
+    step = random.Random().randint(5, 15)  # of 16 optimizer steps (4 epochs of 4), after
+    straight = torchrun(str(tmp_path / "straight"))  # the first epoch's last.pt
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun(str(tmp_path / "killed"), f"kill=1:{step}")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not (tmp_path / "killed" / "final.pt").exists()
+    resumed = torchrun(str(tmp_path / "killed"), "resume")
+    assert resumed.returncode == 0, f"killed at step {step}: {resumed.stderr[-3000:]}"
+    straight_state = load(tmp_path / "straight" / "final.pt")
+    difference = max_difference(straight_state, load(tmp_path / "killed" / "final.pt"))
+    assert difference == 0.0, f"killed at step {step}"
+
+
+@pytest.mark.distributed
+def test_a_failing_rank_stops_every_rank_with_its_message(tmp_path: Path) -> None:
+    result = torchrun(str(tmp_path / "failing"), "fail=1:3")
+    assert result.returncode != 0
+    assert "rank 1 fails on purpose at step 3" in result.stderr
+    assert "Root Cause" in result.stderr
+
+
+@pytest.mark.parametrize("num_samples", [64, 67, 65])
+def test_sharded_batch_order_splits_each_global_batch(num_samples: int) -> None:
+    def order(**kwargs: int) -> list[list[int]]:
+        sampler = BatchOrder(
+            num_samples, 16, shuffle=True, generator=torch.Generator().manual_seed(3), **kwargs
+        )
+        batches = [key.indices for key in sampler]
+        assert len(batches) == len(sampler)
+        return batches
+
+    single = order()
+    shares = [order(num_replicas=2, rank=rank) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1])
+    for index, (first, second) in enumerate(zip(*shares, strict=True)):
+        assert len(first) == len(second)
+        assert first + second == single[index][: 2 * len(first)]
+    dropped = num_samples - sum(len(batch) for share in shares for batch in share)
+    assert dropped == num_samples % 16 % 2  # an odd last batch leaves one sample out
+
+
+def test_sharded_batch_order_needs_a_divisible_global_batch() -> None:
+    with pytest.raises(ValueError, match="divisible by the 3 processes"):
+        BatchOrder(10, 4, shuffle=False, num_replicas=3, rank=0)
+
+
+def test_global_batch_is_refused_for_per_sample_losses() -> None:
+    with pytest.raises(ValueError, match="global_batch gathers the batch of"):
+        Distiller(nn.Linear(2, 3), nn.Linear(2, 3), [Term("kd", "hinton", global_batch=True)])
+
+
+def test_gathering_is_a_no_op_on_one_process() -> None:
+    rows = torch.randn(4, 3, requires_grad=True)
+    assert gather_rows(rows) is rows and gather_rows_with_grad(rows) is rows

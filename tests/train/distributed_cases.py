@@ -21,6 +21,8 @@ from torchkd.config import TrainConfig
 from torchkd.data import TensorDictDataset
 from torchkd.data.batching import batch_loader
 from torchkd.distiller import Distiller, Term
+from torchkd.losses import fused_linear_kd_loss
+from torchkd.losses.distributed import data_parallel_num_items
 from torchkd.train import fit
 
 NUM_SAMPLES, NUM_FEATURES, NUM_CLASSES, NUM_NEGATIVES = 64, 8, 3, 6
@@ -263,6 +265,51 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
+def token_normalization(out_dir: Path) -> None:
+    """Each rank holds a share with a different number of valid tokens; normalized by
+    :func:`data_parallel_num_items`, the averaged gradient equals one process's over the whole
+    batch. Rank 0 saves the largest difference as ``token-normalization.pt``."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    generator = torch.Generator().manual_seed(7)
+    rows, hidden, vocab = 10, 6, 13
+    student = torch.randn(world * rows, hidden, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(world * rows, 8, generator=generator, dtype=torch.float64)
+    student_weight = torch.randn(vocab, hidden, generator=generator, dtype=torch.float64)
+    teacher_weight = torch.randn(vocab, 8, generator=generator, dtype=torch.float64)
+    labels = torch.randint(vocab, (world * rows,), generator=generator)
+    labels[:3] = -100  # rank 0 keeps 7 valid tokens
+    labels[rows : rows + 8] = -100  # rank 1 keeps 2
+
+    def gradient(share: slice, num_items: Tensor | None) -> Tensor:
+        weight = student_weight.clone().requires_grad_(True)
+        fused_linear_kd_loss(
+            student[share],
+            weight,
+            teacher[share],
+            teacher_weight,
+            labels[share],
+            hard_label_weight=0.5,
+            num_items_in_batch=num_items,
+        ).backward()
+        return weight.grad
+
+    whole = gradient(slice(None), None)
+    share = slice(rank * rows, (rank + 1) * rows)
+    num_items = data_parallel_num_items((labels[share] != -100).sum())
+    averaged = gradient(share, num_items)
+    dist.all_reduce(averaged)
+    averaged /= world
+    local_mean = gradient(share, None)  # each rank's own count: not the whole batch's gradient
+    dist.all_reduce(local_mean)
+    local_mean /= world
+    if rank == 0:
+        differences = {
+            "global": float((averaged - whole).abs().max()),
+            "local": float((local_mean - whole).abs().max()),
+        }
+        torch.save(differences, out_dir / "token-normalization.pt")
+
+
 def all_cases(out: str) -> None:
     """Every spawned case of ``test_distributed.py`` in one 2-process session (starting the
     processes costs more than the runs): each rank saves each final state as
@@ -272,6 +319,7 @@ def all_cases(out: str) -> None:
     def save(name: str, state: dict[str, Tensor]) -> None:
         torch.save(state, out_dir / f"{name}.rank{rank}.pt")
 
+    token_normalization(out_dir)
     for case in TERMS:
         save(case, run(case, out_dir / case))
     save("accum", run("logit", out_dir / "accum", batch_size=8, grad_accum_steps=2))

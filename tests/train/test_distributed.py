@@ -65,6 +65,16 @@ def test_two_processes_equal_one_with_the_global_batch(
 
 @pytest.mark.distributed
 @pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
+    """Shares with 7 and 2 valid tokens: num_items_in_batch from data_parallel_num_items
+    gives the whole batch's gradient; each share's own count does not."""
+    differences = torch.load(spawned / "token-normalization.pt")
+    assert differences["global"] < 1e-12
+    assert differences["local"] > 1e-3
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_gradient_accumulation_matches_one_process(spawned: Path, tmp_path: Path) -> None:
     single = cases.run("logit", tmp_path / "one", batch_size=8, grad_accum_steps=2)
     assert max_difference(single, load(spawned / "accum.rank0.pt")) < 1e-5

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["gather_rows", "gather_rows_with_grad", "world_size"]
+__all__ = ["data_parallel_num_items", "gather_rows", "gather_rows_with_grad", "world_size"]
 
 
 def world_size() -> int:
@@ -99,3 +99,30 @@ def gather_rows_with_grad(tensor: Tensor) -> Tensor:
     if world_size() == 1:
         return tensor
     return _GatherRows.apply(tensor)
+
+
+def data_parallel_num_items(local_count: int | Tensor) -> Tensor:
+    r"""``num_items_in_batch`` for a token loss on this process's share of a data-parallel batch.
+
+    A token loss normalized by each process's own valid-token count weights the tokens of a
+    process with few of them more. Normalize instead by the global count ``N`` (the valid
+    tokens of every process, summed): DDP and FSDP then average the processes' gradients, so
+    each process divides by ``N / W`` and the average is the gradient of the global batch:
+
+    .. math::
+        \frac{1}{W} \sum_{r=1}^{W} \nabla \frac{S_r}{N / W} = \nabla \frac{\sum_r S_r}{N}
+
+    with :math:`S_r` the summed loss of process :math:`r`'s tokens. Pass the result as
+    ``num_items_in_batch`` (e.g. to :func:`~torchkd.losses.fused_linear_kd_loss`); under gradient
+    accumulation, count the valid tokens of all the step's micro-batches. One process: the
+    count itself.
+
+    Example:
+        >>> data_parallel_num_items(12)
+        tensor(12.)
+    """
+    count = torch.as_tensor(local_count, dtype=torch.float64).clone()
+    if world_size() == 1:
+        return count.float()
+    dist.all_reduce(count)
+    return (count / world_size()).float()

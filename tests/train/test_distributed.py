@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchkd.data.batching import BatchOrder
 from torchkd.distiller import Distiller, Term
 from torchkd.losses.distributed import gather_rows, gather_rows_with_grad
+from torchkd.train.distributed import Parallel, rank_seed
 
 from . import distributed_cases as cases
 
@@ -212,3 +213,19 @@ def test_global_batch_is_refused_for_per_sample_losses() -> None:
 def test_gathering_is_a_no_op_on_one_process() -> None:
     rows = torch.randn(4, 3, requires_grad=True)
     assert gather_rows(rows) is rows and gather_rows_with_grad(rows) is rows
+
+
+def test_a_distributed_mode_needs_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MASTER_ADDR", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="launch with `torchrun --nproc-per-node N"):
+        Parallel.from_environment("ddp", torch.device("cpu"))
+    assert not Parallel.from_environment("auto", torch.device("cpu")).enabled
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="'none' but 2 processes were launched"):
+        Parallel.from_environment("none", torch.device("cpu"))
+
+
+def test_rank_zero_keeps_the_run_seed() -> None:
+    assert rank_seed(5, 0) == 5
+    assert len({rank_seed(5, rank) for rank in range(8)}) == 8

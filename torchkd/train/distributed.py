@@ -231,7 +231,7 @@ class Parallel:
         return full() if callable(full) else value
 
     def sync_buffers(self, module: nn.Module) -> None:
-        """Copy ``module``'s floating-point buffers (BatchNorm statistics) from rank 0."""
+        """Copy ``module``'s buffers (BatchNorm statistics) from rank 0 to every process."""
         if not self.enabled:
             return
         for buffer in module.buffers():
@@ -291,14 +291,6 @@ class Parallel:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, value)
         return gathered
-
-    def broadcast_object(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every process."""
-        if not self.enabled:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
     def barrier(self) -> None:
         if self.enabled:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,16 @@ def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
     differences = torch.load(spawned / "token-normalization.pt")
     assert differences["global"] < 1e-12
     assert differences["local"] > 1e-3
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
+def test_a_two_process_checkpoint_resumes_on_one_process(spawned: Path, tmp_path: Path) -> None:
+    """DDP on 2 processes for 2 epochs, then one more epoch on one process == 3 epochs on one."""
+    shutil.copytree(spawned / "feature", tmp_path / "resumed")
+    resumed = cases.run("feature", tmp_path / "resumed", epochs=3, resume=True)
+    straight = cases.run("feature", tmp_path / "straight", epochs=3)
+    assert max_difference(straight, resumed) < 1e-5
 
 
 @pytest.mark.distributed

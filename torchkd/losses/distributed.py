@@ -118,11 +118,10 @@ def data_parallel_num_items(local_count: int | Tensor) -> Tensor:
     count itself.
 
     Example:
-        >>> data_parallel_num_items(12)
-        tensor(12.)
+        >>> data_parallel_num_items(12).item()
+        12.0
     """
-    count = torch.as_tensor(local_count, dtype=torch.float64).clone()
-    if world_size() == 1:
-        return count.float()
-    dist.all_reduce(count)
-    return (count / world_size()).float()
+    count = torch.as_tensor(local_count, dtype=torch.float64).clone()  # exact up to 2**53
+    if world_size() > 1:
+        dist.all_reduce(count)
+    return count / world_size()

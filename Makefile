@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/torchkd demo
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check torchkd tests benchmarks

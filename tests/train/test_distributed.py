@@ -1,8 +1,9 @@
 """Training on 2 processes (gloo, CPU) equals training on one; resume after a kill is exact;
 FSDP2 equals DDP; a failure on one rank stops the run with its message.
 
-The spawned cases share one 2-process session (``distributed_cases.all_cases``); the torchrun
-cases launch ``distributed_cases.py`` as a script. Select them with ``-m distributed``.
+The spawned cases share one 2-process session (``distributed_cases.all_cases``, run once per
+test run even under xdist); the torchrun cases launch ``distributed_cases.py`` as a script.
+Select them with ``-m distributed``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from torch import Tensor, nn
 
 from torchkd.data.batching import BatchOrder
@@ -42,14 +44,23 @@ def load(path: Path) -> dict[str, Tensor]:
 
 
 @pytest.fixture(scope="module")
-def spawned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("spawned")
-    cases.spawn(cases.all_cases, str(out))
+def spawned(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The results of the one spawned 2-process session; under xdist the workers share it
+    (the first to arrive runs it, the others wait for it)."""
+    if worker_id == "master":
+        out = tmp_path_factory.mktemp("spawned")
+        cases.spawn(cases.all_cases, str(out))
+        return out
+    out = tmp_path_factory.getbasetemp().parent / "distributed-spawned"  # this run's, shared
+    with FileLock(f"{out}.lock"):
+        if not (out / "done").is_file():
+            out.mkdir(exist_ok=True)
+            cases.spawn(cases.all_cases, str(out))
+            (out / "done").touch()
     return out
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 @pytest.mark.parametrize("case", sorted(cases.TERMS))
 def test_two_processes_equal_one_with_the_global_batch(
     spawned: Path, tmp_path: Path, case: str
@@ -66,7 +77,6 @@ def test_two_processes_equal_one_with_the_global_batch(
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
     """Shares with 7 and 2 valid tokens: num_items_in_batch from data_parallel_num_items
     gives the whole batch's gradient; each share's own count does not."""
@@ -76,7 +86,6 @@ def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_a_two_process_checkpoint_resumes_on_one_process(spawned: Path, tmp_path: Path) -> None:
     """DDP on 2 processes for 2 epochs, then one more epoch on one process == 3 epochs on one."""
     shutil.copytree(spawned / "feature", tmp_path / "resumed")
@@ -86,14 +95,12 @@ def test_a_two_process_checkpoint_resumes_on_one_process(spawned: Path, tmp_path
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_gradient_accumulation_matches_one_process(spawned: Path, tmp_path: Path) -> None:
     single = cases.run("logit", tmp_path / "one", batch_size=8, grad_accum_steps=2)
     assert max_difference(single, load(spawned / "accum.rank0.pt")) < 1e-5
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_fsdp_with_sharded_teacher_follows_ddp(spawned: Path) -> None:
     """A tiny transformer pair: FSDP2 student + sharded teacher vs DDP, same loss curve."""
 
@@ -114,7 +121,6 @@ def test_fsdp_with_sharded_teacher_follows_ddp(spawned: Path) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_fsdp_matches_one_process_with_crd_and_accumulation(spawned: Path, tmp_path: Path) -> None:
     """FSDP with CRD (banks, heads and the 0-d "auto" weight, evaluated directly) equals one
     process; FSDP accumulating 2 micro-batches equals DDP accumulating them (the LM's AdamW
@@ -127,7 +133,6 @@ def test_fsdp_matches_one_process_with_crd_and_accumulation(spawned: Path, tmp_p
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_fsdp_resume_is_exact(spawned: Path) -> None:
     straight, resumed = (
         load(spawned / "lm-fsdp.rank0.pt"),
@@ -137,7 +142,6 @@ def test_fsdp_resume_is_exact(spawned: Path) -> None:
 
 
 @pytest.mark.distributed
-@pytest.mark.xdist_group("spawned")  # one session: one worker (--dist loadgroup)
 def test_rank_zero_alone_writes(spawned: Path) -> None:
     run_dir = spawned / "logit"
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "metrics.jsonl", "tb"]

@@ -359,7 +359,7 @@ class Parallel:
         if self.enabled and states is not None and len(states) == self.world_size:
             checkpoint["epoch_rng"], checkpoint["rng"] = states[self.rank]
         elif self.rank:  # saved on another number of processes: a fresh stream per rank
-            self.seed_process(checkpoint["progress"]["step"] + self.rank)
+            self.seed_process(checkpoint["progress"]["step"])
             checkpoint["epoch_rng"] = checkpoint["rng"] = capture_rng_state()
         return checkpoint
 

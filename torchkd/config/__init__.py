@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from torchkd.config.build import (
     Built,
+    Loaders,
     build_distiller,
     build_from_recipe,
     build_loaders,
     build_model,
     build_terms,
-    fit_recipe,
 )
 from torchkd.config.errors import ConfigError
 from torchkd.config.loading import (
@@ -24,6 +24,7 @@ from torchkd.config.loading import (
     write_resolved_config,
 )
 from torchkd.config.overrides import apply_overrides
+from torchkd.config.run import check_built, check_resumable, fit_recipe, recipe_changes
 from torchkd.config.schema import (
     AugmentConfig,
     DataConfig,
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "LRScheduleConfig",
+    "Loaders",
     "ModelConfig",
     "OptimizerConfig",
     "Recipe",
@@ -55,9 +57,12 @@ __all__ = [
     "build_loaders",
     "build_model",
     "build_terms",
+    "check_built",
+    "check_resumable",
     "fit_recipe",
     "load_raw_recipe",
     "load_recipe",
+    "recipe_changes",
     "recipe_from_dict",
     "write_resolved_config",
 ]

@@ -1,6 +1,5 @@
-"""Building a run from a recipe: models, loaders, terms, the Distiller, and :func:`fit_recipe`,
-the one path from a validated recipe to a trained run (``torchkd train``, tuning trials and
-their final retrain, teacher-selection probes, the demo)."""
+"""Building a run from a recipe: models (with their weights), the loaders (:func:`build_loaders`,
+the one loader builder), the loss terms and the Distiller."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
-from torchkd.config.loading import write_resolved_config
 from torchkd.config.schema import DataConfig, ModelConfig, Recipe, is_number
 from torchkd.train.config import TrainConfig
 
@@ -22,7 +20,6 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from torchkd.distiller import Distiller, Term
-    from torchkd.train import FitResult
 
 __all__ = [
     "Built",
@@ -32,10 +29,7 @@ __all__ = [
     "build_loaders",
     "build_model",
     "build_terms",
-    "check_built",
-    "check_resumable",
-    "fit_recipe",
-    "recipe_changes",
+    "term_path",
 ]
 
 
@@ -295,7 +289,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
     try:
         return Distiller(student, teachers or None, terms, output_key=recipe.output_key)
     except TermError as error:
-        raise ConfigError([f"{_term_path(recipe, error)}: {error}"]) from error
+        raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
 
 
 class Built(NamedTuple):
@@ -325,108 +319,7 @@ def build_from_recipe(
     return Built(distiller, loaders, recipe.train)
 
 
-# What may differ when a run is resumed: more epochs, and whether a progress bar is shown.
-RESUMABLE_CHANGES = ("train.epochs", "train.progress")
-
-
-_ABSENT = "<absent>"
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"dotted.path": leaf}`` of nested mappings and lists (empty containers are leaves)."""
-    if isinstance(value, dict | list) and value:
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        flat: dict[str, Any] = {}
-        for key, item in items:
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return flat
-    return {prefix: value}
-
-
-def recipe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """``"path: old -> new"`` for every value that differs between two resolved recipes.
-
-    Example:
-        >>> recipe_changes({"train": {"epochs": 2, "lr": 0.1}}, {"train": {"epochs": 4, "lr": 0.1}})
-        ['train.epochs: 2 -> 4']
-    """
-    old, new = _flatten(before), _flatten(after)
-    return [
-        f"{path}: {old.get(path, _ABSENT)} -> {new.get(path, _ABSENT)}"
-        for path in sorted(set(old) | set(new))
-        if old.get(path, _ABSENT) != new.get(path, _ABSENT)
-    ]
-
-
-def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
-    """Refuse to resume ``run_dir`` with a recipe other than the one it started with.
-
-    Only ``train.epochs`` may grow (the learning-rate schedule is then re-planned over the new
-    total, see :class:`torchkd.train.Trainer`) and ``train.progress`` may change. Anything
-    else -- a learning rate, a loss argument, a model -- would silently mix two runs.
-
-    Raises:
-        ConfigError: listing every other difference, ``path: run's value -> new value``.
-    """
-    from torchkd.train import load_checkpoint
-
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not last.is_file():  # an FSDP run's sharded last.dcp/ holds it in its trainer files
-        last = last.with_suffix(".dcp") / "trainer.rank0.pt"
-    if not last.is_file():
-        return  # the trainer says there is nothing to resume
-    stored = load_checkpoint(last)["config"]
-    if "name" not in stored:
-        return  # started by torchkd.train.fit with no recipe: nothing to compare
-    resolved = recipe.model_dump(mode="json")
-    changes = [
-        change
-        for change in recipe_changes(stored, resolved)
-        if change.split(":")[0] not in RESUMABLE_CHANGES
-    ]
-    before, after = stored["train"]["epochs"], resolved["train"]["epochs"]
-    if after < before:
-        changes.append(f"train.epochs: {before} -> {after} (a run can be extended, not shortened)")
-    if changes:
-        raise ConfigError(
-            [
-                f"--resume: the recipe differs from the one {run_dir} started with; only "
-                "train.epochs may grow (and train.progress change). Differences, run -> now:",
-                *[f"  {change}" for change in changes],
-                "Start a new run (another --run-dir) to train with other settings.",
-            ]
-        )
-
-
-def check_built(built: Built, recipe: Recipe) -> None:
-    """Check a built run before anything is written: build the Distiller's adapters and loss
-    modules on one validation batch and compute every term once (eval mode, no gradient, the
-    random generators restored), so bad loss arguments, tap paths and class counts fail now.
-
-    Raises:
-        ConfigError: naming the YAML path of the term (and of the loss argument) at fault.
-    """
-    import torch
-
-    from torchkd.distiller import TermError
-
-    distiller = built.distiller
-    assert built.loaders.val is not None
-    batch = next(iter(built.loaders.val))
-    try:
-        distiller.build(batch)  # the trainer's own build then does nothing
-        was_training = distiller.training
-        distiller.eval()
-        try:
-            with torch.random.fork_rng(), torch.no_grad():
-                distiller(batch)
-        finally:
-            distiller.train(was_training)
-    except TermError as error:
-        raise ConfigError([f"{_term_path(recipe, error)}: {error}"]) from error
-
-
-def _term_path(recipe: Recipe, error: Any) -> str:
+def term_path(recipe: Recipe, error: Any) -> str:
     """``terms.N[.field[.argument]]`` of a :class:`~torchkd.distiller.TermError`."""
     index = next(i for i, term in enumerate(recipe.terms) if term.name == error.term)
     path = f"terms.{index}"
@@ -435,68 +328,3 @@ def _term_path(recipe: Recipe, error: Any) -> str:
     if error.field in ("", "loss_kwargs") and named:
         return f"{path}.loss_kwargs.{named[0]}"
     return f"{path}.{error.field}" if error.field else path
-
-
-def fit_recipe(
-    recipe: Recipe,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    evaluate_test: bool = True,
-    report: bool = True,
-    progress: bool | None = None,
-    train_samples: int | None = None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-) -> FitResult:
-    """Build everything a recipe names and train it with :func:`torchkd.train.fit`.
-
-    The one path from a validated recipe to a trained run: ``torchkd train``, tuning trials
-    and the final retrain, teacher-selection probes and the demo. It writes the resolved
-    recipe to ``run_dir/config.yaml`` (and into every checkpoint) and, with ``report``, the
-    run report (``report.md`` and plots).
-
-    Args:
-        recipe: the validated recipe.
-        run_dir: the run directory.
-        resume: continue from ``run_dir/checkpoints/last.pt``.
-        evaluate_test: build the test split and evaluate the final model on it; ``False``
-            never builds it (searches and probes).
-        report: write ``report.md`` and the plots.
-        progress: overrides ``train.progress``.
-        train_samples: train on this many samples only (see :func:`build_loaders`).
-        on_epoch_end: called with each evaluated epoch's record (see
-            :func:`torchkd.train.fit`).
-    """
-    from torchkd.train import fit
-    from torchkd.train.distributed import is_main_process
-
-    if resume:
-        check_resumable(recipe, run_dir)
-    splits = SPLIT_NAMES if evaluate_test else ("train", "val")
-    built = build_from_recipe(recipe, splits=splits, train_samples=train_samples)
-    train_config = built.train_config
-    if progress is not None:
-        train_config = train_config.model_copy(update={"progress": progress})
-    check_built(built, recipe)
-    resolved = recipe.model_dump(mode="json")
-    main = is_main_process()  # under torchrun, rank 0 alone writes files
-    if main and (resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists()):
-        write_resolved_config(resolved, run_dir)  # resumed: the same recipe, or more epochs
-    result = fit(
-        built.distiller,
-        built.loaders.train,
-        built.loaders.val,
-        train_config,
-        run_dir,
-        resume=resume,
-        test_loader=built.loaders.test,
-        resolved_config=resolved,
-        on_epoch_end=on_epoch_end,
-    )
-    if report and main:
-        from torchkd.report import write_report
-
-        result.report_path = write_report(
-            result.run_dir, result.history, test_metrics=result.test_metrics
-        )
-    return result

@@ -41,7 +41,7 @@ def _build(spec: dict) -> torch.nn.Module:
     return create_model(spec["model"], **spec["kwargs"])
 
 
-def test_teacher_is_cached_as_safetensors_keyed_by_its_recipe(
+def test_teacher_is_cached_as_safetensors_and_reused(
     quick_demo: tuple[demo.DemoResult, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -122,6 +122,33 @@ def test_report_and_plots_are_written(quick_demo: tuple[demo.DemoResult, Path, P
         assert arm.label in report
     for plot in ("test_top1.png", "val_top1.png"):
         assert (out / "plots" / plot).read_bytes().startswith(b"\x89PNG")
+
+
+def test_results_file_holds_the_table_command_and_environment(
+    quick_demo: tuple[demo.DemoResult, Path, Path],
+) -> None:
+    result, out, cache = quick_demo
+    assert result.command == f"torchkd demo --seeds {SEEDS} --quick --out {out} --workers 1"
+    text = demo.results_markdown(result)
+    assert demo.summary_markdown(result) in text and f"Command: `{result.command}`" in text
+    assert f"torch {torch.__version__}" in text and "Wall time" in text
+    assert str(next((cache / "teachers").glob("*.safetensors"))) in text
+    assert "- (a) Hinton KD with labels: `" in text
+    # the markdown table holds no wall time, so that the same run gives the same table
+    assert "trained in" not in demo.summary_markdown(result)
+
+
+def test_results_file_is_written_by_full_runs_in_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from torchkd.demo.run import _results_file
+
+    monkeypatch.chdir(tmp_path)
+    assert _results_file(None, quick=False) is None  # not a torchkd checkout
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert _results_file(None, quick=False) == demo.RESULTS_FILE
+    assert _results_file(None, quick=True) is None
+    assert _results_file("elsewhere.md", quick=True) == Path("elsewhere.md")
 
 
 def test_paired_gain() -> None:

@@ -117,12 +117,15 @@ def teacher_recipe(quick: bool) -> Recipe:
 
 def teacher_cache_path(quick: bool) -> Path:
     """Where the demo's teacher weights are cached: ``teachers/<name>-<hash>.safetensors``
-    under :func:`torchkd.data.cache_dir`, the hash taken over the resolved teacher recipe."""
+    under :func:`torchkd.data.cache_dir`, the hash taken over everything that determines the
+    teacher (:func:`torchkd.demo.fingerprint.teacher_fingerprint`: the resolved recipe, the
+    torchkd code that trains it, the torch / numpy / mnist1d versions)."""
     from torchkd.data import cache_dir
     from torchkd.data.base import cache_key
+    from torchkd.demo.fingerprint import teacher_fingerprint
 
     recipe = teacher_recipe(quick)
-    key = cache_key(recipe.model_dump(mode="json"))
+    key = cache_key(teacher_fingerprint(recipe.model_dump(mode="json")))
     return cache_dir() / "teachers" / f"{recipe.name}-{key}.safetensors"
 
 

@@ -175,3 +175,29 @@ def test_cli_demo_prints_the_table(
     assert result.table() in printed and str(result.report_path) in printed
     with pytest.raises(argparse.ArgumentTypeError):
         cli._positive_int("0")
+
+
+def test_every_run_trains_with_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Thread counts change the sums' rounding, so the demo fixes one thread per run: the same
+    numbers on any machine. The caller's thread count is restored afterwards."""
+    import types
+
+    import torchkd.config
+
+    seen: list[int] = []
+
+    def record(*args: object, **kwargs: object) -> types.SimpleNamespace:
+        seen.append(torch.get_num_threads())
+        return types.SimpleNamespace(
+            test_metrics={"top1": 0.5}, history=[], best_checkpoint=None, last_checkpoint=None
+        )
+
+    monkeypatch.setattr(torchkd.config, "fit_recipe", record)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.train_arm("baseline", 0, ["train.progress=false"], str(tmp_path / "run"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [1]

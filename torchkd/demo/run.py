@@ -9,8 +9,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from torchkd.demo.arms import (
     ARMS,
     Arm,
@@ -24,7 +22,7 @@ from torchkd.demo.arms import (
     train_teacher,
 )
 from torchkd.demo.report import DemoResult, results_markdown, write_demo_report
-from torchkd.demo.workers import executor, worker_threads
+from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
 
 if TYPE_CHECKING:
@@ -103,9 +101,9 @@ def run_demo(
     if workers is None:
         workers = min(available_cpus(), runs_total + (not cached))
     worker_text = (
-        f"{workers} processes x {worker_threads(workers)} thread(s)"
+        f"{workers} processes x {RUN_THREADS} thread"
         if workers > 1
-        else f"in-process, {torch.get_num_threads()} thread(s)"
+        else f"in-process, {RUN_THREADS} thread"
     )
     echo(
         f"{'reusing' if cached else 'training'} the teacher ({teacher_weights}); "
@@ -151,7 +149,8 @@ def run_demo(
                 ),
                 "teacher",
             )
-            teacher_test = evaluate(teacher, loaders.test)
+            with run_threads():
+                teacher_test = evaluate(teacher, loaders.test)
             collect(baseline_jobs + distill_jobs)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)

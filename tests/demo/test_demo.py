@@ -42,7 +42,7 @@ def _build(spec: dict) -> torch.nn.Module:
     return create_model(spec["model"], **spec["kwargs"])
 
 
-def test_teacher_is_cached_as_safetensors_keyed_by_its_recipe(
+def test_teacher_is_cached_as_safetensors_and_reused(
     quick_demo: tuple[demo.DemoResult, Path, Path],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -125,6 +125,33 @@ def test_report_and_plots_are_written(quick_demo: tuple[demo.DemoResult, Path, P
         assert (out / "plots" / plot).read_bytes().startswith(b"\x89PNG")
 
 
+def test_results_file_holds_the_table_command_and_environment(
+    quick_demo: tuple[demo.DemoResult, Path, Path],
+) -> None:
+    result, out, cache = quick_demo
+    assert result.command == f"torchkd demo --seeds {SEEDS} --quick --out {out} --workers 1"
+    text = demo.results_markdown(result)
+    assert demo.summary_markdown(result) in text and f"Command: `{result.command}`" in text
+    assert f"torch {torch.__version__}" in text and "Wall time" in text
+    assert str(next((cache / "teachers").glob("*.safetensors"))) in text
+    assert "- (a) Hinton KD with labels: `" in text
+    # the markdown table holds no wall time, so that the same run gives the same table
+    assert "trained in" not in demo.summary_markdown(result)
+
+
+def test_results_file_is_written_by_full_runs_in_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from torchkd.demo.run import _results_file
+
+    monkeypatch.chdir(tmp_path)
+    assert _results_file(None, quick=False) is None  # not a torchkd checkout
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    assert _results_file(None, quick=False) == demo.RESULTS_FILE
+    assert _results_file(None, quick=True) is None
+    assert _results_file("elsewhere.md", quick=True) == Path("elsewhere.md")
+
+
 def test_paired_gain() -> None:
     assert demo.paired_gain([80.0, 82.0, 81.0], [78.0, 79.0, 81.5]) == ("+1.5 ± 1.8", 2)
     assert demo.paired_gain([70.0], [71.0]) == ("-1.0", 0)
@@ -149,3 +176,29 @@ def test_cli_demo_prints_the_table(
     assert result.table() in printed and str(result.report_path) in printed
     with pytest.raises(argparse.ArgumentTypeError):
         cli._positive_int("0")
+
+
+def test_every_run_trains_with_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Thread counts change the sums' rounding, so the demo fixes one thread per run: the same
+    numbers on any machine. The caller's thread count is restored afterwards."""
+    import types
+
+    import torchkd.config
+
+    seen: list[int] = []
+
+    def record(*args: object, **kwargs: object) -> types.SimpleNamespace:
+        seen.append(torch.get_num_threads())
+        return types.SimpleNamespace(
+            test_metrics={"top1": 0.5}, history=[], best_checkpoint=None, last_checkpoint=None
+        )
+
+    monkeypatch.setattr(torchkd.config, "fit_recipe", record)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.train_arm("baseline", 0, ["train.progress=false"], str(tmp_path / "run"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert seen == [1]

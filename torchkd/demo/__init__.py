@@ -4,7 +4,9 @@
 (:func:`torchkd.config.fit_recipe`), nothing demo-specific:
 
 - ``teacher.yaml``: the teacher, trained once on the labels and cached as safetensors under
-  ``$TORCHKD_CACHE`` (default ``~/.cache/torchkd``), keyed by a hash of the resolved recipe;
+  ``$TORCHKD_CACHE`` (default ``~/.cache/torchkd``), keyed by a hash of everything that
+  determines it: the resolved recipe, the torchkd code that trains it and the library versions
+  (:mod:`torchkd.demo.fingerprint`);
 - ``baseline.yaml``: the student on the labels alone;
 - ``kd.yaml``, arm (a): Hinton KD with labels on the same labeled training set;
 - ``label_free.yaml``, arm (b): label-free KD, the teacher's soft targets on fresh unlabeled
@@ -13,7 +15,9 @@
 Each student recipe runs once per seed (``train.seed``: the student's initialisation and the
 shuffle order, shared by the three arms so that seeds pair up). Every number is measured on
 the run: the table reports test top-1 as mean ± sample std over seeds, and each arm's gain over
-the baseline as the mean ± std of the per-seed (paired) differences.
+the baseline as the mean ± std of the per-seed (paired) differences. A full run from a torchkd
+checkout also writes the table, with its command, environment and wall time, to
+``benchmarks/results/demo.md``: the README's demo table is that table.
 """
 
 from __future__ import annotations
@@ -30,19 +34,22 @@ from torchkd.demo.arms import (
 from torchkd.demo.report import (
     DemoResult,
     paired_gain,
+    results_markdown,
     summary_markdown,
     summary_text,
     write_demo_report,
 )
-from torchkd.demo.run import run_demo
+from torchkd.demo.run import RESULTS_FILE, run_demo
 
 __all__ = [
     "ARMS",
+    "RESULTS_FILE",
     "Arm",
     "ArmRun",
     "DemoResult",
     "demo_recipe_path",
     "paired_gain",
+    "results_markdown",
     "run_demo",
     "summary_markdown",
     "summary_text",

@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkd.demo.workers import run_threads
+
 if TYPE_CHECKING:
     from torchkd.config import Recipe
 
@@ -117,17 +119,21 @@ def teacher_recipe(quick: bool) -> Recipe:
 
 def teacher_cache_path(quick: bool) -> Path:
     """Where the demo's teacher weights are cached: ``teachers/<name>-<hash>.safetensors``
-    under :func:`torchkd.data.cache_dir`, the hash taken over the resolved teacher recipe."""
+    under :func:`torchkd.data.cache_dir`, the hash taken over everything that determines the
+    teacher (:func:`torchkd.demo.fingerprint.teacher_fingerprint`: the resolved recipe, the
+    torchkd code that trains it, the torch / numpy / mnist1d versions)."""
     from torchkd.data import cache_dir
     from torchkd.data.base import cache_key
+    from torchkd.demo.fingerprint import teacher_fingerprint
 
     recipe = teacher_recipe(quick)
-    key = cache_key(recipe.model_dump(mode="json"))
+    key = cache_key(teacher_fingerprint(recipe.model_dump(mode="json")))
     return cache_dir() / "teachers" / f"{recipe.name}-{key}.safetensors"
 
 
 def train_teacher(quick: bool, run_dir: str) -> tuple[Path, float]:
-    """Train the demo teacher into ``run_dir`` and cache its best checkpoint's weights.
+    """Train the demo teacher into ``run_dir`` (one torch thread) and cache its best
+    checkpoint's weights.
 
     Returns:
         ``(cached weights path, training seconds)``.
@@ -137,7 +143,8 @@ def train_teacher(quick: bool, run_dir: str) -> tuple[Path, float]:
 
     recipe = teacher_recipe(quick)
     started = time.perf_counter()
-    result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), evaluate_test=False, report=False)
+    with run_threads():
+        result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), evaluate_test=False, report=False)
     weights = export_student(
         result.best_checkpoint or result.last_checkpoint, teacher_cache_path(quick)
     )
@@ -151,14 +158,16 @@ def train_arm(
     run_dir: str,
     run_report: bool = True,
 ) -> ArmRun:
-    """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory);
-    ``run_report`` writes the run's own ``report.md`` and plots."""
+    """Train one arm's recipe at ``seed`` into ``run_dir`` (a fresh directory), with one torch
+    thread (:func:`torchkd.demo.workers.run_threads`); ``run_report`` writes the run's own
+    ``report.md`` and plots."""
     from torchkd.config import fit_recipe, load_recipe
 
     arm = next(arm for arm in ARMS if arm.key == arm_key)
     recipe = load_recipe(demo_recipe_path(arm.recipe), [*overrides, f"train.seed={seed}"])
     started = time.perf_counter()
-    result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), report=run_report)
+    with run_threads():
+        result = fit_recipe(recipe, _fresh_dir(Path(run_dir)), report=run_report)
     return ArmRun(
         arm=arm_key,
         seed=seed,

@@ -14,6 +14,7 @@ __all__ = [
     "DemoResult",
     "paired_gain",
     "per_seed_markdown",
+    "results_markdown",
     "summary_markdown",
     "summary_text",
     "write_demo_report",
@@ -36,6 +37,10 @@ class DemoResult:
         student_description: e.g. ``"mlp(hidden=[256])"``.
         transfer_samples: size of the unlabeled transfer set of arm (b).
         environment: torch and Python versions, CPU, core count, device.
+        teacher_weights: the cached teacher weights the distilled arms read.
+        arm_terms: each arm's loss terms as its recipe resolves them (e.g.
+            ``"hinton(temperature=8.0, alpha=0.9)"``).
+        command: the command line that reproduces this run.
     """
 
     teacher_test: dict[str, float]
@@ -49,6 +54,9 @@ class DemoResult:
     student_description: str = ""
     transfer_samples: int = 0
     environment: dict[str, str] = field(default_factory=dict)
+    teacher_weights: str = ""
+    arm_terms: dict[str, str] = field(default_factory=dict)
+    command: str = ""
 
     def top1(self, arm: str) -> list[float]:
         """Test top-1 (percent) of ``arm``, in seed order."""
@@ -82,12 +90,13 @@ def paired_gain(arm_top1: Sequence[float], baseline_top1: Sequence[float]) -> tu
 SUMMARY_HEADER = ("", "test top-1 (%)", "gain vs baseline (paired)", "better than baseline")
 
 
-def summary_cells(result: DemoResult) -> list[tuple[str, str, str, str]]:
-    """Rows of the summary table: teacher, baseline, (a), (b)."""
+def summary_cells(result: DemoResult, timing: bool = True) -> list[tuple[str, str, str, str]]:
+    """Rows of the summary table: teacher, baseline, (a), (b); ``timing`` says whether the
+    teacher was cached or trained (and in how long) in its row."""
     source = "cached" if result.teacher_cached else f"trained in {result.teacher_seconds:.0f} s"
     rows = [
         (
-            f"teacher {result.teacher_description}, {source}",
+            f"teacher {result.teacher_description}" + (f", {source}" if timing else ""),
             f"{result.teacher_test['top1']:.1f}",
             "",
             "",
@@ -118,8 +127,9 @@ def summary_text(result: DemoResult) -> str:
 
 
 def summary_markdown(result: DemoResult) -> str:
-    """The summary table as markdown."""
-    rows = [SUMMARY_HEADER, ("---",) * len(SUMMARY_HEADER), *summary_cells(result)]
+    """The summary table as markdown: measured numbers only (no wall times), so that the same
+    run gives the same table (``benchmarks/results/demo.md`` and the README hold it)."""
+    rows = [SUMMARY_HEADER, ("---",) * len(SUMMARY_HEADER), *summary_cells(result, timing=False)]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -134,6 +144,51 @@ def per_seed_markdown(result: DemoResult) -> str:
         cells = [f"{column[position]:.1f}" for column in columns]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _environment_text(result: DemoResult) -> str:
+    return ", ".join(f"{key} {value}" for key, value in result.environment.items())
+
+
+def results_markdown(result: DemoResult) -> str:
+    """``benchmarks/results/demo.md``: the summary table with the command, the environment,
+    the wall time, the per-seed numbers and each arm's loss, as this run measured them."""
+    source = (
+        f"reused from the cache (`{result.teacher_weights}`)"
+        if result.teacher_cached
+        else f"trained in this run ({result.teacher_seconds:.0f} s), then cached as "
+        f"`{result.teacher_weights}`"
+    )
+    terms = [f"- {arm.label}: `{result.arm_terms.get(arm.key, '?')}`" for arm in ARMS]
+    return "\n".join(
+        [
+            "# torchkd demo: the numbers `make demo` prints",
+            "",
+            "Written by `torchkd demo` at the end of its run (`torchkd/demo/report.py`); the "
+            "README's demo table is this table (`tests/demo/test_readme_table.py` checks it). "
+            "Test top-1 on the 1000 MNIST-1D test samples; gains are the mean ± std of the "
+            "per-seed differences to the baseline (same seed = same initialisation and shuffle "
+            "order), wins count the seeds where the arm beats the baseline.",
+            "",
+            f"Command: `{result.command}`. Teacher {result.teacher_description}: {source}. "
+            f"Student {result.student_description}; arm (b) learns from "
+            f"{result.transfer_samples} fresh unlabeled MNIST-1D samples.",
+            "",
+            f"Environment: {_environment_text(result)}. Wall time {result.seconds:.0f} s "
+            "(a shared machine: times are inflated; the accuracies do not depend on them).",
+            "",
+            summary_markdown(result),
+            "",
+            "Per seed (test top-1, %):",
+            "",
+            per_seed_markdown(result),
+            "",
+            "Loss terms (from `torchkd/configs/demo/`):",
+            "",
+            *terms,
+            "",
+        ]
+    )
 
 
 # ---------------------------------------------------------------------------------- running
@@ -200,7 +255,7 @@ def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Pat
         for run in result.runs
         if run.arm == arm.key
     ]
-    environment = ", ".join(f"{key} {value}" for key, value in result.environment.items())
+    environment = _environment_text(result)
     quick_note = ["", "**--quick run: a few optimizer steps per run; not a result.**"]
     run_links = [
         f"- {labels[run.arm]}, seed {run.seed}: `{run.arm}/seed{run.seed}/` ({run.seconds:.0f} s)"
@@ -247,8 +302,12 @@ def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Pat
         "",
         *run_links,
         "",
-        f"Wall time {result.seconds:.0f} s ({environment}). Command: `torchkd demo --seeds "
-        f"{len(result.seeds)}{' --quick' if quick else ''} --out {out}`.",
+        f"Wall time {result.seconds:.0f} s ({environment}). Command: `{result.command}`; "
+        + (
+            "the teacher was reused from the cache."
+            if result.teacher_cached
+            else f"the teacher was trained in this run ({result.teacher_seconds:.0f} s)."
+        ),
         "",
     ]
     path = out / "report.md"

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from torchkd.demo.arms import (
     ARMS,
@@ -22,13 +21,45 @@ from torchkd.demo.arms import (
     train_arm,
     train_teacher,
 )
-from torchkd.demo.report import DemoResult, write_demo_report
-from torchkd.demo.workers import executor, worker_threads
+from torchkd.demo.report import DemoResult, results_markdown, write_demo_report
+from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
 
-__all__ = ["run_demo"]
+if TYPE_CHECKING:
+    from torchkd.config import Recipe
+
+__all__ = ["RESULTS_FILE", "demo_command", "describe_terms", "run_demo"]
 
 Echo = Callable[[str], None]
+
+# Where a full (not --quick) demo run from a torchkd checkout also writes its table.
+RESULTS_FILE = Path("benchmarks") / "results" / "demo.md"
+
+
+def demo_command(seeds: int, quick: bool, out: Path, workers: int | None) -> str:
+    """The ``torchkd demo`` command line that repeats a run with these arguments."""
+    words = ["torchkd demo", f"--seeds {seeds}"]
+    words += ["--quick"] if quick else []
+    words += [f"--out {out}"] + ([f"--workers {workers}"] if workers is not None else [])
+    return " ".join(words)
+
+
+def describe_terms(recipe: Recipe) -> str:
+    """``"0.9 x kd(temperature=8.0) + 0.1 x ce()"``: a recipe's loss terms as resolved."""
+    terms = []
+    for term in recipe.terms:
+        arguments = ", ".join(f"{key}={value}" for key, value in term.loss_kwargs.items())
+        weight = "" if term.weight == 1.0 else f"{term.weight} x "
+        terms.append(f"{weight}{term.loss}({arguments})")
+    return " + ".join(terms)
+
+
+def _results_file(results: str | Path | None, quick: bool) -> Path | None:
+    """``results``, or by default :data:`RESULTS_FILE` when its folder exists here (a torchkd
+    checkout) and the run is a real one (not ``--quick``)."""
+    if results is not None:
+        return Path(results)
+    return RESULTS_FILE if not quick and RESULTS_FILE.parent.is_dir() else None
 
 
 def run_demo(
@@ -37,6 +68,7 @@ def run_demo(
     out: str | Path = "runs/demo",
     workers: int | None = None,
     echo: Echo = print,
+    results: str | Path | None = None,
 ) -> DemoResult:
     """Run the demo and write ``OUT/report.md``; returns what it measured.
 
@@ -48,6 +80,9 @@ def run_demo(
         workers: processes training runs in parallel (default: one per available CPU core,
             each with one thread; ``1`` trains in this process).
         echo: where progress lines go.
+        results: where to write the results table with its command, environment and wall
+            time (default: ``benchmarks/results/demo.md`` when that folder exists in the
+            working directory, i.e. in a torchkd checkout, and the run is not ``quick``).
     """
     from torchkd.config import build_loaders, build_model, load_recipe
     from torchkd.train import evaluate
@@ -55,6 +90,7 @@ def run_demo(
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     started = time.perf_counter()
+    command = demo_command(seeds, quick, Path(out), workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recipes = {arm.key: demo_recipe_path(arm.recipe) for arm in ARMS}
@@ -65,9 +101,9 @@ def run_demo(
     if workers is None:
         workers = min(available_cpus(), runs_total + (not cached))
     worker_text = (
-        f"{workers} processes x {worker_threads(workers)} thread(s)"
+        f"{workers} processes x {RUN_THREADS} thread"
         if workers > 1
-        else f"in-process, {torch.get_num_threads()} thread(s)"
+        else f"in-process, {RUN_THREADS} thread"
     )
     echo(
         f"{'reusing' if cached else 'training'} the teacher ({teacher_weights}); "
@@ -113,7 +149,8 @@ def run_demo(
                 ),
                 "teacher",
             )
-            teacher_test = evaluate(teacher, loaders.test)
+            with run_threads():
+                teacher_test = evaluate(teacher, loaders.test)
             collect(baseline_jobs + distill_jobs)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -128,7 +165,18 @@ def run_demo(
         student_description=describe_model(label_free.student),
         transfer_samples=len(loaders.train.dataset),
         environment={**environment(), "threads": worker_text},
+        teacher_weights=str(teacher_weights),
+        arm_terms={
+            arm.key: describe_terms(load_recipe(recipes[arm.key], ["train.progress=false"]))
+            for arm in ARMS
+        },
+        command=command,
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_demo_report(result, out, quick=quick)
+    results_file = _results_file(results, quick)
+    if results_file is not None:
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(results_markdown(result))
+        echo(f"results table written to {results_file}")
     return result

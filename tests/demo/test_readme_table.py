@@ -1,0 +1,35 @@
+"""The README's demo table is the table the demo wrote to ``benchmarks/results/demo.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchkd import demo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def markdown_table(text: str, after: str = "") -> list[list[str]]:
+    """Cells of the first markdown table in ``text`` that follows the first line starting with
+    ``after`` (separator row included)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(after))
+    table = []
+    for line in lines[start:]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    return table
+
+
+def test_markdown_table_parser() -> None:
+    text = "intro\n**Demo** x\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n| other |\n"
+    assert markdown_table(text, "**Demo**") == [["a", "b"], ["---", "---"], ["1", "2"]]
+
+
+def test_readme_demo_table_is_the_demo_results_table() -> None:
+    results = markdown_table((ROOT / demo.RESULTS_FILE).read_text())
+    readme = markdown_table((ROOT / "README.md").read_text(), after="**Demo**")
+    assert [row[0] for row in results[2:]][1:] == [arm.label for arm in demo.ARMS]
+    assert readme == results

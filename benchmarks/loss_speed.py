@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchkd.environment import cpu_model
+from torchkd.losses import hinton_loss, jsd_loss, kd_loss
 from torchkd.losses.kl import COMPILE_ENV, compile_policy, should_compile
-from torchkd.losses.logit import hinton_loss, jsd_loss, kd_loss
 
 SHAPES = ((256, 100), (1024, 1000), (4096, 32000))
 TEMPERATURE = 4.0

@@ -7,7 +7,7 @@ The layers, bottom to top (see ``docs/architecture.md``)::
     0  _registry, environment           generic helpers, no torchkd imports
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, teachers
-    3  distiller, data, models          (and the package root, which exports the Distiller)
+    3  distiller, terms, data, models   (and the package root, which exports the Distiller)
     4  train                            the engine
     5  report
     6  config                           recipes: schema, loading, building, fit_recipe
@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "teachers": 2,
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
+    "terms": 3,
     "data": 3,
     "models": 3,
     "train": 4,

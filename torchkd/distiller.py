@@ -28,11 +28,10 @@ from __future__ import annotations
 import inspect
 import numbers
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +44,16 @@ from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import Taps, resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 from torchkd.temperature import LearnableTemperature
+from torchkd.terms import (
+    LOGITS,
+    DistillOutput,
+    Term,
+    TermError,
+    UncertaintyWeight,
+    as_batch,
+    blame_term,
+    term_error,
+)
 
 __all__ = [
     "DistillOutput",
@@ -55,165 +64,9 @@ __all__ = [
     "as_batch",
 ]
 
-LOGITS = "logits"
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
 _GATHERED_SIGNATURES = ("logits", "features", "feature_lists", "embeddings")
-
-
-def as_batch(
-    batch: Mapping[str, Any] | Sequence[Any], inputs_key: str = "inputs", labels_key: str = "labels"
-) -> Mapping[str, Any]:
-    """A batch as the dict the engine reads: a dict passes through; the ``(inputs, labels)``
-    or ``(inputs,)`` tuples a ``TensorDataset`` yields become ``{"inputs": ..., "labels": ...}``.
-
-    Example:
-        >>> import torch
-        >>> sorted(as_batch((torch.zeros(2, 3), torch.tensor([0, 1]))))
-        ['inputs', 'labels']
-    """
-    if isinstance(batch, Mapping):
-        return batch
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        return dict(zip((inputs_key, labels_key), batch, strict=False))
-    described = f"a {type(batch).__name__}"
-    if isinstance(batch, (tuple, list)):
-        described += f" of {len(batch)} entries"
-    raise TypeError(
-        f"a batch must be a dict ({inputs_key!r}, optional {labels_key!r} and 'index') or an "
-        f"(inputs, labels) tuple, got {described}; for more entries yield dicts, e.g. with "
-        "torchkd.data.TensorDictDataset"
-    )
-
-
-class TermError(ValueError):
-    """A problem with one :class:`Term`: ``term`` is its name, ``field`` the attribute at fault
-    (``"loss_kwargs"``, ``"student"``, ``"teacher"``, ``"temperature"``, ``"weight"``, ...;
-    ``""`` for the term as a whole), so a recipe can name the YAML path."""
-
-    def __init__(self, term: str, field: str, message: str) -> None:
-        super().__init__(message)
-        self.term = term
-        self.field = field
-
-
-@contextmanager
-def _blame(term: Term, field: str = "") -> Iterator[None]:
-    """Re-raise an error about ``term`` as a :class:`TermError` naming it and ``field``."""
-    try:
-        yield
-    except TermError:
-        raise
-    except (ValueError, TypeError, KeyError) as error:
-        raise _term_error(term, field, error) from error
-
-
-def _term_error(term: Term, field: str, error: Exception) -> TermError:
-    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    if not message.startswith("term "):
-        message = f"term {term.name!r}: {message}"
-    return TermError(term.name, field, message)
-
-
-@dataclass
-class Term:
-    """One weighted loss term of a :class:`Distiller`.
-
-    Attributes:
-        name: key of the term in :attr:`DistillOutput.terms` and in :attr:`Distiller.extras`
-            (a valid module name: no ``"."``).
-        loss: a registered loss name (``torchkd.losses.available()``), or a loss module or
-            callable (then give ``signature``, or give the object a ``signature`` attribute).
-        loss_kwargs: keyword arguments for ``torchkd.losses.create(loss, **loss_kwargs)``;
-            constructor sizes a loss declares at registration (``LossEntry.sizes``) are filled
-            in from the probed shapes by :meth:`Distiller.build`.
-        weight: a number, a :class:`~torchkd.schedules.Schedule` of training progress, or
-            ``"auto"`` (uncertainty weighting, Kendall et al. 2018).
-        student: ``"logits"`` (the student's output logits) or a tapped module path; a list of
-            them for ``"feature_lists"`` losses.
-        teacher: the same on the teacher side.
-        adapter: how student tensors are mapped to the teacher's shape (see
-            :func:`torchkd.adapters.build_adapter`); only for feature, embedding and indexed
-            losses. ``"auto"`` builds nothing for losses that compare shapes themselves.
-        temperature: ``None`` (the loss's own), a number or a schedule evaluated every step,
-            ``"learned"`` (a global CTKD :class:`~torchkd.schedules.LearnableTemperature`), or
-            a temperature module called as ``module(student_logits, teacher_logits)`` (e.g. an
-            instance-wise one). The value is passed to the loss call as ``temperature=`` (the
-            registered logit losses take it and use it instead of their own for that call).
-            Give a temperature here or in ``loss_kwargs``, not both.
-        teacher_index: which teacher the term reads (all teachers for ``"multi_teacher"``).
-        signature: how a custom loss is called; must agree with a registered loss's signature.
-        global_batch: in a distributed run (``torchrun``), compute the term in training on the
-            global batch: the (adapted) student and the teacher tensors of every process are
-            gathered (:func:`torchkd.losses.distributed.gather_rows_with_grad`) before the
-            loss is called. For losses that couple the samples of a batch (SP, RKD, CC, PKT,
-            ``crd_inbatch``, DIST's intra-class term); off, they see each process's share.
-            Only for ``logits``, ``features``, ``feature_lists`` and ``embeddings`` losses; a
-            no-op on one process.
-    """
-
-    name: str
-    loss: str | nn.Module | Callable[..., Tensor]
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    weight: float | Schedule | Literal["auto"] = 1.0
-    student: str | list[str] = LOGITS
-    teacher: str | list[str] = LOGITS
-    adapter: AdapterKind = "auto"
-    temperature: float | Schedule | Literal["learned"] | nn.Module | None = None
-    teacher_index: int = 0
-    signature: Signature | None = None
-    global_batch: bool = False
-
-
-@dataclass
-class DistillOutput:
-    """What one :meth:`Distiller.forward` returns.
-
-    Attributes:
-        loss: the weighted total; call ``backward()`` on it.
-        terms: each term's unweighted value (attached to the graph).
-        weights: each term's weight at this step (``exp(-s_i)`` for ``"auto"`` terms).
-        student_logits: the student's output logits (attached to the graph).
-        teacher_logits: each teacher's output logits (no graph).
-        temperatures: the temperature passed to each term that sets one (the mean for
-            per-row temperatures).
-    """
-
-    loss: Tensor
-    terms: dict[str, Tensor]
-    weights: dict[str, float]
-    student_logits: Tensor
-    teacher_logits: list[Tensor]
-    temperatures: dict[str, float] = field(default_factory=dict)
-
-
-class UncertaintyWeight(nn.Module):
-    """Learned homoscedastic-uncertainty weight of one loss (Kendall et al., CVPR 2018).
-
-    .. math::
-
-        \\tilde{\\mathcal{L}} = e^{-s}\\,\\mathcal{L} + s, \\qquad s = \\log \\sigma^2
-
-    ``s`` starts at 0 (weight 1). Minimizing over ``s`` gives :math:`e^{-s} = 1/\\mathcal{L}`,
-    so terms with larger losses are weighted down.
-
-    Example:
-        >>> import torch
-        >>> weighting = UncertaintyWeight()
-        >>> weighting(torch.tensor(2.0))
-        tensor(2., grad_fn=<AddBackward0>)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.log_variance = nn.Parameter(torch.zeros(()))
-
-    def weight(self) -> Tensor:
-        """The effective weight :math:`e^{-s}`."""
-        return torch.exp(-self.log_variance)
-
-    def forward(self, loss: Tensor) -> Tensor:
-        return self.weight() * loss + self.log_variance
 
 
 @dataclass
@@ -275,19 +128,19 @@ class Distiller(nn.Module):
         for term in self.terms:
             if term.name in self._signatures:
                 raise ValueError(f"duplicate term name {term.name!r}")
-            with _blame(term):
+            with blame_term(term):
                 self._signatures[term.name] = self._check_term(term)
         self._weights: dict[str, Schedule] = {}
         self._temperature_schedules: dict[str, Schedule] = {}
         for term in self.terms:
             if term.weight != "auto":
-                with _blame(term, "weight"):
+                with blame_term(term, "weight"):
                     self._weights[term.name] = _term_schedule(
                         term, "weight", "a number, a Schedule or 'auto'"
                     )
             scheduled = term.temperature not in (None, "learned")
             if scheduled and not isinstance(term.temperature, nn.Module):
-                with _blame(term, "temperature"):
+                with blame_term(term, "temperature"):
                     self._temperature_schedules[term.name] = _term_schedule(
                         term, "temperature", "a number, a Schedule, 'learned' or a module"
                     )
@@ -362,7 +215,7 @@ class Distiller(nn.Module):
 
     def _check_paths(self, term: Term) -> None:
         signature = self._signatures[term.name]
-        with _blame(term, "student"):
+        with blame_term(term, "student"):
             for path in _paths([term.student]):
                 resolve_module(self.student, path)
         if signature == "labels":
@@ -370,7 +223,7 @@ class Distiller(nn.Module):
         indices = (
             range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
         )
-        with _blame(term, "teacher"):
+        with blame_term(term, "teacher"):
             for index in indices:
                 for path in _paths([term.teacher]):
                     resolve_module(self.teachers[index], path)
@@ -405,7 +258,7 @@ class Distiller(nn.Module):
         dtype = torch.get_default_dtype() if reference is None else reference.dtype
         built = {}
         for term in self.terms:
-            with _blame(term, "loss_kwargs"):
+            with blame_term(term, "loss_kwargs"):
                 self._check_classes(term, capture)
                 built[term.name] = self._build_term(term, capture)
         for name, (parts, loss) in built.items():  # all terms built: nothing half-made on error
@@ -532,7 +385,7 @@ class Distiller(nn.Module):
             except TermError:
                 raise
             except (ValueError, TypeError, KeyError) as error:  # name the term at fault
-                raise _term_error(term, "", error) from error
+                raise term_error(term, "", error) from error
             terms[term.name] = value
             parts = self.extras[term.name]
             if "weight" in parts:

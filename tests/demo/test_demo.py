@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from torchkd import cli, demo
+from torchkd.cli.base import positive_int
 from torchkd.data import load_mnist1d
 from torchkd.models import create_model
 from torchkd.train import load_checkpoint
@@ -175,7 +176,7 @@ def test_cli_demo_prints_the_table(
     printed = capsys.readouterr().out
     assert result.table() in printed and str(result.report_path) in printed
     with pytest.raises(argparse.ArgumentTypeError):
-        cli._positive_int("0")
+        positive_int("0")
 
 
 def test_every_run_trains_with_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchkd.losses import kl
-from torchkd.losses.logit import (
+from torchkd.losses import (
     hinton_loss,
     jsd_loss,
     kd_loss,
+    kl,
     ls_kd_loss,
     reverse_kl_loss,
     soft_ce_loss,

@@ -24,6 +24,7 @@ from torchkd.losses.crd import *  # noqa: F403
 from torchkd.losses.crd_inbatch import *  # noqa: F403
 from torchkd.losses.crd_sampling import *  # noqa: F403
 from torchkd.losses.dist import *  # noqa: F403
+from torchkd.losses.divergences import *  # noqa: F403
 from torchkd.losses.dkd import *  # noqa: F403
 from torchkd.losses.factor_transfer import *  # noqa: F403
 from torchkd.losses.feature import *  # noqa: F403

@@ -11,13 +11,15 @@ from torchkd.train.checkpoint import (
     save_checkpoint,
 )
 from torchkd.train.evaluate import agreement, evaluate, expected_calibration_error
-from torchkd.train.loop import FitResult, NonFiniteLossError, fit, resolve_device
+from torchkd.train.loop import Trainer, fit, resolve_device
+from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import seed_everything
 
 __all__ = [
     "CheckpointError",
     "FitResult",
     "NonFiniteLossError",
+    "Trainer",
     "agreement",
     "evaluate",
     "expected_calibration_error",

@@ -43,13 +43,14 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
+from torch import Tensor, nn
 
 from torchkd.train.digest import content_sha256
 
@@ -312,3 +313,29 @@ def export_student(checkpoint_path: str | Path, out_path: str | Path) -> Path:
     }
     payload = save(tensors, metadata=metadata)
     return atomic_write(out_path, lambda stream: stream.write(payload))
+
+
+def check_fits(path: Path, name: str, module: nn.Module, saved: Mapping[str, Tensor]) -> None:
+    """Refuse a checkpoint whose ``name`` weights do not fit ``module``, saying how."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    resized = [
+        f"{key} {tuple(saved[key].shape)} -> {tuple(own[key].shape)}"
+        for key in own
+        if key in saved and tuple(saved[key].shape) != tuple(own[key].shape)
+    ]
+    problems = [
+        f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+        for label, keys in (
+            ("missing in the checkpoint", missing),
+            ("not in the model", unexpected),
+            ("shape changed", resized),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the {name} weights do not fit the model being resumed (was the model "
+            f"changed since the run started?); {'; '.join(problems)}"
+        )

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchkd.distiller import as_batch
 from torchkd.teachers import call_model, select_logits
+from torchkd.terms import as_batch
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 NUM_CALIBRATION_BINS = 15

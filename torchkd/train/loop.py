@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from torchkd.train.checkpoint import (
     CheckpointError,
+    check_fits,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -49,6 +50,7 @@ from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate, to_device
 from torchkd.train.logging import RunLogger, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
+from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import (
     capture_rng_state,
     restore_rng_state,
@@ -57,54 +59,6 @@ from torchkd.train.rng import (
 from torchkd.train.state import COUNTS, InterruptFlag, Progress, StepGroup, StepSums
 
 __all__ = ["FitResult", "NonFiniteLossError", "Trainer", "fit", "resolve_device"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient.
-
-    Attributes:
-        terms: the terms whose value went non-finite during those steps (may be empty when
-            only the total or the gradient did).
-        step: the optimizer step at which training stopped.
-    """
-
-    def __init__(self, message: str, terms: list[str], step: int) -> None:
-        super().__init__(message)
-        self.terms = terms
-        self.step = step
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` returns.
-
-    Attributes:
-        run_dir: the run directory.
-        best_metrics: validation metrics of the best epoch (highest ``top1``; lowest ``loss``
-            when the validation set has no labels).
-        best_epoch: that epoch (1-based; 0 when no epoch was trained).
-        final_metrics: validation metrics after the last epoch.
-        test_metrics: metrics of the final model on ``test_loader`` (``None`` without one).
-        history: one record per epoch (the ``"epoch"`` records of ``metrics.jsonl``).
-        nonfinite_steps: optimizer steps skipped for a non-finite loss or gradient.
-        last_checkpoint: ``checkpoints/last.pt``.
-        best_checkpoint: ``checkpoints/best.pt`` (``None`` if never written).
-        metrics_path: ``metrics.jsonl``.
-        report_path: ``report.md``, set by the caller that writes it
-            (:func:`torchkd.config.fit_recipe`); ``None`` otherwise.
-    """
-
-    run_dir: Path
-    best_metrics: dict[str, float]
-    best_epoch: int
-    final_metrics: dict[str, float]
-    test_metrics: dict[str, float] | None
-    history: list[dict[str, Any]]
-    nonfinite_steps: int
-    last_checkpoint: Path
-    best_checkpoint: Path | None
-    metrics_path: Path
-    report_path: Path | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,32 +79,6 @@ def _check_amp(amp: str, device: torch.device) -> None:
         )
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
-
-
-def _check_fits(path: Path, name: str, module: nn.Module, saved: Mapping[str, Tensor]) -> None:
-    """Refuse a checkpoint whose ``name`` weights do not fit ``module``, saying how."""
-    own = module.state_dict()
-    missing = [key for key in own if key not in saved]
-    unexpected = [key for key in saved if key not in own]
-    resized = [
-        f"{key} {tuple(saved[key].shape)} -> {tuple(own[key].shape)}"
-        for key in own
-        if key in saved and tuple(saved[key].shape) != tuple(own[key].shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
-        for label, keys in (
-            ("missing in the checkpoint", missing),
-            ("not in the model", unexpected),
-            ("shape changed", resized),
-        )
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(
-            f"{path}: the {name} weights do not fit the model being resumed (was the model "
-            f"changed since the run started?); {'; '.join(problems)}"
-        )
 
 
 def _device_rng_state(device: torch.device) -> dict[str, Any]:
@@ -277,7 +205,7 @@ class Trainer:
                 ("student", self.distiller.student),
                 ("extras", self.distiller.extras),
             ):
-                _check_fits(path, name, module, checkpoint[name])
+                check_fits(path, name, module, checkpoint[name])
             self.distiller.student.load_state_dict(checkpoint["student"])
             self.distiller.extras.load_state_dict(checkpoint["extras"])
             self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -1,0 +1,234 @@
+"""The commands that train and use one run: ``demo``, ``train``, ``eval``, ``export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchkd.cli.base import (
+    EXIT_OK,
+    Command,
+    UsageError,
+    add_overrides_argument,
+    add_recipe_argument,
+    load_recipe,
+    positive_int,
+    print_metrics,
+    register,
+    student_from_checkpoint,
+)
+
+# ------------------------------------------------------------------------------------- demo
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds per arm (default 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps per run: a smoke test, not a result"
+    )
+    parser.add_argument(
+        "--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="training processes in parallel (default: one per CPU core; 1 = in this process)",
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from torchkd.demo import run_demo
+
+    result = run_demo(seeds=args.seeds, quick=args.quick, out=args.out, workers=args.workers)
+    print()
+    print(result.table())
+    print()
+    print(f"wall time {result.seconds:.0f} s; report: {result.report_path}")
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="demo",
+        summary="distil a wide MNIST-1D CNN into a small student, with and without labels",
+        description="Train (or reuse the cached) MNIST-1D teacher, then a student over seeds: "
+        "on labels alone (baseline), with Hinton KD on the labeled set (a), and from the "
+        "teacher's soft targets alone on unlabeled samples (b). Prints test top-1 per arm and "
+        "the paired gain over the baseline, and writes OUT/report.md with plots.",
+        examples="torchkd demo\ntorchkd demo --seeds 5 --out runs/demo5\ntorchkd demo --quick",
+        add_arguments=_demo_arguments,
+        run=_demo,
+    )
+)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_argument(parser)
+    add_overrides_argument(parser)
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where checkpoints, metrics.jsonl, TensorBoard events and report.md go "
+        "(default: runs/<recipe name>)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in DIR from checkpoints/last.pt"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from torchkd.config import fit_recipe
+    from torchkd.train.distributed import is_main_process
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
+    last = run_dir / "checkpoints" / "last.pt"
+    sharded = last.with_suffix(".dcp")  # an FSDP run's (torchrun, train.distributed=fsdp)
+    if args.resume and not (last.is_file() or sharded.is_dir()):
+        raise UsageError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
+    if not args.resume and (last.exists() or sharded.exists()):
+        raise UsageError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
+            "to start a new one"
+        )
+    for index, teacher in enumerate(recipe.teacher_configs):
+        if teacher.checkpoint is None and is_main_process():
+            print(
+                f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
+                "so it distils its initial weights; set teacher.checkpoint=PATH",
+                file=sys.stderr,
+            )
+    result = fit_recipe(recipe, run_dir, resume=args.resume)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return EXIT_OK
+    best = result.best_metrics.get("top1")
+    if best is not None:
+        print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")
+    if result.test_metrics and "top1" in result.test_metrics:
+        print(f"test top-1 of the final model: {result.test_metrics['top1']:.2f} %")
+    print(f"run directory: {result.run_dir}")
+    if result.report_path is not None:
+        print(f"report: {result.report_path}")
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="train",
+        summary="train a student from a YAML recipe",
+        description="Train the recipe's student (with its teachers and loss terms) and write "
+        "checkpoints, metrics.jsonl, TensorBoard events and report.md to the run directory.",
+        examples="torchkd train configs/mnist1d/baseline.yaml\n"
+        "torchkd train configs/mnist1d/kd.yaml teacher.checkpoint=teacher.safetensors "
+        "terms.0.loss_kwargs.temperature=8\n"
+        "torchkd train configs/mnist1d/kd.yaml --run-dir runs/kd --resume",
+        add_arguments=_train_arguments,
+        run=_train,
+    )
+)
+
+
+# ------------------------------------------------------------------------------------- eval
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_argument(parser)
+    add_overrides_argument(parser)
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a training checkpoint (checkpoints/best.pt, last.pt) or exported .safetensors",
+    )
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="default: test")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from torchkd.config import build_loaders
+    from torchkd.distiller import Distiller, Term
+    from torchkd.train import evaluate, resolve_device
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    student = student_from_checkpoint(recipe, args.checkpoint)
+    # the labeled splits only: a transfer set is training data
+    loaders = build_loaders(recipe.data.model_copy(update={"transfer": None}))
+    # a teacher-free Distiller reads the logits where the recipe's output_key says
+    model = Distiller(student, None, [Term("ce", "ce")], output_key=recipe.output_key)
+    device = resolve_device(recipe.train.device)
+    metrics = evaluate(model.to(device), getattr(loaders, args.split), device=device)
+    metrics = {"split": args.split, **metrics, "samples": int(metrics["samples"])}
+    if not args.json and "top1" in metrics:
+        metrics["top1"] = f"{metrics['top1']:.2f} %"
+    print_metrics(metrics, args.json)
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="eval",
+        summary="evaluate a trained student on the validation or test split",
+        description="Load the student weights of a checkpoint into the recipe's student and "
+        "print top-1, NLL and expected calibration error on a split of the recipe's dataset.",
+        examples="torchkd eval configs/mnist1d/kd.yaml --checkpoint runs/mnist1d_kd/checkpoints/"
+        "best.pt\ntorchkd eval configs/mnist1d/kd.yaml --checkpoint student.safetensors "
+        "--split val --json",
+        add_arguments=_eval_arguments,
+        run=_eval,
+    )
+)
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_argument(parser)
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="a torchkd training checkpoint"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE.safetensors", help="where to write the weights"
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from torchkd.config import build_model
+    from torchkd.train import CheckpointError, export_student
+
+    if not args.out.endswith(".safetensors"):
+        raise UsageError(f"--out must name a .safetensors file, got {args.out!r}")
+    recipe = load_recipe(args.recipe)
+    student_from_checkpoint(recipe, args.checkpoint)  # the weights fit the recipe's student
+    try:
+        path = export_student(args.checkpoint, args.out)
+    except CheckpointError as error:
+        raise UsageError(f"--checkpoint: {error}") from None
+    fresh = build_model(recipe.student.model_copy(update={"checkpoint": None}), "student")
+    fresh.load_state_dict(load_file(path))  # what was written loads into a new student
+    count = sum(parameter.numel() for parameter in fresh.parameters())
+    print(f"wrote {path}: student {recipe.student.model}, {count:,} parameters (no extras)")
+    return EXIT_OK
+
+
+register(
+    Command(
+        name="export",
+        summary="write a checkpoint's bare student weights to a .safetensors file",
+        description="Export the student of a training checkpoint, without adapters, loss "
+        "state or optimizer, as safetensors with the SHA-256 digest of its tensors in its "
+        "metadata. Load it with `student.load_state_dict(torchkd.train.load_student_weights("
+        "FILE))`, which checks the digest (`safetensors.torch.load_file` reads it unchecked).",
+        examples="torchkd export configs/mnist1d/kd.yaml "
+        "--checkpoint runs/mnist1d_kd/checkpoints/best.pt --out student.safetensors",
+        add_arguments=_export_arguments,
+        run=_export,
+    )
+)

@@ -80,7 +80,7 @@ def test_two_processes_equal_one_with_the_global_batch(
 def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
     """Shares with 7 and 2 valid tokens: num_items_in_batch from data_parallel_num_items
     gives the whole batch's gradient; each share's own count does not."""
-    differences = torch.load(spawned / "token-normalization.pt")
+    differences = torch.load(spawned / "token-normalization.pt", weights_only=True)
     assert differences["global"] < 1e-12
     assert differences["local"] > 1e-3
 

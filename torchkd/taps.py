@@ -9,13 +9,14 @@ dict output is kept whole.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+
+from torchkd._registry import closest
 
 __all__ = ["Taps", "resolve_module"]
 
@@ -36,7 +37,7 @@ def resolve_module(model: nn.Module, path: str) -> nn.Module:
     modules = dict(model.named_modules())
     if path not in modules:
         names = [name for name in modules if name]
-        close = difflib.get_close_matches(path, names, n=5, cutoff=0.5)
+        close = closest(path, names, cutoff=0.5, limit=5)
         hint = f"closest: {', '.join(repr(name) for name in close)}" if close else "no close match"
         raise KeyError(
             f"no module at path {path!r} in {type(model).__name__} ({hint}; the valid paths are "

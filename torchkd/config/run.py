@@ -95,28 +95,21 @@ def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
 
 def check_built(built: Built, recipe: Recipe) -> None:
     """Check a built run before anything is written: build the Distiller's adapters and loss
-    modules on one validation batch and compute every term once (eval mode, no gradient, the
-    random generators restored), so bad loss arguments, tap paths and class counts fail now.
+    modules on one validation batch and compute every term once, as an evaluation does (eval
+    mode, no gradient, random generators and loss buffers restored), so bad loss arguments,
+    tap paths and class counts fail now.
 
     Raises:
         ConfigError: naming the YAML path of the term (and of the loss argument) at fault.
     """
-    import torch
-
     from torchkd.distiller import TermError
+    from torchkd.train import evaluate
 
-    distiller = built.distiller
     assert built.loaders.val is not None
     batch = next(iter(built.loaders.val))
     try:
-        distiller.build(batch)  # the trainer's own build then does nothing
-        was_training = distiller.training
-        distiller.eval()
-        try:
-            with torch.random.fork_rng(), torch.no_grad():
-                distiller(batch)
-        finally:
-            distiller.train(was_training)
+        built.distiller.build(batch)  # the trainer's own build then does nothing
+        evaluate(built.distiller, [batch], with_terms=True)
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
 

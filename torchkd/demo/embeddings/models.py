@@ -163,7 +163,7 @@ def minilm_teacher(path: str | None = None) -> SentenceEncoder:
 
 
 def minilm_student(
-    layers: Sequence[int] = (1, 3, 5),
+    layers: Sequence[int] = (0, 3, 5),
     init: Literal["teacher", "scratch"] = "teacher",
     path: str | None = None,
     dropout: float = 0.0,

@@ -118,7 +118,8 @@ def results_markdown(result: EmbeddingsResult) -> str:
     """``benchmarks/results/demo_embeddings.md``: the table, command, environment, wall time."""
     return "\n".join(
         [
-            "# torchkd demo embeddings: all-MiniLM-L6-v2 -> 3-layer student",
+            "# torchkd demo embeddings: all-MiniLM-L6-v2 -> "
+            f"{len(result.student.get('layers', []))}-layer student",
             "",
             f"Command: `{result.command}` (wall time {result.seconds:.0f} s).",
             f"Environment: {_setting_text(result)}.",

@@ -15,9 +15,18 @@ from torch import Tensor, nn
 from torchkd.distiller import Distiller, Term, TermError
 from torchkd.lm import IGNORE_INDEX, next_token_labels
 from torchkd.losses import TopKLogits, fused_linear_kd_loss
+from torchkd.models import create_model
 from torchkd.train.evaluate import evaluate
 
 T = 2.0
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 61,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+}
 
 
 def lm_batch(vocab: int = 61, lengths: tuple[int, ...] = (6, 4, 2), seed: int = 1) -> dict:
@@ -233,6 +242,9 @@ def test_errors_name_the_problem(tiny_causal_lm: Callable[..., nn.Module]) -> No
     with pytest.raises(TermError, match="causal language model") as caught:
         Distiller(student, nn.Linear(4, 61), [Term("kd", "fused_linear_kd")])
     assert caught.value.field == "teacher"
+    encoder = create_model("hf_encoder", config={**TINY_BERT})
+    with pytest.raises(TermError, match="causal language model"):
+        Distiller(encoder, teacher, [Term("kd", "fused_linear_kd")])
     with pytest.raises(TermError, match="learned") as caught:
         Distiller(student, teacher, [Term("kd", "fused_linear_kd", temperature="learned")])
     assert caught.value.field == "temperature"

@@ -16,6 +16,7 @@ from torchkd.distiller import Distiller, Term, TermError
 from torchkd.lm import IGNORE_INDEX, next_token_labels
 from torchkd.losses import TopKLogits, fused_linear_kd_loss
 from torchkd.models import create_model
+from torchkd.schedules import Linear
 from torchkd.train.evaluate import evaluate
 
 T = 2.0
@@ -265,3 +266,39 @@ def test_errors_name_the_problem(tiny_causal_lm: Callable[..., nn.Module]) -> No
     cached.build(batch)
     with pytest.raises(ValueError, match="teacher_topk_ids"):
         cached(batch)
+
+
+def test_fused_term_passes_bias_scale_softcap_and_scheduled_temperature(
+    tiny_causal_lm: Callable[..., nn.Module],
+) -> None:
+    student, teacher = tiny_causal_lm(0), tiny_causal_lm(1)
+    student.lm_head = nn.Linear(16, 61, bias=True).double()  # a biased output layer
+    student.config.logit_scale, teacher.config.final_logit_softcapping = 0.5, 3.0
+    batch = lm_batch()
+    schedule = Linear(start=1.0, end=3.0)
+    distiller = Distiller(student, teacher, [Term("kd", "fused_linear_kd", temperature=schedule)])
+    distiller.build(batch)
+    distiller.set_progress(1, 2)
+    output = distiller(batch)
+    temperature = schedule(1, 2)
+    assert output.temperatures == {"kd": pytest.approx(temperature)} and temperature != 1.0
+    hidden = student.model(**batch["inputs"]).last_hidden_state
+    with torch.no_grad():
+        teacher_hidden = teacher.model(**batch["inputs"]).last_hidden_state
+    expected = fused_linear_kd_loss(
+        hidden,
+        student.lm_head.weight,
+        teacher_hidden,
+        teacher.lm_head.weight,
+        batch["labels"],
+        student_bias=student.lm_head.bias,
+        student_logit_scale=0.5,
+        teacher_softcap=3.0,
+        temperature=temperature,
+    )
+    torch.testing.assert_close(output.terms["kd"], expected, rtol=1e-12, atol=1e-14)
+    plain = fused_linear_kd_loss(
+        hidden, student.lm_head.weight, teacher_hidden, teacher.lm_head.weight, batch["labels"],
+        temperature=temperature,
+    )  # fmt: skip
+    assert not torch.isclose(output.terms["kd"], plain, rtol=1e-3)

@@ -695,13 +695,23 @@ def _run(
         taps: Taps | dict[str, Any] = (
             stack.enter_context(Taps(model, plan.paths)) if plan.paths else {}
         )
-        if plan.mode == "body":
+        if plan.mode == "body" and not _fsdp_wrapped(model):
             return None, last_hidden_state(model, inputs), taps
         hidden: list[Tensor] = []
         if plan.hidden:
             stack.callback(model.get_decoder().register_forward_hook(_keep_hidden(hidden)).remove)
         logits = select_logits(call_model(model, inputs), output_key)
         return logits, hidden[0] if hidden else None, taps
+
+
+def _fsdp_wrapped(model: nn.Module) -> bool:
+    """Whether ``model`` is an FSDP2 unit: its body alone would run on sharded parameters
+    (the unit gathers them in its own forward), so it runs in full."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _keep_hidden(store: list[Tensor]) -> Callable[[nn.Module, Any, Any], None]:

@@ -36,22 +36,21 @@ import inspect
 import numbers
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
-from torchkd.lm import OutputProjection, is_causal_lm, last_hidden_state, output_projection
+from torchkd.capture import Capture, ModelPlan, num_rows, run_model, valid_positions
+from torchkd.lm import OutputProjection, is_causal_lm, output_projection
 from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.losses.registry import Signature
 from torchkd.losses.topk import TopKLogits
 from torchkd.schedules import Schedule, as_schedule, progress
-from torchkd.taps import Taps, resolve_module
+from torchkd.taps import resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 from torchkd.temperature import LearnableTemperature
 from torchkd.terms import (
@@ -83,9 +82,6 @@ _GATHERED_SIGNATURES = ("logits", "features", "feature_lists", "embeddings")
 _MASKED_SIGNATURES = ("features", "feature_lists")
 CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 
-# How a model runs: its full forward, its causal-LM body alone (no logits), or not at all.
-RunMode = Literal["full", "body", "skip"]
-
 
 class OnPolicyHook(Protocol):
     """What ``Distiller(on_policy=...)`` calls on each training batch (e.g.
@@ -99,28 +95,6 @@ class OnPolicyHook(Protocol):
         student: nn.Module,
         teachers: Sequence[nn.Module],
     ) -> Mapping[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How one model runs in a forward pass and what is kept of it."""
-
-    paths: list[str]
-    mode: RunMode
-    hidden: bool  # keep the final hidden state (a "hidden_states" term reads it)
-
-
-@dataclass
-class _Capture:
-    """Everything one forward pass of the models produced (None: not computed)."""
-
-    student_logits: Tensor | None
-    student_hidden: Tensor | None
-    student_taps: Taps | dict[str, Any]
-    teacher_logits: list[Tensor | None]
-    teacher_hidden: list[Tensor | None]
-    teacher_taps: list[Taps | dict[str, Any]]
-    attention_mask: Tensor | None
 
 
 class Distiller(nn.Module):
@@ -330,7 +304,7 @@ class Distiller(nn.Module):
             )
         ]
 
-    def _plan(self, model: nn.Module, paths: list[str], terms: list[Term], side: str) -> _Plan:
+    def _plan(self, model: nn.Module, paths: list[str], terms: list[Term], side: str) -> ModelPlan:
         """Run a causal LM's body alone when no term reads its logits (and no tap lies outside
         the body); skip a causal-LM teacher no term reads. Other models run in full."""
         reads_logits, reads_hidden = False, False
@@ -341,12 +315,12 @@ class Distiller(nn.Module):
             elif LOGITS in specs or isinstance(term.temperature, nn.Module):
                 reads_logits = True
         if not is_causal_lm(model) or reads_logits:
-            return _Plan(paths, "full", reads_hidden)
+            return ModelPlan(paths, "full", reads_hidden)
         if side == "teacher" and not terms:
-            return _Plan(paths, "skip", False)
+            return ModelPlan(paths, "skip", False)
         body = {id(module) for module in model.get_decoder().modules()}
         inside = all(id(resolve_module(model, path)) in body for path in paths)
-        return _Plan(paths, "body" if inside else "full", reads_hidden)
+        return ModelPlan(paths, "body" if inside else "full", reads_hidden)
 
     # ---------------------------------------------------------------- building
     def build(self, example_batch: Mapping[str, Any]) -> None:
@@ -387,7 +361,7 @@ class Distiller(nn.Module):
         self.extras.train(self.training)
         self.set_progress(self._step, self._total_steps)
 
-    def _check_classes(self, term: Term, capture: _Capture) -> None:
+    def _check_classes(self, term: Term, capture: Capture) -> None:
         """Student and teacher logits compared by a logit term must have the same classes."""
         signature = self._signatures[term.name]
         if signature not in ("logits", "logits_labels", "multi_teacher"):
@@ -410,7 +384,7 @@ class Distiller(nn.Module):
                 )
 
     def _build_term(
-        self, term: Term, capture: _Capture
+        self, term: Term, capture: Capture
     ) -> tuple[nn.ModuleDict, Callable[..., Tensor]]:
         signature = self._signatures[term.name]
         parts = nn.ModuleDict()
@@ -521,7 +495,7 @@ class Distiller(nn.Module):
             student_logits=capture.student_logits,
             teacher_logits=capture.teacher_logits,
             temperatures=temperatures,
-            num_samples=_num_rows(inputs, capture),
+            num_samples=num_rows(inputs, capture),
         )
 
     def prepare(self, batch: Mapping[str, Any], step: int) -> Mapping[str, Any]:
@@ -551,17 +525,17 @@ class Distiller(nn.Module):
             raise KeyError(f"batch has no {self.inputs_key!r} entry (keys: {list(batch)})")
         return batch[self.inputs_key]
 
-    def _capture(self, inputs: Any) -> _Capture:
+    def _capture(self, inputs: Any) -> Capture:
         teacher_logits, teacher_hidden, teacher_taps = [], [], []
         with torch.no_grad():
             for teacher, plan in zip(self.teachers, self._teacher_plans, strict=True):
-                logits, hidden, taps = _run(teacher, plan, inputs, self.output_key)
+                logits, hidden, taps = run_model(teacher, plan, inputs, self.output_key)
                 teacher_logits.append(logits)
                 teacher_hidden.append(hidden)
                 teacher_taps.append(taps)
-        logits, hidden, taps = _run(self.student, self._student_plan, inputs, self.output_key)
+        logits, hidden, taps = run_model(self.student, self._student_plan, inputs, self.output_key)
         mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-        return _Capture(
+        return Capture(
             logits,
             hidden,
             taps,
@@ -571,14 +545,14 @@ class Distiller(nn.Module):
             mask.bool() if isinstance(mask, Tensor) else None,
         )
 
-    def _student_value(self, spec: str | list[str], capture: _Capture, term: Term) -> Any:
+    def _student_value(self, spec: str | list[str], capture: Capture, term: Term) -> Any:
         if isinstance(spec, list):
             return [self._student_value(path, capture, term) for path in spec]
         if spec == LOGITS:
             return capture.student_logits
         return _tensor(capture.student_taps[spec], spec, "student", term)
 
-    def _teacher_value(self, term: Term, capture: _Capture, index: int) -> Any:
+    def _teacher_value(self, term: Term, capture: Capture, index: int) -> Any:
         specs = term.teacher if isinstance(term.teacher, list) else [term.teacher]
         values = [
             capture.teacher_logits[index]
@@ -591,7 +565,7 @@ class Distiller(nn.Module):
     def _term_value(
         self,
         term: Term,
-        capture: _Capture,
+        capture: Capture,
         batch: Mapping[str, Any],
         temperatures: dict[str, float],
     ) -> Tensor:
@@ -622,7 +596,7 @@ class Distiller(nn.Module):
             adapted = [adapter(s) for adapter, s in zip(adapters, _as_list(student), strict=True)]
             args[0] = adapted if signature == "feature_lists" else adapted[0]
         if signature in _MASKED_SIGNATURES and capture.attention_mask is not None:
-            args = [_valid_positions(value, capture.attention_mask) for value in args]
+            args = [valid_positions(value, capture.attention_mask) for value in args]
         if term.global_batch and self.training:
             args = [_gather_rows(value) for value in args]
         if signature == "logits_labels":
@@ -635,7 +609,7 @@ class Distiller(nn.Module):
     def _hidden_term(
         self,
         term: Term,
-        capture: _Capture,
+        capture: Capture,
         batch: Mapping[str, Any],
         temperatures: dict[str, float],
     ) -> Tensor:
@@ -663,7 +637,7 @@ class Distiller(nn.Module):
         hidden = capture.teacher_hidden[index]
         return loss(capture.student_hidden, student.weight, hidden, teacher.weight, **kwargs)
 
-    def _temperature(self, term: Term, capture: _Capture) -> float | Tensor | None:
+    def _temperature(self, term: Term, capture: Capture) -> float | Tensor | None:
         if term.temperature is None:
             return None
         parts = self.extras[term.name]
@@ -684,46 +658,6 @@ class Distiller(nn.Module):
 
 
 # -------------------------------------------------------------------- helpers
-def _run(
-    model: nn.Module, plan: _Plan, inputs: Any, output_key: str | int | None
-) -> tuple[Tensor | None, Tensor | None, Taps | dict[str, Any]]:
-    """``model``'s logits (None for its body alone), final hidden state (when the plan keeps
-    it) and taps at the plan's paths (no hooks at all when nothing is tapped)."""
-    if plan.mode == "skip":
-        return None, None, {}
-    with ExitStack() as stack:
-        taps: Taps | dict[str, Any] = (
-            stack.enter_context(Taps(model, plan.paths)) if plan.paths else {}
-        )
-        if plan.mode == "body" and not _fsdp_wrapped(model):
-            return None, last_hidden_state(model, inputs), taps
-        hidden: list[Tensor] = []
-        if plan.hidden:
-            stack.callback(model.get_decoder().register_forward_hook(_keep_hidden(hidden)).remove)
-        logits = select_logits(call_model(model, inputs), output_key)
-        return logits, hidden[0] if hidden else None, taps
-
-
-def _fsdp_wrapped(model: nn.Module) -> bool:
-    """Whether ``model`` is an FSDP2 unit: its body alone would run on sharded parameters
-    (the unit gathers them in its own forward), so it runs in full."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
-def _keep_hidden(store: list[Tensor]) -> Callable[[nn.Module, Any, Any], None]:
-    """A forward hook on a causal LM's body that keeps its last hidden state in ``store``."""
-
-    def keep(module: nn.Module, args: Any, output: Any) -> None:
-        hidden = getattr(output, "last_hidden_state", None)
-        store[:] = [output[0] if hidden is None else hidden]
-
-    return keep
-
-
 def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any]:
     """The output bias, logit scale and softcap of one side, where the model has them."""
     kwargs: dict[str, Any] = {}
@@ -748,28 +682,6 @@ def _cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
     return TopKLogits(
         batch["teacher_topk_ids"], batch["teacher_topk_log_probs"], batch.get("teacher_topk_tail")
     )
-
-
-def _valid_positions(value: Tensor | list[Tensor], mask: Tensor) -> Tensor | list[Tensor]:
-    """The ``[B, L, ...]`` rows of ``value`` (each tensor of a list) where ``mask`` [B, L] is
-    True, as ``[n, ...]``; tensors of other shapes unchanged."""
-    if isinstance(value, list):
-        return [_valid_positions(tensor, mask) for tensor in value]  # type: ignore[misc]
-    if value.dim() >= 3 and value.shape[:2] == mask.shape:
-        return value[mask]
-    return value
-
-
-def _num_rows(inputs: Any, capture: _Capture) -> int:
-    """The batch's rows: the first dimension of the inputs (the first tensor of a mapping)."""
-    values = inputs.values() if isinstance(inputs, Mapping) else [inputs]
-    first = next((value for value in values if isinstance(value, Tensor)), None)
-    if first is not None and first.dim() > 0:
-        return int(first.shape[0])
-    computed = (
-        capture.student_logits if capture.student_logits is not None else capture.student_hidden
-    )
-    return 0 if computed is None else int(computed.shape[0])
 
 
 def _resolve_signature(term: Term) -> str:

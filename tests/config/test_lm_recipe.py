@@ -139,3 +139,43 @@ def test_train_recipe_from_the_teacher_cache_without_a_teacher(
     terms = [{"name": "kd", "loss": "fused_linear_kd", "teacher": "cache", "temperature": 2.0}]
     run_dir = train(tmp_path, recipe(token_dataset, terms, teacher=False))
     assert (run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_train_recipe_on_the_text_dataset(tmp_path: Path) -> None:
+    """Prompt/completion pairs through the real ``text`` dataset and a tokenizer trained here:
+    padding and prompt positions are -100, the fused and hint terms train, perplexity is
+    reported."""
+    from torchkd.data import train_bpe_tokenizer
+
+    records = [
+        {"prompt": f"def f{i}(x):", "completion": f" return x * {i} + {i % 3}"} for i in range(40)
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(record) + "\n" for record in records))
+    texts = [record["prompt"] + record["completion"] for record in records]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300, directory=tmp_path / "tokenizer")
+    config = {**LLAMA, "vocab_size": len(tokenizer), "max_position_embeddings": 32}
+    terms = [
+        {"name": "kd", "loss": "fused_linear_kd", "temperature": 2.0},
+        {"name": "hint", "loss": "hint", "student": "model.layers.1", "teacher": "model.layers.1"},
+    ]
+    settings = recipe("text", terms)
+    settings["student"]["kwargs"]["config"] = config
+    settings["teacher"]["kwargs"]["config"] = {**config, "hidden_size": 24}
+    settings["data"] = {
+        "dataset": "text",
+        "batch_size": 8,
+        "val_fraction": 0.2,
+        "kwargs": {
+            "files": [str(pairs)],
+            "tokenizer": str(tmp_path / "tokenizer"),
+            "seq_len": 24,
+            "format": "prompt_completion",
+            "max_prompt_length": 12,
+            "test_fraction": 0.1,
+            "cache": str(tmp_path / "cache"),
+        },
+    }
+    run_dir = train(tmp_path, settings)
+    record = final_metrics(run_dir)
+    assert "perplexity" in json.dumps(record), record

@@ -381,7 +381,7 @@ class Trainer:
         if not all(isinstance(value, Tensor) and value.dim() >= 2 for value in labels):
             return
         local = sum(count_valid_tokens(value) for value in labels)
-        count = torch.tensor(float(local), dtype=torch.float64, device=self.device)
+        count = torch.tensor(local, dtype=torch.int64, device=self.device)  # exact; any device
         num_items = float(self.parallel.mean(count)) / len(micro_batches)
         for batch in micro_batches:
             batch["num_items_in_batch"] = num_items

@@ -16,8 +16,6 @@ pytest.importorskip("transformers")
 from torchkd import cli
 from torchkd.demo.embeddings import (
     ARMS,
-    MeanPool,
-    SentenceEncoder,
     average_ranks,
     encoder_from_layers,
     neighbour_overlap,
@@ -30,6 +28,7 @@ from torchkd.demo.embeddings import (
 from torchkd.demo.embeddings.arms import student_cache_path
 from torchkd.demo.embeddings.data import english_sentences, load_tokenizer
 from torchkd.demo.embeddings.models import MODEL_PACKAGE, minilm_student
+from torchkd.models.hf import SentenceEncoder
 
 try:
     __import__(MODEL_PACKAGE)
@@ -207,15 +206,6 @@ def _tiny_model_dir(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"))
-
-
-def test_mean_pool_matches_a_loop() -> None:
-    hidden = torch.randn(3, 5, 4, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    expected = torch.stack([hidden[i, : int(mask[i].sum())].mean(0) for i in range(3)])
-    torch.testing.assert_close(MeanPool()(hidden, mask), expected)
-    with pytest.raises(ValueError, match="attention_mask"):
-        MeanPool()(hidden, mask[:, :3])
 
 
 def test_student_layers_are_copies_and_all_layers_reproduce_the_teacher(tiny_dir: Path) -> None:

@@ -31,8 +31,6 @@ from torchkd.demo.embeddings.metrics import (
     spearman,
 )
 from torchkd.demo.embeddings.models import (
-    MeanPool,
-    SentenceEncoder,
     encoder_from_layers,
     minilm_student,
     minilm_teacher,
@@ -40,7 +38,7 @@ from torchkd.demo.embeddings.models import (
 )
 from torchkd.demo.embeddings.report import EmbeddingsResult, RunScores
 from torchkd.demo.embeddings.run import RESULTS_FILE, run_embeddings_demo
-from torchkd.demo.embeddings.text import english_documents, sentence_splits, split_sentences
+from torchkd.demo.embeddings.text import module_documents, sentence_splits, split_sentences
 
 __all__ = [
     "ARMS",
@@ -48,17 +46,15 @@ __all__ = [
     "EmbeddingArm",
     "EmbeddingsResult",
     "Encoded",
-    "MeanPool",
     "RunScores",
     "SentenceDataset",
-    "SentenceEncoder",
     "average_ranks",
     "encoder_from_layers",
-    "english_documents",
     "english_sentences",
     "minilm_student",
     "minilm_teacher",
     "model_dir",
+    "module_documents",
     "neighbour_overlap",
     "pair_similarities",
     "run_embeddings_demo",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from torchkd.data import DATASETS
-from torchkd.demo.embeddings.text import SentenceSplits, english_documents, sentence_splits
+from torchkd.demo.embeddings.text import SentenceSplits, module_documents, sentence_splits
 
 __all__ = ["SentenceDataset", "english_sentences", "load_tokenizer", "tokenize"]
 
@@ -102,7 +102,7 @@ def _splits(
     max_documents: int | None,
 ) -> SentenceSplits:
     return sentence_splits(
-        english_documents(max_documents),
+        module_documents(max_documents),
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,

@@ -63,8 +63,9 @@ def spearman(first: Tensor, second: Tensor) -> float:
     with :math:`R` the average ranks (Spearman, 1904).
 
     Example:
-        >>> spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 4.0, 9.0, 16.0]))
-        1.0
+        >>> x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+        >>> round(spearman(x, x**2), 12), round(spearman(x, -x), 12)
+        (1.0, -1.0)
     """
     if first.shape != second.shape or first.dim() != 1 or len(first) < 2:
         raise ValueError(

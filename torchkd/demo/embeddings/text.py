@@ -2,7 +2,7 @@
 
 Documents are the documentation topics shipped with the interpreter (``pydoc_data.topics``,
 one document per topic) and the docstrings of the standard library's modules (one document per
-source file, read with :mod:`ast`: nothing is imported). Sentences come from prose paragraphs
+module), from :func:`torchkd.data.corpora.english_documents`. Sentences come from prose paragraphs
 only (code blocks, doctest lines and reST tables are dropped), split by a few fixed rules,
 filtered by length, deduplicated; the held-out split is a seeded permutation of *documents*, so
 no held-out sentence shares a document with a training one.
@@ -10,67 +10,48 @@ no held-out sentence shares a document with a training one.
 
 from __future__ import annotations
 
-import ast
-import itertools
 import random
 import re
-import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = [
     "SentenceSplits",
-    "english_documents",
+    "module_documents",
     "sentence_splits",
     "split_sentences",
 ]
 
-# Parts of a standard-library path that hold tests, vendored or third-party code.
-_EXCLUDED_PARTS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "lib2to3", "__pycache__"}
-)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 _MARKUP = re.compile(r"[`*|]|:\w+:|\.\. \w+::")
 
 
-def _stdlib_docstrings(root: Path) -> Iterable[tuple[str, str]]:
-    files = sorted(
-        path
-        for path in root.rglob("*.py")
-        if not _EXCLUDED_PARTS.intersection(path.relative_to(root).parts)
-    )
-    for path in files:
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        nodes = (
-            node
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-        )
-        docstrings = [text for node in nodes if (text := ast.get_docstring(node))]
-        if docstrings:
-            yield f"stdlib:{path.relative_to(root).as_posix()}", "\n\n".join(docstrings)
+def module_documents(limit: int | None = None) -> list[tuple[str, str]]:
+    """The English documents of :func:`torchkd.data.corpora.english_documents` with each
+    module's docstrings joined into one document (``topic:<key>`` documents stay as they are),
+    so that a split by document never separates a module's docstrings.
 
-
-def english_documents(limit: int | None = None) -> list[tuple[str, str]]:
-    """``(name, text)`` of every document: ``pydoc:<topic>`` then ``stdlib:<path>``, sorted;
-    with ``limit``, the first ``limit`` of them only (the rest are not read).
+    Args:
+        limit: keep only the first ``limit`` documents; within the documentation topics
+            (which come first) no source file is read.
 
     Example:
-        >>> documents = english_documents(limit=3)
-        >>> [name.startswith("pydoc:") for name, _ in documents]
+        >>> documents = module_documents(limit=3)
+        >>> [name.startswith("topic:") for name, _ in documents]
         [True, True, True]
     """
     from pydoc_data.topics import topics
 
+    from torchkd.data.corpora import english_documents
+
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
-    pydoc = ((f"pydoc:{name}", text) for name, text in sorted(topics.items()))
-    stdlib = _stdlib_docstrings(Path(sysconfig.get_paths()["stdlib"]))
-    return list(itertools.islice(itertools.chain(pydoc, stdlib), limit))
+    files = [] if limit is not None and limit <= len(topics) else None
+    grouped: dict[str, list[str]] = {}
+    for name, text in english_documents(files=files):
+        key = name if name.startswith("topic:") else name.partition(":")[0]
+        grouped.setdefault(key, []).append(text)
+    return [(key, "\n\n".join(texts)) for key, texts in grouped.items()][:limit]
 
 
 def _prose_paragraphs(text: str) -> Iterable[str]:

@@ -4,6 +4,7 @@ and the results table for ``benchmarks/results/demo_embeddings.md``."""
 from __future__ import annotations
 
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,10 @@ class EmbeddingsResult:
         return [getattr(score, metric) for score in self.scores if score.arm == arm]
 
 
-def _mean_std(values: list[float], scale: float = 1.0) -> str:
+def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{scale * values[0]:.3f}"
-    return f"{scale * statistics.fmean(values):.3f} ± {scale * statistics.stdev(values):.3f}"
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.4f}"
 
 
 def summary_markdown(result: EmbeddingsResult) -> str:
@@ -150,7 +151,7 @@ def _plot(result: EmbeddingsResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = [arm for arm in ARMS if result.values(arm.key, "spearman")]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, (metric, title) in zip(
         axes,
         (("spearman", "Spearman ρ (pair cosines)"), ("overlap", "top-10 NN overlap")),
@@ -161,7 +162,7 @@ def _plot(result: EmbeddingsResult, path: Path) -> None:
             axis.bar(position, statistics.fmean(values), color="0.85")
             axis.scatter([position] * len(values), values, color="C0", zorder=3)
         axis.axhline(1.0, color="C3", linestyle="--", label="teacher")
-        axis.set_xticks(range(len(arms)), [arm.label.replace(", ", ",\n") for arm in arms])
+        axis.set_xticks(range(len(arms)), [textwrap.fill(arm.label, 16) for arm in arms])
         axis.tick_params(axis="x", labelsize=7)
         axis.set_title(title, fontsize=9)
         axis.set_ylim(min(0.0, min(min(result.values(a.key, metric)) for a in arms)), 1.05)

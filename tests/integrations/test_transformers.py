@@ -255,3 +255,33 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
         DistillationTrainer(teacher_model=llama(8, 1, seed=0), args=arguments(tmp_path))
     with pytest.raises(ValueError, match=r"labels.*unshifted"):
         distillation_batch({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
+
+
+def test_checkpoint_resume_restores_extras(tmp_path: Path) -> None:
+    """Checkpoints hold the adapters; resuming loads them (with the optimizer's extra group)."""
+    teacher = llama(16, 2, seed=1, dtype=torch.float32)
+    terms = [Term("hint", "hint", student="model.layers.0", teacher="model.layers.1")]
+    args = arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    first = DistillationTrainer(
+        model=llama(8, 1, seed=0, dtype=torch.float32),
+        teacher_model=teacher,
+        terms=terms,
+        args=args,
+        train_dataset=samples(),
+    )
+    first.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / EXTRAS_FILE).is_file()
+    second = DistillationTrainer(
+        model=llama(8, 1, seed=0, dtype=torch.float32),
+        teacher_model=teacher,
+        terms=terms,
+        args=args,
+        train_dataset=samples(),
+    )
+    second.train(resume_from_checkpoint=str(checkpoint))
+    trained = first.distiller.extras.state_dict()
+    resumed = second.distiller.extras.state_dict()
+    assert trained.keys() == resumed.keys() and trained
+    for name, value in trained.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)

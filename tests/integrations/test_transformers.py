@@ -253,6 +253,12 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
         DistillationTrainer(model=llama(8, 1, seed=0), args=arguments(tmp_path))
     with pytest.raises(TypeError, match="model="):
         DistillationTrainer(teacher_model=llama(8, 1, seed=0), args=arguments(tmp_path))
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        DistillationTrainer(
+            model=llama(8, 1, seed=0),
+            teacher_model=llama(8, 1, seed=1),
+            args=arguments(tmp_path, label_smoothing_factor=0.1),
+        )
     with pytest.raises(ValueError, match=r"labels.*unshifted"):
         distillation_batch({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
 

@@ -191,6 +191,11 @@ class DistillationTrainer(transformers.Trainer):
                 f"{args.world_size}, n_gpu={args.n_gpu}); for several devices use torchkd's own "
                 "engine (torchkd train, torchrun)"
             )
+        if args.label_smoothing_factor != 0:
+            raise ValueError(
+                "DistillationTrainer: label_smoothing_factor is not used (the loss is the terms'); "
+                "leave it at 0"
+            )
         reference = next(self.model.parameters(), None)
         device = args.device if reference is None else reference.device
         self.teacher_model = teacher_model.to(device=device, dtype=teacher_dtype)

@@ -291,3 +291,17 @@ def test_checkpoint_resume_restores_extras(tmp_path: Path) -> None:
     assert trained.keys() == resumed.keys() and trained
     for name, value in trained.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_given_optimizer_must_hold_the_adapters(tmp_path: Path) -> None:
+    student = llama(8, 1, seed=0, dtype=torch.float32)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=llama(16, 2, seed=1, dtype=torch.float32),
+        terms=[Term("hint", "hint", student="model.layers.0", teacher="model.layers.1")],
+        args=arguments(tmp_path),
+        train_dataset=samples(),
+        optimizers=(torch.optim.SGD(student.parameters(), lr=0.1), None),
+    )
+    with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
+        trainer.train()

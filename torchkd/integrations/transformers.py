@@ -235,8 +235,19 @@ class DistillationTrainer(transformers.Trainer):
         had_optimizer = self.optimizer is not None
         optimizer = super().create_optimizer(model)
         extras = [param for param in self.distiller.extras.parameters() if param.requires_grad]
-        if extras and not had_optimizer:
-            optimizer.add_param_group({"params": extras, "weight_decay": self.args.weight_decay})
+        if not had_optimizer:
+            if extras:
+                group = {"params": extras, "weight_decay": self.args.weight_decay}
+                optimizer.add_param_group(group)
+            return optimizer
+        given = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        if any(id(param) not in given for param in extras):
+            raise ValueError(
+                "the optimizer given to DistillationTrainer (optimizers=) misses the terms' "
+                "trainable parts (adapters, learned weights or temperatures); pass "
+                "optimizer_cls_and_kwargs= instead, or call trainer.build_distiller() and set "
+                "trainer.optimizer to one that also holds trainer.distiller.extras.parameters()"
+            )
         return optimizer
 
     def _set_signature_columns_if_needed(self) -> None:

@@ -125,7 +125,9 @@ def test_accumulated_gradients_equal_one_batch(tmp_path: Path) -> None:
     trainer.train()
     (gradients,) = capture.gradients
     for name, gradient in expected.items():
-        torch.testing.assert_close(gradients[name], gradient, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            gradients[name], gradient, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
     # the accumulation matters: one micro-batch's mean loss would weight its tokens differently
     assert any(gradient.abs().max() > 1e-6 for gradient in expected.values())
 

@@ -19,6 +19,7 @@ from torchkd.integrations.transformers import (  # noqa: E402
     default_terms,
     distillation_batch,
 )
+from torchkd.losses import TopKLogits  # noqa: E402
 
 VOCAB = 24
 LENGTH = 12
@@ -307,3 +308,44 @@ def test_a_given_optimizer_must_hold_the_adapters(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
         trainer.train()
+
+
+def test_cached_teacher_without_a_teacher_model(tmp_path: Path) -> None:
+    """Terms reading a teacher cache need no teacher model; with k = V (the whole
+    distribution cached) the step's gradient is the dense teacher's."""
+    teacher = llama(16, 2, seed=1)
+    rows = samples()
+    for row in rows:
+        with torch.no_grad():
+            logits = teacher(input_ids=row["input_ids"][None]).logits[0]
+        cached = TopKLogits.from_logits(logits, VOCAB, 1.0)
+        row["teacher_topk_ids"] = cached.token_ids
+        row["teacher_topk_log_probs"] = cached.log_probs
+        row["teacher_topk_tail"] = cached.tail_log_mass
+    gradients = []
+    for teacher_model, terms in (
+        (None, [Term("kd", "fused_linear_kd", teacher="cache")]),
+        (teacher, None),
+    ):
+        student = llama(8, 1, seed=0)
+        capture = GradientCapture(dict(student.named_parameters()))
+        args = arguments(
+            tmp_path,
+            gradient_accumulation_steps=4,
+            learning_rate=0.0,
+            optim="sgd",
+            max_grad_norm=0.0,
+        )
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher_model,
+            terms=terms,
+            args=args,
+            train_dataset=rows,
+            callbacks=[capture],
+        ).train()
+        gradients.append(capture.gradients[0])
+    for name, gradient in gradients[1].items():
+        torch.testing.assert_close(gradients[0][name], gradient, msg=lambda m, n=name: f"{n}: {m}")
+    with pytest.raises(TypeError, match="teacher cache"):
+        DistillationTrainer(model=llama(8, 1, seed=0), args=arguments(tmp_path))

@@ -126,6 +126,8 @@ class DistillationTrainer(transformers.Trainer):
         model: the student (a ``*ForCausalLM`` for the token-level terms).
         teacher_model: the teacher; frozen, kept in eval mode and moved to the student's
             device (and to ``teacher_dtype`` when given). The Trainer saves the student only.
+            None when every term reads a teacher cache (``Term(..., teacher="cache")``, with
+            the batches carrying ``teacher_topk_*``).
         terms: torchkd terms (default :func:`default_terms`): token-level terms
             (``fused_linear_kd``, from the final hidden states) and hidden-state terms between
             layers (``student="model.layers.1"``, ``teacher="model.layers.5"``, with automatic
@@ -169,10 +171,12 @@ class DistillationTrainer(transformers.Trainer):
                 "DistillationTrainer needs the student as model= (an nn.Module; model_init is "
                 f"not supported), got {type(model).__name__}"
             )
-        if not isinstance(teacher_model, nn.Module):
+        if not isinstance(teacher_model, nn.Module) and (
+            teacher_model is not None or terms is None
+        ):
             raise TypeError(
-                f"DistillationTrainer needs teacher_model= (an nn.Module), got "
-                f"{type(teacher_model).__name__}"
+                "DistillationTrainer needs teacher_model= (an nn.Module; None only with terms "
+                f"that read a teacher cache), got {type(teacher_model).__name__}"
             )
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
@@ -198,7 +202,9 @@ class DistillationTrainer(transformers.Trainer):
             )
         reference = next(self.model.parameters(), None)
         device = args.device if reference is None else reference.device
-        self.teacher_model = teacher_model.to(device=device, dtype=teacher_dtype)
+        if teacher_model is not None:
+            teacher_model = teacher_model.to(device=device, dtype=teacher_dtype)
+        self.teacher_model = teacher_model
         self.distiller = Distiller(self.model, self.teacher_model, list(terms or default_terms()))
         self._terms_built = False
         # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch)

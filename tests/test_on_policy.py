@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from torchkd.lm import IGNORE_INDEX, last_hidden_state, output_projection
@@ -362,3 +369,48 @@ def test_gkd_loss_on_generated_tokens_matches_a_dense_float64_reference(
     torch.testing.assert_close(student_hidden.grad.double(), hidden64.grad, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(student_weight.grad.double(), weight64.grad, rtol=1e-4, atol=1e-7)
     assert (student_hidden.grad[~valid] == 0).all()
+
+
+# --------------------------------------------------------------------------- FSDP2
+def sharded_generation(out: Path) -> None:
+    """One torchrun process: an FSDP2-sharded student samples from its process's prompts; the
+    processes stop at different lengths, yet their all-gathers must stay paired."""
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    try:
+        rank = dist.get_rank()
+        model = biased(tiny_llama(0), EOS, 4.0)  # eos likely within a few tokens
+        fully_shard(model)
+        new = OnPolicy(fraction=1.0, max_new_tokens=12, prompt_length=4)(
+            text_batch(rows=1, seed=rank), step=0, student=model, teachers=[]
+        )
+        lengths = new["inputs"]["attention_mask"].sum(-1).tolist()
+        (out / f"rank{rank}.json").write_text(json.dumps(lengths))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_fsdp_sharded_processes_that_stop_at_different_lengths_finish(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(port), __file__, str(tmp_path)]
+    root = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
+        timeout=120,  # without synced generation the processes wait for each other forever
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lengths = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert lengths[0] != lengths[1]  # the processes really stopped at different steps
+
+
+if __name__ == "__main__":
+    sharded_generation(Path(sys.argv[1]))

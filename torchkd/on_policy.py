@@ -261,7 +261,10 @@ class OnPolicy:
                 if device.type == "cuda":
                     torch.cuda.default_generators[device.index or 0].manual_seed(seed)
                 sequences = model.generate(
-                    input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=settings
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=settings,
+                    synced_gpus=_is_sharded(model),
                 )
         finally:
             model.generation_config = own_settings
@@ -302,6 +305,19 @@ class OnPolicy:
         }
         new_batch.update({key: batch[key] for key in _KEPT_KEYS if key in batch})
         return new_batch
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` has FSDP2-sharded parts in a multi-process run: then every process
+    must keep calling its forward until all have finished generating (``synced_gpus``), or
+    the all-gathers of a process that stopped early would leave the others waiting."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) for module in model.modules())
 
 
 def _special_tokens(model: nn.Module) -> tuple[list[int], int]:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from torchkd.lm import IGNORE_INDEX, last_hidden_state, output_projection
+from torchkd.lm import IGNORE_INDEX, last_hidden_state, next_token_labels, output_projection
 from torchkd.losses import fused_linear_kd_loss
 from torchkd.on_policy import OnPolicy, _derived_seed
 
@@ -410,6 +410,88 @@ def test_fsdp_sharded_processes_that_stop_at_different_lengths_finish(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     lengths = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert lengths[0] != lengths[1]  # the processes really stopped at different steps
+
+
+# --------------------------------------------------------------------------- in training
+class Recording:
+    """``on_policy`` that records the steps it is called at and raises KeyboardInterrupt
+    (Ctrl-C) once, at training step ``interrupt_step``."""
+
+    def __init__(self, inner: OnPolicy, interrupt_step: int | None = None) -> None:
+        self.inner, self.interrupt_step = inner, interrupt_step
+        self.steps: list[int] = []
+
+    def __call__(self, batch: Any, *, step: int, student: nn.Module, teachers: Any) -> Any:
+        if step == self.interrupt_step:
+            self.interrupt_step = None
+            raise KeyboardInterrupt
+        self.steps.append(step)
+        return self.inner(batch, step=step, student=student, teachers=teachers)
+
+
+def text_samples(count: int, seed: int) -> list[dict[str, Tensor]]:
+    batch = text_batch(rows=count, length=8, seed=seed)
+    input_ids = batch["inputs"]["input_ids"]
+    return [
+        {
+            "inputs": {"input_ids": input_ids[i], "attention_mask": torch.ones(8).long()},
+            "labels": next_token_labels(input_ids[i]),
+            "index": torch.tensor(i),
+        }
+        for i in range(count)
+    ]
+
+
+def gkd_run(
+    run_dir: Path, on_policy: Any, *, resume: bool = False, init_seed: int = 0
+) -> nn.Module:
+    from torch.utils.data import DataLoader
+
+    from torchkd.config import TrainConfig
+    from torchkd.distiller import Distiller, Term
+    from torchkd.train import fit
+
+    student, teacher = tiny_llama(init_seed), tiny_llama(1, hidden_size=48)
+    term = Term("gkd", "fused_linear_kd", {"divergence": "jsd", "beta": 0.5})
+    distiller = Distiller(student, teacher, [term], on_policy=on_policy)
+    train = DataLoader(
+        text_samples(16, seed=0), batch_size=4, shuffle=True, generator=torch.Generator()
+    )
+    val = DataLoader(text_samples(4, seed=1), batch_size=4)
+    config = TrainConfig.model_validate(
+        {
+            "epochs": 2,
+            "grad_accum_steps": 2,
+            "optimizer": {"name": "adamw", "lr": 0.01},
+            "device": "cpu",
+            "seed": 3,
+            "progress": False,
+        }
+    )
+    fit(distiller, train, val, config, run_dir, resume=resume)
+    return student
+
+
+def test_training_with_on_policy_resumes_exactly(tmp_path: Path) -> None:
+    """Four optimizer steps of two micro-batches, steps 0 and 3 on-policy; a run stopped by
+    Ctrl-C at step 2 and resumed (from other initial weights) ends bit-identical."""
+    on_policy = OnPolicy(fraction=0.5, max_new_tokens=4, prompt_length=3, seed=1)
+    assert [on_policy.regenerates(step) for step in range(4)] == [True, False, False, True]
+    recording = Recording(on_policy)
+    straight = gkd_run(tmp_path / "straight", recording)
+    assert recording.steps == [0, 0, 1, 1, 2, 2, 3, 3]  # every micro-batch, in training only
+    supervised = gkd_run(tmp_path / "supervised", None)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(straight.parameters(), supervised.parameters(), strict=True)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        gkd_run(tmp_path / "resumed", Recording(on_policy, interrupt_step=2))
+    resumed = gkd_run(tmp_path / "resumed", on_policy, resume=True, init_seed=5)
+    straight_state, resumed_state = straight.state_dict(), resumed.state_dict()
+    assert straight_state.keys() == resumed_state.keys()
+    for name, value in straight_state.items():
+        assert torch.equal(value, resumed_state[name]), name
 
 
 if __name__ == "__main__":

@@ -288,11 +288,13 @@ def build_distiller(recipe: Recipe) -> Distiller:
     from torchkd.distiller import TermError
 
     terms = build_terms(recipe)
-    extra: dict[str, Any] = {}
+    on_policy = None
     if recipe.on_policy is not None:
-        extra["on_policy"] = build_on_policy(recipe.on_policy, recipe.train.seed)
+        on_policy = build_on_policy(recipe.on_policy, recipe.train.seed)
     try:
-        return Distiller(student, teachers or None, terms, output_key=recipe.output_key, **extra)
+        return Distiller(
+            student, teachers or None, terms, output_key=recipe.output_key, on_policy=on_policy
+        )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
 

@@ -292,6 +292,13 @@ class Recipe(Section):
                 "on_policy: on-policy distillation needs a teacher to score (or, with source: "
                 "teacher, to generate) the sampled tokens; give teacher or teachers"
             )
+        cached = [i for i, term in enumerate(self.terms) if term.teacher == "cache"]
+        if self.on_policy is not None and cached:
+            raise ValueError(
+                f"on_policy: terms.{cached[0]} reads the teacher cache, which holds the "
+                "teacher's distributions on the dataset's tokens only, not on sampled ones; "
+                "score on-policy samples with a teacher model (teacher: logits)"
+            )
         return self
 
     @property

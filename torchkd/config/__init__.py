@@ -14,6 +14,7 @@ from torchkd.config.build import (
     build_from_recipe,
     build_loaders,
     build_model,
+    build_on_policy,
     build_terms,
 )
 from torchkd.config.errors import ConfigError
@@ -29,6 +30,7 @@ from torchkd.config.schema import (
     AugmentConfig,
     DataConfig,
     ModelConfig,
+    OnPolicyConfig,
     Recipe,
     TermConfig,
     TransferConfig,
@@ -44,6 +46,7 @@ __all__ = [
     "LRScheduleConfig",
     "Loaders",
     "ModelConfig",
+    "OnPolicyConfig",
     "OptimizerConfig",
     "Recipe",
     "SearchParam",
@@ -56,6 +59,7 @@ __all__ = [
     "build_from_recipe",
     "build_loaders",
     "build_model",
+    "build_on_policy",
     "build_terms",
     "check_built",
     "check_resumable",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
-from torchkd.config.schema import DataConfig, ModelConfig, Recipe, is_number
+from torchkd.config.schema import DataConfig, ModelConfig, OnPolicyConfig, Recipe, is_number
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from torchkd.distiller import Distiller, Term
+    from torchkd.on_policy import OnPolicy
 
 __all__ = [
     "Built",
@@ -28,6 +29,7 @@ __all__ = [
     "build_from_recipe",
     "build_loaders",
     "build_model",
+    "build_on_policy",
     "build_terms",
     "term_path",
 ]
@@ -286,10 +288,27 @@ def build_distiller(recipe: Recipe) -> Distiller:
     from torchkd.distiller import TermError
 
     terms = build_terms(recipe)
+    on_policy = None
+    if recipe.on_policy is not None:
+        on_policy = build_on_policy(recipe.on_policy, recipe.train.seed)
     try:
-        return Distiller(student, teachers or None, terms, output_key=recipe.output_key)
+        return Distiller(
+            student, teachers or None, terms, output_key=recipe.output_key, on_policy=on_policy
+        )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
+
+
+def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:
+    """The :class:`~torchkd.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
+    defaults to ``default_seed`` (the recipe's ``train.seed``)."""
+    from torchkd.on_policy import OnPolicy
+
+    options = spec.model_dump()
+    if options["seed"] is None:
+        options["seed"] = default_seed
+    with blame("on_policy"):
+        return OnPolicy(**options)
 
 
 class Built(NamedTuple):

@@ -38,6 +38,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "Recipe",
+    "TeacherCacheConfig",
     "TermConfig",
     "TransferConfig",
     "is_number",
@@ -155,6 +156,24 @@ class AugmentConfig(Section):
     shift: NonNegativeInt = 0
 
 
+class TeacherCacheConfig(Section):
+    """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
+
+    The training split is read with the teacher's top-k log-probabilities of every position
+    (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose ``teacher``
+    is ``cache``; the cache's temperature is theirs (a cache written at another temperature is
+    refused).
+
+    Attributes:
+        dir: the cache directory.
+        k: tokens kept per position (66 bytes per token at k = 16 for vocabularies up to
+            65,535 entries, 98 above).
+    """
+
+    dir: str
+    k: PositiveInt = 16
+
+
 class DataConfig(Section):
     """``data:``: which dataset, how it is split and batched.
 
@@ -171,6 +190,8 @@ class DataConfig(Section):
         num_workers: DataLoader worker processes.
         transfer: optional transfer set replacing the training split.
         augment: training-time augmentation (see :class:`AugmentConfig`).
+        teacher_cache: a cached teacher read with the training split (see
+            :class:`TeacherCacheConfig`).
     """
 
     dataset: str
@@ -182,6 +203,7 @@ class DataConfig(Section):
     num_workers: NonNegativeInt = 0
     transfer: TransferConfig | None = None
     augment: AugmentConfig | None = None
+    teacher_cache: TeacherCacheConfig | None = None
 
 
 class ModelConfig(Section):

@@ -367,7 +367,8 @@ def write_teacher_cache(
         dataset_fingerprint: default :func:`fingerprint_dataset`.
         chunk_size: positions per logits chunk (default
             :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
-        device: where the teacher runs (default: where its parameters are).
+        device: where the batches go; the teacher must already be there (default: where
+            its parameters are). The results are stored from the CPU.
         on_shard: called as ``on_shard(shard, num_shards)`` after each written shard.
 
     Returns:

@@ -124,7 +124,7 @@ def test_digits_splits_scaled_and_disjoint() -> None:
 
 
 def test_registry_lists_and_suggests() -> None:
-    assert available_datasets() == ["digits", "mnist1d", "mnist1d_transfer"]
+    assert available_datasets() == ["digits", "mnist1d", "mnist1d_transfer", "text"]
     with pytest.raises(KeyError, match="did you mean 'mnist1d'"):
         create_dataset("mnist_1d")
     with pytest.raises(ValueError, match="split must be one of"):

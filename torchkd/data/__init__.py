@@ -1,4 +1,5 @@
-"""Offline datasets (MNIST-1D, sklearn digits, MNIST-1D transfer sets) yielding dict samples."""
+"""Offline datasets (MNIST-1D, sklearn digits, MNIST-1D transfer sets, local text files)
+yielding dict samples."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from torchkd.data.base import SPLITS, TensorDictDataset, cache_dir, holdout_spli
 from torchkd.data.digits import load_digits
 from torchkd.data.mnist1d import generate_mnist1d, load_mnist1d, mnist1d_transfer_set
 from torchkd.data.registry import DATASETS, available_datasets, create_dataset
+from torchkd.data.text import TextDataset, load_text
+from torchkd.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_bpe_tokenizer
 from torchkd.data.views import RowsView, WithoutLabels
 
 __all__ = [
@@ -13,6 +16,7 @@ __all__ = [
     "SPLITS",
     "RowsView",
     "TensorDictDataset",
+    "TextDataset",
     "WithoutLabels",
     "available_datasets",
     "cache_dir",
@@ -21,5 +25,9 @@ __all__ = [
     "holdout_split",
     "load_digits",
     "load_mnist1d",
+    "load_text",
+    "load_tokenizer",
     "mnist1d_transfer_set",
+    "tokenizer_fingerprint",
+    "train_bpe_tokenizer",
 ]

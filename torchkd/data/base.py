@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -123,17 +124,23 @@ def cache_key(settings: dict[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as ``.npz`` via a temp file and ``os.replace`` (atomic)."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` (and its parent) with ``write(stream)`` into a temp file in the same
+    directory, then ``os.replace``: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
+            write(stream)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` as ``.npz`` via a temp file and ``os.replace`` (atomic)."""
+    write_atomic(path, lambda stream: np.savez(stream, **arrays))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ def available_datasets() -> list[str]:
 
     Example:
         >>> available_datasets()
-        ['digits', 'mnist1d', 'mnist1d_transfer']
+        ['digits', 'mnist1d', 'mnist1d_transfer', 'text']
     """
     return DATASETS.available()
 
@@ -29,7 +29,8 @@ def create_dataset(name: str, split: str = "train", **kwargs: object) -> TensorD
 
     Keyword arguments go to the loader (``val_fraction``, ``split_seed``, ``cache`` for
     ``"mnist1d"``; ``val_fraction``, ``test_fraction``, ``split_seed`` for ``"digits"``;
-    ``num_samples``, ``seed``, ``cache`` for ``"mnist1d_transfer"``).
+    ``num_samples``, ``seed``, ``cache`` for ``"mnist1d_transfer"``; ``files``, ``tokenizer``,
+    ``seq_len``, ``format``, ... for ``"text"``, see :func:`torchkd.data.text.load_text`).
 
     Example:
         >>> len(create_dataset("digits", "val"))

@@ -384,6 +384,8 @@ def write_teacher_cache(
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: there is nothing to cache")
     vocab_size = output_projection(teacher, "teacher").weight.shape[0]
     if k > vocab_size:
         raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")

@@ -172,11 +172,23 @@ class _Totals:
 
 def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
     """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
-    :func:`torchkd.distiller.as_batch`) as a dict with every tensor moved to ``device``."""
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, Tensor) else value
-        for key, value in as_batch(batch).items()
-    }
+    :func:`torchkd.distiller.as_batch`) as a dict with every tensor moved to ``device``,
+    including those of nested mappings (e.g. ``inputs = {"input_ids", "attention_mask"}``).
+
+    Example:
+        >>> moved = to_device({"inputs": {"input_ids": torch.ones(1, 2)}}, torch.device("cpu"))
+        >>> moved["inputs"]["input_ids"].device.type
+        'cpu'
+    """
+    return _moved(as_batch(batch), device)
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _moved(item, device) for key, item in value.items()}
+    return value
 
 
 def autocast_context(device: torch.device, amp: str) -> Any:

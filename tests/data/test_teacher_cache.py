@@ -4,6 +4,7 @@ format's size, resuming, and the checks on read (digests, fingerprints, settings
 from __future__ import annotations
 
 import json
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,11 @@ def test_cache_error_compares_the_dense_teacher_with_what_was_stored(
     assert full["grad_cosine"] > 0.999
     assert small["loss_relative_error"] > 10 * full["loss_relative_error"]
     assert small["grad_relative_error"] > 10 * full["grad_relative_error"]
+
+
+def test_the_reader_pickles_for_loader_workers(written: Path, data: TokenSamples) -> None:
+    cached = TeacherCacheDataset(data, written)
+    first = cached[5]["teacher_topk_log_probs"]  # opens shard 1
+    copy = pickle.loads(pickle.dumps(cached))
+    assert torch.equal(copy[5]["teacher_topk_log_probs"], first)
+    assert copy.k == 5 and copy.temperature == 2.0

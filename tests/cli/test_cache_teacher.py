@@ -1,5 +1,6 @@
-"""``torchkd cache-teacher RECIPE`` end to end on a tiny causal LM, and the recipe side of the
-cache: ``data.teacher_cache`` in the loaders, the temperature check of training."""
+"""``torchkd cache-teacher RECIPE`` end to end on tiny Llamas and the text dataset, and the
+recipe side of the cache: ``data.teacher_cache`` in the loaders, training from it, the
+temperature check."""
 
 from __future__ import annotations
 
@@ -9,25 +10,24 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+import yaml
+from safetensors.torch import save_file
 
 from torchkd.cli import main
 from torchkd.config import (
     ConfigError,
+    ModelConfig,
     build_datasets,
     build_loaders,
+    build_model,
     cache_temperature,
     check_teacher_cache,
     load_recipe,
 )
 from torchkd.data import train_bpe_tokenizer
-from torchkd.data.teacher_cache import (
-    TeacherCacheDataset,
-    read_manifest,
-    teacher_fingerprint,
-)
+from torchkd.data.teacher_cache import TeacherCacheDataset, read_manifest, teacher_fingerprint
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
 VOCAB, LENGTH, K = 300, 8, 8  # VOCAB: the tokenizer's at most
 WORDS = [
@@ -35,33 +35,34 @@ WORDS = [
     "cache",
     "keeps",
     "the",
-    "teacher",
     "top",
     "k",
     "tokens",
     "of",
+    "the",
+    "teacher",
+    "for",
     "every",
     "position",
     "in",
     "shards",
-    "on",
-    "disk",
 ]
-
-
-def tiny_llama(hidden_size: int = 16, layers: int = 1) -> Any:
-    """A tiny Llama (the recipes' model factory: ``<this module>:tiny_llama``)."""
-    config = transformers.AutoConfig.for_model(
-        "llama",
-        vocab_size=VOCAB,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    return transformers.AutoModelForCausalLM.from_config(config)
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": VOCAB,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 16,
+}
+TEACHER = ModelConfig(
+    model="hf_causal_lm",
+    kwargs={"config": {**LLAMA, "hidden_size": 32, "num_hidden_layers": 2}},
+    checkpoint="teacher.safetensors",
+)
+FAST = ["train.epochs=1", "train.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -81,33 +82,35 @@ def recipe(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     has a checkpoint."""
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(5)
-    save_file(tiny_llama(hidden_size=32, layers=2).state_dict(), tmp_path / "teacher.safetensors")
+    teacher = build_model(TEACHER.model_copy(update={"checkpoint": None}), "teacher")
+    save_file(teacher.state_dict(), tmp_path / "teacher.safetensors")
+    settings = {
+        "name": "cache_demo",
+        "data": {
+            "dataset": "text",
+            "kwargs": {
+                "files": [f"{corpus}/*.txt"],
+                "tokenizer": str(corpus / "tokenizer"),
+                "seq_len": LENGTH,
+                "cache": str(tmp_path / "text"),
+            },
+            "batch_size": 4,
+            "val_fraction": 0.2,
+            "teacher_cache": {"dir": "cache", "k": K},
+        },
+        "teacher": TEACHER.model_dump(),
+        "student": {"model": "hf_causal_lm", "kwargs": {"config": LLAMA}},
+        "terms": [{"name": "kd", "loss": "fused_linear_kd", "teacher": "cache", "temperature": 2}],
+        "train": {"seed": 3},
+    }
     path = tmp_path / "cache.yaml"
-    factory = f"{__name__}:tiny_llama"
-    path.write_text(
-        "name: cache_demo\n"
-        "data:\n"
-        "  dataset: text\n"
-        f"  kwargs: {{files: ['{corpus}/*.txt'], tokenizer: '{corpus}/tokenizer', seq_len: 8, "
-        f"cache: '{tmp_path}/text'}}\n"
-        "  batch_size: 4\n"
-        "  teacher_cache: {dir: cache, k: 8}\n"
-        f"teacher: {{model: '{factory}', kwargs: {{hidden_size: 32, layers: 2}}, "
-        "checkpoint: teacher.safetensors}\n"
-        f"student: {{model: '{factory}', kwargs: {{hidden_size: 16}}}}\n"
-        "terms:\n"
-        "  - {name: kd, loss: fused_linear_kd, teacher: cache, temperature: 2.0}\n"
-        "train: {seed: 3}\n"
-    )
+    path.write_text(yaml.safe_dump(settings))
     return path
 
 
-def train_rows(recipe: Path) -> int:
-    return len(
-        build_datasets(
-            load_recipe(recipe).data.model_copy(update={"teacher_cache": None}), ["train"]
-        )["train"]
-    )
+def split_rows(recipe: Path) -> dict[str, int]:
+    data = load_recipe(recipe).data.model_copy(update={"teacher_cache": None})
+    return {split: len(dataset) for split, dataset in build_datasets(data).items()}
 
 
 def number(text: str, label: str) -> float:
@@ -119,21 +122,19 @@ def number(text: str, label: str) -> float:
 def test_cache_teacher_writes_the_cache_and_reports_size_and_error(
     recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(["cache-teacher", str(recipe), "--rows-per-shard", "5", "--error-batches", "2"]) == 0
-    )
+    argv = ["cache-teacher", str(recipe), "--rows-per-shard", "5"]
+    assert main([*argv, "--error-batches", "2"]) == 0
     out = capsys.readouterr().out
-    directory, rows = tmp_path / "cache", train_rows(recipe)
-    manifest = read_manifest(directory)
-    assert manifest["complete"] and len(manifest["shards"]) == -(-rows // 5) > 1
-    assert manifest["rows"] == rows and manifest["tokenizer_fingerprint"] is not None
-    assert manifest["k"] == K and manifest["temperature"] == 2.0
-    teacher = tiny_llama(hidden_size=32, layers=2)
-    teacher.load_state_dict(load_file("teacher.safetensors"))
-    assert manifest["teacher_fingerprint"] == teacher_fingerprint(teacher)  # the checkpoint's
-    on_disk = sum(path.stat().st_size for path in directory.iterdir())
-    assert number(out, "tokens cached") == rows * LENGTH
-    assert number(out, "bytes on disk") == manifest["bytes_on_disk"] < on_disk  # error added
+    directory, rows = tmp_path / "cache", split_rows(recipe)
+    manifest, val = read_manifest(directory), read_manifest(directory / "val")
+    assert manifest["complete"] and len(manifest["shards"]) == -(-rows["train"] // 5) > 1
+    assert manifest["rows"] == rows["train"] and val["rows"] == rows["val"] and val["complete"]
+    assert manifest["k"] == K and manifest["temperature"] == val["temperature"] == 2.0
+    assert manifest["tokenizer_fingerprint"] is not None
+    teacher = build_model(TEACHER, "teacher")  # with the checkpoint, as training loads it
+    assert manifest["teacher_fingerprint"] == teacher_fingerprint(teacher)
+    assert number(out, "tokens cached") == (rows["train"] + rows["val"]) * LENGTH
+    assert number(out, "bytes on disk") == manifest["bytes_on_disk"]
     assert f"{K * (2 + 2) + 2} stored" in out
     error = manifest["error"]
     assert error["batches"] == 2 and error["temperature"] == 2.0
@@ -143,13 +144,11 @@ def test_cache_teacher_writes_the_cache_and_reports_size_and_error(
     )
     assert 0 < error["grad_relative_error"] < 1
     # run again: nothing is rewritten
-    shards = {path.name: path.read_bytes() for path in directory.glob("shard-*")}
-    assert (
-        main(["cache-teacher", str(recipe), "--rows-per-shard", "5", "--error-batches", "0"]) == 0
-    )
-    shard_count = len(manifest["shards"])
-    assert f"{shard_count} of {shard_count} shards already written" in capsys.readouterr().out
-    assert shards == {path.name: path.read_bytes() for path in directory.glob("shard-*")}
+    shards = {path: path.read_bytes() for path in directory.rglob("shard-*")}
+    assert main([*argv, "--error-batches", "0"]) == 0
+    count = len(manifest["shards"])
+    assert f"train: {count} of {count} shards already written" in capsys.readouterr().out
+    assert shards == {path: path.read_bytes() for path in directory.rglob("shard-*")}
 
 
 def test_an_interrupted_cache_teacher_resumes(
@@ -176,37 +175,45 @@ def test_an_interrupted_cache_teacher_resumes(
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(read_manifest(tmp_path / "cache")["shards"]) == 1
     assert main(argv) == 0
-    assert "1 of " in capsys.readouterr().out
-    for shard in (tmp_path / "reference").glob("shard-*"):
-        assert (tmp_path / "cache" / shard.name).read_bytes() == shard.read_bytes()
+    assert "train: 1 of " in capsys.readouterr().out
+    reference = sorted((tmp_path / "reference").rglob("shard-*"))
+    assert len(reference) > 2
+    for shard in reference:
+        resumed = tmp_path / "cache" / shard.relative_to(tmp_path / "reference")
+        assert resumed.read_bytes() == shard.read_bytes()
 
 
-def test_the_training_split_is_read_with_the_cache(recipe: Path, tmp_path: Path) -> None:
+def test_training_reads_the_cache_without_a_teacher(recipe: Path, tmp_path: Path) -> None:
     assert main(["cache-teacher", str(recipe), "--error-batches", "0"]) == 0
-    loaders = build_loaders(load_recipe(recipe).data, splits=["train", "val"])
+    loaders = build_loaders(load_recipe(recipe).data)
     assert isinstance(loaders.train.dataset.dataset, TeacherCacheDataset)
     batch = next(iter(loaders.train))
     assert batch["teacher_topk_ids"].shape == (4, LENGTH, K)
     assert batch["teacher_topk_log_probs"].dtype == torch.float32
     assert batch["teacher_topk_tail"].shape == (4, LENGTH)
-    assert "teacher_topk_ids" not in next(iter(loaders.val))
-    check_teacher_cache(load_recipe(recipe))  # the same temperature: accepted
+    assert next(iter(loaders.val))["teacher_topk_ids"].shape[-1] == K  # terms are evaluated
+    assert "teacher_topk_ids" not in next(iter(loaders.test))  # the test split reads no term
+
+    # no teacher in memory: the recipe's teacher is dropped, the terms read the cache
+    assert main(["train", str(recipe), *FAST, "teacher=null", "--run-dir", "run"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 
-def test_training_refuses_a_cache_of_another_temperature(recipe: Path) -> None:
+def test_training_refuses_a_cache_of_another_temperature(
+    recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["cache-teacher", str(recipe), "--error-batches", "0"]) == 0
-    with pytest.raises(ConfigError) as caught:
-        check_teacher_cache(load_recipe(recipe, ["terms.0.temperature=4.0"]))
-    message = str(caught.value)
+    capsys.readouterr()
+    assert main(["train", str(recipe), *FAST, "terms.0.temperature=4.0"]) == 2
+    message = capsys.readouterr().err
     assert "terms.0.temperature: the term reads the teacher cache at temperature 4.0" in message
     assert "written at temperature 2.0" in message and "data.teacher_cache.dir" in message
     moved = ["terms.0.temperature=null", "terms.0.loss_kwargs={temperature: 3.0}"]
     with pytest.raises(ConfigError, match=r"terms\.0\.loss_kwargs\.temperature: .* 3\.0"):
         check_teacher_cache(load_recipe(recipe, moved))
-    with pytest.raises(ConfigError, match=r"terms\.0\.teacher: 'cache' .* data\.teacher_cache"):
-        check_teacher_cache(load_recipe(recipe, ["data.teacher_cache=null"]))
     with pytest.raises(ConfigError, match="no teacher cache in"):
         check_teacher_cache(load_recipe(recipe, ["data.teacher_cache.dir=elsewhere"]))
+    check_teacher_cache(load_recipe(recipe))  # the cache's temperature: accepted
 
 
 def test_cache_temperature_needs_one_cache_reading_temperature(recipe: Path) -> None:
@@ -232,3 +239,5 @@ def test_cache_teacher_usage_errors(
     (tmp_path / "full" / "notes.txt").write_text("x")
     assert main(["cache-teacher", str(recipe), "--dir", "full"]) == 1
     assert "not empty and holds no teacher cache" in capsys.readouterr().err
+    assert main(["cache-teacher", str(recipe), "teacher=null"]) == 2
+    assert "runs the recipe's teacher" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""``torchkd cache-teacher``: write a recipe's sparse teacher cache and report its size and its
-error against the dense teacher."""
+"""``torchkd cache-teacher``: write a recipe's sparse teacher cache (training split in DIR,
+validation split in DIR/val) and report its size and its error against the dense teacher."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchkd.cli.base import (
     EXIT_OK,
@@ -22,6 +22,8 @@ from torchkd.cli.base import (
 )
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from torchkd.config import ModelConfig, Recipe
 
 DEFAULT_ROWS_PER_SHARD = 256
@@ -70,6 +72,43 @@ def _teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
     return configs[index], "teacher" if recipe.teacher is not None else f"teachers.{index}"
 
 
+def _write_split(
+    teacher: nn.Module,
+    dataset: Any,
+    directory: Path,
+    split: str,
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Write (or resume) the cache of one split, printing its progress; returns the manifest."""
+    from torchkd.data.teacher_cache import MANIFEST, read_manifest, write_teacher_cache
+
+    num_shards = math.ceil(len(dataset) / args.rows_per_shard)
+    if (directory / MANIFEST).is_file():
+        done = len(read_manifest(directory)["shards"])
+        print(f"{split}: {done} of {num_shards} shards already written in {directory}; resuming")
+
+    def report_shard(shard: int, total: int) -> None:
+        print(f"  {split} shard {shard + 1}/{total} written", flush=True)
+
+    try:
+        return write_teacher_cache(
+            teacher,
+            dataset,
+            directory,
+            rows_per_shard=args.rows_per_shard,
+            on_shard=report_shard,
+            **settings,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"torchkd cache-teacher: interrupted; the shards written so far are kept, run the "
+            f"same command again to resume in {directory}",
+            file=sys.stderr,
+        )
+        raise
+
+
 def _run(args: argparse.Namespace) -> int:
     from torchkd.config import (
         TeacherCacheConfig,
@@ -77,14 +116,14 @@ def _run(args: argparse.Namespace) -> int:
         build_model,
         cache_temperature,
     )
+    from torchkd.config.build import CACHED_SPLITS
     from torchkd.data.cache_error import measure_cache_error
     from torchkd.data.teacher_cache import (
-        MANIFEST,
         TeacherCacheDataset,
         bytes_per_token,
         read_manifest,
+        split_directory,
         write_manifest,
-        write_teacher_cache,
     )
     from torchkd.train import resolve_device
     from torchkd.train.rng import seed_everything
@@ -106,86 +145,74 @@ def _run(args: argparse.Namespace) -> int:
             "holds its initial weights' outputs",
             file=sys.stderr,
         )
-    dataset = build_datasets(recipe.data.model_copy(update={"teacher_cache": None}), ["train"])
-    train = dataset["train"]
+    data = recipe.data.model_copy(update={"teacher_cache": None})
+    datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)
     batch_size = args.batch_size or recipe.data.batch_size
-    num_shards = math.ceil(len(train) / args.rows_per_shard)
-    if (directory / MANIFEST).is_file():
-        done = len(read_manifest(directory)["shards"])
-        print(f"{directory}: {done} of {num_shards} shards already written; resuming")
-
-    def report_shard(shard: int, total: int) -> None:
-        print(f"  shard {shard + 1}/{total} written", flush=True)
-
-    try:
-        manifest = write_teacher_cache(
-            teacher.to(device),
-            train,
-            directory,
-            k=k,
-            temperature=temperature,
-            batch_size=batch_size,
-            rows_per_shard=args.rows_per_shard,
-            device=device,
-            on_shard=report_shard,
+    settings = {"k": k, "temperature": temperature, "batch_size": batch_size, "device": device}
+    teacher.to(device)
+    manifests = {
+        split: _write_split(
+            teacher, datasets[split], split_directory(directory, split), split, args, settings
         )
-    except KeyboardInterrupt:
-        print(
-            f"torchkd cache-teacher: interrupted; the shards written so far are kept, run the "
-            f"same command again to resume in {directory}",
-            file=sys.stderr,
-        )
-        raise
-    cached = TeacherCacheDataset(train, directory, k=k, temperature=temperature)
-    positions = manifest["rows"] * int(cached[0]["teacher_topk_tail"].shape[-1])
-    on_disk = sum(path.stat().st_size for path in directory.iterdir() if path.is_file())
+        for split in CACHED_SPLITS
+    }
+    cached = TeacherCacheDataset(datasets["train"], directory, k=k, temperature=temperature)
+    length = int(cached[0]["teacher_topk_tail"].shape[-1])
+    tokens = {split: manifest["rows"] * length for split, manifest in manifests.items()}
+    positions = sum(tokens.values())
+    on_disk = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+    manifest = manifests["train"]
     stored = bytes_per_token(k, manifest["vocab_size"])
     print(f"teacher cache: {directory} (k = {k}, temperature {temperature:g})")
-    print(f"  tokens cached    {positions:,} ({manifest['rows']:,} sequences)")
-    print(f"  bytes on disk    {on_disk:,} ({len(manifest['shards'])} shards and the manifest)")
+    print(
+        f"  tokens cached    {positions:,} ("
+        + ", ".join(f"{split} {count:,}" for split, count in tokens.items())
+        + ")"
+    )
+    shards = sum(len(split_manifest["shards"]) for split_manifest in manifests.values())
+    print(f"  bytes on disk    {on_disk:,} ({shards} shards and the manifests)")
     print(
         f"  bytes/token      {on_disk / positions:.1f} on disk; {stored} stored "
         f"(k x ({manifest['token_id_dtype']} id + float16 log-prob) + float16 tail)"
     )
-    if args.error_batches == 0:
-        return EXIT_OK
-    error = measure_cache_error(
-        teacher,
-        student.to(device),
-        cached,
-        temperature=temperature,
-        batches=args.error_batches,
-        batch_size=batch_size,
-        device=device,
-    )
     manifest = read_manifest(directory)
-    manifest["error"] = {
-        "divergence": "forward_kl",
-        "temperature": temperature,
-        "student": "the recipe's student at initialization",
-        **error,
-    }
-    manifest["bytes_on_disk"] = on_disk
-    manifest["tokens"] = positions
+    manifest["tokens"], manifest["bytes_on_disk"] = positions, on_disk  # both splits
+    if args.error_batches:
+        error = measure_cache_error(
+            teacher,
+            student.to(device),
+            cached,
+            temperature=temperature,
+            batches=args.error_batches,
+            batch_size=batch_size,
+            device=device,
+        )
+        manifest["error"] = {
+            "divergence": "forward_kl",
+            "temperature": temperature,
+            "student": "the recipe's student at initialization",
+            **error,
+        }
+        print(
+            f"  cache vs dense teacher (forward KL at T = {temperature:g}, student at "
+            f"initialization, {error['batches']} training batches, {error['tokens']:,} tokens):"
+        )
+        print(f"    loss relative error      {error['loss_relative_error']:.4g}")
+        print(
+            f"    gradient relative error  {error['grad_relative_error']:.4g} "
+            f"(cosine {error['grad_cosine']:.4f}; w.r.t. the student's last hidden states)"
+        )
     write_manifest(directory, manifest)
-    print(
-        f"  cache vs dense teacher (forward KL at T = {temperature:g}, student at "
-        f"initialization, {error['batches']} batches, {error['tokens']:,} tokens):"
-    )
-    print(f"    loss relative error      {error['loss_relative_error']:.4g}")
-    print(
-        f"    gradient relative error  {error['grad_relative_error']:.4g} "
-        f"(cosine {error['grad_cosine']:.4f}; w.r.t. the student's last hidden states)"
-    )
     return EXIT_OK
 
 
 register(
     Command(
         name="cache-teacher",
-        summary="write the recipe teacher's top-k outputs on the training split to a cache",
-        description="Run the recipe's teacher once over the training split and store, per "
+        summary="write the recipe teacher's top-k outputs on its training data to a cache",
+        description="Run the recipe's teacher once over the training split (into DIR) and the "
+        "validation split (into DIR/val, for the per-epoch evaluation of the terms) and store, per "
         "token, its top-k token ids, log-probabilities and tail mass at the temperature of the "
         "terms that read the cache (teacher: cache) in safetensors shards with a manifest "
         "(fingerprints, per-shard SHA-256). Training with data.teacher_cache then needs no "

@@ -104,6 +104,7 @@ def _shipped_recipe(name: str) -> str | None:
 
 
 SPLIT_NAMES = ("train", "val", "test")
+CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def build_loaders(
     Args:
         data: the recipe's ``data:`` section. With ``data.transfer`` the transfer set is the
             training split; ``data.augment`` applies to the training loader only;
-            ``data.teacher_cache`` adds the cached teacher to the training samples.
+            ``data.teacher_cache`` adds the cached teacher to the training and validation
+            samples.
         seed: seeds the training shuffle (the trainer reseeds it every epoch from
             ``(seed, epoch)``) and the ``train_samples`` selection.
         splits: which loaders to build; a search asks for ``("train", "val")`` so the test
@@ -173,8 +175,9 @@ def build_loaders(
 
 def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
-    ``data.transfer`` is set, and the training split read with the teacher cache when
-    ``data.teacher_cache`` is (:class:`~torchkd.data.teacher_cache.TeacherCacheDataset`)."""
+    ``data.transfer`` is set, and the training and validation splits read with the teacher
+    cache when ``data.teacher_cache`` is (:class:`~torchkd.data.teacher_cache.TeacherCacheDataset`;
+    the validation split's terms are evaluated every epoch, the test split's are not)."""
     from torchkd.data import create_dataset
 
     unknown = [split for split in splits if split not in SPLIT_NAMES]
@@ -191,12 +194,15 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
                 datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
     if "train" in splits and data.transfer is not None:
         datasets["train"] = _transfer_set(data)
-    if "train" in splits and data.teacher_cache is not None:
-        from torchkd.data.teacher_cache import TeacherCacheDataset
+    if data.teacher_cache is not None:
+        from torchkd.data.teacher_cache import TeacherCacheDataset, split_directory
 
         cache = data.teacher_cache
-        with blame("data.teacher_cache"):
-            datasets["train"] = TeacherCacheDataset(datasets["train"], cache.dir, k=cache.k)
+        for split in [name for name in CACHED_SPLITS if name in splits]:
+            with blame(f"data.teacher_cache ({split} split)"):
+                datasets[split] = TeacherCacheDataset(
+                    datasets[split], split_directory(cache.dir, split), k=cache.k
+                )
     return datasets
 
 
@@ -402,22 +408,14 @@ def cache_temperature(recipe: Recipe) -> float:
 
 
 def check_teacher_cache(recipe: Recipe) -> None:
-    """Refuse a run whose ``teacher: cache`` terms have no cache, or read a cache written at
+    """Refuse a run whose ``teacher: cache`` terms read a ``data.teacher_cache`` written at
     another temperature (naming both values and their YAML paths)."""
     from torchkd.data.teacher_cache import read_manifest
 
     indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
     cache = recipe.data.teacher_cache
-    if indices and cache is None:
-        raise ConfigError(
-            [
-                f"terms.{indices[0]}.teacher: 'cache' reads the teacher cache, but "
-                "data.teacher_cache is not set; write one with `torchkd cache-teacher RECIPE` "
-                "and set data.teacher_cache.dir"
-            ]
-        )
     if cache is None or not indices:
-        return
+        return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
     with blame("data.teacher_cache.dir"):
         written = float(read_manifest(cache.dir)["temperature"])
     for index in indices:

@@ -53,6 +53,7 @@ __all__ = [
     "fingerprint_dataset",
     "read_manifest",
     "shard_name",
+    "split_directory",
     "teacher_fingerprint",
     "to_device",
     "token_id_dtype",
@@ -107,6 +108,18 @@ def bytes_per_token(k: int, vocab_size: int) -> int:
     id_bytes = torch.empty((), dtype=token_id_dtype(vocab_size)).element_size()
     value_bytes = torch.empty((), dtype=VALUE_DTYPE).element_size()
     return k * (id_bytes + value_bytes) + value_bytes
+
+
+def split_directory(directory: str | os.PathLike[str], split: str) -> Path:
+    """Where a recipe's cache of ``split`` lives: the training split's in ``directory`` itself,
+    the validation split's (read by the per-epoch evaluation of the terms) in
+    ``directory/val``.
+
+    Example:
+        >>> split_directory("cache", "train").as_posix(), split_directory("cache", "val").as_posix()
+        ('cache', 'cache/val')
+    """
+    return Path(directory) if split == "train" else Path(directory) / split
 
 
 def shard_name(shard: int) -> str:

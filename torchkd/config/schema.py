@@ -159,13 +159,14 @@ class AugmentConfig(Section):
 class TeacherCacheConfig(Section):
     """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
 
-    The training split is read with the teacher's top-k log-probabilities of every position
-    (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose ``teacher``
-    is ``cache``; the cache's temperature is theirs (a cache written at another temperature is
-    refused).
+    The training and validation splits are read with the teacher's top-k log-probabilities of
+    every position (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose
+    ``teacher`` is ``cache``; the cache's temperature is theirs (a cache written at another
+    temperature is refused).
 
     Attributes:
-        dir: the cache directory.
+        dir: the cache directory (the training split's cache; the validation split's is in
+            ``dir/val``).
         k: tokens kept per position (66 bytes per token at k = 16 for vocabularies up to
             65,535 entries, 98 above).
     """

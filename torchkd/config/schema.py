@@ -39,6 +39,7 @@ __all__ = [
     "ModelConfig",
     "OnPolicyConfig",
     "Recipe",
+    "TeacherCacheConfig",
     "TermConfig",
     "TransferConfig",
     "is_number",
@@ -156,6 +157,25 @@ class AugmentConfig(Section):
     shift: NonNegativeInt = 0
 
 
+class TeacherCacheConfig(Section):
+    """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
+
+    The training and validation splits are read with the teacher's top-k log-probabilities of
+    every position (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose
+    ``teacher`` is ``cache``; the cache's temperature is theirs (a cache written at another
+    temperature is refused).
+
+    Attributes:
+        dir: the cache directory (the training split's cache; the validation split's is in
+            ``dir/val``).
+        k: tokens kept per position (66 bytes per token at k = 16 for vocabularies up to
+            65,535 entries, 98 above).
+    """
+
+    dir: str
+    k: PositiveInt = 16
+
+
 class DataConfig(Section):
     """``data:``: which dataset, how it is split and batched.
 
@@ -172,6 +192,8 @@ class DataConfig(Section):
         num_workers: DataLoader worker processes.
         transfer: optional transfer set replacing the training split.
         augment: training-time augmentation (see :class:`AugmentConfig`).
+        teacher_cache: a cached teacher read with the training split (see
+            :class:`TeacherCacheConfig`).
     """
 
     dataset: str
@@ -183,6 +205,7 @@ class DataConfig(Section):
     num_workers: NonNegativeInt = 0
     transfer: TransferConfig | None = None
     augment: AugmentConfig | None = None
+    teacher_cache: TeacherCacheConfig | None = None
 
 
 class ModelConfig(Section):

@@ -33,3 +33,11 @@ def test_readme_demo_table_is_the_demo_results_table() -> None:
     readme = markdown_table((ROOT / "README.md").read_text(), after="**Demo**")
     assert [row[0] for row in results[2:]][1:] == [arm.label for arm in demo.ARMS]
     assert readme == results
+
+
+def test_readme_embeddings_table_is_the_demo_results_table() -> None:
+    from torchkd.demo.embeddings.run import RESULTS_FILE
+
+    results = markdown_table((ROOT / RESULTS_FILE).read_text())
+    readme = markdown_table((ROOT / "README.md").read_text(), after="**Embeddings demo**")
+    assert len(results) == 7 and readme == results

@@ -22,51 +22,65 @@ class CorpusSettings:
     """Which standard-library files the demo reads.
 
     The files of :func:`torchkd.data.corpora.python_stdlib_files` (tests and site-packages
-    excluded), shuffled with ``seed``, are taken in that order until they hold ``max_chars``
-    characters; files under ``min_file_chars`` or over ``max_file_chars`` are skipped (one large
-    module would otherwise fill a split on its own).
+    excluded), shuffled with ``seed``, are taken in that order: the students' corpus until it
+    holds ``student_chars`` characters, then the teacher's until it holds ``teacher_chars``.
+    The two are disjoint: the teacher learns from other files than the ones the students are
+    distilled on and tested on (as a pretrained teacher has seen other data), so its outputs on
+    the students' files are those of a model that never saw them. Files under
+    ``min_file_chars`` or over ``max_file_chars`` are skipped (one large module would otherwise
+    fill a split on its own).
 
     Attributes:
-        max_chars: total size of the sample, in characters (bytes of UTF-8 source).
+        student_chars: size of the students' corpus (split into train / val / test), in
+            characters (bytes of UTF-8 source).
+        teacher_chars: size of the teacher's corpus (split into train / val).
         seed: seed of the shuffle.
         min_file_chars: smallest file taken.
         max_file_chars: largest file taken.
     """
 
-    max_chars: int = 700_000
+    student_chars: int = 700_000
+    teacher_chars: int = 1_100_000
     seed: int = 0
     min_file_chars: int = 500
     max_file_chars: int = 60_000
 
 
-def corpus_files(settings: CorpusSettings, files: Sequence[Path] | None = None) -> list[Path]:
-    """The demo's files: a seeded sample of ``files`` (default: the standard library's source),
-    returned sorted by path (the text dataset splits them by a permutation of its own).
+def corpus_files(
+    settings: CorpusSettings, files: Sequence[Path] | None = None
+) -> tuple[list[Path], list[Path]]:
+    """The students' and the teacher's files: disjoint seeded samples of ``files`` (default:
+    the standard library's source), each sorted by path (the text dataset splits them by a
+    permutation of its own).
 
     Example:
-        >>> sample = corpus_files(CorpusSettings(max_chars=20_000))
-        >>> 20_000 <= sum(path.stat().st_size for path in sample) < 80_000
-        True
+        >>> students, teacher = corpus_files(CorpusSettings(20_000, 30_000))
+        >>> set(students).isdisjoint(teacher), sum(p.stat().st_size for p in teacher) >= 30_000
+        (True, True)
     """
     from torchkd.data.corpora import python_stdlib_files
 
     pool = list(python_stdlib_files() if files is None else files)
     random.Random(settings.seed).shuffle(pool)
-    chosen: list[Path] = []
-    total = 0
-    for path in pool:
-        if total >= settings.max_chars:
-            break
-        size = path.stat().st_size
-        if settings.min_file_chars <= size <= settings.max_file_chars:
-            chosen.append(path)
-            total += size
-    if total < settings.max_chars:
-        raise ValueError(
-            f"the corpus holds {total} characters in files of {settings.min_file_chars} to "
-            f"{settings.max_file_chars} characters, fewer than max_chars={settings.max_chars}"
-        )
-    return sorted(chosen)
+    pool = [
+        path
+        for path in pool
+        if settings.min_file_chars <= path.stat().st_size <= settings.max_file_chars
+    ]
+    corpora: list[list[Path]] = []
+    for wanted in (settings.student_chars, settings.teacher_chars):
+        chosen: list[Path] = []
+        total = 0
+        while pool and total < wanted:
+            chosen.append(pool.pop(0))
+            total += chosen[-1].stat().st_size
+        if total < wanted:
+            raise ValueError(
+                f"the corpus holds too few characters in files of {settings.min_file_chars} to "
+                f"{settings.max_file_chars} characters for {settings}"
+            )
+        corpora.append(sorted(chosen))
+    return corpora[0], corpora[1]
 
 
 def training_files(files: Sequence[Path], data: DataConfig) -> list[Path]:

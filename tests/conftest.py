@@ -33,3 +33,28 @@ def built_splits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(torchkd.data, "create_dataset", recording)
     return built
+
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 61,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
+
+
+@pytest.fixture
+def tiny_causal_lm() -> object:
+    """A factory of tiny Llama causal LMs built from a config (no download):
+    ``tiny_causal_lm(seed, **config_overrides)``, in float64 unless ``dtype`` is given."""
+    from torchkd.models import create_model
+
+    def build(seed: int = 0, dtype: torch.dtype = torch.float64, **overrides: object) -> object:
+        torch.manual_seed(seed)
+        return create_model("hf_causal_lm", config={**TINY_LLAMA, **overrides}).to(dtype)
+
+    return build

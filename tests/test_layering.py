@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,
+    "capture": 3,
     "data": 3,
     "models": 3,
     "train": 4,

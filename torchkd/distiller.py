@@ -18,6 +18,13 @@ where :math:`w_i(t)` is a constant or a schedule of training progress and the "a
 the homoscedastic uncertainty weighting of Kendall, Gal & Cipolla, "Multi-Task Learning Using
 Uncertainty to Weigh Losses", CVPR 2018 (:math:`s_i = \\log\\sigma_i^2` learned).
 
+Language models (:mod:`torchkd.lm`): a ``"hidden_states"`` term (e.g. ``fused_linear_kd``) gets
+each causal LM's final hidden state and output projection, with ``batch["labels"]`` and
+``batch["num_items_in_batch"]``; a causal LM whose logits no term reads runs its body alone, so
+the ``[tokens x vocabulary]`` logits are never built. ``teacher="cache"`` reads the teacher's
+top-k distribution from the batch instead of running a teacher. Feature terms on ``[B, L, H]``
+tensors keep only the positions whose ``attention_mask`` (in the inputs mapping) is 1.
+
 :meth:`Distiller.build` must be called once with an example batch before the optimizer is
 built: it probes the tapped shapes, builds adapters, loss modules whose sizes depend on those
 shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
@@ -29,22 +36,25 @@ import inspect
 import numbers
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
+from torchkd.capture import Capture, ModelPlan, num_rows, run_model, valid_positions
+from torchkd.lm import OutputProjection, is_causal_lm, output_projection
 from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.losses.registry import Signature
+from torchkd.losses.topk import TopKLogits
 from torchkd.schedules import Schedule, as_schedule, progress
-from torchkd.taps import Taps, resolve_module
+from torchkd.taps import resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
 from torchkd.temperature import LearnableTemperature
 from torchkd.terms import (
+    CACHE,
     LOGITS,
     DistillOutput,
     Term,
@@ -58,6 +68,7 @@ from torchkd.terms import (
 __all__ = [
     "DistillOutput",
     "Distiller",
+    "OnPolicyHook",
     "Term",
     "TermError",
     "UncertaintyWeight",
@@ -66,17 +77,24 @@ __all__ = [
 
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 _LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
+_NO_ADAPTER_SIGNATURES = (*_LOGIT_SIGNATURES, "hidden_states")
 _GATHERED_SIGNATURES = ("logits", "features", "feature_lists", "embeddings")
+_MASKED_SIGNATURES = ("features", "feature_lists")
+CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 
 
-@dataclass
-class _Capture:
-    """Everything one forward pass of the models produced."""
+class OnPolicyHook(Protocol):
+    """What ``Distiller(on_policy=...)`` calls on each training batch (e.g.
+    ``torchkd.on_policy.OnPolicy``): returns the batch to train on."""
 
-    student_logits: Tensor
-    student_taps: Taps | dict[str, Any]
-    teacher_logits: list[Tensor]
-    teacher_taps: list[Taps | dict[str, Any]]
+    def __call__(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        step: int,
+        student: nn.Module,
+        teachers: Sequence[nn.Module],
+    ) -> Mapping[str, Any]: ...
 
 
 class Distiller(nn.Module):
@@ -91,6 +109,8 @@ class Distiller(nn.Module):
             itself, ``[0]`` of a tuple, ``"logits"`` of a dict or ``ModelOutput``).
         labels_key: batch key of the labels (may be absent: unlabeled transfer batches).
         inputs_key: batch key of the inputs (a tensor, or a mapping passed as ``**kwargs``).
+        on_policy: called by :meth:`prepare` on every training batch (on-policy sampling,
+            ``torchkd.on_policy.OnPolicy``); None trains on the batches as they come.
 
     Example:
         >>> import torch
@@ -113,6 +133,7 @@ class Distiller(nn.Module):
         output_key: str | int | None = None,
         labels_key: str = "labels",
         inputs_key: str = "inputs",
+        on_policy: OnPolicyHook | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -121,6 +142,7 @@ class Distiller(nn.Module):
         self.output_key = output_key
         self.labels_key = labels_key
         self.inputs_key = inputs_key
+        self.on_policy = on_policy
         if len(terms) == 0:
             raise ValueError("a Distiller needs at least one Term")
         self.terms = tuple(terms)
@@ -151,6 +173,13 @@ class Distiller(nn.Module):
         ]
         for term in self.terms:  # unknown paths fail now, naming the term, side and closest names
             self._check_paths(term)
+        self._student_plan = self._plan(self.student, self._student_paths, self.terms, "student")
+        self._teacher_plans = [
+            self._plan(teacher, paths, self._terms_reading(index), "teacher")
+            for index, (teacher, paths) in enumerate(
+                zip(self.teachers, self._teacher_paths, strict=True)
+            )
+        ]
         self._losses: dict[str, Callable[..., Tensor]] = {}
         self._step, self._total_steps = 0, 1
         self._progress_listeners: list[nn.Module] | None = None
@@ -165,16 +194,18 @@ class Distiller(nn.Module):
         if hasattr(self.extras, term.name):
             raise ValueError(f"{where}: the name clashes with an nn.ModuleDict attribute")
         signature = _resolve_signature(term)
-        if signature == "hidden_states":
+        cached = term.teacher == CACHE
+        if cached and signature != "hidden_states":
             raise ValueError(
-                f"{where}: {signature!r} losses take hidden states and output-projection weights, "
-                "not model outputs; call them directly (e.g. torchkd.losses."
-                "fused_linear_kd_loss on the last hidden state and lm_head.weight)"
+                f"{where}: teacher='cache' (the batch's cached top-k teacher distribution) feeds "
+                f"'hidden_states' losses such as 'fused_linear_kd', not {signature!r} losses"
             )
-        if signature != "labels" and not self.teachers:
+        if signature != "labels" and not cached and not self.teachers:
             raise ValueError(f"{where} (signature {signature!r}) needs a teacher; none was given")
-        if signature not in ("labels", "multi_teacher") and not (
-            0 <= term.teacher_index < len(self.teachers)
+        if (
+            signature not in ("labels", "multi_teacher")
+            and not cached
+            and not (0 <= term.teacher_index < len(self.teachers))
         ):
             raise ValueError(
                 f"{where}: teacher_index={term.teacher_index} out of range for "
@@ -195,7 +226,7 @@ class Distiller(nn.Module):
             raise ValueError(
                 f"{where}: adapter must be one of {ADAPTER_KINDS}, got {term.adapter!r}"
             )
-        if signature in _LOGIT_SIGNATURES and term.adapter not in ("auto", "none"):
+        if signature in _NO_ADAPTER_SIGNATURES and term.adapter not in ("auto", "none"):
             raise ValueError(f"{where}: adapters apply to feature terms, not {signature!r} losses")
         if term.temperature is not None and "temperature" in term.loss_kwargs:
             raise ValueError(
@@ -211,14 +242,47 @@ class Distiller(nn.Module):
             raise ValueError(f"{where}: a temperature needs a teacher; 'labels' losses have none")
         if isinstance(term.temperature, numbers.Real) and not term.temperature > 0:
             raise ValueError(f"{where}: temperature must be > 0, got {term.temperature}")
+        if signature == "hidden_states":
+            self._check_hidden_term(term)
         return signature
+
+    def _check_hidden_term(self, term: Term) -> None:
+        """A ``hidden_states`` term reads causal LMs' final hidden states (or the cache)."""
+        where = f"term {term.name!r} (loss {_loss_name(term)}, signature 'hidden_states')"
+        if term.student != LOGITS or term.teacher not in (LOGITS, CACHE):
+            raise ValueError(
+                f"{where}: reads each model's final hidden state and output projection: keep "
+                f"student='logits' and teacher='logits' (or teacher='cache'), got "
+                f"student={term.student!r}, teacher={term.teacher!r}; compare inner layers "
+                "with a feature loss such as 'hint'"
+            )
+        if term.temperature == "learned" or isinstance(term.temperature, nn.Module):
+            raise TermError(
+                term.name,
+                "temperature",
+                f"{where}: the fused loss takes a float temperature (a number or a schedule), "
+                f"not a learned or module temperature ({term.temperature!r}): those need the "
+                "full logits the fused loss never builds",
+            )
+        models = [("student", self.student)]
+        if term.teacher != CACHE:
+            models.append(("teacher", self.teachers[term.teacher_index]))
+        for side, model in models:
+            if not is_causal_lm(model):
+                raise TermError(
+                    term.name,
+                    side,
+                    f"{where}: the {side} must be a causal language model with get_decoder() "
+                    "and get_output_embeddings() (a transformers *ForCausalLM, e.g. "
+                    f"model: hf_causal_lm), got {type(model).__name__}",
+                )
 
     def _check_paths(self, term: Term) -> None:
         signature = self._signatures[term.name]
         with blame_term(term, "student"):
             for path in _paths([term.student]):
                 resolve_module(self.student, path)
-        if signature == "labels":
+        if signature == "labels" or term.teacher == CACHE:
             return
         indices = (
             range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
@@ -233,8 +297,30 @@ class Distiller(nn.Module):
             term
             for term in self.terms
             if self._signatures[term.name] == "multi_teacher"
-            or (self._signatures[term.name] != "labels" and term.teacher_index == teacher_index)
+            or (
+                self._signatures[term.name] != "labels"
+                and term.teacher != CACHE
+                and term.teacher_index == teacher_index
+            )
         ]
+
+    def _plan(self, model: nn.Module, paths: list[str], terms: list[Term], side: str) -> ModelPlan:
+        """Run a causal LM's body alone when no term reads its logits (and no tap lies outside
+        the body); skip a causal-LM teacher no term reads. Other models run in full."""
+        reads_logits, reads_hidden = False, False
+        for term in terms:
+            specs = _as_list(getattr(term, side))
+            if self._signatures[term.name] == "hidden_states":
+                reads_hidden = True
+            elif LOGITS in specs or isinstance(term.temperature, nn.Module):
+                reads_logits = True
+        if not is_causal_lm(model) or reads_logits:
+            return ModelPlan(paths, "full", reads_hidden)
+        if side == "teacher" and not terms:
+            return ModelPlan(paths, "skip", False)
+        body = {id(module) for module in model.get_decoder().modules()}
+        inside = all(id(resolve_module(model, path)) in body for path in paths)
+        return ModelPlan(paths, "body" if inside else "full", reads_hidden)
 
     # ---------------------------------------------------------------- building
     def build(self, example_batch: Mapping[str, Any]) -> None:
@@ -254,7 +340,13 @@ class Distiller(nn.Module):
         finally:
             self.student.train(was_training)
         reference = next((p for p in self.student.parameters() if p.is_floating_point()), None)
-        device = capture.student_logits.device if reference is None else reference.device
+        probed = capture.student_logits
+        probed = capture.student_hidden if probed is None else probed
+        device = (
+            (probed.device if probed is not None else torch.device("cpu"))
+            if reference is None
+            else reference.device
+        )
         dtype = torch.get_default_dtype() if reference is None else reference.dtype
         built = {}
         for term in self.terms:
@@ -269,7 +361,7 @@ class Distiller(nn.Module):
         self.extras.train(self.training)
         self.set_progress(self._step, self._total_steps)
 
-    def _check_classes(self, term: Term, capture: _Capture) -> None:
+    def _check_classes(self, term: Term, capture: Capture) -> None:
         """Student and teacher logits compared by a logit term must have the same classes."""
         signature = self._signatures[term.name]
         if signature not in ("logits", "logits_labels", "multi_teacher"):
@@ -292,12 +384,12 @@ class Distiller(nn.Module):
                 )
 
     def _build_term(
-        self, term: Term, capture: _Capture
+        self, term: Term, capture: Capture
     ) -> tuple[nn.ModuleDict, Callable[..., Tensor]]:
         signature = self._signatures[term.name]
         parts = nn.ModuleDict()
         kwargs = dict(term.loss_kwargs)
-        if signature not in _LOGIT_SIGNATURES:
+        if signature not in _NO_ADAPTER_SIGNATURES:
             student = _as_list(self._student_value(term.student, capture, term))
             teacher = _as_list(self._teacher_value(term, capture, term.teacher_index))
             kind = _adapter_kind(term)
@@ -374,7 +466,8 @@ class Distiller(nn.Module):
                 "building the optimizer): it creates the adapters and loss modules"
             )
         batch = self._as_batch(batch)
-        capture = self._capture(self._inputs(batch))
+        inputs = self._inputs(batch)
+        capture = self._capture(inputs)
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
         temperatures: dict[str, float] = {}
@@ -402,7 +495,17 @@ class Distiller(nn.Module):
             student_logits=capture.student_logits,
             teacher_logits=capture.teacher_logits,
             temperatures=temperatures,
+            num_samples=num_rows(inputs, capture),
         )
+
+    def prepare(self, batch: Mapping[str, Any], step: int) -> Mapping[str, Any]:
+        """The batch to train on at optimizer step ``step``: ``on_policy(batch, step=...,
+        student=..., teachers=...)`` in training mode when ``on_policy`` is set, else
+        ``batch`` unchanged. The training loop calls it on every micro-batch of a step before
+        the forward passes."""
+        if self.on_policy is None or not self.training:
+            return batch
+        return self.on_policy(batch, step=step, student=self.student, teachers=self.teachers)
 
     def student_logits(self, inputs: Any) -> Tensor:
         """The student's logits for ``inputs`` (selected with ``output_key``)."""
@@ -422,26 +525,34 @@ class Distiller(nn.Module):
             raise KeyError(f"batch has no {self.inputs_key!r} entry (keys: {list(batch)})")
         return batch[self.inputs_key]
 
-    def _capture(self, inputs: Any) -> _Capture:
-        teacher_logits, teacher_taps = [], []
+    def _capture(self, inputs: Any) -> Capture:
+        teacher_logits, teacher_hidden, teacher_taps = [], [], []
         with torch.no_grad():
-            for teacher, paths in zip(self.teachers, self._teacher_paths, strict=True):
-                output, taps = _call_tapped(teacher, paths, inputs)
-                teacher_logits.append(select_logits(output, self.output_key))
+            for teacher, plan in zip(self.teachers, self._teacher_plans, strict=True):
+                logits, hidden, taps = run_model(teacher, plan, inputs, self.output_key)
+                teacher_logits.append(logits)
+                teacher_hidden.append(hidden)
                 teacher_taps.append(taps)
-        output, student_taps = _call_tapped(self.student, self._student_paths, inputs)
-        return _Capture(
-            select_logits(output, self.output_key), student_taps, teacher_logits, teacher_taps
+        logits, hidden, taps = run_model(self.student, self._student_plan, inputs, self.output_key)
+        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+        return Capture(
+            logits,
+            hidden,
+            taps,
+            teacher_logits,
+            teacher_hidden,
+            teacher_taps,
+            mask.bool() if isinstance(mask, Tensor) else None,
         )
 
-    def _student_value(self, spec: str | list[str], capture: _Capture, term: Term) -> Any:
+    def _student_value(self, spec: str | list[str], capture: Capture, term: Term) -> Any:
         if isinstance(spec, list):
             return [self._student_value(path, capture, term) for path in spec]
         if spec == LOGITS:
             return capture.student_logits
         return _tensor(capture.student_taps[spec], spec, "student", term)
 
-    def _teacher_value(self, term: Term, capture: _Capture, index: int) -> Any:
+    def _teacher_value(self, term: Term, capture: Capture, index: int) -> Any:
         specs = term.teacher if isinstance(term.teacher, list) else [term.teacher]
         values = [
             capture.teacher_logits[index]
@@ -454,13 +565,15 @@ class Distiller(nn.Module):
     def _term_value(
         self,
         term: Term,
-        capture: _Capture,
+        capture: Capture,
         batch: Mapping[str, Any],
         temperatures: dict[str, float],
     ) -> Tensor:
         """Call the term's loss the way its signature says (see ``losses.registry``)."""
         signature = self._signatures[term.name]
         loss = self._losses[term.name]
+        if signature == "hidden_states":
+            return _check_scalar(self._hidden_term(term, capture, batch, temperatures), term)
         student = self._student_value(term.student, capture, term)
         if signature == "labels":
             labels = self._batch_entry(batch, self.labels_key, term, signature)
@@ -482,6 +595,8 @@ class Distiller(nn.Module):
             adapters = self.extras[term.name]["adapters"]
             adapted = [adapter(s) for adapter, s in zip(adapters, _as_list(student), strict=True)]
             args[0] = adapted if signature == "feature_lists" else adapted[0]
+        if signature in _MASKED_SIGNATURES and capture.attention_mask is not None:
+            args = [valid_positions(value, capture.attention_mask) for value in args]
         if term.global_batch and self.training:
             args = [_gather_rows(value) for value in args]
         if signature == "logits_labels":
@@ -491,7 +606,38 @@ class Distiller(nn.Module):
             kwargs["contrast_index"] = batch.get("contrast_index")
         return _check_scalar(loss(*args, **kwargs), term)
 
-    def _temperature(self, term: Term, capture: _Capture) -> float | Tensor | None:
+    def _hidden_term(
+        self,
+        term: Term,
+        capture: Capture,
+        batch: Mapping[str, Any],
+        temperatures: dict[str, float],
+    ) -> Tensor:
+        """Call a ``hidden_states`` loss on the final hidden states and output projections."""
+        loss = self._losses[term.name]
+        kwargs: dict[str, Any] = {
+            "labels": self._batch_entry(batch, self.labels_key, term, "hidden_states")
+        }
+        if batch.get("num_items_in_batch") is not None:
+            kwargs["num_items_in_batch"] = batch["num_items_in_batch"]
+        if term.temperature is not None:
+            temperature = float(
+                self._temperature_schedules[term.name](self._step, self._total_steps)
+            )
+            temperatures[term.name] = temperature
+            kwargs["temperature"] = temperature
+        student = output_projection(self.student, "the student")
+        kwargs.update(_projection_kwargs("student", student))
+        if term.teacher == CACHE:
+            kwargs["teacher_logits"] = _cached_teacher(batch, term)
+            return loss(capture.student_hidden, student.weight, **kwargs)
+        index = term.teacher_index
+        teacher = output_projection(self.teachers[index], f"teacher {index}")
+        kwargs.update(_projection_kwargs("teacher", teacher))
+        hidden = capture.teacher_hidden[index]
+        return loss(capture.student_hidden, student.weight, hidden, teacher.weight, **kwargs)
+
+    def _temperature(self, term: Term, capture: Capture) -> float | Tensor | None:
         if term.temperature is None:
             return None
         parts = self.extras[term.name]
@@ -512,14 +658,30 @@ class Distiller(nn.Module):
 
 
 # -------------------------------------------------------------------- helpers
-def _call_tapped(
-    model: nn.Module, paths: list[str], inputs: Any
-) -> tuple[Any, Taps | dict[str, Any]]:
-    """``model``'s output and its taps at ``paths`` (no hooks at all when nothing is tapped)."""
-    if not paths:
-        return call_model(model, inputs), {}
-    with Taps(model, paths) as taps:
-        return call_model(model, inputs), taps
+def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any]:
+    """The output bias, logit scale and softcap of one side, where the model has them."""
+    kwargs: dict[str, Any] = {}
+    if projection.bias is not None:
+        kwargs[f"{side}_bias"] = projection.bias
+    if projection.logit_scale != 1.0:
+        kwargs[f"{side}_logit_scale"] = projection.logit_scale
+    if projection.softcap is not None:
+        kwargs[f"{side}_softcap"] = projection.softcap
+    return kwargs
+
+
+def _cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
+    """The batch's cached top-k teacher distribution (see ``torchkd.data.teacher_cache``)."""
+    missing = [key for key in CACHE_KEYS[:2] if batch.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"term {term.name!r} reads the cached teacher (teacher='cache') but the batch has no "
+            f"{missing} (keys: {list(batch)}); wrap the dataset in a teacher cache "
+            "(recipe data.teacher_cache, written by `torchkd cache-teacher RECIPE`)"
+        )
+    return TopKLogits(
+        batch["teacher_topk_ids"], batch["teacher_topk_log_probs"], batch.get("teacher_topk_tail")
+    )
 
 
 def _resolve_signature(term: Term) -> str:
@@ -561,7 +723,7 @@ def _paths(specs: Any) -> list[str]:
     paths: list[str] = []
     for spec in specs:
         for path in spec if isinstance(spec, list) else [spec]:
-            if path != LOGITS and path not in paths:
+            if path not in (LOGITS, CACHE) and path not in paths:
                 paths.append(path)
     return paths
 

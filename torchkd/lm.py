@@ -58,10 +58,14 @@ class OutputProjection:
 
 
 def is_causal_lm(model: nn.Module) -> bool:
-    """Whether ``model`` exposes a body and an output projection (see the module docstring)."""
-    return callable(getattr(model, "get_decoder", None)) and callable(
+    """Whether ``model`` exposes a body and an output projection (see the module docstring).
+
+    Every Hugging Face model has both methods; an encoder's ``get_output_embeddings()`` is
+    None, so it is not a causal LM here."""
+    methods = callable(getattr(model, "get_decoder", None)) and callable(
         getattr(model, "get_output_embeddings", None)
     )
+    return methods and model.get_output_embeddings() is not None
 
 
 def _check_causal_lm(model: nn.Module, what: str) -> None:

@@ -18,6 +18,7 @@ from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule
 
 __all__ = [
+    "CACHE",
     "LOGITS",
     "DistillOutput",
     "Term",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 LOGITS = "logits"  # a term's student/teacher value meaning the model's output logits
+CACHE = "cache"  # a term's teacher value meaning the batch's cached top-k teacher distribution
 
 
 def as_batch(
@@ -100,8 +102,11 @@ class Term:
         weight: a number, a :class:`~torchkd.schedules.Schedule` of training progress, or
             ``"auto"`` (uncertainty weighting, Kendall et al. 2018).
         student: ``"logits"`` (the student's output logits) or a tapped module path; a list of
-            them for ``"feature_lists"`` losses.
-        teacher: the same on the teacher side.
+            them for ``"feature_lists"`` losses. For ``"hidden_states"`` losses ``"logits"``
+            means the causal LM's final hidden state and output projection (logits never built).
+        teacher: the same on the teacher side; or ``"cache"`` (``"hidden_states"`` losses only):
+            the teacher's cached top-k distribution in the batch (``teacher_topk_ids``,
+            ``teacher_topk_log_probs``, ``teacher_topk_tail``), no teacher model run.
         adapter: how student tensors are mapped to the teacher's shape (see
             :func:`torchkd.adapters.build_adapter`); only for feature, embedding and indexed
             losses. ``"auto"`` builds nothing for losses that compare shapes themselves.
@@ -110,7 +115,8 @@ class Term:
             a temperature module called as ``module(student_logits, teacher_logits)`` (e.g. an
             instance-wise one). The value is passed to the loss call as ``temperature=`` (the
             registered logit losses take it and use it instead of their own for that call).
-            Give a temperature here or in ``loss_kwargs``, not both.
+            Give a temperature here or in ``loss_kwargs``, not both. ``"hidden_states"`` losses
+            take a number or a schedule only.
         teacher_index: which teacher the term reads (all teachers for ``"multi_teacher"``).
         signature: how a custom loss is called; must agree with a registered loss's signature.
         global_batch: in a distributed run (``torchrun``), compute the term in training on the
@@ -143,18 +149,22 @@ class DistillOutput:
         loss: the weighted total; call ``backward()`` on it.
         terms: each term's unweighted value (attached to the graph).
         weights: each term's weight at this step (``exp(-s_i)`` for ``"auto"`` terms).
-        student_logits: the student's output logits (attached to the graph).
-        teacher_logits: each teacher's output logits (no graph).
+        student_logits: the student's output logits (attached to the graph); None when no
+            term read them (a causal LM whose terms read only hidden states: its body ran alone).
+        teacher_logits: each teacher's output logits (no graph); None for a teacher whose
+            logits no term read.
         temperatures: the temperature passed to each term that sets one (the mean for
             per-row temperatures).
+        num_samples: the batch's rows (samples, or sequences of a token batch).
     """
 
     loss: Tensor
     terms: dict[str, Tensor]
     weights: dict[str, float]
-    student_logits: Tensor
-    teacher_logits: list[Tensor]
+    student_logits: Tensor | None
+    teacher_logits: list[Tensor | None]
     temperatures: dict[str, float] = field(default_factory=dict)
+    num_samples: int = 0
 
 
 class UncertaintyWeight(nn.Module):

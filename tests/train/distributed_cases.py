@@ -21,6 +21,7 @@ from torchkd.config import TrainConfig
 from torchkd.data import TensorDictDataset
 from torchkd.data.batching import batch_loader
 from torchkd.distiller import Distiller, Term
+from torchkd.lm import next_token_labels
 from torchkd.losses import fused_linear_kd_loss
 from torchkd.losses.distributed import data_parallel_num_items
 from torchkd.train import fit
@@ -213,6 +214,88 @@ def run_lm(
     return trained_state(distiller)
 
 
+class _Body(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, width)
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return torch.tanh(self.mix(self.embed(input_ids)))
+
+
+class PartsLM(nn.Module):
+    """A causal LM reduced to a body and an output layer (what the fused terms read)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = _Body(width)
+        self.head = nn.Linear(width, VOCAB, bias=False)
+
+    def get_decoder(self) -> nn.Module:
+        return self.body
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.body(input_ids))
+
+
+class UnevenTokens:
+    """8 right-padded sequences with 1 to LENGTH valid labels each (spec format)."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(9)
+        self.input_ids = torch.randint(VOCAB, (8, LENGTH), generator=generator)
+        lengths = torch.tensor([6, 1, 5, 2, 6, 3, 1, 4])
+        self.mask = (torch.arange(LENGTH) < lengths[:, None]).long()
+        self.labels = next_token_labels(self.input_ids, self.mask)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, rows: Any) -> dict[str, Any]:
+        inputs = {"input_ids": self.input_ids[rows], "attention_mask": self.mask[rows]}
+        return {"inputs": inputs, "labels": self.labels[rows], "index": torch.tensor(rows)}
+
+
+def fused_distiller() -> Distiller:
+    torch.manual_seed(0)
+    student, teacher = PartsLM(6).double(), PartsLM(8).double()
+    kd = Term("kd", "fused_linear_kd", temperature=2.0, loss_kwargs={"hard_label_weight": 0.5})
+    return Distiller(student, teacher, [kd])
+
+
+def fused_whole_batch_step() -> dict[str, Tensor]:
+    """The student after one SGD step (lr 1) on the gradient of the 8 sequences as one batch."""
+    distiller = fused_distiller()
+    data = UnevenTokens()
+    batch = data[list(range(len(data)))]
+    distiller.build(batch)
+    distiller(batch).loss.backward()
+    with torch.no_grad():
+        for parameter in distiller.student.parameters():
+            parameter -= parameter.grad
+    return trained_state(distiller)
+
+
+def run_fused(run_dir: Path, distributed: str) -> dict[str, Tensor]:
+    """One optimizer step over the 8 sequences: 2 micro-batches of a global 4 (2 per rank)."""
+    distiller = fused_distiller()
+    train_loader = batch_loader(UnevenTokens(), 4, shuffle=True, generator=torch.Generator())
+    config = TrainConfig(
+        epochs=1,
+        device="cpu",
+        progress=False,
+        distributed=distributed,
+        optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.0},
+        grad_accum_steps=2,
+    )
+    fit(distiller, train_loader, batch_loader(UnevenTokens(), 4, shuffle=False), config, run_dir)
+    return trained_state(distiller)
+
+
 def _full(value: Tensor) -> Tensor:
     full = getattr(value, "full_tensor", None)
     return full() if callable(full) else value
@@ -325,6 +408,7 @@ def all_cases(out: str) -> None:
     save("accum", run("logit", out_dir / "accum", batch_size=8, grad_accum_steps=2))
     save("crd-fsdp", run("crd", out_dir / "crd-fsdp", distributed="fsdp"))
     save("lm-ddp", run_lm(out_dir / "lm-ddp", distributed="ddp"))
+    save("fused-ddp-accum", run_fused(out_dir / "fused-ddp-accum", distributed="ddp"))
     for mode in ("ddp", "fsdp"):
         accumulated = run_lm(
             out_dir / f"lm-{mode}-accum", distributed=mode, batch_size=4, grad_accum_steps=2

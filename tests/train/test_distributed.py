@@ -86,6 +86,19 @@ def test_token_loss_normalized_by_the_global_count(spawned: Path) -> None:
 
 
 @pytest.mark.distributed
+def test_fused_token_loss_accumulated_on_two_processes_equals_one_batch(
+    spawned: Path, tmp_path: Path
+) -> None:
+    """The loop's num_items_in_batch (valid tokens of all micro-batches and ranks): one step of
+    2 micro-batches x 2 ranks on sequences with 1 to 6 valid tokens == the one-batch step."""
+    expected = cases.fused_whole_batch_step()
+    rank0, rank1 = (load(spawned / f"fused-ddp-accum.rank{r}.pt") for r in (0, 1))
+    assert max_difference(expected, rank0) < 1e-12 and max_difference(rank0, rank1) == 0.0
+    single = cases.run_fused(tmp_path / "one", distributed="none")
+    assert max_difference(expected, single) < 1e-12
+
+
+@pytest.mark.distributed
 def test_a_two_process_checkpoint_resumes_on_one_process(spawned: Path, tmp_path: Path) -> None:
     """DDP on 2 processes for 2 epochs, then one more epoch on one process == 3 epochs on one."""
     shutil.copytree(spawned / "feature", tmp_path / "resumed")

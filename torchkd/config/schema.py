@@ -210,7 +210,9 @@ class TermConfig(Section):
         weight: a number, ``auto`` (uncertainty weighting) or a schedule mapping
             ``{name: exponential, start: 0.9, rate: 2.0}`` (``torchkd.schedules.create``).
         student: ``logits`` or a dotted module path to tap (a list for feature-list losses).
-        teacher: the same on the teacher side.
+        teacher: the same on the teacher side, or ``cache``: the teacher's cached top-k
+            distribution in the batches (``data.teacher_cache``; ``hidden_states`` losses such
+            as ``fused_linear_kd``), no teacher model needed.
         adapter: student-to-teacher shape adapter.
         temperature: ``null`` (the loss's own), a number, ``learned`` (CTKD) or a schedule
             mapping.

@@ -430,6 +430,10 @@ def fused_linear_kd_loss(
 class FusedLinearKDLoss(nn.Module):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
 
+    A call may override the stored ``temperature`` (a float: a scheduled temperature) and the
+    logit scales and softcaps (the models' own, as the Distiller passes them); ``None`` keeps
+    the stored value.
+
     Example:
         >>> FusedLinearKDLoss(divergence="jsd", temperature=2.0)  # doctest: +ELLIPSIS
         FusedLinearKDLoss(divergence='jsd', beta=0.5, temperature=2.0, ...)
@@ -499,7 +503,20 @@ class FusedLinearKDLoss(nn.Module):
         teacher_bias: Tensor | None = None,
         mask: Tensor | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        temperature: float | None = None,
+        student_logit_scale: float | None = None,
+        teacher_logit_scale: float | None = None,
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
     ) -> Tensor:
+        given = {
+            "temperature": temperature,
+            "student_logit_scale": student_logit_scale,
+            "teacher_logit_scale": teacher_logit_scale,
+            "student_softcap": student_softcap,
+            "teacher_softcap": teacher_softcap,
+        }
+        options = {**self.options, **{k: v for k, v in given.items() if v is not None}}
         return fused_linear_kd_loss(
             student_hidden,
             student_weight,
@@ -511,5 +528,5 @@ class FusedLinearKDLoss(nn.Module):
             teacher_bias=teacher_bias,
             mask=mask,
             num_items_in_batch=num_items_in_batch,
-            **self.options,
+            **options,
         )

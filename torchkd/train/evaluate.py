@@ -1,7 +1,9 @@
-"""Evaluation metrics: top-1, NLL, expected calibration error, teacher–student agreement."""
+"""Evaluation metrics: top-1, NLL, expected calibration error, teacher–student agreement,
+and perplexity for token labels."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -105,6 +107,7 @@ class _Totals:
         self.agree = 0.0
         self.teacher_correct: list[float] = []
         self.terms: dict[str, float] = {}
+        self.token_labels = False
 
     def add(
         self,
@@ -123,6 +126,7 @@ class _Totals:
         student_logits = student_logits.float().reshape(-1, num_classes)
         teacher_logits = [t.float().reshape(-1, num_classes) for t in teacher_logits]
         if labels is not None:
+            self.token_labels = self.token_labels or labels.dim() >= 2
             keep = labels.reshape(-1) != IGNORE_INDEX
             labels = labels.reshape(-1)[keep]
             student_logits = student_logits[keep]
@@ -154,6 +158,9 @@ class _Totals:
         if self.labeled:
             metrics["top1"] = 100.0 * self.correct / self.labeled
             metrics["nll"] = self.nll / self.labeled
+            if self.token_labels:
+                nll = metrics["nll"]  # exp overflows a float past ~709.8
+                metrics["perplexity"] = math.exp(nll) if nll < 700 else math.inf
             metrics["ece"] = ece_from_bins(self.bins)
             if num_teachers == 1:
                 metrics["teacher_top1"] = 100.0 * self.teacher_correct[0] / self.labeled
@@ -218,7 +225,8 @@ def evaluate(
     every position whose label is not ``-100``.
 
     Returns ``top1`` (percent, like every accuracy torchkd reports), ``nll`` (mean negative
-    log-likelihood) and ``ece`` (15 bins) when batches carry labels; ``agreement`` (percent of
+    log-likelihood) and ``ece`` (15 bins) when batches carry labels, and ``perplexity``
+    (``exp(nll)``, the mean over valid tokens) for token labels; ``agreement`` (percent of
     rows with the same argmax as the teacher, or as the mean of the teachers' probabilities)
     and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for a Distiller with
     teachers; ``samples``. With ``with_terms`` the Distiller's full forward is run and each
@@ -258,6 +266,9 @@ def evaluate(
                             output.student_logits,
                             output.teacher_logits,
                         )
+                        if student_logits is None or None in teacher_logits:  # body-only LMs
+                            student_logits = model.student_logits(batch[inputs_key])
+                            teacher_logits = model.teacher_logits(batch[inputs_key])
                         terms = {f"terms/{name}": value for name, value in output.terms.items()}
                         terms["loss"] = output.loss
                     elif distiller:

@@ -1,12 +1,22 @@
 """The training loop: :func:`fit` trains a Distiller, evaluates and checkpoints.
 
-One optimizer step, top to bottom: for each of ``grad_accum_steps`` micro-batches,
+One optimizer step, top to bottom: the step's ``grad_accum_steps`` micro-batches are drawn and
+each passed through ``distiller.prepare(batch, step)`` (on-policy sampling, when configured);
+for token labels (``labels.dim() >= 2``) each gets ``num_items_in_batch``; then for each,
 ``distiller.set_progress(step, total_steps)``, the forward pass under autocast (bf16, or fp16
 with a ``GradScaler`` on CUDA) and ``backward`` of ``loss / group_size``; then the gradient
 norm is measured (and clipped to ``grad_clip_norm``). If the loss or the norm is not finite
 the update is skipped and counted; ``max_consecutive_nonfinite`` skips in a row stop training
 with :class:`NonFiniteLossError` naming the terms that went non-finite. The learning rate of
 each step comes from :class:`~torchkd.train.optim.LRSchedule`.
+
+Token terms are normalized by the step's tokens, not each micro-batch's: with ``N`` the valid
+tokens (label != -100) of all the step's micro-batches on all processes, ``G`` micro-batches
+and ``W`` processes, every micro-batch carries ``num_items_in_batch = N / (G W)``. A token loss
+that divides its summed per-token loss by it (the fused ``hidden_states`` losses do), then by
+``G`` (above), summed over micro-batches and averaged over processes (DDP), divides the step's
+summed token loss by ``N``: the gradient of the one large batch, however unevenly the valid
+tokens fall. Losses that ignore ``num_items_in_batch`` average within each micro-batch.
 
 Resuming is exact: each epoch's shuffle order is derived from ``(seed, epoch)``, and a
 checkpoint stores every random generator's state at the last optimizer step (and at the start
@@ -39,6 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from torchkd.lm import count_valid_tokens
 from torchkd.train.checkpoint import (
     CheckpointError,
     check_fits,
@@ -347,9 +358,14 @@ class Trainer:
         """Forward and backward ``group_size`` micro-batches; gradients add up."""
         self.schedule.apply(self.progress.step)
         group = StepGroup(size=group_size, reduce=self.parallel.reducer)
-        for index in range(group_size):
-            batch = to_device(next(batches), self.device)
-            self.distiller.set_progress(self.progress.step, self.total_steps)
+        step = self.progress.step
+        micro_batches = [
+            dict(self.distiller.prepare(to_device(next(batches), self.device), step))
+            for _ in range(group_size)
+        ]
+        self._set_num_items(micro_batches)
+        for index, batch in enumerate(micro_batches):
+            self.distiller.set_progress(step, self.total_steps)
             with self.parallel.sync_gradients(index == group_size - 1):
                 with autocast_context(self.device, self.config.amp):
                     output = self.model(batch)
@@ -357,6 +373,18 @@ class Trainer:
                 (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
             group.add(output)
         return group
+
+    def _set_num_items(self, micro_batches: list[dict[str, Any]]) -> None:
+        """Set ``num_items_in_batch`` = the step's valid tokens on all processes / (micro-batches
+        x processes) on micro-batches with token labels (see the module docstring)."""
+        labels = [batch.get(self.distiller.labels_key) for batch in micro_batches]
+        if not all(isinstance(value, Tensor) and value.dim() >= 2 for value in labels):
+            return
+        local = sum(count_valid_tokens(value) for value in labels)
+        count = torch.tensor(local, dtype=torch.int64, device=self.device)  # exact; any device
+        num_items = float(self.parallel.mean(count)) / len(micro_batches)
+        for batch in micro_batches:
+            batch["num_items_in_batch"] = num_items
 
     def _update(self, group: StepGroup) -> tuple[Tensor, list[str]] | None:
         """Measure (and clip) the gradient, then step, or skip a non-finite step.

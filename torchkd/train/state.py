@@ -90,7 +90,7 @@ class StepGroup:
     reduced: tuple[Tensor, list[str]] | None = None
 
     def add(self, output: Any) -> None:
-        self.samples += output.student_logits.shape[0]
+        self.samples += output.num_samples
         loss = output.loss.detach().float()
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         for name, value in output.terms.items():

@@ -1,0 +1,99 @@
+"""Hugging Face transformers as torchkd models: causal LMs and encoders, from a local directory
+or built from a config dict. ``transformers`` is an optional extra (``pip install torchkd[hf]``),
+imported only when one of these is built. Nothing is ever downloaded.
+
+Recipe::
+
+    student: {model: hf_causal_lm, kwargs: {config: {model_type: llama, vocab_size: 512, ...}}}
+    teacher: {model: hf_causal_lm, kwargs: {path: models/teacher}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchkd.models.registry import MODELS
+
+__all__ = ["hf_causal_lm", "hf_encoder"]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            "Hugging Face models need the optional 'transformers' package: pip install torchkd[hf]"
+        ) from error
+    return transformers
+
+
+def _dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None:
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _build(auto_class: str, path: str | None, config: dict[str, Any] | None, dtype: str | None):
+    if (path is None) == (config is None):
+        raise ValueError(
+            "give exactly one of path (a local model directory) and config (a dict with "
+            f"model_type, e.g. {{'model_type': 'llama', ...}}), got path={path!r}, "
+            f"config={config!r}"
+        )
+    torch_dtype = _dtype(dtype)
+    transformers = _transformers()
+    auto = getattr(transformers, auto_class)
+    if path is not None:
+        if not Path(path).is_dir():
+            raise ValueError(
+                f"path {path!r} is not a local directory; torchkd never downloads models. Save "
+                "the model locally once (e.g. on a machine with access: "
+                f"{auto_class}.from_pretrained(name).save_pretrained('DIR'), and the tokenizer "
+                "likewise) and give that directory as path"
+            )
+        kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+        return auto.from_pretrained(path, local_files_only=True, **kwargs)
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(
+            f"config must be a dict with a 'model_type' (e.g. 'llama', 'bert'), got {config!r}"
+        )
+    options = dict(config)
+    model_config = transformers.AutoConfig.for_model(options.pop("model_type"), **options)
+    model = auto.from_config(model_config)
+    return model if torch_dtype is None else model.to(torch_dtype)
+
+
+@MODELS.register("hf_causal_lm")
+def hf_causal_lm(
+    path: str | None = None, config: dict[str, Any] | None = None, dtype: str | None = None
+) -> nn.Module:
+    """A causal language model (``AutoModelForCausalLM``).
+
+    Args:
+        path: a local directory written by ``save_pretrained`` (loaded with
+            ``local_files_only=True``; a hub id is refused).
+        config: instead of ``path``, a config dict with ``model_type`` (random initialisation),
+            e.g. ``{"model_type": "llama", "vocab_size": 512, "hidden_size": 64, ...}``.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``, or None (the saved / default).
+
+    Raises:
+        ImportError: ``transformers`` is not installed.
+        ValueError: both or neither of ``path`` and ``config``; ``path`` not a directory.
+    """
+    return _build("AutoModelForCausalLM", path, config, dtype)
+
+
+@MODELS.register("hf_encoder")
+def hf_encoder(
+    path: str | None = None, config: dict[str, Any] | None = None, dtype: str | None = None
+) -> nn.Module:
+    """An encoder (``AutoModel``, e.g. BERT); arguments as :func:`hf_causal_lm`."""
+    return _build("AutoModel", path, config, dtype)

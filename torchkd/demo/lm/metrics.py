@@ -52,7 +52,7 @@ def evaluate_lm(
     - ``top1``: percent of positions whose most likely token is the next token;
     - ``agreement`` (with ``teacher_predictions`` from :func:`top1_predictions`): percent of
       positions where the model's most likely token is the teacher's;
-    - ``tokens_per_second``: positions the model scores per second of its forward passes
+    - ``tokens_per_second``: input tokens the model reads per second of its forward passes
       (batched, no gradient; measured here, so it depends on the machine and its load);
     - ``tokens``: the number of labeled positions.
 
@@ -68,7 +68,7 @@ def evaluate_lm(
         4.0
     """
     nll = correct = agree = 0.0
-    tokens = 0
+    tokens = processed = 0
     seconds = 0.0
     was_training = model.training
     model.eval()
@@ -87,6 +87,7 @@ def evaluate_lm(
                     reference = teacher_predictions[batch["index"]]
                     agree += float((predictions == reference)[valid].sum())
                 tokens += int(valid.sum())
+                processed += labels.numel()
     finally:
         model.train(was_training)
     if tokens == 0:
@@ -95,7 +96,7 @@ def evaluate_lm(
         "perplexity": math.exp(nll / tokens),
         "nll": nll / tokens,
         "top1": 100.0 * correct / tokens,
-        "tokens_per_second": tokens / seconds if seconds > 0 else math.inf,
+        "tokens_per_second": processed / seconds if seconds > 0 else math.inf,
         "tokens": float(tokens),
     }
     if teacher_predictions is not None:

@@ -32,7 +32,7 @@ __all__ = [
 
 CORPUS = CorpusSettings()
 # --quick: a small corpus, a small vocabulary, tiny models and a few steps (tests, smoke runs).
-QUICK_CORPUS = CorpusSettings(student_chars=24_000, teacher_chars=24_000)
+QUICK_CORPUS = CorpusSettings(student_chars=20_000, teacher_chars=12_000, max_file_chars=3_000)
 QUICK_MODEL = {
     "vocab_size": 320,
     "hidden_size": 32,

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 
-.PHONY: demo test lint format bench bench-token clean
+.PHONY: demo demo-lm test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/torchkd demo
+
+# Code completion on the Python standard library: a 6-layer teacher, six ways to distil it into a
+# 2-layer student, 3 seeds each (about 15 minutes on 2 cores from an empty cache).
+demo-lm: $(STAMP)
+	$(BIN)/torchkd demo lm
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2

@@ -176,14 +176,18 @@ def _environment_text(result: LMDemoResult) -> str:
 def _setup_text(result: LMDemoResult) -> str:
     corpus = result.corpus
     return (
-        f"Corpus: {corpus.get('files', '?')} source files of the Python "
-        f"{corpus.get('python', '?')} standard library (tests and site-packages excluded), split "
-        f"by file into train / val / test ({corpus.get('split_files', '?')} files; "
-        f"{corpus.get('train_tokens', 0):,} / {corpus.get('val_tokens', 0):,} / "
-        f"{corpus.get('test_tokens', 0):,} tokens), byte-level BPE tokenizer of "
+        f"Corpus: source files of the Python {corpus.get('python', '?')} standard library "
+        "(tests and site-packages excluded), two disjoint seeded samples: the students' "
+        f"{corpus.get('files', '?')} files, split by file into train / val / test "
+        f"({corpus.get('split_files', '?')} files; {corpus.get('train_tokens', 0):,} / "
+        f"{corpus.get('val_tokens', 0):,} / {corpus.get('test_tokens', 0):,} tokens), and the "
+        f"teacher's {corpus.get('teacher_files', '?')} other files "
+        f"({corpus.get('teacher_tokens', 0):,} training tokens): the teacher never saw the "
+        "students' files. Byte-level BPE tokenizer of "
         f"{corpus.get('vocab_size', '?')} tokens trained on the training files, windows of "
-        f"{corpus.get('seq_len', '?')} tokens. Teacher {result.teacher_description}; student "
-        f"{result.student_description}; {len(result.seeds)} seeds per arm."
+        f"{corpus.get('seq_len', '?')} tokens. Teacher {result.teacher_description}, one epoch; "
+        f"student {result.student_description}, one epoch; {len(result.seeds)} seeds per arm; "
+        "every model is measured on the students' test files."
     )
 
 

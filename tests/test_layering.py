@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "taps": 2,
     "teachers": 2,
     "lm": 2,
+    "on_policy": 3,
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,

@@ -1,5 +1,5 @@
 """The ``torchkd`` command line: ``demo``, ``train``, ``eval``, ``export``, ``list``, ``tune``,
-``select-teacher``.
+``select-teacher``, ``cache-teacher``.
 
 Each subcommand is one :class:`Command` (a function that adds its arguments and a function that
 runs it) passed to :func:`register`; :func:`main` builds the parser from the registered commands.
@@ -15,7 +15,9 @@ traceback) or a damaged checkpoint, 1 a failure while running (``--traceback`` s
 
 from __future__ import annotations
 
-from torchkd.cli import runs, search  # noqa: F401  (registers the commands, in this order)
+# registers the commands, in this order
+from torchkd.cli import runs, search  # noqa: F401  # isort: skip
+from torchkd.cli import cache  # noqa: F401  # isort: skip
 from torchkd.cli.base import COMMANDS, Command, UsageError, build_parser, main, register
 
 __all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main", "register"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
-from torchkd.config.schema import DataConfig, ModelConfig, Recipe, is_number
+from torchkd.config.schema import DataConfig, ModelConfig, OnPolicyConfig, Recipe, is_number
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -20,15 +20,20 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from torchkd.distiller import Distiller, Term
+    from torchkd.on_policy import OnPolicy
 
 __all__ = [
     "Built",
     "Loaders",
+    "build_datasets",
     "build_distiller",
     "build_from_recipe",
     "build_loaders",
     "build_model",
+    "build_on_policy",
     "build_terms",
+    "cache_temperature",
+    "check_teacher_cache",
     "term_path",
 ]
 
@@ -101,6 +106,7 @@ def _shipped_recipe(name: str) -> str | None:
 
 
 SPLIT_NAMES = ("train", "val", "test")
+CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,9 @@ def build_loaders(
 
     Args:
         data: the recipe's ``data:`` section. With ``data.transfer`` the transfer set is the
-            training split; ``data.augment`` applies to the training loader only.
+            training split; ``data.augment`` applies to the training loader only;
+            ``data.teacher_cache`` adds the cached teacher to the training and validation
+            samples.
         seed: seeds the training shuffle (the trainer reseeds it every epoch from
             ``(seed, epoch)``) and the ``train_samples`` selection.
         splits: which loaders to build; a search asks for ``("train", "val")`` so the test
@@ -143,23 +151,10 @@ def build_loaders(
     """
     import torch
 
-    from torchkd.data import RowsView, create_dataset
+    from torchkd.data import RowsView
     from torchkd.data.batching import Augment, batch_loader
 
-    unknown = [split for split in splits if split not in SPLIT_NAMES]
-    if unknown or not splits:
-        raise ValueError(f"splits: expected a non-empty subset of {SPLIT_NAMES}, got {splits}")
-    split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
-    _check_dataset_name(data.dataset, "data.dataset")
-    if data.transfer is not None:
-        _check_dataset_name(data.transfer.dataset, "data.transfer.dataset")
-    datasets: dict[str, Any] = {}
-    with blame("data"):
-        for split in splits:
-            if split != "train" or data.transfer is None:
-                datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
-    if "train" in splits and data.transfer is not None:
-        datasets["train"] = _transfer_set(data)
+    datasets = build_datasets(data, splits)
     if "train" in splits and train_samples is not None:
         order = torch.randperm(
             len(datasets["train"]), generator=torch.Generator().manual_seed(seed)
@@ -178,6 +173,39 @@ def build_loaders(
             augment=Augment(shift=data.augment.shift) if training and data.augment else None,
         )
     return Loaders(**loaders)
+
+
+def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
+    """The datasets of ``data`` by split name: the transfer set as the training split when
+    ``data.transfer`` is set, and the training and validation splits read with the teacher
+    cache when ``data.teacher_cache`` is (:class:`~torchkd.data.teacher_cache.TeacherCacheDataset`;
+    the validation split's terms are evaluated every epoch, the test split's are not)."""
+    from torchkd.data import create_dataset
+
+    unknown = [split for split in splits if split not in SPLIT_NAMES]
+    if unknown or not splits:
+        raise ValueError(f"splits: expected a non-empty subset of {SPLIT_NAMES}, got {splits}")
+    split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
+    _check_dataset_name(data.dataset, "data.dataset")
+    if data.transfer is not None:
+        _check_dataset_name(data.transfer.dataset, "data.transfer.dataset")
+    datasets: dict[str, Any] = {}
+    with blame("data"):
+        for split in splits:
+            if split != "train" or data.transfer is None:
+                datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
+    if "train" in splits and data.transfer is not None:
+        datasets["train"] = _transfer_set(data)
+    if data.teacher_cache is not None:
+        from torchkd.data.teacher_cache import TeacherCacheDataset, split_directory
+
+        cache = data.teacher_cache
+        for split in [name for name in CACHED_SPLITS if name in splits]:
+            with blame(f"data.teacher_cache ({split} split)"):
+                datasets[split] = TeacherCacheDataset(
+                    datasets[split], split_directory(cache.dir, split), k=cache.k
+                )
+    return datasets
 
 
 def _check_dataset_name(name: str, path: str) -> None:
@@ -286,10 +314,27 @@ def build_distiller(recipe: Recipe) -> Distiller:
     from torchkd.distiller import TermError
 
     terms = build_terms(recipe)
+    on_policy = None
+    if recipe.on_policy is not None:
+        on_policy = build_on_policy(recipe.on_policy, recipe.train.seed)
     try:
-        return Distiller(student, teachers or None, terms, output_key=recipe.output_key)
+        return Distiller(
+            student, teachers or None, terms, output_key=recipe.output_key, on_policy=on_policy
+        )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
+
+
+def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:
+    """The :class:`~torchkd.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
+    defaults to ``default_seed`` (the recipe's ``train.seed``)."""
+    from torchkd.on_policy import OnPolicy
+
+    options = spec.model_dump()
+    if options["seed"] is None:
+        options["seed"] = default_seed
+    with blame("on_policy"):
+        return OnPolicy(**options)
 
 
 class Built(NamedTuple):
@@ -311,6 +356,7 @@ def build_from_recipe(
     """
     from torchkd.train.rng import seed_everything
 
+    check_teacher_cache(recipe)
     seed_everything(recipe.train.seed)
     distiller = build_distiller(recipe)
     loaders = build_loaders(
@@ -328,3 +374,77 @@ def term_path(recipe: Recipe, error: Any) -> str:
     if error.field in ("", "loss_kwargs") and named:
         return f"{path}.loss_kwargs.{named[0]}"
     return f"{path}.{error.field}" if error.field else path
+
+
+CACHE_TEACHER = "cache"  # a term's ``teacher:`` that reads the teacher cache
+
+
+def _term_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
+    """The fixed temperature of term ``index`` and the YAML path it comes from (the term's
+    ``temperature``, its loss's ``temperature`` argument, or that argument's default)."""
+    from torchkd import losses
+
+    spec, path = recipe.terms[index], f"terms.{index}"
+    if spec.temperature is not None:
+        if not is_number(spec.temperature):
+            raise ConfigError(
+                [
+                    f"{path}.temperature: a term that reads the teacher cache needs a fixed "
+                    f"temperature (the cache's), got {spec.temperature!r}"
+                ]
+            )
+        return float(spec.temperature), f"{path}.temperature"
+    if "temperature" in spec.loss_kwargs:
+        return float(spec.loss_kwargs["temperature"]), f"{path}.loss_kwargs.temperature"
+    with blame(f"{path}.loss"):
+        module = losses.entry(spec.loss).module
+    default = inspect.signature(module).parameters.get("temperature")
+    if default is None or not is_number(default.default):
+        return 1.0, f"{path}.temperature"
+    return float(default.default), f"{path}.temperature"
+
+
+def cache_temperature(recipe: Recipe) -> float:
+    """The temperature the recipe's teacher cache is written at: that of the terms whose
+    ``teacher`` is ``cache`` (they must agree).
+
+    Raises:
+        ConfigError: no term reads the cache, or two of them at different temperatures.
+    """
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    if not indices:
+        raise ConfigError(
+            [
+                "terms: no term reads the teacher cache (teacher: cache); the cache is written "
+                "at the temperature of the terms that read it"
+            ]
+        )
+    found = [_term_temperature(recipe, index) for index in indices]
+    if len({value for value, _ in found}) > 1:
+        listed = ", ".join(f"{path} = {value}" for value, path in found)
+        raise ConfigError([f"terms: the terms that read the teacher cache differ: {listed}"])
+    return found[0][0]
+
+
+def check_teacher_cache(recipe: Recipe) -> None:
+    """Refuse a run whose ``teacher: cache`` terms read a ``data.teacher_cache`` written at
+    another temperature (naming both values and their YAML paths)."""
+    from torchkd.data.teacher_cache import read_manifest
+
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    cache = recipe.data.teacher_cache
+    if cache is None or not indices:
+        return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
+    with blame("data.teacher_cache.dir"):
+        written = float(read_manifest(cache.dir)["temperature"])
+    for index in indices:
+        value, path = _term_temperature(recipe, index)
+        if value != written:
+            raise ConfigError(
+                [
+                    f"{path}: the term reads the teacher cache at temperature {value}, but the "
+                    f"cache in {cache.dir} (data.teacher_cache.dir) was written at temperature "
+                    f"{written}; set the term's temperature to {written}, or write a cache at "
+                    f"{value} with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+                ]
+            )

@@ -37,7 +37,9 @@ __all__ = [
     "AugmentConfig",
     "DataConfig",
     "ModelConfig",
+    "OnPolicyConfig",
     "Recipe",
+    "TeacherCacheConfig",
     "TermConfig",
     "TransferConfig",
     "is_number",
@@ -155,6 +157,25 @@ class AugmentConfig(Section):
     shift: NonNegativeInt = 0
 
 
+class TeacherCacheConfig(Section):
+    """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
+
+    The training and validation splits are read with the teacher's top-k log-probabilities of
+    every position (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose
+    ``teacher`` is ``cache``; the cache's temperature is theirs (a cache written at another
+    temperature is refused).
+
+    Attributes:
+        dir: the cache directory (the training split's cache; the validation split's is in
+            ``dir/val``).
+        k: tokens kept per position (66 bytes per token at k = 16 for vocabularies up to
+            65,535 entries, 98 above).
+    """
+
+    dir: str
+    k: PositiveInt = 16
+
+
 class DataConfig(Section):
     """``data:``: which dataset, how it is split and batched.
 
@@ -171,6 +192,8 @@ class DataConfig(Section):
         num_workers: DataLoader worker processes.
         transfer: optional transfer set replacing the training split.
         augment: training-time augmentation (see :class:`AugmentConfig`).
+        teacher_cache: a cached teacher read with the training split (see
+            :class:`TeacherCacheConfig`).
     """
 
     dataset: str
@@ -182,6 +205,7 @@ class DataConfig(Section):
     num_workers: NonNegativeInt = 0
     transfer: TransferConfig | None = None
     augment: AugmentConfig | None = None
+    teacher_cache: TeacherCacheConfig | None = None
 
 
 class ModelConfig(Section):
@@ -235,6 +259,31 @@ class TermConfig(Section):
     global_batch: bool = False
 
 
+class OnPolicyConfig(Section):
+    """``on_policy:``: on-policy distillation (GKD) or sequence-level KD, mirroring
+    :class:`torchkd.on_policy.OnPolicy`.
+
+    Attributes:
+        fraction: ``λ``, the probability that a training step's batches are replaced by the
+            prompts plus sampled continuations (the loss then covers the generated tokens).
+        max_new_tokens: tokens sampled per prompt.
+        temperature: sampling temperature (not the loss temperature).
+        top_k: sample among the ``top_k`` most likely tokens; null: all of them.
+        source: ``student`` (on-policy) or ``teacher`` (sequence-level KD).
+        prompt_length: plain-text data: the first ``prompt_length`` tokens are the prompt
+            (prompt/completion data brings its own prompts).
+        seed: seeds the decisions and samples with the step; null: ``train.seed``.
+    """
+
+    fraction: Annotated[Float, Field(ge=0, le=1)]
+    max_new_tokens: PositiveInt
+    temperature: PositiveFloat = 1.0
+    top_k: PositiveInt | None = None
+    source: Literal["student", "teacher"] = "student"
+    prompt_length: PositiveInt | None = None
+    seed: NonNegativeInt | None = None
+
+
 class Recipe(Section):
     """A whole recipe. Give ``teacher`` (one) or ``teachers`` (a list), or neither.
 
@@ -250,6 +299,7 @@ class Recipe(Section):
     terms: Annotated[list[TermConfig], Field(min_length=1)]
     output_key: str | int | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
+    on_policy: OnPolicyConfig | None = None
     tune: TuneConfig | None = None  # torchkd tune's search (ignored by torchkd train)
 
     @model_validator(mode="after")
@@ -260,6 +310,18 @@ class Recipe(Section):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"terms: term names must be unique, repeated: {duplicates}")
+        if self.on_policy is not None and not self.teacher_configs:
+            raise ValueError(
+                "on_policy: on-policy distillation needs a teacher to score (or, with source: "
+                "teacher, to generate) the sampled tokens; give teacher or teachers"
+            )
+        cached = [i for i, term in enumerate(self.terms) if term.teacher == "cache"]
+        if self.on_policy is not None and cached:
+            raise ValueError(
+                f"on_policy: terms.{cached[0]} reads the teacher cache, which holds the "
+                "teacher's distributions on the dataset's tokens only, not on sampled ones; "
+                "score on-policy samples with a teacher model (teacher: logits)"
+            )
         return self
 
     @property

@@ -1,0 +1,243 @@
+"""``torchkd cache-teacher RECIPE`` end to end on tiny Llamas and the text dataset, and the
+recipe side of the cache: ``data.teacher_cache`` in the loaders, training from it, the
+temperature check."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from torchkd.cli import main
+from torchkd.config import (
+    ConfigError,
+    ModelConfig,
+    build_datasets,
+    build_loaders,
+    build_model,
+    cache_temperature,
+    check_teacher_cache,
+    load_recipe,
+)
+from torchkd.data import train_bpe_tokenizer
+from torchkd.data.teacher_cache import TeacherCacheDataset, read_manifest, teacher_fingerprint
+
+pytest.importorskip("transformers")
+
+VOCAB, LENGTH, K = 300, 8, 8  # VOCAB: the tokenizer's at most
+WORDS = [
+    "the",
+    "cache",
+    "keeps",
+    "the",
+    "top",
+    "k",
+    "tokens",
+    "of",
+    "the",
+    "teacher",
+    "for",
+    "every",
+    "position",
+    "in",
+    "shards",
+]
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": VOCAB,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 16,
+}
+TEACHER = ModelConfig(
+    model="hf_causal_lm",
+    kwargs={"config": {**LLAMA, "hidden_size": 32, "num_hidden_layers": 2}},
+    checkpoint="teacher.safetensors",
+)
+FAST = ["train.epochs=1", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 small text documents and a BPE tokenizer trained on them."""
+    root = tmp_path_factory.mktemp("corpus")
+    for number in range(16):
+        words = [WORDS[(number * 3 + i) % len(WORDS)] for i in range(12 + 3 * number)]
+        (root / f"doc{number:02d}.txt").write_text(" ".join(words))
+    train_bpe_tokenizer(sorted(root.glob("*.txt")), VOCAB, root / "tokenizer")
+    return root
+
+
+@pytest.fixture
+def recipe(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A recipe on the text dataset whose fused KD term reads the cache at T = 2; the teacher
+    has a checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(5)
+    teacher = build_model(TEACHER.model_copy(update={"checkpoint": None}), "teacher")
+    save_file(teacher.state_dict(), tmp_path / "teacher.safetensors")
+    settings = {
+        "name": "cache_demo",
+        "data": {
+            "dataset": "text",
+            "kwargs": {
+                "files": [f"{corpus}/*.txt"],
+                "tokenizer": str(corpus / "tokenizer"),
+                "seq_len": LENGTH,
+                "cache": str(tmp_path / "text"),
+            },
+            "batch_size": 4,
+            "val_fraction": 0.2,
+            "teacher_cache": {"dir": "cache", "k": K},
+        },
+        "teacher": TEACHER.model_dump(),
+        "student": {"model": "hf_causal_lm", "kwargs": {"config": LLAMA}},
+        "terms": [{"name": "kd", "loss": "fused_linear_kd", "teacher": "cache", "temperature": 2}],
+        "train": {"seed": 3},
+    }
+    path = tmp_path / "cache.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def split_rows(recipe: Path) -> dict[str, int]:
+    data = load_recipe(recipe).data.model_copy(update={"teacher_cache": None})
+    return {split: len(dataset) for split, dataset in build_datasets(data).items()}
+
+
+def number(text: str, label: str) -> float:
+    match = re.search(rf"{label}\s+([\d,.]+)", text)
+    assert match, f"{label!r} not in the output:\n{text}"
+    return float(match.group(1).replace(",", ""))
+
+
+def test_cache_teacher_writes_the_cache_and_reports_size_and_error(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["cache-teacher", str(recipe), "--rows-per-shard", "5"]
+    assert main([*argv, "--error-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    directory, rows = tmp_path / "cache", split_rows(recipe)
+    manifest, val = read_manifest(directory), read_manifest(directory / "val")
+    assert manifest["complete"] and len(manifest["shards"]) == -(-rows["train"] // 5) > 1
+    assert manifest["rows"] == rows["train"] and val["rows"] == rows["val"] and val["complete"]
+    assert manifest["k"] == K and manifest["temperature"] == val["temperature"] == 2.0
+    assert manifest["tokenizer_fingerprint"] is not None
+    teacher = build_model(TEACHER, "teacher")  # with the checkpoint, as training loads it
+    assert manifest["teacher_fingerprint"] == teacher_fingerprint(teacher)
+    assert number(out, "tokens cached") == (rows["train"] + rows["val"]) * LENGTH
+    assert number(out, "bytes on disk") == manifest["bytes_on_disk"]
+    assert f"{K * (2 + 2) + 2} stored" in out
+    error = manifest["error"]
+    assert error["batches"] == 2 and error["temperature"] == 2.0
+    assert number(out, "loss relative error") == pytest.approx(error["loss_relative_error"], 1e-3)
+    assert number(out, "gradient relative error") == pytest.approx(
+        error["grad_relative_error"], 1e-3
+    )
+    assert 0 < error["grad_relative_error"] < 1
+    # run again: nothing is rewritten
+    shards = {path: path.read_bytes() for path in directory.rglob("shard-*")}
+    assert main([*argv, "--error-batches", "0"]) == 0
+    count = len(manifest["shards"])
+    assert f"train: {count} of {count} shards already written" in capsys.readouterr().out
+    assert shards == {path: path.read_bytes() for path in directory.rglob("shard-*")}
+
+
+def test_an_interrupted_cache_teacher_resumes(
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torchkd.data import teacher_cache
+
+    argv = ["cache-teacher", str(recipe), "--rows-per-shard", "5", "--error-batches", "0"]
+    assert main([*argv, "--dir", "reference"]) == 0
+    shard_tensors = teacher_cache._shard_tensors
+    calls = []
+
+    def interrupt_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return shard_tensors(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "_shard_tensors", interrupt_second)
+    assert main(argv) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    assert len(read_manifest(tmp_path / "cache")["shards"]) == 1
+    assert main(argv) == 0
+    assert "train: 1 of " in capsys.readouterr().out
+    reference = sorted((tmp_path / "reference").rglob("shard-*"))
+    assert len(reference) > 2
+    for shard in reference:
+        resumed = tmp_path / "cache" / shard.relative_to(tmp_path / "reference")
+        assert resumed.read_bytes() == shard.read_bytes()
+
+
+def test_training_reads_the_cache_without_a_teacher(recipe: Path, tmp_path: Path) -> None:
+    assert main(["cache-teacher", str(recipe), "--error-batches", "0"]) == 0
+    loaders = build_loaders(load_recipe(recipe).data)
+    assert isinstance(loaders.train.dataset.dataset, TeacherCacheDataset)
+    batch = next(iter(loaders.train))
+    assert batch["teacher_topk_ids"].shape == (4, LENGTH, K)
+    assert batch["teacher_topk_log_probs"].dtype == torch.float32
+    assert batch["teacher_topk_tail"].shape == (4, LENGTH)
+    assert next(iter(loaders.val))["teacher_topk_ids"].shape[-1] == K  # terms are evaluated
+    assert "teacher_topk_ids" not in next(iter(loaders.test))  # the test split reads no term
+
+    # no teacher in memory: the recipe's teacher is dropped, the terms read the cache
+    assert main(["train", str(recipe), *FAST, "teacher=null", "--run-dir", "run"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_training_refuses_a_cache_of_another_temperature(
+    recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cache-teacher", str(recipe), "--error-batches", "0"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(recipe), *FAST, "terms.0.temperature=4.0"]) == 2
+    message = capsys.readouterr().err
+    assert "terms.0.temperature: the term reads the teacher cache at temperature 4.0" in message
+    assert "written at temperature 2.0" in message and "data.teacher_cache.dir" in message
+    moved = ["terms.0.temperature=null", "terms.0.loss_kwargs={temperature: 3.0}"]
+    with pytest.raises(ConfigError, match=r"terms\.0\.loss_kwargs\.temperature: .* 3\.0"):
+        check_teacher_cache(load_recipe(recipe, moved))
+    with pytest.raises(ConfigError, match="no teacher cache in"):
+        check_teacher_cache(load_recipe(recipe, ["data.teacher_cache.dir=elsewhere"]))
+    check_teacher_cache(load_recipe(recipe))  # the cache's temperature: accepted
+
+
+def test_cache_temperature_needs_one_cache_reading_temperature(recipe: Path) -> None:
+    assert cache_temperature(load_recipe(recipe)) == 2.0
+    with pytest.raises(ConfigError, match="no term reads the teacher cache"):
+        cache_temperature(load_recipe(recipe, ["terms.0.teacher=logits"]))
+    two = [
+        "terms=[{name: kd, loss: fused_linear_kd, teacher: cache, temperature: 2.0}, "
+        "{name: kd2, loss: fused_linear_kd, teacher: cache}]"
+    ]
+    with pytest.raises(
+        ConfigError, match=r"terms\.0\.temperature = 2\.0, terms\.1\.temperature = 1"
+    ):
+        cache_temperature(load_recipe(recipe, two))
+
+
+def test_cache_teacher_usage_errors(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cache-teacher", str(recipe), "data.teacher_cache=null"]) == 2
+    assert "give --dir DIR, or set data.teacher_cache.dir" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("x")
+    assert main(["cache-teacher", str(recipe), "--dir", "full"]) == 1
+    assert "not empty and holds no teacher cache" in capsys.readouterr().err
+    assert main(["cache-teacher", str(recipe), "teacher=null"]) == 2
+    assert "runs the recipe's teacher" in capsys.readouterr().err

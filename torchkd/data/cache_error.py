@@ -1,0 +1,128 @@
+"""How far a top-k teacher cache is from the dense teacher it was written from: the forward-KL
+loss value and the student's hidden-state gradient, dense against cached, on a few batches."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import default_collate
+
+from torchkd.data.teacher_cache import to_device
+from torchkd.lm import count_valid_tokens, last_hidden_state, output_projection
+from torchkd.losses import TopKLogits, fused_linear_kd_loss
+
+__all__ = ["measure_cache_error"]
+
+
+def measure_cache_error(
+    teacher: nn.Module,
+    student: nn.Module,
+    cached: Any,
+    *,
+    temperature: float,
+    batches: int = 4,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+) -> dict[str, float | int]:
+    """Loss and gradient error of the cached teacher against the dense one.
+
+    On the first ``batches`` batches of ``cached`` (a
+    :class:`~torchkd.data.teacher_cache.TeacherCacheDataset`, in index order) it computes the
+    forward-KL :func:`~torchkd.losses.fused_linear_kd_loss` (``reduction="sum"``, at
+    ``temperature``) of ``student`` against the dense teacher (its hidden states and output
+    projection) and against the cached ``TopKLogits``, and the gradients ``g`` of both w.r.t.
+    the student's last hidden states:
+
+    .. math::
+        e_\\text{loss} = \\frac{|L_\\text{cache} - L_\\text{dense}|}{|L_\\text{dense}|}, \\qquad
+        e_\\text{grad} = \\frac{\\lVert g_\\text{cache} - g_\\text{dense} \\rVert}
+        {\\lVert g_\\text{dense} \\rVert}
+
+    summed over the tokens of all batches. The errors include the top-k truncation and the
+    float16 storage.
+
+    Returns:
+        ``batches``, ``tokens`` (valid ones), ``loss_dense`` and ``loss_cache`` (per token),
+        ``loss_relative_error``, ``grad_relative_error`` and ``grad_cosine``.
+    """
+    device = torch.device(device)
+    teacher_projection = output_projection(teacher, "teacher")
+    student_projection = output_projection(student, "student")
+    student_weight = student_projection.weight.detach()
+    student_bias = None if student_projection.bias is None else student_projection.bias.detach()
+    common = {
+        "divergence": "forward_kl",
+        "temperature": float(temperature),
+        "reduction": "sum",
+        "student_bias": student_bias,
+        "student_logit_scale": student_projection.logit_scale,
+        "student_softcap": student_projection.softcap,
+    }
+    totals = dict.fromkeys(("dense", "cache", "difference", "norm", "cache_norm", "dot"), 0.0)
+    tokens = 0
+    used = 0
+    teacher_mode, student_mode = teacher.training, student.training
+    teacher.eval()
+    student.eval()
+    try:
+        for start in range(0, min(batches * batch_size, len(cached)), batch_size):
+            positions = range(start, min(start + batch_size, len(cached)))
+            batch = to_device(default_collate([cached[p] for p in positions]), device)
+            labels = batch["labels"]
+            with torch.no_grad():
+                teacher_hidden = last_hidden_state(teacher, batch["inputs"], "teacher")
+                student_hidden = last_hidden_state(student, batch["inputs"], "student")
+            student_hidden = student_hidden.detach().requires_grad_(True)
+            dense = fused_linear_kd_loss(
+                student_hidden,
+                student_weight,
+                teacher_hidden,
+                teacher_projection.weight.detach(),
+                labels,
+                teacher_bias=teacher_projection.bias,
+                teacher_logit_scale=teacher_projection.logit_scale,
+                teacher_softcap=teacher_projection.softcap,
+                **common,
+            )
+            (dense_grad,) = torch.autograd.grad(dense, student_hidden)
+            sparse_teacher = TopKLogits(
+                batch["teacher_topk_ids"],
+                batch["teacher_topk_log_probs"],
+                batch["teacher_topk_tail"],
+            )
+            cache = fused_linear_kd_loss(
+                student_hidden,
+                student_weight,
+                labels=labels,
+                teacher_logits=sparse_teacher,
+                **common,
+            )
+            (cache_grad,) = torch.autograd.grad(cache, student_hidden)
+            totals["dense"] += float(dense.detach())
+            totals["cache"] += float(cache.detach())
+            totals["difference"] += float((cache_grad - dense_grad).double().square().sum())
+            totals["norm"] += float(dense_grad.double().square().sum())
+            totals["cache_norm"] += float(cache_grad.double().square().sum())
+            totals["dot"] += float((cache_grad.double() * dense_grad.double()).sum())
+            tokens += count_valid_tokens(labels)
+            used += 1
+    finally:
+        teacher.train(teacher_mode)
+        student.train(student_mode)
+    if tokens == 0 or totals["norm"] == 0.0:
+        raise ValueError(
+            f"the first {used} batches have no token the loss reads (every label is -100): "
+            "nothing to compare"
+        )
+    return {
+        "batches": used,
+        "tokens": tokens,
+        "loss_dense": totals["dense"] / max(tokens, 1),
+        "loss_cache": totals["cache"] / max(tokens, 1),
+        "loss_relative_error": abs(totals["cache"] - totals["dense"]) / abs(totals["dense"]),
+        "grad_relative_error": math.sqrt(totals["difference"] / totals["norm"]),
+        "grad_cosine": totals["dot"] / math.sqrt(totals["norm"] * totals["cache_norm"]),
+    }

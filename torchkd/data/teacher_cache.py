@@ -1,0 +1,451 @@
+"""Offline sparse teacher cache: a causal-LM teacher's top-k next-token distribution per
+position, written once to safetensors shards (:func:`write_teacher_cache`) and read back during
+training with no teacher model in memory (:class:`TeacherCacheDataset`): the sparse top-k
+distillation of DistillKit, with the tail mass kept.
+
+The format (layout, ``bytes/token = k (b_id + 2) + 2``, fingerprints, manifest) is described
+in :mod:`torchkd.data.cache_format`; its public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+from torch.utils.data import default_collate
+
+from torchkd.data.base import write_atomic
+from torchkd.data.cache_format import (
+    CACHE_FORMAT,
+    CACHE_VERSION,
+    MANIFEST,
+    SETTINGS,
+    VALUE_DTYPE,
+    TeacherCacheError,
+    bytes_per_token,
+    fingerprint_dataset,
+    read_manifest,
+    shard_name,
+    split_directory,
+    teacher_fingerprint,
+    token_id_dtype,
+    write_manifest,
+)
+from torchkd.data.documents import file_digest
+from torchkd.lm import last_hidden_state, output_projection
+from torchkd.losses import TopKLogits, default_chunk_size
+
+__all__ = [
+    "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "MANIFEST",
+    "TeacherCacheDataset",
+    "TeacherCacheError",
+    "bytes_per_token",
+    "fingerprint_dataset",
+    "read_manifest",
+    "shard_name",
+    "split_directory",
+    "teacher_fingerprint",
+    "to_device",
+    "token_id_dtype",
+    "write_manifest",
+    "write_teacher_cache",
+]
+
+
+def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest to continue from: the existing one when its settings match (resume), a
+    fresh one (written) for an empty or new directory."""
+    if (directory / MANIFEST).is_file():
+        manifest = read_manifest(directory)
+        changed = [
+            f"{key}: {manifest.get(key)!r} in the cache, {settings[key]!r} now"
+            for key in SETTINGS
+            if manifest.get(key) != settings[key]
+        ]
+        if changed:
+            raise TeacherCacheError(
+                f"{directory} holds a teacher cache written with other settings ("
+                + "; ".join(changed)
+                + "); delete the directory or write to another one"
+            )
+        return manifest
+    if directory.exists() and any(directory.iterdir()):
+        raise TeacherCacheError(
+            f"{directory} is not empty and holds no teacher cache ({MANIFEST}); choose a new "
+            "or empty directory"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {**settings, "shards": [], "complete": False}
+    write_manifest(directory, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (nested mappings too) moved to ``device``."""
+    if isinstance(value, Mapping):
+        return {key: to_device(item, device) for key, item in value.items()}
+    return value.to(device) if isinstance(value, Tensor) else value
+
+
+def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:
+    """The batch of ``dataset[p]`` for ``positions``, checking that each sample's ``index`` is
+    its position (cache rows are keyed by it)."""
+    samples = []
+    for position in positions:
+        sample = dataset[position]
+        index = sample.get("index")
+        if index is None or int(index) != position:
+            raise ValueError(
+                f"dataset[{position}]['index'] must be {position} (teacher-cache rows are keyed "
+                f"by the sample index), got {index!r}"
+            )
+        samples.append(sample)
+    return default_collate(samples)
+
+
+def _top_k(
+    teacher: nn.Module, inputs: Any, k: int, temperature: float, chunk_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``[B, L, k]`` top-k ids and log-probs and ``[B, L]`` tail log-masses of
+    ``softmax(teacher logits / T)``, computed a chunk of ``chunk_size`` positions at a time
+    from the last hidden state (never the logits of the whole batch)."""
+    projection = output_projection(teacher, "teacher")
+    hidden = last_hidden_state(teacher, inputs, "teacher")
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    parts = [
+        TopKLogits.from_logits(projection.logits(flat[start : start + chunk_size]), k, temperature)
+        for start in range(0, flat.shape[0], chunk_size)
+    ]
+    rows = hidden.shape[:-1]
+    ids = torch.cat([part.token_ids for part in parts]).reshape(*rows, k)
+    log_probs = torch.cat([part.log_probs for part in parts]).reshape(*rows, k)
+    tail = torch.cat([part.tail_log_mass for part in parts]).reshape(rows)
+    return ids, log_probs, tail
+
+
+def _shard_tensors(
+    teacher: nn.Module,
+    dataset: Any,
+    rows: range,
+    *,
+    k: int,
+    temperature: float,
+    batch_size: int,
+    chunk_size: int,
+    id_dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    ids, log_probs, tails = [], [], []
+    for start in range(rows.start, rows.stop, batch_size):
+        batch = _collate(dataset, range(start, min(start + batch_size, rows.stop)))
+        inputs = to_device(batch["inputs"], device)
+        top_ids, top_log_probs, tail = _top_k(teacher, inputs, k, temperature, chunk_size)
+        ids.append(top_ids.cpu().to(id_dtype))
+        # a log-probability below float16's range would become -inf: clamp it to the minimum
+        low = torch.finfo(VALUE_DTYPE).min
+        log_probs.append(top_log_probs.cpu().clamp_min(low).to(VALUE_DTYPE))
+        tails.append(tail.cpu().to(VALUE_DTYPE))  # -inf (no mass left) stays -inf
+    return {
+        "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
+        "token_ids": torch.cat(ids),
+        "log_probs": torch.cat(log_probs),
+        "tail": torch.cat(tails),
+    }
+
+
+def write_teacher_cache(
+    teacher: nn.Module,
+    dataset: Any,
+    directory: str | os.PathLike[str],
+    *,
+    k: int,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    rows_per_shard: int = 256,
+    tokenizer_fingerprint: str | None = None,
+    dataset_fingerprint: str | None = None,
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+    on_shard: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
+    distribution at every position (the format: :mod:`torchkd.data.cache_format`). Storage is
+
+    .. math::
+        \\text{bytes/token} = k \\, (b_\\text{id} + 2) + 2
+
+    (:func:`bytes_per_token`): ``k`` ids of ``b_id`` = 2 bytes (uint16, vocabularies up to
+    65,535) or 4 (int32), ``k`` float16 log-probabilities and one float16 tail per position,
+    plus 8 bytes per sample (``index``) and a small header per shard.
+
+    Per position the stored values are those of
+    :meth:`TopKLogits.from_logits(logits, k, temperature) <torchkd.losses.TopKLogits.from_logits>`:
+    the ``k`` largest log-probabilities of ``softmax(z / T)`` and the log of the rest
+    :math:`\\log \\sum_{j \\notin K} e^{\\log q_j}`, computed from the last hidden state and the
+    output projection ``chunk_size`` positions at a time. The teacher runs in eval mode without
+    gradients, over the samples in index order (``dataset[i]["index"]`` must be ``i``).
+
+    Shards are written one by one through a temp file and a rename, each followed by an atomic
+    rewrite of ``manifest.json`` with its SHA-256, so an interrupted run (Ctrl-C, a crash)
+    leaves a consistent cache. Calling again with the same teacher, data and settings resumes at
+    the first missing shard (a complete cache is left as it is); other settings raise.
+
+    Args:
+        teacher: a causal LM (:func:`torchkd.lm.is_causal_lm`).
+        dataset: spec-format causal-LM samples (``inputs`` mapping, ``index``).
+        directory: the cache directory (created; must be new, empty or this cache's).
+        k: tokens kept per position.
+        temperature: the softening temperature, the temperature of the term that reads it.
+        batch_size: samples per teacher forward pass.
+        rows_per_shard: samples per shard.
+        tokenizer_fingerprint: recorded and checked by readers (default: the dataset's
+            ``tokenizer_fingerprint`` attribute, if any).
+        dataset_fingerprint: default :func:`fingerprint_dataset`.
+        chunk_size: positions per logits chunk (default
+            :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
+        device: where the batches go; the teacher must already be there (default: where
+            its parameters are). The results are stored from the CPU.
+        on_shard: called as ``on_shard(shard, num_shards)`` after each written shard.
+
+    Returns:
+        The final manifest.
+
+    Raises:
+        TeacherCacheError: the directory holds something else or a cache with other settings.
+    """
+    _check_positive("k", k)
+    _check_positive("batch_size", batch_size)
+    _check_positive("rows_per_shard", rows_per_shard)
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: there is nothing to cache")
+    vocab_size = output_projection(teacher, "teacher").weight.shape[0]
+    if k > vocab_size:
+        raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")
+    id_dtype = token_id_dtype(vocab_size)
+    if tokenizer_fingerprint is None:
+        tokenizer_fingerprint = getattr(dataset, "tokenizer_fingerprint", None)
+    settings = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
+        "k": k,
+        "temperature": float(temperature),
+        "vocab_size": vocab_size,
+        "token_id_dtype": str(id_dtype).removeprefix("torch."),
+        "value_dtype": str(VALUE_DTYPE).removeprefix("torch."),
+        "rows": len(dataset),
+        "rows_per_shard": rows_per_shard,
+    }
+    directory = Path(directory)
+    manifest = _start(directory, settings)
+    num_shards = math.ceil(len(dataset) / rows_per_shard)
+    if device is None:
+        device = next(teacher.parameters()).device
+    device = torch.device(device)
+    chunk_size = chunk_size or default_chunk_size(vocab_size)
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            for shard in range(len(manifest["shards"]), num_shards):
+                rows = range(
+                    shard * rows_per_shard, min((shard + 1) * rows_per_shard, len(dataset))
+                )
+                tensors = _shard_tensors(
+                    teacher,
+                    dataset,
+                    rows,
+                    k=k,
+                    temperature=float(temperature),
+                    batch_size=batch_size,
+                    chunk_size=chunk_size,
+                    id_dtype=id_dtype,
+                    device=device,
+                )
+                data = save_safetensors(tensors)
+                write_atomic(
+                    directory / shard_name(shard), lambda stream, data=data: stream.write(data)
+                )
+                entry = {
+                    "file": shard_name(shard),
+                    "rows": len(rows),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+                manifest["shards"].append(entry)
+                write_manifest(directory, manifest)
+                if on_shard is not None:
+                    on_shard(shard, num_shards)
+    finally:
+        teacher.train(was_training)
+    if not manifest["complete"]:
+        manifest["complete"] = True
+        write_manifest(directory, manifest)
+    return manifest
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+class TeacherCacheDataset:
+    """``base_dataset`` with the cached teacher's top-k distribution added to every sample.
+
+    Each sample (or batch, for a list of positions) of the base dataset gains
+    ``teacher_topk_ids`` int64 ``[..., L, k]``, ``teacher_topk_log_probs`` float32
+    ``[..., L, k]`` and ``teacher_topk_tail`` float32 ``[..., L]``, looked up by the sample's
+    ``index``: what ``TopKLogits(ids, log_probs, tail)`` takes (``teacher: cache`` terms).
+
+    The manifest is checked when the dataset is made: the cache must be complete and written
+    for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
+    ``k`` / ``temperature`` when given). Each shard's SHA-256 is checked when it is first read;
+    shards are then read lazily, row by row, from memory-mapped safetensors files.
+
+    Args:
+        base_dataset: the dataset the cache was written from.
+        directory: the cache directory.
+        k: the ``k`` the caller expects (e.g. the recipe's ``data.teacher_cache.k``).
+        temperature: the temperature the caller expects.
+        tokenizer_fingerprint: the data's tokenizer fingerprint (default: the base dataset's
+            ``tokenizer_fingerprint`` attribute, if any).
+
+    Raises:
+        TeacherCacheError: naming what does not match and the cache directory.
+    """
+
+    def __init__(
+        self,
+        base_dataset: Any,
+        directory: str | os.PathLike[str],
+        *,
+        k: int | None = None,
+        temperature: float | None = None,
+        tokenizer_fingerprint: str | None = None,
+    ) -> None:
+        self.dataset = base_dataset
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        self.manifest = manifest
+        if not manifest["complete"]:
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} is incomplete ({len(manifest['shards'])} "
+                "shards written); run `torchkd cache-teacher RECIPE` again to finish it"
+            )
+        for name, expected in (("k", k), ("temperature", temperature)):
+            if expected is not None and manifest[name] != expected:
+                raise TeacherCacheError(
+                    f"the teacher cache in {directory} was written with {name}="
+                    f"{manifest[name]}, but {name}={expected} is asked for"
+                )
+        if tokenizer_fingerprint is None:
+            tokenizer_fingerprint = getattr(base_dataset, "tokenizer_fingerprint", None)
+        stored = manifest["tokenizer_fingerprint"]
+        if None not in (tokenizer_fingerprint, stored) and tokenizer_fingerprint != stored:
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} was written with another tokenizer "
+                f"(fingerprint {stored[:16]}..., the data's is {tokenizer_fingerprint[:16]}...)"
+            )
+        fingerprint = fingerprint_dataset(base_dataset)
+        if fingerprint != manifest["dataset_fingerprint"] or manifest["rows"] != len(base_dataset):
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} was written for other data (dataset "
+                f"fingerprint {manifest['dataset_fingerprint'][:16]}..., {manifest['rows']} rows; "
+                f"this dataset's is {fingerprint[:16]}..., {len(base_dataset)} rows); rewrite "
+                "it with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+            )
+        self._verified: set[int] = set()
+        self._handles: dict[int, Any] = {}
+
+    @property
+    def k(self) -> int:
+        return int(self.manifest["k"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest["temperature"])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for DataLoader workers without the open shard files (reopened lazily)."""
+        return {**self.__dict__, "_handles": {}}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "__setstate__") or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _shard(self, shard: int) -> Any:
+        """The open shard ``shard``; its digest and row indices are checked on first use."""
+        if shard in self._handles:
+            return self._handles[shard]
+        entry = self.manifest["shards"][shard]
+        path = self.directory / entry["file"]
+        if shard not in self._verified:
+            if not path.is_file():
+                raise TeacherCacheError(f"teacher cache shard {path} is missing")
+            digest = file_digest(path)
+            if digest != entry["sha256"]:
+                raise TeacherCacheError(
+                    f"teacher cache shard {path} is damaged: its SHA-256 is {digest}, the "
+                    f"manifest says {entry['sha256']}; delete {self.directory} and write the "
+                    "cache again"
+                )
+        handle = safe_open(str(path), framework="pt")
+        start = shard * int(self.manifest["rows_per_shard"])
+        expected = torch.arange(start, start + int(entry["rows"]))
+        if not torch.equal(handle.get_tensor("index"), expected):
+            raise TeacherCacheError(f"teacher cache shard {path} holds other rows than expected")
+        self._verified.add(shard)
+        self._handles[shard] = handle
+        return handle
+
+    def _row(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not 0 <= index < int(self.manifest["rows"]):
+            raise IndexError(
+                f"sample index {index} is outside the teacher cache's {self.manifest['rows']} rows"
+            )
+        shard, offset = divmod(index, int(self.manifest["rows_per_shard"]))
+        handle = self._shard(shard)
+        ids = handle.get_slice("token_ids")[offset].to(torch.int64)
+        log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
+        tail = handle.get_slice("tail")[offset].to(torch.float32)
+        return ids, log_probs, tail
+
+    def __getitem__(self, position: Any) -> dict[str, Any]:
+        """A sample, or a batch for a sequence of positions (as the base dataset answers)."""
+        sample = self.dataset[position]
+        index = torch.as_tensor(sample["index"])
+        rows = [self._row(int(i)) for i in index.reshape(-1).tolist()]
+        ids, log_probs, tail = (torch.stack(column) for column in zip(*rows, strict=True))
+        if index.dim() == 0:
+            ids, log_probs, tail = ids[0], log_probs[0], tail[0]
+        return {
+            **sample,
+            "teacher_topk_ids": ids,
+            "teacher_topk_log_probs": log_probs,
+            "teacher_topk_tail": tail,
+        }

@@ -130,7 +130,8 @@ def test_cache_was_written_by_cache_teacher_and_reported(
 ) -> None:
     result, _, _ = quick_demo
     cache = result.cache
-    assert cache["k"] == 16 and cache["tokens"] == result.corpus["train_tokens"]
+    assert cache["k"] == 16  # the training and validation splits are cached
+    assert cache["tokens"] == result.corpus["train_tokens"] + result.corpus["val_tokens"]
     # uint16 ids + float16 log-probs per kept token, float16 tail, plus the manifest
     assert 16 * 4 + 2 <= cache["bytes_per_token"] < 16 * 4 + 2 + 16
     assert 0 <= cache["loss_relative_error"] < 1 and 0 <= cache["grad_relative_error"] < 1

@@ -185,8 +185,9 @@ def _setup_text(result: LMDemoResult) -> str:
         f"({corpus.get('teacher_tokens', 0):,} training tokens): the teacher never saw the "
         "students' files. Byte-level BPE tokenizer of "
         f"{corpus.get('vocab_size', '?')} tokens trained on the training files, windows of "
-        f"{corpus.get('seq_len', '?')} tokens. Teacher {result.teacher_description}, one epoch; "
-        f"student {result.student_description}, one epoch; {len(result.seeds)} seeds per arm; "
+        f"{corpus.get('seq_len', '?')} tokens. Teacher {result.teacher_description}, "
+        f"{corpus.get('teacher_epochs', '?')} epoch(s); student {result.student_description}, "
+        f"{corpus.get('student_epochs', '?')} epoch(s); {len(result.seeds)} seeds per arm; "
         "every model is measured on the students' test files."
     )
 

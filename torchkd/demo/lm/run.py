@@ -100,6 +100,8 @@ def _corpus_summary(plan: LMDemoPlan) -> dict[str, Any]:
         "teacher_tokens": len(teacher.dataset) * seq_len if teacher is not None else 0,
         "vocab_size": plan.vocab_size,
         "seq_len": seq_len,
+        "teacher_epochs": plan.recipe("teacher").train.epochs,
+        "student_epochs": recipe.train.epochs,
     }
 
 

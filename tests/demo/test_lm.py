@@ -216,3 +216,25 @@ def test_results_file_and_readme_table_agree() -> None:
     readme = markdown_table((ROOT / "README.md").read_text(), after="**Language-model demo**")
     assert [row[0] for row in results[3:]] == [arm.label for arm in lm.LM_ARMS]
     assert readme == results
+
+
+def test_cli_demo_lm_runs_the_lm_demo(
+    quick_demo: tuple[lm.LMDemoResult, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from torchkd import cli
+
+    result, out, _ = quick_demo
+    received: dict[str, object] = {}
+
+    def fake_run(**kwargs: object) -> lm.LMDemoResult:
+        received.update(kwargs)
+        return result
+
+    monkeypatch.setattr(lm, "run_lm_demo", fake_run)
+    assert cli.main(["demo", "lm", "--quick", "--seeds", "2", "--out", str(out)]) == 0
+    assert received == {"seeds": 2, "quick": True, "out": str(out), "workers": None}
+    assert result.table() in capsys.readouterr().out
+    assert cli.main(["demo", "lm", "--seeds", "1"]) == 0  # default --out
+    assert received["out"] == "runs/demo_lm"

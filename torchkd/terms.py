@@ -27,6 +27,7 @@ __all__ = [
     "as_batch",
     "blame_term",
     "term_error",
+    "to_device",
 ]
 
 LOGITS = "logits"  # a term's student/teacher value meaning the model's output logits
@@ -56,6 +57,27 @@ def as_batch(
         f"(inputs, labels) tuple, got {described}; for more entries yield dicts, e.g. with "
         "torchkd.data.TensorDictDataset"
     )
+
+
+def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
+    :func:`as_batch`) as a dict with every tensor moved to ``device``,
+    including those of nested mappings (e.g. ``inputs = {"input_ids", "attention_mask"}``).
+
+    Example:
+        >>> moved = to_device({"inputs": {"input_ids": torch.ones(1, 2)}}, torch.device("cpu"))
+        >>> moved["inputs"]["input_ids"].device.type
+        'cpu'
+    """
+    return _moved(as_batch(batch), device)
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _moved(item, device) for key, item in value.items()}
+    return value
 
 
 class TermError(ValueError):

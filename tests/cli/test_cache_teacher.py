@@ -18,6 +18,7 @@ from torchkd.config import (
     ConfigError,
     ModelConfig,
     build_datasets,
+    build_distiller,
     build_loaders,
     build_model,
     cache_temperature,
@@ -194,8 +195,10 @@ def test_training_reads_the_cache_without_a_teacher(recipe: Path, tmp_path: Path
     assert next(iter(loaders.val))["teacher_topk_ids"].shape[-1] == K  # terms are evaluated
     assert "teacher_topk_ids" not in next(iter(loaders.test))  # the test split reads no term
 
-    # no teacher in memory: the recipe's teacher is dropped, the terms read the cache
-    assert main(["train", str(recipe), *FAST, "teacher=null", "--run-dir", "run"]) == 0
+    # no teacher in memory: the recipe names one (for cache-teacher), training builds none
+    assert len(build_distiller(load_recipe(recipe)).teachers) == 0
+    assert len(build_distiller(load_recipe(recipe, ["terms.0.teacher=logits"])).teachers) == 1
+    assert main(["train", str(recipe), *FAST, "--run-dir", "run"]) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
 
 

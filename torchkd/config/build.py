@@ -310,6 +310,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
     teachers = [
         build_model(spec, where)
         for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
+        if _reads_teacher_models(recipe)
     ]
     from torchkd.distiller import TermError
 
@@ -323,6 +324,19 @@ def build_distiller(recipe: Recipe) -> Distiller:
         )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
+
+
+def _reads_teacher_models(recipe: Recipe) -> bool:
+    """Whether a term (or on-policy sampling) runs the teachers: a recipe whose teacher-reading
+    terms all read the teacher cache trains with no teacher model in memory (its ``teacher:``
+    is what ``torchkd cache-teacher`` runs)."""
+    from torchkd import losses
+
+    return recipe.on_policy is not None or any(
+        term.teacher != "cache"
+        and (term.loss not in losses.available() or losses.entry(term.loss).signature != "labels")
+        for term in recipe.terms
+    )
 
 
 def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:

@@ -315,6 +315,11 @@ class Recipe(Section):
                 "on_policy: on-policy distillation needs a teacher to score (or, with source: "
                 "teacher, to generate) the sampled tokens; give teacher or teachers"
             )
+        if self.on_policy is not None and self.data.teacher_cache is not None:
+            raise ValueError(
+                "on_policy, data.teacher_cache: the teacher cache holds the teacher's "
+                "distributions on the dataset's tokens only, not on sampled ones; drop one"
+            )
         cached = [i for i, term in enumerate(self.terms) if term.teacher == "cache"]
         if self.on_policy is not None and cached:
             raise ValueError(

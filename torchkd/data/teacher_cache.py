@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from torchkd.data.cache_format import (
 from torchkd.data.documents import file_digest
 from torchkd.lm import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
+from torchkd.terms import to_device
 
 __all__ = [
     "CACHE_FORMAT",
@@ -55,7 +56,6 @@ __all__ = [
     "shard_name",
     "split_directory",
     "teacher_fingerprint",
-    "to_device",
     "token_id_dtype",
     "write_manifest",
     "write_teacher_cache",
@@ -96,13 +96,6 @@ def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in it (nested mappings too) moved to ``device``."""
-    if isinstance(value, Mapping):
-        return {key: to_device(item, device) for key, item in value.items()}
-    return value.to(device) if isinstance(value, Tensor) else value
 
 
 def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:

@@ -21,7 +21,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["package_root", "source_digest", "teacher_fingerprint", "teacher_source_files"]
+__all__ = [
+    "library_version",
+    "package_root",
+    "source_digest",
+    "teacher_fingerprint",
+    "teacher_source_files",
+]
 
 # Modules of layers 7-8 (search, teacher selection, CLI): no training run imports them.
 # The demo (layer 7) is excluded too except ``demo/arms.py``, which trains and exports the teacher.
@@ -72,7 +78,8 @@ def source_digest(files: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(library: str) -> str:
+def library_version(library: str) -> str:
+    """The installed version of ``library`` (``"absent"`` when it is not installed)."""
     if library == "torch":  # the imported build (e.g. "2.13.0+cpu"), which may be patched
         import torch
 
@@ -89,5 +96,5 @@ def teacher_fingerprint(resolved_recipe: dict[str, Any]) -> dict[str, Any]:
     return {
         "recipe": resolved_recipe,
         "torchkd_source": source_digest(teacher_source_files(root), root),
-        "versions": {library: _version(library) for library in _LIBRARIES},
+        "versions": {library: library_version(library) for library in _LIBRARIES},
     }

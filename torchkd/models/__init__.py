@@ -1,10 +1,11 @@
 """Reference models: MNIST-1D CNN and MLP, a digits CNN, CIFAR ResNets and Wide ResNets, and
-Hugging Face causal LMs and encoders (``hf_causal_lm``, ``hf_encoder``)."""
+Hugging Face causal LMs, encoders and sentence encoders (``hf_causal_lm``, ``hf_encoder``,
+``hf_sentence_encoder``)."""
 
 from __future__ import annotations
 
 from torchkd.models.cifar import ResNet, WideResNet
-from torchkd.models.hf import hf_causal_lm, hf_encoder
+from torchkd.models.hf import SentenceEncoder, hf_causal_lm, hf_encoder, hf_sentence_encoder
 from torchkd.models.registry import MODELS, available_models, create_model
 from torchkd.models.simple import CNN1D, MLP, DigitsCNN
 
@@ -14,9 +15,11 @@ __all__ = [
     "MODELS",
     "DigitsCNN",
     "ResNet",
+    "SentenceEncoder",
     "WideResNet",
     "available_models",
     "create_model",
     "hf_causal_lm",
     "hf_encoder",
+    "hf_sentence_encoder",
 ]

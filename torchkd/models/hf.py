@@ -6,6 +6,9 @@ Recipe::
 
     student: {model: hf_causal_lm, kwargs: {config: {model_type: llama, vocab_size: 512, ...}}}
     teacher: {model: hf_causal_lm, kwargs: {path: models/teacher}}
+
+Sentence encoders (``hf_sentence_encoder``): an encoder whose output is the L2-normalized mean
+of its last hidden states over the real tokens (:class:`SentenceEncoder`).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from torchkd.models.registry import MODELS
 
-__all__ = ["hf_causal_lm", "hf_encoder"]
+__all__ = ["MeanPool", "SentenceEncoder", "hf_causal_lm", "hf_encoder", "hf_sentence_encoder"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -97,3 +101,54 @@ def hf_encoder(
 ) -> nn.Module:
     """An encoder (``AutoModel``, e.g. BERT); arguments as :func:`hf_causal_lm`."""
     return _build("AutoModel", path, config, dtype)
+
+
+class MeanPool(nn.Module):
+    """Mean of the hidden states over the positions where ``attention_mask`` is 1.
+
+    .. math::
+        e = \\frac{\\sum_t m_t h_t}{\\max(\\sum_t m_t, \\varepsilon)}
+
+    Example:
+        >>> hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
+        >>> MeanPool()(hidden, torch.tensor([[1, 1, 0]]))
+        tensor([[2., 3.]])
+    """
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"hidden must be [B, L, D] and attention_mask [B, L], got "
+                f"{tuple(hidden.shape)} and {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+class SentenceEncoder(nn.Module):
+    """An encoder returning L2-normalized mean-pooled sentence embeddings ``[B, D]``: the
+    pooling of sentence-transformers models such as all-MiniLM-L6-v2 (``modules.json``:
+    Transformer, Pooling with ``pooling_mode_mean_tokens``, Normalize).
+
+    Submodules: ``encoder`` (the Hugging Face model) and ``pool`` (:class:`MeanPool`, whose
+    output is the unnormalized embedding), both tappable by path.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pool = MeanPool()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, **inputs: Tensor) -> Tensor:
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **inputs
+        ).last_hidden_state
+        return F.normalize(self.pool(hidden, attention_mask), dim=-1)
+
+
+@MODELS.register("hf_sentence_encoder")
+def hf_sentence_encoder(
+    path: str | None = None, config: dict[str, Any] | None = None, dtype: str | None = None
+) -> SentenceEncoder:
+    """:func:`hf_encoder` wrapped in a :class:`SentenceEncoder` (mean pooling, L2 norm)."""
+    return SentenceEncoder(hf_encoder(path, config, dtype))

@@ -4,7 +4,7 @@ and perplexity for token labels."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.teachers import call_model, select_logits
-from torchkd.terms import as_batch
+from torchkd.terms import to_device
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 NUM_CALIBRATION_BINS = 15
@@ -175,27 +175,6 @@ class _Totals:
         for name, total in self.terms.items():
             metrics[name] = total / self.samples
         return metrics
-
-
-def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
-    :func:`torchkd.distiller.as_batch`) as a dict with every tensor moved to ``device``,
-    including those of nested mappings (e.g. ``inputs = {"input_ids", "attention_mask"}``).
-
-    Example:
-        >>> moved = to_device({"inputs": {"input_ids": torch.ones(1, 2)}}, torch.device("cpu"))
-        >>> moved["inputs"]["input_ids"].device.type
-        'cpu'
-    """
-    return _moved(as_batch(batch), device)
-
-
-def _moved(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _moved(item, device) for key, item in value.items()}
-    return value
 
 
 def autocast_context(device: torch.device, amp: str) -> Any:

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from torchkd.lm import count_valid_tokens
+from torchkd.terms import to_device
 from torchkd.train.checkpoint import (
     CheckpointError,
     check_fits,
@@ -58,7 +59,7 @@ from torchkd.train.checkpoint import (
 )
 from torchkd.train.config import TrainConfig
 from torchkd.train.distributed import Parallel, SilentLogger
-from torchkd.train.evaluate import autocast_context, evaluate, to_device
+from torchkd.train.evaluate import autocast_context, evaluate
 from torchkd.train.logging import RunLogger, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
 from torchkd.train.results import FitResult, NonFiniteLossError

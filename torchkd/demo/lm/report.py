@@ -186,8 +186,8 @@ def _setup_text(result: LMDemoResult) -> str:
         "students' files. Byte-level BPE tokenizer of "
         f"{corpus.get('vocab_size', '?')} tokens trained on the training files, windows of "
         f"{corpus.get('seq_len', '?')} tokens. Teacher {result.teacher_description}, "
-        f"{corpus.get('teacher_epochs', '?')} epoch(s); student {result.student_description}, "
-        f"{corpus.get('student_epochs', '?')} epoch(s); {len(result.seeds)} seeds per arm; "
+        f"epochs: {corpus.get('teacher_epochs', '?')}; student {result.student_description}, "
+        f"epochs: {corpus.get('student_epochs', '?')}; {len(result.seeds)} seeds per arm; "
         "every model is measured on the students' test files."
     )
 
@@ -198,7 +198,8 @@ def _cache_text(result: LMDemoResult) -> str:
         return "Top-k cache: not measured."
     return (
         f"Top-k cache (`torchkd cache-teacher`, k = {cache['k']}, T = "
-        f"{cache['temperature']:g}): {cache['tokens']:,} training tokens, "
+        f"{cache['temperature']:g}): {cache['tokens']:,} tokens of the training and "
+        "validation splits, "
         f"{cache['bytes_per_token']:.1f} bytes/token on disk; against the dense teacher "
         f"(forward KL, the student at initialization, {cache['error_tokens']:,} tokens) the "
         f"loss relative error is {cache['loss_relative_error']:.2e} and the gradient relative "

@@ -81,6 +81,19 @@ def cache_teacher(recipe_path: Path, directory: Path, echo: Echo) -> dict[str, A
     }
 
 
+def _describe_arm(recipe_name: str) -> str:
+    """The arm's loss terms as resolved, with where the teacher comes from and, for on-policy
+    distillation, its settings."""
+    recipe = lm_recipe(recipe_name)
+    text = describe_terms(recipe)
+    if any(term.teacher == "cache" for term in recipe.terms):
+        text += " against the top-k cache (teacher: cache)"
+    if recipe.on_policy is not None:
+        settings = recipe.on_policy.model_dump(exclude_none=True)
+        text += " with on_policy(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
+    return text
+
+
 def _corpus_summary(plan: LMDemoPlan) -> dict[str, Any]:
     """Files and tokens per split of the students' data (from the text dataset's cache)."""
     from torchkd.config import build_loaders
@@ -225,7 +238,7 @@ def run_lm_demo(
         cache=cache_stats,
         environment={**environment(), "threads": threads},
         teacher_weights=str(plan.teacher_weights),
-        arm_terms={arm.key: describe_terms(lm_recipe(arm.recipe)) for arm in LM_ARMS},
+        arm_terms={arm.key: _describe_arm(arm.recipe) for arm in LM_ARMS},
         command=command,
     )
     result.seconds = time.perf_counter() - started

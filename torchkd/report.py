@@ -20,7 +20,7 @@ from torchkd.train.logging import read_jsonl
 __all__ = ["format_results_table", "write_report"]
 
 PERCENT_METRICS = ("top1", "teacher_top1", "agreement")
-_TABLE_METRICS = ("top1", "nll", "ece", "agreement", "teacher_top1", "loss")
+_TABLE_METRICS = ("top1", "nll", "perplexity", "ece", "agreement", "teacher_top1", "loss")
 
 
 def _format_value(name: str, value: float | None) -> str:

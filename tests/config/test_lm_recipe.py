@@ -131,6 +131,10 @@ def test_train_recipe_with_fused_and_hidden_state_terms(token_dataset: str, tmp_
     assert not torch.equal(student.lm_head.weight, fresh.lm_head.weight)
     text = json.dumps(final_metrics(run_dir))
     assert "perplexity" in text, text
+    header = next(
+        line for line in (run_dir / "report.md").read_text().splitlines() if "| |" in line
+    )
+    assert "perplexity" in [cell.strip() for cell in header.split("|")], header
 
 
 def test_train_recipe_from_the_teacher_cache_without_a_teacher(

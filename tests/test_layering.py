@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: dict[str, int] = {
     "_registry": 0,
+    "_files": 0,
     "environment": 0,
     "losses": 1,
     "schedules": 2,

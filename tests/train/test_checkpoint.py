@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchkd._files import atomic_write
 from torchkd.config import TrainConfig
 from torchkd.data import TensorDictDataset
 from torchkd.distiller import Distiller, Term
@@ -23,7 +24,6 @@ from torchkd.train import (
     load_student_weights,
     save_checkpoint,
 )
-from torchkd.train.checkpoint import atomic_write
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from torchkd import _files as files_module
 from torchkd.config import TrainConfig
 from torchkd.data import TensorDictDataset
 from torchkd.distiller import Distiller, Term
@@ -27,7 +28,6 @@ from torchkd.train import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from torchkd.train import checkpoint as checkpoint_module
 from torchkd.train.rng import capture_rng_state
 
 fcntl = pytest.importorskip("fcntl")
@@ -228,7 +228,7 @@ def test_a_killed_write_leaves_a_temporary_that_the_next_save_removes(tmp_path: 
     last = save_checkpoint(minimal_checkpoint(1.0), tmp_path / "last.pt")
     killed_write = (
         "import os, signal, sys\n"
-        "from torchkd.train.checkpoint import atomic_write\n"
+        "from torchkd._files import atomic_write\n"
         "def write(stream):\n"
         "    stream.write(b'half a checkpoint'); stream.flush()\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -253,7 +253,7 @@ def test_a_temporary_removed_before_its_writer_locked_it_is_replaced(
     """The race a cleanup can lose: it removes a new temporary between its creation and its
     writer's lock; the writer notices (no links left) and makes another."""
     created: list[str] = []
-    real_mkstemp = checkpoint_module.tempfile.mkstemp
+    real_mkstemp = files_module.tempfile.mkstemp
 
     def mkstemp_then_cleanup(**kwargs: object) -> tuple[int, str]:
         handle, name = real_mkstemp(**kwargs)
@@ -262,7 +262,7 @@ def test_a_temporary_removed_before_its_writer_locked_it_is_replaced(
             os.unlink(name)  # what remove_stale_temporaries does to an unlocked temporary
         return handle, name
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", mkstemp_then_cleanup)
+    monkeypatch.setattr(files_module.tempfile, "mkstemp", mkstemp_then_cleanup)
     path = save_checkpoint(minimal_checkpoint(5.0), tmp_path / "last.pt")
     assert len(created) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

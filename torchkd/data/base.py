@@ -15,15 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from torchkd._files import atomic_write
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -124,23 +124,9 @@ def cache_key(settings: dict[str, object]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Create ``path`` (and its parent) with ``write(stream)`` into a temp file in the same
-    directory, then ``os.replace``: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` as ``.npz`` via a temp file and ``os.replace`` (atomic)."""
-    write_atomic(path, lambda stream: np.savez(stream, **arrays))
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkd.data.base import write_atomic
+from torchkd._files import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",
@@ -174,7 +174,7 @@ def fingerprint_dataset(dataset: Any) -> str:
 def write_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` atomically."""
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    write_atomic(Path(directory) / MANIFEST, lambda stream: stream.write(text.encode()))
+    atomic_write(Path(directory) / MANIFEST, lambda stream: stream.write(text.encode()))
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:

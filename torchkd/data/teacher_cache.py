@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from torchkd.data.base import write_atomic
+from torchkd._files import atomic_write
 from torchkd.data.cache_format import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -280,7 +280,7 @@ def write_teacher_cache(
                     device=device,
                 )
                 data = save_safetensors(tensors)
-                write_atomic(
+                atomic_write(
                     directory / shard_name(shard), lambda stream, data=data: stream.write(data)
                 )
                 entry = {

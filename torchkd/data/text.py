@@ -37,13 +37,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from torchkd._files import atomic_write
 from torchkd.data.base import (
     SPLITS,
     cache_dir,
     cache_key,
     check_fraction,
     check_split,
-    write_atomic,
 )
 from torchkd.data.documents import (
     FORMATS,
@@ -252,7 +252,7 @@ def _build(
         "special_ids": json.dumps([eos, pad]),
     }
     data = save(tensors, metadata=metadata)
-    write_atomic(path, lambda stream: stream.write(data))
+    atomic_write(path, lambda stream: stream.write(data))
     return {"tensors": tensors, "metadata": metadata}
 
 

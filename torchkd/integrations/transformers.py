@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchkd._files import atomic_write
 from torchkd.distiller import Distiller, DistillOutput, Term
 from torchkd.lm import IGNORE_INDEX, count_valid_tokens, next_token_labels
-from torchkd.train.checkpoint import atomic_write
 
 try:
     import transformers

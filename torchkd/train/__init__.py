@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from torchkd._files import remove_stale_temporaries
 from torchkd.train.checkpoint import (
     CheckpointError,
     export_student,
     load_checkpoint,
     load_student_weights,
-    remove_stale_temporaries,
     save_checkpoint,
 )
 from torchkd.train.evaluate import agreement, evaluate, expected_calibration_error

@@ -31,124 +31,36 @@ Exported ``.safetensors`` files carry the digest of their tensors in their metad
 ``"torchkd.sha256"``; :func:`load_student_weights` checks it. Safetensors files written
 elsewhere have none and are read as they are.
 
-Writes go to a temporary ``.<name>.XXXXXXXX.tmp`` beside the target, locked (``flock``) while
-written, then renamed over it. A write killed outright (SIGKILL, power loss) leaves its
-temporary behind; the next write into that directory removes every checkpoint or export
-temporary that no live writer holds (:func:`remove_stale_temporaries`).
+Writes are atomic (:func:`torchkd._files.atomic_write`: a locked temporary beside the target,
+renamed over it; temporaries of killed writes are removed by the next write into the directory,
+:func:`~torchkd._files.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from torchkd._files import atomic_write
 from torchkd.train.digest import content_sha256
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locks, so stale temporaries are left alone
-    fcntl = None  # type: ignore[assignment]
 
 CHECKPOINT_FORMAT = "torchkd.checkpoint"
 CHECKPOINT_VERSION = 2  # 2: with a "sha256" digest; 1: without (read with a warning)
 SAFETENSORS_DIGEST_KEY = "torchkd.sha256"
 _DIGEST_KEY = "sha256"
 _REQUIRED_KEYS = ("student", "extras", "optimizer", "rng", "progress", "config")
-# what atomic_write's tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names a checkpoint's
-# or an export's temporary: 8 random characters
-_TEMPORARY_NAME = re.compile(r"^\..+\.(pt|safetensors)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a torchkd checkpoint."""
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    handle = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Remove the temporary files that killed writes left in ``directory``; return them.
-
-    Only the names :func:`atomic_write` gives the temporaries of checkpoints and exports
-    (``.<name>.pt.XXXXXXXX.tmp``, ``.<name>.safetensors.XXXXXXXX.tmp``) are considered, and
-    only those no process holds locked: a write in progress keeps its file. Without ``fcntl``
-    (not POSIX) nothing is removed.
-    """
-    directory = Path(directory)
-    if fcntl is None or not directory.is_dir():
-        return []
-    removed = []
-    for candidate in sorted(directory.iterdir()):
-        if not _TEMPORARY_NAME.match(candidate.name) or not candidate.is_file():
-            continue
-        try:
-            handle = os.open(candidate, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            candidate.unlink(missing_ok=True)  # still locked: a new writer sees it unlinked
-            removed.append(candidate)
-        except OSError:  # held by a live writer (or no locks here): leave it
-            continue
-        finally:
-            os.close(handle)
-    return removed
-
-
-def _locked_temporary(path: Path) -> tuple[int, str]:
-    """A new temporary file beside ``path``, open and locked against stale-file cleanup."""
-    while True:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        if fcntl is None:
-            return handle, name
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if os.fstat(handle).st_nlink > 0:
-            return handle, name
-        os.close(handle)  # a cleanup removed it between its creation and our lock: again
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` so that readers see the old file or the complete new one, never a mix.
-
-    ``write`` fills a temporary file in the same directory (locked while written); it is
-    flushed and fsynced, renamed over ``path`` with ``os.replace`` and the directory is
-    fsynced. On any error (Ctrl-C included) the temporary file is removed and ``path`` is
-    untouched. Temporaries that earlier, killed writes left in the directory are removed first
-    (:func:`remove_stale_temporaries`).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    handle, temp_name = _locked_temporary(path)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-            os.replace(temp_name, path)  # before close: the lock is held until the rename
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:

@@ -49,12 +49,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from torchkd._files import remove_stale_temporaries
 from torchkd.lm import count_valid_tokens
 from torchkd.terms import to_device
 from torchkd.train.checkpoint import (
     CheckpointError,
     check_fits,
-    remove_stale_temporaries,
     save_checkpoint,
 )
 from torchkd.train.config import TrainConfig

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkd._files import atomic_write
 from torchkd.demo.embeddings.arms import ARMS
-from torchkd.train.checkpoint import atomic_write
 
 __all__ = ["EmbeddingsResult", "RunScores", "results_markdown", "summary_markdown", "write_report"]
 

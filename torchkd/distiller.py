@@ -620,12 +620,9 @@ class Distiller(nn.Module):
         }
         if batch.get("num_items_in_batch") is not None:
             kwargs["num_items_in_batch"] = batch["num_items_in_batch"]
-        if term.temperature is not None:
-            temperature = float(
-                self._temperature_schedules[term.name](self._step, self._total_steps)
-            )
-            temperatures[term.name] = temperature
-            kwargs["temperature"] = temperature
+        temperature = self._temperature(term, capture)  # a number or a schedule's value
+        if temperature is not None:
+            temperatures[term.name] = kwargs["temperature"] = float(temperature)
         student = output_projection(self.student, "the student")
         kwargs.update(_projection_kwargs("student", student))
         if term.teacher == CACHE:

@@ -518,3 +518,38 @@ def test_resume_is_bit_identical_with_adapters(tmp_path: Path, on_policy) -> Non
     assert any(name.startswith("extras.hint.adapters") for name in whole)
     for name, value in whole.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("behaviour", TRAINER_BEHAVIOURS)
+def test_each_term_is_logged_as_its_interval_mean(tmp_path: Path, behaviour: str) -> None:
+    """Every logging interval (2 steps of 2 micro-batches) logs each term's mean over its
+    steps beside ``loss``: here every step holds the same 8 rows (of equal lengths, so the
+    hint's per-micro-batch mean is the rows' mean), so each logged term is a fresh value."""
+    rows = samples(lengths=(7,) * 8)
+    args = gradient_arguments(
+        tmp_path,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        logging_strategy="steps",
+        logging_steps=2,
+    )
+    trainer = DistillationTrainer(
+        model=llama(8, 1, seed=0),
+        teacher_model=llama(16, 2, seed=1),
+        terms=hint_terms(weight=0.1),
+        args=args,
+        train_dataset=rows,
+    )
+    as_trainer(trainer, behaviour).train()
+    trainer.distiller.eval()
+    with torch.no_grad():
+        fresh = trainer.distiller(distillation_batch(trainer.data_collator(rows))).terms
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["step"] for log in logs] == [2, 4]
+    for log in logs:
+        for name, value in fresh.items():  # float64 throughout: only the sums' order differs
+            assert log[f"terms/{name}"] == pytest.approx(float(value), rel=1e-9), name
+        # Trainer sums the loss in float32: a cast and 4 additions, each within 2^-24 relative
+        weighted = float(fresh["token_kd"] + 0.1 * fresh["hint"])
+        assert log["loss"] == pytest.approx(weighted, rel=5 * 2**-24)

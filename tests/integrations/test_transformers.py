@@ -20,6 +20,7 @@ from torchkd.integrations.transformers import (  # noqa: E402
     distillation_batch,
 )
 from torchkd.losses import TopKLogits  # noqa: E402
+from torchkd.on_policy import OnPolicy  # noqa: E402
 
 VOCAB = 24
 LENGTH = 12
@@ -72,6 +73,12 @@ def arguments(directory: Path, **overrides) -> transformers.TrainingArguments:
     return transformers.TrainingArguments(**settings)
 
 
+def gradient_arguments(directory: Path, **overrides) -> transformers.TrainingArguments:
+    """Arguments for reading gradients: the parameters never move (SGD, learning rate 0) and
+    the gradients are not clipped."""
+    return arguments(directory, learning_rate=0.0, optim="sgd", max_grad_norm=0.0, **overrides)
+
+
 class GradientCapture(transformers.TrainerCallback):
     """The accumulated gradients just before each optimizer step."""
 
@@ -107,30 +114,58 @@ def dense_forward_kl(student, teacher, rows: list[dict[str, Tensor]]) -> Tensor:
     return per_token[predicted].sum() / predicted.sum()
 
 
-def test_accumulated_gradients_equal_one_batch(tmp_path: Path) -> None:
+def as_trainer(trainer: DistillationTrainer, behaviour: str) -> DistillationTrainer:
+    """``trainer`` with the loss-division rule of a transformers 5.x release. From 5.20,
+    ``training_step`` reads ``loss_is_scaled_for_ga`` when it is not None; when it is None (and
+    in every 5.0-5.18 release, which have no such attribute: read from their wheels), it skips
+    the division by G exactly when ``model_accepts_loss_kwargs and num_items_in_batch is not
+    None`` (or a ``compute_loss_func`` is set). Setting it to None on the instance therefore
+    runs the installed Trainer with the 5.0-5.18 rule."""
+    if behaviour == "5.0-5.18":
+        trainer.loss_is_scaled_for_ga = None
+    return trainer
+
+
+TRAINER_BEHAVIOURS = ("5.20+", "5.0-5.18")
+
+
+@pytest.mark.parametrize("behaviour", TRAINER_BEHAVIOURS)
+def test_accumulated_gradients_equal_one_batch(tmp_path: Path, behaviour: str) -> None:
     """gradient_accumulation_steps=4 over micro-batches of 15, 7, 18 and 4 valid tokens gives
-    the gradient of the one batch of all 8 sequences (float64, dense reference)."""
+    the gradient and the logged loss of the one batch of all 8 sequences (float64, dense
+    reference), under each Trainer rule for dividing the loss by G."""
     student, teacher = llama(8, 1, seed=0), llama(16, 2, seed=1)
     reference_student = llama(8, 1, seed=0)
     rows = samples()
-    dense_forward_kl(reference_student, teacher, rows).backward()
+    expected_loss = dense_forward_kl(reference_student, teacher, rows)
+    expected_loss.backward()
     expected = {n: p.grad for n, p in reference_student.named_parameters()}
 
     capture = GradientCapture(dict(student.named_parameters()))
-    args = arguments(
-        tmp_path, gradient_accumulation_steps=4, learning_rate=0.0, optim="sgd", max_grad_norm=0.0
+    args = gradient_arguments(
+        tmp_path,
+        gradient_accumulation_steps=4,
+        logging_strategy="steps",
+        logging_steps=1,
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=rows, callbacks=[capture]
     )
-    trainer.train()
+    metrics = as_trainer(trainer, behaviour).train().metrics
     (gradients,) = capture.gradients
+    # float64: each value is a sum of at most ~10^3 products, so rounding stays below 1e-12
     for name, gradient in expected.items():
         torch.testing.assert_close(
             gradients[name], gradient, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
         )
     # the accumulation matters: one micro-batch's mean loss would weight its tokens differently
     assert any(gradient.abs().max() > 1e-6 for gradient in expected.values())
+    expected_value = float(expected_loss.detach())
+    # Trainer sums the loss in float32: a cast and 4 additions, each within 2^-24 relative
+    assert metrics["train_loss"] == pytest.approx(expected_value, rel=5 * 2**-24)
+    (logged,) = [log for log in trainer.state.log_history if "loss" in log]
+    assert logged["loss"] == pytest.approx(expected_value, rel=5 * 2**-24)
+    assert logged["terms/token_kd"] == pytest.approx(expected_value, rel=1e-9)  # float64 sums
 
 
 def test_token_count_uses_shifted_labels(tmp_path: Path) -> None:
@@ -329,13 +364,7 @@ def test_cached_teacher_without_a_teacher_model(tmp_path: Path) -> None:
     ):
         student = llama(8, 1, seed=0)
         capture = GradientCapture(dict(student.named_parameters()))
-        args = arguments(
-            tmp_path,
-            gradient_accumulation_steps=4,
-            learning_rate=0.0,
-            optim="sgd",
-            max_grad_norm=0.0,
-        )
+        args = gradient_arguments(tmp_path, gradient_accumulation_steps=4)
         DistillationTrainer(
             model=student,
             teacher_model=teacher_model,
@@ -349,3 +378,178 @@ def test_cached_teacher_without_a_teacher_model(tmp_path: Path) -> None:
         torch.testing.assert_close(gradients[0][name], gradient, msg=lambda m, n=name: f"{n}: {m}")
     with pytest.raises(TypeError, match="teacher cache"):
         DistillationTrainer(model=llama(8, 1, seed=0), args=arguments(tmp_path))
+
+
+def hint_terms(weight: float = 0.1) -> list[Term]:
+    """A token term and a hint between layers through a learned 8 -> 16 adapter."""
+    hint = Term("hint", "hint", student="model.layers.0", teacher="model.layers.1", weight=weight)
+    return [*default_terms(), hint]
+
+
+def trainable(trainer: DistillationTrainer) -> dict[str, torch.nn.Parameter]:
+    """Every parameter the optimizer updates: the student's and the terms' (adapters)."""
+    named = trainer.distiller.named_parameters()
+    return {name: p for name, p in named if p.requires_grad and not name.startswith("teachers.")}
+
+
+class AllGradientCapture(transformers.TrainerCallback):
+    """The gradient of every trainable parameter of ``trainer`` (student and adapters) just
+    before each optimizer step."""
+
+    def __init__(self, trainer: DistillationTrainer) -> None:
+        self.trainer = trainer
+        self.gradients: list[dict[str, Tensor]] = []
+        trainer.add_callback(self)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        named = trainable(self.trainer).items()
+        self.gradients.append({name: p.grad.clone() for name, p in named})
+
+
+def fresh_gradients(trainer: DistillationTrainer, batch: dict) -> dict[str, Tensor]:
+    """The gradients of one fresh forward and backward of ``batch`` (an HF batch)."""
+    trainer.distiller.train()
+    trainer.distiller.set_progress(0, 1)
+    parameters = trainable(trainer)
+    gradients = torch.autograd.grad(trainer.distiller(batch).loss, list(parameters.values()))
+    return dict(zip(parameters, gradients, strict=True))
+
+
+def test_every_step_gradient_is_a_fresh_computation(tmp_path: Path) -> None:
+    """With adapters, the gradient of every trainable parameter at each step is that of a
+    fresh forward and backward of the step's batch, not one summed over the earlier steps
+    (Trainer's model.zero_grad() reaches the student only); after training none is left."""
+    rows = samples()
+    args = gradient_arguments(
+        tmp_path,
+        max_steps=3,
+        per_device_train_batch_size=len(rows),  # every step: all the rows (shuffled)
+    )
+    trainer = DistillationTrainer(
+        model=llama(8, 1, seed=0),
+        teacher_model=llama(16, 2, seed=1),
+        terms=hint_terms(),
+        args=args,
+        train_dataset=rows,
+    )
+    capture = AllGradientCapture(trainer)
+    trainer.train()
+    assert all(p.grad is None for p in trainable(trainer).values())
+    expected = fresh_gradients(trainer, distillation_batch(trainer.data_collator(rows)))
+    assert len(capture.gradients) == 3
+    assert any(name.startswith("extras.hint.adapters") for name in expected)
+    # float64: the steps differ from the fresh pass only in the order of the rows' sums
+    for step, gradients in enumerate(capture.gradients):
+        assert gradients.keys() == expected.keys()
+        for name, gradient in expected.items():
+            torch.testing.assert_close(
+                gradients[name], gradient, rtol=1e-9, atol=1e-12, msg=f"step {step}: {name}"
+            )
+
+
+class FirstLabelsOnly:
+    """An on_policy hook that trains on the first 4 next-token labels of each row only (fewer
+    tokens than the batch has), recording the step it is called at."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def __call__(self, batch, *, step, student, teachers):
+        self.steps.append(step)
+        labels = batch["labels"].clone()
+        labels[:, 4:] = -100
+        return {**batch, "labels": labels}
+
+
+def test_on_policy_prepares_every_micro_batch(tmp_path: Path) -> None:
+    """on_policy runs on each micro-batch at its step (Distiller.prepare), and the step's
+    tokens are counted on the prepared batches: the gradient is that of the prepared batch."""
+    rows = samples()
+    hook = FirstLabelsOnly()
+    args = gradient_arguments(
+        tmp_path,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,  # each step: the 8 rows in two micro-batches
+    )
+    trainer = DistillationTrainer(
+        model=llama(8, 1, seed=0),
+        teacher_model=llama(16, 2, seed=1),
+        on_policy=hook,
+        args=args,
+        train_dataset=rows,
+    )
+    capture = AllGradientCapture(trainer)
+    trainer.train()
+    assert hook.steps == [0, 0, 1, 1]
+    prepared = hook(
+        distillation_batch(trainer.data_collator(rows)), step=0, student=None, teachers=[]
+    )
+    expected = fresh_gradients(trainer, prepared)
+    for step, gradients in enumerate(capture.gradients):
+        for name, gradient in expected.items():
+            torch.testing.assert_close(
+                gradients[name], gradient, rtol=1e-9, atol=1e-12, msg=f"step {step}: {name}"
+            )
+
+
+@pytest.mark.parametrize("on_policy", [None, OnPolicy(1.0, max_new_tokens=3, prompt_length=4)])
+def test_resume_is_bit_identical_with_adapters(tmp_path: Path, on_policy) -> None:
+    """4 steps in one run and 2 + 2 steps resumed from the transformers checkpoint end with
+    the same student and adapters, bit for bit (on-policy samples are seeded per step)."""
+    teacher = llama(16, 2, seed=1, dtype=torch.float32)
+    rows = samples(lengths=(5, 12, 6, 4, 9, 9, 7, 4))  # prompts of 4 real tokens
+    settings = {"max_steps": 4, "gradient_accumulation_steps": 2, "learning_rate": 1e-2}
+    runs = []
+    for name, checkpoint in (("whole", None), ("resumed", tmp_path / "whole" / "checkpoint-2")):
+        args = arguments(tmp_path / name, save_strategy="steps", save_steps=2, **settings)
+        trainer = DistillationTrainer(
+            model=llama(8, 1, seed=0, dtype=torch.float32),
+            teacher_model=teacher,
+            terms=hint_terms(),
+            on_policy=on_policy,
+            args=args,
+            train_dataset=rows,
+        )
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+        runs.append({name: p.detach().clone() for name, p in trainable(trainer).items()})
+    whole, resumed = runs
+    assert whole.keys() == resumed.keys()
+    assert any(name.startswith("extras.hint.adapters") for name in whole)
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("behaviour", TRAINER_BEHAVIOURS)
+def test_each_term_is_logged_as_its_interval_mean(tmp_path: Path, behaviour: str) -> None:
+    """Every logging interval (2 steps of 2 micro-batches) logs each term's mean over its
+    steps beside ``loss``: here every step holds the same 8 rows (of equal lengths, so the
+    hint's per-micro-batch mean is the rows' mean), so each logged term is a fresh value."""
+    rows = samples(lengths=(7,) * 8)
+    args = gradient_arguments(
+        tmp_path,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        logging_strategy="steps",
+        logging_steps=2,
+    )
+    trainer = DistillationTrainer(
+        model=llama(8, 1, seed=0),
+        teacher_model=llama(16, 2, seed=1),
+        terms=hint_terms(weight=0.1),
+        args=args,
+        train_dataset=rows,
+    )
+    as_trainer(trainer, behaviour).train()
+    trainer.distiller.eval()
+    with torch.no_grad():
+        fresh = trainer.distiller(distillation_batch(trainer.data_collator(rows))).terms
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["step"] for log in logs] == [2, 4]
+    for log in logs:
+        for name, value in fresh.items():  # float64 throughout: only the sums' order differs
+            assert log[f"terms/{name}"] == pytest.approx(float(value), rel=1e-9), name
+        # Trainer sums the loss in float32: a cast and 4 additions, each within 2^-24 relative
+        weighted = float(fresh["token_kd"] + 0.1 * fresh["hint"])
+        assert log["loss"] == pytest.approx(weighted, rel=5 * 2**-24)

@@ -12,15 +12,20 @@ Batches are the ones Hugging Face collators make: ``input_ids``, ``attention_mas
 to the next token: hidden state ``t`` is scored against ``labels[t + 1]``).
 
 Gradient accumulation. ``Trainer`` counts the valid tokens of all the micro-batches of an
-optimizer step (``num_items_in_batch``) and divides each micro-batch loss by the number of
-micro-batches ``G`` unless the loss says it is already scaled. Here the count is taken on the
-SHIFTED labels the loss reads (``Trainer`` itself counts ``labels[..., 1:]`` only when the
-model's ``loss_type`` is the causal-LM loss, and all of ``labels`` otherwise, and only when the
-model's ``forward`` takes ``**kwargs``); each micro-batch gets ``num_items_in_batch = N / G``
-and ``Trainer`` divides its loss by ``G``. A token-normalized term then contributes
+optimizer step (``num_items_in_batch``, ``N``). Here the count is taken on the SHIFTED labels
+the loss reads (``Trainer`` itself counts ``labels[..., 1:]`` only when the model's
+``loss_type`` is the causal-LM loss, and all of ``labels`` otherwise). Each micro-batch's
+terms are normalized by ``N / G`` (``G`` micro-batches) and :meth:`DistillationTrainer.
+compute_loss` divides the loss by ``G`` itself: a token-normalized term then contributes
 ``sum_tokens / N`` per micro-batch, so the step's gradient equals that of one batch holding
-all the sequences, whatever their lengths; a per-batch mean term (a hidden-state hint) is
-averaged over the micro-batches.
+all the sequences, whatever their lengths, and a per-batch mean term (a hidden-state hint) is
+averaged over the micro-batches. ``Trainer`` must then not divide again. It has two rules for
+that within transformers 5.x, and both are met: up to 5.18 it divides unless
+``model_accepts_loss_kwargs`` and ``num_items_in_batch`` is set (both always true here); from
+5.20 the ``loss_is_scaled_for_ga`` attribute, True here, decides.
+
+Every term is logged (``terms/<name>`` beside ``loss`` in the Trainer's logs), averaged over
+the logging interval as ``loss`` is.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from torchkd._files import atomic_write
-from torchkd.distiller import Distiller, DistillOutput, Term
+from torchkd.distiller import Distiller, DistillOutput, OnPolicyHook, Term
 from torchkd.lm import IGNORE_INDEX, count_valid_tokens, next_token_labels
 
 try:
@@ -50,7 +55,14 @@ __all__ = ["EXTRAS_FILE", "DistillationTrainer", "default_terms", "distillation_
 EXTRAS_FILE = "torchkd_extras.safetensors"  # adapters, learned weights/temperatures of the terms
 
 # Batch entries that are not model inputs: they go to the torchkd batch beside "inputs".
-_BATCH_KEYS = ("index", "teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
+_BATCH_KEYS = (
+    "index",
+    "prompt_ids",
+    "prompt_mask",
+    "teacher_topk_ids",
+    "teacher_topk_log_probs",
+    "teacher_topk_tail",
+)
 _LABEL_KEYS = ("labels", "shift_labels")
 
 
@@ -135,6 +147,10 @@ class DistillationTrainer(transformers.Trainer):
             batch, trained with the student (an extra optimizer parameter group) and saved
             beside the student as :data:`EXTRAS_FILE`.
         teacher_dtype: cast the teacher to this dtype (e.g. ``torch.bfloat16``).
+        on_policy: the Distiller's on-policy hook (e.g. :class:`torchkd.on_policy.OnPolicy`):
+            each training micro-batch goes through :meth:`Distiller.prepare` at its optimizer
+            step (``state.global_step``) before the step's tokens are counted. ``OnPolicy``'s
+            samples are functions of its seed and the step, so resuming regenerates them.
         **kwargs: ``transformers.Trainer`` arguments (``args``, ``train_dataset``,
             ``data_collator``, ``callbacks``, ...).
 
@@ -155,7 +171,7 @@ class DistillationTrainer(transformers.Trainer):
         trainer.save_model("out/student")
     """
 
-    loss_is_scaled_for_ga = False  # each micro-batch loss is divided by the number of them
+    loss_is_scaled_for_ga = True  # compute_loss divides by the number of micro-batches
 
     def __init__(
         self,
@@ -164,6 +180,7 @@ class DistillationTrainer(transformers.Trainer):
         terms: Sequence[Term] | None = None,
         *,
         teacher_dtype: torch.dtype | None = None,
+        on_policy: OnPolicyHook | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -205,10 +222,16 @@ class DistillationTrainer(transformers.Trainer):
         if teacher_model is not None:
             teacher_model = teacher_model.to(device=device, dtype=teacher_dtype)
         self.teacher_model = teacher_model
-        self.distiller = Distiller(self.model, self.teacher_model, list(terms or default_terms()))
+        self.distiller = Distiller(
+            self.model, self.teacher_model, list(terms or default_terms()), on_policy=on_policy
+        )
         self._terms_built = False
-        # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch)
+        # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch);
+        # up to transformers 5.18 this also tells training_step not to divide the loss by G
         self.model_accepts_loss_kwargs = True
+        self._term_sums: dict[str, Tensor] = {}  # each term summed since the last training log
+        self._term_steps: set[int] = set()  # the optimizer steps those sums cover
+        self.add_callback(_ClearExtrasGradients(self.distiller.extras))
 
     # ---------------------------------------------------------------- building
     def build_distiller(self, example: Mapping[str, Any] | None = None) -> None:
@@ -263,12 +286,35 @@ class DistillationTrainer(transformers.Trainer):
         self._signature_columns += kept
 
     # ---------------------------------------------------------------- the loss
-    def _get_num_items_in_batch(
-        self, batch_samples: list[Any], device: torch.device
-    ) -> Tensor | None:
-        """The valid tokens of the SHIFTED labels of all the micro-batches of a step."""
-        if not batch_samples or "labels" not in batch_samples[0]:
-            return None
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list[Any], Tensor]:
+        """``Trainer``'s micro-batches of one optimizer step and their valid tokens; with
+        ``on_policy``, each micro-batch is first passed through :meth:`Distiller.prepare` (so
+        the tokens counted are the ones trained on)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(
+            epoch_iterator, num_batches, device
+        )
+        if self.distiller.on_policy is None:
+            return batch_samples, num_items_in_batch
+        self.distiller.train()  # only the training loop draws batches this way
+        batch_samples = [self._prepared(batch) for batch in batch_samples]
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _prepared(self, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``inputs`` after :meth:`Distiller.prepare` at this step, as a Hugging Face batch
+        (a regenerated batch's next-token labels become ``shift_labels``)."""
+        batch = distillation_batch(inputs)
+        prepared = self.distiller.prepare(batch, self.state.global_step)
+        if prepared is batch:
+            return inputs
+        hf_batch = {**prepared["inputs"], "shift_labels": prepared["labels"]}
+        hf_batch.update({key: prepared[key] for key in _BATCH_KEYS if key in prepared})
+        return hf_batch
+
+    def _get_num_items_in_batch(self, batch_samples: list[Any], device: torch.device) -> Tensor:
+        """The valid tokens of the SHIFTED labels of all the micro-batches of a step (never
+        None: ``Trainer`` up to 5.18 would then divide the loss by ``G`` a second time)."""
         total = sum(count_valid_tokens(shifted_labels(batch)) for batch in batch_samples)
         return torch.tensor(total, device=device)
 
@@ -280,19 +326,32 @@ class DistillationTrainer(transformers.Trainer):
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """The Distiller's loss of one micro-batch. In training, token-level terms are
-        normalized by ``num_items_in_batch / G`` (``G`` micro-batches per step; ``Trainer``
-        then divides the loss by ``G``); in evaluation by the batch's own token count."""
+        normalized by ``num_items_in_batch / G`` and the loss is divided by ``G`` (``G``
+        micro-batches per step), and the terms are recorded for the logs; in evaluation,
+        token-level terms are normalized by the batch's own token count."""
         self.build_distiller()
         self.distiller.train(model.training)  # the teacher stays in eval mode (TeacherList)
-        per_micro_batch = None
-        if model.training:
-            self.distiller.set_progress(self.state.global_step, max(self.state.max_steps, 1))
-            if num_items_in_batch is not None:
-                per_micro_batch = num_items_in_batch / self.current_gradient_accumulation_steps
+        if not model.training:
+            output = self.distiller(distillation_batch(inputs))
+            return (output.loss, _outputs(output)) if return_outputs else output.loss
+        micro_batches = self.current_gradient_accumulation_steps
+        self.distiller.set_progress(self.state.global_step, max(self.state.max_steps, 1))
+        per_micro_batch = None if num_items_in_batch is None else num_items_in_batch / micro_batches
         output = self.distiller(distillation_batch(inputs, per_micro_batch))
-        if not return_outputs:
-            return output.loss
-        return output.loss, _outputs(output)
+        self._term_steps.add(self.state.global_step)
+        for name, value in output.terms.items():
+            self._term_sums[name] = self._term_sums.get(name, 0) + value.detach() / micro_batches
+        loss = output.loss / micro_batches
+        return (loss, _outputs(output)) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """``Trainer``'s log, with each term's mean over the steps since the last training log
+        (``terms/<name>``) beside ``loss``."""
+        if "loss" in logs and self._term_steps:
+            steps = len(self._term_steps)
+            logs.update({f"terms/{name}": float(s) / steps for name, s in self._term_sums.items()})
+            self._term_sums, self._term_steps = {}, set()
+        super().log(logs, start_time)
 
     # ---------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -319,6 +378,21 @@ class DistillationTrainer(transformers.Trainer):
             return
         self.build_distiller()
         self.distiller.extras.load_state_dict(load_file(path, device=str(self.args.device)))
+
+
+class _ClearExtrasGradients(transformers.TrainerCallback):
+    """``Trainer`` clears the gradients of the student alone (``model.zero_grad()``, before
+    training and after each optimizer step); the terms' trainable parts (adapters, learned
+    temperatures) live outside it, so their gradients are cleared at the same points."""
+
+    def __init__(self, extras: nn.Module) -> None:
+        self.extras = extras
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.extras.zero_grad()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.extras.zero_grad()
 
 
 def _outputs(output: DistillOutput) -> dict[str, Any]:

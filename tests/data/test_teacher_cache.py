@@ -22,6 +22,7 @@ from torchkd.data.teacher_cache import (
     fingerprint_dataset,
     read_manifest,
     shard_name,
+    source_fingerprint,
     teacher_fingerprint,
     write_manifest,
     write_teacher_cache,
@@ -379,3 +380,21 @@ def test_the_reader_pickles_for_loader_workers(written: Path, data: TokenSamples
     copy = pickle.loads(pickle.dumps(cached))
     assert torch.equal(copy[5]["teacher_topk_log_probs"], first)
     assert copy.k == 5 and copy.temperature == 2.0
+
+
+def test_the_source_fingerprint_follows_weight_bytes_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+        (tmp_path / place / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "w.pt").write_bytes(b"state")
+    first = source_fingerprint("hf_causal_lm", {"path": "a"}, "w.pt")
+    assert source_fingerprint("hf_causal_lm", {"path": "b"}, "w.pt") == first  # moved copy
+    assert source_fingerprint("hf_causal_lm", {"path": "a"}, None) != first
+    assert source_fingerprint("hf_encoder", {"path": "a"}, "w.pt") != first
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"weightz")
+    assert source_fingerprint("hf_causal_lm", {"path": "b"}, "w.pt") != first
+    (tmp_path / "w.pt").write_bytes(b"statf")
+    assert source_fingerprint("hf_causal_lm", {"path": "a"}, "w.pt") != first

@@ -3,9 +3,9 @@
 :func:`atomic_write` fills a temporary ``.<name>.XXXXXXXX.tmp`` beside the target, locked
 (``flock``) while written, fsyncs it, renames it over the target and fsyncs the directory. A
 write killed outright (SIGKILL, power loss) leaves its temporary behind; the next write into
-that directory removes every ``.pt`` / ``.safetensors`` temporary that no live writer holds
-(:func:`remove_stale_temporaries`). Checkpoints, exports, dataset caches and the teacher cache
-are all written through it.
+that directory removes every ``.pt`` / ``.safetensors`` / ``.json`` temporary that no live
+writer holds (:func:`remove_stale_temporaries`). Checkpoints, exports, dataset caches and the
+teacher cache (shards and manifest) are all written through it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ try:
 except ImportError:  # not POSIX: no locks, so stale temporaries are left alone
     fcntl = None  # type: ignore[assignment]
 
-# what atomic_write's tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names a checkpoint's
-# or an export's temporary: 8 random characters
-_TEMPORARY_NAME = re.compile(r"^\..+\.(pt|safetensors)\.[a-z0-9_]{8}\.tmp$")
+# what atomic_write's tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") names the temporary
+# of a checkpoint, an export, a cache file or a cache manifest: 8 random characters
+_TEMPORARY_NAME = re.compile(r"^\..+\.(pt|safetensors|json)\.[a-z0-9_]{8}\.tmp$")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -40,8 +40,9 @@ def _fsync_directory(directory: Path) -> None:
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Remove the temporary files that killed writes left in ``directory``; return them.
 
-    Only the names :func:`atomic_write` gives the temporaries of checkpoints and exports
-    (``.<name>.pt.XXXXXXXX.tmp``, ``.<name>.safetensors.XXXXXXXX.tmp``) are considered, and
+    Only the names :func:`atomic_write` gives the temporaries of checkpoints, exports and
+    caches (``.<name>.pt.XXXXXXXX.tmp``, ``.<name>.safetensors.XXXXXXXX.tmp``,
+    ``.<name>.json.XXXXXXXX.tmp``) are considered, and
     only those no process holds locked: a write in progress keeps its file. Without ``fcntl``
     (not POSIX) nothing is removed.
     """

@@ -148,7 +148,7 @@ def test_cache_teacher_writes_the_cache_and_reports_size_and_error(
     shards = {path: path.read_bytes() for path in directory.rglob("shard-*")}
     assert main([*argv, "--error-batches", "0"]) == 0
     count = len(manifest["shards"])
-    assert f"train: {count} of {count} shards already written" in capsys.readouterr().out
+    assert f"train: {count} of {count} shards in cache; verifying them\n" in capsys.readouterr().out
     assert shards == {path: path.read_bytes() for path in directory.rglob("shard-*")}
 
 
@@ -176,7 +176,9 @@ def test_an_interrupted_cache_teacher_resumes(
     assert "run the same command again to resume" in capsys.readouterr().err
     assert len(read_manifest(tmp_path / "cache")["shards"]) == 1
     assert main(argv) == 0
-    assert "train: 1 of " in capsys.readouterr().out
+    assert re.search(
+        r"train: 1 of \d+ shards in cache; verifying them, then resuming", capsys.readouterr().out
+    )
     reference = sorted((tmp_path / "reference").rglob("shard-*"))
     assert len(reference) > 2
     for shard in reference:
@@ -240,7 +242,104 @@ def test_cache_teacher_usage_errors(
     assert "give --dir DIR, or set data.teacher_cache.dir" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("x")
-    assert main(["cache-teacher", str(recipe), "--dir", "full"]) == 1
+    assert main(["cache-teacher", str(recipe), "--dir", "full"]) == 2
     assert "not empty and holds no teacher cache" in capsys.readouterr().err
     assert main(["cache-teacher", str(recipe), "teacher=null"]) == 2
     assert "runs the recipe's teacher" in capsys.readouterr().err
+
+
+def refused(capsys: pytest.CaptureFixture[str], code: int, *named: str) -> str:
+    """Exit code 2, each of ``named`` in the message, no traceback; returns stderr."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    for text in named:
+        assert text in err, err
+    return err
+
+
+def written_cache(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["cache-teacher", str(recipe), "--rows-per-shard", "5", "--error-batches", "0"]) == 0
+    )
+    capsys.readouterr()
+
+
+def test_training_refuses_a_cache_of_another_teacher(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written_cache(recipe, capsys)
+    torch.manual_seed(6)
+    other = build_model(TEACHER.model_copy(update={"checkpoint": None}), "teacher")
+    save_file(other.state_dict(), tmp_path / "other.safetensors")
+    code = main(
+        ["train", str(recipe), *FAST, "teacher.checkpoint=other.safetensors", "--run-dir", "run"]
+    )
+    refused(capsys, code, "teacher: the teacher cache in cache", "written from another teacher")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"teacher: .* another teacher"):  # another kwarg too
+        check_teacher_cache(load_recipe(recipe, ["teacher.kwargs.config.hidden_size=48"]))
+    check_teacher_cache(load_recipe(recipe, ["teacher=null"]))  # no teacher named: not compared
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_training_refuses_a_damaged_late_shard_before_the_first_step(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], split: str
+) -> None:
+    written_cache(recipe, capsys)
+    directory = tmp_path / "cache" if split == "train" else tmp_path / "cache" / "val"
+    last = sorted(directory.glob("shard-*.safetensors"))[-1]
+    raw = bytearray(last.read_bytes())
+    raw[-3] ^= 0x01
+    last.write_bytes(bytes(raw))
+    code = main(["train", str(recipe), *FAST, "--run-dir", "run"])
+    refused(capsys, code, f"data.teacher_cache ({split} split)", f"{last.name} is damaged")
+    assert not (tmp_path / "run").exists()
+    code = main(["cache-teacher", str(recipe), "--rows-per-shard", "5"])
+    named = str(last.relative_to(tmp_path))
+    refused(capsys, code, f"{named} is damaged")  # rerunning verifies, does not trust
+
+
+def test_training_refuses_an_edited_manifest(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written_cache(recipe, capsys)
+    path = tmp_path / "cache" / "manifest.json"
+    path.write_text(path.read_text().replace('"k": 8', '"k": 9'))
+    code = main(["train", str(recipe), *FAST, "--run-dir", "run"])
+    refused(capsys, code, "data.teacher_cache.dir (train split)", "manifest.json was edited")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            "data.teacher_cache.k=400",
+            f"data.teacher_cache.k: k must be at most the teacher's vocabulary ({VOCAB}), got 400",
+        ),
+        (
+            "terms.0={name: kd, loss: fused_linear_kd, teacher: cache, "
+            "loss_kwargs: {temperature: 0}}",
+            "terms.0.loss_kwargs.temperature: temperature must be in (0, ",
+        ),
+        ("terms.0.loss_kwargs={chunk_size: 0}", "terms.0.loss_kwargs: chunk_size must be"),
+    ],
+)
+def test_cache_teacher_refuses_bad_values_naming_their_yaml_path(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, named: str
+) -> None:
+    refused(capsys, main(["cache-teacher", str(recipe), override]), named)
+    assert not (tmp_path / "cache").exists()
+    if override.startswith("terms"):  # training refuses the same recipe
+        assert main(["train", str(recipe), *FAST, override]) == 2
+
+
+def test_a_cache_only_run_is_not_warned_about_the_teacher_it_never_builds(
+    recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    no_weights = "teacher.checkpoint=null"
+    assert main(["cache-teacher", str(recipe), no_weights, "--error-batches", "0"]) == 0
+    assert "has no checkpoint" in capsys.readouterr().err  # cache-teacher runs it
+    assert main(["train", str(recipe), *FAST, no_weights, "--run-dir", "run"]) == 0
+    assert "has no checkpoint" not in capsys.readouterr().err

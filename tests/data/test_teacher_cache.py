@@ -22,7 +22,9 @@ from torchkd.data.teacher_cache import (
     fingerprint_dataset,
     read_manifest,
     shard_name,
+    source_fingerprint,
     teacher_fingerprint,
+    write_manifest,
     write_teacher_cache,
 )
 from torchkd.lm import next_token_labels
@@ -222,21 +224,79 @@ def test_a_complete_cache_is_left_as_it_is(written: Path, teacher: Any, data: To
     assert before == {path.name: path.stat().st_mtime_ns for path in written.iterdir()}
 
 
-def test_a_flipped_byte_names_the_damaged_shard(
+def flip_byte(path: Path, offset: int = -3) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_last_shard_is_refused_before_any_row_is_read(
     tmp_path: Path, teacher: Any, data: TokenSamples
 ) -> None:
     write_teacher_cache(teacher, data, tmp_path, **SETTINGS)
-    shard = tmp_path / shard_name(1)
-    raw = bytearray(shard.read_bytes())
-    raw[-3] ^= 0x01
-    shard.write_bytes(bytes(raw))
-    cached = TeacherCacheDataset(data, tmp_path)
-    cached[0]  # shard 0 is intact
-    with pytest.raises(TeacherCacheError, match=r"shard-00001\.safetensors is damaged: its SHA"):
-        cached[3]
-    shard.unlink()
-    with pytest.raises(TeacherCacheError, match=r"shard-00001\.safetensors is missing"):
-        TeacherCacheDataset(data, tmp_path)[4]
+    last = tmp_path / shard_name(2)  # rows 6..6: read last in index order
+    flip_byte(last)
+    with pytest.raises(TeacherCacheError, match=r"shard-00002\.safetensors is damaged: its SHA"):
+        TeacherCacheDataset(data, tmp_path)
+    # writing again over the complete cache verifies it too, and keeps the damaged file
+    with pytest.raises(TeacherCacheError, match=r"shard-00002\.safetensors is damaged"):
+        write_teacher_cache(teacher, data, tmp_path, **SETTINGS)
+    last.unlink()
+    with pytest.raises(TeacherCacheError, match=r"shard-00002\.safetensors is missing"):
+        TeacherCacheDataset(data, tmp_path)
+
+
+def test_an_edited_or_damaged_manifest_is_refused(written: Path, tmp_path: Path) -> None:
+    for name in (MANIFEST, shard_name(0), shard_name(1), shard_name(2)):
+        (tmp_path / name).write_bytes((written / name).read_bytes())
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**manifest, "temperature": 4.0}))
+    with pytest.raises(TeacherCacheError, match=r"manifest\.json was edited or is damaged"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"format": "torchkd-teacher-ca')
+    with pytest.raises(TeacherCacheError, match=r"manifest\.json is damaged \(not JSON"):
+        read_manifest(tmp_path)
+
+
+def test_a_dropped_manifest_entry_is_refused(
+    written: Path, tmp_path: Path, data: TokenSamples
+) -> None:
+    for name in (shard_name(0), shard_name(1), shard_name(2)):
+        (tmp_path / name).write_bytes((written / name).read_bytes())
+    manifest = read_manifest(written)
+    dropped = {**manifest, "shards": manifest["shards"][:2]}
+    (tmp_path / MANIFEST).write_text(json.dumps(dropped))  # its digest is the old one
+    with pytest.raises(TeacherCacheError, match="was edited or is damaged"):
+        TeacherCacheDataset(data, tmp_path)
+    write_manifest(tmp_path, dropped)  # a consistent manifest with a shard missing
+    with pytest.raises(TeacherCacheError, match=r"lists 2 shards, but its 7 rows of 3 .* take 3"):
+        TeacherCacheDataset(data, tmp_path)
+    swapped = {**manifest, "shards": [manifest["shards"][1], *manifest["shards"][1:]]}
+    write_manifest(tmp_path, swapped)
+    with pytest.raises(TeacherCacheError, match=r"shard entry 0 is .*shard-00001"):
+        TeacherCacheDataset(data, tmp_path)
+
+
+def test_the_temporary_of_a_killed_manifest_write_does_not_block_a_rerun(
+    tmp_path: Path, written: Path, teacher: Any, data: TokenSamples
+) -> None:
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    killed = directory / f".{MANIFEST}.k2x_9abc.tmp"  # what atomic_write's mkstemp names it
+    killed.write_text('{"format": ')
+    manifest = write_teacher_cache(teacher, data, directory, **SETTINGS)
+    assert manifest == read_manifest(written) and not killed.exists()
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5])
+def test_a_bad_chunk_size_is_refused(
+    tmp_path: Path, teacher: Any, data: TokenSamples, chunk_size: Any
+) -> None:
+    with pytest.raises(
+        ValueError, match=rf"chunk_size must be a positive integer, got {chunk_size}"
+    ):
+        write_teacher_cache(teacher, data, tmp_path, **{**SETTINGS, "chunk_size": chunk_size})
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_the_reader_refuses_a_cache_of_other_data_or_settings(
@@ -320,3 +380,21 @@ def test_the_reader_pickles_for_loader_workers(written: Path, data: TokenSamples
     copy = pickle.loads(pickle.dumps(cached))
     assert torch.equal(copy[5]["teacher_topk_log_probs"], first)
     assert copy.k == 5 and copy.temperature == 2.0
+
+
+def test_the_source_fingerprint_follows_weight_bytes_not_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for place in ("a", "b"):
+        (tmp_path / place).mkdir()
+        (tmp_path / place / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "w.pt").write_bytes(b"state")
+    first = source_fingerprint("hf_causal_lm", {"path": "a"}, "w.pt")
+    assert source_fingerprint("hf_causal_lm", {"path": "b"}, "w.pt") == first  # moved copy
+    assert source_fingerprint("hf_causal_lm", {"path": "a"}, None) != first
+    assert source_fingerprint("hf_encoder", {"path": "a"}, "w.pt") != first
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"weightz")
+    assert source_fingerprint("hf_causal_lm", {"path": "b"}, "w.pt") != first
+    (tmp_path / "w.pt").write_bytes(b"statf")
+    assert source_fingerprint("hf_causal_lm", {"path": "a"}, "w.pt") != first

@@ -4,6 +4,7 @@ and loading through ``build_loaders``."""
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,40 @@ def test_cache_hit_is_identical_and_the_key_follows_file_contents(
     edited = plain(corpus, **settings)
     assert len(list((tmp_path / "cache" / "text").iterdir())) == 3  # seq_len 8, 9, edited
     assert edited.fingerprint != first.fingerprint
+
+
+def flip_in_tensor(path: Path, name: str) -> None:
+    """Flip the lowest bit of the first element of tensor ``name`` in a safetensors file."""
+    raw = bytearray(path.read_bytes())
+    (header_size,) = struct.unpack("<Q", raw[:8])
+    start = json.loads(raw[8 : 8 + header_size])[name]["data_offsets"][0]
+    raw[8 + header_size + start] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["token id", "header", "truncated"])
+def test_a_damaged_cache_file_is_rebuilt_with_a_notice(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    fresh = plain(corpus, cache=tmp_path / "fresh")
+    plain(corpus, cache=tmp_path / "cache")
+    (path,) = (tmp_path / "cache" / "text").iterdir()
+    if damage == "token id":
+        flip_in_tensor(path, "train.input_ids")
+    elif damage == "header":
+        raw = bytearray(path.read_bytes())
+        raw[12] ^= 0x20  # inside the JSON header
+        path.write_bytes(bytes(raw))
+    else:
+        path.write_bytes(path.read_bytes()[:-40])
+    capsys.readouterr()
+    again = plain(corpus, cache=tmp_path / "cache")
+    assert again.fingerprint == fresh.fingerprint  # the samples of a fresh build
+    notice = capsys.readouterr().err
+    assert notice.count("\n") == 1 and f"text dataset cache {path} is damaged" in notice
+    assert "rebuilding it" in notice
+    plain(corpus, cache=tmp_path / "cache")  # the rebuilt file is read back whole, quietly
+    assert capsys.readouterr().err == ""
 
 
 def test_build_loaders_batches_nested_samples_reproducibly(corpus: Path) -> None:

@@ -245,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint.
     """
     from torchkd.config import ConfigError
+    from torchkd.data.cache_format import TeacherCacheError
     from torchkd.train.checkpoint import CheckpointError
     from torchkd.train.distributed import process_description, record_failure
 
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = args.traceback or os.environ.get("TORCHKD_TRACEBACK") == "1"
     try:
         return args.run(args)
-    except (ConfigError, UsageError, CheckpointError) as error:
+    except (ConfigError, UsageError, CheckpointError, TeacherCacheError) as error:
         print(subparser.format_usage().rstrip(), file=sys.stderr)
         print(f"torchkd {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

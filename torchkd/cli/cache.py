@@ -24,7 +24,6 @@ from torchkd.cli.base import (
 if TYPE_CHECKING:
     from torch import nn
 
-    from torchkd.config import ModelConfig, Recipe
 
 DEFAULT_ROWS_PER_SHARD = 256
 
@@ -56,22 +55,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
-    """The teacher the cache-reading terms name (``teacher_index``) and its YAML path."""
-    from torchkd.config import ConfigError
-
-    indices = {term.teacher_index for term in recipe.terms if term.teacher == "cache"}
-    configs = recipe.teacher_configs
-    if not configs:
-        raise ConfigError(["teacher: torchkd cache-teacher runs the recipe's teacher; set one"])
-    if len(indices) > 1:
-        raise ConfigError([f"terms: the terms that read the cache name teachers {sorted(indices)}"])
-    index = indices.pop()
-    if index >= len(configs):
-        raise ConfigError([f"terms: teacher_index {index}, but the recipe has {len(configs)}"])
-    return configs[index], "teacher" if recipe.teacher is not None else f"teachers.{index}"
-
-
 def _write_split(
     teacher: nn.Module,
     dataset: Any,
@@ -85,8 +68,10 @@ def _write_split(
 
     num_shards = math.ceil(len(dataset) / args.rows_per_shard)
     if (directory / MANIFEST).is_file():
-        done = len(read_manifest(directory)["shards"])
-        print(f"{split}: {done} of {num_shards} shards already written in {directory}; resuming")
+        manifest = read_manifest(directory)
+        done, complete = len(manifest["shards"]), manifest["complete"]
+        then = "" if complete else ", then resuming"
+        print(f"{split}: {done} of {num_shards} shards in {directory}; verifying them{then}")
 
     def report_shard(shard: int, total: int) -> None:
         print(f"  {split} shard {shard + 1}/{total} written", flush=True)
@@ -114,14 +99,18 @@ def _run(args: argparse.Namespace) -> int:
         TeacherCacheConfig,
         build_datasets,
         build_model,
+        cache_teacher,
         cache_temperature,
     )
-    from torchkd.config.build import CACHED_SPLITS
+    from torchkd.config.errors import blame
+    from torchkd.config.teacher_cache import CACHED_SPLITS, check_cache_terms
     from torchkd.data.cache_error import measure_cache_error
     from torchkd.data.teacher_cache import (
         TeacherCacheDataset,
         bytes_per_token,
+        check_k,
         read_manifest,
+        source_fingerprint,
         split_directory,
         write_manifest,
     )
@@ -135,10 +124,13 @@ def _run(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else Path(cache.dir)  # type: ignore[union-attr]
     k = (cache or TeacherCacheConfig(dir=str(directory))).k
     temperature = cache_temperature(recipe)
-    teacher_config, teacher_path = _teacher(recipe)
+    check_cache_terms(recipe)
+    teacher_config, teacher_path = cache_teacher(recipe)
     seed_everything(recipe.train.seed)  # the student as training initializes it (built first)
     student = build_model(recipe.student, "student")
     teacher = build_model(teacher_config, teacher_path)
+    with blame("data.teacher_cache.k"):
+        check_k(k, teacher)
     if teacher_config.checkpoint is None:
         print(
             f"torchkd cache-teacher: warning: {teacher_path} has no checkpoint, so the cache "
@@ -149,7 +141,13 @@ def _run(args: argparse.Namespace) -> int:
     datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)
     batch_size = args.batch_size or recipe.data.batch_size
-    settings = {"k": k, "temperature": temperature, "batch_size": batch_size, "device": device}
+    settings = {
+        "k": k,
+        "temperature": temperature,
+        "batch_size": batch_size,
+        "device": device,
+        "teacher_source": source_fingerprint(**teacher_config.model_dump()),
+    }
     teacher.to(device)
     manifests = {
         split: _write_split(

@@ -149,6 +149,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from torchkd.config import fit_recipe
+    from torchkd.config.build import reads_teacher_models
     from torchkd.train.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -162,8 +163,9 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
+    builds_teachers = reads_teacher_models(recipe)  # not a run from the teacher cache alone
     for index, teacher in enumerate(recipe.teacher_configs):
-        if teacher.checkpoint is None and is_main_process():
+        if builds_teachers and teacher.checkpoint is None and is_main_process():
             print(
                 f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
                 "so it distils its initial weights; set teacher.checkpoint=PATH",

@@ -17,8 +17,6 @@ from torchkd.config.build import (
     build_model,
     build_on_policy,
     build_terms,
-    cache_temperature,
-    check_teacher_cache,
 )
 from torchkd.config.errors import ConfigError
 from torchkd.config.loading import (
@@ -39,6 +37,7 @@ from torchkd.config.schema import (
     TermConfig,
     TransferConfig,
 )
+from torchkd.config.teacher_cache import cache_teacher, cache_temperature, check_teacher_cache
 from torchkd.config.tune_schema import SearchParam, TuneConfig
 from torchkd.train.config import LRScheduleConfig, OptimizerConfig, TrainConfig
 
@@ -67,6 +66,7 @@ __all__ = [
     "build_model",
     "build_on_policy",
     "build_terms",
+    "cache_teacher",
     "cache_temperature",
     "check_built",
     "check_resumable",

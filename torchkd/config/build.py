@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
 from torchkd.config.schema import DataConfig, ModelConfig, OnPolicyConfig, Recipe, is_number
+from torchkd.config.teacher_cache import CACHED_SPLITS, check_teacher_cache
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ __all__ = [
     "build_model",
     "build_on_policy",
     "build_terms",
-    "cache_temperature",
-    "check_teacher_cache",
+    "reads_teacher_models",
     "term_path",
 ]
 
@@ -106,7 +106,6 @@ def _shipped_recipe(name: str) -> str | None:
 
 
 SPLIT_NAMES = ("train", "val", "test")
-CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
     teachers = [
         build_model(spec, where)
         for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
-        if _reads_teacher_models(recipe)
+        if reads_teacher_models(recipe)
     ]
     from torchkd.distiller import TermError
 
@@ -326,7 +325,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
 
 
-def _reads_teacher_models(recipe: Recipe) -> bool:
+def reads_teacher_models(recipe: Recipe) -> bool:
     """Whether a term (or on-policy sampling) runs the teachers: a recipe whose teacher-reading
     terms all read the teacher cache trains with no teacher model in memory (its ``teacher:``
     is what ``torchkd cache-teacher`` runs)."""
@@ -370,7 +369,7 @@ def build_from_recipe(
     """
     from torchkd.train.rng import seed_everything
 
-    check_teacher_cache(recipe)
+    check_teacher_cache(recipe, splits)
     seed_everything(recipe.train.seed)
     distiller = build_distiller(recipe)
     loaders = build_loaders(
@@ -388,77 +387,3 @@ def term_path(recipe: Recipe, error: Any) -> str:
     if error.field in ("", "loss_kwargs") and named:
         return f"{path}.loss_kwargs.{named[0]}"
     return f"{path}.{error.field}" if error.field else path
-
-
-CACHE_TEACHER = "cache"  # a term's ``teacher:`` that reads the teacher cache
-
-
-def _term_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
-    """The fixed temperature of term ``index`` and the YAML path it comes from (the term's
-    ``temperature``, its loss's ``temperature`` argument, or that argument's default)."""
-    from torchkd import losses
-
-    spec, path = recipe.terms[index], f"terms.{index}"
-    if spec.temperature is not None:
-        if not is_number(spec.temperature):
-            raise ConfigError(
-                [
-                    f"{path}.temperature: a term that reads the teacher cache needs a fixed "
-                    f"temperature (the cache's), got {spec.temperature!r}"
-                ]
-            )
-        return float(spec.temperature), f"{path}.temperature"
-    if "temperature" in spec.loss_kwargs:
-        return float(spec.loss_kwargs["temperature"]), f"{path}.loss_kwargs.temperature"
-    with blame(f"{path}.loss"):
-        module = losses.entry(spec.loss).module
-    default = inspect.signature(module).parameters.get("temperature")
-    if default is None or not is_number(default.default):
-        return 1.0, f"{path}.temperature"
-    return float(default.default), f"{path}.temperature"
-
-
-def cache_temperature(recipe: Recipe) -> float:
-    """The temperature the recipe's teacher cache is written at: that of the terms whose
-    ``teacher`` is ``cache`` (they must agree).
-
-    Raises:
-        ConfigError: no term reads the cache, or two of them at different temperatures.
-    """
-    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
-    if not indices:
-        raise ConfigError(
-            [
-                "terms: no term reads the teacher cache (teacher: cache); the cache is written "
-                "at the temperature of the terms that read it"
-            ]
-        )
-    found = [_term_temperature(recipe, index) for index in indices]
-    if len({value for value, _ in found}) > 1:
-        listed = ", ".join(f"{path} = {value}" for value, path in found)
-        raise ConfigError([f"terms: the terms that read the teacher cache differ: {listed}"])
-    return found[0][0]
-
-
-def check_teacher_cache(recipe: Recipe) -> None:
-    """Refuse a run whose ``teacher: cache`` terms read a ``data.teacher_cache`` written at
-    another temperature (naming both values and their YAML paths)."""
-    from torchkd.data.teacher_cache import read_manifest
-
-    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
-    cache = recipe.data.teacher_cache
-    if cache is None or not indices:
-        return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
-    with blame("data.teacher_cache.dir"):
-        written = float(read_manifest(cache.dir)["temperature"])
-    for index in indices:
-        value, path = _term_temperature(recipe, index)
-        if value != written:
-            raise ConfigError(
-                [
-                    f"{path}: the term reads the teacher cache at temperature {value}, but the "
-                    f"cache in {cache.dir} (data.teacher_cache.dir) was written at temperature "
-                    f"{written}; set the term's temperature to {written}, or write a cache at "
-                    f"{value} with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
-                ]
-            )

@@ -3,7 +3,8 @@
 
 Directory layout::
 
-    manifest.json            format, fingerprints, settings, per-shard SHA-256, complete flag
+    manifest.json            format, fingerprints, settings, per-shard SHA-256, complete flag,
+                             and the SHA-256 of the manifest itself (``manifest_sha256``)
     shard-00000.safetensors  rows 0 .. R-1 of the dataset, in index order
     shard-00001.safetensors  rows R .. 2R-1, ...
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from torchkd._files import atomic_write
+from torchkd.data.documents import file_digest
 
 __all__ = [
     "CACHE_FORMAT",
@@ -47,15 +50,18 @@ __all__ = [
     "fingerprint_dataset",
     "read_manifest",
     "shard_name",
+    "source_fingerprint",
     "split_directory",
     "teacher_fingerprint",
     "token_id_dtype",
+    "verify_shards",
     "write_manifest",
 ]
 
 CACHE_FORMAT = "torchkd-teacher-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the manifest holds its own SHA-256 and the teacher's source fingerprint
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"  # the manifest's own entry: SHA-256 of all the others
 VALUE_DTYPE = torch.float16
 UINT16_VOCAB = 65535  # largest vocabulary whose ids are stored as uint16
 # manifest entries that must match for a run to resume (or a reader to accept the cache)
@@ -63,6 +69,7 @@ SETTINGS = (
     "format",
     "version",
     "teacher_fingerprint",
+    "teacher_source",
     "tokenizer_fingerprint",
     "dataset_fingerprint",
     "k",
@@ -76,7 +83,8 @@ SETTINGS = (
 
 
 class TeacherCacheError(ValueError):
-    """A teacher cache that cannot be used: missing, incomplete, damaged or for other data."""
+    """A teacher cache that cannot be used: missing, incomplete, damaged, edited, or written for
+    other data or another teacher. The command line refuses it with exit code 2."""
 
 
 def token_id_dtype(vocab_size: int) -> torch.dtype:
@@ -168,20 +176,56 @@ def fingerprint_dataset(dataset: Any) -> str:
     return hasher.hexdigest()
 
 
+def _file_digests(value: Any) -> Any:
+    """``value`` with every string that names an existing file replaced by that file's SHA-256
+    and every one that names a directory by the digests of its files (by relative path)."""
+    if isinstance(value, Mapping):
+        return {key: _file_digests(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_file_digests(item) for item in value]
+    if isinstance(value, str) and os.path.isfile(value):
+        return {"file_sha256": file_digest(Path(value))}
+    if isinstance(value, str) and os.path.isdir(value):
+        root = Path(value)
+        files = sorted(path for path in root.rglob("*") if path.is_file())
+        return {"files_sha256": {str(p.relative_to(root)): file_digest(p) for p in files}}
+    return value
+
+
+def source_fingerprint(model: str, kwargs: Mapping[str, Any], checkpoint: str | None) -> str:
+    """SHA-256 of where a recipe's teacher comes from, computed without building it: the model
+    name, its kwargs and the bytes of its checkpoint file and of every file or directory a
+    kwarg names (e.g. a Hugging Face model directory), not their paths. Training from a cache
+    compares it with the recipe's ``teacher:``; a teacher with no weights file (random
+    initial weights) is identified by its model and kwargs alone."""
+    source = {"model": model, "kwargs": _file_digests(dict(kwargs))}
+    source["checkpoint"] = _file_digests(checkpoint) if checkpoint is not None else None
+    return hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+
+
 # ---------------------------------------------------------------------------------- manifest
 
 
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    entries = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST}
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically."""
+    """Write ``manifest.json`` atomically, with its own SHA-256 (``manifest_sha256``) over its
+    other entries (set in ``manifest`` too)."""
+    manifest[MANIFEST_DIGEST] = _manifest_digest(manifest)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     atomic_write(Path(directory) / MANIFEST, lambda stream: stream.write(text.encode()))
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of the cache in ``directory``.
+    """The manifest of the cache in ``directory``, its own digest and its shard list checked.
 
     Raises:
-        TeacherCacheError: no manifest there, or not a torchkd teacher cache of this version.
+        TeacherCacheError: no manifest there, not JSON, not a torchkd teacher cache of this
+            version, edited or damaged (its ``manifest_sha256`` does not match), or a shard
+            list that does not cover its rows.
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -189,10 +233,63 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
             f"no teacher cache in {directory} (no {MANIFEST}); write it with "
             "`torchkd cache-teacher RECIPE`"
         )
-    manifest = json.loads(path.read_text())
+    rewrite = f"delete {directory} and write the cache again with `torchkd cache-teacher RECIPE`"
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TeacherCacheError(f"{path} is damaged (not JSON: {error}); {rewrite}") from None
+    if not isinstance(manifest, dict):
+        raise TeacherCacheError(f"{path} is damaged (not a JSON object); {rewrite}")
     if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
         raise TeacherCacheError(
             f"{path} is not a torchkd teacher cache of version {CACHE_VERSION} (format "
-            f"{manifest.get('format')!r}, version {manifest.get('version')!r})"
+            f"{manifest.get('format')!r}, version {manifest.get('version')!r}); {rewrite}"
         )
+    digest = _manifest_digest(manifest)
+    if manifest.get(MANIFEST_DIGEST) != digest:
+        raise TeacherCacheError(
+            f"{path} was edited or is damaged: the SHA-256 of its entries is {digest}, its "
+            f"{MANIFEST_DIGEST} says {manifest.get(MANIFEST_DIGEST)!r}; {rewrite}"
+        )
+    _check_shard_list(path, manifest, rewrite)
     return manifest
+
+
+def _check_shard_list(path: Path, manifest: dict[str, Any], rewrite: str) -> None:
+    """Shard ``i`` must be ``shard_name(i)`` with the rows it covers; a complete cache must
+    list every shard of its ``rows``."""
+    rows, per_shard = int(manifest["rows"]), int(manifest["rows_per_shard"])
+    shards = manifest["shards"]
+    expected = math.ceil(rows / per_shard)
+    if len(shards) > expected or (manifest["complete"] and len(shards) != expected):
+        raise TeacherCacheError(
+            f"{path} lists {len(shards)} shards, but its {rows} rows of {per_shard} per shard "
+            f"take {expected}; {rewrite}"
+        )
+    for shard, entry in enumerate(shards):
+        want = {"file": shard_name(shard), "rows": min(per_shard, rows - shard * per_shard)}
+        if {key: entry.get(key) for key in want} != want or "sha256" not in entry:
+            raise TeacherCacheError(
+                f"{path}: shard entry {shard} is {entry}, expected {want} and its sha256; {rewrite}"
+            )
+
+
+def verify_shards(directory: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+    """Check that every shard the manifest lists is there with the SHA-256 it records.
+
+    Raises:
+        TeacherCacheError: naming the first missing or damaged shard file.
+    """
+    for entry in manifest["shards"]:
+        path = Path(directory) / entry["file"]
+        if not path.is_file():
+            raise TeacherCacheError(
+                f"teacher cache shard {path} is missing; delete {directory} and write the cache "
+                "again"
+            )
+        digest = file_digest(path)
+        if digest != entry["sha256"]:
+            raise TeacherCacheError(
+                f"teacher cache shard {path} is damaged: its SHA-256 is {digest}, the manifest "
+                f"says {entry['sha256']}; delete {directory} and write the cache again"
+            )

@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from torchkd._files import atomic_write
+from torchkd._files import atomic_write, remove_stale_temporaries
 from torchkd.data.cache_format import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -34,14 +34,16 @@ from torchkd.data.cache_format import (
     fingerprint_dataset,
     read_manifest,
     shard_name,
+    source_fingerprint,
     split_directory,
     teacher_fingerprint,
     token_id_dtype,
+    verify_shards,
     write_manifest,
 )
-from torchkd.data.documents import file_digest
 from torchkd.lm import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
+from torchkd.losses._common import check_temperature
 from torchkd.terms import to_device
 
 __all__ = [
@@ -51,20 +53,25 @@ __all__ = [
     "TeacherCacheDataset",
     "TeacherCacheError",
     "bytes_per_token",
+    "check_k",
     "fingerprint_dataset",
     "read_manifest",
     "shard_name",
+    "source_fingerprint",
     "split_directory",
     "teacher_fingerprint",
     "token_id_dtype",
+    "verify_shards",
     "write_manifest",
     "write_teacher_cache",
 ]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """The manifest to continue from: the existing one when its settings match (resume), a
-    fresh one (written) for an empty or new directory."""
+    """The manifest to continue from: the existing one when its settings match and its shards
+    their digests (resume, or a complete cache verified), a fresh one (written) for an empty or
+    new directory. Temporaries of killed writes are removed first."""
+    remove_stale_temporaries(directory)
     if (directory / MANIFEST).is_file():
         manifest = read_manifest(directory)
         changed = [
@@ -78,6 +85,7 @@ def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
                 + "; ".join(changed)
                 + "); delete the directory or write to another one"
             )
+        verify_shards(directory, manifest)
         return manifest
     if directory.exists() and any(directory.iterdir()):
         raise TeacherCacheError(
@@ -96,6 +104,14 @@ def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_k(k: Any, teacher: nn.Module) -> None:
+    """``k`` must be a positive integer, at most the teacher's vocabulary."""
+    _check_positive("k", k)
+    vocab_size = output_projection(teacher, "teacher").weight.shape[0]
+    if k > vocab_size:
+        raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")
 
 
 def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:
@@ -175,6 +191,7 @@ def write_teacher_cache(
     rows_per_shard: int = 256,
     tokenizer_fingerprint: str | None = None,
     dataset_fingerprint: str | None = None,
+    teacher_source: str | None = None,
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
     on_shard: Callable[[int, int], None] | None = None,
@@ -198,8 +215,10 @@ def write_teacher_cache(
 
     Shards are written one by one through a temp file and a rename, each followed by an atomic
     rewrite of ``manifest.json`` with its SHA-256, so an interrupted run (Ctrl-C, a crash)
-    leaves a consistent cache. Calling again with the same teacher, data and settings resumes at
-    the first missing shard (a complete cache is left as it is); other settings raise.
+    leaves a consistent cache (the temporary of a write killed outright is removed by the next
+    call). Calling again with the same teacher, data and settings checks the SHA-256 of every
+    shard already written, then resumes at the first missing one (a complete cache is verified
+    and left as it is); other settings, or a missing or damaged shard, raise.
 
     Args:
         teacher: a causal LM (:func:`torchkd.lm.is_causal_lm`).
@@ -212,6 +231,9 @@ def write_teacher_cache(
         tokenizer_fingerprint: recorded and checked by readers (default: the dataset's
             ``tokenizer_fingerprint`` attribute, if any).
         dataset_fingerprint: default :func:`fingerprint_dataset`.
+        teacher_source: recorded for readers that know the teacher only by where it comes
+            from (:func:`~torchkd.data.cache_format.source_fingerprint`; ``torchkd
+            cache-teacher`` records the recipe's teacher, ``torchkd train`` compares it).
         chunk_size: positions per logits chunk (default
             :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
         device: where the batches go; the teacher must already be there (default: where
@@ -222,20 +244,21 @@ def write_teacher_cache(
         The final manifest.
 
     Raises:
-        TeacherCacheError: the directory holds something else or a cache with other settings.
+        TeacherCacheError: the directory holds something else, a cache with other settings, or
+            a missing or damaged shard.
+        ValueError: a bad argument (named).
     """
-    _check_positive("k", k)
+    check_k(k, teacher)
     _check_positive("batch_size", batch_size)
     _check_positive("rows_per_shard", rows_per_shard)
+    if chunk_size is not None:
+        _check_positive("chunk_size", chunk_size)
     if isinstance(temperature, bool) or not isinstance(temperature, int | float):
         raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to cache")
     vocab_size = output_projection(teacher, "teacher").weight.shape[0]
-    if k > vocab_size:
-        raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")
     id_dtype = token_id_dtype(vocab_size)
     if tokenizer_fingerprint is None:
         tokenizer_fingerprint = getattr(dataset, "tokenizer_fingerprint", None)
@@ -243,6 +266,7 @@ def write_teacher_cache(
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
         "teacher_fingerprint": teacher_fingerprint(teacher),
+        "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
         "k": k,
@@ -259,7 +283,8 @@ def write_teacher_cache(
     if device is None:
         device = next(teacher.parameters()).device
     device = torch.device(device)
-    chunk_size = chunk_size or default_chunk_size(vocab_size)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(vocab_size)
     was_training = teacher.training
     teacher.eval()
     try:
@@ -313,8 +338,11 @@ class TeacherCacheDataset:
 
     The manifest is checked when the dataset is made: the cache must be complete and written
     for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
-    ``k`` / ``temperature`` when given). Each shard's SHA-256 is checked when it is first read;
-    shards are then read lazily, row by row, from memory-mapped safetensors files.
+    ``k`` / ``temperature`` when given), and so are its own digest and shard list
+    (:func:`~torchkd.data.cache_format.read_manifest`) and the SHA-256 of every shard
+    (:func:`~torchkd.data.cache_format.verify_shards`): a damaged cache is refused before
+    training starts. Shards are then read lazily, row by row, from memory-mapped safetensors
+    files.
 
     Args:
         base_dataset: the dataset the cache was written from.
@@ -368,7 +396,7 @@ class TeacherCacheDataset:
                 f"this dataset's is {fingerprint[:16]}..., {len(base_dataset)} rows); rewrite "
                 "it with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
             )
-        self._verified: set[int] = set()
+        verify_shards(self.directory, manifest)
         self._handles: dict[int, Any] = {}
 
     @property
@@ -392,27 +420,17 @@ class TeacherCacheDataset:
         return getattr(self.dataset, name)
 
     def _shard(self, shard: int) -> Any:
-        """The open shard ``shard``; its digest and row indices are checked on first use."""
+        """The open shard ``shard`` (verified when the dataset was made); its row indices are
+        checked when it is opened."""
         if shard in self._handles:
             return self._handles[shard]
         entry = self.manifest["shards"][shard]
         path = self.directory / entry["file"]
-        if shard not in self._verified:
-            if not path.is_file():
-                raise TeacherCacheError(f"teacher cache shard {path} is missing")
-            digest = file_digest(path)
-            if digest != entry["sha256"]:
-                raise TeacherCacheError(
-                    f"teacher cache shard {path} is damaged: its SHA-256 is {digest}, the "
-                    f"manifest says {entry['sha256']}; delete {self.directory} and write the "
-                    "cache again"
-                )
         handle = safe_open(str(path), framework="pt")
         start = shard * int(self.manifest["rows_per_shard"])
         expected = torch.arange(start, start + int(entry["rows"]))
         if not torch.equal(handle.get_tensor("index"), expected):
             raise TeacherCacheError(f"teacher cache shard {path} holds other rows than expected")
-        self._verified.add(shard)
         self._handles[shard] = handle
         return handle
 

@@ -19,7 +19,10 @@ the next token belongs to the prompt.
 
 The tokenized splits are cached as one safetensors file under
 :func:`torchkd.data.base.cache_dir` ``/text``, keyed by the files' SHA-256 digests, the
-tokenizer's fingerprint, every setting and :data:`FORMAT_VERSION`; written atomically.
+tokenizer's fingerprint, every setting and :data:`FORMAT_VERSION`; written atomically, with
+the SHA-256 of its tensors and metadata in its metadata (``sha256``). A cache file that does not
+read back whole (unreadable, other settings, or another digest: a flipped byte) is derived
+data: it is rebuilt from the files, with a one-line notice on stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -62,7 +66,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT_VERSION", "TextDataset", "load_text"]
 
-FORMAT_VERSION = 1  # bump when the encoding changes: old cache files are then never read
+FORMAT_VERSION = 2  # bump when the encoding changes: old cache files are then never read
+# (2: the file holds its digest)
 _STORED_DTYPES = {"input_ids": torch.int32, "labels": torch.int32, "prompt_ids": torch.int32}
 
 
@@ -251,23 +256,48 @@ def _build(
         "documents": json.dumps(sources),
         "special_ids": json.dumps([eos, pad]),
     }
+    metadata["sha256"] = _digest(tensors, metadata)
     data = save(tensors, metadata=metadata)
     atomic_write(path, lambda stream: stream.write(data))
     return {"tensors": tensors, "metadata": metadata}
 
 
+def _digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 (hex) of the metadata (but its ``sha256``) and the tensors (names, dtypes,
+    shapes, bytes)."""
+    entries = {key: value for key, value in metadata.items() if key != "sha256"}
+    digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _load_cached(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The cache file's contents, or ``None`` when missing or written for other settings."""
-    from safetensors import safe_open
+    """The cache file's contents, or ``None`` when it is missing or does not read back whole
+    (then, with a notice on stderr, to be rebuilt)."""
+    from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as archive:
-        metadata = archive.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as archive:
+            metadata = archive.metadata() or {}
+            tensors = {name: archive.get_tensor(name) for name in archive.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        problem = f"unreadable: {error}"
+    else:
         if metadata.get("settings") != json.dumps(settings, sort_keys=True):
-            return None
-        tensors = {name: archive.get_tensor(name) for name in archive.keys()}  # noqa: SIM118
-    return {"tensors": tensors, "metadata": metadata}
+            problem = "written for other settings"
+        elif metadata.get("sha256") != _digest(tensors, metadata):
+            problem = "its SHA-256 does not match its contents"
+        else:
+            return {"tensors": tensors, "metadata": metadata}
+    print(
+        f"torchkd: text dataset cache {path} is damaged ({problem}); rebuilding it", file=sys.stderr
+    )
+    return None
 
 
 def _check_settings(

@@ -1,0 +1,169 @@
+"""A recipe's teacher cache (``data.teacher_cache``, ``teacher: cache`` terms): which teacher
+``torchkd cache-teacher`` runs, at which temperature, and the checks that training makes of a
+written cache against its recipe before anything runs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+from torchkd.config.errors import ConfigError, blame
+from torchkd.config.schema import ModelConfig, Recipe, is_number
+
+__all__ = [
+    "CACHED_SPLITS",
+    "CACHE_TEACHER",
+    "cache_teacher",
+    "cache_temperature",
+    "check_cache_terms",
+    "check_teacher_cache",
+]
+
+CACHE_TEACHER = "cache"  # a term's ``teacher:`` that reads the teacher cache
+CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
+
+
+def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
+    """The teacher the cache-reading terms name (``teacher_index``) and its YAML path.
+
+    Raises:
+        ConfigError: the recipe has no teacher, or its cache-reading terms name two.
+    """
+    indices = {term.teacher_index for term in recipe.terms if term.teacher == CACHE_TEACHER}
+    configs = recipe.teacher_configs
+    if not configs:
+        raise ConfigError(["teacher: torchkd cache-teacher runs the recipe's teacher; set one"])
+    if len(indices) > 1:
+        raise ConfigError([f"terms: the terms that read the cache name teachers {sorted(indices)}"])
+    if not indices:
+        raise ConfigError(["terms: no term reads the teacher cache (teacher: cache)"])
+    index = indices.pop()
+    if index >= len(configs):
+        raise ConfigError([f"terms: teacher_index {index}, but the recipe has {len(configs)}"])
+    return configs[index], "teacher" if recipe.teacher is not None else f"teachers.{index}"
+
+
+def _term_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
+    """The fixed temperature of term ``index`` and the YAML path it comes from (the term's
+    ``temperature``, its loss's ``temperature`` argument, or that argument's default),
+    checked as the losses check it (``0 < T <= MAX_TEMPERATURE``)."""
+    from torchkd.losses._common import check_temperature
+
+    value, path = _fixed_temperature(recipe, index)
+    with blame(path):
+        check_temperature(value)
+    return value, path
+
+
+def _fixed_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
+    from torchkd import losses
+
+    spec, path = recipe.terms[index], f"terms.{index}"
+    if spec.temperature is not None:
+        if not is_number(spec.temperature):
+            raise ConfigError(
+                [
+                    f"{path}.temperature: a term that reads the teacher cache needs a fixed "
+                    f"temperature (the cache's), got {spec.temperature!r}"
+                ]
+            )
+        return float(spec.temperature), f"{path}.temperature"
+    if "temperature" in spec.loss_kwargs:
+        return float(spec.loss_kwargs["temperature"]), f"{path}.loss_kwargs.temperature"
+    with blame(f"{path}.loss"):
+        module = losses.entry(spec.loss).module
+    default = inspect.signature(module).parameters.get("temperature")
+    if default is None or not is_number(default.default):
+        return 1.0, f"{path}.temperature"
+    return float(default.default), f"{path}.temperature"
+
+
+def cache_temperature(recipe: Recipe) -> float:
+    """The temperature the recipe's teacher cache is written at: that of the terms whose
+    ``teacher`` is ``cache`` (they must agree).
+
+    Raises:
+        ConfigError: no term reads the cache, or two of them at different temperatures.
+    """
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    if not indices:
+        raise ConfigError(
+            [
+                "terms: no term reads the teacher cache (teacher: cache); the cache is written "
+                "at the temperature of the terms that read it"
+            ]
+        )
+    found = [_term_temperature(recipe, index) for index in indices]
+    if len({value for value, _ in found}) > 1:
+        listed = ", ".join(f"{path} = {value}" for value, path in found)
+        raise ConfigError([f"terms: the terms that read the teacher cache differ: {listed}"])
+    return found[0][0]
+
+
+def check_cache_terms(recipe: Recipe) -> None:
+    """Build the loss of every term that reads the cache from its ``loss_kwargs``, so that
+    ``torchkd cache-teacher`` refuses the arguments training would refuse (e.g.
+    ``chunk_size: 0``) before it writes anything. Losses whose sizes come from probed shapes
+    are checked by training only."""
+    from torchkd import losses
+
+    for index, term in enumerate(recipe.terms):
+        if term.teacher != CACHE_TEACHER:
+            continue
+        with blame(f"terms.{index}.loss"):
+            entry = losses.entry(term.loss)
+        if entry.sizes is None:
+            with blame(f"terms.{index}.loss_kwargs"):
+                entry.module(**term.loss_kwargs)
+
+
+def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -> None:
+    """Refuse a run whose ``teacher: cache`` terms read a ``data.teacher_cache`` (of the cached
+    ones among ``splits``) that is missing, damaged (its manifest, see
+    :func:`~torchkd.data.cache_format.read_manifest`), written at another temperature, or
+    written from another teacher than the recipe's (their
+    :func:`~torchkd.data.cache_format.source_fingerprint`: model, kwargs and weight files;
+    checked when the recipe names its teacher), naming the YAML paths and the directory. The
+    shards' digests are checked when the cache is read (:func:`build_datasets`)."""
+    from torchkd.data.teacher_cache import read_manifest, source_fingerprint, split_directory
+
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    cache = recipe.data.teacher_cache
+    if cache is None or not indices:
+        return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
+    teacher_source = None
+    for split in [name for name in CACHED_SPLITS if name in splits]:
+        directory = split_directory(cache.dir, split)
+        with blame(f"data.teacher_cache.dir ({split} split)"):
+            manifest = read_manifest(directory)
+        _check_temperature(recipe, indices, float(manifest["temperature"]), cache.dir)
+        if manifest["teacher_source"] is None or not recipe.teacher_configs:
+            continue
+        teacher, path = cache_teacher(recipe)
+        if teacher_source is None:
+            with blame(path):
+                teacher_source = source_fingerprint(**teacher.model_dump())
+        if teacher_source != manifest["teacher_source"]:
+            raise ConfigError(
+                [
+                    f"{path}: the teacher cache in {directory} (data.teacher_cache.dir) was "
+                    f"written from another teacher (source fingerprint "
+                    f"{manifest['teacher_source'][:16]}..., this recipe's {path} is "
+                    f"{teacher_source[:16]}...: its model, kwargs or weights differ); write "
+                    "its cache with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+                ]
+            )
+
+
+def _check_temperature(recipe: Recipe, indices: list[int], written: float, where: str) -> None:
+    for index in indices:
+        value, path = _term_temperature(recipe, index)
+        if value != written:
+            raise ConfigError(
+                [
+                    f"{path}: the term reads the teacher cache at temperature {value}, but the "
+                    f"cache in {where} (data.teacher_cache.dir) was written at temperature "
+                    f"{written}; set the term's temperature to {written}, or write a cache at "
+                    f"{value} with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+                ]
+            )

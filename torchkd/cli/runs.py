@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchkd.cli.base import (
     EXIT_OK,
@@ -18,6 +19,9 @@ from torchkd.cli.base import (
     register,
     student_from_checkpoint,
 )
+
+if TYPE_CHECKING:
+    from torchkd.train import FitResult
 
 # ------------------------------------------------------------------------------------- demo
 
@@ -200,15 +204,31 @@ def _train(args: argparse.Namespace) -> int:
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
-    best = result.best_metrics.get("top1")
-    if best is not None:
-        print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")
-    if result.test_metrics and "top1" in result.test_metrics:
-        print(f"test top-1 of the final model: {result.test_metrics['top1']:.2f} %")
+    _print_scores(result)
     print(f"run directory: {result.run_dir}")
     if result.report_path is not None:
         print(f"report: {result.report_path}")
     return EXIT_OK
+
+
+def _print_scores(result: FitResult) -> None:
+    """Top-1 of each checkpoint, saying which: ``best.pt`` (the best validation epoch, the
+    weights other recipes load) first, then the final model (``last.pt``)."""
+    best, final = result.best_test_metrics or {}, result.test_metrics or {}
+    last_epoch = result.history[-1]["epoch"] if result.history else 0
+    if "top1" in result.best_metrics:
+        print(
+            f"best validation top-1: {result.best_metrics['top1']:.2f} % (epoch "
+            f"{result.best_epoch}, saved as checkpoints/best.pt: the checkpoint recipes load)"
+        )
+    if "top1" in best:
+        epoch = result.best_epoch
+        print(f"test top-1 of checkpoints/best.pt (epoch {epoch}): {best['top1']:.2f} %")
+    if "top1" in final and result.best_epoch != last_epoch:
+        print(
+            f"test top-1 of the final model (checkpoints/last.pt, epoch {last_epoch}): "
+            f"{final['top1']:.2f} %"
+        )
 
 
 register(

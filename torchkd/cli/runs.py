@@ -224,7 +224,7 @@ def _print_scores(result: FitResult) -> None:
     if "top1" in best:
         epoch = result.best_epoch
         print(f"test top-1 of checkpoints/best.pt (epoch {epoch}): {best['top1']:.2f} %")
-    if "top1" in final and result.best_epoch != last_epoch:
+    if "top1" in final and (result.best_epoch != last_epoch or "top1" not in best):
         print(
             f"test top-1 of the final model (checkpoints/last.pt, epoch {last_epoch}): "
             f"{final['top1']:.2f} %"

@@ -1,19 +1,26 @@
-# Set-up is automatic: the first `make demo` or `make test` creates .venv and installs torch
-# (pinned CPU wheel by default; override with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.13.0+cu126")
-# before the project, so pip never pulls a multi-GB CUDA build by accident.
+# Set-up is automatic: the first `make demo` or `make test` creates .venv, installs torch as
+# TORCH_SPEC says, then torchkd itself from this clone (pip install -e ".[dev]": torchkd is not
+# published on a package index). TORCH_SPEC is a pip requirement; its default, torch==2.13.0,
+# is whatever build the configured index serves: from PyPI on Linux that is the CUDA build
+# (with its multi-GB nvidia-* wheels), on macOS and Windows a CPU build. For the CPU build on
+# Linux, take torch from PyTorch's CPU index (TORCH_INDEX; or a CUDA one, .../whl/cu126):
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# torch is installed first, so installing torchkd keeps it.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 MINILM := $(VENV)/.minilm-installed
 
-.PHONY: demo demo-lm demo-embeddings test lint format bench bench-token clean
+.PHONY: demo demo-lm demo-embeddings publish-demo publish-demo-lm publish-demo-embeddings
+.PHONY: test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -33,6 +40,18 @@ $(MINILM): $(STAMP)
 
 demo-embeddings: $(MINILM)
 	$(BIN)/torchkd demo embeddings
+
+# Each demo writes runs/demo*/ only. Maintainers publish a demo's table by rerunning it with
+# --publish, which also writes benchmarks/results/demo*.md; then copy the table into README.md
+# (the tests check that the two agree).
+publish-demo: $(STAMP)
+	$(BIN)/torchkd demo --publish
+
+publish-demo-lm: $(STAMP)
+	$(BIN)/torchkd demo lm --publish
+
+publish-demo-embeddings: $(MINILM)
+	$(BIN)/torchkd demo embeddings --publish
 
 # The tests include the embeddings demo's checks on the real pretrained model.
 test: $(MINILM)

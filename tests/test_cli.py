@@ -187,7 +187,7 @@ def test_train_writes_a_run_and_refuses_to_overwrite_it(
     run_dir = tmp_path / "runs" / "mnist1d_baseline"
     for name in ("checkpoints/last.pt", "metrics.jsonl", "config.yaml", "report.md"):
         assert (run_dir / name).is_file(), name
-    assert re.search(r"test top-1 of the final model: \d+\.\d\d %", out)
+    assert re.search(r"test top-1 of checkpoints/best.pt \(epoch \d+\): \d+\.\d\d %", out)
     assert run("train", baseline, *FAST) == 2
     assert "--resume" in capsys.readouterr().err
 

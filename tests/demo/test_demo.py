@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torchkd import cli, demo
 from torchkd.cli.base import positive_int
 from torchkd.data import load_mnist1d
+from torchkd.demo.run import check_publishable, write_results
 from torchkd.models import create_model
 from torchkd.train import load_checkpoint
 
@@ -140,17 +141,37 @@ def test_results_file_holds_the_table_command_and_environment(
     assert "trained in" not in demo.summary_markdown(result)
 
 
-def test_results_file_is_written_by_full_runs_in_a_checkout(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_run_writes_its_results_page_under_out_only(
+    quick_demo: tuple[demo.DemoResult, Path, Path], tmp_path: Path
 ) -> None:
-    from torchkd.demo.run import _results_file
+    result, out, _ = quick_demo
+    assert (out / "results.md").read_text() == demo.results_markdown(result)
+    published = tmp_path / "benchmarks" / "results" / "demo.md"
+    published.parent.mkdir(parents=True)
+    lines: list[str] = []
+    assert write_results("page", tmp_path, None, lines.append) == tmp_path / "results.md"
+    assert not published.exists() and (tmp_path / "results.md").read_text() == "page"
+    write_results("published", tmp_path, published, lines.append)
+    assert published.read_text() == (tmp_path / "results.md").read_text() == "published"
+    assert lines[-1] == f"results table written to {published}"
 
-    monkeypatch.chdir(tmp_path)
-    assert _results_file(None, quick=False) is None  # not a torchkd checkout
+
+def test_publish_is_refused_for_quick_runs_and_outside_a_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no benchmarks/results/ here
+    with pytest.raises(ValueError, match="publish from the root of a torchkd checkout"):
+        demo.run_demo(seeds=1, out=tmp_path / "out", publish=True)
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+    assert cli.main(["demo", "--publish"]) == 2
+    assert "--publish: benchmarks/results/ does not exist" in capsys.readouterr().err
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
-    assert _results_file(None, quick=False) == demo.RESULTS_FILE
-    assert _results_file(None, quick=True) is None
-    assert _results_file("elsewhere.md", quick=True) == Path("elsewhere.md")
+    with pytest.raises(ValueError, match="smoke test"):
+        check_publishable(demo.RESULTS_FILE, quick=True)
+    assert cli.main(["demo", "--quick", "--publish"]) == 2
+    error = capsys.readouterr().err
+    assert "a --quick run is a smoke test" in error and "Traceback" not in error
+    check_publishable(demo.RESULTS_FILE, quick=False)  # a full run from a checkout may
 
 
 def test_paired_gain() -> None:
@@ -172,9 +193,13 @@ def test_cli_demo_prints_the_table(
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     assert cli.main(["demo", "--quick", "--seeds", "2", "--out", str(out)]) == 0
-    assert received == {"seeds": 2, "quick": True, "out": str(out), "workers": None}
+    expected = {"seeds": 2, "quick": True, "out": str(out), "workers": None, "publish": False}
+    assert received == expected
     printed = capsys.readouterr().out
     assert result.table() in printed and str(result.report_path) in printed
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the root of a torchkd checkout
+    assert cli.main(["demo", "--seeds", "2", "--out", str(out), "--publish"]) == 0
+    assert received == {**expected, "quick": False, "publish": True}
     with pytest.raises(argparse.ArgumentTypeError):
         positive_int("0")
 

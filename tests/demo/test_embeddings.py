@@ -260,15 +260,21 @@ def test_tiny_end_to_end_run_and_cache(
         "student.kwargs.layers=[1]",
     ]
     lines: list[str] = []
+    # a full (not --quick) run, on the quick settings, in a torchkd checkout: a user's run
+    # writes its results page under OUT only; benchmarks/results/ is left alone
+    from torchkd.demo.embeddings.arms import QUICK_OVERRIDES
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
     result = run_embeddings_demo(
         seeds=1,
-        quick=True,
+        quick=False,
         out=tmp_path / "out",
         workers=1,
         echo=lines.append,
-        results=tmp_path / "table.md",
-        overrides=overrides,
+        overrides=[*QUICK_OVERRIDES, *overrides],
     )
+    assert list((tmp_path / "benchmarks" / "results").iterdir()) == []
     assert {score.arm for score in result.scores} == {arm.key for arm in ARMS}
     for score in result.scores:
         assert -1 <= score.spearman <= 1 and 0 <= score.overlap <= 1
@@ -277,7 +283,8 @@ def test_tiny_end_to_end_run_and_cache(
     assert result.speed["student"] > 0 and result.speed["teacher"] > 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Spearman" in report and (tmp_path / "out" / "embeddings.png").is_file()
-    assert "1-layer student: teacher layers + distillation" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "1-layer student: teacher layers + distillation" in table
     assert (tmp_path / "out" / "layers_kd" / "seed0" / "metrics.jsonl").is_file()
     assert not (tmp_path / "out" / "layers_kd" / "seed0" / "checkpoints").exists()
     # the trained students are cached: a second run reuses them and scores the same
@@ -287,7 +294,6 @@ def test_tiny_end_to_end_run_and_cache(
         out=tmp_path / "again",
         workers=1,
         echo=lines.append,
-        results=tmp_path / "table2.md",
         overrides=overrides,
     )
     trained = [score for score in again.scores if score.arm.endswith("_kd")]

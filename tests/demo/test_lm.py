@@ -234,7 +234,67 @@ def test_cli_demo_lm_runs_the_lm_demo(
 
     monkeypatch.setattr(lm, "run_lm_demo", fake_run)
     assert cli.main(["demo", "lm", "--quick", "--seeds", "2", "--out", str(out)]) == 0
-    assert received == {"seeds": 2, "quick": True, "out": str(out), "workers": None}
+    assert received == {
+        "seeds": 2,
+        "quick": True,
+        "out": str(out),
+        "workers": None,
+        "publish": False,
+    }
     assert result.table() in capsys.readouterr().out
+    assert (out / "results.md").read_text() == lm.lm_results_markdown(result)
     assert cli.main(["demo", "lm", "--seeds", "1"]) == 0  # default --out
     assert received["out"] == "runs/demo_lm"
+
+
+RECIPES = sorted((ROOT / "configs" / "demo_lm").glob("*.yaml"))
+NOT_SET = "data.kwargs.files and data.kwargs.tokenizer not set"
+
+
+def _header(recipe: Path) -> str:
+    """The recipe's header comment as one line of prose."""
+    lines = recipe.read_text().split("\nname:")[0].splitlines()
+    return " ".join(line.removeprefix("#").strip() for line in lines)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_a_demo_lm_recipe_alone_names_what_the_demo_fills_in(recipe: Path) -> None:
+    """Without the corpus and tokenizer the demo fills in, the recipe names them as YAML paths
+    (not as a Python signature error), and its header says so in the same words."""
+    from torchkd.config import ConfigError, build_datasets, load_recipe
+
+    loaded = load_recipe(recipe, ["train.progress=false"])
+    with pytest.raises(ConfigError, match=NOT_SET) as refused:
+        build_datasets(loaded.data, splits=["train"])
+    assert "load_text()" not in str(refused.value)
+    assert f"stops with `data: {NOT_SET}` (exit 2)" in _header(recipe)
+
+
+def test_train_of_a_demo_lm_recipe_alone_exits_2_naming_the_kwargs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torchkd import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", str(ROOT / "configs" / "demo_lm" / "baseline.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert f"data: {NOT_SET}" in error and "Traceback" not in error
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_resolved_recipe_of_a_demo_lm_run_trains_alone(
+    quick_demo: tuple[lm.LMDemoResult, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the recipes' headers promise: ``torchkd train OUT/ARM/seed0/config.yaml`` runs."""
+    from torchkd import cli
+
+    _, out, cache = quick_demo
+    monkeypatch.setenv("TORCHKD_CACHE", str(cache))
+    for recipe in RECIPES:
+        if recipe.stem != "teacher":
+            assert f"runs/demo_lm/{recipe.stem}/seed0/config.yaml" in _header(recipe)
+    config = out / "forward_kl" / "seed0" / "config.yaml"
+    assert cli.main(["train", str(config), "--run-dir", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "checkpoints" / "best.pt").is_file()

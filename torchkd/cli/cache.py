@@ -216,9 +216,13 @@ register(
         "(fingerprints, per-shard SHA-256). Training with data.teacher_cache then needs no "
         "teacher forward pass. Prints the size (bytes/token) and the error of the cached "
         "teacher against the dense one on a few training batches (also written to the "
-        "manifest). Safe to interrupt: run it again to resume at the first missing shard.",
-        examples="torchkd cache-teacher configs/lm/cache.yaml\n"
-        "torchkd cache-teacher configs/lm/cache.yaml --dir cache/lm_k32 data.teacher_cache.k=32",
+        "manifest). Safe to interrupt: run it again to resume at the first missing shard. "
+        "`torchkd demo lm` writes its cache recipe, with the corpus, tokenizer and teacher "
+        "filled in, to runs/demo_lm/cache_teacher/config.yaml.",
+        examples="torchkd cache-teacher configs/demo_lm/cache.yaml teacher.checkpoint=teacher."
+        "safetensors 'data.kwargs.files=[\"corpus/**/*.py\"]' data.kwargs.tokenizer=tokenizer\n"
+        "torchkd cache-teacher runs/demo_lm/cache_teacher/config.yaml --dir cache/lm_k32 "
+        "data.teacher_cache.k=32",
         add_arguments=_arguments,
         run=_run,
     )

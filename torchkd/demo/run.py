@@ -28,11 +28,19 @@ from torchkd.environment import available_cpus, environment
 if TYPE_CHECKING:
     from torchkd.config import Recipe
 
-__all__ = ["RESULTS_FILE", "demo_command", "describe_terms", "run_demo"]
+__all__ = [
+    "RESULTS_FILE",
+    "check_publishable",
+    "demo_command",
+    "describe_terms",
+    "run_demo",
+    "write_results",
+]
 
 Echo = Callable[[str], None]
 
-# Where a full (not --quick) demo run from a torchkd checkout also writes its table.
+# Where `torchkd demo --publish` (the maintainers' `make publish-demo`), run from the root of a
+# torchkd checkout, also writes its results page: the README's demo table is that page's table.
 RESULTS_FILE = Path("benchmarks") / "results" / "demo.md"
 
 
@@ -54,14 +62,31 @@ def describe_terms(recipe: Recipe) -> str:
     return " + ".join(terms)
 
 
-def _results_file(
-    results: str | Path | None, quick: bool, default: Path = RESULTS_FILE
-) -> Path | None:
-    """``results``, or by default ``default`` (:data:`RESULTS_FILE` for this demo) when its
-    folder exists here (a torchkd checkout) and the run is a real one (not ``--quick``)."""
-    if results is not None:
-        return Path(results)
-    return default if not quick and default.parent.is_dir() else None
+def check_publishable(published: Path, quick: bool) -> None:
+    """Refuse to publish a results page that is not a result, or outside a checkout.
+
+    Raises:
+        ValueError: ``quick`` (a smoke test), or ``published``'s folder (``benchmarks/results``)
+            does not exist in the working directory.
+    """
+    if quick:
+        raise ValueError("a --quick run is a smoke test, not a result: it is not published")
+    if not published.parent.is_dir():
+        raise ValueError(
+            f"{published.parent}/ does not exist in {Path.cwd()}: publish from the root of a "
+            "torchkd checkout"
+        )
+
+
+def write_results(page: str, out: Path, published: Path | None, echo: Echo) -> Path:
+    """Write a demo's results page to ``out/results.md`` and, when ``published`` is given (the
+    maintainers' ``--publish``), the same page to ``published``; returns ``out/results.md``.
+    A user's run writes under ``out`` only."""
+    path = out / "results.md"
+    for target in [path] if published is None else [path, published]:
+        target.write_text(page)
+        echo(f"results table written to {target}")
+    return path
 
 
 def run_demo(
@@ -70,9 +95,9 @@ def run_demo(
     out: str | Path = "runs/demo",
     workers: int | None = None,
     echo: Echo = print,
-    results: str | Path | None = None,
+    publish: bool = False,
 ) -> DemoResult:
-    """Run the demo and write ``OUT/report.md``; returns what it measured.
+    """Run the demo and write ``OUT/report.md`` and ``OUT/results.md``; returns what it measured.
 
     Args:
         seeds: number of seeds per arm (seeds ``0 .. seeds - 1``).
@@ -82,15 +107,18 @@ def run_demo(
         workers: processes training runs in parallel (default: one per available CPU core,
             each with one thread; ``1`` trains in this process).
         echo: where progress lines go.
-        results: where to write the results table with its command, environment and wall
-            time (default: ``benchmarks/results/demo.md`` when that folder exists in the
-            working directory, i.e. in a torchkd checkout, and the run is not ``quick``).
+        publish: also write the results page (the table with its command, environment and
+            wall time) to :data:`RESULTS_FILE` of the torchkd checkout in the working
+            directory (refused for ``quick`` runs and outside a checkout, before any training;
+            see :func:`check_publishable`).
     """
     from torchkd.config import build_loaders, build_model, load_recipe
     from torchkd.train import evaluate
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if publish:
+        check_publishable(RESULTS_FILE, quick)
     started = time.perf_counter()
     command = demo_command(seeds, quick, Path(out), workers)
     out = Path(out)
@@ -176,9 +204,5 @@ def run_demo(
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_demo_report(result, out, quick=quick)
-    results_file = _results_file(results, quick)
-    if results_file is not None:
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(results_markdown(result))
-        echo(f"results table written to {results_file}")
+    write_results(results_markdown(result), out, RESULTS_FILE if publish else None, echo)
     return result

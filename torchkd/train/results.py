@@ -43,6 +43,9 @@ class FitResult:
         metrics_path: ``metrics.jsonl``.
         report_path: ``report.md``, set by the caller that writes it
             (:func:`torchkd.config.fit_recipe`); ``None`` otherwise.
+        best_test_metrics: metrics of ``best_checkpoint`` (the weights other recipes load) on
+            the test split, set by :func:`torchkd.config.fit_recipe` in a single process;
+            ``None`` otherwise.
     """
 
     run_dir: Path
@@ -56,3 +59,4 @@ class FitResult:
     best_checkpoint: Path | None
     metrics_path: Path
     report_path: Path | None = None
+    best_test_metrics: dict[str, float] | None = None

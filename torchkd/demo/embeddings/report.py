@@ -1,5 +1,5 @@
 """The embeddings demo's report: the table (mean ± std over seeds), a plot, ``OUT/report.md``
-and the results table for ``benchmarks/results/demo_embeddings.md``."""
+and the results page (``OUT/results.md``; published: ``benchmarks/results/demo_embeddings.md``)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ def _setting_text(result: EmbeddingsResult) -> str:
 
 
 def results_markdown(result: EmbeddingsResult) -> str:
-    """``benchmarks/results/demo_embeddings.md``: the table, command, environment, wall time."""
+    """``OUT/results.md`` (published: ``benchmarks/results/demo_embeddings.md``): the table,
+    command, environment, wall time."""
     return "\n".join(
         [
             "# torchkd demo embeddings: all-MiniLM-L6-v2 -> "

@@ -30,6 +30,7 @@ from torchkd.demo.embeddings.report import (
     results_markdown,
     write_report,
 )
+from torchkd.demo.run import check_publishable, write_results
 from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
 
@@ -89,10 +90,10 @@ def run_embeddings_demo(
     out: str | Path = "runs/demo_embeddings",
     workers: int | None = None,
     echo: Echo = print,
-    results: str | Path | None = None,
+    publish: bool = False,
     overrides: Sequence[str] = (),
 ) -> EmbeddingsResult:
-    """Distil all-MiniLM-L6-v2 into 3-layer students and write ``OUT/report.md``.
+    """Distil all-MiniLM-L6-v2 into 3-layer students; write ``OUT/report.md``, ``OUT/results.md``.
 
     Args:
         seeds: seeds per arm (``0 .. seeds - 1``).
@@ -101,15 +102,17 @@ def run_embeddings_demo(
         workers: processes running jobs in parallel, one torch thread each (default: one
             per available CPU core; ``1`` runs them in this process).
         echo: where progress lines go.
-        results: where to write the results table (default
-            ``benchmarks/results/demo_embeddings.md`` when that folder exists and the run is
-            not ``quick``).
+        publish: also write the results page (``OUT/results.md``) to :data:`RESULTS_FILE` of
+            the torchkd checkout in the working directory (refused for ``quick`` runs and
+            outside a checkout, before any training).
         overrides: more recipe overrides for every run (e.g. a local model directory).
     """
     from torchkd.demo.embeddings.models import model_dir
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if publish:
+        check_publishable(RESULTS_FILE, quick)
     if not any(word.startswith("teacher.kwargs.path=") for word in overrides):
         model_dir()  # a missing model package fails here, saying how to install it
     started = time.perf_counter()
@@ -158,11 +161,5 @@ def run_embeddings_demo(
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_report(result, out, quick=quick)
-    results_file = Path(results) if results is not None else None
-    if results_file is None and not quick and RESULTS_FILE.parent.is_dir():
-        results_file = RESULTS_FILE
-    if results_file is not None:
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(results_markdown(result))
-        echo(f"results table written to {results_file}")
+    write_results(results_markdown(result), out, RESULTS_FILE if publish else None, echo)
     return result

@@ -23,8 +23,10 @@ Each student recipe runs once per seed (``train.seed``: initialisation and batch
 by the arms so that seeds pair up), one torch thread per run. The final students are measured
 on the students' held-out test files (:mod:`torchkd.demo.lm.metrics`): perplexity, top-1
 agreement with the teacher and tokens/s; each arm's gain over the student alone is the mean ±
-std of the per-seed differences, with the seeds it wins. A full run from a torchkd checkout
-writes the table to ``benchmarks/results/demo_lm.md``.
+std of the per-seed differences, with the seeds it wins. The results page (table, command,
+environment, wall time) goes to ``OUT/results.md``; ``torchkd demo lm --publish`` (maintainers,
+from a torchkd checkout) also writes it to ``benchmarks/results/demo_lm.md``, the README's
+table.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The language-model demo's report: the summary table (perplexity and top-1 agreement with the
 teacher, mean ± std over seeds, paired gains against the student alone with wins, tokens/s),
-the per-seed table, plots, ``OUT/report.md`` and ``benchmarks/results/demo_lm.md``."""
+the per-seed table, plots, ``OUT/report.md`` and ``OUT/results.md`` (published:
+``benchmarks/results/demo_lm.md``)."""
 
 from __future__ import annotations
 
@@ -212,8 +213,9 @@ def _terms_lines(result: LMDemoResult) -> list[str]:
 
 
 def lm_results_markdown(result: LMDemoResult) -> str:
-    """``benchmarks/results/demo_lm.md``: the summary table with the command, set-up,
-    environment, wall time, per-seed numbers, the cache's size and error and each arm's loss."""
+    """``OUT/results.md`` (published: ``benchmarks/results/demo_lm.md``): the summary table
+    with the command, set-up, environment, wall time, per-seed numbers, the cache's size and
+    error and each arm's loss."""
     source = (
         f"reused from the cache (`{result.teacher_weights}`)"
         if result.teacher_cached
@@ -224,9 +226,10 @@ def lm_results_markdown(result: LMDemoResult) -> str:
         [
             "# torchkd demo lm: the numbers `make demo-lm` prints",
             "",
-            "Written by `torchkd demo lm` at the end of its run (`torchkd/demo/lm/report.py`); "
-            "the README's language-model demo table is this table "
-            "(`tests/demo/test_lm.py` checks it). Perplexity and top-1 agreement with the "
+            "Written by `torchkd demo lm` to OUT/results.md at the end of its run "
+            "(`torchkd/demo/lm/report.py`); `torchkd demo lm --publish` also writes it to "
+            "`benchmarks/results/demo_lm.md`, whose table is the README's language-model demo "
+            "table (`tests/demo/test_lm.py` checks it). Perplexity and top-1 agreement with the "
             "teacher on the held-out test files; Δ columns are the mean ± std of the per-seed "
             "differences to the student alone (same seed = same initialisation and batch "
             "order); `lower` / `higher` count the seeds where the arm beats the student alone.",

@@ -28,7 +28,7 @@ from torchkd.demo.lm.plan import (
 )
 from torchkd.demo.lm.report import LMDemoResult, lm_results_markdown, write_lm_report
 from torchkd.demo.lm.teacher import lm_recipe, train_teacher
-from torchkd.demo.run import _results_file, describe_terms
+from torchkd.demo.run import check_publishable, describe_terms, write_results
 from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
 
@@ -124,10 +124,11 @@ def run_lm_demo(
     out: str | Path = "runs/demo_lm",
     workers: int | None = None,
     echo: Echo = print,
-    results: str | Path | None = None,
+    publish: bool = False,
     corpus: CorpusSettings | None = None,
 ) -> LMDemoResult:
-    """Run the language-model demo and write ``OUT/report.md``; returns what it measured.
+    """Run the language-model demo, write ``OUT/report.md`` and ``OUT/results.md``; returns what
+    it measured.
 
     Args:
         seeds: seeds per arm (``0 .. seeds - 1``).
@@ -136,8 +137,9 @@ def run_lm_demo(
         workers: processes training runs in parallel (default: one per available CPU core,
             each with one thread; ``1`` trains in this process).
         echo: where progress lines go.
-        results: where to write the results table (default: ``benchmarks/results/demo_lm.md``
-            in a torchkd checkout, for runs that are not ``quick``).
+        publish: also write the results page (``OUT/results.md``) to :data:`RESULTS_FILE` of
+            the torchkd checkout in the working directory (refused for ``quick`` runs and
+            outside a checkout, before any training).
         corpus: which files (default :data:`~torchkd.demo.lm.plan.CORPUS`, or
             :data:`~torchkd.demo.lm.plan.QUICK_CORPUS` with ``quick``).
     """
@@ -148,6 +150,8 @@ def run_lm_demo(
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if publish:
+        check_publishable(RESULTS_FILE, quick)
     started = time.perf_counter()
     out = Path(out)
     command = lm_demo_command(seeds, quick, out, workers)
@@ -243,9 +247,5 @@ def run_lm_demo(
     )
     result.seconds = time.perf_counter() - started
     result.report_path = write_lm_report(result, out, quick=quick)
-    results_file = _results_file(results, quick, default=RESULTS_FILE)
-    if results_file is not None:
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(lm_results_markdown(result))
-        echo(f"results table written to {results_file}")
+    write_results(lm_results_markdown(result), out, RESULTS_FILE if publish else None, echo)
     return result

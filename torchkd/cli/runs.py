@@ -163,7 +163,8 @@ def _train(args: argparse.Namespace) -> int:
             "to start a new one"
         )
     for index, teacher in enumerate(recipe.teacher_configs):
-        if teacher.checkpoint is None and is_main_process():
+        pretrained = teacher.checkpoint is not None or "path" in teacher.kwargs
+        if not pretrained and is_main_process():
             print(
                 f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
                 "so it distils its initial weights; set teacher.checkpoint=PATH",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import zipfile
@@ -267,3 +268,37 @@ def test_a_temporary_removed_before_its_writer_locked_it_is_replaced(
     assert len(created) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert load_checkpoint(path)["student"]["weight"][0, 0] == 5.0
+
+
+def stored_records(path: Path) -> list[tuple[int, int]]:
+    """``(offset, size)`` in the file of the data of every tensor storage of ``path``
+    (the zip records ``*/data/<key>``, stored uncompressed)."""
+    raw = path.read_bytes()
+    records = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if "/data/" not in info.filename or info.file_size == 0:
+                continue
+            assert info.compress_type == zipfile.ZIP_STORED
+            # the local header: 30 bytes, then the name and the extra field (lengths at 26, 28)
+            header = info.header_offset
+            name_length, extra_length = struct.unpack("<HH", raw[header + 26 : header + 30])
+            start = header + 30 + name_length + extra_length
+            records.append((start, info.file_size))
+    return records
+
+
+def test_a_flipped_bit_anywhere_in_any_stored_tensor_is_refused(tmp_path: Path) -> None:
+    """Every storage record (student, optimizer, generator states), flipped at its first,
+    middle and last byte: each is refused."""
+    clean = save_checkpoint(minimal_checkpoint(), tmp_path / "clean.pt").read_bytes()
+    records = stored_records(tmp_path / "clean.pt")
+    assert len(records) >= 4  # weight, bias, step, the torch generator state
+    for start, size in records:
+        for offset in sorted({start, start + size // 2, start + size - 1}):
+            damaged = tmp_path / "damaged.pt"
+            raw = bytearray(clean)
+            raw[offset] ^= 0x01
+            damaged.write_bytes(bytes(raw))
+            with pytest.raises(CheckpointError, match=r"damaged\.pt is "):
+                load_checkpoint(damaged)

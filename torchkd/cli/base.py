@@ -4,9 +4,11 @@ the parser built from the registered commands, and :func:`main` (exit codes, err
 Recipe overrides (``key=value``) may come anywhere after the recipe, before or after options,
 and ``--traceback`` anywhere: ``torchkd tune R --trials 4 train.epochs=4 --traceback``.
 
-Exit codes: 0 success, 2 bad usage, an invalid recipe (the message names the YAML path, no
-traceback) or a damaged checkpoint, 1 a failure while running (``--traceback`` shows where),
-130 interrupted. Usage errors print the subcommand's usage line.
+Exit codes: 0 success, 2 a refusal of input (:class:`~torchkd.errors.InputError`: bad usage,
+an invalid recipe, a damaged or mismatched file; the message alone, naming the YAML path or
+the file, no traceback), 1 a failure while running (``--traceback`` shows where), 130
+interrupted. Refusals print the subcommand's usage line; under ``torchrun`` rank 0 alone
+prints them (every process refuses together, see :mod:`torchkd.train.refusal`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torchkd._registry import Registry
+from torchkd.errors import InputError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,7 +39,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     """Bad command-line usage: a missing file, a bad option value (exit code 2)."""
 
 
@@ -241,13 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``torchkd`` command line with ``argv`` (default ``sys.argv[1:]``).
 
     Returns:
-        The exit code: 0 success, 1 runtime failure, 2 bad usage, invalid recipe or damaged
-        checkpoint.
+        The exit code: 0 success, 1 runtime failure, 2 a refusal of input (bad usage, invalid
+        recipe, damaged or mismatched file).
     """
-    from torchkd.config import ConfigError
-    from torchkd.data.cache_format import TeacherCacheError
-    from torchkd.train.checkpoint import CheckpointError
-    from torchkd.train.distributed import process_description, record_failure
+    from torchkd.train.distributed import is_main_process, process_description, record_failure
 
     try:
         args, subparser = _parse(argv)
@@ -256,9 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = args.traceback or os.environ.get("TORCHKD_TRACEBACK") == "1"
     try:
         return args.run(args)
-    except (ConfigError, UsageError, CheckpointError, TeacherCacheError) as error:
-        print(subparser.format_usage().rstrip(), file=sys.stderr)
-        print(f"torchkd {args.command}: error: {error}", file=sys.stderr)
+    except InputError as error:
+        if is_main_process():
+            print(subparser.format_usage().rstrip(), file=sys.stderr)
+            print(f"torchkd {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"torchkd {args.command}: interrupted", file=sys.stderr)

@@ -197,7 +197,8 @@ def _train(args: argparse.Namespace) -> int:
         )
     builds_teachers = reads_teacher_models(recipe)  # not a run from the teacher cache alone
     for index, teacher in enumerate(recipe.teacher_configs):
-        if builds_teachers and teacher.checkpoint is None and is_main_process():
+        pretrained = teacher.checkpoint is not None or "path" in teacher.kwargs
+        if builds_teachers and not pretrained and is_main_process():
             print(
                 f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
                 "so it distils its initial weights; set teacher.checkpoint=PATH",

@@ -14,6 +14,7 @@ from torchkd._registry import did_you_mean
 from torchkd.config.errors import ConfigError, blame
 from torchkd.config.schema import DataConfig, ModelConfig, OnPolicyConfig, Recipe, is_number
 from torchkd.config.teacher_cache import CACHED_SPLITS, check_teacher_cache
+from torchkd.config.vocabulary import check_vocabulary
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -306,11 +307,13 @@ def build_distiller(recipe: Recipe) -> Distiller:
         if recipe.teacher
         else [f"teachers.{i}" for i in range(len(recipe.teacher_configs))]
     )
-    teachers = [
-        build_model(spec, where)
+    built_teachers = [
+        (build_model(spec, where), spec, where)
         for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
         if reads_teacher_models(recipe)
     ]
+    check_vocabulary(recipe, [(student, recipe.student, "student"), *built_teachers])
+    teachers = [teacher for teacher, _, _ in built_teachers]
     from torchkd.distiller import TermError
 
     terms = build_terms(recipe)

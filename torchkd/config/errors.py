@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel
 
 from torchkd._registry import closest
+from torchkd.errors import InputError
 
 __all__ = [
     "ConfigError",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A recipe problem; ``problems`` lists one ``"yaml.path: what was expected"`` per issue."""
 
     def __init__(self, problems: Sequence[str], source: str | None = None) -> None:

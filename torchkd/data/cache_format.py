@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from torchkd._files import atomic_write
 from torchkd.data.documents import file_digest
+from torchkd.errors import InputError
 
 __all__ = [
     "CACHE_FORMAT",
@@ -82,7 +83,7 @@ SETTINGS = (
 )
 
 
-class TeacherCacheError(ValueError):
+class TeacherCacheError(InputError, ValueError):
     """A teacher cache that cannot be used: missing, incomplete, damaged, edited, or written for
     other data or another teacher. The command line refuses it with exit code 2."""
 

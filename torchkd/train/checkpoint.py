@@ -50,6 +50,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from torchkd._files import atomic_write
+from torchkd.errors import InputError
 from torchkd.train.digest import content_sha256
 
 CHECKPOINT_FORMAT = "torchkd.checkpoint"
@@ -59,7 +60,7 @@ _DIGEST_KEY = "sha256"
 _REQUIRED_KEYS = ("student", "extras", "optimizer", "rng", "progress", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupt or not a torchkd checkpoint."""
 
 
@@ -76,7 +77,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda stream: torch.save(sealed, stream))
 
 
-def _damaged(path: Path, detail: str, remedy: str) -> CheckpointError:
+def damaged(path: Path, detail: str, remedy: str) -> CheckpointError:
+    """The refusal of ``path``, whose bytes no longer match their digest (``detail`` says how)."""
     return CheckpointError(
         f"{path} is damaged: {detail}. It was not used and no file was changed; {remedy}"
     )
@@ -128,10 +130,10 @@ def _verify(path: Path, checkpoint: dict[str, Any]) -> None:
         )
         return
     if not isinstance(stored, str):
-        raise _damaged(path, "its SHA-256 digest is missing", _CHECKPOINT_REMEDY)
+        raise damaged(path, "its SHA-256 digest is missing", _CHECKPOINT_REMEDY)
     actual = content_sha256(checkpoint)
     if actual != stored:
-        raise _damaged(
+        raise damaged(
             path,
             f"its contents do not match the SHA-256 digest written with it (stored "
             f"{stored[:12]}..., now {actual[:12]}...)",
@@ -178,7 +180,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is truncated or corrupt ({error})") from error
     stored = metadata.get(SAFETENSORS_DIGEST_KEY)
     if stored is not None and _tensors_sha256(tensors) != stored:
-        raise _damaged(
+        raise damaged(
             path,
             "its tensors do not match the SHA-256 digest in its metadata",
             "export it again from its checkpoint (torchkd export)",

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["content_sha256"]
+__all__ = ["content_sha256", "file_sha256"]
 
 
 def _token(hasher: Any, text: str) -> None:
@@ -64,4 +65,14 @@ def content_sha256(value: Any) -> str:
     """
     hasher = hashlib.sha256()
     _feed(hasher, value)
+    return hasher.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 digest of the bytes of the file ``path`` (read in 1 MiB blocks): what a
+    sharded checkpoint stores for each of its DCP files."""
+    hasher = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            hasher.update(block)
     return hasher.hexdigest()

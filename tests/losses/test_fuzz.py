@@ -6,8 +6,9 @@ new loss is fuzzed the day it is registered. A deterministic grid (dtypes f16/bf
 tiny/ordinary/large/huge/zero values, identical student and teacher, token logits with a row
 mask, ``-inf`` vocabulary masking, batches of 0, 1 and 2, temperatures, narrow label dtypes,
 a float64 teacher, the edge cases of :func:`_edge_cases` (standardized constant rows, one
-unmasked class, learned and int temperatures, half modules), and every numeric hyperparameter set to NaN, +-inf, -1, 0 or a string) plus
-a derandomized hypothesis search. Outcome classes:
+unmasked class, learned and int temperatures, half modules), and every numeric
+hyperparameter set to NaN, +-inf, -1, 0 or a string) plus a
+derandomized hypothesis search. Outcome classes:
 
 - ``finite``: a finite result with finite gradients (w.r.t. every floating-point input and a
   learned temperature; a non-finite gradient is ``overflow`` only where the float64 gradient

@@ -366,10 +366,15 @@ def fused_linear_kd_loss(
     if sparse is not None:
         tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
         log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
-        if divergence == "reverse_kl" and bool((log_masses[:, -1] == float("-inf")).any()):
+        every_token_kept = sparse.token_ids.shape[-1] == vocab
+        if every_token_kept:  # no token is outside: both tails are empty (not rounding residue)
+            log_masses[:, -1] = float("-inf")
+        no_tail = bool((log_masses[:, -1] == float("-inf")).any())
+        if divergence == "reverse_kl" and no_tail and not every_token_kept:
             raise ValueError(
                 "reverse KL with a top-k teacher needs a positive tail mass in every row "
-                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit)"
+                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit), "
+                "unless k equals the vocabulary (then the student's tail is empty too)"
             )
         buckets = (_rows(sparse.token_ids, index), log_masses)
     plan = Plan(

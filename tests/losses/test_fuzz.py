@@ -5,10 +5,14 @@ signature (through the template's ``make_inputs``, which also gives each loss's 
 new loss is fuzzed the day it is registered. A deterministic grid (dtypes f16/bf16/f32/f64,
 tiny/ordinary/large/huge/zero values, identical student and teacher, token logits with a row
 mask, ``-inf`` vocabulary masking, batches of 0, 1 and 2, temperatures, narrow label dtypes,
-a float64 teacher, and every numeric hyperparameter set to NaN, +-inf, -1, 0 or a string) plus
-a derandomized hypothesis search. Outcome classes:
+a float64 teacher, the edge cases of :func:`_edge_cases` (standardized constant rows, one
+unmasked class, learned and int temperatures, half modules), and every numeric
+hyperparameter set to NaN, +-inf, -1, 0 or a string) plus a
+derandomized hypothesis search. Outcome classes:
 
-- ``finite``: a finite result;
+- ``finite``: a finite result with finite gradients (w.r.t. every floating-point input and a
+  learned temperature; a non-finite gradient is ``overflow`` only where the float64 gradient
+  is beyond the gradient dtype's range);
 - ``named error``: ``ValueError``/``TypeError`` whose message names the argument at fault;
 - ``overflow``: a non-finite result whose true value, or one of its per-row values
   (``reduction="none"``), is out of the result dtype's range (the same inputs computed in
@@ -29,7 +33,7 @@ import functools
 import inspect
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -114,20 +118,23 @@ def build_call(
     label_dtype: torch.dtype = torch.long,
     rounded_to: torch.dtype | None = None,
     identical: bool = False,
-    masked_classes: bool = False,
+    masked_classes: int = 0,
     row_mask: bool = False,
     as_float64: bool = False,
-) -> Callable[[], Tensor]:
+    learned_temperature: float | None = None,
+    module_dtype: torch.dtype | None = None,
+) -> functools.partial[Tensor]:
     """A zero-argument call of loss ``name`` on fresh inputs of the loss's signature.
 
     Shapes come from the template's inputs for the loss (``batch`` replaces their first dim);
     values are ``N(0, scale^2)`` draws in float64, optionally rounded to ``rounded_to``, cast to
     ``dtype`` (the teacher side to ``teacher_dtype``). ``identical`` makes the teacher a copy of
-    the student (where the shapes allow), ``masked_classes`` sets the last two classes of every
-    logit tensor to ``-inf`` (labels avoid them), ``row_mask`` passes a row mask.
-    ``as_float64`` computes the very same values in float64 (the overflow reference). Stateful
-    losses are built from the reference's keyword arguments, in float32 (float64 for float64
-    inputs).
+    the student (where the shapes allow), ``masked_classes`` sets that many last classes of
+    every logit tensor to ``-inf`` (labels avoid them), ``row_mask`` passes a row mask.
+    ``as_float64`` computes the very same values in float64 (the overflow reference).
+    ``learned_temperature`` passes ``temperature`` as a 0-dim tensor that requires grad.
+    Stateful losses are built from the reference's keyword arguments, in ``module_dtype``
+    (default float32; float64 for float64 inputs).
     """
     spec = REFERENCES[name]
     base = make_inputs(name, layout)
@@ -148,6 +155,10 @@ def build_call(
             row_mask=row_mask,
             as_float64=as_float64,
         )
+    kwargs = dict(kwargs or {})
+    if learned_temperature is not None:
+        wide = torch.float64 if as_float64 or dtype == torch.float64 else torch.float32
+        kwargs["temperature"] = torch.tensor(learned_temperature, dtype=wide, requires_grad=True)
     batch = base[0].shape[0] if isinstance(base[0], Tensor) and batch is None else batch
     if batch is None:
         batch = base[0][0].shape[0]
@@ -172,8 +183,8 @@ def build_call(
         if masked_classes:
             for tensor in [inputs[0], *([inputs[1]] if has_teacher(name) else [])]:
                 for part in tensor if isinstance(tensor, list) else [tensor]:
-                    part[..., -2:] = float("-inf")
-            classes -= 2
+                    part[..., -masked_classes:] = float("-inf")
+            classes -= masked_classes
         if signature != "logits":
             labels = torch.randint(0, classes, rows_shape, generator=generator)
             inputs.append(labels.to(label_dtype))
@@ -194,8 +205,9 @@ def build_call(
         mask = torch.rand(rows_shape, generator=generator) < 0.6
         mask.view(-1)[0] = True
         call_kwargs["mask"] = mask
-    module_dtype = torch.float64 if torch.float64 in (dtype, teacher_dtype) or as_float64 else None
-    loss = make_loss(name, {**spec.kwargs, **(kwargs or {})}, module_dtype or torch.float32)
+    if torch.float64 in (dtype, teacher_dtype) or as_float64:
+        module_dtype = torch.float64
+    loss = make_loss(name, {**spec.kwargs, **kwargs}, module_dtype or torch.float32)
     return functools.partial(loss, *inputs, **call_kwargs)
 
 
@@ -212,16 +224,16 @@ def _hidden_states_call(
     label_dtype: torch.dtype,
     rounded_to: torch.dtype | None,
     identical: bool,
-    masked_classes: bool,
+    masked_classes: int,
     row_mask: bool,
     as_float64: bool,
-) -> Callable[[], Tensor]:
+) -> functools.partial[Tensor]:
     """:func:`build_call` for the ``hidden_states`` signature: per side hidden states
     ``[batch, ..., H]`` and an output weight ``[V, H]`` (the template's shapes), then labels.
 
     ``batch`` replaces the hidden states' first dim (the weights have no rows); ``identical``
-    gives the teacher the student's hidden states and weight; ``masked_classes`` masks the
-    last two vocabulary entries of both sides with a ``-inf`` output bias (the fused loss's
+    gives the teacher the student's hidden states and weight; ``masked_classes`` masks that
+    many last vocabulary entries of both sides with a ``-inf`` output bias (the fused loss's
     logits are ``h W^T + b``), and the labels avoid them.
     """
     student_hidden, student_weight, teacher_hidden, teacher_weight, _ = base
@@ -241,9 +253,7 @@ def _hidden_states_call(
     )
     rows_shape = student[0].shape[:-1]
     vocab = student[1].shape[0]
-    labels = torch.randint(
-        0, vocab - 2 if masked_classes else vocab, rows_shape, generator=generator
-    )
+    labels = torch.randint(0, vocab - masked_classes, rows_shape, generator=generator)
     side_dtype = teacher_dtype or dtype
     cast = torch.float64 if as_float64 else None
     inputs = [
@@ -255,7 +265,7 @@ def _hidden_states_call(
     if masked_classes:
         for side, side_type in (("student", dtype), ("teacher", side_dtype)):
             bias = torch.zeros(vocab, dtype=cast or side_type)
-            bias[-2:] = float("-inf")
+            bias[-masked_classes:] = float("-inf")
             call_kwargs[f"{side}_bias"] = bias
     if row_mask:
         mask = torch.rand(rows_shape, generator=generator) < 0.6
@@ -297,12 +307,12 @@ def grid_cases(name: str) -> Iterator[Case]:
                 yield Case(name, label, {"dtype": dtype, "scale": scale, "identical": identical})
         if logit:
             yield Case(
-                name, f"{dtype_name} -inf masked classes", {"dtype": dtype, "masked_classes": True}
+                name, f"{dtype_name} -inf masked classes", {"dtype": dtype, "masked_classes": 2}
             )
             yield Case(
                 name,
                 f"{dtype_name} -inf masked identical",
-                {"dtype": dtype, "masked_classes": True, "identical": True},
+                {"dtype": dtype, "masked_classes": 2, "identical": True},
             )
             for mask in (False, True):
                 yield Case(
@@ -314,6 +324,7 @@ def grid_cases(name: str) -> Iterator[Case]:
                         "row_mask": mask and "mask" in _parameters(name),
                     },
                 )
+    yield from _edge_cases(name)
     for batch in (0, 1, 2):
         yield Case(name, f"batch {batch}", {"dtype": torch.float32, "batch": batch})
     if has_teacher(name):
@@ -351,6 +362,57 @@ def grid_cases(name: str) -> Iterator[Case]:
             )
 
 
+def _edge_cases(name: str) -> Iterator[Case]:
+    """Well-posed inputs that once gave NaN values or gradients (issue 22, section 4).
+
+    Logit losses: one class left unmasked (every other class ``-inf`` on both sides: a
+    constant row under standardization) and, with ``standardize=True`` where the loss has it,
+    constant (all-zero) rows and ``-inf`` masking; a learned (0-dim, requires grad) temperature
+    with ``-inf`` masking where the loss takes a tensor temperature; a Python int temperature.
+    Stateful losses: the module cast to float16/bfloat16 with inputs of that dtype.
+    """
+    parameters = _parameters(name)
+    if signature_of(name) in LOGIT_SIGNATURES:
+        classes = make_inputs(name, "rows")[0]
+        vocab = (classes[0] if isinstance(classes, list) else classes).shape[-1]
+        if signature_of(name) == "hidden_states":
+            vocab = make_inputs(name, "rows")[1].shape[0]
+        yield Case(
+            name, "one unmasked class", {"dtype": torch.float32, "masked_classes": vocab - 1}
+        )
+    if "standardize" in parameters:
+        for dtype_name, dtype in DTYPES.items():
+            for label, build in (
+                ("zero rows", {"scale": 0.0}),
+                ("zero rows identical", {"scale": 0.0, "identical": True}),
+                ("-inf masked", {"masked_classes": 2}),
+            ):
+                yield Case(
+                    name,
+                    f"{dtype_name} standardize {label}",
+                    {"dtype": dtype, "kwargs": {"standardize": True}, **build},
+                )
+    if "temperature" in numeric_parameters(name):
+        if "Tensor" in str(_annotation(name, "temperature")):
+            for masked in (0, 2):
+                yield Case(
+                    name,
+                    f"learned temperature{' -inf masked' if masked else ''}",
+                    {"dtype": torch.float32, "learned_temperature": 2.0, "masked_classes": masked},
+                )
+        yield Case(name, "int temperature", {"dtype": torch.float32, "kwargs": {"temperature": 3}})
+    if entry(name).functional is None:
+        for dtype_name in ("f16", "bf16"):
+            dtype = DTYPES[dtype_name]
+            yield Case(name, f"{dtype_name} module", {"dtype": dtype, "module_dtype": dtype})
+
+
+def _annotation(name: str, parameter: str) -> object:
+    loss_entry = entry(name)
+    function = loss_entry.functional or loss_entry.module.__init__
+    return inspect.signature(function).parameters[parameter].annotation
+
+
 @functools.cache
 def _parameters(name: str) -> frozenset[str]:
     loss_entry = entry(name)
@@ -371,10 +433,52 @@ def _names_argument(message: str, case: Case) -> bool:
     return any(parameter in message for parameter in _parameters(case.name))
 
 
+def _value_and_gradients(case: Case, **extra: object) -> tuple[Tensor, list[Tensor | None]]:
+    """The loss of ``case`` and the gradients of its sum w.r.t. every floating-point input
+    (the learned temperature included); the inputs are leaves, so each gets one."""
+    call = build_call(case.name, **case.build, **extra)
+    inputs: dict[int, Tensor] = {}
+    for item in (*call.args, *call.keywords.values()):
+        for tensor in item if isinstance(item, list) else [item]:
+            if isinstance(tensor, Tensor) and tensor.is_floating_point():
+                inputs[id(tensor)] = tensor.requires_grad_()
+    value = call()
+    if not isinstance(value, Tensor) or not value.requires_grad:
+        return value, []
+    return value, list(torch.autograd.grad(value.sum(), list(inputs.values()), allow_unused=True))
+
+
+def _non_finite(gradients: list[Tensor | None]) -> list[int]:
+    return [i for i, g in enumerate(gradients) if g is not None and not bool(g.isfinite().all())]
+
+
+def _classify_gradients(case: Case, gradients: list[Tensor | None]) -> tuple[str, str]:
+    """A finite value's gradients: ``finite``, ``overflow`` (the float64 gradient is beyond
+    the gradient dtype's range) or ``silent non-finite``."""
+    bad = _non_finite(gradients)
+    if not bad:
+        return "finite", ""
+    shown = f"gradient {bad[0]}: {gradients[bad[0]].flatten()[:3].tolist()}"
+    if case.build.get("dtype") == torch.float64:
+        huge = math.isinf(case.build.get("scale", 2.0))
+        return ("overflow" if huge else "silent non-finite"), f"{shown} (float64 input)"
+    _, references = _value_and_gradients(case, as_float64=True)
+    for index in bad:
+        reference = references[index]
+        if reference is None or bool(reference.isnan().any()):
+            return "silent non-finite", f"{shown} (float64 gradient NaN)"
+        if not bool(reference.abs().max() > torch.finfo(gradients[index].dtype).max):
+            return "silent non-finite", f"{shown} (float64: {reference.flatten()[:3].tolist()})"
+    return "overflow", shown
+
+
 def classify(case: Case) -> tuple[str, str]:
-    """Run one case; return its outcome class and a short description."""
+    """Run one case; return its outcome class and a short description.
+
+    A finite value is classified further by its gradients (:func:`_classify_gradients`).
+    """
     try:
-        value = build_call(case.name, **case.build)()
+        value, gradients = _value_and_gradients(case)
     except (ValueError, TypeError) as error:
         if _names_argument(str(error), case):
             return "named error", str(error)[:120]
@@ -384,7 +488,7 @@ def classify(case: Case) -> tuple[str, str]:
     if not isinstance(value, Tensor):
         return "unclear exception", f"returned {type(value).__name__}, not a tensor"
     if bool(torch.isfinite(value).all()):
-        return "finite", ""
+        return _classify_gradients(case, gradients)
     shown = f"{value.flatten()[:3].tolist()}"
     if case.build.get("masked_classes"):
         return "silent non-finite", shown
@@ -393,7 +497,8 @@ def classify(case: Case) -> tuple[str, str]:
         huge = math.isinf(case.build.get("scale", 2.0))
         return ("overflow" if huge else "silent non-finite"), f"{shown} (float64 input)"
     try:
-        reference = build_call(case.name, **case.build, as_float64=True)()
+        with torch.no_grad():
+            reference = build_call(case.name, **case.build, as_float64=True)()
     except Exception as error:
         return "silent non-finite", f"{shown} (float64 reference failed: {error})"
     largest = torch.finfo(value.dtype).max

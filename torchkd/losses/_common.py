@@ -60,6 +60,16 @@ def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
     return tensor.to(compute_dtype(tensor, *others))
 
 
+def divide_finite(values: Tensor, divisor: float | Tensor) -> Tensor:
+    """``values / divisor`` with ``-inf`` entries (masked classes) kept out of the division.
+
+    ``-inf / T`` is ``-inf`` but its derivative in ``T`` is NaN (``inf * 0`` in the backward
+    pass), even where the loss does not depend on the entry: a learned temperature needs this.
+    """
+    masked = values == float("-inf")
+    return torch.where(masked, float("-inf"), torch.where(masked, 0.0, values) / divisor)
+
+
 def unresolved_divergences(
     rows: Tensor, num_classes: int, temperature: float | Tensor, weight: float = 1.0
 ) -> Tensor:

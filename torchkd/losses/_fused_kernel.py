@@ -180,7 +180,9 @@ def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Te
     torch.log_softmax(student, dim=-1, out=student)
     kept_log = student.gather(1, ids)
     student.exp_().scatter_(1, ids, 0.0)  # p outside the kept ids
-    tail = student.sum(-1).clamp_min(torch.finfo(student.dtype).tiny)
+    tail = student.sum(-1)
+    if ids.shape[1] < student.shape[1]:  # k = V: the tail is empty, its mass exactly 0
+        tail = tail.clamp_min(torch.finfo(student.dtype).tiny)
     student_log = torch.cat([kept_log, tail.log().unsqueeze(-1)], dim=-1)
     rows, kept, tail_coefficient = bucket_gradients(
         plan.divergence, plan.beta, teacher_log, student_log

@@ -45,6 +45,13 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
     before squaring (the result is scale-free, ``eps`` scaled alike), so logits near the
     float32 range do not overflow.
 
+    A constant row (all kept entries equal, or a single kept entry: every other class ``-inf``)
+    has :math:`\\sigma = 0`: it standardizes to 0, the uniform distribution over the kept
+    classes. The derivative there is the limit of the formula: along any direction ``d``,
+    :math:`\\tilde z(z + h d) = h (d - \\bar d) / (|h| \\sigma(d) + \\epsilon)`, so the derivative
+    is :math:`(I - \\mathbf{1}\\mathbf{1}^\\top / C) / \\epsilon` and no gradient flows through
+    :math:`\\sigma` (its variation is of second order next to :math:`\\epsilon`).
+
     .. math::
         \\tilde z_c = \\frac{z_c - \\bar z}{\\sigma(z) + \\epsilon}, \\qquad
         \\sigma(z) = \\sqrt{\\tfrac{1}{C-1} \\textstyle\\sum_c (z_c - \\bar z)^2}
@@ -71,7 +78,11 @@ def standardize_logits(logits: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
     centered = torch.where(kept, scaled - mean, 0.0)
     spread = largest_magnitude(centered, -1)
     unit = centered / spread
-    std = (unit.square().sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    variance = unit.square().sum(dim=-1, keepdim=True) / (count - 1).clamp(min=1)
+    # sqrt has an infinite derivative at 0; where the row is constant, sigma's variation is of
+    # second order next to eps, so its derivative there is exactly 0 (see the docstring).
+    spread_nonzero = variance > 0
+    std = torch.where(spread_nonzero, torch.where(spread_nonzero, variance, 1.0).sqrt(), 0.0)
     standardized = unit / (std + eps / (scale * spread))
     return torch.where(kept, standardized, values)
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from torchkd.losses._common import (
     check_unit_interval,
+    divide_finite,
     reduce_rows,
     upcast,
 )
@@ -163,7 +164,8 @@ def tvd_loss(
         row_temperature = row_temperature.unsqueeze(-1)
 
     def probs(logits: Tensor) -> Tensor:
-        return torch.softmax(upcast(logits, student_rows, teacher_rows) / row_temperature, dim=-1)
+        values = upcast(logits, student_rows, teacher_rows)
+        return torch.softmax(divide_finite(values, row_temperature), dim=-1)
 
     rows = 0.5 * (probs(teacher_rows) - probs(student_rows)).abs().sum(-1)
     return reduce_rows(

@@ -33,16 +33,21 @@ def _log_binary_and_rest(scaled_logits: Tensor, is_target: Tensor) -> tuple[Tens
     Returns ``log_binary`` ``[N, 2]`` = (log p_target, log(1 - p_target)), computed from
     log-sum-exps so neither entry underflows to ``-inf``, and ``log_rest`` ``[N, C]``, the
     log-softmax over the non-target classes with ``-inf`` in the target column (the target is
-    removed exactly, without gathering a ``[N, C - 1]`` copy).
+    removed exactly, without gathering a ``[N, C - 1]`` copy). A row whose non-target classes
+    are all ``-inf`` (masked) has no non-target mass: ``log(1 - p_target) = -inf`` and
+    ``log_rest`` is ``-inf`` throughout (an empty distribution), with finite gradients.
     """
     log_normalizer = scaled_logits.logsumexp(dim=-1)
     target_logit = torch.where(is_target, scaled_logits, 0.0).sum(dim=-1)
     rest_logits = scaled_logits.masked_fill(is_target, float("-inf"))
-    rest_normalizer = rest_logits.logsumexp(dim=-1)
+    empty = (rest_logits == float("-inf")).all(dim=-1, keepdim=True)
+    # logsumexp of an all -inf row has a NaN derivative: such rows take 0s, then -inf again.
+    rest_normalizer = torch.where(empty, 0.0, rest_logits).logsumexp(dim=-1, keepdim=True)
+    log_rest_mass = torch.where(empty, float("-inf"), rest_normalizer).squeeze(-1)
     log_binary = torch.stack(
-        (target_logit - log_normalizer, rest_normalizer - log_normalizer), dim=-1
+        (target_logit - log_normalizer, log_rest_mass - log_normalizer), dim=-1
     )
-    return log_binary, rest_logits - rest_normalizer.unsqueeze(-1)
+    return log_binary, torch.where(empty, float("-inf"), rest_logits - rest_normalizer)
 
 
 def _kl_from_log_probs(
@@ -108,6 +113,9 @@ def dkd_loss(
     exceed ~1000) and takes ``log`` of summed probabilities, which gives ``-inf`` when they
     underflow. Here the target column is removed exactly and :math:`\log b` is computed in log
     space, so values match the reference on ordinary inputs and stay finite on extreme ones.
+    Where the teacher puts no mass outside the target (every other class ``-inf``, e.g. a
+    vocabulary mask), :math:`\hat p^T` is undefined and NCKD is taken as 0: its weight in the
+    KD decomposition :math:`\mathrm{KD} = \mathrm{TCKD} + (1 - p^T_y)\,\mathrm{NCKD}`, is 0.
     The reference's reduction (sum / batch size) is ``reduction="batchmean"``.
 
     mdistiller also ramps the DKD weight linearly over the first 20 epochs

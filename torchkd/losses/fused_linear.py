@@ -25,6 +25,7 @@ from torchkd.losses._common import (
     check_temperature,
     check_unit_interval,
     compute_dtype,
+    unresolved_divergences,
 )
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
 from torchkd.losses.registry import register
@@ -153,6 +154,21 @@ def _denominator(reduction: str, num_items_in_batch: int | Tensor | None, valid_
     return float(num_items_in_batch)
 
 
+def _unresolved(plan: Plan, loss: Tensor, valid_rows: int, vocab: int) -> bool:
+    """Whether the mean divergence row (before ``T^2``) is one float32 cannot resolve.
+
+    The dense losses' rule (:func:`torchkd.losses._common.unresolved_divergences`) applied to
+    the mean row: at large temperatures ``z / T`` of student and teacher differ by little and
+    the ``T^2``-scaled rounding of the log-normalizers (``T^2 eps log V``) is no longer small
+    next to the value; the loss is then recomputed in float64. TVD has no ``T^2`` rounding.
+    """
+    if plan.divergence == "tvd" or valid_rows == 0:
+        return False
+    mean_row = loss.detach().reshape(1) * plan.denominator / valid_rows / plan.divergence_weight
+    weight = plan.divergence_weight / plan.temperature**2
+    return bool(unresolved_divergences(mean_row, vocab, plan.temperature, weight).any())
+
+
 def fused_linear_kd_loss(
     student_hidden: Tensor,
     student_weight: Tensor,
@@ -213,6 +229,8 @@ def fused_linear_kd_loss(
     either side (a float64 teacher) promotes the computation to float64. Where the logits
     overflow the compute dtype (hidden states and weights near its largest values) the loss is
     redone in float64: the result is the float64 value, or ``inf`` where that is out of range.
+    So is a loss float32 cannot resolve (large temperatures: the dense losses' precision rule
+    applied to the mean row, see ``_unresolved``).
     Hyperparameters are checked as in every loss: a wrong type is a ``TypeError``, a value out
     of range (NaN and infinities included) a ``ValueError``, both naming the argument.
 
@@ -366,10 +384,15 @@ def fused_linear_kd_loss(
     if sparse is not None:
         tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
         log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
-        if divergence == "reverse_kl" and bool((log_masses[:, -1] == float("-inf")).any()):
+        every_token_kept = sparse.token_ids.shape[-1] == vocab
+        if every_token_kept:  # no token is outside: both tails are empty (not rounding residue)
+            log_masses[:, -1] = float("-inf")
+        no_tail = bool((log_masses[:, -1] == float("-inf")).any())
+        if divergence == "reverse_kl" and no_tail and not every_token_kept:
             raise ValueError(
                 "reverse KL with a top-k teacher needs a positive tail mass in every row "
-                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit)"
+                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit), "
+                "unless k equals the vocabulary (then the student's tail is empty too)"
             )
         buckets = (_rows(sparse.token_ids, index), log_masses)
     plan = Plan(
@@ -405,10 +428,13 @@ def fused_linear_kd_loss(
     def compute(wanted: set[str]) -> tuple[Tensor, dict[str, Tensor], Callable]:
         teacher_side = teacher if teacher_rows is None else (teacher_rows, index)
         loss, grads = run(plan, student, teacher_side, buckets, selected_labels, wanted)
-        if bool(torch.isfinite(loss)) or dtype == torch.float64 or loss.device.type == "mps":
+        if dtype == torch.float64 or loss.device.type == "mps":
+            return loss, grads, finish
+        if bool(torch.isfinite(loss)) and not _unresolved(plan, loss, valid_rows, vocab):
             return loss, grads, finish
         # Logits beyond the compute dtype's range (hidden states and weights near its largest
-        # values): redo in float64, which gives the true value, or inf where that is too large.
+        # values): redo in float64, which gives the true value, or inf where that is too large;
+        # likewise a divergence float32 cannot resolve (large temperatures, see _unresolved).
         teacher_side = _wide(teacher) if teacher_rows is None else (teacher_rows.double(), index)
         wide_buckets = None if buckets is None else (buckets[0], buckets[1].double())
         loss, grads = run(plan, _wide(student), teacher_side, wide_buckets, selected_labels, wanted)

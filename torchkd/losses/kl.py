@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from torchkd.losses._common import compute_dtype, unresolved_divergences
+from torchkd.losses._common import compute_dtype, divide_finite, unresolved_divergences
 
 __all__: list[str] = []
 
@@ -553,15 +553,12 @@ def _autograd_rows(
 ) -> Tensor:
     """The same rows by plain autograd through the formula (differentiable in ``temperature``).
 
-    ``-inf`` logits are kept out of the division by ``T``: ``-inf / T`` has a NaN derivative in
-    ``T`` even where the loss does not depend on it.
+    ``-inf`` logits are kept out of the division by ``T`` (:func:`divide_finite`).
     """
 
     def log_probs(logits: Tensor) -> Tensor:
         values = logits.to(compute_dtype(logits))
-        masked = values == float("-inf")
-        scaled = torch.where(masked, 0.0, values) / _column(temperature)
-        return torch.log_softmax(torch.where(masked, float("-inf"), scaled), dim=-1)
+        return torch.log_softmax(divide_finite(values, _column(temperature)), dim=-1)
 
     rows = _closed_form(
         kind,
@@ -604,6 +601,8 @@ def divergence_rows(
         temperature = temperature.to(student_rows.device, dtype)
         if temperature.dim() == 0 and not temperature.requires_grad:
             temperature = float(temperature)
+    else:  # a Python int (or other real number) takes the float path
+        temperature = float(temperature)
     if kind == "jsd" and not 0.0 < beta < 1.0:
         raise ValueError(f"the jsd kernel needs 0 < beta < 1, got {beta} (use the KL kernels)")
     learned = isinstance(temperature, Tensor) and temperature.requires_grad

@@ -151,6 +151,7 @@ def bucket_divergence(
       :math:`K_S = \\mathrm{KL}(P \\| m)`;
     - TVD :math:`\\tfrac12 \\sum |Q - P|`: :math:`g = \\tfrac12 \\mathrm{sign}(P - Q)`.
 
+    Buckets of zero mass on both sides (the empty tail of a top-k with k = V) add 0.
     Returns the rows ``[n]`` and ``c`` ``[n, k + 1]``.
     """
     teacher, student = teacher_log.exp(), student_log.exp()
@@ -159,11 +160,11 @@ def bucket_divergence(
         coefficients = teacher.sum(-1, keepdim=True) - torch.exp(teacher_log - student_log)
     elif divergence == "reverse_kl":
         ratio = student_log - teacher_log
-        rows = (student * ratio).sum(-1)
+        rows = _masked_product(student, ratio).sum(-1)
         coefficients = ratio - rows.unsqueeze(-1)
     elif divergence == "jsd":
         mixture = torch.logaddexp(teacher_log + math.log(beta), student_log + math.log1p(-beta))
-        student_part = (student * (student_log - mixture)).sum(-1)
+        student_part = _masked_product(student, student_log - mixture).sum(-1)
         teacher_part = _masked_product(teacher, teacher_log - mixture).sum(-1)
         rows = beta * teacher_part + (1.0 - beta) * student_part
         coefficients = (1.0 - beta) * (student_log - mixture - student_part.unsqueeze(-1))

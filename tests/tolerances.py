@@ -48,12 +48,14 @@ class DivergenceTolerance:
     """Absolute float32 error bounds of a softmax divergence loss and of its gradients.
 
     Attributes:
-        loss: of the loss value.
+        row: of each row's divergence (``reduction="none"``).
+        loss: of the loss value (the mean over rows).
         logits: of each entry of its gradient w.r.t. the (student or teacher) logits ``z``.
         hidden: of its gradient w.r.t. hidden states ``h`` when ``z = h Wᵀ``.
         weight: of its gradient w.r.t. the projection ``W``.
     """
 
+    row: float
     loss: float
     logits: float
     hidden: float
@@ -108,14 +110,17 @@ def divergence_tolerance(
     teacher = teacher_logits.detach().double() / temperature
     rows, vocab = student.shape
     log_p, log_q = student.log_softmax(-1), teacher.log_softmax(-1)
+
+    def weighted(log_w: Tensor, log_other: Tensor) -> Tensor:  # w (log w − log other), 0 at w = 0
+        return torch.where(log_w.isfinite(), log_w.exp() * (log_w - log_other), 0.0)
+
     if divergence in ("forward_kl", "soft_ce"):
-        row_terms = log_q.exp() * (log_q - log_p)
+        row_terms = weighted(log_q, log_p)
     elif divergence == "reverse_kl":
-        row_terms = log_p.exp() * (log_p - log_q)
+        row_terms = weighted(log_p, log_q)
     elif divergence == "jsd":
         log_m = torch.logaddexp(log_q + math.log(beta), log_p + math.log1p(-beta))
-        row_terms = beta * log_q.exp() * (log_q - log_m)
-        row_terms = row_terms + (1 - beta) * log_p.exp() * (log_p - log_m)
+        row_terms = beta * weighted(log_q, log_m) + (1 - beta) * weighted(log_p, log_m)
     else:
         raise ValueError(f"divergence: unknown {divergence!r}")
     term_size = float(row_terms.abs().sum(-1).max())
@@ -140,6 +145,7 @@ def divergence_tolerance(
     gradient = scale / (rows * temperature)
     summed_rows = column_mass * per_row + float32_tolerance(rows, 1 + term_size)
     return DivergenceTolerance(
+        row=scale * per_row,
         loss=scale * (per_row + float32_tolerance(rows, mean_size)),
         logits=gradient * per_row,
         hidden=gradient * 2 * per_row * abs_weight,

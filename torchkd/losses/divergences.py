@@ -92,7 +92,8 @@ def jsd_loss(
     The endpoints are the limits of :math:`\\mathrm{JSD}_\\beta / \\beta` and
     :math:`\\mathrm{JSD}_\\beta / (1 - \\beta)`: ``beta=0`` gives the forward
     :math:`T^2 \\mathrm{KL}(p_T \\| p_S)` and ``beta=1`` the reverse
-    :math:`T^2 \\mathrm{KL}(p_S \\| p_T)` (TRL's GKD trainer uses the same convention). The
+    :math:`T^2 \\mathrm{KL}(p_S \\| p_T)` (TRL's GKD trainer and Liger-Kernel since v0.5.6 use
+    the same β, without the :math:`T^2`: divide by it; docs/token_kd.md, "Conventions"). The
     loss therefore *jumps* at the endpoints: :math:`\\mathrm{JSD}_\\beta \\to 0` as
     :math:`\\beta \\to 0`, while ``beta=0`` is the full KL.
 

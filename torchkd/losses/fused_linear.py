@@ -212,8 +212,11 @@ def fused_linear_kd_loss(
     Models", ICLR 2024; β = 0 / 1 are forward / reverse KL as in :func:`jsd_loss`), or TVD
     :math:`\\tfrac12 \\sum |q - p|`. The :math:`T^2` factor is the one :func:`kd_loss` applies
     (it keeps the gradient's size independent of T); ``temperature_squared=False`` drops it, for
-    parity with libraries that omit it (Liger-Kernel's fused losses), and TVD never has it (as
-    :func:`tvd_loss`). The hard-label cross-entropy uses the same student logits at T = 1.
+    parity with libraries that omit it (Liger-Kernel's fused losses, TRL's GKD loss), and TVD
+    never has it (as :func:`tvd_loss`). The hard-label cross-entropy uses the same student
+    logits at T = 1; its weight defaults to 0 (Liger blends 0.5 / 0.5). Liger zero-pads a
+    smaller student vocabulary where ``truncate_vocab`` truncates (docs/token_kd.md,
+    "Conventions").
 
     Valid tokens are those in ``mask`` whose label is not ``ignore_index``; they alone enter
     every term. ``D`` is their number (``"batchmean"``), or ``num_items_in_batch`` when given:

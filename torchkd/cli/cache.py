@@ -115,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         build_datasets,
         build_model,
         cache_temperature,
+        check_teacher_weights,
     )
     from torchkd.config.build import CACHED_SPLITS
     from torchkd.data.cache_error import measure_cache_error
@@ -138,13 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     teacher_config, teacher_path = _teacher(recipe)
     seed_everything(recipe.train.seed)  # the student as training initializes it (built first)
     student = build_model(recipe.student, "student")
+    check_teacher_weights(teacher_config, teacher_path)
     teacher = build_model(teacher_config, teacher_path)
-    if teacher_config.checkpoint is None:
-        print(
-            f"torchkd cache-teacher: warning: {teacher_path} has no checkpoint, so the cache "
-            "holds its initial weights' outputs",
-            file=sys.stderr,
-        )
     data = recipe.data.model_copy(update={"teacher_cache": None})
     datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)

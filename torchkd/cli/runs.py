@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from torchkd.cli.base import (
@@ -162,13 +161,6 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
-    for index, teacher in enumerate(recipe.teacher_configs):
-        if teacher.checkpoint is None and is_main_process():
-            print(
-                f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
-                "so it distils its initial weights; set teacher.checkpoint=PATH",
-                file=sys.stderr,
-            )
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK

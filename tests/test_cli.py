@@ -282,6 +282,7 @@ def test_train_refuses_a_teacher_without_weights_unless_untrained_is_said(
     assert "Traceback" not in error and not (tmp_path / "run").exists()
     untrained = "teacher.untrained=true"
     assert run("train", recipe, *FAST, untrained, "--run-dir", tmp_path / "run") == 0
+    assert "teacher's own validation top-1: " in capsys.readouterr().out
 
 
 # ---------------------------------------------------------- overrides, --traceback, usage

@@ -164,6 +164,9 @@ def _train(args: argparse.Namespace) -> int:
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
+    teacher_top1 = result.final_metrics.get("teacher_top1")
+    if teacher_top1 is not None:  # an untrained or wrong teacher shows here, near chance
+        print(f"teacher's own validation top-1: {teacher_top1:.2f} %")
     best = result.best_metrics.get("top1")
     if best is not None:
         print(f"best validation top-1: {best:.2f} % (epoch {result.best_epoch})")

@@ -272,14 +272,17 @@ def test_export_needs_a_safetensors_name(
     assert ".safetensors" in capsys.readouterr().err
 
 
-def test_train_warns_about_a_teacher_without_weights(
+def test_train_refuses_a_teacher_without_weights_unless_untrained_is_said(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = CONFIGS / "demo" / "kd.yaml"  # its teacher.checkpoint is left to `torchkd demo`
-    assert run("train", recipe, *FAST, "--run-dir", tmp_path / "run") == 0
+    assert run("train", recipe, *FAST, "--run-dir", tmp_path / "run") == 2
     error = capsys.readouterr().err
-    assert "warning: teacher 0 (cnn1d) has no checkpoint" in error
-    assert "teacher.checkpoint=PATH" in error
+    assert "teacher.checkpoint: required" in error and "teacher.untrained=true" in error
+    assert "Traceback" not in error and not (tmp_path / "run").exists()
+    untrained = "teacher.untrained=true"
+    assert run("train", recipe, *FAST, untrained, "--run-dir", tmp_path / "run") == 0
+    assert "teacher's own validation top-1: " in capsys.readouterr().out
 
 
 # ---------------------------------------------------------- overrides, --traceback, usage

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEXT = README.read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+# "Your own model and dataset" runs in its own project directory: tests/test_own_package.py
+OWN_PACKAGE = TEXT.split("\n## Your own model and dataset\n")[1].split("\n## ")[0]
 BASH_LINES = [
     line.split("#")[0].strip()
     for block in re.findall(r"```bash\n(.*?)```", TEXT, re.S)
@@ -38,7 +40,7 @@ SPANS = [
 ]
 COMMANDS = [
     line.split("#")[0].strip()
-    for block in re.findall(r"```bash\n(.*?)```", TEXT, re.S)
+    for block in re.findall(r"```bash\n(.*?)```", TEXT.replace(OWN_PACKAGE, ""), re.S)
     for line in block.splitlines()
     if line.strip().startswith(".venv/bin/torchkd ")
 ]

@@ -4,7 +4,8 @@ Each recipe is validated with :func:`torchkd.config.load_recipe`, built with
 :func:`torchkd.config.build_from_recipe` and trained with :func:`torchkd.train.fit` for
 ``STEPS`` optimizer steps of ``BATCH_SIZE`` samples (a subset of its own training data) in a
 temporary run directory. Teacher weights are replaced by the teacher's random initialization
-(same architecture, so the recipe's tap paths and sizes are exercised as written); a student
+(``untrained: true``; same architecture, so the recipe's tap paths and sizes are exercised as
+written) unless the teacher is ``pretrained``; a student
 checkpoint (the second stage of a two-stage recipe) must be the output of another recipe in the
 same folder and is dropped as well.
 """
@@ -48,11 +49,11 @@ def _overrides(raw: dict, recipe: Path) -> list[str]:
         "train.log_every_steps=1",
         "train.amp=none",
     ]
-    if raw.get("teacher", {}).get("checkpoint") is not None:
-        overrides.append("teacher.checkpoint=null")
-    for index, teacher in enumerate(raw.get("teachers") or []):
-        if teacher.get("checkpoint") is not None:
-            overrides.append(f"teachers.{index}.checkpoint=null")
+    teachers = {"teacher": raw["teacher"]} if raw.get("teacher") else {}
+    teachers.update({f"teachers.{i}": spec for i, spec in enumerate(raw.get("teachers") or [])})
+    for path, teacher in teachers.items():
+        if not teacher.get("pretrained"):  # a pretrained teacher's constructor loads weights
+            overrides += [f"{path}.checkpoint=null", f"{path}.untrained=true"]
     student_checkpoint = raw["student"].get("checkpoint")
     if student_checkpoint is not None:
         names = {yaml.safe_load(p.read_text())["name"] for p in recipe.parent.glob("*.yaml")}

@@ -23,10 +23,13 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "closest"]
+__all__ = ["Registry", "closest", "import_reference"]
 
 EntryT = TypeVar("EntryT")
 ObjectT = TypeVar("ObjectT")
@@ -46,6 +49,56 @@ def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.5) -> str:
     """``"; did you mean 'x'?"`` for the closest options, or ``""`` when none is close."""
     close = closest(name, options, cutoff)
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _maybe(name: str, options: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``options``, or ``""``."""
+    close = closest(name, options, cutoff=0.6, limit=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def import_reference(reference: str) -> object:
+    """The object ``"package.module:attribute"`` names, imported from ``sys.path``.
+
+    Recipes load with their own directory and the working directory at the front of
+    ``sys.path`` (:func:`torchkd.config.load_recipe`), so ``mypkg.models:MyNet`` finds
+    ``mypkg/`` beside the recipe or where the command runs.
+
+    Raises:
+        KeyError: a malformed reference, a module that does not exist, or a missing attribute,
+            with the closest names that do exist. (An error raised while the module itself
+            runs, including a missing import inside it, is left as it is.)
+
+    Example:
+        >>> import_reference("collections:OrderedDict").__name__
+        'OrderedDict'
+        >>> import_reference("collections:OrderDict")
+        Traceback (most recent call last):
+        ...
+        KeyError: "module 'collections' has no attribute 'OrderDict' (did you mean 'OrderedDict'?)"
+    """
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute or ":" in attribute:
+        raise KeyError(f"expected 'package.module:attribute', got {reference!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or module_name
+        if not (module_name == missing or module_name.startswith(f"{missing}.")):
+            raise  # the module exists but imports something that does not
+        parent, _, _ = missing.rpartition(".")
+        search = getattr(sys.modules.get(parent), "__path__", []) if parent else None
+        found = [
+            f"{parent}.{info.name}" if parent else info.name
+            for info in pkgutil.iter_modules(search)
+        ]
+        raise KeyError(f"no module {missing!r}{_maybe(missing, found)}") from None
+    if not hasattr(module, attribute):
+        names = [name for name in vars(module) if not name.startswith("_")]
+        raise KeyError(
+            f"module {module_name!r} has no attribute {attribute!r}{_maybe(attribute, names)}"
+        )
+    return getattr(module, attribute)
 
 
 class Registry(Generic[EntryT]):
@@ -95,6 +148,13 @@ class Registry(Generic[EntryT]):
                 f"unknown {self.kind} {name!r}{hint} (available: {', '.join(self.available())})"
             )
         return self._entries[name]
+
+    def resolve(self, name: str) -> EntryT:
+        """:meth:`entry` for a registered name; ``"package.module:attribute"`` (your own code)
+        is imported instead (:func:`import_reference`)."""
+        if isinstance(name, str) and ":" in name:
+            return import_reference(name)  # type: ignore[return-value]
+        return self.entry(name)
 
     def available(self, predicate: Callable[[EntryT], bool] | None = None) -> list[str]:
         """Sorted registered names, optionally only those whose entry passes ``predicate``."""

@@ -398,9 +398,16 @@ class Distiller(nn.Module):
                 adapted = [tuple(s.shape) for s in student]
             else:
                 pairs = list(zip(student, teacher, strict=True))
-                parts["adapters"] = nn.ModuleList(
-                    build_adapter(s.shape, t.shape, kind) for s, t in pairs
-                )
+                with blame_term(term, "student"):  # the taps, not the loss, are at fault
+                    try:
+                        adapters = [build_adapter(s.shape, t.shape, kind) for s, t in pairs]
+                    except ValueError as error:
+                        raise ValueError(
+                            f"student tap {term.student!r} and teacher tap {term.teacher!r}: "
+                            f"{error}; tap layers whose outputs can be compared (both "
+                            "convolutional or both linear), or set adapter"
+                        ) from error
+                parts["adapters"] = nn.ModuleList(adapters)
                 adapted = [tuple(t.shape) for t in teacher]
             sizes = losses.entry(term.loss).sizes if isinstance(term.loss, str) else None
             if sizes is not None:

@@ -220,7 +220,9 @@ def write_report(
     if not history:
         lines.append("No epoch finished yet.")
     else:
+        lines += _teacher_score(history)
         lines += _summary(history, test_metrics)
+        lines += _weighted_terms(steps)
         lines += ["## Epochs", "", _epoch_table(history), ""]
         plots = {
             "losses.png": (
@@ -267,3 +269,41 @@ def _summary(
         )
     lines += ["", "Accuracy-like metrics (top1, agreement) are in percent.", ""]
     return lines
+
+
+def _teacher_score(history: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The teacher's own final validation top-1, first in the report: a student distilled from
+    an untrained or wrong teacher (near chance) is recognised at a glance."""
+    teacher_top1 = history[-1]["val"].get("teacher_top1")
+    if teacher_top1 is None:
+        return []
+    return [f"**Teacher's own validation top-1: {teacher_top1:.2f} %**", ""]
+
+
+def _weighted_terms(steps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each term's weighted value ``w_i · L_i`` and its share ``|w_i L_i| / Σ_j |w_j L_j|`` of
+    the loss at the last logged step, so a term that dwarfs the others shows."""
+    last = next((r for r in reversed(steps) if r.get("terms") and r.get("weights")), None)
+    if last is None:
+        return []
+    weighted = {
+        name: last["weights"][name] * value
+        for name, value in last["terms"].items()
+        if value is not None and last["weights"].get(name) is not None
+    }
+    total = sum(abs(value) for value in weighted.values())
+    if not weighted or total == 0:
+        return []
+    lines = [
+        f"## Weighted loss terms (step {last.get('step', '?')})",
+        "",
+        "| term | value | weight | weighted | share of the loss |",
+        "|---|---|---|---|---|",
+    ]
+    for name, value in weighted.items():
+        share = 100 * abs(value) / total
+        lines.append(
+            f"| {name} | {last['terms'][name]:.4g} | {last['weights'][name]:.4g} | "
+            f"{value:.4g} | {share:.1f} % |"
+        )
+    return [*lines, ""]

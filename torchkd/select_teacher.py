@@ -167,7 +167,8 @@ def candidate_spec(path: str | Path, recipe: Recipe) -> ModelConfig:
         raise ConfigError(
             [f"teacher: required to read the bare weights {path} (its architecture is unknown)"]
         )
-    return spec.model_copy(update={"checkpoint": str(path)})
+    weights = {"checkpoint": str(path), "pretrained": False, "untrained": False}
+    return spec.model_copy(update=weights)
 
 
 def _single_teacher(recipe: Recipe) -> None:

@@ -14,7 +14,7 @@ from torchkd.cli import main
 RECIPE = {
     "name": "checked",
     "data": {"dataset": "mnist1d", "batch_size": 64},
-    "teacher": {"model": "cnn1d", "kwargs": {"width": 8}},
+    "teacher": {"model": "cnn1d", "kwargs": {"width": 8}, "untrained": True},
     "student": {"model": "cnn1d", "kwargs": {"width": 4}},
     "terms": [
         {"name": "kd", "loss": "hinton", "loss_kwargs": {"temperature": 4.0, "alpha": 0.9}},

@@ -90,7 +90,11 @@ def recipe(dataset: str, terms: list[dict], teacher: bool = True) -> dict[str, A
     }
     if teacher:
         wider = {**LLAMA, "hidden_size": 24, "num_hidden_layers": 3}
-        settings["teacher"] = {"model": "hf_causal_lm", "kwargs": {"config": wider}}
+        settings["teacher"] = {
+            "model": "hf_causal_lm",
+            "kwargs": {"config": wider},
+            "untrained": True,
+        }
     return settings
 
 

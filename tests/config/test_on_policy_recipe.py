@@ -17,7 +17,7 @@ from torchkd.on_policy import OnPolicy
 RECIPE = """
 name: gkd
 data: {dataset: digits}
-teacher: {model: mlp, kwargs: {in_features: 64, num_classes: 10}}
+teacher: {model: mlp, kwargs: {in_features: 64, num_classes: 10}, untrained: true}
 student: {model: mlp, kwargs: {in_features: 64, num_classes: 10}}
 terms: [{name: kd, loss: kd}]
 train: {seed: 7}
@@ -115,7 +115,11 @@ def prompt_completion_recipe(tmp_path: Path) -> dict[str, Any]:
             },
         },
         "student": {"model": "hf_causal_lm", "kwargs": {"config": llama}},
-        "teacher": {"model": "hf_causal_lm", "kwargs": {"config": {**llama, "hidden_size": 24}}},
+        "teacher": {
+            "model": "hf_causal_lm",
+            "kwargs": {"config": {**llama, "hidden_size": 24}},
+            "untrained": True,
+        },
         "terms": [
             {"name": "gkd", "loss": "fused_linear_kd", "loss_kwargs": {"divergence": "reverse_kl"}}
         ],

@@ -25,6 +25,8 @@ def augmented_recipe(teacher_checkpoint: str | None = None) -> dict[str, Any]:
     teacher: dict[str, Any] = {"model": "mlp", "kwargs": {"in_features": 64, "hidden": [16]}}
     if teacher_checkpoint is not None:
         teacher["checkpoint"] = teacher_checkpoint
+    else:
+        teacher["untrained"] = True
     return {
         "name": "same_batches",
         "data": {"dataset": "digits", "batch_size": 256, "augment": {"shift": 2}},

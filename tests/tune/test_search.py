@@ -38,7 +38,11 @@ def tiny_recipe(space: dict[str, Any], epochs: int = 1, **tune: Any) -> dict[str
     return {
         "name": "tiny",
         "data": {"dataset": "digits", "batch_size": 128},
-        "teacher": {"model": "mlp", "kwargs": {"in_features": 64, "hidden": [16]}},
+        "teacher": {
+            "model": "mlp",
+            "kwargs": {"in_features": 64, "hidden": [16]},
+            "untrained": True,
+        },
         "student": {"model": "mlp", "kwargs": {"in_features": 64, "hidden": [8]}},
         "terms": [
             {"name": "kd", "loss": "hinton", "loss_kwargs": {"temperature": 4.0, "alpha": 0.9}}

@@ -101,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         build_model,
         cache_teacher,
         cache_temperature,
+        check_teacher_weights,
     )
     from torchkd.config.errors import blame
     from torchkd.config.teacher_cache import CACHED_SPLITS, check_cache_terms
@@ -128,15 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     teacher_config, teacher_path = cache_teacher(recipe)
     seed_everything(recipe.train.seed)  # the student as training initializes it (built first)
     student = build_model(recipe.student, "student")
+    check_teacher_weights(teacher_config, teacher_path)
     teacher = build_model(teacher_config, teacher_path)
     with blame("data.teacher_cache.k"):
         check_k(k, teacher)
-    if teacher_config.checkpoint is None:
-        print(
-            f"torchkd cache-teacher: warning: {teacher_path} has no checkpoint, so the cache "
-            "holds its initial weights' outputs",
-            file=sys.stderr,
-        )
     data = recipe.data.model_copy(update={"teacher_cache": None})
     datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,7 +180,6 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from torchkd.config import fit_recipe
-    from torchkd.config.build import reads_teacher_models
     from torchkd.train.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -195,18 +193,12 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
-    builds_teachers = reads_teacher_models(recipe)  # not a run from the teacher cache alone
-    for index, teacher in enumerate(recipe.teacher_configs):
-        pretrained = teacher.checkpoint is not None or "path" in teacher.kwargs
-        if builds_teachers and not pretrained and is_main_process():
-            print(
-                f"torchkd train: warning: teacher {index} ({teacher.model}) has no checkpoint, "
-                "so it distils its initial weights; set teacher.checkpoint=PATH",
-                file=sys.stderr,
-            )
     result = fit_recipe(recipe, run_dir, resume=args.resume)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
+    teacher_top1 = result.final_metrics.get("teacher_top1")
+    if teacher_top1 is not None:  # an untrained or wrong teacher shows here, near chance
+        print(f"teacher's own validation top-1: {teacher_top1:.2f} %")
     _print_scores(result)
     print(f"run directory: {result.run_dir}")
     if result.report_path is not None:

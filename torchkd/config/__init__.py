@@ -17,6 +17,7 @@ from torchkd.config.build import (
     build_model,
     build_on_policy,
     build_terms,
+    check_teacher_weights,
 )
 from torchkd.config.errors import ConfigError
 from torchkd.config.loading import (
@@ -71,6 +72,7 @@ __all__ = [
     "check_built",
     "check_resumable",
     "check_teacher_cache",
+    "check_teacher_weights",
     "fit_recipe",
     "load_raw_recipe",
     "load_recipe",

@@ -3,7 +3,6 @@ the one loader builder), the loss terms and the Distiller."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ __all__ = [
     "build_model",
     "build_on_policy",
     "build_terms",
+    "check_teacher_weights",
     "reads_teacher_models",
     "term_path",
 ]
@@ -41,12 +41,9 @@ __all__ = [
 
 def _model_factory(name: str) -> Any:
     """The class or factory a recipe's ``model`` names (registered, or ``module:Class``)."""
-    if ":" in name:
-        module_name, _, attribute = name.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
     from torchkd.models import MODELS
 
-    return MODELS.entry(name)
+    return MODELS.resolve(name)
 
 
 def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
@@ -75,6 +72,22 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
                     f"kwargs {spec.kwargs}: {error}"
                 ) from error
     return model
+
+
+def check_teacher_weights(spec: ModelConfig, path: str) -> None:
+    """Refuse a teacher that would distil its random initial weights by mistake: one with no
+    ``checkpoint`` whose recipe says neither ``pretrained: true`` (its constructor loads trained
+    weights) nor ``untrained: true`` (on purpose)."""
+    if spec.checkpoint is None and not spec.pretrained and not spec.untrained:
+        raise ConfigError(
+            [
+                f"{path}.checkpoint: required: without it the teacher ({spec.model}) keeps its "
+                f"random initial weights and the run distils noise; set {path}.checkpoint=PATH "
+                "(e.g. runs/<teacher run>/checkpoints/best.pt), or say "
+                f"{path}.pretrained=true if its constructor loads trained weights, or "
+                f"{path}.untrained=true to distil an untrained teacher on purpose"
+            ]
+        )
 
 
 def _check_weights_exist(checkpoint: str, path: str) -> None:
@@ -186,9 +199,10 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
     if unknown or not splits:
         raise ValueError(f"splits: expected a non-empty subset of {SPLIT_NAMES}, got {splits}")
     split_kwargs = {"val_fraction": data.val_fraction, "split_seed": data.seed, **data.kwargs}
-    _check_dataset_name(data.dataset, "data.dataset")
+    _check_dataset(data.dataset, "data.dataset", ["split", *split_kwargs])
     if data.transfer is not None:
-        _check_dataset_name(data.transfer.dataset, "data.transfer.dataset")
+        transfer_keys = ["split", "num_samples", "seed", *data.transfer.kwargs]
+        _check_dataset(data.transfer.dataset, "data.transfer.dataset", transfer_keys)
     datasets: dict[str, Any] = {}
     with blame("data"):
         for split in splits:
@@ -208,11 +222,27 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
     return datasets
 
 
-def _check_dataset_name(name: str, path: str) -> None:
+def _check_dataset(name: str, path: str, passed: Sequence[str]) -> None:
+    """Refuse an unknown dataset, or a dataset function (your own ``package.module:function``)
+    that does not take every argument torchkd passes it (``passed``: see
+    :func:`torchkd.data.create_dataset` for the contract)."""
     from torchkd.data import DATASETS
 
     with blame(path):
-        DATASETS.entry(name)
+        function = DATASETS.resolve(name)
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [key for key in passed if key not in parameters]
+    if missing:
+        raise ConfigError(
+            [
+                f"{path}: {name}({', '.join(parameters)}) does not take "
+                f"{', '.join(missing)}, which torchkd passes it (it is called with "
+                f"{', '.join(passed)}; see torchkd.data.create_dataset and the README's "
+                "'Your own model and dataset')"
+            ]
+        )
 
 
 def _transfer_set(data: DataConfig) -> Any:
@@ -307,11 +337,11 @@ def build_distiller(recipe: Recipe) -> Distiller:
         if recipe.teacher
         else [f"teachers.{i}" for i in range(len(recipe.teacher_configs))]
     )
-    built_teachers = [
-        (build_model(spec, where), spec, where)
-        for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True)
-        if reads_teacher_models(recipe)
-    ]
+    built_teachers = []
+    if reads_teacher_models(recipe):
+        for spec, where in zip(recipe.teacher_configs, teacher_paths, strict=True):
+            check_teacher_weights(spec, where)
+            built_teachers.append((build_model(spec, where), spec, where))
     check_vocabulary(recipe, [(student, recipe.student, "student"), *built_teachers])
     teachers = [teacher for teacher, _, _ in built_teachers]
     from torchkd.distiller import TermError

@@ -66,11 +66,33 @@ def is_model(schema: Any) -> bool:
     return isinstance(schema, type) and issubclass(schema, BaseModel)
 
 
-def suggest(key: str, options: Sequence[str]) -> str:
+def suggest(key: str, options: Sequence[str], schema: Any = None, prefix: str = "") -> str:
+    """The hint for an unknown ``key`` among ``options``: the closest option, else (given the
+    section's ``schema`` and its dotted ``prefix``) a key of that name in a nested section
+    (``train.lr`` -> ``train.optimizer.lr``), else the options."""
     close = closest(key, options, cutoff=0.6, limit=1)
     if close:
         return f"did you mean {close[0]!r}?"
+    nested = _nested_keys(schema, key, prefix) if schema is not None else []
+    if nested:
+        return f"did you mean {' or '.join(repr(path) for path in nested)}?"
     return f"expected one of: {', '.join(options)}"
+
+
+def _nested_keys(schema: Any, key: str, prefix: str, depth: int = 2) -> list[str]:
+    """Dotted paths below ``schema`` (sections only, ``depth`` levels) whose last key is ``key``."""
+    if depth == 0 or not is_model(schema):
+        return []
+    found = []
+    for name, field in schema.model_fields.items():
+        child = _unwrap(field.annotation)
+        if not is_model(child):
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        if key in child.model_fields:
+            found.append(f"{path}.{key}")
+        found += _nested_keys(child, key, path, depth - 1)
+    return found
 
 
 def schema_at(parts: Sequence[str | int]) -> Any:
@@ -135,7 +157,9 @@ def _format_error(error: Any, data: Any) -> str:
     if error_type == "extra_forbidden":
         schema = schema_at(parts[:-1])
         options = list(schema.model_fields) if is_model(schema) else []
-        return f"{where}: unknown key ({suggest(str(parts[-1]), options)})"
+        prefix = path_text(parts[:-1]) if len(parts) > 1 else ""
+        hint = suggest(str(parts[-1]), options, schema, prefix)
+        return f"{where}: unknown key ({hint})"
     if error_type == "missing":
         return f"{where}: required key missing"
     given = f", got {describe(error['input'])}"

@@ -3,6 +3,8 @@ writing the resolved recipe of a run."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,13 @@ from torchkd.config.errors import ConfigError, describe, format_errors
 from torchkd.config.overrides import apply_overrides
 from torchkd.config.schema import Recipe
 
-__all__ = ["load_raw_recipe", "load_recipe", "recipe_from_dict", "write_resolved_config"]
+__all__ = [
+    "add_import_roots",
+    "load_raw_recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "write_resolved_config",
+]
 
 
 def recipe_from_dict(data: Any, overrides: Sequence[str] = (), source: str | None = None) -> Recipe:
@@ -63,8 +71,26 @@ def load_raw_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def add_import_roots(recipe_path: str | Path) -> list[str]:
+    """Put the recipe file's directory, then the working directory, first on ``sys.path``.
+
+    This is where ``package.module:attribute`` references of a recipe (``model:``,
+    ``data.dataset``) are imported from: ``mypkg/`` beside the recipe, else in the directory
+    the command runs in, else any installed package. Returns the two directories, in order.
+    """
+    roots = [str(Path(recipe_path).resolve().parent), str(Path.cwd())]
+    for root in reversed(roots):
+        if root in sys.path:
+            sys.path.remove(root)
+        sys.path.insert(0, root)
+    importlib.invalidate_caches()  # a package written since the last import is found
+    return roots
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a YAML recipe (:func:`load_raw_recipe`), apply ``key=value`` overrides, validate.
+    """Read a YAML recipe (:func:`load_raw_recipe`), apply ``key=value`` overrides, validate;
+    its ``package.module:attribute`` references then import from the recipe's directory and the
+    working directory (:func:`add_import_roots`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -72,6 +98,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             the file and each offending YAML path.
     """
     data = load_raw_recipe(path)
+    add_import_roots(path)
     try:
         return recipe_from_dict(data, overrides, str(path))
     except ConfigError as error:

@@ -35,7 +35,8 @@ def _set_path(data: dict[str, Any], parts: list[str | int], value: Any, override
         last = position == len(parts) - 1
         if is_model(schema):
             if str(part) not in schema.model_fields:
-                hint = suggest(str(part), list(schema.model_fields))
+                prefix = path_text(parts[:position]) if position else ""
+                hint = suggest(str(part), list(schema.model_fields), schema, prefix)
                 raise ConfigError([f"override {override!r}: {here} is not a recipe key ({hint})"])
             part = str(part)
         if isinstance(node, dict):

@@ -5,6 +5,7 @@ resumed (:func:`check_resumable`)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESUMABLE_CHANGES",
+    "adapter_lines",
     "check_built",
     "check_resumable",
     "fit_recipe",
@@ -150,6 +152,27 @@ def score_best_checkpoint(built: Built, result: FitResult) -> dict[str, float] |
         student.load_state_dict(final)
 
 
+def adapter_lines(built: Built, recipe: Recipe) -> list[str]:
+    """One line per shape adapter the Distiller built (``adapter: auto`` builds them silently):
+    the term's YAML path, its taps, the layers and their parameter count."""
+    from torch import nn
+
+    lines = []
+    extras = dict(built.distiller.extras.items())  # an nn.ModuleDict has no .get
+    for index, term in enumerate(recipe.terms):
+        parts = dict(extras[term.name].items()) if term.name in extras else {}
+        for adapter in parts.get("adapters", []):
+            if isinstance(adapter, nn.Identity):
+                continue
+            layers = [m for m in adapter.modules() if not list(m.children())]
+            count = sum(p.numel() for p in adapter.parameters())
+            lines.append(
+                f"terms.{index} ({term.name}): adapter {term.student} -> {term.teacher}: "
+                f"{' + '.join(map(repr, layers))}, {count:,} parameters"
+            )
+    return lines
+
+
 def fit_recipe(
     recipe: Recipe,
     run_dir: str | Path,
@@ -193,6 +216,9 @@ def fit_recipe(
     check_built(built, recipe)
     resolved = recipe.model_dump(mode="json")
     main = is_main_process()  # under torchrun, rank 0 alone writes files
+    if main and train_config.progress:
+        for line in adapter_lines(built, recipe):
+            print(f"torchkd: built {line}", file=sys.stderr)
     if main and (resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists()):
         write_resolved_config(resolved, run_dir)  # resumed: the same recipe, or more epochs
     result = fit(

@@ -217,11 +217,36 @@ class ModelConfig(Section):
         kwargs: constructor arguments.
         checkpoint: weights to load: ``.safetensors``, a torchkd checkpoint (its student
             weights, e.g. ``runs/teacher/checkpoints/best.pt``) or a saved state dict.
+        pretrained: teachers only: the model's constructor loads trained weights itself (e.g.
+            ``hf_causal_lm`` with ``path``), so no ``checkpoint`` is needed.
+        untrained: teachers only: distil the teacher's random initial weights on purpose
+            (tests, smoke runs). A teacher with neither ``checkpoint`` nor one of these is
+            refused, since distilling an untrained teacher by mistake wastes a whole run.
     """
 
     model: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = None
+    pretrained: bool = False
+    untrained: bool = False
+
+    @model_validator(mode="after")
+    def _one_source_of_weights(self) -> ModelConfig:
+        given = [
+            name
+            for name, value in [
+                ("checkpoint", self.checkpoint is not None),
+                ("pretrained", self.pretrained),
+                ("untrained", self.untrained),
+            ]
+            if value
+        ]
+        if len(given) > 1:
+            raise ValueError(
+                f"{given[-1]}: contradicts {given[0]}; say where a teacher's weights come from "
+                "once (checkpoint, pretrained: true or untrained: true)"
+            )
+        return self
 
 
 class TermConfig(Section):
@@ -306,6 +331,12 @@ class Recipe(Section):
     def _consistent(self) -> Recipe:
         if self.teacher is not None and self.teachers is not None:
             raise ValueError("teacher, teachers: give one teacher or a list of teachers, not both")
+        for flag in ("pretrained", "untrained"):
+            if getattr(self.student, flag):
+                raise ValueError(
+                    f"student.{flag}: applies to teachers only (a student is trained by the run; "
+                    "give student.checkpoint to start it from trained weights)"
+                )
         names = [term.name for term in self.terms]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

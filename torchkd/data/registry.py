@@ -25,7 +25,15 @@ def available_datasets() -> list[str]:
 
 
 def create_dataset(name: str, split: str = "train", **kwargs: object) -> TensorDictDataset:
-    """Build the dataset registered under ``name`` for ``split``.
+    """Build the dataset registered under ``name`` for ``split``, or your own
+    ``"package.module:function"`` (imported, see :func:`torchkd._registry.import_reference`).
+
+    A dataset function of your own is called as ``function(split=..., val_fraction=...,
+    split_seed=..., **data.kwargs)`` by recipes (``split`` is ``"train"``, ``"val"`` or
+    ``"test"``; hold out ``val_fraction`` of the training rows for ``"val"``, partitioned by
+    ``split_seed``), or ``function(split="train", num_samples=..., seed=..., **kwargs)`` as a
+    transfer set; it returns a map-style dataset of dict samples (``inputs``, ``labels``;
+    e.g. :class:`~torchkd.data.base.TensorDictDataset`).
 
     Keyword arguments go to the loader (``val_fraction``, ``split_seed``, ``cache`` for
     ``"mnist1d"``; ``val_fraction``, ``test_fraction``, ``split_seed`` for ``"digits"``;
@@ -36,4 +44,4 @@ def create_dataset(name: str, split: str = "train", **kwargs: object) -> TensorD
         >>> len(create_dataset("digits", "val"))
         144
     """
-    return DATASETS.entry(name)(split=split, **kwargs)
+    return DATASETS.resolve(name)(split=split, **kwargs)

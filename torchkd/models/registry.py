@@ -26,7 +26,9 @@ def available_models() -> list[str]:
 
 
 def create_model(name: str | nn.Module, **kwargs: object) -> nn.Module:
-    """Build the model registered under ``name`` (an ``nn.Module`` passes through unchanged).
+    """Build the model registered under ``name``, or your own ``"package.module:Class"``
+    (imported, see :func:`torchkd._registry.import_reference`); an ``nn.Module`` passes through
+    unchanged.
 
     Keyword arguments go to the constructor (e.g. ``width`` for ``"cnn1d"``, ``num_classes``
     for every model; CIFAR models default to 100 classes).
@@ -39,4 +41,4 @@ def create_model(name: str | nn.Module, **kwargs: object) -> nn.Module:
         if kwargs:
             raise TypeError(f"create_model got a module and keyword arguments {sorted(kwargs)}")
         return name
-    return MODELS.entry(name)(**kwargs)
+    return MODELS.resolve(name)(**kwargs)

@@ -139,6 +139,7 @@ def _tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         retrain=not args.no_retrain,
         command=command,
+        recipe_path=args.recipe,
     )
     print()
     if result.best_params:

@@ -102,6 +102,19 @@ def test_list_losses_shows_family_and_signature(capsys: pytest.CaptureFixture[st
     assert rows["hinton"] == ["logit", "logits_labels"]
 
 
+def test_list_losses_verbose_shows_arguments_and_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("list", "losses", "--verbose") == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "loss_kwargs (defaults)" in lines["name"]
+    assert lines["hinton"].endswith(
+        "temperature=4.0, alpha=0.9, standardize=False, ignore_index=-100, reduction='batchmean'"
+    )
+    assert "student_dim=<probed>, teacher_dim=<probed>, feat_dim=128" in lines["crd_inbatch"]
+    assert lines["sp"].endswith("(none)")
+
+
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).with_name("torchkd")
     done = subprocess.run(

@@ -22,8 +22,25 @@ from torchkd.cli.base import (
 # ------------------------------------------------------------------------------------- list
 
 
-def _list_entries(kind: str) -> list[tuple[str, ...]]:
-    """Rows to print for ``torchkd list KIND`` (losses: a header, then name, family, signature)."""
+def _constructor_arguments(module: type, probed: bool) -> str:
+    """``name=default`` for each argument of ``module(...)``; one without a default reads
+    ``name=<probed>`` when the loss's size rule fills it from the shapes, else ``name=<required>``.
+    """
+    import inspect
+
+    missing = "<probed>" if probed else "<required>"
+    shown = []
+    for name, parameter in inspect.signature(module).parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = missing if parameter.default is parameter.empty else repr(parameter.default)
+        shown.append(f"{name}={default}")
+    return ", ".join(shown) or "(none)"
+
+
+def _list_entries(kind: str, verbose: bool = False) -> list[tuple[str, ...]]:
+    """Rows to print for ``torchkd list KIND`` (losses: a header, then name, family, signature
+    and, with ``verbose``, the loss's ``loss_kwargs`` with their defaults)."""
     if kind == "models":
         from torchkd.models import available_models
 
@@ -35,10 +52,20 @@ def _list_entries(kind: str) -> list[tuple[str, ...]]:
     if kind == "losses":
         from torchkd import losses
 
-        return [("name", "family", "called as (signature)")] + [
-            (name, losses.entry(name).family, losses.entry(name).signature)
-            for name in losses.available()
-        ]
+        header = ("name", "family", "called as (signature)")
+        rows = [header + (("loss_kwargs (defaults)",) if verbose else ())]
+        for name in losses.available():
+            entry = losses.entry(name)
+            row = (name, entry.family, entry.signature)
+            rows.append(
+                row
+                + (
+                    (_constructor_arguments(entry.module, entry.sizes is not None),)
+                    if verbose
+                    else ()
+                )
+            )
+        return rows
     from torchkd import schedules
 
     return [(name,) for name in schedules.available()]
@@ -50,10 +77,16 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("models", "datasets", "losses", "schedules"),
         help="what to list (losses also show their family and how they are called)",
     )
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="losses: also each loss's arguments (loss_kwargs) and their defaults",
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = _list_entries(args.kind)
+    rows = _list_entries(args.kind, args.verbose)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print(
@@ -66,7 +99,7 @@ register(
     Command(
         name="list",
         summary="list registered models, datasets, losses or schedules",
-        examples="torchkd list losses\ntorchkd list models",
+        examples="torchkd list losses\ntorchkd list losses --verbose\ntorchkd list models",
         add_arguments=_list_arguments,
         run=_list,
     )

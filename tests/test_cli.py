@@ -334,7 +334,7 @@ def test_traceback_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ("argv", "message"),
     [
         (["train", "R.yaml", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["export", "R.yaml", "--checkpoint", "x", "--out", "y", "a=1"], "unrecognized"),
+        (["export", "R.yaml", "--checkpoint", "x", "--out", "y", "--frobnicate"], "unrecognized"),
         (["eval", "R.yaml", "--checkpoint", "nope.pt"], "does not exist"),  # a UsageError
         (["train", "train.epochs=1", "R.yaml"], "the recipe comes first"),
         (["tune", "R.yaml", "--trials", "0"], "expected a positive integer"),

@@ -256,14 +256,15 @@ def _select_teacher(args: argparse.Namespace) -> int:
             )
     if not selection.baseline_top1:
         print("(ranked by teacher accuracy; --probe-steps N ranks by the students they make)")
-    best = selection.candidates[0]
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     out.mkdir(parents=True, exist_ok=True)
     report = out / "teacher_selection.md"
+    recommendation = selection.recommendation()
     report.write_text(
         f"# Teacher selection for {recipe.name} (ranked by {selection.ranked_by})\n\n{table}\n"
+        f"\n{recommendation}\n"
     )
-    print(f"recommended: teacher.checkpoint={best.path}")
+    print(recommendation)
     print(f"report: {report}")
     return EXIT_OK
 
@@ -275,7 +276,10 @@ register(
         description="Evaluate each candidate teacher on the validation split (top-1, NLL, ECE) "
         "and, with --probe-steps, briefly distil the recipe's student from each (plus a student "
         "without KD as the baseline). The probe decides the ranking when present: an "
-        "early-stopped or smaller teacher often distils better than the most accurate one.",
+        "early-stopped or smaller teacher often distils better than the most accurate one. "
+        "Candidates holding the same weights (best.pt and its epoch_XXX.pt) are measured once; "
+        "a lead within noise gets a caveat line; when no probe student beats the one without "
+        "KD, none is recommended.",
         examples="torchkd select-teacher configs/mnist1d/kd.yaml --candidates "
         "runs/mnist1d_teacher/checkpoints/*.pt\n"
         "torchkd select-teacher configs/mnist1d/kd.yaml train.epochs=5 --probe-steps 200 "

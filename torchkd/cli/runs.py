@@ -307,6 +307,7 @@ def _export_safetensors(args: argparse.Namespace, recipe: Recipe) -> str:
 
 
 def _export_hf(args: argparse.Namespace, recipe: Recipe) -> str:
+    from torchkd.models.hf import quiet_progress_bars
     from torchkd.train.checkpoint import export_pretrained, pretrained_part
 
     model = student_from_checkpoint(recipe, args.checkpoint, args.model)
@@ -315,7 +316,8 @@ def _export_hf(args: argparse.Namespace, recipe: Recipe) -> str:
     except ValueError as error:
         raise UsageError(f"--format hf: the recipe's {args.model}: {error}") from None
     pretrained = pretrained_part(model)
-    reloaded = type(pretrained).from_pretrained(path, local_files_only=True)  # it loads back
+    with quiet_progress_bars():
+        reloaded = type(pretrained).from_pretrained(path, local_files_only=True)  # loads back
     count = sum(parameter.numel() for parameter in reloaded.parameters())
     return (
         f"wrote {path}: {args.model} {type(pretrained).__name__}, {count:,} parameters; load it "

@@ -252,11 +252,14 @@ def export_pretrained(model: nn.Module, out_dir: str | Path) -> Path:
     Raises:
         ValueError: ``model`` is not a Hugging Face model, or ``out_dir`` is a file.
     """
+    from torchkd.models.hf import quiet_progress_bars
+
     pretrained = pretrained_part(model)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} is a file; the hf format writes a directory")
-    pretrained.save_pretrained(out_dir)
+    with quiet_progress_bars():
+        pretrained.save_pretrained(out_dir)
     return out_dir
 
 

@@ -285,5 +285,5 @@ def _retrain(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     echo(f"retraining the best parameters into {run_dir}")
-    result = fit_recipe(recipe, run_dir, progress=False)
+    result = fit_recipe(recipe, run_dir)  # train.progress: step lines without a terminal
     return dict(result.test_metrics or {})

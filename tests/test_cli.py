@@ -422,3 +422,13 @@ def test_eval_refuses_a_damaged_export(
     capsys.readouterr()
     assert run("eval", trained["recipe"], "--checkpoint", out) == 2
     assert f"{out} is damaged" in capsys.readouterr().err
+
+
+def test_train_refuses_a_baseline_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = CONFIGS / "mnist1d" / "baseline.yaml"
+    argv = ["train", recipe, *FAST, "--run-dir", tmp_path / "r", "--baseline", tmp_path]
+    assert run(*argv) == 2
+    assert f"--baseline {tmp_path}: no metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

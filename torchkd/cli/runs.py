@@ -149,6 +149,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in DIR from checkpoints/last.pt"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="RUN_DIR",
+        help="a finished run to compare with in report.md (e.g. the student without KD: "
+        "runs/<baseline recipe name>)",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -166,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
+    if args.baseline and not (Path(args.baseline) / "metrics.jsonl").is_file():
+        raise UsageError(f"--baseline {args.baseline}: no metrics.jsonl (not a torchkd run)")
     for index, teacher in enumerate(recipe.teacher_configs):
         if teacher.checkpoint is None and is_main_process():
             print(
@@ -173,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
                 "so it distils its initial weights; set teacher.checkpoint=PATH",
                 file=sys.stderr,
             )
-    result = fit_recipe(recipe, run_dir, resume=args.resume)
+    result = fit_recipe(recipe, run_dir, resume=args.resume, baseline=args.baseline)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
     best = result.best_metrics.get("top1")

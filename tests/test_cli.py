@@ -102,6 +102,19 @@ def test_list_losses_shows_family_and_signature(capsys: pytest.CaptureFixture[st
     assert rows["hinton"] == ["logit", "logits_labels"]
 
 
+def test_list_losses_verbose_shows_arguments_and_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("list", "losses", "--verbose") == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "loss_kwargs (defaults)" in lines["name"]
+    assert lines["hinton"].endswith(
+        "temperature=4.0, alpha=0.9, standardize=False, ignore_index=-100, reduction='batchmean'"
+    )
+    assert "student_dim=<probed>, teacher_dim=<probed>, feat_dim=128" in lines["crd_inbatch"]
+    assert lines["sp"].endswith("(none)")
+
+
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).with_name("torchkd")
     done = subprocess.run(
@@ -324,7 +337,7 @@ def test_traceback_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ("argv", "message"),
     [
         (["train", "R.yaml", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-        (["export", "R.yaml", "--checkpoint", "x", "--out", "y", "a=1"], "unrecognized"),
+        (["export", "R.yaml", "--checkpoint", "x", "--out", "y", "--frobnicate"], "unrecognized"),
         (["eval", "R.yaml", "--checkpoint", "nope.pt"], "does not exist"),  # a UsageError
         (["train", "train.epochs=1", "R.yaml"], "the recipe comes first"),
         (["tune", "R.yaml", "--trials", "0"], "expected a positive integer"),
@@ -412,3 +425,13 @@ def test_eval_refuses_a_damaged_export(
     capsys.readouterr()
     assert run("eval", trained["recipe"], "--checkpoint", out) == 2
     assert f"{out} is damaged" in capsys.readouterr().err
+
+
+def test_train_refuses_a_baseline_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = CONFIGS / "mnist1d" / "baseline.yaml"
+    argv = ["train", recipe, *FAST, "--run-dir", tmp_path / "r", "--baseline", tmp_path]
+    assert run(*argv) == 2
+    assert f"--baseline {tmp_path}: no metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

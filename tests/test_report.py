@@ -7,8 +7,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from torch import nn
 
-from torchkd.report import format_results_table, write_report
+from torchkd.report import format_results_table, loss_curves, parameter_counts, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -96,3 +97,36 @@ def test_results_table_errors() -> None:
         format_results_table([])
     with pytest.raises(KeyError, match=r"rows \[1\] have no 'method'"):
         format_results_table([{"method": "a", "top1": 1.0}, {"top1": 0.5}])
+
+
+def test_loss_curves_are_against_optimizer_steps() -> None:
+    steps = [
+        {"kind": "step", "step": step, "loss": 1.0 / step, "terms": {"kd": 0.5 / step}}
+        for step in range(2, 31, 2)
+    ]
+    curves = loss_curves(synthetic_history(), steps)
+    assert curves["loss"]["train"] == ([s["step"] for s in steps], [s["loss"] for s in steps])
+    assert curves["kd"]["train"][0] == list(range(2, 31, 2))
+    assert set(curves["ce"]) == {"val"}  # no "ce" in these step records: no train curve
+    assert curves["loss"]["val"] == ([10, 20, 30], [2.2, 1.1, 2.2 / 3])
+    # without step records: the epoch means, still at each epoch's step
+    assert curves["loss"]["train"] != loss_curves(synthetic_history(), [])["loss"]["train"]
+    assert loss_curves(synthetic_history(), [])["loss"]["train"][0] == [10, 20, 30]
+
+
+def test_report_shows_model_sizes_wall_time_and_a_baseline(tmp_path: Path) -> None:
+    history = [{**record, "time_s": 1.5} for record in synthetic_history()]
+    baseline = tmp_path / "baseline"
+    baseline.mkdir()
+    record = {"kind": "epoch", "epoch": 4, "step": 40, "val": {"top1": 70.0, "nll": 0.9}}
+    (baseline / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    sizes = parameter_counts(nn.Linear(4, 2), [nn.Linear(40, 2)])
+    assert sizes == {"student": 10, "teacher": 82}
+    text = write_report(tmp_path / "run", history, model_sizes=sizes, baseline=baseline)
+    text = text.read_text()
+    assert f"| baseline `{baseline}` (final, epoch 4) | 70.00 | 0.9000 | – |" in text
+    assert "- wall time: 4.5 s (training and validation, all epochs)" in text
+    assert "- student: 10 parameters" in text
+    assert "- teacher: 82 parameters (8.2× the student)" in text
+    with pytest.raises(FileNotFoundError, match="no epoch records"):
+        write_report(tmp_path / "run", history, baseline=tmp_path / "nothing")

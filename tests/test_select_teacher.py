@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 from torchkd.config import ConfigError, build_from_recipe, recipe_from_dict
-from torchkd.select_teacher import CandidateResult, _rank, candidate_spec, select_teacher
-from torchkd.train import fit, load_student_weights
+from torchkd.select_teacher import (
+    CandidateResult,
+    TeacherSelection,
+    _lead_caveat,
+    _rank,
+    candidate_spec,
+    select_teacher,
+)
+from torchkd.train import export_student, fit, load_student_weights
 
 TEACHER = {"model": "mlp", "kwargs": {"in_features": 64, "hidden": [32]}}
 
@@ -92,8 +100,71 @@ def test_the_distillation_probe_decides_the_ranking(candidates) -> None:
     assert "probe student top-1" in selection.table()
 
 
-def make_result(path: str, top1: float, probe: float) -> CandidateResult:
-    return CandidateResult(path, "m", 1, {"top1": top1, "nll": 1.0, "ece": 0.1}, [probe])
+def make_result(path: str, top1: float, probe: float | list[float]) -> CandidateResult:
+    probes = probe if isinstance(probe, list) else [probe]
+    return CandidateResult(path, "m", 1, {"top1": top1, "nll": 1.0, "ece": 0.1}, probes)
+
+
+def test_candidates_with_the_same_weights_are_measured_once(
+    candidates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchkd.train
+
+    good, damaged = candidates
+    same = export_student(good, tmp_path / "epoch_006.safetensors")  # other file, same weights
+    evaluated = []
+    evaluate = torchkd.train.evaluate
+    monkeypatch.setattr(
+        torchkd.train, "evaluate", lambda *a, **k: evaluated.append(1) or evaluate(*a, **k)
+    )
+    lines: list[str] = []
+    recipe = recipe_from_dict(kd_recipe())
+    selection = select_teacher(recipe, [good, damaged, same], echo=lines.append)
+    assert len(evaluated) == 2 and len(selection.candidates) == 2
+    best = selection.candidates[0]
+    assert best.path == str(good) and best.same_weights == [str(same)]
+    assert f"| 1 | `{good}` = `{same}` |" in selection.table()
+    assert f"{same}: the same weights as {good} (measured once)" in lines
+
+
+def test_a_single_seed_lead_within_noise_is_called_so() -> None:
+    best, runner_up = make_result("a.pt", 90.0, 80.0), make_result("b.pt", 91.0, 79.5)
+    results = [runner_up, best]
+    _rank(results, baseline=[70.0])
+    caveat = _lead_caveat(results, [70.0], val_samples=360)
+    # binomial standard error of each accuracy on 360 samples, doubled for the difference
+    noise = 2 * 100 * math.sqrt(0.8 * 0.2 / 360 + 0.795 * 0.205 / 360)
+    assert (
+        f"its +0.50-point lead over b.pt is within noise (2 standard errors: {noise:.2f} points)"
+        in caveat
+    )
+    assert "without KD" not in caveat  # +10 points: beyond the noise
+    assert "one probe seed" in caveat and "--probe-seeds 3" in caveat
+    selection = TeacherSelection(results, [70.0], 12, "distillation probe", caveat)
+    assert selection.recommendation().splitlines() == [
+        "recommended: teacher.checkpoint=a.pt",
+        f"caveat: {caveat}",
+    ]
+
+
+def test_a_lead_beyond_the_seed_spread_has_no_caveat() -> None:
+    results = [
+        make_result("a.pt", 90.0, [80.0, 80.2, 79.8]),
+        make_result("b.pt", 91.0, [79.0, 79.1, 78.9]),
+    ]
+    _rank(results, baseline=[70.0, 70.5, 69.5])
+    assert _lead_caveat(results, [70.0, 70.5, 69.5], val_samples=360) == ""
+    # the same lead with seeds that spread by points is within noise
+    results[1].probe_top1 = [76.0, 79.0, 82.0]
+    assert "lead over b.pt is within noise" in _lead_caveat(results, [70.0], val_samples=360)
+
+
+def test_no_teacher_is_recommended_when_none_beats_the_student_without_kd() -> None:
+    results = [make_result("a.pt", 95.0, 70.0), make_result("b.pt", 90.0, 71.0)]
+    _rank(results, baseline=[72.0])
+    selection = TeacherSelection(results, [72.0], 12, "distillation probe")
+    assert selection.recommended is None
+    assert selection.recommendation().startswith("recommended: none: no candidate's probe")
 
 
 def test_probe_ranking_overrides_teacher_accuracy_and_warns() -> None:

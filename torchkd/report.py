@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchkd.train.logging import read_jsonl
 
-__all__ = ["format_results_table", "write_report"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["format_results_table", "loss_curves", "parameter_counts", "write_report"]
 
 PERCENT_METRICS = ("top1", "teacher_top1", "agreement")
 _TABLE_METRICS = ("top1", "nll", "perplexity", "ece", "agreement", "teacher_top1", "loss")
@@ -114,26 +117,61 @@ def _term_names(history: Sequence[Mapping[str, Any]]) -> list[str]:
     return names
 
 
-def _epoch_axis(axis: Any) -> None:
+def _step_axis(axis: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_xlabel("epoch")
+    axis.set_xlabel("optimizer step")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _plot_losses(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
+Curve = tuple[list[int], list[float]]
+
+
+def loss_curves(
+    history: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Curve]]:
+    """``{loss or term: {"train" | "val": (optimizer steps, values)}}`` for the losses plot.
+
+    Against optimizer steps, so a 2-epoch run is a curve, not two points: train values from
+    the step records (the epoch means when there are none), validation values at each
+    evaluated epoch's step. Missing values are NaN.
+    """
+
+    def step_value(record: Mapping[str, Any], name: str) -> Any:
+        return record.get("loss") if name == "loss" else record.get("terms", {}).get(name[6:])
+
+    def curve(records: Sequence[Mapping[str, Any]], read: Callable[[Any], Any]) -> Curve:
+        values = [read(record) for record in records]
+        return [r["step"] for r in records], [math.nan if v is None else v for v in values]
+
+    curves: dict[str, dict[str, Curve]] = {}
+    for name in ["loss", *(f"terms/{term}" for term in _term_names(history))]:
+        if steps:
+            train = curve(steps, lambda record, name=name: step_value(record, name))
+        else:
+            train = curve(history, lambda record, name=name: record.get("train", {}).get(name))
+        val = curve(history, lambda record, name=name: record.get("val", {}).get(name))
+        curves[name.removeprefix("terms/")] = {
+            split: values
+            for split, values in (("train", train), ("val", val))
+            if any(math.isfinite(v) for v in values[1])
+        }
+    return curves
+
+
+def _plot_losses(
+    history: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]], path: Path
+) -> bool:
     import matplotlib.pyplot as plt
 
-    names = ["loss", *(f"terms/{name}" for name in _term_names(history))]
-    epochs = [record["epoch"] for record in history]
-    figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
-    for axis, name in zip(axes[0], names, strict=True):
-        for split in ("train", "val"):
-            values = [record.get(split, {}).get(name) for record in history]
-            if any(v is not None for v in values):
-                axis.plot(epochs, [math.nan if v is None else v for v in values], "o-", label=split)
-        axis.set_title(name.removeprefix("terms/"))
-        _epoch_axis(axis)
+    curves = loss_curves(history, steps)
+    figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+    for axis, (name, splits) in zip(axes[0], curves.items(), strict=True):
+        for split, (x, values) in splits.items():
+            marker = "-" if split == "train" and steps else "o-"
+            axis.plot(x, values, marker, label=split)
+        axis.set_title(name)
+        _step_axis(axis)
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -173,19 +211,55 @@ def _plot_accuracy(history: Sequence[Mapping[str, Any]], path: Path) -> bool:
         return False
     import matplotlib.pyplot as plt
 
-    epochs = [record["epoch"] for record in history]
+    epoch_steps = [record["step"] for record in history]
     labels = {"top1": "student", "teacher_top1": "teacher", "agreement": "agreement"}
     figure, axis = plt.subplots(figsize=(5, 3))
     for key in keys:
         values = [record["val"].get(key, math.nan) for record in history]
-        axis.plot(epochs, values, "o" + ("-" if key == "top1" else "--"), label=labels[key])
-    _epoch_axis(axis)
+        axis.plot(epoch_steps, values, "o" + ("-" if key == "top1" else "--"), label=labels[key])
+    _step_axis(axis)
     axis.set_ylabel("validation %")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def parameter_counts(student: nn.Module, teachers: Iterable[nn.Module]) -> dict[str, int]:
+    """``{"student": n, "teacher": m}`` (``teacher0``, ``teacher1``, ... for several)."""
+    teachers = list(teachers)
+    counts = {"student": sum(p.numel() for p in student.parameters())}
+    for index, teacher in enumerate(teachers):
+        name = "teacher" if len(teachers) == 1 else f"teacher{index}"
+        counts[name] = sum(p.numel() for p in teacher.parameters())
+    return counts
+
+
+def _run_section(
+    history: Sequence[Mapping[str, Any]], model_sizes: Mapping[str, int] | None
+) -> list[str]:
+    """Model sizes and wall time (the epochs' training and validation, summed)."""
+    seconds = sum(record.get("time_s", 0.0) for record in history)
+    lines = ["## Run", "", f"- wall time: {seconds:.1f} s (training and validation, all epochs)"]
+    if model_sizes:
+        student = model_sizes.get("student")
+        for name, count in model_sizes.items():
+            compared = student and name != "student"
+            ratio = f" ({count / student:.1f}× the student)" if compared else ""
+            lines.append(f"- {name}: {count:,} parameters{ratio}")
+    return [*lines, ""]
+
+
+def _baseline_row(baseline: Path) -> tuple[str, Mapping[str, float]]:
+    """The results row of a baseline run: its final validation metrics."""
+    epochs = [r for r in read_jsonl(baseline / "metrics.jsonl") if r.get("kind") == "epoch"]
+    if not epochs:
+        raise FileNotFoundError(
+            f"baseline {baseline}: no epoch records in {baseline / 'metrics.jsonl'} (expected "
+            "the directory of a finished torchkd run)"
+        )
+    return f"baseline `{baseline}` (final, epoch {epochs[-1]['epoch']})", epochs[-1]["val"]
 
 
 def write_report(
@@ -195,6 +269,8 @@ def write_report(
     steps: Sequence[Mapping[str, Any]] | None = None,
     test_metrics: Mapping[str, float] | None = None,
     title: str | None = None,
+    model_sizes: Mapping[str, int] | None = None,
+    baseline: str | Path | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path.
 
@@ -204,6 +280,12 @@ def write_report(
         steps: step records for the schedule plot (default: from ``metrics.jsonl``).
         test_metrics: final test metrics, shown in the summary.
         title: the report heading (default: the run directory's name).
+        model_sizes: parameter counts by model (:func:`parameter_counts`), in the run section.
+        baseline: the directory of a run to compare with (e.g. the student trained without
+            KD): its final validation metrics are a row of the results table.
+
+    Raises:
+        FileNotFoundError: ``baseline`` holds no epoch records.
     """
     import matplotlib
 
@@ -214,6 +296,7 @@ def write_report(
         history = [r for r in records if r.get("kind") == "epoch"]
     if steps is None:
         steps = [r for r in records if r.get("kind") == "step"]
+    baseline_row = None if baseline is None else _baseline_row(Path(baseline))
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title or run_dir.name}", ""]
@@ -221,13 +304,14 @@ def write_report(
         lines.append("No epoch finished yet.")
     else:
         lines += _teacher_score(history)
-        lines += _summary(history, test_metrics)
+        lines += _summary(history, test_metrics, baseline_row)
         lines += _weighted_terms(steps)
+        lines += _run_section(history, model_sizes)
         lines += ["## Epochs", "", _epoch_table(history), ""]
         plots = {
             "losses.png": (
                 "Loss terms (train and validation)",
-                _plot_losses(history, plots_dir / "losses.png"),
+                _plot_losses(history, steps, plots_dir / "losses.png"),
             ),
             "schedules.png": (
                 "Weights, temperatures and learning rate",
@@ -247,7 +331,9 @@ def write_report(
 
 
 def _summary(
-    history: Sequence[Mapping[str, Any]], test_metrics: Mapping[str, float] | None
+    history: Sequence[Mapping[str, Any]],
+    test_metrics: Mapping[str, float] | None,
+    baseline_row: tuple[str, Mapping[str, float]] | None,
 ) -> list[str]:
     final = history[-1]["val"]
     best = max(history, key=lambda r: r["val"].get("top1", -math.inf))
@@ -257,6 +343,8 @@ def _summary(
         rows.append((f"best val top1 (epoch {best['epoch']})", best["val"]))
     if test_metrics:
         rows.append(("test (final model)", test_metrics))
+    if baseline_row is not None:
+        rows.append(baseline_row)
     lines = [
         "## Results",
         "",

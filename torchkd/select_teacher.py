@@ -1,4 +1,4 @@
-"""Teacher selection: rank candidate teacher checkpoints for a recipe's student.
+r"""Teacher selection: rank candidate teacher checkpoints for a recipe's student.
 
 The most accurate teacher is not always the best one to distil from. Early-stopped teachers
 often teach better than fully trained ones (Cho & Hariharan, "On the Efficacy of Knowledge
@@ -15,6 +15,13 @@ candidate is measured twice:
 When probes ran they decide the ranking (the question is which teacher makes the best student);
 otherwise the teachers are ranked by validation top-1, then NLL. Only the training and
 validation splits are built: selecting a teacher never looks at the test split.
+
+Candidates holding the same weights (``best.pt`` and the ``epoch_XXX.pt`` of the same epoch)
+are measured once and shown as one row. A recommendation says when its lead (over the runner-up
+or over the student without KD) is within noise: two standard errors of the difference, from the
+spread over probe seeds, or with one seed from the validation split's sampling error alone
+(binomial, :math:`\sqrt{p(1-p)/n}` per accuracy). When no candidate's probe student beats the
+student trained without KD, none is recommended.
 
 Candidates are torchkd checkpoints (``runs/x/checkpoints/best.pt``, ``last.pt``, the
 ``epoch_XXX.pt`` kept with ``train.keep_teacher_checkpoints_every``), whose stored recipe names
@@ -61,6 +68,7 @@ class CandidateResult:
         rank: 1 for the recommended teacher.
         reason: why it ranks where it does.
         warning: set when distilling from it did not beat the student trained without KD.
+        same_weights: further candidate files holding the very same weights (measured once).
     """
 
     path: str
@@ -71,6 +79,7 @@ class CandidateResult:
     rank: int = 0
     reason: str = ""
     warning: str = ""
+    same_weights: list[str] = field(default_factory=list)
 
     @property
     def probe_mean(self) -> float | None:
@@ -89,12 +98,32 @@ class TeacherSelection:
         probe_steps: optimizer steps each probe took (0: no probes; whole epochs when more
             steps than one epoch were asked).
         ranked_by: ``"distillation probe"`` or ``"teacher validation top-1"``.
+        caveat: why the recommendation may not hold (a lead within noise), or ``""``.
     """
 
     candidates: list[CandidateResult]
     baseline_top1: list[float]
     probe_steps: int
     ranked_by: str
+    caveat: str = ""
+
+    @property
+    def recommended(self) -> CandidateResult | None:
+        """The best candidate, or ``None`` when probes ran and no candidate's student beat
+        the student trained without KD."""
+        best = self.candidates[0]
+        return None if self.baseline_top1 and best.warning else best
+
+    def recommendation(self) -> str:
+        """The recommended ``teacher.checkpoint`` (and a ``caveat:`` line), or why none."""
+        best = self.recommended
+        if best is None:
+            return (
+                "recommended: none: no candidate's probe student beat the student trained "
+                "without KD (train without KD, or try other teachers)"
+            )
+        line = f"recommended: teacher.checkpoint={best.path}"
+        return f"{line}\ncaveat: {self.caveat}" if self.caveat else line
 
     @property
     def baseline_mean(self) -> float | None:
@@ -111,7 +140,7 @@ class TeacherSelection:
         for result in self.candidates:
             cells = [
                 str(result.rank),
-                f"`{result.path}`",
+                " = ".join(f"`{path}`" for path in [result.path, *result.same_weights]),
                 result.model,
                 f"{result.parameters:,}",
                 f"{result.val['top1']:.2f} %",
@@ -220,6 +249,45 @@ def _probe(
     return float(result.final_metrics["top1"]), int(result.history[-1]["step"])
 
 
+def _noise(first: Sequence[float], second: Sequence[float], val_samples: int) -> float:
+    r"""Two standard errors (points) of the difference of two mean probe top-1 values: from
+    their spread over seeds when both have two or more, else from the validation split's
+    sampling error (binomial: :math:`\sqrt{p(1-p)/n}` per accuracy)."""
+    if len(first) > 1 and len(second) > 1:
+        variances = [statistics.variance(values) / len(values) for values in (first, second)]
+    else:
+        shares = [statistics.fmean(values) / 100.0 for values in (first, second)]
+        variances = [share * (1.0 - share) / val_samples * 100.0**2 for share in shares]
+    return 2.0 * math.sqrt(sum(variances))
+
+
+def _lead_caveat(results: list[CandidateResult], baseline: list[float], val_samples: int) -> str:
+    """Say whether the recommended candidate's lead over the runner-up and over the student
+    without KD is within noise (``""`` when both are not)."""
+    best = results[0]
+    rivals = [(result.path, result.probe_top1) for result in results[1:2]]
+    rivals.append(("the student without KD", baseline))
+    within = []
+    for name, values in rivals:
+        lead = (best.probe_mean or 0.0) - statistics.fmean(values)
+        noise = _noise(best.probe_top1, values, val_samples)
+        if lead < noise:
+            within.append(
+                f"its {lead:+.2f}-point lead over {name} is within noise "
+                f"(2 standard errors: {noise:.2f} points)"
+            )
+    if not within:
+        return ""
+    seeds = len(best.probe_top1)
+    basis = (
+        f"one probe seed: the noise counts only the sampling error of the {val_samples} "
+        "validation samples, not the spread over seeds (rerun with --probe-seeds 3)"
+        if seeds < 2
+        else f"the spread over {seeds} probe seeds"
+    )
+    return "; ".join([*within, basis])
+
+
 def _rank(results: list[CandidateResult], baseline: list[float]) -> str:
     """Order ``results`` in place, fill rank, reason and warning; returns the criterion."""
     most_accurate = max(results, key=lambda r: (r.val["top1"], -r.val["nll"]))
@@ -276,6 +344,7 @@ def select_teacher(
         FileNotFoundError: a candidate file is missing.
     """
     from torchkd.train import evaluate, resolve_device
+    from torchkd.train.digest import content_sha256
 
     _single_teacher(recipe)
     if not candidates:
@@ -294,9 +363,16 @@ def select_teacher(
         probes = [_probe(recipe, None, probe_steps, seed) for seed in seeds]
         baseline, steps_taken = [top1 for top1, _ in probes], probes[0][1]
         echo(f"student without KD: validation top-1 {_percent_spread(baseline)}")
+    measured: dict[tuple[str, str], CandidateResult] = {}
     for path in candidates:
         spec = candidate_spec(path, recipe)
         teacher = build_model(spec, f"--candidates {path}").eval()
+        weights = (_describe(spec), content_sha256(dict(teacher.state_dict())))
+        if weights in measured:
+            same = measured[weights]
+            same.same_weights.append(str(path))
+            echo(f"{path}: the same weights as {same.path} (measured once)")
+            continue
         metrics = evaluate(teacher.to(device), val_loader, device=device)
         result = CandidateResult(
             path=str(path),
@@ -304,6 +380,7 @@ def select_teacher(
             parameters=sum(p.numel() for p in teacher.parameters()),
             val=metrics,
         )
+        measured[weights] = result
         line = f"{path}: teacher validation top-1 {metrics['top1']:.2f} %"
         if probe_steps:
             probes = [_probe(recipe, spec, probe_steps, seed) for seed in seeds]
@@ -312,4 +389,7 @@ def select_teacher(
         echo(line)
         results.append(result)
     ranked_by = _rank(results, baseline)
-    return TeacherSelection(results, baseline, steps_taken, ranked_by)
+    selection = TeacherSelection(results, baseline, steps_taken, ranked_by)
+    if baseline and selection.recommended is not None:
+        selection.caveat = _lead_caveat(results, baseline, int(results[0].val["samples"]))
+    return selection

@@ -82,11 +82,16 @@ def test_report_holds_best_parameters_importances_plots_and_every_trial(tmp_path
         importances=summary.importances,
         test_metrics={"top1": 90.0, "nll": 0.3, "ece": 0.02},
     )
-    report = write_tune_report(summary, result, command="torchkd tune r.yaml").read_text()
+    report = write_tune_report(
+        summary, result, command="torchkd tune r.yaml", recipe_path="configs/r.yaml"
+    ).read_text()
     assert "Trial 1: validation top1 87.00 %" in report
     assert (
-        "train.epochs=3 terms.0.loss_kwargs.temperature=4.0 terms.0.loss_kwargs.alpha=0.9" in report
+        "Train them: `torchkd train configs/r.yaml train.epochs=3 "
+        "terms.0.loss_kwargs.temperature=4.0 terms.0.loss_kwargs.alpha=0.9`" in report
     )
+    assert "RECIPE.yaml" not in report
+    assert "Caveat: estimated from only 3 complete trials" in report
     assert "## Retrained best parameters, evaluated once on the test split" in report
     assert "## Parameter importances (fANOVA)" in report
     assert "| `terms.0.loss_kwargs.alpha` |" in report
@@ -101,3 +106,20 @@ def test_report_without_a_complete_trial_says_so(tmp_path: Path) -> None:
     result = TuneResult(tmp_path, "sqlite://", "report", {}, float("nan"), -1, summary.counts)
     report = write_tune_report(summary, result).read_text()
     assert "No trial completed." in report and "needs at least 2 complete trials" in report
+
+
+def test_importances_of_many_trials_have_no_caveat(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    for index in range(10):
+        params = {
+            "terms.0.loss_kwargs.temperature": 1.0 + 0.5 * index,
+            "terms.0.loss_kwargs.alpha": 0.1 + 0.05 * index,
+        }
+        study.add_trial(
+            create_trial(params=params, distributions=DISTRIBUTIONS, value=80.0 + index)
+        )
+    summary = summarize(study, recipe(), "tpe")
+    result = TuneResult(tmp_path, "sqlite://", "report", {}, 89.0, 9, summary.counts)
+    report = write_tune_report(summary, result).read_text()
+    assert "| `terms.0.loss_kwargs.alpha` |" in report and "Caveat" not in report
+    assert "Train them: the searched recipe with the overrides `terms.0" in report

@@ -126,25 +126,30 @@ class PathsAndOverrides(argparse.Action):
         namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *overrides]
 
 
-def student_from_checkpoint(recipe: Recipe, checkpoint: str) -> nn.Module:
-    """The recipe's student (in eval mode) holding the student weights of ``checkpoint``."""
+def student_from_checkpoint(recipe: Recipe, checkpoint: str, role: str = "student") -> nn.Module:
+    """The recipe's student (or, with ``role="teacher"``, its teacher), in eval mode, holding
+    the student weights of ``checkpoint`` (a teacher's own training run stores it as its
+    student)."""
     from torchkd.config import build_model
     from torchkd.train import CheckpointError, load_student_weights
 
     path = existing_file(checkpoint, "--checkpoint")
-    student = build_model(recipe.student.model_copy(update={"checkpoint": None}), "student")
+    spec = recipe.student if role == "student" else recipe.teacher
+    if spec is None:
+        raise UsageError(f"--model {role}: the recipe has no single `{role}:` to build")
+    model = build_model(spec.model_copy(update={"checkpoint": None}), role)
     try:
         state = load_student_weights(path)
     except CheckpointError as error:
         raise UsageError(f"--checkpoint: {error}") from None
     try:
-        student.load_state_dict(state)
+        model.load_state_dict(state)
     except RuntimeError as error:
         raise UsageError(
-            f"--checkpoint {checkpoint} does not fit the recipe's student "
-            f"({recipe.student.model} {recipe.student.kwargs}): {error}"
+            f"--checkpoint {checkpoint} does not fit the recipe's {role} "
+            f"({spec.model} {spec.kwargs}): {error}"
         ) from None
-    return student.eval()
+    return model.eval()
 
 
 def print_metrics(metrics: dict[str, Any], as_json: bool) -> None:

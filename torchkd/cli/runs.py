@@ -20,6 +20,7 @@ from torchkd.cli.base import (
 )
 
 if TYPE_CHECKING:
+    from torchkd.config import Recipe
     from torchkd.train import FitResult
 
 # ------------------------------------------------------------------------------------- demo
@@ -176,6 +177,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in DIR from checkpoints/last.pt"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="RUN_DIR",
+        help="a finished run to compare with in report.md (e.g. the student without KD: "
+        "runs/<baseline recipe name>)",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -193,7 +200,9 @@ def _train(args: argparse.Namespace) -> int:
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"
         )
-    result = fit_recipe(recipe, run_dir, resume=args.resume)
+    if args.baseline and not (Path(args.baseline) / "metrics.jsonl").is_file():
+        raise UsageError(f"--baseline {args.baseline}: no metrics.jsonl (not a torchkd run)")
+    result = fit_recipe(recipe, run_dir, resume=args.resume, baseline=args.baseline)
     if not is_main_process():  # under torchrun, rank 0 reports
         return EXIT_OK
     teacher_top1 = result.final_metrics.get("teacher_top1")
@@ -298,15 +307,35 @@ register(
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_argument(parser)
+    add_overrides_argument(parser)
     parser.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="a torchkd training checkpoint"
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="a torchkd training checkpoint (or, for --format hf, any weights file)",
     )
     parser.add_argument(
-        "--out", required=True, metavar="FILE.safetensors", help="where to write the weights"
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="where to write: FILE.safetensors (--format safetensors) or a directory (hf)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("safetensors", "hf"),
+        default="safetensors",
+        help="safetensors (default): the bare student weights; hf: a Hugging Face "
+        "save_pretrained directory (config.json + weights) of a Hugging Face model",
+    )
+    parser.add_argument(
+        "--model",
+        choices=("student", "teacher"),
+        default="student",
+        help="hf: build the recipe's student (default) or its teacher and load the weights into it",
     )
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export_safetensors(args: argparse.Namespace, recipe: Recipe) -> str:
     from safetensors.torch import load_file
 
     from torchkd.config import build_model
@@ -314,7 +343,6 @@ def _export(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out must name a .safetensors file, got {args.out!r}")
-    recipe = load_recipe(args.recipe)
     student_from_checkpoint(recipe, args.checkpoint)  # the weights fit the recipe's student
     try:
         path = export_student(args.checkpoint, args.out)
@@ -323,20 +351,56 @@ def _export(args: argparse.Namespace) -> int:
     fresh = build_model(recipe.student.model_copy(update={"checkpoint": None}), "student")
     fresh.load_state_dict(load_file(path))  # what was written loads into a new student
     count = sum(parameter.numel() for parameter in fresh.parameters())
-    print(f"wrote {path}: student {recipe.student.model}, {count:,} parameters (no extras)")
+    return f"wrote {path}: student {recipe.student.model}, {count:,} parameters (no extras)"
+
+
+def _export_hf(args: argparse.Namespace, recipe: Recipe) -> str:
+    from torchkd.models.hf import quiet_progress_bars
+    from torchkd.train.checkpoint import export_pretrained, pretrained_part
+
+    model = student_from_checkpoint(recipe, args.checkpoint, args.model)
+    try:
+        path = export_pretrained(model, args.out)
+    except ValueError as error:
+        raise UsageError(f"--format hf: the recipe's {args.model}: {error}") from None
+    pretrained = pretrained_part(model)
+    with quiet_progress_bars():
+        reloaded = type(pretrained).from_pretrained(path, local_files_only=True)  # loads back
+    count = sum(parameter.numel() for parameter in reloaded.parameters())
+    return (
+        f"wrote {path}: {args.model} {type(pretrained).__name__}, {count:,} parameters; load it "
+        f"with transformers' from_pretrained({str(path)!r})"
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.format == "safetensors" and args.model != "student":
+        raise UsageError("--model teacher needs --format hf (safetensors exports the student)")
+    exporter = _export_hf if args.format == "hf" else _export_safetensors
+    print(exporter(args, recipe))
     return EXIT_OK
 
 
 register(
     Command(
         name="export",
-        summary="write a checkpoint's bare student weights to a .safetensors file",
+        summary="write a checkpoint's student to .safetensors or a Hugging Face directory",
         description="Export the student of a training checkpoint, without adapters, loss "
         "state or optimizer, as safetensors with the SHA-256 digest of its tensors in its "
         "metadata. Load it with `student.load_state_dict(torchkd.train.load_student_weights("
-        "FILE))`, which checks the digest (`safetensors.torch.load_file` reads it unchecked).",
+        "FILE))`, which checks the digest (`safetensors.torch.load_file` reads it unchecked). "
+        "--format hf writes a Hugging Face student (hf_causal_lm, hf_encoder, the encoder of "
+        "hf_sentence_encoder) with save_pretrained, so `AutoModelForCausalLM.from_pretrained("
+        "DIR)` loads it; --model teacher builds the recipe's teacher instead (e.g. with the "
+        "checkpoint of the run that trained it). Overrides (key=value) apply to the recipe.",
         examples="torchkd export configs/mnist1d/kd.yaml "
-        "--checkpoint runs/mnist1d_kd/checkpoints/best.pt --out student.safetensors",
+        "--checkpoint runs/mnist1d_kd/checkpoints/best.pt --out student.safetensors\n"
+        "torchkd export configs/demo_lm/forward_kl.yaml --checkpoint runs/lm/checkpoints/best.pt "
+        "--format hf --out student_hf\n"
+        "torchkd export configs/demo_lm/forward_kl.yaml --checkpoint runs/lm_teacher/checkpoints/"
+        "best.pt "
+        "--format hf --model teacher --out teacher_hf",
         add_arguments=_export_arguments,
         run=_export,
     )

@@ -22,8 +22,25 @@ from torchkd.cli.base import (
 # ------------------------------------------------------------------------------------- list
 
 
-def _list_entries(kind: str) -> list[tuple[str, ...]]:
-    """Rows to print for ``torchkd list KIND`` (losses: a header, then name, family, signature)."""
+def _constructor_arguments(module: type, probed: bool) -> str:
+    """``name=default`` for each argument of ``module(...)``; one without a default reads
+    ``name=<probed>`` when the loss's size rule fills it from the shapes, else ``name=<required>``.
+    """
+    import inspect
+
+    missing = "<probed>" if probed else "<required>"
+    shown = []
+    for name, parameter in inspect.signature(module).parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = missing if parameter.default is parameter.empty else repr(parameter.default)
+        shown.append(f"{name}={default}")
+    return ", ".join(shown) or "(none)"
+
+
+def _list_entries(kind: str, verbose: bool = False) -> list[tuple[str, ...]]:
+    """Rows to print for ``torchkd list KIND`` (losses: a header, then name, family, signature
+    and, with ``verbose``, the loss's ``loss_kwargs`` with their defaults)."""
     if kind == "models":
         from torchkd.models import available_models
 
@@ -35,10 +52,20 @@ def _list_entries(kind: str) -> list[tuple[str, ...]]:
     if kind == "losses":
         from torchkd import losses
 
-        return [("name", "family", "called as (signature)")] + [
-            (name, losses.entry(name).family, losses.entry(name).signature)
-            for name in losses.available()
-        ]
+        header = ("name", "family", "called as (signature)")
+        rows = [header + (("loss_kwargs (defaults)",) if verbose else ())]
+        for name in losses.available():
+            entry = losses.entry(name)
+            row = (name, entry.family, entry.signature)
+            rows.append(
+                row
+                + (
+                    (_constructor_arguments(entry.module, entry.sizes is not None),)
+                    if verbose
+                    else ()
+                )
+            )
+        return rows
     from torchkd import schedules
 
     return [(name,) for name in schedules.available()]
@@ -50,10 +77,16 @@ def _list_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("models", "datasets", "losses", "schedules"),
         help="what to list (losses also show their family and how they are called)",
     )
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="losses: also each loss's arguments (loss_kwargs) and their defaults",
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
-    rows = _list_entries(args.kind)
+    rows = _list_entries(args.kind, args.verbose)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print(
@@ -66,7 +99,7 @@ register(
     Command(
         name="list",
         summary="list registered models, datasets, losses or schedules",
-        examples="torchkd list losses\ntorchkd list models",
+        examples="torchkd list losses\ntorchkd list losses --verbose\ntorchkd list models",
         add_arguments=_list_arguments,
         run=_list,
     )
@@ -139,6 +172,7 @@ def _tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         retrain=not args.no_retrain,
         command=command,
+        recipe_path=args.recipe,
     )
     print()
     if result.best_params:
@@ -222,14 +256,15 @@ def _select_teacher(args: argparse.Namespace) -> int:
             )
     if not selection.baseline_top1:
         print("(ranked by teacher accuracy; --probe-steps N ranks by the students they make)")
-    best = selection.candidates[0]
     out = Path(args.out) if args.out else Path("runs") / recipe.name
     out.mkdir(parents=True, exist_ok=True)
     report = out / "teacher_selection.md"
+    recommendation = selection.recommendation()
     report.write_text(
         f"# Teacher selection for {recipe.name} (ranked by {selection.ranked_by})\n\n{table}\n"
+        f"\n{recommendation}\n"
     )
-    print(f"recommended: teacher.checkpoint={best.path}")
+    print(recommendation)
     print(f"report: {report}")
     return EXIT_OK
 
@@ -241,7 +276,10 @@ register(
         description="Evaluate each candidate teacher on the validation split (top-1, NLL, ECE) "
         "and, with --probe-steps, briefly distil the recipe's student from each (plus a student "
         "without KD as the baseline). The probe decides the ranking when present: an "
-        "early-stopped or smaller teacher often distils better than the most accurate one.",
+        "early-stopped or smaller teacher often distils better than the most accurate one. "
+        "Candidates holding the same weights (best.pt and its epoch_XXX.pt) are measured once; "
+        "a lead within noise gets a caveat line; when no probe student beats the one without "
+        "KD, none is recommended.",
         examples="torchkd select-teacher configs/mnist1d/kd.yaml --candidates "
         "runs/mnist1d_teacher/checkpoints/*.pt\n"
         "torchkd select-teacher configs/mnist1d/kd.yaml train.epochs=5 --probe-steps 200 "

@@ -183,6 +183,7 @@ def fit_recipe(
     progress: bool | None = None,
     train_samples: int | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    baseline: str | Path | None = None,
 ) -> FitResult:
     """Build everything a recipe names and train it with :func:`torchkd.train.fit`.
 
@@ -202,6 +203,7 @@ def fit_recipe(
         train_samples: train on this many samples only (see :func:`build_loaders`).
         on_epoch_end: called with each evaluated epoch's record (see
             :func:`torchkd.train.fit`).
+        baseline: a run directory the report compares with (:func:`torchkd.report.write_report`).
     """
     from torchkd.train import fit
     from torchkd.train.distributed import is_main_process
@@ -235,9 +237,13 @@ def fit_recipe(
     if evaluate_test:
         result.best_test_metrics = score_best_checkpoint(built, result)
     if report and main:
-        from torchkd.report import write_report
+        from torchkd.report import parameter_counts, write_report
 
         result.report_path = write_report(
-            result.run_dir, result.history, test_metrics=result.test_metrics
+            result.run_dir,
+            result.history,
+            test_metrics=result.test_metrics,
+            model_sizes=parameter_counts(built.distiller.student, built.distiller.teachers),
+            baseline=baseline,
         )
     return result

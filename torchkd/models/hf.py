@@ -7,12 +7,17 @@ Recipe::
     student: {model: hf_causal_lm, kwargs: {config: {model_type: llama, vocab_size: 512, ...}}}
     teacher: {model: hf_causal_lm, kwargs: {path: models/teacher}}
 
+Loading and saving run under :func:`quiet_progress_bars`: transformers' per-load tqdm bars
+("Loading weights", "Writing model shards") stay out of torchkd's output.
+
 Sentence encoders (``hf_sentence_encoder``): an encoder whose output is the L2-normalized mean
 of its last hidden states over the real tokens (:class:`SentenceEncoder`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,14 @@ from torch import Tensor, nn
 
 from torchkd.models.registry import MODELS
 
-__all__ = ["MeanPool", "SentenceEncoder", "hf_causal_lm", "hf_encoder", "hf_sentence_encoder"]
+__all__ = [
+    "MeanPool",
+    "SentenceEncoder",
+    "hf_causal_lm",
+    "hf_encoder",
+    "hf_sentence_encoder",
+    "quiet_progress_bars",
+]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -35,6 +47,19 @@ def _transformers() -> Any:
             "Hugging Face models need the optional 'transformers' package: pip install torchkd[hf]"
         ) from error
     return transformers
+
+
+@contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Turn transformers' tqdm bars off inside the block (restored after it, when they were on)."""
+    progress = _transformers().utils.logging
+    was_enabled = progress.is_progress_bar_enabled()
+    progress.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            progress.enable_progress_bar()
 
 
 def _dtype(dtype: str | None) -> torch.dtype | None:
@@ -64,7 +89,8 @@ def _build(auto_class: str, path: str | None, config: dict[str, Any] | None, dty
                 "likewise) and give that directory as path"
             )
         kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-        return auto.from_pretrained(path, local_files_only=True, **kwargs)
+        with quiet_progress_bars():
+            return auto.from_pretrained(path, local_files_only=True, **kwargs)
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(
             f"config must be a dict with a 'model_type' (e.g. 'llama', 'bert'), got {config!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torchkd._files import remove_stale_temporaries
 from torchkd.train.checkpoint import (
     CheckpointError,
+    export_pretrained,
     export_student,
     load_checkpoint,
     load_student_weights,
@@ -23,6 +24,7 @@ __all__ = [
     "agreement",
     "evaluate",
     "expected_calibration_error",
+    "export_pretrained",
     "export_student",
     "fit",
     "load_checkpoint",

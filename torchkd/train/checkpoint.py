@@ -229,6 +229,42 @@ def export_student(checkpoint_path: str | Path, out_path: str | Path) -> Path:
     return atomic_write(out_path, lambda stream: stream.write(payload))
 
 
+def pretrained_part(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside ``model``: ``model`` itself (``hf_causal_lm``,
+    ``hf_encoder``) or a sentence encoder's ``encoder`` (without its pooling).
+
+    Raises:
+        ValueError: ``model`` holds no module with ``save_pretrained``.
+    """
+    for candidate in (model, getattr(model, "encoder", None)):
+        if callable(getattr(candidate, "save_pretrained", None)):
+            assert isinstance(candidate, nn.Module)
+            return candidate
+    raise ValueError(
+        f"{type(model).__name__} is not a Hugging Face model (it has no save_pretrained); "
+        "export it in the safetensors format instead"
+    )
+
+
+def export_pretrained(model: nn.Module, out_dir: str | Path) -> Path:
+    """Write the Hugging Face model inside ``model`` (:func:`pretrained_part`) with
+    ``save_pretrained`` to ``out_dir``: its ``config.json`` and safetensors weights, so
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` (or ``AutoModel``) loads it.
+
+    Raises:
+        ValueError: ``model`` is not a Hugging Face model, or ``out_dir`` is a file.
+    """
+    from torchkd.models.hf import quiet_progress_bars
+
+    pretrained = pretrained_part(model)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file; the hf format writes a directory")
+    with quiet_progress_bars():
+        pretrained.save_pretrained(out_dir)
+    return out_dir
+
+
 def check_fits(path: Path, name: str, module: nn.Module, saved: Mapping[str, Tensor]) -> None:
     """Refuse a checkpoint whose ``name`` weights do not fit ``module``, saying how."""
     own = module.state_dict()

@@ -117,7 +117,11 @@ class TrainConfig(Section):
             ``on_epoch_end``) and can become ``best.pt``; ``last.pt`` follows
             ``checkpoint_every_epochs`` either way.
         log_every_steps: step records (JSONL, TensorBoard) every N optimizer steps.
-        progress: show a tqdm bar (only on a terminal) and one summary line per epoch.
+        progress: show a tqdm bar (only on a terminal) and one summary line per epoch;
+            without a terminal (logs, CI, nohup), step lines instead of the bar.
+        progress_every_s: without a terminal, a step line (loss, terms, samples/s, ETA) at
+            the first step record at least this many seconds after the previous line (0: at
+            every step record, i.e. every ``log_every_steps`` steps).
         distributed: how processes launched by ``torchrun`` share the work
             (:mod:`torchkd.train.distributed`): ``auto`` (``ddp`` when launched with more than
             one process, else ``none``), ``none`` (one process only), ``ddp``
@@ -143,6 +147,7 @@ class TrainConfig(Section):
     eval_every_epochs: PositiveInt = 1
     log_every_steps: PositiveInt = 10
     progress: bool = True
+    progress_every_s: NonNegativeFloat = 30.0
     distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     shard_teacher: bool = False
 

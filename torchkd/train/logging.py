@@ -1,4 +1,5 @@
-"""Run logging: a JSONL metrics file, TensorBoard event files and a tqdm progress bar.
+"""Run logging: a JSONL metrics file, TensorBoard event files, a tqdm progress bar on a
+terminal and, without one (logs, CI, nohup), periodic step lines (:class:`StepLines`).
 
 ``metrics.jsonl`` holds one JSON object per line, of two kinds::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,55 @@ def progress_bar(total: int, *, description: str, enabled: bool, initial: int = 
         dynamic_ncols=True,
         leave=False,
     )
+
+
+def _duration(seconds: float) -> str:
+    """``95`` -> ``1m35s``; ``3725`` -> ``1h02m05s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class StepLines:
+    """Step lines for a run without a terminal: at a step record, when ``every_s`` seconds
+    have passed since the previous line, one line to stderr::
+
+        epoch 1/3 step 120/600: loss=0.7123 kd=0.52 ce=0.41, 5.2e+03 samples/s, ETA 1m32s
+
+    The ETA is the mean time per step so far in this process times the steps left.
+
+    Args:
+        total_steps: the run's optimizer steps.
+        first_step: the step this process started from (a resumed run's checkpoint step).
+        enabled: print at all (``train.progress`` on the main process); off on a terminal,
+            where the tqdm bar shows the same.
+        every_s: the least seconds between two lines (0: every step record).
+    """
+
+    def __init__(self, total_steps: int, first_step: int, *, enabled: bool, every_s: float):
+        self.total_steps, self.first_step = total_steps, first_step
+        self.enabled = enabled and not sys.stderr.isatty()
+        self.every_s = every_s
+        self.started = time.perf_counter()
+        self.last_line: float | None = None
+
+    def show(self, description: str, record: Mapping[str, Any]) -> None:
+        """Print the line of a step record (keys as in the module docstring) when due."""
+        now = time.perf_counter()
+        due = self.last_line is None or now - self.last_line >= self.every_s
+        if not self.enabled or not due:
+            return
+        self.last_line = now
+        step = record["step"]
+        shown = {"loss": record["loss"], **record.get("terms", {})}
+        values = " ".join(f"{name}={value:.4g}" for name, value in shown.items())
+        per_step = (now - self.started) / max(step - self.first_step, 1)
+        eta = _duration(per_step * (self.total_steps - step))
+        print(
+            f"{description} step {step}/{self.total_steps}: {values}, "
+            f"{record['samples_per_s']:.3g} samples/s, ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )

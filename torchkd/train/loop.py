@@ -60,7 +60,7 @@ from torchkd.train.checkpoint import (
 from torchkd.train.config import TrainConfig
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
-from torchkd.train.logging import RunLogger, progress_bar
+from torchkd.train.logging import RunLogger, StepLines, progress_bar
 from torchkd.train.optim import LRSchedule, build_optimizer
 from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import (
@@ -161,6 +161,12 @@ class Trainer:
         """Train (or resume) to ``config.epochs``, evaluating and checkpointing as configured."""
         self._setup(resume)
         progress = self.progress
+        self.step_lines = StepLines(
+            self.total_steps,
+            progress.step,
+            enabled=self.config.progress and self.parallel.is_main,
+            every_s=self.config.progress_every_s,
+        )
         logger = (
             RunLogger(
                 self.run_dir,
@@ -321,9 +327,10 @@ class Trainer:
         self.distiller.train()
         self.window = StepSums()
         window_start = time.perf_counter()
+        description = f"epoch {epoch + 1}/{config.epochs}"
         bar = progress_bar(
             progress.num_batches,
-            description=f"epoch {epoch + 1}/{config.epochs}",
+            description=description,
             enabled=config.progress and self.parallel.is_main,
             initial=progress.batches_done,
         )
@@ -349,6 +356,7 @@ class Trainer:
                     shown = {"loss": record["loss"], **record["terms"]}
                     postfix = {name: f"{value:.4g}" for name, value in shown.items()}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
+                    self.step_lines.show(description, record)
                     self.window, window_start = StepSums(), time.perf_counter()
                 self.interrupts.check()
         finally:

@@ -10,6 +10,7 @@ the space holds a temperature and an α, the objective over the T × α plane.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from torchkd.tune.result import TuneResult
 
 __all__ = ["SearchSummary", "TrialRow", "summarize", "write_tune_report"]
+
+# below this many complete trials the report warns that the importances are unreliable
+RELIABLE_IMPORTANCE_TRIALS = 10
 
 
 @dataclass
@@ -261,8 +265,42 @@ def _trials_table(summary: SearchSummary) -> list[str]:
     return lines
 
 
-def write_tune_report(summary: SearchSummary, result: TuneResult, command: str = "") -> Path:
-    """Write ``OUT/tune_report.md`` and its plots under ``OUT/plots/``; returns the path."""
+def _train_command(summary: SearchSummary, recipe_path: str | None) -> str:
+    """The line that trains the best parameters: the recipe's path when known."""
+    overrides = " ".join([*summary.overrides, *trial_overrides(summary.best_params or {})])
+    if recipe_path is None:
+        return f"Train them: the searched recipe with the overrides `{overrides}`"
+    return f"Train them: `{shlex.join(['torchkd', 'train', recipe_path])} {overrides}`"
+
+
+def _importance_lines(summary: SearchSummary) -> list[str]:
+    """The importance table, with a caveat when few trials completed."""
+    if not summary.importances:
+        return [f"Not available: {summary.importance_note}."]
+    lines = ["| parameter | importance |", "|---|---|"]
+    lines += [f"| `{p}` | {v:.3f} |" for p, v in summary.importances.items()]
+    complete = summary.counts.get("COMPLETE", 0)
+    if complete < RELIABLE_IMPORTANCE_TRIALS:
+        lines += [
+            "",
+            f"Caveat: estimated from only {complete} complete trials (fANOVA fits a random "
+            f"forest to them); with fewer than {RELIABLE_IMPORTANCE_TRIALS} a few more trials "
+            "can reorder the importances: read them as a hint, not a ranking.",
+        ]
+    return lines
+
+
+def write_tune_report(
+    summary: SearchSummary,
+    result: TuneResult,
+    command: str = "",
+    recipe_path: str | None = None,
+) -> Path:
+    """Write ``OUT/tune_report.md`` and its plots under ``OUT/plots/``; returns the path.
+
+    ``recipe_path`` is the searched recipe's file, quoted in the command that trains the best
+    parameters (``None``: a recipe given as a dict; the line then names the overrides only).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,9 +340,7 @@ def write_tune_report(summary: SearchSummary, result: TuneResult, command: str =
             "|---|---|",
             *[f"| `{p}` | {_value_text(v)} |" for p, v in summary.best_params.items()],
             "",
-            "Train them: `torchkd train RECIPE.yaml "
-            + " ".join([*summary.overrides, *trial_overrides(summary.best_params)])
-            + "`",
+            _train_command(summary, recipe_path),
             "",
         ]
     if result.test_metrics:
@@ -318,11 +354,7 @@ def write_tune_report(summary: SearchSummary, result: TuneResult, command: str =
             "",
         ]
     lines += ["## Parameter importances (fANOVA)", ""]
-    if summary.importances:
-        lines += ["| parameter | importance |", "|---|---|"]
-        lines += [f"| `{p}` | {v:.3f} |" for p, v in summary.importances.items()]
-    else:
-        lines.append(f"Not available: {summary.importance_note}.")
+    lines += _importance_lines(summary)
     lines += ["", "## Plots", ""]
     _plot_history(summary, plots / "optimization_history.png")
     lines.append("![optimization history](plots/optimization_history.png)")

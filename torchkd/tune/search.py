@@ -163,6 +163,7 @@ def run_search(
     storage: str | None = None,
     retrain: bool = True,
     command: str = "",
+    recipe_path: str | None = None,
     echo: Echo = print,
 ) -> TuneResult:
     """Search the recipe's ``tune.space``, retrain the best parameters and write the report.
@@ -179,6 +180,8 @@ def run_search(
         storage: an Optuna storage URL (default ``sqlite:///OUT/study.db``).
         retrain: retrain the best parameters and evaluate that model once on the test split.
         command: the command line, quoted in the report.
+        recipe_path: the recipe's file, named in the report's command that trains the best
+            parameters.
         echo: where progress lines go.
 
     Raises:
@@ -237,7 +240,9 @@ def run_search(
         test_metrics=test_metrics,
     )
     result.seconds = time.perf_counter() - started
-    result.report_path = write_tune_report(summary, result, command=command)
+    result.report_path = write_tune_report(
+        summary, result, command=command, recipe_path=recipe_path
+    )
     return result
 
 
@@ -280,5 +285,5 @@ def _retrain(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     echo(f"retraining the best parameters into {run_dir}")
-    result = fit_recipe(recipe, run_dir, progress=False)
+    result = fit_recipe(recipe, run_dir)  # train.progress: step lines without a terminal
     return dict(result.test_metrics or {})

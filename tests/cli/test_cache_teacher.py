@@ -339,7 +339,13 @@ def test_a_cache_only_run_is_not_warned_about_the_teacher_it_never_builds(
     recipe: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     no_weights = "teacher.checkpoint=null"
-    assert main(["cache-teacher", str(recipe), no_weights, "--error-batches", "0"]) == 0
-    assert "has no checkpoint" in capsys.readouterr().err  # cache-teacher runs it
+    # cache-teacher runs the teacher: without weights it is refused unless said on purpose
+    assert main(["cache-teacher", str(recipe), no_weights, "--error-batches", "0"]) == 2
+    assert "teacher.checkpoint: required" in capsys.readouterr().err
+    on_purpose = [no_weights, "teacher.untrained=true"]
+    assert main(["cache-teacher", str(recipe), *on_purpose, "--error-batches", "0"]) == 0
+    capsys.readouterr()
+    # training from the cache alone never builds the teacher: neither refused nor warned
     assert main(["train", str(recipe), *FAST, no_weights, "--run-dir", "run"]) == 0
-    assert "has no checkpoint" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "teacher.checkpoint" not in err and "no checkpoint" not in err

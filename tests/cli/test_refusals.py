@@ -133,7 +133,11 @@ def lm_recipe(tmp_path: Path, data: dict[str, object], teacher: dict[str, object
 def test_a_tokenizer_larger_than_the_vocabulary_exits_2_naming_both_paths(
     tmp_path: Path, text_data: dict[str, object], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    teacher = {"model": "hf_causal_lm", "kwargs": {"config": {**LLAMA, "vocab_size": 512}}}
+    teacher = {
+        "model": "hf_causal_lm",
+        "kwargs": {"config": {**LLAMA, "vocab_size": 512}},
+        "untrained": True,
+    }
     run_dir = tmp_path / "run"
     recipe = lm_recipe(tmp_path, text_data, teacher)
     assert main(["train", str(recipe), "--run-dir", str(run_dir)]) == 2

@@ -25,7 +25,7 @@ TORCHRUN_TIMEOUT_S = 120
 RECIPE = """\
 name: tiny_fsdp
 data: {dataset: digits, batch_size: 32}
-teacher: {model: mlp, kwargs: {in_features: 64, num_classes: 10, hidden: [16]}}
+teacher: {model: mlp, kwargs: {in_features: 64, num_classes: 10, hidden: [16]}, untrained: true}
 student: {model: mlp, kwargs: {in_features: 64, num_classes: 10, hidden: [8]}}
 terms:
   - {name: kd, loss: kd}

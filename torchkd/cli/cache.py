@@ -104,14 +104,13 @@ def _run(args: argparse.Namespace) -> int:
         check_teacher_weights,
     )
     from torchkd.config.errors import blame
-    from torchkd.config.teacher_cache import CACHED_SPLITS, check_cache_terms
+    from torchkd.config.teacher_cache import CACHED_SPLITS, check_cache_terms, recipe_teacher_source
     from torchkd.data.cache_error import measure_cache_error
     from torchkd.data.teacher_cache import (
         TeacherCacheDataset,
         bytes_per_token,
         check_k,
         read_manifest,
-        source_fingerprint,
         split_directory,
         write_manifest,
     )
@@ -142,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         "temperature": temperature,
         "batch_size": batch_size,
         "device": device,
-        "teacher_source": source_fingerprint(**teacher_config.model_dump()),
+        "teacher_source": recipe_teacher_source(teacher_config),
     }
     teacher.to(device)
     manifests = {

@@ -77,8 +77,11 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
 def check_teacher_weights(spec: ModelConfig, path: str) -> None:
     """Refuse a teacher that would distil its random initial weights by mistake: one with no
     ``checkpoint`` whose recipe says neither ``pretrained: true`` (its constructor loads trained
-    weights) nor ``untrained: true`` (on purpose)."""
-    if spec.checkpoint is None and not spec.pretrained and not spec.untrained:
+    weights) nor ``untrained: true`` (on purpose). A ``kwargs.path`` (the local directory a
+    Hugging Face model, ``hf_causal_lm`` / ``hf_encoder``, loads its trained weights from) says
+    ``pretrained`` by itself."""
+    pretrained = spec.pretrained or "path" in spec.kwargs
+    if spec.checkpoint is None and not pretrained and not spec.untrained:
         raise ConfigError(
             [
                 f"{path}.checkpoint: required: without it the teacher ({spec.model}) keeps its "

@@ -17,6 +17,7 @@ __all__ = [
     "cache_temperature",
     "check_cache_terms",
     "check_teacher_cache",
+    "recipe_teacher_source",
 ]
 
 CACHE_TEACHER = "cache"  # a term's ``teacher:`` that reads the teacher cache
@@ -125,7 +126,7 @@ def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -
     :func:`~torchkd.data.cache_format.source_fingerprint`: model, kwargs and weight files;
     checked when the recipe names its teacher), naming the YAML paths and the directory. The
     shards' digests are checked when the cache is read (:func:`build_datasets`)."""
-    from torchkd.data.teacher_cache import read_manifest, source_fingerprint, split_directory
+    from torchkd.data.teacher_cache import read_manifest, split_directory
 
     indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
     cache = recipe.data.teacher_cache
@@ -142,7 +143,7 @@ def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -
         teacher, path = cache_teacher(recipe)
         if teacher_source is None:
             with blame(path):
-                teacher_source = source_fingerprint(**teacher.model_dump())
+                teacher_source = recipe_teacher_source(teacher)
         if teacher_source != manifest["teacher_source"]:
             raise ConfigError(
                 [
@@ -167,3 +168,12 @@ def _check_temperature(recipe: Recipe, indices: list[int], written: float, where
                     f"{value} with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
                 ]
             )
+
+
+def recipe_teacher_source(teacher: ModelConfig) -> str:
+    """The cache's ``teacher_source`` of a recipe's teacher: its model, kwargs and weight file
+    (:func:`torchkd.data.cache_format.source_fingerprint`); flags such as ``untrained`` do not
+    change what the teacher computes, so they are not part of it."""
+    from torchkd.data.cache_format import source_fingerprint
+
+    return source_fingerprint(teacher.model, teacher.kwargs, teacher.checkpoint)

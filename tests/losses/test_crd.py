@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import float32_tolerance
 from torch.utils.data import DataLoader
 
 import torchkd.losses as L
@@ -43,6 +44,18 @@ def reference_normalizer(anchor, rows, temperature, num_samples):
         for k in range(rows.shape[1])
     ]
     return num_samples * sum(values) / len(values)
+
+
+def unit_error(head, features) -> float:
+    """Float32 error bound of each entry of ``head_output``: the projection's ``K + 1`` terms of
+    size ``Σ_k |x_k W_ck| + |b_c| ≤ M ‖proj‖`` (relative to the norm), the norm's ``d`` squares,
+    square root and division (Higham §3.1), carried into the entry and through the norm."""
+    flat = features.reshape(features.shape[0], -1).detach().double()
+    weight, bias = head.linear.weight.detach().double(), head.linear.bias.detach().double()
+    projected = flat @ weight.T + bias
+    sizes = flat.abs() @ weight.abs().T + bias.abs()
+    relative = float((sizes / projected.norm(dim=1, keepdim=True)).max())
+    return float32_tolerance(2 * (flat.shape[1] + 1) * relative + weight.shape[0] + 3, 1.0)
 
 
 def head_output(head, features):
@@ -352,7 +365,16 @@ def test_inbatch_module_projects_with_heads():
         head_output(module.teacher_head, teacher).detach(),
         0.5,
     )
-    assert module(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    # Each score u·v / τ of unit vectors in 3 dims is off by ≤ (3 (δu + δv) + 3 ε) / τ; a term
+    # lse(row) − s_ii by twice that plus its log-sum-exp's 4 + 3 roundings of size ≤ 1/τ + log 4;
+    # the mean of 8 terms rounds 8 more times. Module and reference both round: twice the total.
+    score = (
+        3 * (unit_error(module.student_head, student) + unit_error(module.teacher_head, teacher))
+        + float32_tolerance(3, 1.0)
+    ) / 0.5
+    term = 2 * score + float32_tolerance(4 + 3, 1 / 0.5 + math.log(4))
+    tolerance = 2 * (term + float32_tolerance(8, abs(expected)))
+    assert module(student, teacher).item() == pytest.approx(expected, abs=tolerance)
 
 
 def test_contrastive_dataset_indices():

@@ -151,3 +151,19 @@ def divergence_tolerance(
         hidden=gradient * 2 * per_row * abs_weight,
         weight=gradient * summed_rows * abs_hidden,
     )
+
+
+def cascade_sum_terms(n_terms: int) -> int:
+    """Roundings on any term's path through torch's CPU ``sum`` of ``n_terms`` values, the
+    ``n_terms`` argument of :func:`float32_tolerance` for such a sum instead of ``n_terms``.
+
+    The CPU reduction is a cascade (pairwise with leaf blocks): at each of ``⌈log2 n / p⌉``
+    levels at most ``2^p`` partial sums are added in sequence, ``p = max(4, ⌈⌈log2 n⌉ / 4⌉)``;
+    a term passes at most ``2^p`` roundings per level (Higham §4.2: pairwise summation is
+    ``γ_{⌈log2 n⌉}``, a sequential block of ``b`` terms ``γ_{b−1}``).
+    """
+    if n_terms < 1:
+        raise ValueError(f"need n_terms >= 1, got {n_terms}")
+    depth = max(1, math.ceil(math.log2(n_terms)))
+    level_power = max(4, math.ceil(depth / 4))
+    return 2**level_power * math.ceil(depth / level_power)

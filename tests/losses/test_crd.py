@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import float32_tolerance
 from torch.utils.data import DataLoader
 
 import torchkd.losses as L
@@ -43,6 +44,18 @@ def reference_normalizer(anchor, rows, temperature, num_samples):
         for k in range(rows.shape[1])
     ]
     return num_samples * sum(values) / len(values)
+
+
+def unit_error(head, features) -> float:
+    """Float32 error bound of each entry of ``head_output``: the projection's ``K + 1`` terms of
+    size ``Σ_k |x_k W_ck| + |b_c| ≤ M ‖proj‖`` (relative to the norm), the norm's ``d`` squares,
+    square root and division (Higham §3.1), carried into the entry and through the norm."""
+    flat = features.reshape(features.shape[0], -1).detach().double()
+    weight, bias = head.linear.weight.detach().double(), head.linear.bias.detach().double()
+    projected = flat @ weight.T + bias
+    sizes = flat.abs() @ weight.abs().T + bias.abs()
+    relative = float((sizes / projected.norm(dim=1, keepdim=True)).max())
+    return float32_tolerance(2 * (flat.shape[1] + 1) * relative + weight.shape[0] + 3, 1.0)
 
 
 def head_output(head, features):
@@ -132,8 +145,14 @@ def test_normalizer_fixed_after_first_batch_and_ema_moves():
     student_unit = head_output(ema.student_head, batches[1][0]).detach()
     estimate = reference_normalizer(student_unit, teacher_rows, 0.07, len(LABELS))
     ema(*batches[1], index, contrast_index)
-    assert ema.student_normalizer.item() == pytest.approx(0.9 * previous + 0.1 * estimate, rel=1e-5)
-    assert ema.student_normalizer.item() != pytest.approx(previous, rel=1e-6)
+    # Each score u·r (4 dims) is off by ≤ (δu + 4 ε) Σ|r_k| on each side (module, reference), so
+    # each exp(s / τ) by that / τ relative, plus 2 ε (division, exp); the mean of the 40 positive
+    # values, the factor N and the EMA's three operations round 40 + 2 + 3 more times.
+    row_size = float(teacher_rows.abs().sum(-1).max())
+    score = (unit_error(ema.student_head, batches[1][0]) + float32_tolerance(4, 1.0)) * row_size
+    rel = 2 * score / 0.07 + float32_tolerance(2 + 40 + 2 + 3, 1.0)
+    assert ema.student_normalizer.item() == pytest.approx(0.9 * previous + 0.1 * estimate, rel=rel)
+    assert ema.student_normalizer.item() != pytest.approx(previous, rel=rel)
 
 
 def test_eval_mode_leaves_state_untouched():
@@ -352,7 +371,16 @@ def test_inbatch_module_projects_with_heads():
         head_output(module.teacher_head, teacher).detach(),
         0.5,
     )
-    assert module(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    # Each score u·v / τ of unit vectors in 3 dims is off by ≤ (3 (δu + δv) + 3 ε) / τ; a term
+    # lse(row) − s_ii by twice that plus its log-sum-exp's 4 + 3 roundings of size ≤ 1/τ + log 4;
+    # the mean of 8 terms rounds 8 more times. Module and reference both round: twice the total.
+    score = (
+        3 * (unit_error(module.student_head, student) + unit_error(module.teacher_head, teacher))
+        + float32_tolerance(3, 1.0)
+    ) / 0.5
+    term = 2 * score + float32_tolerance(4 + 3, 1 / 0.5 + math.log(4))
+    tolerance = 2 * (term + float32_tolerance(8, abs(expected)))
+    assert module(student, teacher).item() == pytest.approx(expected, abs=tolerance)
 
 
 def test_contrastive_dataset_indices():

@@ -220,17 +220,27 @@ def test_prepare_calls_on_policy_in_training_only(tiny_causal_lm: Callable[..., 
 def test_evaluate_reports_perplexity_of_valid_tokens(
     tiny_causal_lm: Callable[..., nn.Module],
 ) -> None:
+    """The student's perplexity and the teacher's own, against float64 references."""
     student, teacher = tiny_causal_lm(0), tiny_causal_lm(1)
     batch = lm_batch()
     distiller = Distiller(student, teacher, [Term("kd", "fused_linear_kd", temperature=T)])
     distiller.build(batch)
+    labels = batch["labels"].reshape(-1)
     with torch.no_grad():
-        logits = student(**batch["inputs"]).logits
-    nll = F.cross_entropy(logits.reshape(-1, 61), batch["labels"].reshape(-1), ignore_index=-100)
+        nll, teacher_nll = (
+            F.cross_entropy(
+                model(**batch["inputs"]).logits.double().reshape(-1, 61), labels, ignore_index=-100
+            ).item()
+            for model in (student, teacher)
+        )
     for with_terms in (False, True):
         metrics = evaluate(distiller, [batch], with_terms=with_terms)
-        assert metrics["perplexity"] == pytest.approx(math.exp(float(nll)), rel=1e-6)
+        # float32 log_softmax over 61 logits: a few ulp (~1e-7 relative) per token
+        assert metrics["perplexity"] == pytest.approx(math.exp(nll), rel=1e-6)
+        assert metrics["teacher_nll"] == pytest.approx(teacher_nll, rel=1e-6)
+        assert metrics["teacher_perplexity"] == pytest.approx(math.exp(teacher_nll), rel=1e-6)
         assert metrics["samples"] == 3
+    assert abs(teacher_nll - nll) > 1e-3  # the teacher's score is not the student's
     assert "terms/kd" in metrics
 
 

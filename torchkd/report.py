@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchkd.train.logging import read_jsonl
+from torchkd.train.logging import read_jsonl, weighted_shares
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,7 +23,16 @@ if TYPE_CHECKING:
 __all__ = ["format_results_table", "loss_curves", "parameter_counts", "write_report"]
 
 PERCENT_METRICS = ("top1", "teacher_top1", "agreement")
-_TABLE_METRICS = ("top1", "nll", "perplexity", "ece", "agreement", "teacher_top1", "loss")
+_TABLE_METRICS = (
+    "top1",
+    "nll",
+    "perplexity",
+    "teacher_perplexity",
+    "ece",
+    "agreement",
+    "teacher_top1",
+    "loss",
+)
 
 
 def _format_value(name: str, value: float | None) -> str:
@@ -360,12 +369,19 @@ def _summary(
 
 
 def _teacher_score(history: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The teacher's own final validation top-1, first in the report: a student distilled from
-    an untrained or wrong teacher (near chance) is recognised at a glance."""
-    teacher_top1 = history[-1]["val"].get("teacher_top1")
+    """The teacher's own final validation top-1 (and perplexity, beside the student's, for
+    token-level runs), first in the report: a student distilled from an untrained or wrong
+    teacher (near chance) is recognised at a glance."""
+    final = history[-1]["val"]
+    teacher_top1 = final.get("teacher_top1")
     if teacher_top1 is None:
         return []
-    return [f"**Teacher's own validation top-1: {teacher_top1:.2f} %**", ""]
+    score = f"Teacher's own validation top-1: {teacher_top1:.2f} %"
+    if final.get("teacher_perplexity") is not None:
+        student = _format_value("perplexity", final.get("perplexity"))
+        teacher = _format_value("teacher_perplexity", final["teacher_perplexity"])
+        score += f", perplexity {teacher} (student {student})"
+    return [f"**{score}**", ""]
 
 
 def _weighted_terms(steps: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -374,13 +390,8 @@ def _weighted_terms(steps: Sequence[Mapping[str, Any]]) -> list[str]:
     last = next((r for r in reversed(steps) if r.get("terms") and r.get("weights")), None)
     if last is None:
         return []
-    weighted = {
-        name: last["weights"][name] * value
-        for name, value in last["terms"].items()
-        if value is not None and last["weights"].get(name) is not None
-    }
-    total = sum(abs(value) for value in weighted.values())
-    if not weighted or total == 0:
+    shares = weighted_shares(last["terms"], last["weights"])
+    if not shares:
         return []
     lines = [
         f"## Weighted loss terms (step {last.get('step', '?')})",
@@ -388,8 +399,7 @@ def _weighted_terms(steps: Sequence[Mapping[str, Any]]) -> list[str]:
         "| term | value | weight | weighted | share of the loss |",
         "|---|---|---|---|---|",
     ]
-    for name, value in weighted.items():
-        share = 100 * abs(value) / total
+    for name, (value, share) in shares.items():
         lines.append(
             f"| {name} | {last['terms'][name]:.4g} | {last['weights'][name]:.4g} | "
             f"{value:.4g} | {share:.1f} % |"

@@ -106,6 +106,7 @@ class _Totals:
         self.compared = 0
         self.agree = 0.0
         self.teacher_correct: list[float] = []
+        self.teacher_nll = 0.0
         self.terms: dict[str, float] = {}
         self.token_labels = False
 
@@ -152,6 +153,8 @@ class _Totals:
             predictions.append(teacher_probabilities.mean(0).argmax(-1))
         for index, predicted in enumerate(predictions):
             self.teacher_correct[index] += float((predicted == labels).sum())
+        if teacher_logits:
+            self.teacher_nll += _teacher_nll_sum(teacher_logits, labels)
 
     def result(self, num_teachers: int) -> dict[str, float]:
         metrics: dict[str, float] = {"samples": float(self.samples)}
@@ -159,8 +162,7 @@ class _Totals:
             metrics["top1"] = 100.0 * self.correct / self.labeled
             metrics["nll"] = self.nll / self.labeled
             if self.token_labels:
-                nll = metrics["nll"]  # exp overflows a float past ~709.8
-                metrics["perplexity"] = math.exp(nll) if nll < 700 else math.inf
+                metrics["perplexity"] = _perplexity(metrics["nll"])
             metrics["ece"] = ece_from_bins(self.bins)
             if num_teachers == 1:
                 metrics["teacher_top1"] = 100.0 * self.teacher_correct[0] / self.labeled
@@ -170,11 +172,34 @@ class _Totals:
                         100.0 * self.teacher_correct[index] / self.labeled
                     )
                 metrics["teacher_top1"] = 100.0 * self.teacher_correct[-1] / self.labeled
+            if num_teachers:
+                metrics["teacher_nll"] = self.teacher_nll / self.labeled
+                if self.token_labels:
+                    metrics["teacher_perplexity"] = _perplexity(metrics["teacher_nll"])
         if num_teachers and self.compared:
             metrics["agreement"] = self.agree / self.compared  # agreement() is in percent
         for name, total in self.terms.items():
             metrics[name] = total / self.samples
         return metrics
+
+
+def _perplexity(nll: float) -> float:
+    """``exp(nll)``; ``inf`` past 700 (``exp`` overflows a float past ~709.8)."""
+    return math.exp(nll) if nll < 700 else math.inf
+
+
+def _teacher_nll_sum(teacher_logits: list[Tensor], labels: Tensor) -> float:
+    r"""Summed NLL of the labels under the teacher (several: the mean of their probabilities):
+
+    .. math::
+        -\sum_n \log \frac{1}{K} \sum_{k=1}^{K} \mathrm{softmax}(z^{(k)}_n)_{y_n},
+
+    computed from log-probabilities (``logsumexp``), so a confident teacher's tiny
+    probabilities do not underflow to ``log 0``.
+    """
+    log_probabilities = torch.stack([t.log_softmax(-1) for t in teacher_logits])
+    mixed = torch.logsumexp(log_probabilities, dim=0) - math.log(len(teacher_logits))
+    return -float(mixed.gather(-1, labels[:, None]).sum())
 
 
 def autocast_context(device: torch.device, amp: str) -> Any:
@@ -207,11 +232,13 @@ def evaluate(
     log-likelihood) and ``ece`` (15 bins) when batches carry labels, and ``perplexity``
     (``exp(nll)``, the mean over valid tokens) for token labels; ``agreement`` (percent of
     rows with the same argmax as the teacher, or as the mean of the teachers' probabilities)
-    and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers) for a Distiller with
-    teachers; ``samples``. With ``with_terms`` the Distiller's full forward is run and each
-    loss term's batch-weighted mean is returned as ``terms/<name>`` (and the weighted total as
-    ``loss``); state that evaluation must not change (stateful loss buffers such as CRD memory
-    banks, every random generator) is restored afterwards.
+    and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers), ``teacher_nll`` (of
+    the teacher, or of the mean of the teachers' probabilities) and, for token labels,
+    ``teacher_perplexity`` (``exp(teacher_nll)``) for a Distiller with teachers; ``samples``.
+    With ``with_terms`` the Distiller's full forward is run and each loss term's batch-weighted
+    mean is returned as ``terms/<name>`` (and the weighted total as ``loss``); state that
+    evaluation must not change (stateful loss buffers such as CRD memory banks, every random
+    generator) is restored afterwards.
 
     The model is put in eval mode and restored to its previous mode afterwards.
 

@@ -156,6 +156,46 @@ def progress_bar(total: int, *, description: str, enabled: bool, initial: int = 
     )
 
 
+def weighted_shares(
+    terms: Mapping[str, float | None], weights: Mapping[str, float | None]
+) -> dict[str, tuple[float, float]]:
+    r"""Each term's weighted value :math:`w_i L_i` and its share of the loss in percent,
+    :math:`100\,|w_i L_i| / \sum_j |w_j L_j|`, for the terms with a finite value and a weight
+    (``{}`` when every weighted value is 0).
+
+    Example:
+        >>> weighted_shares({"kd": 1.5, "hint": 24.5}, {"kd": 1.0, "hint": 0.1})
+        {'kd': (1.5, 37.974683544303794), 'hint': (2.45, 62.0253164556962)}
+    """
+    weighted = {
+        name: weights[name] * value
+        for name, value in terms.items()
+        if value is not None and math.isfinite(value) and weights.get(name) is not None
+    }
+    total = sum(abs(value) for value in weighted.values())
+    if total == 0 or not math.isfinite(total):
+        return {}
+    return {name: (value, 100 * abs(value) / total) for name, value in weighted.items()}
+
+
+def term_texts(record: Mapping[str, Any]) -> dict[str, str]:
+    """A step record's terms as progress text: ``kd=1.58 (39%) hint=0.1×24.5=2.45 (61%)``
+    once joined as ``name=text`` (the weight is shown unless it is 1; a term without a weight
+    shows its value only)."""
+    terms = record.get("terms", {})
+    weights = record.get("weights", {})
+    shares = weighted_shares(terms, weights)
+    texts: dict[str, str] = {}
+    for name, value in terms.items():
+        if name not in shares:
+            texts[name] = f"{value:.4g}"
+            continue
+        weighted, share = shares[name]
+        factors = "" if weights[name] == 1 else f"{weights[name]:.3g}×{value:.4g}="
+        texts[name] = f"{factors}{weighted:.4g} ({share:.0f}%)"
+    return texts
+
+
 def _duration(seconds: float) -> str:
     """``95`` -> ``1m35s``; ``3725`` -> ``1h02m05s``."""
     minutes, secs = divmod(round(seconds), 60)
@@ -169,7 +209,10 @@ class StepLines:
     """Step lines for a run without a terminal: at a step record, when ``every_s`` seconds
     have passed since the previous line, one line to stderr::
 
-        epoch 1/3 step 120/600: loss=0.7123 kd=0.52 ce=0.41, 5.2e+03 samples/s, ETA 1m32s
+        epoch 1/3 step 120/600: loss=0.7123 kd=0.9×0.52=0.468 (92%) ce=0.1×0.41=0.041 (8%),
+        5.2e+03 samples/s, ETA 1m32s
+
+    (one line), each term weighted with its share of the loss (:func:`term_texts`).
 
     The ETA is the mean time per step so far in this process times the steps left.
 
@@ -196,8 +239,8 @@ class StepLines:
             return
         self.last_line = now
         step = record["step"]
-        shown = {"loss": record["loss"], **record.get("terms", {})}
-        values = " ".join(f"{name}={value:.4g}" for name, value in shown.items())
+        shown = {"loss": f"{record['loss']:.4g}", **term_texts(record)}
+        values = " ".join(f"{name}={text}" for name, text in shown.items())
         per_step = (now - self.started) / max(step - self.first_step, 1)
         eta = _duration(per_step * (self.total_steps - step))
         print(

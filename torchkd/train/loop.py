@@ -60,7 +60,7 @@ from torchkd.train.checkpoint import (
 from torchkd.train.config import TrainConfig
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
-from torchkd.train.logging import RunLogger, StepLines, progress_bar
+from torchkd.train.logging import RunLogger, StepLines, progress_bar, term_texts
 from torchkd.train.optim import LRSchedule, build_optimizer
 from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import (
@@ -353,8 +353,7 @@ class Trainer:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     record = self._step_record(epoch, self.window, self.last_weights, elapsed)
                     logger.log_step(record)
-                    shown = {"loss": record["loss"], **record["terms"]}
-                    postfix = {name: f"{value:.4g}" for name, value in shown.items()}
+                    postfix = {"loss": f"{record['loss']:.4g}", **term_texts(record)}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
                     self.step_lines.show(description, record)
                     self.window, window_start = StepSums(), time.perf_counter()

@@ -60,6 +60,27 @@ def upcast(tensor: Tensor, *others: Tensor) -> Tensor:
     return tensor.to(compute_dtype(tensor, *others))
 
 
+def jsd_log_ratios(log_ratio: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """``(log(q / m), log(p / m))`` of the JSD(β) mixture ``m = β q + (1 - β) p``, from the
+    log-ratio ``d = log q - log p`` alone:
+
+    .. math::
+        \\log\\frac{p}{m} = -\\operatorname{logaddexp}(\\log\\beta + d, \\log(1-\\beta)),
+        \\qquad
+        \\log\\frac{q}{m} = -\\operatorname{logaddexp}(\\log\\beta, \\log(1-\\beta) - d).
+
+    ``log p - log m`` with ``log m`` formed on its own loses everything near the endpoints: for
+    ``β = 1e-6``, ``log(p / m) ≈ β (1 - q / p)`` is ~1e-6 while each log is rounded by
+    ``ε |log p|``. In this form each ratio is rounded relative to its own size (``logaddexp`` of
+    ``log(1-β) ≈ -β`` and a small term is ``log1p`` of it), so JSD(β) keeps float32 precision
+    for every ``β`` in (0, 1). ``d`` is NaN where ``p = q = 0``; the caller masks those classes.
+    """
+    log_beta, log_rest = math.log(beta), math.log1p(-beta)
+    student_ratio = -torch.logaddexp(log_ratio + log_beta, log_ratio.new_tensor(log_rest))
+    teacher_ratio = -torch.logaddexp(log_rest - log_ratio, log_ratio.new_tensor(log_beta))
+    return teacher_ratio, student_ratio
+
+
 def divide_finite(values: Tensor, divisor: float | Tensor) -> Tensor:
     """``values / divisor`` with ``-inf`` entries (masked classes) kept out of the division.
 

@@ -21,7 +21,6 @@ normalizer; the scalar factor rides on the matrix products (their ``alpha``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from torchkd.losses._common import jsd_log_ratios
 from torchkd.losses.kl import _graph_kept
 from torchkd.losses.topk import bucket_gradients
 
@@ -147,18 +147,16 @@ def _dense_divergence(
         torch.sub(work, student, out=student)  # p (log p - log q - D)
     elif kind == "jsd":
         scratch = buffers.get("scratch", n)
-        torch.add(teacher, math.log(beta) - math.log1p(-beta), out=work)
-        torch.logaddexp(work, student, out=work)
-        work.add_(math.log1p(-beta))  # log m
-        torch.exp(student, out=scratch)  # p
-        student_part = student.sub_(work).mul_(scratch).sum(-1)  # p log(p / m)
-        scratch.mul_(student_part.unsqueeze(-1))
-        student.sub_(scratch).mul_(1.0 - beta)  # (1 - beta) p (log(p / m) - K_S)
-        torch.exp(teacher, out=scratch)  # q
-        teacher_part = teacher.sub_(work).mul_(scratch).sum(-1)
+        teacher_ratio, student_ratio = jsd_log_ratios(torch.sub(teacher, student, out=work), beta)
+        student.exp_()  # p
+        teacher.exp_()  # q
+        student_part = _row_dot(student, student_ratio, scratch)  # K_S = sum p log(p / m)
+        student.mul_(student_ratio.sub_(student_part.unsqueeze(-1)))
+        student.mul_(1.0 - beta)  # (1 - beta) p (log(p / m) - K_S)
+        teacher_part = _row_dot(teacher, teacher_ratio, scratch)
         if teacher_grad:
-            scratch.mul_(teacher_part.unsqueeze(-1))
-            teacher_gradient = teacher.sub_(scratch).mul_(beta)
+            teacher.mul_(teacher_ratio.sub_(teacher_part.unsqueeze(-1))).mul_(beta)
+            teacher_gradient = teacher
         rows = beta * teacher_part + (1.0 - beta) * student_part
     else:  # tvd: g_S = sign(p - q) / 2, g_T = -g_S
         scratch = buffers.get("scratch", n)

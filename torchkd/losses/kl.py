@@ -47,7 +47,6 @@ devices without float64 (MPS).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import shutil
 import warnings
@@ -58,7 +57,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from torchkd.losses._common import compute_dtype, divide_finite, unresolved_divergences
+from torchkd.losses._common import (
+    compute_dtype,
+    divide_finite,
+    jsd_log_ratios,
+    unresolved_divergences,
+)
 
 __all__: list[str] = []
 
@@ -114,7 +118,8 @@ def _closed_form(
       ``dL/db = -p_T (log p_S + L)``;
     - JSD with ``m = beta p_T + (1 - beta) p_S``, ``K_T = KL(p_T || m)``, ``K_S = KL(p_S || m)``,
       ``L = beta K_T + (1 - beta) K_S``: ``dL/da = (1 - beta) p_S (log p_S - log m - K_S)``,
-      ``dL/db = beta p_T (log p_T - log m - K_T)``.
+      ``dL/db = beta p_T (log p_T - log m - K_T)``; the log-ratios to ``m`` come from
+      :func:`~torchkd.losses._common.jsd_log_ratios` (stable near ``beta`` = 0 and 1).
 
     Without ``safe``, a zero probability times an infinite log-ratio gives NaN in the row sum;
     callers check the rows and redo non-finite ones with ``safe=True``.
@@ -143,15 +148,11 @@ def _closed_form(
         if teacher_grad:
             teacher_gradient = teacher_probs - student_probs
     elif kind == "jsd":
-        weighted_teacher = teacher_log_probs + math.log(beta)
-        weighted_student = student_log_probs + math.log1p(-beta)
-        if safe:  # classes with p_T = p_S = 0: logaddexp(-inf, -inf) has a NaN derivative
+        log_ratio = teacher_log_probs - student_log_probs
+        if safe:  # classes with p_T = p_S = 0: -inf - (-inf) is NaN
             absent = (teacher_probs == 0) & (student_probs == 0)
-            weighted_teacher = torch.where(absent, 0.0, weighted_teacher)
-            weighted_student = torch.where(absent, 0.0, weighted_student)
-        log_mixture = torch.logaddexp(weighted_teacher, weighted_student)
-        teacher_ratio = teacher_log_probs - log_mixture
-        student_ratio = student_log_probs - log_mixture
+            log_ratio = torch.where(absent, 0.0, log_ratio)
+        teacher_ratio, student_ratio = jsd_log_ratios(log_ratio, beta)
         teacher_part = _weighted_row_sum(teacher_probs, teacher_ratio, safe)
         student_part = _weighted_row_sum(student_probs, student_ratio, safe)
         rows = beta * teacher_part + (1.0 - beta) * student_part

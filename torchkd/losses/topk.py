@@ -20,13 +20,12 @@ log-probabilities already sum to 1, e.g. renormalized top-k).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from torchkd.losses._common import check_number, check_temperature, upcast
+from torchkd.losses._common import check_number, check_temperature, jsd_log_ratios, upcast
 
 __all__ = ["TopKLogits"]
 
@@ -163,11 +162,13 @@ def bucket_divergence(
         rows = _masked_product(student, ratio).sum(-1)
         coefficients = ratio - rows.unsqueeze(-1)
     elif divergence == "jsd":
-        mixture = torch.logaddexp(teacher_log + math.log(beta), student_log + math.log1p(-beta))
-        student_part = _masked_product(student, student_log - mixture).sum(-1)
-        teacher_part = _masked_product(teacher, teacher_log - mixture).sum(-1)
+        absent = (teacher == 0) & (student == 0)  # the empty tail: -inf - (-inf) is NaN
+        log_ratio = torch.where(absent, 0.0, teacher_log - student_log)
+        teacher_ratio, student_ratio = jsd_log_ratios(log_ratio, beta)
+        student_part = _masked_product(student, student_ratio).sum(-1)
+        teacher_part = _masked_product(teacher, teacher_ratio).sum(-1)
         rows = beta * teacher_part + (1.0 - beta) * student_part
-        coefficients = (1.0 - beta) * (student_log - mixture - student_part.unsqueeze(-1))
+        coefficients = (1.0 - beta) * (student_ratio - student_part.unsqueeze(-1))
     elif divergence == "tvd":
         rows = 0.5 * (teacher - student).abs().sum(-1)
         signs = 0.5 * torch.sign(student - teacher)

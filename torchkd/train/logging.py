@@ -164,8 +164,9 @@ def weighted_shares(
     (``{}`` when every weighted value is 0).
 
     Example:
-        >>> weighted_shares({"kd": 1.5, "hint": 24.5}, {"kd": 1.0, "hint": 0.1})
-        {'kd': (1.5, 37.974683544303794), 'hint': (2.45, 62.0253164556962)}
+        >>> shares = weighted_shares({"kd": 1.5, "hint": 24.5}, {"kd": 1.0, "hint": 0.1})
+        >>> {name: (round(value, 6), round(share, 1)) for name, (value, share) in shares.items()}
+        {'kd': (1.5, 38.0), 'hint': (2.45, 62.0)}
     """
     weighted = {
         name: weights[name] * value

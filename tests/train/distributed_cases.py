@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+TORCHRUN_TIMEOUT_S = 120
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node 2 ARGS`` on a free port, one torch thread per process, this
+    checkout first on the path; its output captured, its exit code not checked."""
+    root = Path(__file__).resolve().parents[2]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        *args,
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=TORCHRUN_TIMEOUT_S,
+        check=False,
+    )
 
 
 def _worker(rank: int, world: int, port: int, target: Callable[..., Any], args: tuple) -> None:

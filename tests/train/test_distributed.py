@@ -9,11 +9,9 @@ Select them with ``-m distributed``.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,10 +26,7 @@ from torchkd.train.distributed import Parallel, rank_seed
 
 from . import distributed_cases as cases
 
-TORCHRUN_TIMEOUT_S = 120
-
 CASES = Path(cases.__file__)
-ROOT = CASES.parents[2]
 
 
 def max_difference(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
@@ -163,26 +158,8 @@ def test_rank_zero_alone_writes(spawned: Path) -> None:
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(cases.free_port()),
-        str(CASES),
-        *args,
-    ]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=TORCHRUN_TIMEOUT_S,
-        check=False,
-    )
+    """``torchrun --nproc-per-node 2 distributed_cases.py ARGS``."""
+    return cases.torchrun(str(CASES), *args)
 
 
 @pytest.mark.distributed

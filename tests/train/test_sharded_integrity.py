@@ -6,11 +6,9 @@ naming the file, no traceback from torchkd, no rank left dying on "Connection cl
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +19,6 @@ import torch.distributed.checkpoint as dcp
 from . import distributed_cases as cases
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN_TIMEOUT_S = 120
 RECIPE = """\
 name: tiny_fsdp
 data: {dataset: digits, batch_size: 32}
@@ -35,31 +32,7 @@ train: {epochs: 1, progress: false, distributed: fsdp, device: cpu}
 
 def torchkd_train(recipe: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``torchrun --nproc-per-node 2 -m torchkd train RECIPE --run-dir RUN_DIR ARGS``."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(cases.free_port()),
-        "-m",
-        "torchkd",
-        "train",
-        str(recipe),
-        "--run-dir",
-        str(run_dir),
-        *args,
-    ]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=TORCHRUN_TIMEOUT_S,
-        check=False,
-    )
+    return cases.torchrun("-m", "torchkd", "train", str(recipe), "--run-dir", str(run_dir), *args)
 
 
 @pytest.fixture(scope="module")

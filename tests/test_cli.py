@@ -369,6 +369,32 @@ def test_python_dash_m_torchkd(tmp_path: Path) -> None:
         assert expected in done.stdout
 
 
+def test_the_program_exits_with_mains_code_inside_a_process_group(tmp_path: Path) -> None:
+    """Under a process group the program ends with ``os._exit`` (no interpreter
+    finalization racing gloo's threads): the code and the message still come out."""
+    root = Path(__file__).resolve().parents[1]
+    program = (
+        "import sys, torch.distributed as dist\n"
+        "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:0', rank=0, "
+        "world_size=1)\n"
+        "sys.argv = ['torchkd', 'train', 'missing.yaml']\n"
+        "from torchkd.cli import entry_point\n"
+        "entry_point()\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "missing.yaml" in done.stderr.splitlines()[-1]
+    assert "not reached" not in done.stdout
+
+
 # ------------------------------------------------------------------ damaged checkpoints
 
 

@@ -1,10 +1,6 @@
 """``python -m torchkd ...``: the same command line as the ``torchkd`` script."""
 
-from __future__ import annotations
-
-import sys
-
-from torchkd.cli import main
+from torchkd.cli import entry_point
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -18,6 +18,14 @@ from __future__ import annotations
 # registers the commands, in this order
 from torchkd.cli import runs, search  # noqa: F401  # isort: skip
 from torchkd.cli import cache  # noqa: F401  # isort: skip
-from torchkd.cli.base import COMMANDS, Command, UsageError, build_parser, main, register
+from torchkd.cli.base import (
+    COMMANDS,
+    Command,
+    UsageError,
+    build_parser,
+    entry_point,
+    main,
+    register,
+)
 
-__all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "main", "register"]
+__all__ = ["COMMANDS", "Command", "UsageError", "build_parser", "entry_point", "main", "register"]

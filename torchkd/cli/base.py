@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from torchkd._registry import Registry
 from torchkd.errors import InputError
@@ -243,6 +243,27 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Arg
     if takes_overrides:
         args.overrides = [*args.overrides, *extras]
     return args, subparser
+
+
+def entry_point() -> NoReturn:
+    """The ``torchkd`` program (script and ``python -m torchkd``): exit with :func:`main`'s code.
+
+    A process that joined a process group (under ``torchrun``) ends with :func:`os._exit` once
+    its output is flushed, skipping the interpreter's finalization: a gloo worker thread may
+    still be releasing the tensors of the last collective, and when it reaches for the
+    interpreter while it finalizes, the process aborts (SIGABRT, "terminate called without an
+    active exception") after it has finished, so ``torchrun`` reports a crash instead of the
+    success or the refusal (exit 2) that :func:`main` returned. Files are closed by then
+    (checkpoints are written atomically, logs are closed by the loop).
+    """
+    import torch.distributed as dist
+
+    code = main()
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

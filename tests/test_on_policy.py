@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchkd.lm import IGNORE_INDEX, last_hidden_state, next_token_labels, output_projection
 from torchkd.losses import fused_linear_kd_loss
 from torchkd.on_policy import OnPolicy, _derived_seed
+from torchkd.train.distributed import end_process
 
 transformers = pytest.importorskip("transformers")
 
@@ -399,17 +400,15 @@ def sharded_generation(out: Path) -> None:
     from torch.distributed.fsdp import fully_shard
 
     dist.init_process_group("gloo")
-    try:
-        rank = dist.get_rank()
-        model = biased(tiny_llama(0), EOS, 4.0)  # eos likely within a few tokens
-        fully_shard(model)
-        new = OnPolicy(fraction=1.0, max_new_tokens=12, prompt_length=4)(
-            text_batch(rows=1, seed=rank), step=0, student=model, teachers=[]
-        )
-        lengths = new["inputs"]["attention_mask"].sum(-1).tolist()
-        (out / f"rank{rank}.json").write_text(json.dumps(lengths))
-    finally:
-        dist.destroy_process_group()
+    rank = dist.get_rank()
+    model = biased(tiny_llama(0), EOS, 4.0)  # eos likely within a few tokens
+    fully_shard(model)
+    new = OnPolicy(fraction=1.0, max_new_tokens=12, prompt_length=4)(
+        text_batch(rows=1, seed=rank), step=0, student=model, teachers=[]
+    )
+    lengths = new["inputs"]["attention_mask"].sum(-1).tolist()
+    (out / f"rank{rank}.json").write_text(json.dumps(lengths))
+    end_process(0)
 
 
 @pytest.mark.distributed

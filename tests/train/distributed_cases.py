@@ -26,6 +26,7 @@ from torchkd.lm import next_token_labels
 from torchkd.losses import fused_linear_kd_loss
 from torchkd.losses.distributed import data_parallel_num_items
 from torchkd.train import fit
+from torchkd.train.distributed import end_process
 
 NUM_SAMPLES, NUM_FEATURES, NUM_CLASSES, NUM_NEGATIVES = 64, 8, 3, 6
 
@@ -168,10 +169,8 @@ def _worker(rank: int, world: int, port: int, target: Callable[..., Any], args: 
     )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        target(*args)
-    finally:
-        dist.destroy_process_group()
+    target(*args)  # an exception goes to mp.spawn, which reports it
+    end_process(0)
 
 
 def spawn(target: Callable[..., Any], *args: Any, world: int = 2) -> None:
@@ -370,7 +369,7 @@ def main(argv: list[str]) -> None:
     state = run("logit", run_dir, epochs=4, resume="resume" in options)
     if dist.get_rank() == 0:
         torch.save(state, run_dir / "final.pt")
-    dist.destroy_process_group()
+    end_process(0)
 
 
 if __name__ == "__main__":

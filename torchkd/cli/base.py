@@ -246,24 +246,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Arg
 
 
 def entry_point() -> NoReturn:
-    """The ``torchkd`` program (script and ``python -m torchkd``): exit with :func:`main`'s code.
+    """The ``torchkd`` program (script and ``python -m torchkd``): exit with :func:`main`'s
+    code (under a process group through :func:`~torchkd.train.distributed.end_process`)."""
+    from torchkd.train.distributed import end_process
 
-    A process that joined a process group (under ``torchrun``) ends with :func:`os._exit` once
-    its output is flushed, skipping the interpreter's finalization: a gloo worker thread may
-    still be releasing the tensors of the last collective, and when it reaches for the
-    interpreter while it finalizes, the process aborts (SIGABRT, "terminate called without an
-    active exception") after it has finished, so ``torchrun`` reports a crash instead of the
-    success or the refusal (exit 2) that :func:`main` returned. Files are closed by then
-    (checkpoints are written atomically, logs are closed by the loop).
-    """
-    import torch.distributed as dist
-
-    code = main()
-    if dist.is_available() and dist.is_initialized():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    end_process(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,10 +27,11 @@ place the engine meets ``torch.distributed``:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ from torchkd.train.sharded import load_sharded, save_sharded
 __all__ = [
     "Parallel",
     "SilentLogger",
+    "end_process",
     "is_main_process",
     "process_description",
     "rank_seed",
@@ -84,6 +86,24 @@ def record_failure(error: BaseException) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
     ErrorHandler().record_exception(error)
+
+
+def end_process(code: int = 0) -> NoReturn:
+    """Exit with ``code``; a process that joined a process group skips the interpreter's
+    finalization (:func:`os._exit`, once its output is flushed).
+
+    A gloo worker thread may still be releasing the tensors of the last collective when the
+    main thread is done; if it reaches for the interpreter while it finalizes, the process
+    aborts (SIGABRT, "terminate called without an active exception") after it has finished,
+    and ``torchrun`` reports a crash instead of the success or the refusal (exit 2) it had.
+    Call it only once files are closed (checkpoints are written atomically; the loop closes
+    its logs).
+    """
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def rank_seed(seed: int, rank: int) -> int:

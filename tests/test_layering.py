@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
     "distiller": 3,
     "terms": 3,
     "capture": 3,
+    "calls": 3,
     "data": 3,
     "models": 3,
     "train": 4,

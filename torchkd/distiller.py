@@ -43,12 +43,12 @@ import torch
 from torch import Tensor, nn
 
 from torchkd import losses
-from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
-from torchkd.capture import Capture, ModelPlan, num_rows, run_model, valid_positions
-from torchkd.lm import OutputProjection, is_causal_lm, output_projection
-from torchkd.losses.distributed import gather_rows_with_grad
+from torchkd.adapters import ADAPTER_KINDS
+from torchkd.calls import CALLS, Call, call_for
+from torchkd.calls.features import adapter_kind
+from torchkd.capture import Capture, ModelPlan, num_rows, run_model
+from torchkd.lm import is_causal_lm
 from torchkd.losses.registry import Signature
-from torchkd.losses.topk import TopKLogits
 from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
@@ -76,11 +76,6 @@ __all__ = [
 ]
 
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
-_LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher")
-_NO_ADAPTER_SIGNATURES = (*_LOGIT_SIGNATURES, "hidden_states")
-_GATHERED_SIGNATURES = ("logits", "features", "feature_lists", "embeddings")
-_MASKED_SIGNATURES = ("features", "feature_lists")
-CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 
 
 class OnPolicyHook(Protocol):
@@ -146,12 +141,12 @@ class Distiller(nn.Module):
         if len(terms) == 0:
             raise ValueError("a Distiller needs at least one Term")
         self.terms = tuple(terms)
-        self._signatures: dict[str, str] = {}
+        self._calls: dict[str, Call] = {}
         for term in self.terms:
-            if term.name in self._signatures:
+            if term.name in self._calls:
                 raise ValueError(f"duplicate term name {term.name!r}")
             with blame_term(term):
-                self._signatures[term.name] = self._check_term(term)
+                self._calls[term.name] = self._check_term(term)
         self._weights: dict[str, Schedule] = {}
         self._temperature_schedules: dict[str, Schedule] = {}
         for term in self.terms:
@@ -187,37 +182,36 @@ class Distiller(nn.Module):
         self._built = False
 
     # ---------------------------------------------------------------- validation
-    def _check_term(self, term: Term) -> str:
+    def _check_term(self, term: Term) -> Call:
+        """The term's call convention, after the checks every convention shares and its own."""
         where = f"term {term.name!r}"
         if not isinstance(term.name, str) or not term.name or "." in term.name:
             raise ValueError(f"term names must be non-empty strings without '.', got {term.name!r}")
         if hasattr(self.extras, term.name):
             raise ValueError(f"{where}: the name clashes with an nn.ModuleDict attribute")
         signature = _resolve_signature(term)
-        cached = term.teacher == CACHE
-        if cached and signature != "hidden_states":
+        call = call_for(signature)
+        if term.teacher == CACHE and not call.reads_cache:
             raise ValueError(
                 f"{where}: teacher='cache' (the batch's cached top-k teacher distribution) feeds "
                 f"'hidden_states' losses such as 'fused_linear_kd', not {signature!r} losses"
             )
-        if signature != "labels" and not cached and not self.teachers:
-            raise ValueError(f"{where} (signature {signature!r}) needs a teacher; none was given")
-        if (
-            signature not in ("labels", "multi_teacher")
-            and not cached
-            and not (0 <= term.teacher_index < len(self.teachers))
-        ):
-            raise ValueError(
-                f"{where}: teacher_index={term.teacher_index} out of range for "
-                f"{len(self.teachers)} teacher(s)"
-            )
-        is_list = signature == "feature_lists"
+        if call.reads_teacher and term.teacher != CACHE:
+            if not self.teachers:
+                raise ValueError(
+                    f"{where} (signature {signature!r}) needs a teacher; none was given"
+                )
+            if not call.all_teachers and not (0 <= term.teacher_index < len(self.teachers)):
+                raise ValueError(
+                    f"{where}: teacher_index={term.teacher_index} out of range for "
+                    f"{len(self.teachers)} teacher(s)"
+                )
         for side in ("student", "teacher"):
             spec = getattr(term, side)
-            if is_list != isinstance(spec, list) or (is_list and not spec):
-                expected = "a non-empty list of paths" if is_list else "one path or 'logits'"
+            if call.lists != isinstance(spec, list) or (call.lists and not spec):
+                expected = "a non-empty list of paths" if call.lists else "one path or 'logits'"
                 raise ValueError(f"{where}: {side} must be {expected} for {signature!r} losses")
-        if is_list and len(term.student) != len(term.teacher) and _adapter_kind(term) != "none":
+        if call.lists and len(term.student) != len(term.teacher) and adapter_kind(term) != "none":
             raise ValueError(
                 f"{where}: {len(term.student)} student paths but {len(term.teacher)} teacher "
                 "paths; adapters pair them up (adapter='none' leaves the pairing to the loss)"
@@ -226,69 +220,30 @@ class Distiller(nn.Module):
             raise ValueError(
                 f"{where}: adapter must be one of {ADAPTER_KINDS}, got {term.adapter!r}"
             )
-        if signature in _NO_ADAPTER_SIGNATURES and term.adapter not in ("auto", "none"):
+        if not call.adapts and term.adapter not in ("auto", "none"):
             raise ValueError(f"{where}: adapters apply to feature terms, not {signature!r} losses")
         if term.temperature is not None and "temperature" in term.loss_kwargs:
             raise ValueError(
                 f"{where}: temperature is given twice, as Term.temperature={term.temperature!r} "
                 f"and loss_kwargs['temperature']={term.loss_kwargs['temperature']!r}; keep one"
             )
-        if term.global_batch and signature not in _GATHERED_SIGNATURES:
+        if term.global_batch and not call.gathers:
+            gathered = tuple(name for name, other in CALLS.items() if other.gathers)
             raise ValueError(
-                f"{where}: global_batch gathers the batch of {_GATHERED_SIGNATURES} losses; "
+                f"{where}: global_batch gathers the batch of {gathered} losses; "
                 f"a {signature!r} loss averages over samples, so every process's share suffices"
             )
-        if term.temperature is not None and signature == "labels":
-            raise ValueError(f"{where}: a temperature needs a teacher; 'labels' losses have none")
         if isinstance(term.temperature, numbers.Real) and not term.temperature > 0:
             raise ValueError(f"{where}: temperature must be > 0, got {term.temperature}")
-        if signature == "hidden_states":
-            self._check_hidden_term(term)
-        return signature
-
-    def _check_hidden_term(self, term: Term) -> None:
-        """A ``hidden_states`` term reads causal LMs' final hidden states (or the cache)."""
-        where = f"term {term.name!r} (loss {_loss_name(term)}, signature 'hidden_states')"
-        if term.student != LOGITS or term.teacher not in (LOGITS, CACHE):
-            raise ValueError(
-                f"{where}: reads each model's final hidden state and output projection: keep "
-                f"student='logits' and teacher='logits' (or teacher='cache'), got "
-                f"student={term.student!r}, teacher={term.teacher!r}; compare inner layers "
-                "with a feature loss such as 'hint'"
-            )
-        if term.temperature == "learned" or isinstance(term.temperature, nn.Module):
-            raise TermError(
-                term.name,
-                "temperature",
-                f"{where}: the fused loss takes a float temperature (a number or a schedule), "
-                f"not a learned or module temperature ({term.temperature!r}): those need the "
-                "full logits the fused loss never builds",
-            )
-        models = [("student", self.student)]
-        if term.teacher != CACHE:
-            models.append(("teacher", self.teachers[term.teacher_index]))
-        for side, model in models:
-            if not is_causal_lm(model):
-                raise TermError(
-                    term.name,
-                    side,
-                    f"{where}: the {side} must be a causal language model with get_decoder() "
-                    "and get_output_embeddings() (a transformers *ForCausalLM, e.g. "
-                    f"model: hf_causal_lm), got {type(model).__name__}",
-                )
+        call.check(term, self)
+        return call
 
     def _check_paths(self, term: Term) -> None:
-        signature = self._signatures[term.name]
         with blame_term(term, "student"):
             for path in _paths([term.student]):
                 resolve_module(self.student, path)
-        if signature == "labels" or term.teacher == CACHE:
-            return
-        indices = (
-            range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
-        )
         with blame_term(term, "teacher"):
-            for index in indices:
+            for index in self._calls[term.name].teacher_indices(term, len(self.teachers)):
                 for path in _paths([term.teacher]):
                     resolve_module(self.teachers[index], path)
 
@@ -296,24 +251,15 @@ class Distiller(nn.Module):
         return [
             term
             for term in self.terms
-            if self._signatures[term.name] == "multi_teacher"
-            or (
-                self._signatures[term.name] != "labels"
-                and term.teacher != CACHE
-                and term.teacher_index == teacher_index
-            )
+            if teacher_index in self._calls[term.name].teacher_indices(term, len(self.teachers))
         ]
 
     def _plan(self, model: nn.Module, paths: list[str], terms: list[Term], side: str) -> ModelPlan:
         """Run a causal LM's body alone when no term reads its logits (and no tap lies outside
         the body); skip a causal-LM teacher no term reads. Other models run in full."""
-        reads_logits, reads_hidden = False, False
-        for term in terms:
-            specs = _as_list(getattr(term, side))
-            if self._signatures[term.name] == "hidden_states":
-                reads_hidden = True
-            elif LOGITS in specs or isinstance(term.temperature, nn.Module):
-                reads_logits = True
+        calls = [(self._calls[term.name], term) for term in terms]
+        reads_logits = any(call.reads_logits(term, side) for call, term in calls)
+        reads_hidden = any(call.reads_hidden for call, _ in calls)
         if not is_causal_lm(model) or reads_logits:
             return ModelPlan(paths, "full", reads_hidden)
         if side == "teacher" and not terms:
@@ -351,7 +297,6 @@ class Distiller(nn.Module):
         built = {}
         for term in self.terms:
             with blame_term(term, "loss_kwargs"):
-                self._check_classes(term, capture)
                 built[term.name] = self._build_term(term, capture)
         for name, (parts, loss) in built.items():  # all terms built: nothing half-made on error
             self.extras[name] = parts.to(device=device, dtype=dtype)
@@ -361,57 +306,10 @@ class Distiller(nn.Module):
         self.extras.train(self.training)
         self.set_progress(self._step, self._total_steps)
 
-    def _check_classes(self, term: Term, capture: Capture) -> None:
-        """Student and teacher logits compared by a logit term must have the same classes."""
-        signature = self._signatures[term.name]
-        if signature not in ("logits", "logits_labels", "multi_teacher"):
-            return
-        if term.student != LOGITS or (signature != "multi_teacher" and term.teacher != LOGITS):
-            return
-        indices = (
-            range(len(self.teachers)) if signature == "multi_teacher" else [term.teacher_index]
-        )
-        student_classes = capture.student_logits.shape[-1]
-        for index in indices:
-            teacher_classes = capture.teacher_logits[index].shape[-1]
-            if teacher_classes != student_classes:
-                raise TermError(
-                    term.name,
-                    "",
-                    f"term {term.name!r}: the student's logits have {student_classes} classes "
-                    f"but teacher {index}'s have {teacher_classes}; give both models the same "
-                    "number of classes (e.g. their num_classes argument)",
-                )
-
     def _build_term(
         self, term: Term, capture: Capture
     ) -> tuple[nn.ModuleDict, Callable[..., Tensor]]:
-        signature = self._signatures[term.name]
-        parts = nn.ModuleDict()
-        kwargs = dict(term.loss_kwargs)
-        if signature not in _NO_ADAPTER_SIGNATURES:
-            student = _as_list(self._student_value(term.student, capture, term))
-            teacher = _as_list(self._teacher_value(term, capture, term.teacher_index))
-            kind = _adapter_kind(term)
-            if kind == "none":
-                parts["adapters"] = nn.ModuleList(nn.Identity() for _ in student)
-                adapted = [tuple(s.shape) for s in student]
-            else:
-                pairs = list(zip(student, teacher, strict=True))
-                with blame_term(term, "student"):  # the taps, not the loss, are at fault
-                    try:
-                        adapters = [build_adapter(s.shape, t.shape, kind) for s, t in pairs]
-                    except ValueError as error:
-                        raise ValueError(
-                            f"student tap {term.student!r} and teacher tap {term.teacher!r}: "
-                            f"{error}; tap layers whose outputs can be compared (both "
-                            "convolutional or both linear), or set adapter"
-                        ) from error
-                parts["adapters"] = nn.ModuleList(adapters)
-                adapted = [tuple(t.shape) for t in teacher]
-            sizes = losses.entry(term.loss).sizes if isinstance(term.loss, str) else None
-            if sizes is not None:
-                kwargs = {**sizes(adapted, [tuple(t.shape) for t in teacher]), **kwargs}
+        parts, kwargs = self._calls[term.name].build(term, capture, self)
         loss = self._create_loss(term, kwargs)
         if isinstance(loss, nn.Module):
             parts["loss"] = loss
@@ -552,23 +450,6 @@ class Distiller(nn.Module):
             mask.bool() if isinstance(mask, Tensor) else None,
         )
 
-    def _student_value(self, spec: str | list[str], capture: Capture, term: Term) -> Any:
-        if isinstance(spec, list):
-            return [self._student_value(path, capture, term) for path in spec]
-        if spec == LOGITS:
-            return capture.student_logits
-        return _tensor(capture.student_taps[spec], spec, "student", term)
-
-    def _teacher_value(self, term: Term, capture: Capture, index: int) -> Any:
-        specs = term.teacher if isinstance(term.teacher, list) else [term.teacher]
-        values = [
-            capture.teacher_logits[index]
-            if spec == LOGITS
-            else _tensor(capture.teacher_taps[index][spec], spec, f"teacher {index}", term)
-            for spec in specs
-        ]
-        return values if isinstance(term.teacher, list) else values[0]
-
     def _term_value(
         self,
         term: Term,
@@ -576,70 +457,15 @@ class Distiller(nn.Module):
         batch: Mapping[str, Any],
         temperatures: dict[str, float],
     ) -> Tensor:
-        """Call the term's loss the way its signature says (see ``losses.registry``)."""
-        signature = self._signatures[term.name]
-        loss = self._losses[term.name]
-        if signature == "hidden_states":
-            return _check_scalar(self._hidden_term(term, capture, batch, temperatures), term)
-        student = self._student_value(term.student, capture, term)
-        if signature == "labels":
-            labels = self._batch_entry(batch, self.labels_key, term, signature)
-            return _check_scalar(loss(student, labels), term)
-        kwargs: dict[str, Any] = {}
+        """Call the term's loss as its call convention says (``torchkd.calls``)."""
         temperature = self._temperature(term, capture)
         if temperature is not None:
             temperatures[term.name] = float(
                 temperature.detach().mean() if isinstance(temperature, Tensor) else temperature
             )
-            kwargs["temperature"] = temperature
-        if signature == "multi_teacher":
-            teachers = [self._teacher_value(term, capture, i) for i in range(len(self.teachers))]
-            kwargs["labels"] = batch.get(self.labels_key)
-            return _check_scalar(loss(student, teachers, **kwargs), term)
-        teacher = self._teacher_value(term, capture, term.teacher_index)
-        args: list[Any] = [student, teacher]
-        if signature not in _LOGIT_SIGNATURES:
-            adapters = self.extras[term.name]["adapters"]
-            adapted = [adapter(s) for adapter, s in zip(adapters, _as_list(student), strict=True)]
-            args[0] = adapted if signature == "feature_lists" else adapted[0]
-        if signature in _MASKED_SIGNATURES and capture.attention_mask is not None:
-            args = [valid_positions(value, capture.attention_mask) for value in args]
-        if term.global_batch and self.training:
-            args = [_gather_rows(value) for value in args]
-        if signature == "logits_labels":
-            args.append(self._batch_entry(batch, self.labels_key, term, signature))
-        if signature == "indexed":
-            args.append(self._batch_entry(batch, "index", term, signature))
-            kwargs["contrast_index"] = batch.get("contrast_index")
-        return _check_scalar(loss(*args, **kwargs), term)
-
-    def _hidden_term(
-        self,
-        term: Term,
-        capture: Capture,
-        batch: Mapping[str, Any],
-        temperatures: dict[str, float],
-    ) -> Tensor:
-        """Call a ``hidden_states`` loss on the final hidden states and output projections."""
-        loss = self._losses[term.name]
-        kwargs: dict[str, Any] = {
-            "labels": self._batch_entry(batch, self.labels_key, term, "hidden_states")
-        }
-        if batch.get("num_items_in_batch") is not None:
-            kwargs["num_items_in_batch"] = batch["num_items_in_batch"]
-        temperature = self._temperature(term, capture)  # a number or a schedule's value
-        if temperature is not None:
-            temperatures[term.name] = kwargs["temperature"] = float(temperature)
-        student = output_projection(self.student, "the student")
-        kwargs.update(_projection_kwargs("student", student))
-        if term.teacher == CACHE:
-            kwargs["teacher_logits"] = _cached_teacher(batch, term)
-            return loss(capture.student_hidden, student.weight, **kwargs)
-        index = term.teacher_index
-        teacher = output_projection(self.teachers[index], f"teacher {index}")
-        kwargs.update(_projection_kwargs("teacher", teacher))
-        hidden = capture.teacher_hidden[index]
-        return loss(capture.student_hidden, student.weight, hidden, teacher.weight, **kwargs)
+        call = self._calls[term.name]
+        args, kwargs = call.arguments(term, capture, batch, self, temperature)
+        return _check_scalar(self._losses[term.name](*args, **kwargs), term)
 
     def _temperature(self, term: Term, capture: Capture) -> float | Tensor | None:
         if term.temperature is None:
@@ -650,44 +476,8 @@ class Distiller(nn.Module):
             return parts["temperature"](capture.student_logits, teacher_logits)
         return self._temperature_schedules[term.name](self._step, self._total_steps)
 
-    @staticmethod
-    def _batch_entry(batch: Mapping[str, Any], key: str, term: Term, signature: str) -> Tensor:
-        if batch.get(key) is None:
-            raise ValueError(
-                f"term {term.name!r} (loss {_loss_name(term)}, signature {signature!r}) needs "
-                f"batch[{key!r}], but the batch has none (keys: {list(batch)}); unlabeled "
-                "batches can only feed terms that need no labels"
-            )
-        return batch[key]
-
 
 # -------------------------------------------------------------------- helpers
-def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any]:
-    """The output bias, logit scale and softcap of one side, where the model has them."""
-    kwargs: dict[str, Any] = {}
-    if projection.bias is not None:
-        kwargs[f"{side}_bias"] = projection.bias
-    if projection.logit_scale != 1.0:
-        kwargs[f"{side}_logit_scale"] = projection.logit_scale
-    if projection.softcap is not None:
-        kwargs[f"{side}_softcap"] = projection.softcap
-    return kwargs
-
-
-def _cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
-    """The batch's cached top-k teacher distribution (see ``torchkd.data.teacher_cache``)."""
-    missing = [key for key in CACHE_KEYS[:2] if batch.get(key) is None]
-    if missing:
-        raise ValueError(
-            f"term {term.name!r} reads the cached teacher (teacher='cache') but the batch has no "
-            f"{missing} (keys: {list(batch)}); wrap the dataset in a teacher cache "
-            "(recipe data.teacher_cache, written by `torchkd cache-teacher RECIPE`)"
-        )
-    return TopKLogits(
-        batch["teacher_topk_ids"], batch["teacher_topk_log_probs"], batch.get("teacher_topk_tail")
-    )
-
-
 def _resolve_signature(term: Term) -> str:
     if isinstance(term.loss, str):
         registered = losses.entry(term.loss).signature
@@ -732,23 +522,6 @@ def _paths(specs: Any) -> list[str]:
     return paths
 
 
-def _gather_rows(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
-    """Every process's rows of ``value`` (each tensor of a list), gradients flowing back."""
-    if isinstance(value, list):
-        return [gather_rows_with_grad(tensor) for tensor in value]
-    return gather_rows_with_grad(value)
-
-
-def _as_list(value: Tensor | list[Tensor]) -> list[Tensor]:
-    return value if isinstance(value, list) else [value]
-
-
-def _adapter_kind(term: Term) -> AdapterKind:
-    if term.adapter != "auto" or not isinstance(term.loss, str):
-        return term.adapter
-    return "none" if losses.entry(term.loss).compares_shapes else "auto"
-
-
 def _takes_temperature(loss: Callable[..., Tensor]) -> bool:
     """Whether ``loss`` (its ``forward`` for a module) takes a ``temperature=`` keyword."""
     function = loss.forward if isinstance(loss, nn.Module) else loss
@@ -756,19 +529,6 @@ def _takes_temperature(loss: Callable[..., Tensor]) -> bool:
     return any(
         p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
     )
-
-
-def _loss_name(term: Term) -> str:
-    return repr(term.loss) if isinstance(term.loss, str) else type(term.loss).__name__
-
-
-def _tensor(value: Any, path: str, side: str, term: Term) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(
-            f"term {term.name!r}: the {side} output at {path!r} is a {type(value).__name__}, "
-            "not a tensor; tap a submodule whose output is a tensor"
-        )
-    return value
 
 
 def _check_scalar(value: Tensor, term: Term) -> Tensor:

@@ -37,12 +37,13 @@ import pytest
 import torch
 from torch import Tensor
 
+from torchkd.calls import CALLS, Example, call_for
 from torchkd.losses import available, entry
 
 from .references import REFERENCES, Reference
 
 BATCH, CLASSES, LENGTH, TEACHERS, NUM_DATA = 4, 5, 3, 3, 16
-LOGIT_SIGNATURES = ("labels", "logits", "logits_labels", "multi_teacher", "hidden_states")
+LOGIT_SIGNATURES = tuple(name for name, call in CALLS.items() if call.token_rows)
 WITH_LABELS = ("labels", "logits_labels", "multi_teacher", "hidden_states")
 # "hidden_states": (student_hidden, student_weight, teacher_hidden, teacher_weight, labels); a
 # side is its hidden states and output weight, and only the hidden states (and labels) have rows.
@@ -63,7 +64,7 @@ def is_logit(name: str) -> bool:
 
 
 def has_teacher(name: str) -> bool:
-    return signature_of(name) != "labels"
+    return call_for(signature_of(name)).reads_teacher
 
 
 def parameters_of(name: str) -> set[str]:
@@ -86,14 +87,14 @@ def rows_shape(layout: str) -> tuple[int, ...]:
 
 def side_slots(name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Positions of the student's and the teacher's inputs."""
-    return ((0, 1), (2, 3)) if signature_of(name) == "hidden_states" else ((0,), (1,))
+    call = call_for(signature_of(name))
+    return call.student_slots, call.teacher_slots
 
 
 def row_slots(name: str, inputs: Sequence[object]) -> tuple[int, ...]:
     """Positions of the inputs whose leading dims are the rows (all, except output weights)."""
-    if signature_of(name) == "hidden_states":
-        return (0, 2, 4)
-    return tuple(range(len(inputs)))
+    slots = call_for(signature_of(name)).row_slots
+    return tuple(range(len(inputs))) if slots is None else slots
 
 
 def side_of(name: str, inputs: Sequence[object], side: int) -> list[Tensor]:
@@ -125,46 +126,26 @@ def skip_if_declared(spec: Reference, check: str) -> None:
 def make_inputs(
     name: str, layout: str = "rows", dtype: torch.dtype = torch.float64, scale: float = 2.0
 ) -> tuple[object, ...]:
-    """Positional inputs for the loss's signature; the same values for every dtype."""
+    """Positional inputs for the loss's signature (its call convention's example inputs); the
+    same values for every dtype."""
     generator = torch.Generator().manual_seed(0)
     spec = REFERENCES.get(name)
     if spec is not None and spec.make_inputs is not None:
         return spec.make_inputs(generator, dtype)
-
-    def randn(*shape: int) -> Tensor:
-        values = torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
-        return values.to(dtype)
-
-    signature = signature_of(name)
-    if signature == "hidden_states":
-        rows = rows_shape(layout)
-        labels = torch.randint(0, CLASSES, rows, generator=generator)
-        student = (randn(*rows, STUDENT_HIDDEN), randn(CLASSES, STUDENT_HIDDEN))
-        return (*student, randn(*rows, TEACHER_HIDDEN), randn(CLASSES, TEACHER_HIDDEN), labels)
-    if signature in LOGIT_SIGNATURES:
-        shape = (*rows_shape(layout), CLASSES)
-        student = randn(*shape)
-        labels = torch.randint(0, CLASSES, rows_shape(layout), generator=generator)
-        if signature == "labels":
-            return (student, labels)
-        if signature == "logits":
-            return (student, randn(*shape))
-        if signature == "logits_labels":
-            return (student, randn(*shape), labels)
-        return (student, [randn(*shape) for _ in range(TEACHERS)], labels)
-    if signature == "features":
-        return (randn(BATCH, 3, 4, 4), randn(BATCH, 3, 4, 4))
-    if signature == "feature_lists":
-        return (
-            [randn(BATCH, 3, 4, 4), randn(BATCH, 4, 2, 2)],
-            [randn(BATCH, 3, 4, 4), randn(BATCH, 4, 2, 2)],
-        )
-    if signature == "embeddings":
-        return (randn(BATCH, 6), randn(BATCH, 6))
-    if signature == "indexed":
-        index = torch.randperm(NUM_DATA, generator=generator)[:BATCH]
-        return (randn(BATCH, 6), randn(BATCH, 6), index)
-    raise AssertionError(f"the template does not know signature {signature!r}; extend it")
+    example = Example(
+        generator,
+        dtype,
+        scale,
+        layout,
+        batch=BATCH,
+        classes=CLASSES,
+        length=LENGTH,
+        teachers=TEACHERS,
+        num_data=NUM_DATA,
+        student_hidden=STUDENT_HIDDEN,
+        teacher_hidden=TEACHER_HIDDEN,
+    )
+    return call_for(signature_of(name)).example_inputs(example)
 
 
 def make_loss(

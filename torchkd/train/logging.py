@@ -97,7 +97,11 @@ class RunLogger:
                 return record["epoch"] <= epoch
             return record["step"] <= step
 
-        kept = [record for record in read_jsonl(self.path) if keep(record)]
+        text = self.path.read_text() if self.path.is_file() else ""
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):  # torn by a kill in the middle of a write
+            lines.pop()
+        kept = [record for record in map(json.loads, lines) if keep(record)]
         self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def _write(self, record: dict[str, Any]) -> None:

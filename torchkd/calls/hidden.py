@@ -1,0 +1,125 @@
+"""The call convention of token-level losses fused with the output projection::
+
+    "hidden_states"  f(student_hidden [..., Hs], student_weight [V, Hs],
+                       teacher_hidden [..., Ht], teacher_weight [V, Ht], labels=None,
+                       num_items_in_batch=None, temperature=..., <side>_bias=...,
+                       <side>_logit_scale=..., <side>_softcap=...)
+
+The term's ``student`` and ``teacher`` stay ``"logits"``: each causal LM's final hidden state
+and output projection (:func:`torchkd.lm.output_projection`) are read instead of logits, which
+are never built. ``teacher="cache"`` passes the batch's cached top-k teacher distribution
+(:class:`~torchkd.losses.topk.TopKLogits`) as ``teacher_logits=`` and runs no teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from torchkd.calls.base import Call, Example, Owner, loss_name
+from torchkd.lm import OutputProjection, is_causal_lm, output_projection
+from torchkd.losses.topk import TopKLogits
+from torchkd.terms import CACHE, LOGITS, Term, TermError
+
+__all__ = ["CACHE_KEYS", "HiddenStatesCall"]
+
+CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
+
+
+def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any]:
+    """The output bias, logit scale and softcap of one side, where the model has them."""
+    kwargs: dict[str, Any] = {}
+    if projection.bias is not None:
+        kwargs[f"{side}_bias"] = projection.bias
+    if projection.logit_scale != 1.0:
+        kwargs[f"{side}_logit_scale"] = projection.logit_scale
+    if projection.softcap is not None:
+        kwargs[f"{side}_softcap"] = projection.softcap
+    return kwargs
+
+
+def cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
+    """The batch's cached top-k teacher distribution (see ``torchkd.data.teacher_cache``)."""
+    missing = [key for key in CACHE_KEYS[:2] if batch.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"term {term.name!r} reads the cached teacher (teacher='cache') but the batch has no "
+            f"{missing} (keys: {list(batch)}); wrap the dataset in a teacher cache "
+            "(recipe data.teacher_cache, written by `torchkd cache-teacher RECIPE`)"
+        )
+    ids, log_probs, tail = (batch.get(key) for key in CACHE_KEYS)
+    return TopKLogits(ids, log_probs, tail)
+
+
+class HiddenStatesCall(Call):
+    signature = "hidden_states"
+    reads_hidden = True
+    reads_cache = True
+    token_rows = True
+    student_slots = (0, 1)
+    teacher_slots = (2, 3)
+    row_slots = (0, 2, 4)
+
+    def check(self, term: Term, owner: Owner) -> None:
+        where = f"term {term.name!r} (loss {loss_name(term)}, signature 'hidden_states')"
+        if term.student != LOGITS or term.teacher not in (LOGITS, CACHE):
+            raise ValueError(
+                f"{where}: reads each model's final hidden state and output projection: keep "
+                f"student='logits' and teacher='logits' (or teacher='cache'), got "
+                f"student={term.student!r}, teacher={term.teacher!r}; compare inner layers "
+                "with a feature loss such as 'hint'"
+            )
+        if term.temperature == "learned" or isinstance(term.temperature, nn.Module):
+            raise TermError(
+                term.name,
+                "temperature",
+                f"{where}: the fused loss takes a float temperature (a number or a schedule), "
+                f"not a learned or module temperature ({term.temperature!r}): those need the "
+                "full logits the fused loss never builds",
+            )
+        models = [("student", owner.student)]
+        if term.teacher != CACHE:
+            models.append(("teacher", owner.teachers[term.teacher_index]))
+        for side, model in models:
+            if not is_causal_lm(model):
+                raise TermError(
+                    term.name,
+                    side,
+                    f"{where}: the {side} must be a causal language model with get_decoder() "
+                    "and get_output_embeddings() (a transformers *ForCausalLM, e.g. "
+                    f"model: hf_causal_lm), got {type(model).__name__}",
+                )
+
+    def reads_logits(self, term: Term, side: str) -> bool:
+        return False
+
+    def arguments(self, term, capture, batch, owner, temperature):
+        kwargs: dict[str, Any] = {"labels": self.batch_entry(batch, owner.labels_key, term)}
+        if batch.get("num_items_in_batch") is not None:
+            kwargs["num_items_in_batch"] = batch["num_items_in_batch"]
+        if temperature is not None:
+            kwargs["temperature"] = float(temperature)
+        student = output_projection(owner.student, "the student")
+        kwargs.update(_projection_kwargs("student", student))
+        if term.teacher == CACHE:
+            kwargs["teacher_logits"] = cached_teacher(batch, term)
+            return [capture.student_hidden, student.weight], kwargs
+        index = term.teacher_index
+        teacher = output_projection(owner.teachers[index], f"teacher {index}")
+        kwargs.update(_projection_kwargs("teacher", teacher))
+        hidden = capture.teacher_hidden[index]
+        return [capture.student_hidden, student.weight, hidden, teacher.weight], kwargs
+
+    def example_inputs(self, example: Example) -> tuple[Any, ...]:
+        labels = example.labels()
+        student = (
+            example.randn(*example.rows, example.student_hidden),
+            example.randn(example.classes, example.student_hidden),
+        )
+        teacher = (
+            example.randn(*example.rows, example.teacher_hidden),
+            example.randn(example.classes, example.teacher_hidden),
+        )
+        return (*student, *teacher, labels)

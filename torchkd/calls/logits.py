@@ -1,0 +1,114 @@
+"""Call conventions of the losses on output logits::
+
+    "labels"         f(student_logits, labels)                          hard labels, no teacher
+    "logits"         f(student_logits, teacher_logits)
+    "logits_labels"  f(student_logits, teacher_logits, labels)          labels required
+    "multi_teacher"  f(student_logits, [teacher_logits, ...], labels=None)
+
+Every one but ``"labels"`` takes the term's temperature as ``temperature=``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
+from torchkd.capture import Capture
+from torchkd.losses.distributed import gather_rows_with_grad
+from torchkd.terms import LOGITS, Term, TermError
+
+__all__ = ["LabelsCall", "LogitsCall", "LogitsLabelsCall", "MultiTeacherCall"]
+
+
+def _temperature_kwargs(temperature: float | Tensor | None) -> dict[str, Any]:
+    return {} if temperature is None else {"temperature": temperature}
+
+
+class LabelsCall(Call):
+    signature = "labels"
+    reads_teacher = False
+    token_rows = True
+    teacher_slots = ()
+
+    def check(self, term: Term, owner: Owner) -> None:
+        if term.temperature is not None:
+            raise ValueError(
+                f"term {term.name!r}: a temperature needs a teacher; 'labels' losses have none"
+            )
+
+    def arguments(self, term, capture, batch, owner, temperature):
+        student = student_value(term.student, capture, term)
+        return [student, self.batch_entry(batch, owner.labels_key, term)], {}
+
+    def example_inputs(self, example: Example) -> tuple[Any, ...]:
+        student = example.randn(*example.rows, example.classes)
+        return (student, example.labels())
+
+
+class LogitsCall(Call):
+    signature = "logits"
+    gathers = True
+    token_rows = True
+
+    def build(self, term: Term, capture: Capture, owner: Owner) -> tuple[nn.ModuleDict, dict]:
+        if term.student == LOGITS and (self.all_teachers or term.teacher == LOGITS):
+            student_classes = capture.student_logits.shape[-1]
+            for index in self.teacher_indices(term, len(owner.teachers)):
+                teacher_classes = capture.teacher_logits[index].shape[-1]
+                if teacher_classes != student_classes:
+                    raise TermError(
+                        term.name,
+                        "",
+                        f"term {term.name!r}: the student's logits have {student_classes} "
+                        f"classes but teacher {index}'s have {teacher_classes}; give both "
+                        "models the same number of classes (e.g. their num_classes argument)",
+                    )
+        return super().build(term, capture, owner)
+
+    def arguments(self, term, capture, batch, owner, temperature):
+        args = [
+            student_value(term.student, capture, term),
+            teacher_value(term, capture, term.teacher_index),
+        ]
+        if term.global_batch and owner.training:
+            args = [gather_rows_with_grad(value) for value in args]
+        return args, _temperature_kwargs(temperature)
+
+    def example_inputs(self, example: Example) -> tuple[Any, ...]:
+        shape = (*example.rows, example.classes)
+        student = example.randn(*shape)
+        example.labels()  # drawn for every logit signature: the same values for each
+        return (student, example.randn(*shape))
+
+
+class LogitsLabelsCall(LogitsCall):
+    signature = "logits_labels"
+    gathers = False
+
+    def arguments(self, term, capture, batch, owner, temperature):
+        args, kwargs = super().arguments(term, capture, batch, owner, temperature)
+        return [*args, self.batch_entry(batch, owner.labels_key, term)], kwargs
+
+    def example_inputs(self, example: Example) -> tuple[Any, ...]:
+        shape = (*example.rows, example.classes)
+        student, labels = example.randn(*shape), example.labels()
+        return (student, example.randn(*shape), labels)
+
+
+class MultiTeacherCall(LogitsCall):
+    signature = "multi_teacher"
+    all_teachers = True
+    gathers = False
+
+    def arguments(self, term, capture, batch, owner, temperature):
+        student = student_value(term.student, capture, term)
+        teachers = [teacher_value(term, capture, i) for i in range(len(owner.teachers))]
+        kwargs = {**_temperature_kwargs(temperature), "labels": batch.get(owner.labels_key)}
+        return [student, teachers], kwargs
+
+    def example_inputs(self, example: Example) -> tuple[Any, ...]:
+        shape = (*example.rows, example.classes)
+        student, labels = example.randn(*shape), example.labels()
+        return (student, [example.randn(*shape) for _ in range(example.teachers)], labels)

@@ -17,5 +17,5 @@ def test_every_signature_has_one_call_convention() -> None:
 
 
 def test_an_unknown_signature_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="signature must be one of .*got 'logit'"):
+    with pytest.raises(ValueError, match=r"signature must be one of .*got 'logit'"):
         call_for("logit")

@@ -33,8 +33,6 @@ shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
 from __future__ import annotations
 
 import inspect
-import numbers
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
@@ -43,12 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from torchkd import losses
-from torchkd.adapters import ADAPTER_KINDS
-from torchkd.calls import CALLS, Call, call_for
-from torchkd.calls.features import adapter_kind
+from torchkd.calls import Call, checked_call
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model
 from torchkd.lm import is_causal_lm
-from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import resolve_module
 from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
@@ -74,8 +69,6 @@ __all__ = [
     "UncertaintyWeight",
     "as_batch",
 ]
-
-SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 
 
 class OnPolicyHook(Protocol):
@@ -189,54 +182,7 @@ class Distiller(nn.Module):
             raise ValueError(f"term names must be non-empty strings without '.', got {term.name!r}")
         if hasattr(self.extras, term.name):
             raise ValueError(f"{where}: the name clashes with an nn.ModuleDict attribute")
-        signature = _resolve_signature(term)
-        call = call_for(signature)
-        if term.teacher == CACHE and not call.reads_cache:
-            raise ValueError(
-                f"{where}: teacher='cache' (the batch's cached top-k teacher distribution) feeds "
-                f"'hidden_states' losses such as 'fused_linear_kd', not {signature!r} losses"
-            )
-        if call.reads_teacher and term.teacher != CACHE:
-            if not self.teachers:
-                raise ValueError(
-                    f"{where} (signature {signature!r}) needs a teacher; none was given"
-                )
-            if not call.all_teachers and not (0 <= term.teacher_index < len(self.teachers)):
-                raise ValueError(
-                    f"{where}: teacher_index={term.teacher_index} out of range for "
-                    f"{len(self.teachers)} teacher(s)"
-                )
-        for side in ("student", "teacher"):
-            spec = getattr(term, side)
-            if call.lists != isinstance(spec, list) or (call.lists and not spec):
-                expected = "a non-empty list of paths" if call.lists else "one path or 'logits'"
-                raise ValueError(f"{where}: {side} must be {expected} for {signature!r} losses")
-        if call.lists and len(term.student) != len(term.teacher) and adapter_kind(term) != "none":
-            raise ValueError(
-                f"{where}: {len(term.student)} student paths but {len(term.teacher)} teacher "
-                "paths; adapters pair them up (adapter='none' leaves the pairing to the loss)"
-            )
-        if term.adapter not in ADAPTER_KINDS:
-            raise ValueError(
-                f"{where}: adapter must be one of {ADAPTER_KINDS}, got {term.adapter!r}"
-            )
-        if not call.adapts and term.adapter not in ("auto", "none"):
-            raise ValueError(f"{where}: adapters apply to feature terms, not {signature!r} losses")
-        if term.temperature is not None and "temperature" in term.loss_kwargs:
-            raise ValueError(
-                f"{where}: temperature is given twice, as Term.temperature={term.temperature!r} "
-                f"and loss_kwargs['temperature']={term.loss_kwargs['temperature']!r}; keep one"
-            )
-        if term.global_batch and not call.gathers:
-            gathered = tuple(name for name, other in CALLS.items() if other.gathers)
-            raise ValueError(
-                f"{where}: global_batch gathers the batch of {gathered} losses; "
-                f"a {signature!r} loss averages over samples, so every process's share suffices"
-            )
-        if isinstance(term.temperature, numbers.Real) and not term.temperature > 0:
-            raise ValueError(f"{where}: temperature must be > 0, got {term.temperature}")
-        call.check(term, self)
-        return call
+        return checked_call(term, self)
 
     def _check_paths(self, term: Term) -> None:
         with blame_term(term, "student"):
@@ -478,31 +424,6 @@ class Distiller(nn.Module):
 
 
 # -------------------------------------------------------------------- helpers
-def _resolve_signature(term: Term) -> str:
-    if isinstance(term.loss, str):
-        registered = losses.entry(term.loss).signature
-        if term.signature not in (None, registered):
-            raise ValueError(
-                f"term {term.name!r}: loss {term.loss!r} has signature {registered!r}, "
-                f"not {term.signature!r}"
-            )
-        return registered
-    if not callable(term.loss):
-        raise TypeError(
-            f"term {term.name!r}: loss must be a registered name, a module or a callable, "
-            f"got {type(term.loss).__name__}"
-        )
-    if term.loss_kwargs:
-        raise ValueError(f"term {term.name!r}: loss_kwargs are only used with a loss name")
-    signature = term.signature or getattr(term.loss, "signature", None)
-    if signature not in SIGNATURES:
-        raise ValueError(
-            f"term {term.name!r}: a custom loss needs signature= one of {SIGNATURES}, "
-            f"got {signature!r}"
-        )
-    return signature
-
-
 def _term_schedule(term: Term, field_name: str, accepted: str) -> Schedule:
     value = getattr(term, field_name)
     try:

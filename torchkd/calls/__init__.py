@@ -11,31 +11,8 @@ pass, builds the term's parts and calls its loss; the loss tests draw their inpu
 from __future__ import annotations
 
 from torchkd.calls.base import Call, Example, Owner
-from torchkd.calls.features import EmbeddingsCall, FeatureListsCall, FeaturesCall, IndexedCall
-from torchkd.calls.hidden import CACHE_KEYS, HiddenStatesCall
-from torchkd.calls.logits import LabelsCall, LogitsCall, LogitsLabelsCall, MultiTeacherCall
+from torchkd.calls.checks import checked_call
+from torchkd.calls.hidden import CACHE_KEYS
+from torchkd.calls.table import CALLS, call_for
 
-__all__ = ["CACHE_KEYS", "CALLS", "Call", "Example", "Owner", "call_for"]
-
-CALLS: dict[str, Call] = {
-    call.signature: call
-    for call in (
-        LabelsCall(),
-        LogitsCall(),
-        LogitsLabelsCall(),
-        MultiTeacherCall(),
-        FeaturesCall(),
-        FeatureListsCall(),
-        EmbeddingsCall(),
-        IndexedCall(),
-        HiddenStatesCall(),
-    )
-}
-
-
-def call_for(signature: str) -> Call:
-    """The call convention of ``signature``."""
-    try:
-        return CALLS[signature]
-    except KeyError:
-        raise ValueError(f"signature must be one of {tuple(CALLS)}, got {signature!r}") from None
+__all__ = ["CACHE_KEYS", "CALLS", "Call", "Example", "Owner", "call_for", "checked_call"]

@@ -4,6 +4,7 @@ with attention masks, on-policy preparation and the errors of each."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.distiller import Distiller, Term, TermError
-from torchkd.lm import IGNORE_INDEX, next_token_labels
+from torchkd.lm import IGNORE_INDEX, TOKEN_NORMALIZER, TokenNormalizer, next_token_labels
 from torchkd.losses import TopKLogits, fused_linear_kd_loss
 from torchkd.models import create_model
 from torchkd.schedules import Linear
@@ -100,15 +101,38 @@ def test_fused_term_equals_the_hand_call_and_the_dense_reference(
     assert reference > 0
 
 
-def test_fused_term_uses_num_items_in_batch(tiny_causal_lm: Callable[..., nn.Module]) -> None:
+def test_fused_term_divides_by_the_token_normalizer(
+    tiny_causal_lm: Callable[..., nn.Module],
+) -> None:
+    """The summed token loss is divided by N / (G W): 10 tokens over 2 micro-batches and 2
+    processes give 2.5."""
     student, teacher = tiny_causal_lm(0), tiny_causal_lm(1)
     batch = lm_batch()
     distiller = Distiller(student, teacher, [Term("kd", "fused_linear_kd", temperature=T)])
     distiller.build(batch)
     per_token = distiller(batch).loss
     valid = int((batch["labels"] != IGNORE_INDEX).sum())
-    scaled = distiller({**batch, "num_items_in_batch": 2.5}).loss
+    normalizer = TokenNormalizer(tokens=10, micro_batches=2, processes=2)
+    scaled = distiller({**batch, TOKEN_NORMALIZER: normalizer}).loss
     torch.testing.assert_close(scaled, per_token * valid / 2.5, rtol=1e-12, atol=0)
+    with pytest.raises(
+        ValueError, match=re.escape("must be a torchkd.lm.TokenNormalizer, got float")
+    ):
+        distiller({**batch, TOKEN_NORMALIZER: 2.5})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"tokens": 0}, "tokens must be a positive count, got 0.0"),
+        ({"tokens": float("nan")}, "tokens must be a positive count"),
+        ({"tokens": 4, "micro_batches": 0}, "micro_batches must be an int >= 1, got 0"),
+        ({"tokens": 4, "processes": 1.5}, "processes must be an int >= 1, got 1.5"),
+    ],
+)
+def test_a_token_normalizer_refuses_what_counts_nothing(arguments: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TokenNormalizer(**arguments)
 
 
 def test_hidden_state_step_never_builds_logits(tiny_causal_lm: Callable[..., nn.Module]) -> None:

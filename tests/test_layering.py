@@ -6,8 +6,9 @@ The layers, bottom to top (see ``docs/architecture.md``)::
 
     0  _registry, environment, errors   generic helpers, no torchkd imports
     1  losses                           pure math
-    2  schedules, temperature, adapters, taps, teachers
-    3  distiller, terms, data, models   (and the package root, which exports the Distiller)
+    2  schedules, temperature, adapters, taps, teachers, lm (model, tokens)
+    3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy
+       (and the package root, which exports the Distiller)
     4  train                            the engine
     5  report
     6  config                           recipes: schema, loading, building, fit_recipe
@@ -37,8 +38,9 @@ LAYERS: dict[str, int] = {
     "adapters": 2,
     "taps": 2,
     "teachers": 2,
-    "lm": 2,
-    "on_policy": 3,
+    "lm": 2,  # a causal LM's body and projection, token labels and their normalizer
+    "lm.cache": 3,  # the teacher cache: runs teachers, reads datasets' files
+    "lm.on_policy": 3,
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,
@@ -106,7 +108,11 @@ def read_imports(root: Path) -> tuple[set[str], list[Import]]:
 
 
 def layer_of(module: str, package: str, layers: dict[str, int]) -> int:
-    unit = module.removeprefix(package).lstrip(".").split(".")[0]
+    """The layer of the longest key of ``layers`` that is ``module`` or a package above it
+    (``torchkd.lm.cache.read`` -> ``"lm.cache"``, else ``"lm"``)."""
+    unit = module.removeprefix(package).lstrip(".")
+    while unit not in layers and "." in unit:
+        unit = unit.rpartition(".")[0]
     if unit not in layers:
         raise AssertionError(f"{module}: no layer assigned; add {unit!r} to LAYERS")
     return layers[unit]

@@ -18,8 +18,8 @@ from tolerances import divergence_tolerance
 from torch import Tensor, nn
 
 from torchkd.lm import IGNORE_INDEX, last_hidden_state, next_token_labels, output_projection
+from torchkd.lm.on_policy import OnPolicy, _derived_seed
 from torchkd.losses import fused_linear_kd_loss
-from torchkd.on_policy import OnPolicy, _derived_seed
 from torchkd.train.distributed import end_process
 
 transformers = pytest.importorskip("transformers")

@@ -6,7 +6,8 @@ One batch flows top to bottom through :meth:`Distiller.forward`:
    on the module paths the terms read; then the student runs the same way, with gradients;
 2. each :class:`Term` picks its tensors (``"logits"`` = the model's output logits, any other
    string = a tapped module path), passes student tensors through its shape adapters, and calls
-   its loss the way the loss's registered signature says (see ``torchkd.losses.registry``);
+   its loss as the call convention of the loss's registered signature says
+   (:mod:`torchkd.calls`, which also checked the term and planned what each model keeps);
 3. the terms are weighted and summed:
 
 .. math::
@@ -19,8 +20,8 @@ the homoscedastic uncertainty weighting of Kendall, Gal & Cipolla, "Multi-Task L
 Uncertainty to Weigh Losses", CVPR 2018 (:math:`s_i = \\log\\sigma_i^2` learned).
 
 Language models (:mod:`torchkd.lm`): a ``"hidden_states"`` term (e.g. ``fused_linear_kd``) gets
-each causal LM's final hidden state and output projection, with ``batch["labels"]`` and
-``batch["num_items_in_batch"]``; a causal LM whose logits no term reads runs its body alone, so
+each causal LM's final hidden state and output projection, with ``batch["labels"]`` and the
+batch's :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``); a causal LM whose logits no term reads runs its body alone, so
 the ``[tokens x vocabulary]`` logits are never built. ``teacher="cache"`` reads the teacher's
 top-k distribution from the batch instead of running a teacher. Feature terms on ``[B, L, H]``
 tensors keep only the positions whose ``attention_mask`` (in the inputs mapping) is 1.
@@ -73,7 +74,7 @@ __all__ = [
 
 class OnPolicyHook(Protocol):
     """What ``Distiller(on_policy=...)`` calls on each training batch (e.g.
-    ``torchkd.on_policy.OnPolicy``): returns the batch to train on."""
+    ``torchkd.lm.on_policy.OnPolicy``): returns the batch to train on."""
 
     def __call__(
         self,
@@ -98,7 +99,7 @@ class Distiller(nn.Module):
         labels_key: batch key of the labels (may be absent: unlabeled transfer batches).
         inputs_key: batch key of the inputs (a tensor, or a mapping passed as ``**kwargs``).
         on_policy: called by :meth:`prepare` on every training batch (on-policy sampling,
-            ``torchkd.on_policy.OnPolicy``); None trains on the batches as they come.
+            ``torchkd.lm.on_policy.OnPolicy``); None trains on the batches as they come.
 
     Example:
         >>> import torch

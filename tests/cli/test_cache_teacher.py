@@ -26,7 +26,7 @@ from torchkd.config import (
     load_recipe,
 )
 from torchkd.data import train_bpe_tokenizer
-from torchkd.data.teacher_cache import TeacherCacheDataset, read_manifest, teacher_fingerprint
+from torchkd.lm.cache import TeacherCacheDataset, read_manifest, teacher_fingerprint
 
 pytest.importorskip("transformers")
 
@@ -158,7 +158,7 @@ def test_an_interrupted_cache_teacher_resumes(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from torchkd.data import teacher_cache
+    from torchkd.lm.cache import write as teacher_cache
 
     argv = ["cache-teacher", str(recipe), "--rows-per-shard", "5", "--error-batches", "0"]
     assert main([*argv, "--dir", "reference"]) == 0

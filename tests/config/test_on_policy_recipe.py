@@ -12,7 +12,7 @@ import yaml
 
 from torchkd.cli import main
 from torchkd.config import ConfigError, ModelConfig, build_model, build_on_policy, recipe_from_dict
-from torchkd.on_policy import OnPolicy
+from torchkd.lm.on_policy import OnPolicy
 
 RECIPE = """
 name: gkd

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from torchkd.data.cache_error import measure_cache_error
-from torchkd.data.teacher_cache import (
+from torchkd.lm import next_token_labels
+from torchkd.lm.cache import (
     MANIFEST,
     TeacherCacheDataset,
     TeacherCacheError,
@@ -27,7 +27,7 @@ from torchkd.data.teacher_cache import (
     write_manifest,
     write_teacher_cache,
 )
-from torchkd.lm import next_token_labels
+from torchkd.lm.cache.error import measure_cache_error
 from torchkd.losses import TopKLogits
 
 transformers = pytest.importorskip("transformers")

@@ -19,8 +19,8 @@ from torchkd.integrations.transformers import (  # noqa: E402
     default_terms,
     distillation_batch,
 )
+from torchkd.lm.on_policy import OnPolicy  # noqa: E402
 from torchkd.losses import TopKLogits  # noqa: E402
-from torchkd.on_policy import OnPolicy  # noqa: E402
 
 VOCAB = 24
 LENGTH = 12

@@ -1,4 +1,4 @@
-"""Token terms under gradient accumulation: the loop's ``num_items_in_batch`` makes an
+"""Token terms under gradient accumulation: the loop's token normalizer makes an
 accumulated step on sequences of uneven length equal the step of the one large batch."""
 
 from __future__ import annotations

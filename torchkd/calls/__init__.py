@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from torchkd.calls.base import Call, Example, Owner
 from torchkd.calls.checks import checked_call
-from torchkd.calls.hidden import CACHE_KEYS
 from torchkd.calls.table import CALLS, call_for
 
-__all__ = ["CACHE_KEYS", "CALLS", "Call", "Example", "Owner", "call_for", "checked_call"]
+__all__ = ["CALLS", "Call", "Example", "Owner", "call_for", "checked_call"]

@@ -8,7 +8,9 @@
 The term's ``student`` and ``teacher`` stay ``"logits"``: each causal LM's final hidden state
 and output projection (:func:`torchkd.lm.output_projection`) are read instead of logits, which
 are never built. ``teacher="cache"`` passes the batch's cached top-k teacher distribution
-(:class:`~torchkd.losses.topk.TopKLogits`) as ``teacher_logits=`` and runs no teacher.
+(:class:`~torchkd.losses.topk.TopKLogits`) as ``teacher_logits=`` and runs no teacher. A batch's
+:class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``, set by the training loop)
+gives ``num_items_in_batch`` its divisor.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import Any
 from torch import nn
 
 from torchkd.calls.base import Call, Example, Owner, loss_name
-from torchkd.lm import OutputProjection, is_causal_lm, output_projection
+from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.model import OutputProjection, is_causal_lm, output_projection
+from torchkd.lm.tokens import TOKEN_NORMALIZER, TokenNormalizer
 from torchkd.losses.topk import TopKLogits
 from torchkd.terms import CACHE, LOGITS, Term, TermError
 
-__all__ = ["CACHE_KEYS", "HiddenStatesCall"]
-
-CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
+__all__ = ["HiddenStatesCall", "cached_teacher"]
 
 
 def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any
 
 
 def cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
-    """The batch's cached top-k teacher distribution (see ``torchkd.data.teacher_cache``)."""
+    """The batch's cached top-k teacher distribution (see ``torchkd.lm.cache``)."""
     missing = [key for key in CACHE_KEYS[:2] if batch.get(key) is None]
     if missing:
         raise ValueError(
@@ -97,8 +99,14 @@ class HiddenStatesCall(Call):
 
     def arguments(self, term, capture, batch, owner, temperature):
         kwargs: dict[str, Any] = {"labels": self.batch_entry(batch, owner.labels_key, term)}
-        if batch.get("num_items_in_batch") is not None:
-            kwargs["num_items_in_batch"] = batch["num_items_in_batch"]
+        normalizer = batch.get(TOKEN_NORMALIZER)
+        if normalizer is not None:
+            if not isinstance(normalizer, TokenNormalizer):
+                raise TypeError(
+                    f"batch[{TOKEN_NORMALIZER!r}] must be a torchkd.lm.TokenNormalizer, got "
+                    f"{type(normalizer).__name__}"
+                )
+            kwargs["num_items_in_batch"] = normalizer.divisor
         if temperature is not None:
             kwargs["temperature"] = float(temperature)
         student = output_projection(owner.student, "the student")

@@ -64,7 +64,7 @@ def _write_split(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Write (or resume) the cache of one split, printing its progress; returns the manifest."""
-    from torchkd.data.teacher_cache import MANIFEST, read_manifest, write_teacher_cache
+    from torchkd.lm.cache import MANIFEST, read_manifest, write_teacher_cache
 
     num_shards = math.ceil(len(dataset) / args.rows_per_shard)
     if (directory / MANIFEST).is_file():
@@ -105,8 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from torchkd.config.errors import blame
     from torchkd.config.teacher_cache import CACHED_SPLITS, check_cache_terms, recipe_teacher_source
-    from torchkd.data.cache_error import measure_cache_error
-    from torchkd.data.teacher_cache import (
+    from torchkd.lm.cache import (
         TeacherCacheDataset,
         bytes_per_token,
         check_k,
@@ -114,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         split_directory,
         write_manifest,
     )
+    from torchkd.lm.cache.error import measure_cache_error
     from torchkd.train import resolve_device
     from torchkd.train.rng import seed_everything
 

@@ -14,6 +14,7 @@ from torchkd.config.errors import ConfigError, blame
 from torchkd.config.schema import DataConfig, ModelConfig, OnPolicyConfig, Recipe, is_number
 from torchkd.config.teacher_cache import CACHED_SPLITS, check_teacher_cache
 from torchkd.config.vocabulary import check_vocabulary
+from torchkd.terms import CACHE
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from torchkd.distiller import Distiller, Term
-    from torchkd.on_policy import OnPolicy
+    from torchkd.lm.on_policy import OnPolicy
 
 __all__ = [
     "Built",
@@ -194,7 +195,7 @@ def build_loaders(
 def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
     ``data.transfer`` is set, and the training and validation splits read with the teacher
-    cache when ``data.teacher_cache`` is (:class:`~torchkd.data.teacher_cache.TeacherCacheDataset`;
+    cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
     the validation split's terms are evaluated every epoch, the test split's are not)."""
     from torchkd.data import create_dataset
 
@@ -214,7 +215,7 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
     if "train" in splits and data.transfer is not None:
         datasets["train"] = _transfer_set(data)
     if data.teacher_cache is not None:
-        from torchkd.data.teacher_cache import TeacherCacheDataset, split_directory
+        from torchkd.lm.cache import TeacherCacheDataset, split_directory
 
         cache = data.teacher_cache
         for split in [name for name in CACHED_SPLITS if name in splits]:
@@ -368,16 +369,16 @@ def reads_teacher_models(recipe: Recipe) -> bool:
     from torchkd import losses
 
     return recipe.on_policy is not None or any(
-        term.teacher != "cache"
+        term.teacher != CACHE
         and (term.loss not in losses.available() or losses.entry(term.loss).signature != "labels")
         for term in recipe.terms
     )
 
 
 def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:
-    """The :class:`~torchkd.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
+    """The :class:`~torchkd.lm.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
     defaults to ``default_seed`` (the recipe's ``train.seed``)."""
-    from torchkd.on_policy import OnPolicy
+    from torchkd.lm.on_policy import OnPolicy
 
     options = spec.model_dump()
     if options["seed"] is None:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from torchkd.config.tune_schema import TuneConfig
+from torchkd.terms import CACHE
 from torchkd.train.config import (
     Float,
     NonNegativeFloat,
@@ -161,7 +162,7 @@ class TeacherCacheConfig(Section):
     """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
 
     The training and validation splits are read with the teacher's top-k log-probabilities of
-    every position (:class:`torchkd.data.teacher_cache.TeacherCacheDataset`) for the terms whose
+    every position (:class:`torchkd.lm.cache.TeacherCacheDataset`) for the terms whose
     ``teacher`` is ``cache``; the cache's temperature is theirs (a cache written at another
     temperature is refused).
 
@@ -286,7 +287,7 @@ class TermConfig(Section):
 
 class OnPolicyConfig(Section):
     """``on_policy:``: on-policy distillation (GKD) or sequence-level KD, mirroring
-    :class:`torchkd.on_policy.OnPolicy`.
+    :class:`torchkd.lm.on_policy.OnPolicy`.
 
     Attributes:
         fraction: ``λ``, the probability that a training step's batches are replaced by the
@@ -351,7 +352,7 @@ class Recipe(Section):
                 "on_policy, data.teacher_cache: the teacher cache holds the teacher's "
                 "distributions on the dataset's tokens only, not on sampled ones; drop one"
             )
-        cached = [i for i, term in enumerate(self.terms) if term.teacher == "cache"]
+        cached = [i for i, term in enumerate(self.terms) if term.teacher == CACHE]
         if self.on_policy is not None and cached:
             raise ValueError(
                 f"on_policy: terms.{cached[0]} reads the teacher cache, which holds the "

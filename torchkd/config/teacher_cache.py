@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from torchkd.config.errors import ConfigError, blame
 from torchkd.config.schema import ModelConfig, Recipe, is_number
+from torchkd.terms import CACHE
 
 __all__ = [
     "CACHED_SPLITS",
-    "CACHE_TEACHER",
     "cache_teacher",
     "cache_temperature",
     "check_cache_terms",
@@ -20,7 +20,6 @@ __all__ = [
     "recipe_teacher_source",
 ]
 
-CACHE_TEACHER = "cache"  # a term's ``teacher:`` that reads the teacher cache
 CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
@@ -30,7 +29,7 @@ def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
     Raises:
         ConfigError: the recipe has no teacher, or its cache-reading terms name two.
     """
-    indices = {term.teacher_index for term in recipe.terms if term.teacher == CACHE_TEACHER}
+    indices = {term.teacher_index for term in recipe.terms if term.teacher == CACHE}
     configs = recipe.teacher_configs
     if not configs:
         raise ConfigError(["teacher: torchkd cache-teacher runs the recipe's teacher; set one"])
@@ -86,7 +85,7 @@ def cache_temperature(recipe: Recipe) -> float:
     Raises:
         ConfigError: no term reads the cache, or two of them at different temperatures.
     """
-    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE]
     if not indices:
         raise ConfigError(
             [
@@ -109,7 +108,7 @@ def check_cache_terms(recipe: Recipe) -> None:
     from torchkd import losses
 
     for index, term in enumerate(recipe.terms):
-        if term.teacher != CACHE_TEACHER:
+        if term.teacher != CACHE:
             continue
         with blame(f"terms.{index}.loss"):
             entry = losses.entry(term.loss)
@@ -121,14 +120,14 @@ def check_cache_terms(recipe: Recipe) -> None:
 def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -> None:
     """Refuse a run whose ``teacher: cache`` terms read a ``data.teacher_cache`` (of the cached
     ones among ``splits``) that is missing, damaged (its manifest, see
-    :func:`~torchkd.data.cache_format.read_manifest`), written at another temperature, or
+    :func:`~torchkd.lm.cache.format.read_manifest`), written at another temperature, or
     written from another teacher than the recipe's (their
-    :func:`~torchkd.data.cache_format.source_fingerprint`: model, kwargs and weight files;
+    :func:`~torchkd.lm.cache.format.source_fingerprint`: model, kwargs and weight files;
     checked when the recipe names its teacher), naming the YAML paths and the directory. The
     shards' digests are checked when the cache is read (:func:`build_datasets`)."""
-    from torchkd.data.teacher_cache import read_manifest, split_directory
+    from torchkd.lm.cache import read_manifest, split_directory
 
-    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE_TEACHER]
+    indices = [i for i, term in enumerate(recipe.terms) if term.teacher == CACHE]
     cache = recipe.data.teacher_cache
     if cache is None or not indices:
         return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
@@ -172,8 +171,8 @@ def _check_temperature(recipe: Recipe, indices: list[int], written: float, where
 
 def recipe_teacher_source(teacher: ModelConfig) -> str:
     """The cache's ``teacher_source`` of a recipe's teacher: its model, kwargs and weight file
-    (:func:`torchkd.data.cache_format.source_fingerprint`); flags such as ``untrained`` do not
+    (:func:`torchkd.lm.cache.format.source_fingerprint`); flags such as ``untrained`` do not
     change what the teacher computes, so they are not part of it."""
-    from torchkd.data.cache_format import source_fingerprint
+    from torchkd.lm.cache.format import source_fingerprint
 
     return source_fingerprint(teacher.model, teacher.kwargs, teacher.checkpoint)

@@ -39,7 +39,15 @@ from torch import Tensor, nn
 
 from torchkd._files import atomic_write
 from torchkd.distiller import Distiller, DistillOutput, OnPolicyHook, Term
-from torchkd.lm import IGNORE_INDEX, count_valid_tokens, next_token_labels
+from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.tokens import (
+    IGNORE_INDEX,
+    TOKEN_NORMALIZER,
+    TokenNormalizer,
+    count_valid_tokens,
+    is_token_labels,
+    next_token_labels,
+)
 
 try:
     import transformers
@@ -55,14 +63,7 @@ __all__ = ["EXTRAS_FILE", "DistillationTrainer", "default_terms", "distillation_
 EXTRAS_FILE = "torchkd_extras.safetensors"  # adapters, learned weights/temperatures of the terms
 
 # Batch entries that are not model inputs: they go to the torchkd batch beside "inputs".
-_BATCH_KEYS = (
-    "index",
-    "prompt_ids",
-    "prompt_mask",
-    "teacher_topk_ids",
-    "teacher_topk_log_probs",
-    "teacher_topk_tail",
-)
+_BATCH_KEYS = ("index", "prompt_ids", "prompt_mask", *CACHE_KEYS)
 _LABEL_KEYS = ("labels", "shift_labels")
 
 
@@ -86,7 +87,7 @@ def default_terms(
 
 
 def distillation_batch(
-    inputs: Mapping[str, Any], num_items_in_batch: Tensor | float | None = None
+    inputs: Mapping[str, Any], token_normalizer: TokenNormalizer | None = None
 ) -> dict[str, Any]:
     """A Hugging Face batch as a torchkd batch.
 
@@ -94,6 +95,7 @@ def distillation_batch(
     position and wherever position ``t`` or ``t + 1`` is padding (``attention_mask`` 0); a
     collator's ``shift_labels`` (already shifted) are used as they are. The teacher-cache
     entries and ``index`` stay batch entries; every other entry is a model input.
+    ``token_normalizer`` (training) goes to ``batch["token_normalizer"]``.
 
     Example:
         >>> batch = distillation_batch({
@@ -111,8 +113,8 @@ def distillation_batch(
         "labels": shifted_labels(inputs),
     }
     batch.update({key: inputs[key] for key in _BATCH_KEYS if key in inputs})
-    if num_items_in_batch is not None:
-        batch["num_items_in_batch"] = num_items_in_batch
+    if token_normalizer is not None:
+        batch[TOKEN_NORMALIZER] = token_normalizer
     return batch
 
 
@@ -121,7 +123,7 @@ def shifted_labels(inputs: Mapping[str, Any]) -> Tensor:
     if inputs.get("shift_labels") is not None:
         return inputs["shift_labels"]
     labels = inputs.get("labels")
-    if not isinstance(labels, Tensor) or labels.dim() < 2:
+    if not is_token_labels(labels):
         described = type(labels).__name__ if not isinstance(labels, Tensor) else labels.shape
         raise ValueError(
             "DistillationTrainer needs token labels: batch['labels'] of shape [batch, length] "
@@ -147,7 +149,7 @@ class DistillationTrainer(transformers.Trainer):
             batch, trained with the student (an extra optimizer parameter group) and saved
             beside the student as :data:`EXTRAS_FILE`.
         teacher_dtype: cast the teacher to this dtype (e.g. ``torch.bfloat16``).
-        on_policy: the Distiller's on-policy hook (e.g. :class:`torchkd.on_policy.OnPolicy`):
+        on_policy: the Distiller's on-policy hook (e.g. :class:`torchkd.lm.on_policy.OnPolicy`):
             each training micro-batch goes through :meth:`Distiller.prepare` at its optimizer
             step (``state.global_step``) before the step's tokens are counted. ``OnPolicy``'s
             samples are functions of its seed and the step, so resuming regenerates them.
@@ -326,8 +328,9 @@ class DistillationTrainer(transformers.Trainer):
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """The Distiller's loss of one micro-batch. In training, token-level terms are
-        normalized by ``num_items_in_batch / G`` and the loss is divided by ``G`` (``G``
-        micro-batches per step), and the terms are recorded for the logs; in evaluation,
+        normalized by ``TokenNormalizer(num_items_in_batch, G)`` (divisor ``N / G``) and the
+        loss is divided by ``G`` (``G`` micro-batches per step), and the terms are recorded for
+        the logs; in evaluation,
         token-level terms are normalized by the batch's own token count."""
         self.build_distiller()
         self.distiller.train(model.training)  # the teacher stays in eval mode (TeacherList)
@@ -336,8 +339,10 @@ class DistillationTrainer(transformers.Trainer):
             return (output.loss, _outputs(output)) if return_outputs else output.loss
         micro_batches = self.current_gradient_accumulation_steps
         self.distiller.set_progress(self.state.global_step, max(self.state.max_steps, 1))
-        per_micro_batch = None if num_items_in_batch is None else num_items_in_batch / micro_batches
-        output = self.distiller(distillation_batch(inputs, per_micro_batch))
+        normalizer = None
+        if num_items_in_batch is not None and float(num_items_in_batch) > 0:
+            normalizer = TokenNormalizer(float(num_items_in_batch), micro_batches)
+        output = self.distiller(distillation_batch(inputs, normalizer))
         self._term_steps.add(self.state.global_step)
         for name, value in output.terms.items():
             self._term_sums[name] = self._term_sums.get(name, 0) + value.detach() / micro_batches

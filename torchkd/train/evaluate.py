@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchkd.lm.tokens import IGNORE_INDEX, is_token_labels
 from torchkd.teachers import call_model, select_logits
 from torchkd.terms import to_device
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 NUM_CALIBRATION_BINS = 15
-IGNORE_INDEX = -100
 
 
 def calibration_bins(
@@ -127,7 +127,7 @@ class _Totals:
         student_logits = student_logits.float().reshape(-1, num_classes)
         teacher_logits = [t.float().reshape(-1, num_classes) for t in teacher_logits]
         if labels is not None:
-            self.token_labels = self.token_labels or labels.dim() >= 2
+            self.token_labels = self.token_labels or is_token_labels(labels)
             keep = labels.reshape(-1) != IGNORE_INDEX
             labels = labels.reshape(-1)[keep]
             student_logits = student_logits[keep]

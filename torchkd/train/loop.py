@@ -2,7 +2,7 @@
 
 One optimizer step, top to bottom: the step's ``grad_accum_steps`` micro-batches are drawn and
 each passed through ``distiller.prepare(batch, step)`` (on-policy sampling, when configured);
-for token labels (``labels.dim() >= 2``) each gets ``num_items_in_batch``; then for each,
+for token labels (``[B, L]``) each gets the step's token normalizer; then for each,
 ``distiller.set_progress(step, total_steps)``, the forward pass under autocast (bf16, or fp16
 with a ``GradScaler`` on CUDA) and ``backward`` of ``loss / group_size``; then the gradient
 norm is measured (and clipped to ``grad_clip_norm``). If the loss or the norm is not finite
@@ -12,11 +12,13 @@ each step comes from :class:`~torchkd.train.optim.LRSchedule`.
 
 Token terms are normalized by the step's tokens, not each micro-batch's: with ``N`` the valid
 tokens (label != -100) of all the step's micro-batches on all processes, ``G`` micro-batches
-and ``W`` processes, every micro-batch carries ``num_items_in_batch = N / (G W)``. A token loss
-that divides its summed per-token loss by it (the fused ``hidden_states`` losses do), then by
-``G`` (above), summed over micro-batches and averaged over processes (DDP), divides the step's
-summed token loss by ``N``: the gradient of the one large batch, however unevenly the valid
-tokens fall. Losses that ignore ``num_items_in_batch`` average within each micro-batch.
+and ``W`` processes, every micro-batch carries ``batch["token_normalizer"] =
+TokenNormalizer(N, G, W)`` (:class:`torchkd.lm.TokenNormalizer`). A token loss that divides its
+summed per-token loss by its ``divisor`` ``N / (G W)`` (the fused ``hidden_states`` losses do),
+then by ``G`` (above), summed over micro-batches and averaged over processes (DDP), divides the
+step's summed token loss by ``N``: the gradient of the one large batch, however unevenly the
+valid tokens fall. Other losses average within each micro-batch, as does every loss in a step
+with no valid token.
 
 Resuming is exact: each epoch's shuffle order is derived from ``(seed, epoch)``, and a
 checkpoint stores every random generator's state at the last optimizer step (and at the start
@@ -50,7 +52,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from torchkd._files import remove_stale_temporaries
-from torchkd.lm import count_valid_tokens
+from torchkd.lm.tokens import (
+    TOKEN_NORMALIZER,
+    TokenNormalizer,
+    count_valid_tokens,
+    is_token_labels,
+)
 from torchkd.terms import to_device
 from torchkd.train.checkpoint import (
     CheckpointError,
@@ -371,7 +378,7 @@ class Trainer:
             dict(self.distiller.prepare(to_device(next(batches), self.device), step))
             for _ in range(group_size)
         ]
-        self._set_num_items(micro_batches)
+        self._set_token_normalizer(micro_batches)
         for index, batch in enumerate(micro_batches):
             self.distiller.set_progress(step, self.total_steps)
             with self.parallel.sync_gradients(index == group_size - 1):
@@ -382,17 +389,20 @@ class Trainer:
             group.add(output)
         return group
 
-    def _set_num_items(self, micro_batches: list[dict[str, Any]]) -> None:
-        """Set ``num_items_in_batch`` = the step's valid tokens on all processes / (micro-batches
-        x processes) on micro-batches with token labels (see the module docstring)."""
+    def _set_token_normalizer(self, micro_batches: list[dict[str, Any]]) -> None:
+        """Give micro-batches with token labels the step's :class:`TokenNormalizer` (the valid
+        tokens of all of them on all processes; see the module docstring)."""
         labels = [batch.get(self.distiller.labels_key) for batch in micro_batches]
-        if not all(isinstance(value, Tensor) and value.dim() >= 2 for value in labels):
+        if not all(is_token_labels(value) for value in labels):
             return
         local = sum(count_valid_tokens(value) for value in labels)
-        count = torch.tensor(local, dtype=torch.int64, device=self.device)  # exact; any device
-        num_items = float(self.parallel.mean(count)) / len(micro_batches)
+        count = torch.tensor(local, dtype=torch.float64, device=self.device)  # exact to 2**53
+        tokens = round(float(self.parallel.mean(count)) * self.parallel.world_size)
+        if tokens == 0:
+            return
+        normalizer = TokenNormalizer(tokens, len(micro_batches), self.parallel.world_size)
         for batch in micro_batches:
-            batch["num_items_in_batch"] = num_items
+            batch[TOKEN_NORMALIZER] = normalizer
 
     def _update(self, group: StepGroup) -> tuple[Tensor, list[str]] | None:
         """Measure (and clip) the gradient, then step, or skip a non-finite step.

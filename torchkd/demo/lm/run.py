@@ -31,6 +31,7 @@ from torchkd.demo.lm.teacher import lm_recipe, train_teacher
 from torchkd.demo.run import check_publishable, describe_terms, write_results
 from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
+from torchkd.terms import CACHE
 
 __all__ = ["RESULTS_FILE", "cache_teacher", "lm_demo_command", "run_lm_demo"]
 
@@ -86,7 +87,7 @@ def _describe_arm(recipe_name: str) -> str:
     distillation, its settings."""
     recipe = lm_recipe(recipe_name)
     text = describe_terms(recipe)
-    if any(term.teacher == "cache" for term in recipe.terms):
+    if any(term.teacher == CACHE for term in recipe.terms):
         text += " against the top-k cache (teacher: cache)"
     if recipe.on_policy is not None:
         settings = recipe.on_policy.model_dump(exclude_none=True)

@@ -36,12 +36,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from torchkd.lm import IGNORE_INDEX
+from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.tokens import IGNORE_INDEX
 
 __all__ = ["OnPolicy"]
 
 SOURCES = ("student", "teacher")
-_CACHED_TEACHER_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 _KEPT_KEYS = ("index", "prompt_ids", "prompt_mask")  # per-sample keys still aligned afterwards
 
 
@@ -141,7 +141,7 @@ class OnPolicy:
         generated one (``-100`` elsewhere: the loss covers the generated tokens only) and the
         batch's ``index``, ``prompt_ids`` and ``prompt_mask``. Other keys are dropped.
         """
-        cached = [key for key in _CACHED_TEACHER_KEYS if key in batch]
+        cached = [key for key in CACHE_KEYS if key in batch]
         if cached:
             raise ValueError(
                 f"on-policy distillation needs a teacher model to score the sampled tokens, but "

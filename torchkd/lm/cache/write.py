@@ -1,10 +1,8 @@
-"""Offline sparse teacher cache: a causal-LM teacher's top-k next-token distribution per
-position, written once to safetensors shards (:func:`write_teacher_cache`) and read back during
-training with no teacher model in memory (:class:`TeacherCacheDataset`): the sparse top-k
-distillation of DistillKit, with the tail mass kept.
+"""Writing a teacher cache: a causal-LM teacher's top-k next-token distribution per position,
+written once to safetensors shards (:func:`write_teacher_cache`), resumable shard by shard.
 
 The format (layout, ``bytes/token = k (b_id + 2) + 2``, fingerprints, manifest) is described
-in :mod:`torchkd.data.cache_format`; its public names are re-exported here.
+in :mod:`torchkd.lm.cache.format`.
 """
 
 from __future__ import annotations
@@ -17,54 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from torchkd._files import atomic_write, remove_stale_temporaries
-from torchkd.data.cache_format import (
+from torchkd.lm.cache.format import (
     CACHE_FORMAT,
     CACHE_VERSION,
     MANIFEST,
     SETTINGS,
     VALUE_DTYPE,
     TeacherCacheError,
-    bytes_per_token,
     fingerprint_dataset,
     read_manifest,
     shard_name,
-    source_fingerprint,
-    split_directory,
     teacher_fingerprint,
     token_id_dtype,
     verify_shards,
     write_manifest,
 )
-from torchkd.lm import last_hidden_state, output_projection
+from torchkd.lm.model import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
 from torchkd.terms import to_device
 
-__all__ = [
-    "CACHE_FORMAT",
-    "CACHE_VERSION",
-    "MANIFEST",
-    "TeacherCacheDataset",
-    "TeacherCacheError",
-    "bytes_per_token",
-    "check_k",
-    "fingerprint_dataset",
-    "read_manifest",
-    "shard_name",
-    "source_fingerprint",
-    "split_directory",
-    "teacher_fingerprint",
-    "token_id_dtype",
-    "verify_shards",
-    "write_manifest",
-    "write_teacher_cache",
-]
+__all__ = ["check_k", "write_teacher_cache"]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +173,7 @@ def write_teacher_cache(
     on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
-    distribution at every position (the format: :mod:`torchkd.data.cache_format`). Storage is
+    distribution at every position (the format: :mod:`torchkd.lm.cache.format`). Storage is
 
     .. math::
         \\text{bytes/token} = k \\, (b_\\text{id} + 2) + 2
@@ -232,7 +208,7 @@ def write_teacher_cache(
             ``tokenizer_fingerprint`` attribute, if any).
         dataset_fingerprint: default :func:`fingerprint_dataset`.
         teacher_source: recorded for readers that know the teacher only by where it comes
-            from (:func:`~torchkd.data.cache_format.source_fingerprint`; ``torchkd
+            from (:func:`~torchkd.lm.cache.format.source_fingerprint`; ``torchkd
             cache-teacher`` records the recipe's teacher, ``torchkd train`` compares it).
         chunk_size: positions per logits chunk (default
             :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
@@ -323,140 +299,3 @@ def write_teacher_cache(
         manifest["complete"] = True
         write_manifest(directory, manifest)
     return manifest
-
-
-# ------------------------------------------------------------------------------------ reader
-
-
-class TeacherCacheDataset:
-    """``base_dataset`` with the cached teacher's top-k distribution added to every sample.
-
-    Each sample (or batch, for a list of positions) of the base dataset gains
-    ``teacher_topk_ids`` int64 ``[..., L, k]``, ``teacher_topk_log_probs`` float32
-    ``[..., L, k]`` and ``teacher_topk_tail`` float32 ``[..., L]``, looked up by the sample's
-    ``index``: what ``TopKLogits(ids, log_probs, tail)`` takes (``teacher: cache`` terms).
-
-    The manifest is checked when the dataset is made: the cache must be complete and written
-    for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
-    ``k`` / ``temperature`` when given), and so are its own digest and shard list
-    (:func:`~torchkd.data.cache_format.read_manifest`) and the SHA-256 of every shard
-    (:func:`~torchkd.data.cache_format.verify_shards`): a damaged cache is refused before
-    training starts. Shards are then read lazily, row by row, from memory-mapped safetensors
-    files.
-
-    Args:
-        base_dataset: the dataset the cache was written from.
-        directory: the cache directory.
-        k: the ``k`` the caller expects (e.g. the recipe's ``data.teacher_cache.k``).
-        temperature: the temperature the caller expects.
-        tokenizer_fingerprint: the data's tokenizer fingerprint (default: the base dataset's
-            ``tokenizer_fingerprint`` attribute, if any).
-
-    Raises:
-        TeacherCacheError: naming what does not match and the cache directory.
-    """
-
-    def __init__(
-        self,
-        base_dataset: Any,
-        directory: str | os.PathLike[str],
-        *,
-        k: int | None = None,
-        temperature: float | None = None,
-        tokenizer_fingerprint: str | None = None,
-    ) -> None:
-        self.dataset = base_dataset
-        self.directory = Path(directory)
-        manifest = read_manifest(self.directory)
-        self.manifest = manifest
-        if not manifest["complete"]:
-            raise TeacherCacheError(
-                f"the teacher cache in {directory} is incomplete ({len(manifest['shards'])} "
-                "shards written); run `torchkd cache-teacher RECIPE` again to finish it"
-            )
-        for name, expected in (("k", k), ("temperature", temperature)):
-            if expected is not None and manifest[name] != expected:
-                raise TeacherCacheError(
-                    f"the teacher cache in {directory} was written with {name}="
-                    f"{manifest[name]}, but {name}={expected} is asked for"
-                )
-        if tokenizer_fingerprint is None:
-            tokenizer_fingerprint = getattr(base_dataset, "tokenizer_fingerprint", None)
-        stored = manifest["tokenizer_fingerprint"]
-        if None not in (tokenizer_fingerprint, stored) and tokenizer_fingerprint != stored:
-            raise TeacherCacheError(
-                f"the teacher cache in {directory} was written with another tokenizer "
-                f"(fingerprint {stored[:16]}..., the data's is {tokenizer_fingerprint[:16]}...)"
-            )
-        fingerprint = fingerprint_dataset(base_dataset)
-        if fingerprint != manifest["dataset_fingerprint"] or manifest["rows"] != len(base_dataset):
-            raise TeacherCacheError(
-                f"the teacher cache in {directory} was written for other data (dataset "
-                f"fingerprint {manifest['dataset_fingerprint'][:16]}..., {manifest['rows']} rows; "
-                f"this dataset's is {fingerprint[:16]}..., {len(base_dataset)} rows); rewrite "
-                "it with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
-            )
-        verify_shards(self.directory, manifest)
-        self._handles: dict[int, Any] = {}
-
-    @property
-    def k(self) -> int:
-        return int(self.manifest["k"])
-
-    @property
-    def temperature(self) -> float:
-        return float(self.manifest["temperature"])
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled for DataLoader workers without the open shard files (reopened lazily)."""
-        return {**self.__dict__, "_handles": {}}
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "__setstate__") or name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def _shard(self, shard: int) -> Any:
-        """The open shard ``shard`` (verified when the dataset was made); its row indices are
-        checked when it is opened."""
-        if shard in self._handles:
-            return self._handles[shard]
-        entry = self.manifest["shards"][shard]
-        path = self.directory / entry["file"]
-        handle = safe_open(str(path), framework="pt")
-        start = shard * int(self.manifest["rows_per_shard"])
-        expected = torch.arange(start, start + int(entry["rows"]))
-        if not torch.equal(handle.get_tensor("index"), expected):
-            raise TeacherCacheError(f"teacher cache shard {path} holds other rows than expected")
-        self._handles[shard] = handle
-        return handle
-
-    def _row(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        if not 0 <= index < int(self.manifest["rows"]):
-            raise IndexError(
-                f"sample index {index} is outside the teacher cache's {self.manifest['rows']} rows"
-            )
-        shard, offset = divmod(index, int(self.manifest["rows_per_shard"]))
-        handle = self._shard(shard)
-        ids = handle.get_slice("token_ids")[offset].to(torch.int64)
-        log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
-        tail = handle.get_slice("tail")[offset].to(torch.float32)
-        return ids, log_probs, tail
-
-    def __getitem__(self, position: Any) -> dict[str, Any]:
-        """A sample, or a batch for a sequence of positions (as the base dataset answers)."""
-        sample = self.dataset[position]
-        index = torch.as_tensor(sample["index"])
-        rows = [self._row(int(i)) for i in index.reshape(-1).tolist()]
-        ids, log_probs, tail = (torch.stack(column) for column in zip(*rows, strict=True))
-        if index.dim() == 0:
-            ids, log_probs, tail = ids[0], log_probs[0], tail[0]
-        return {
-            **sample,
-            "teacher_topk_ids": ids,
-            "teacher_topk_log_probs": log_probs,
-            "teacher_topk_tail": tail,
-        }

@@ -30,7 +30,7 @@ def measure_cache_error(
     """Loss and gradient error of the cached teacher against the dense one.
 
     On the first ``batches`` batches of ``cached`` (a
-    :class:`~torchkd.data.teacher_cache.TeacherCacheDataset`, in index order) it computes the
+    :class:`~torchkd.lm.cache.TeacherCacheDataset`, in index order) it computes the
     forward-KL :func:`~torchkd.losses.fused_linear_kd_loss` (``reduction="sum"``, at
     ``temperature``) of ``student`` against the dense teacher (its hidden states and output
     projection) and against the cached ``TopKLogits``, and the gradients ``g`` of both w.r.t.

@@ -1,6 +1,4 @@
-"""Language-model plumbing shared by the Distiller, the teacher cache and on-policy sampling:
-a causal LM's body (final hidden states, no logits) and its output projection, next-token
-labels and valid-token counts.
+"""A causal LM's body (final hidden states, no logits) and its output projection.
 
 A causal LM computes ``logits = s * softcap(h W^T + b)`` from the final hidden states ``h`` of
 its body. Token-level losses take ``h`` and ``W`` (:func:`torchkd.losses.fused_linear_kd_loss`)
@@ -19,17 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "IGNORE_INDEX",
-    "OutputProjection",
-    "count_valid_tokens",
-    "is_causal_lm",
-    "last_hidden_state",
-    "next_token_labels",
-    "output_projection",
-]
-
-IGNORE_INDEX = -100  # label of positions no token-level term reads (padding, prompts, the end)
+__all__ = ["OutputProjection", "is_causal_lm", "last_hidden_state", "output_projection"]
 
 
 @dataclass(frozen=True)
@@ -117,37 +105,3 @@ def last_hidden_state(model: nn.Module, inputs: Mapping[str, Any], what: str = "
             f"{what}.get_decoder() returned {type(output).__name__} without a last_hidden_state"
         )
     return hidden
-
-
-def next_token_labels(
-    input_ids: Tensor, attention_mask: Tensor | None = None, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
-    """Labels for next-token prediction: ``labels[..., t] = input_ids[..., t + 1]``, with
-    ``ignore_index`` at the last position and wherever the next token is padding.
-
-    Example:
-        >>> next_token_labels(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]]))
-        tensor([[   6,    7, -100, -100]])
-    """
-    labels = torch.full_like(input_ids, ignore_index)
-    labels[..., :-1] = input_ids[..., 1:]
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of "
-                f"input_ids {tuple(input_ids.shape)}"
-            )
-        keep = torch.zeros_like(attention_mask, dtype=torch.bool)
-        keep[..., :-1] = attention_mask[..., 1:].bool() & attention_mask[..., :-1].bool()
-        labels = labels.masked_fill(~keep, ignore_index)
-    return labels
-
-
-def count_valid_tokens(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:
-    """How many positions of ``labels`` a token-level term reads (label != ``ignore_index``).
-
-    Example:
-        >>> count_valid_tokens(torch.tensor([[6, 7, -100, -100]]))
-        2
-    """
-    return int((labels != ignore_index).sum())

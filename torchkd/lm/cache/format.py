@@ -1,5 +1,6 @@
 """The teacher cache's on-disk format: directory layout, sizes, fingerprints and the manifest
-(the writer and the reader are in :mod:`torchkd.data.teacher_cache`).
+(the writer is :mod:`torchkd.lm.cache.write`, the reader :mod:`torchkd.lm.cache.read`), and the
+batch keys a cached teacher's top-k distribution travels under.
 
 Directory layout::
 
@@ -42,6 +43,7 @@ from torchkd.errors import InputError
 
 __all__ = [
     "CACHE_FORMAT",
+    "CACHE_KEYS",
     "CACHE_VERSION",
     "MANIFEST",
     "SETTINGS",
@@ -59,6 +61,9 @@ __all__ = [
     "write_manifest",
 ]
 
+# the batch entries of a cached teacher: top-k ids [..., L, k], their log-probabilities and the
+# log of the tail mass [..., L] (what ``torchkd.losses.TopKLogits(ids, log_probs, tail)`` takes)
+CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 CACHE_FORMAT = "torchkd-teacher-cache"
 CACHE_VERSION = 2  # 2: the manifest holds its own SHA-256 and the teacher's source fingerprint
 MANIFEST = "manifest.json"

@@ -1,0 +1,152 @@
+"""Reading a teacher cache during training: :class:`TeacherCacheDataset` adds the cached
+teacher's top-k distribution to every sample of the dataset it was written from, with no
+teacher model in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from torchkd.lm.cache.format import (
+    CACHE_KEYS,
+    TeacherCacheError,
+    fingerprint_dataset,
+    read_manifest,
+    verify_shards,
+)
+
+__all__ = ["TeacherCacheDataset"]
+
+
+class TeacherCacheDataset:
+    """``base_dataset`` with the cached teacher's top-k distribution added to every sample.
+
+    Each sample (or batch, for a list of positions) of the base dataset gains
+    ``teacher_topk_ids`` int64 ``[..., L, k]``, ``teacher_topk_log_probs`` float32
+    ``[..., L, k]`` and ``teacher_topk_tail`` float32 ``[..., L]``, looked up by the sample's
+    ``index``: what ``TopKLogits(ids, log_probs, tail)`` takes (``teacher: cache`` terms).
+
+    The manifest is checked when the dataset is made: the cache must be complete and written
+    for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
+    ``k`` / ``temperature`` when given), and so are its own digest and shard list
+    (:func:`~torchkd.lm.cache.format.read_manifest`) and the SHA-256 of every shard
+    (:func:`~torchkd.lm.cache.format.verify_shards`): a damaged cache is refused before
+    training starts. Shards are then read lazily, row by row, from memory-mapped safetensors
+    files.
+
+    Args:
+        base_dataset: the dataset the cache was written from.
+        directory: the cache directory.
+        k: the ``k`` the caller expects (e.g. the recipe's ``data.teacher_cache.k``).
+        temperature: the temperature the caller expects.
+        tokenizer_fingerprint: the data's tokenizer fingerprint (default: the base dataset's
+            ``tokenizer_fingerprint`` attribute, if any).
+
+    Raises:
+        TeacherCacheError: naming what does not match and the cache directory.
+    """
+
+    def __init__(
+        self,
+        base_dataset: Any,
+        directory: str | os.PathLike[str],
+        *,
+        k: int | None = None,
+        temperature: float | None = None,
+        tokenizer_fingerprint: str | None = None,
+    ) -> None:
+        self.dataset = base_dataset
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        self.manifest = manifest
+        if not manifest["complete"]:
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} is incomplete ({len(manifest['shards'])} "
+                "shards written); run `torchkd cache-teacher RECIPE` again to finish it"
+            )
+        for name, expected in (("k", k), ("temperature", temperature)):
+            if expected is not None and manifest[name] != expected:
+                raise TeacherCacheError(
+                    f"the teacher cache in {directory} was written with {name}="
+                    f"{manifest[name]}, but {name}={expected} is asked for"
+                )
+        if tokenizer_fingerprint is None:
+            tokenizer_fingerprint = getattr(base_dataset, "tokenizer_fingerprint", None)
+        stored = manifest["tokenizer_fingerprint"]
+        if None not in (tokenizer_fingerprint, stored) and tokenizer_fingerprint != stored:
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} was written with another tokenizer "
+                f"(fingerprint {stored[:16]}..., the data's is {tokenizer_fingerprint[:16]}...)"
+            )
+        fingerprint = fingerprint_dataset(base_dataset)
+        if fingerprint != manifest["dataset_fingerprint"] or manifest["rows"] != len(base_dataset):
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} was written for other data (dataset "
+                f"fingerprint {manifest['dataset_fingerprint'][:16]}..., {manifest['rows']} rows; "
+                f"this dataset's is {fingerprint[:16]}..., {len(base_dataset)} rows); rewrite "
+                "it with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+            )
+        verify_shards(self.directory, manifest)
+        self._handles: dict[int, Any] = {}
+
+    @property
+    def k(self) -> int:
+        return int(self.manifest["k"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest["temperature"])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for DataLoader workers without the open shard files (reopened lazily)."""
+        return {**self.__dict__, "_handles": {}}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "__setstate__") or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _shard(self, shard: int) -> Any:
+        """The open shard ``shard`` (verified when the dataset was made); its row indices are
+        checked when it is opened."""
+        if shard in self._handles:
+            return self._handles[shard]
+        entry = self.manifest["shards"][shard]
+        path = self.directory / entry["file"]
+        handle = safe_open(str(path), framework="pt")
+        start = shard * int(self.manifest["rows_per_shard"])
+        expected = torch.arange(start, start + int(entry["rows"]))
+        if not torch.equal(handle.get_tensor("index"), expected):
+            raise TeacherCacheError(f"teacher cache shard {path} holds other rows than expected")
+        self._handles[shard] = handle
+        return handle
+
+    def _row(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not 0 <= index < int(self.manifest["rows"]):
+            raise IndexError(
+                f"sample index {index} is outside the teacher cache's {self.manifest['rows']} rows"
+            )
+        shard, offset = divmod(index, int(self.manifest["rows_per_shard"]))
+        handle = self._shard(shard)
+        ids = handle.get_slice("token_ids")[offset].to(torch.int64)
+        log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
+        tail = handle.get_slice("tail")[offset].to(torch.float32)
+        return ids, log_probs, tail
+
+    def __getitem__(self, position: Any) -> dict[str, Any]:
+        """A sample, or a batch for a sequence of positions (as the base dataset answers)."""
+        sample = self.dataset[position]
+        index = torch.as_tensor(sample["index"])
+        rows = [self._row(int(i)) for i in index.reshape(-1).tolist()]
+        ids, log_probs, tail = (torch.stack(column) for column in zip(*rows, strict=True))
+        if index.dim() == 0:
+            ids, log_probs, tail = ids[0], log_probs[0], tail[0]
+        return {**sample, **dict(zip(CACHE_KEYS, (ids, log_probs, tail), strict=True))}

@@ -21,8 +21,9 @@ Uncertainty to Weigh Losses", CVPR 2018 (:math:`s_i = \\log\\sigma_i^2` learned)
 
 Language models (:mod:`torchkd.lm`): a ``"hidden_states"`` term (e.g. ``fused_linear_kd``) gets
 each causal LM's final hidden state and output projection, with ``batch["labels"]`` and the
-batch's :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``); a causal LM whose logits no term reads runs its body alone, so
-the ``[tokens x vocabulary]`` logits are never built. ``teacher="cache"`` reads the teacher's
+batch's :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``); a causal LM
+whose logits no term reads runs its body alone, so the ``[tokens x vocabulary]`` logits are
+never built. ``teacher="cache"`` reads the teacher's
 top-k distribution from the batch instead of running a teacher. Feature terms on ``[B, L, H]``
 tensors keep only the positions whose ``attention_mask`` (in the inputs mapping) is 1.
 

@@ -4,7 +4,7 @@ other in a circle. A failure names the file, the line and the import.
 
 The layers, bottom to top (see ``docs/architecture.md``)::
 
-    0  _registry, environment, errors   generic helpers, no torchkd imports
+    0  _registry, environment, errors, batch   generic helpers, no torchkd imports
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, teachers
     3  distiller, terms, data, models   (and the package root, which exports the Distiller)
@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "_files": 0,
     "errors": 0,
     "environment": 0,
+    "batch": 0,
     "losses": 1,
     "schedules": 2,
     "temperature": 2,

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS, AdapterKind, build_adapter
+from torchkd.batch import as_batch
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model, valid_positions
 from torchkd.lm import OutputProjection, is_causal_lm, output_projection
 from torchkd.losses.distributed import gather_rows_with_grad
@@ -60,7 +61,6 @@ from torchkd.terms import (
     Term,
     TermError,
     UncertaintyWeight,
-    as_batch,
     blame_term,
     term_error,
 )

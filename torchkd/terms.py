@@ -1,11 +1,11 @@
 """What a :class:`~torchkd.distiller.Distiller` is made of and gives back: :class:`Term` (one
 weighted loss term), :class:`DistillOutput`, the learned :class:`UncertaintyWeight`, the errors
-that name a term (:class:`TermError`), and the batch forms the engine reads (:func:`as_batch`).
+that name a term (:class:`TermError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,60 +24,12 @@ __all__ = [
     "Term",
     "TermError",
     "UncertaintyWeight",
-    "as_batch",
     "blame_term",
     "term_error",
-    "to_device",
 ]
 
 LOGITS = "logits"  # a term's student/teacher value meaning the model's output logits
 CACHE = "cache"  # a term's teacher value meaning the batch's cached top-k teacher distribution
-
-
-def as_batch(
-    batch: Mapping[str, Any] | Sequence[Any], inputs_key: str = "inputs", labels_key: str = "labels"
-) -> Mapping[str, Any]:
-    """A batch as the dict the engine reads: a dict passes through; the ``(inputs, labels)``
-    or ``(inputs,)`` tuples a ``TensorDataset`` yields become ``{"inputs": ..., "labels": ...}``.
-
-    Example:
-        >>> import torch
-        >>> sorted(as_batch((torch.zeros(2, 3), torch.tensor([0, 1]))))
-        ['inputs', 'labels']
-    """
-    if isinstance(batch, Mapping):
-        return batch
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        return dict(zip((inputs_key, labels_key), batch, strict=False))
-    described = f"a {type(batch).__name__}"
-    if isinstance(batch, (tuple, list)):
-        described += f" of {len(batch)} entries"
-    raise TypeError(
-        f"a batch must be a dict ({inputs_key!r}, optional {labels_key!r} and 'index') or an "
-        f"(inputs, labels) tuple, got {described}; for more entries yield dicts, e.g. with "
-        "torchkd.data.TensorDictDataset"
-    )
-
-
-def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
-    :func:`as_batch`) as a dict with every tensor moved to ``device``,
-    including those of nested mappings (e.g. ``inputs = {"input_ids", "attention_mask"}``).
-
-    Example:
-        >>> moved = to_device({"inputs": {"input_ids": torch.ones(1, 2)}}, torch.device("cpu"))
-        >>> moved["inputs"]["input_ids"].device.type
-        'cpu'
-    """
-    return _moved(as_batch(batch), device)
-
-
-def _moved(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _moved(item, device) for key, item in value.items()}
-    return value
 
 
 class TermError(ValueError):

@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from torchkd._files import remove_stale_temporaries
+from torchkd.batch import to_device
 from torchkd.lm import count_valid_tokens
-from torchkd.terms import to_device
 from torchkd.train.checkpoint import (
     CheckpointError,
     check_fits,

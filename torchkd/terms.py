@@ -5,14 +5,17 @@ that name a term (:class:`TermError`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from torchkd import losses
 from torchkd.adapters import AdapterKind
 from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule
@@ -25,6 +28,7 @@ __all__ = [
     "TermError",
     "UncertaintyWeight",
     "blame_term",
+    "fixed_temperature",
     "term_error",
 ]
 
@@ -113,6 +117,61 @@ class Term:
     teacher_index: int = 0
     signature: Signature | None = None
     global_batch: bool = False
+
+
+def fixed_temperature(term: Term) -> tuple[float, str]:
+    """The one temperature ``term`` computes at, every step, and the :class:`Term` field that
+    sets it, by the rule a :class:`~torchkd.distiller.Distiller` calls the loss by:
+
+    1. ``term.temperature``, a number: the Distiller passes it to every call as
+       ``temperature=``, which overrides the loss's own;
+    2. else ``loss_kwargs["temperature"]``, which the loss is built with (field
+       ``"loss_kwargs.temperature"``);
+    3. else the registered loss's default ``temperature`` argument, or 1 for a loss without one
+       (field ``"temperature"``, the one to set).
+
+    What reads teacher outputs precomputed at one temperature (the teacher cache,
+    :func:`torchkd.config.cache_temperature`) uses this rule, so it cannot drift from the
+    Distiller's.
+
+    Example:
+        >>> fixed_temperature(Term("kd", "kd", loss_kwargs={"temperature": 4}))
+        (4.0, 'loss_kwargs.temperature')
+        >>> fixed_temperature(Term("kd", "kd", temperature=2.0))
+        (2.0, 'temperature')
+
+    Raises:
+        TermError: (field ``"temperature"``) the temperature is a schedule, ``"learned"`` or a
+            module, so it has no fixed value; (field ``"loss"``) the loss is a module or
+            callable, whose own temperature torchkd does not know.
+    """
+    if term.temperature is not None:
+        if not _is_number(term.temperature):
+            raise TermError(
+                term.name,
+                "temperature",
+                f"term {term.name!r}: temperature {term.temperature!r} is not a fixed number "
+                "(a schedule, 'learned' or a module varies)",
+            )
+        return float(term.temperature), "temperature"
+    if "temperature" in term.loss_kwargs:
+        return float(term.loss_kwargs["temperature"]), "loss_kwargs.temperature"
+    if not isinstance(term.loss, str):
+        raise TermError(
+            term.name,
+            "loss",
+            f"term {term.name!r}: the temperature of loss {term.loss!r} is its own; give "
+            "Term.temperature to fix it",
+        )
+    with blame_term(term, "loss"):
+        default = inspect.signature(losses.entry(term.loss).module).parameters.get("temperature")
+    if default is None or not _is_number(default.default):
+        return 1.0, "temperature"
+    return float(default.default), "temperature"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 @dataclass

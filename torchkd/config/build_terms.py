@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "build_distiller",
     "build_on_policy",
+    "build_term",
     "build_terms",
     "reads_teacher_models",
     "term_path",
@@ -36,31 +37,33 @@ def _schedule_value(value: Any, path: str) -> Any:
 
 
 def build_terms(recipe: Recipe) -> list[Term]:
-    """The :class:`~torchkd.distiller.Term` list of ``recipe.terms``: loss names and argument
-    names are checked here; each loss is built once, by :meth:`Distiller.build`."""
+    """The :class:`~torchkd.distiller.Term` list of ``recipe.terms`` (see :func:`build_term`);
+    each loss is built once, by :meth:`Distiller.build`."""
+    return [build_term(recipe, index) for index in range(len(recipe.terms))]
+
+
+def build_term(recipe: Recipe, index: int) -> Term:
+    """Term ``index`` of ``recipe.terms`` as the Distiller receives it: its loss name and
+    argument names are checked, and a schedule mapping becomes a schedule object."""
     from torchkd import losses
     from torchkd.distiller import Term
 
-    terms = []
-    for index, spec in enumerate(recipe.terms):
-        with blame(f"terms.{index}.loss"):
-            module = losses.entry(spec.loss).module
-        check_arguments(module, spec.loss_kwargs, f"terms.{index}.loss_kwargs")
-        terms.append(
-            Term(
-                name=spec.name,
-                loss=spec.loss,
-                loss_kwargs=dict(spec.loss_kwargs),
-                weight=_schedule_value(spec.weight, f"terms.{index}.weight"),
-                student=spec.student,
-                teacher=spec.teacher,
-                adapter=spec.adapter,
-                temperature=_schedule_value(spec.temperature, f"terms.{index}.temperature"),
-                teacher_index=spec.teacher_index,
-                global_batch=spec.global_batch,
-            )
-        )
-    return terms
+    spec = recipe.terms[index]
+    with blame(f"terms.{index}.loss"):
+        module = losses.entry(spec.loss).module
+    check_arguments(module, spec.loss_kwargs, f"terms.{index}.loss_kwargs")
+    return Term(
+        name=spec.name,
+        loss=spec.loss,
+        loss_kwargs=dict(spec.loss_kwargs),
+        weight=_schedule_value(spec.weight, f"terms.{index}.weight"),
+        student=spec.student,
+        teacher=spec.teacher,
+        adapter=spec.adapter,
+        temperature=_schedule_value(spec.temperature, f"terms.{index}.temperature"),
+        teacher_index=spec.teacher_index,
+        global_batch=spec.global_batch,
+    )
 
 
 def build_distiller(recipe: Recipe) -> Distiller:

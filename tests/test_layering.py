@@ -4,7 +4,8 @@ other in a circle. A failure names the file, the line and the import.
 
 The layers, bottom to top (see ``docs/architecture.md``)::
 
-    0  _registry, environment, errors, batch   generic helpers, no torchkd imports
+    0  _registry, environment, errors   generic helpers, no torchkd imports
+       _files, batch
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, teachers
     3  distiller, terms, data, models   (and the package root, which exports the Distiller)

@@ -5,6 +5,7 @@ other in a circle. A failure names the file, the line and the import.
 The layers, bottom to top (see ``docs/architecture.md``)::
 
     0  _registry, environment, errors   generic helpers, no torchkd imports
+       _files, batch
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, teachers, lm (model, tokens)
     3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy
@@ -32,6 +33,7 @@ LAYERS: dict[str, int] = {
     "_files": 0,
     "errors": 0,
     "environment": 0,
+    "batch": 0,
     "losses": 1,
     "schedules": 2,
     "temperature": 2,

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from torchkd import losses
+from torchkd.batch import as_batch
 from torchkd.calls import Call, checked_call
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model
 from torchkd.lm import is_causal_lm
@@ -57,7 +58,6 @@ from torchkd.terms import (
     Term,
     TermError,
     UncertaintyWeight,
-    as_batch,
     blame_term,
     term_error,
 )

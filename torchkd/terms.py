@@ -1,18 +1,21 @@
 """What a :class:`~torchkd.distiller.Distiller` is made of and gives back: :class:`Term` (one
 weighted loss term), :class:`DistillOutput`, the learned :class:`UncertaintyWeight`, the errors
-that name a term (:class:`TermError`), and the batch forms the engine reads (:func:`as_batch`).
+that name a term (:class:`TermError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from torchkd import losses
 from torchkd.adapters import AdapterKind
 from torchkd.losses.registry import Signature
 from torchkd.schedules import Schedule
@@ -24,60 +27,13 @@ __all__ = [
     "Term",
     "TermError",
     "UncertaintyWeight",
-    "as_batch",
     "blame_term",
+    "fixed_temperature",
     "term_error",
-    "to_device",
 ]
 
 LOGITS = "logits"  # a term's student/teacher value meaning the model's output logits
 CACHE = "cache"  # a term's teacher value meaning the batch's cached top-k teacher distribution
-
-
-def as_batch(
-    batch: Mapping[str, Any] | Sequence[Any], inputs_key: str = "inputs", labels_key: str = "labels"
-) -> Mapping[str, Any]:
-    """A batch as the dict the engine reads: a dict passes through; the ``(inputs, labels)``
-    or ``(inputs,)`` tuples a ``TensorDataset`` yields become ``{"inputs": ..., "labels": ...}``.
-
-    Example:
-        >>> import torch
-        >>> sorted(as_batch((torch.zeros(2, 3), torch.tensor([0, 1]))))
-        ['inputs', 'labels']
-    """
-    if isinstance(batch, Mapping):
-        return batch
-    if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
-        return dict(zip((inputs_key, labels_key), batch, strict=False))
-    described = f"a {type(batch).__name__}"
-    if isinstance(batch, (tuple, list)):
-        described += f" of {len(batch)} entries"
-    raise TypeError(
-        f"a batch must be a dict ({inputs_key!r}, optional {labels_key!r} and 'index') or an "
-        f"(inputs, labels) tuple, got {described}; for more entries yield dicts, e.g. with "
-        "torchkd.data.TensorDictDataset"
-    )
-
-
-def to_device(batch: Mapping[str, Any] | Sequence[Any], device: torch.device) -> dict[str, Any]:
-    """``batch`` (a dict, or an ``(inputs, labels)`` tuple: see
-    :func:`as_batch`) as a dict with every tensor moved to ``device``,
-    including those of nested mappings (e.g. ``inputs = {"input_ids", "attention_mask"}``).
-
-    Example:
-        >>> moved = to_device({"inputs": {"input_ids": torch.ones(1, 2)}}, torch.device("cpu"))
-        >>> moved["inputs"]["input_ids"].device.type
-        'cpu'
-    """
-    return _moved(as_batch(batch), device)
-
-
-def _moved(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {key: _moved(item, device) for key, item in value.items()}
-    return value
 
 
 class TermError(ValueError):
@@ -161,6 +117,61 @@ class Term:
     teacher_index: int = 0
     signature: Signature | None = None
     global_batch: bool = False
+
+
+def fixed_temperature(term: Term) -> tuple[float, str]:
+    """The one temperature ``term`` computes at, every step, and the :class:`Term` field that
+    sets it, by the rule a :class:`~torchkd.distiller.Distiller` calls the loss by:
+
+    1. ``term.temperature``, a number: the Distiller passes it to every call as
+       ``temperature=``, which overrides the loss's own;
+    2. else ``loss_kwargs["temperature"]``, which the loss is built with (field
+       ``"loss_kwargs.temperature"``);
+    3. else the registered loss's default ``temperature`` argument, or 1 for a loss without one
+       (field ``"temperature"``, the one to set).
+
+    What reads teacher outputs precomputed at one temperature (the teacher cache,
+    :func:`torchkd.config.cache_temperature`) uses this rule, so it cannot drift from the
+    Distiller's.
+
+    Example:
+        >>> fixed_temperature(Term("kd", "kd", loss_kwargs={"temperature": 4}))
+        (4.0, 'loss_kwargs.temperature')
+        >>> fixed_temperature(Term("kd", "kd", temperature=2.0))
+        (2.0, 'temperature')
+
+    Raises:
+        TermError: (field ``"temperature"``) the temperature is a schedule, ``"learned"`` or a
+            module, so it has no fixed value; (field ``"loss"``) the loss is a module or
+            callable, whose own temperature torchkd does not know.
+    """
+    if term.temperature is not None:
+        if not _is_number(term.temperature):
+            raise TermError(
+                term.name,
+                "temperature",
+                f"term {term.name!r}: temperature {term.temperature!r} is not a fixed number "
+                "(a schedule, 'learned' or a module varies)",
+            )
+        return float(term.temperature), "temperature"
+    if "temperature" in term.loss_kwargs:
+        return float(term.loss_kwargs["temperature"]), "loss_kwargs.temperature"
+    if not isinstance(term.loss, str):
+        raise TermError(
+            term.name,
+            "loss",
+            f"term {term.name!r}: the temperature of loss {term.loss!r} is its own; give "
+            "Term.temperature to fix it",
+        )
+    with blame_term(term, "loss"):
+        default = inspect.signature(losses.entry(term.loss).module).parameters.get("temperature")
+    if default is None or not _is_number(default.default):
+        return 1.0, "temperature"
+    return float(default.default), "temperature"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 @dataclass

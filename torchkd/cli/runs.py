@@ -187,15 +187,15 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from torchkd.config import fit_recipe
+    from torchkd.train.checkpoint_layout import checkpoint_exists, checkpoint_in_the_way
     from torchkd.train.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
     last = run_dir / "checkpoints" / "last.pt"
-    sharded = last.with_suffix(".dcp")  # an FSDP run's (torchrun, train.distributed=fsdp)
-    if args.resume and not (last.is_file() or sharded.is_dir()):
+    if args.resume and not checkpoint_exists(last):  # last.pt, or an FSDP run's last.dcp/
         raise UsageError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
-    if not args.resume and (last.exists() or sharded.exists()):
+    if not args.resume and checkpoint_in_the_way(last):
         raise UsageError(
             f"{run_dir} already holds a run; pass --resume to continue it, or --run-dir DIR "
             "to start a new one"

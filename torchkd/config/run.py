@@ -14,6 +14,7 @@ from torchkd.config.build import SPLIT_NAMES, Built, build_from_recipe, term_pat
 from torchkd.config.errors import ConfigError
 from torchkd.config.loading import write_resolved_config
 from torchkd.config.schema import Recipe
+from torchkd.train.checkpoint_layout import checkpoint_in_the_way, trainer_state_file
 
 if TYPE_CHECKING:
     from torchkd.train import FitResult
@@ -74,10 +75,8 @@ def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
     """
     from torchkd.train import load_checkpoint
 
-    last = Path(run_dir) / "checkpoints" / "last.pt"
-    if not last.is_file():  # an FSDP run's sharded last.dcp/ holds it in its trainer files
-        last = last.with_suffix(".dcp") / "trainer.rank0.pt"
-    if not last.is_file():
+    last = trainer_state_file(Path(run_dir) / "checkpoints" / "last.pt")
+    if last is None:
         return  # the trainer says there is nothing to resume
     stored = load_checkpoint(last)["config"]
     if "name" not in stored:
@@ -221,7 +220,7 @@ def fit_recipe(
     if main and train_config.progress:
         for line in adapter_lines(built, recipe):
             print(f"torchkd: built {line}", file=sys.stderr)
-    if main and (resume or not (Path(run_dir) / "checkpoints" / "last.pt").exists()):
+    if main and (resume or not checkpoint_in_the_way(Path(run_dir) / "checkpoints" / "last.pt")):
         write_resolved_config(resolved, run_dir)  # resumed: the same recipe, or more epochs
     result = fit(
         built.distiller,

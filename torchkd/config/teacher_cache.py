@@ -4,11 +4,11 @@ written cache against its recipe before anything runs."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
+from torchkd.config.build_terms import build_term
 from torchkd.config.errors import ConfigError, blame
-from torchkd.config.schema import ModelConfig, Recipe, is_number
+from torchkd.config.schema import ModelConfig, Recipe
 from torchkd.terms import CACHE
 
 __all__ = [
@@ -44,38 +44,26 @@ def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
 
 
 def _term_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
-    """The fixed temperature of term ``index`` and the YAML path it comes from (the term's
-    ``temperature``, its loss's ``temperature`` argument, or that argument's default),
-    checked as the losses check it (``0 < T <= MAX_TEMPERATURE``)."""
+    """The fixed temperature of term ``index`` (:func:`torchkd.terms.fixed_temperature` of the
+    term the Distiller receives) and the YAML path it comes from (the term's ``temperature``,
+    its loss's ``temperature`` argument, or that argument's default), checked as the losses
+    check it (``0 < T <= MAX_TEMPERATURE``)."""
     from torchkd.losses._common import check_temperature
+    from torchkd.terms import TermError, fixed_temperature
 
-    value, path = _fixed_temperature(recipe, index)
-    with blame(path):
+    path = f"terms.{index}"
+    try:
+        value, field = fixed_temperature(build_term(recipe, index))
+    except TermError as error:
+        raise ConfigError(
+            [
+                f"{path}.temperature: a term that reads the teacher cache needs a fixed "
+                f"temperature (the cache's), got {recipe.terms[index].temperature!r}"
+            ]
+        ) from error
+    with blame(f"{path}.{field}"):
         check_temperature(value)
-    return value, path
-
-
-def _fixed_temperature(recipe: Recipe, index: int) -> tuple[float, str]:
-    from torchkd import losses
-
-    spec, path = recipe.terms[index], f"terms.{index}"
-    if spec.temperature is not None:
-        if not is_number(spec.temperature):
-            raise ConfigError(
-                [
-                    f"{path}.temperature: a term that reads the teacher cache needs a fixed "
-                    f"temperature (the cache's), got {spec.temperature!r}"
-                ]
-            )
-        return float(spec.temperature), f"{path}.temperature"
-    if "temperature" in spec.loss_kwargs:
-        return float(spec.loss_kwargs["temperature"]), f"{path}.loss_kwargs.temperature"
-    with blame(f"{path}.loss"):
-        module = losses.entry(spec.loss).module
-    default = inspect.signature(module).parameters.get("temperature")
-    if default is None or not is_number(default.default):
-        return 1.0, f"{path}.temperature"
-    return float(default.default), f"{path}.temperature"
+    return value, f"{path}.{field}"
 
 
 def cache_temperature(recipe: Recipe) -> float:

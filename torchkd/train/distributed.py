@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from torchkd.data.batching import BatchOrder
 from torchkd.train.checkpoint import load_checkpoint, save_checkpoint
+from torchkd.train.checkpoint_layout import sharded_path
 from torchkd.train.rng import capture_rng_state, seed_everything
 from torchkd.train.sharded import load_sharded, save_sharded
 
@@ -350,7 +351,7 @@ class Parallel:
 
     def checkpoint_path(self, path: Path) -> Path:
         """``path`` (``name.pt``) as this run writes it: ``name.dcp`` under FSDP."""
-        return path.with_suffix(".dcp") if self.sharded else path
+        return sharded_path(path) if self.sharded else path
 
     def rank_rng(self, epoch_rng: dict[str, Any], step_rng: dict[str, Any]) -> dict[str, Any]:
         """Under DDP, every process's generator states for the ``.pt`` checkpoint (a

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchkd.batch import to_device
 from torchkd.lm.tokens import IGNORE_INDEX, is_token_labels
 from torchkd.teachers import call_model, select_logits
-from torchkd.terms import to_device
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 NUM_CALIBRATION_BINS = 15

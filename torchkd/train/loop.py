@@ -52,18 +52,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from torchkd._files import remove_stale_temporaries
+from torchkd.batch import to_device
 from torchkd.lm.tokens import (
     TOKEN_NORMALIZER,
     TokenNormalizer,
     count_valid_tokens,
     is_token_labels,
 )
-from torchkd.terms import to_device
 from torchkd.train.checkpoint import (
     CheckpointError,
     check_fits,
     save_checkpoint,
 )
+from torchkd.train.checkpoint_layout import checkpoint_in_the_way
 from torchkd.train.config import TrainConfig
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
@@ -615,7 +616,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     last_path = run_dir / "checkpoints" / "last.pt"
-    if not resume and (last_path.exists() or last_path.with_suffix(".dcp").exists()):
+    if not resume and checkpoint_in_the_way(last_path):
         raise FileExistsError(
             f"{run_dir} already holds a checkpoint ({last_path}); pass resume=True to continue "
             "it, or use another run directory"

@@ -1,6 +1,7 @@
 """Sharded checkpoints of FSDP runs with ``torch.distributed.checkpoint`` (DCP).
 
-A sharded checkpoint is a directory ``checkpoints/<name>.dcp/``::
+A sharded checkpoint is a directory ``checkpoints/<name>.dcp/`` (its names:
+:mod:`torchkd.train.checkpoint_layout`)::
 
     .metadata, __0_0.distcp, ...   # DCP: {"model": student + extras, "optimizer": ...},
                                    # each process writes its own shards
@@ -40,6 +41,7 @@ from torch.optim import Optimizer
 
 from torchkd.errors import InputError
 from torchkd.train.checkpoint import CheckpointError, damaged, load_checkpoint, save_checkpoint
+from torchkd.train.checkpoint_layout import trainer_file
 from torchkd.train.digest import file_sha256
 from torchkd.train.refusal import refuse_together
 
@@ -52,10 +54,6 @@ _REMEDY = (
     "restore the directory from a copy, or use another checkpoint of the run (best.dcp, "
     "epoch_*.dcp; to resume from one, copy it over last.dcp)"
 )
-
-
-def _trainer_file(directory: Path, rank: int) -> Path:
-    return directory / f"trainer.rank{rank}.pt"
 
 
 def save_sharded(
@@ -83,7 +81,7 @@ def save_sharded(
         trainer[_FILES_DIGEST_KEY] = {
             file.name: file_sha256(file) for file in sorted(temporary.iterdir()) if _is_dcp(file)
         }
-    save_checkpoint(trainer, _trainer_file(temporary, rank))
+    save_checkpoint(trainer, trainer_file(temporary, rank))
     dist.barrier()
     if rank == 0:
         previous = directory.with_name(f".{directory.name}.old")
@@ -102,7 +100,7 @@ def _is_dcp(file: Path) -> bool:
 
 def _check_files(directory: Path, digests: Any) -> None:
     """Refuse ``directory`` when a DCP file is missing or its bytes differ from its digest."""
-    trainer = _trainer_file(directory, 0)
+    trainer = trainer_file(directory, 0)
     if not isinstance(digests, dict) or ".metadata" not in digests:
         raise damaged(trainer, "it lacks the SHA-256 digests of the DCP files", _REMEDY)
     for name, stored in digests.items():
@@ -123,9 +121,9 @@ def _checked_trainer(directory: Path, rank: int) -> dict[str, Any]:
     """This process's trainer checkpoint, once every DCP file of ``directory`` is checked."""
     if not (directory / ".metadata").is_file():
         raise CheckpointError(f"{directory} is not a sharded torchkd checkpoint (no .metadata)")
-    first = load_checkpoint(_trainer_file(directory, 0))
+    first = load_checkpoint(trainer_file(directory, 0))
     _check_files(directory, first.pop(_FILES_DIGEST_KEY, None))
-    own = _trainer_file(directory, rank)
+    own = trainer_file(directory, rank)
     return load_checkpoint(own) if rank and own.is_file() else first
 
 

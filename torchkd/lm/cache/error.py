@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from torchkd.batch import to_device
 from torchkd.lm import count_valid_tokens, last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, fused_linear_kd_loss
-from torchkd.terms import to_device
 
 __all__ = ["measure_cache_error"]
 

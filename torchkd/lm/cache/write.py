@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from torchkd._files import atomic_write, remove_stale_temporaries
+from torchkd.batch import to_device
 from torchkd.lm.cache.format import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -38,7 +39,6 @@ from torchkd.lm.cache.format import (
 from torchkd.lm.model import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
-from torchkd.terms import to_device
 
 __all__ = ["check_k", "write_teacher_cache"]
 

@@ -250,7 +250,7 @@ def test_fp16_loss_scaling_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     import torchkd.train.loop as loop
 
     real_scaler = torch.amp.GradScaler
-    monkeypatch.setattr(loop, "_check_amp", lambda amp, device: None)
+    monkeypatch.setattr(loop, "check_amp", lambda amp, device: None)
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device: real_scaler("cpu", 2.0**20))
     distiller = make_distiller(dropout=0.0)
     result = run(distiller, tmp_path / "run", make_config(amp="fp16"))

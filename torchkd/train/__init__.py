@@ -11,8 +11,10 @@ from torchkd.train.checkpoint import (
     load_student_weights,
     save_checkpoint,
 )
+from torchkd.train.device import resolve_device
 from torchkd.train.evaluate import agreement, evaluate, expected_calibration_error
-from torchkd.train.loop import Trainer, fit, resolve_device
+from torchkd.train.fit import fit
+from torchkd.train.loop import Trainer
 from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import seed_everything
 

@@ -64,13 +64,13 @@ from torchkd.train.checkpoint import (
     check_fits,
     save_checkpoint,
 )
-from torchkd.train.checkpoint_layout import checkpoint_in_the_way
 from torchkd.train.config import TrainConfig
+from torchkd.train.device import check_amp, device_rng_state, resolve_device
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
 from torchkd.train.logging import RunLogger, StepLines, progress_bar, term_texts
 from torchkd.train.optim import LRSchedule, build_optimizer
-from torchkd.train.results import FitResult, NonFiniteLossError
+from torchkd.train.results import NonFiniteLossError
 from torchkd.train.rng import (
     capture_rng_state,
     restore_rng_state,
@@ -78,35 +78,7 @@ from torchkd.train.rng import (
 )
 from torchkd.train.state import COUNTS, InterruptFlag, Progress, StepGroup, StepSums
 
-__all__ = ["FitResult", "NonFiniteLossError", "Trainer", "fit", "resolve_device"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return device
-
-
-def _check_amp(amp: str, device: torch.device) -> None:
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"train.amp='fp16' needs a CUDA device (loss scaling with torch.amp.GradScaler), "
-            f"but training runs on {device.type!r}; use amp='bf16' or amp='none' on CPU"
-        )
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("train.amp='bf16' is not supported by this GPU; use 'fp16'")
-
-
-def _device_rng_state(device: torch.device) -> dict[str, Any]:
-    """A copy of the generator states a training step on ``device`` draws from (cheap)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+__all__ = ["Trainer"]
 
 
 def _monitor(metrics: Mapping[str, float]) -> float:
@@ -140,7 +112,7 @@ class Trainer:
         self.checkpoint_dir = run_dir / "checkpoints"
         self.resolved_config = resolved_config
         self.device = resolve_device(config.device)
-        _check_amp(config.amp, self.device)
+        check_amp(config.amp, self.device)
         # torchrun: process group, this process's device and share of each batch
         self.parallel = Parallel.from_environment(
             config.distributed, self.device, config.shard_teacher
@@ -159,7 +131,7 @@ class Trainer:
         self.epoch_rng: dict[str, Any] = {}
         self.step_rng: dict[str, Any] = {}
         self.resume_rng: tuple[dict[str, Any], dict[str, Any]] | None = None
-        self.boundary_rng = _device_rng_state(self.device)
+        self.boundary_rng = device_rng_state(self.device)
         self.interrupts = InterruptFlag()
         self.window = StepSums()
         self.epoch_sums = StepSums()
@@ -219,7 +191,7 @@ class Trainer:
         else:
             self.parallel.seed_process(self.config.seed)
             self.epoch_rng = self.step_rng = capture_rng_state()
-        self.boundary_rng = _device_rng_state(self.device)
+        self.boundary_rng = device_rng_state(self.device)
 
     def _restore(self, path: Path) -> None:
         path = self.parallel.checkpoint_path(path)  # FSDP: the last.dcp directory
@@ -331,7 +303,7 @@ class Trainer:
             samples=int(progress.epoch_totals.get("samples", 0)),
             totals={k: v for k, v in progress.epoch_totals.items() if k not in COUNTS},
         )
-        self.boundary_rng = _device_rng_state(self.device)
+        self.boundary_rng = device_rng_state(self.device)
         self.distiller.train()
         self.window = StepSums()
         window_start = time.perf_counter()
@@ -350,7 +322,7 @@ class Trainer:
                 outcome = self._update(group)
                 progress.batches_done += group_size
                 progress.step += 1
-                self.boundary_rng = _device_rng_state(self.device)
+                self.boundary_rng = device_rng_state(self.device)
                 if outcome is not None:
                     values, names = outcome
                     self.window.add(values, names, group.samples)
@@ -511,7 +483,7 @@ class Trainer:
         if not final and (epoch + 1) % config.eval_every_epochs != 0:
             progress.epoch, progress.batches_done = epoch + 1, 0
             self.epoch_rng = self.step_rng = capture_rng_state()
-            self.boundary_rng = _device_rng_state(self.device)
+            self.boundary_rng = device_rng_state(self.device)
             self._save_due(epoch, self._checkpoint(), improved=False)
             self.interrupts.check()
             return False
@@ -542,7 +514,7 @@ class Trainer:
         if improved:
             progress.best_metric, progress.best_epoch = score, epoch + 1
         self.epoch_rng = self.step_rng = capture_rng_state()
-        self.boundary_rng = _device_rng_state(self.device)
+        self.boundary_rng = device_rng_state(self.device)
         logger.log_epoch(record)
         if config.progress and self.parallel.is_main:
             summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
@@ -561,86 +533,3 @@ class Trainer:
         keep_every = config.keep_teacher_checkpoints_every
         if keep_every is not None and (epoch + 1) % keep_every == 0:
             self._save(f"epoch_{epoch + 1:03d}.pt", checkpoint)
-
-
-def fit(
-    distiller: nn.Module,
-    train_loader: DataLoader,
-    val_loader: Iterable[Mapping[str, Any]],
-    config: TrainConfig,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    test_loader: Iterable[Mapping[str, Any]] | None = None,
-    resolved_config: Mapping[str, Any] | None = None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-) -> FitResult:
-    """Train ``distiller`` for ``config.epochs`` epochs, evaluating every
-    ``config.eval_every_epochs`` (and after the last) and checkpointing.
-
-    ``fit`` does not reseed the global random generators: the shuffle order follows
-    ``(config.seed, epoch)``, and everything else (initial weights, dropout, augmentation) draws
-    from the generators as the caller left them. For a reproducible run seed once, before
-    building the models, with :func:`torchkd.train.seed_everything` (as
-    :func:`torchkd.config.fit_recipe` does).
-
-    Args:
-        distiller: a :class:`~torchkd.distiller.Distiller` (``build``, ``set_progress``,
-            ``trainable_parameters``, ``student``, ``extras``, ``forward -> DistillOutput``).
-        train_loader: a map-style :class:`~torch.utils.data.DataLoader` of dict batches
-            (its length is needed for the schedule). Give it a ``generator`` (as
-            :func:`torchkd.config.build_loaders` does): it is reseeded every epoch.
-        val_loader: dict batches with labels, evaluated every ``eval_every_epochs`` epochs.
-        config: the ``train:`` section.
-        run_dir: where ``checkpoints/``, ``metrics.jsonl`` and ``tb/`` go (the recipe's
-            ``config.yaml`` and ``report.md`` are written by the caller that owns them:
-            :func:`torchkd.config.fit_recipe`, or :func:`torchkd.report.write_report`).
-        resume: continue from ``run_dir/checkpoints/last.pt``. Without it, a run directory
-            that already holds ``last.pt`` is refused (nothing is overwritten by accident).
-        test_loader: evaluated once with the final model.
-        resolved_config: the full resolved recipe, stored in every checkpoint (default:
-            ``{"train": config}``).
-        on_epoch_end: called with each epoch's record (``epoch``, ``val`` metrics, ...) once
-            its checkpoints are written; an exception it raises stops training and
-            propagates (how :mod:`torchkd.tune` prunes a trial).
-
-    Returns:
-        :class:`FitResult`.
-
-    Raises:
-        NonFiniteLossError: ``config.max_consecutive_nonfinite`` skipped steps in a row.
-        CheckpointError: ``resume`` and ``last.pt`` is missing, truncated or corrupt.
-        FileExistsError: not ``resume`` and the run directory holds a checkpoint.
-        KeyboardInterrupt: re-raised after ``last.pt`` is saved (resume continues from the
-            last optimizer step).
-    """
-    run_dir = Path(run_dir)
-    last_path = run_dir / "checkpoints" / "last.pt"
-    if not resume and checkpoint_in_the_way(last_path):
-        raise FileExistsError(
-            f"{run_dir} already holds a checkpoint ({last_path}); pass resume=True to continue "
-            "it, or use another run directory"
-        )
-    resolved = dict(resolved_config or {"train": config.model_dump(mode="json")})
-    trainer = Trainer(distiller, train_loader, val_loader, config, run_dir, resolved)
-    trainer.run(resume, on_epoch_end)
-    test_metrics = None
-    if test_loader is not None:
-        with trainer.parallel.evaluation(distiller):
-            test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
-    progress = trainer.progress
-    history = progress.history
-    best = next((r["val"] for r in history if r["epoch"] == progress.best_epoch), {})
-    best_path = trainer.parallel.checkpoint_path(run_dir / "checkpoints" / "best.pt")
-    return FitResult(
-        run_dir=run_dir,
-        best_metrics=dict(best),
-        best_epoch=progress.best_epoch,
-        final_metrics=dict(history[-1]["val"]) if history else {},
-        test_metrics=test_metrics,
-        history=history,
-        nonfinite_steps=progress.nonfinite_steps,
-        last_checkpoint=trainer.parallel.checkpoint_path(last_path),
-        best_checkpoint=best_path if best_path.exists() else None,
-        metrics_path=run_dir / "metrics.jsonl",
-    )

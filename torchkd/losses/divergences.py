@@ -13,7 +13,6 @@ from torch import Tensor
 
 from torchkd.losses._common import (
     check_unit_interval,
-    divide_finite,
     reduce_rows,
     upcast,
 )
@@ -142,7 +141,7 @@ def tvd_loss(
 
     No :math:`T^2` factor: TVD is a bounded distance (in ``[0, 1]`` per row), not a divergence
     whose gradient shrinks like :math:`1/T^2`, and unscaled its values stay comparable across
-    temperatures.
+    temperatures. Computed by the kernels of :mod:`torchkd.losses.kl` (closed-form gradient).
 
     Args:
         student_logits: ``[..., C]`` student logits.
@@ -158,23 +157,13 @@ def tvd_loss(
         >>> round(tvd_loss(student, teacher).item(), 4)
         0.4374
     """
-    student_rows, teacher_rows, row_temperature = selected_pair(
-        student_logits, teacher_logits, temperature, reduction, mask
-    )
-    if isinstance(row_temperature, Tensor) and row_temperature.dim() == 1:
-        row_temperature = row_temperature.unsqueeze(-1)
-
-    def probs(logits: Tensor) -> Tensor:
-        values = upcast(logits, student_rows, teacher_rows)
-        return torch.softmax(divide_finite(values, row_temperature), dim=-1)
-
-    rows = 0.5 * (probs(teacher_rows) - probs(student_rows)).abs().sum(-1)
-    return reduce_rows(
-        rows,
-        reduction,
-        rows_shape=student_logits.shape[:-1],
+    return divergence_loss(
+        "tvd",
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        reduction=reduction,
         mask=mask,
-        elements_per_row=student_logits.shape[-1],
     )
 
 

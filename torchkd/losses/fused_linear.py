@@ -28,12 +28,12 @@ from torchkd.losses._common import (
     unresolved_divergences,
 )
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
+from torchkd.losses.divergence_table import DIVERGENCES, lookup
 from torchkd.losses.registry import register
 from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
 
 __all__ = ["FusedLinearKDLoss", "TopKLogits", "default_chunk_size", "fused_linear_kd_loss"]
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 FUSED_REDUCTIONS = ("batchmean", "sum")
 CHUNK_BUDGET_BYTES = 2**26  # one [chunk, V] buffer: 64 MiB
 MIN_CHUNK_ROWS = 256  # below this the matrix products slow down (CPU, H = 1024, V = 128k: ~30 %)
@@ -90,8 +90,7 @@ def _check_options(
     scales_caps: dict[str, float | None],
 ) -> None:
     """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`)."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    lookup(divergence, "chunked")  # the chunked form serves sparse targets' buckets alike
     check_unit_interval("beta", beta)
     if isinstance(temperature, Tensor):
         raise TypeError("temperature must be a float here (the fused loss has no learned T)")
@@ -162,7 +161,7 @@ def _unresolved(plan: Plan, loss: Tensor, valid_rows: int, vocab: int) -> bool:
     the ``T^2``-scaled rounding of the log-normalizers (``T^2 eps log V``) is no longer small
     next to the value; the loss is then recomputed in float64. TVD has no ``T^2`` rounding.
     """
-    if plan.divergence == "tvd" or valid_rows == 0:
+    if not DIVERGENCES[plan.divergence].temperature_squared or valid_rows == 0:
         return False
     mean_row = loss.detach().reshape(1) * plan.denominator / valid_rows / plan.divergence_weight
     weight = plan.divergence_weight / plan.temperature**2
@@ -398,11 +397,12 @@ def fused_linear_kd_loss(
                 "unless k equals the vocabulary (then the student's tail is empty too)"
             )
         buckets = (_rows(sparse.token_ids, index), log_masses)
+    squared = temperature_squared and DIVERGENCES[divergence].temperature_squared
     plan = Plan(
         divergence=divergence,
         beta=float(beta),
         temperature=float(temperature),
-        divergence_weight=temperature**2 if temperature_squared and divergence != "tvd" else 1.0,
+        divergence_weight=temperature**2 if squared else 1.0,
         hard_label_weight=float(hard_label_weight),
         denominator=denominator,
         chunk_size=chunk_size or default_chunk_size(vocab, dtype),

@@ -230,7 +230,7 @@ class ReverseKLLoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -239,13 +239,8 @@ class ReverseKLLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return reverse_kl_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return reverse_kl_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("jsd", functional=jsd_loss, signature="logits", family="logit")
@@ -263,7 +258,7 @@ class JSDLoss(LogitLoss):
         self, beta: float = 0.5, temperature: float | Tensor = 1.0, reduction: str = "batchmean"
     ) -> None:
         super().__init__()
-        self.beta, self.temperature, self.reduction = beta, temperature, reduction
+        self.store(beta=beta, temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -272,14 +267,8 @@ class JSDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return jsd_loss(
-            student_logits,
-            teacher_logits,
-            beta=self.beta,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return jsd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("tvd", functional=tvd_loss, signature="logits", family="logit")
@@ -295,7 +284,7 @@ class TVDLoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -304,13 +293,8 @@ class TVDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return tvd_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return tvd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("logit_mse", functional=logit_mse_loss, signature="logits", family="logit")
@@ -326,9 +310,9 @@ class LogitMSELoss(LogitLoss):
 
     def __init__(self, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.reduction = reduction
+        self.store(reduction=reduction)
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
     ) -> Tensor:
-        return logit_mse_loss(student_logits, teacher_logits, reduction=self.reduction, mask=mask)
+        return logit_mse_loss(student_logits, teacher_logits, mask=mask, **self.hyperparameters())

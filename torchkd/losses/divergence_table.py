@@ -24,12 +24,19 @@ it from the log-probabilities of a block of rows, softened: :math:`a = z_S / T`,
   :math:`c_b = g_b - \sum_{b'} P_{b'} g_{b'}`, :math:`g_b = \partial \mathcal{D} / \partial P_b`.
   Returns the rows, ``P_i c_i`` for the kept tokens ``[n, k]`` and ``c_tail`` ``[n]``. Buckets
   of zero mass on both sides (the empty tail of a top-k with k = V) add 0.
+- the normalizer form, for the divergences whose student gradient is ``p_S - p_T`` (forward KL,
+  soft cross-entropy): a row is ``sum_c p_T w_c`` plus log-normalizers, so the kl kernel's
+  fastest path needs no log-probabilities. ``cross_logits(student, teacher, dtype)`` gives the
+  unsoftened ``T w`` in a fresh buffer (the caller weights it in place and divides by ``T``);
+  ``from_normalizers(cross, student_lse, teacher_lse)`` the rows from
+  ``cross = sum p_T w`` and the log-sum-exps of ``a`` and ``b``.
 
 A form an entry lacks is None; :func:`lookup` refuses it naming the argument.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -49,7 +56,7 @@ class Buffers(Protocol):
 # --------------------------------------------------------------------------- shared steps
 
 
-def weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
+def _weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
     """``weights * values`` elementwise; with ``safe``, 0 wherever the weight is 0.
 
     The safe form also keeps autograd finite: the ``where`` sends no gradient into values that
@@ -60,10 +67,10 @@ def weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
     return weights * values
 
 
-def weighted_row_sum(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
+def _weighted_row_sum(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
     """``sum_c weights * values`` per row; the fast form is one library dot-product call."""
     if safe:
-        return weighted(weights, values, safe).sum(-1)
+        return _weighted(weights, values, safe).sum(-1)
     return torch.linalg.vecdot(weights, values)
 
 
@@ -90,15 +97,36 @@ def _jsd_ratios(
 # --------------------------------------------------------------------------- the entries
 
 
-class ForwardKL:
+class Entry:
+    """One divergence: its forms as static methods (see the module docstring), None if absent.
+
+    ``temperature_squared``: whether the losses scale the rows by ``T^2`` (all but TVD).
+    """
+
+    temperature_squared = True
+    dense: Callable[..., DenseResult]
+    chunked: Callable[..., tuple[Tensor, Tensor | None]] | None = None
+    buckets: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+    cross_logits: Callable[[Tensor, Tensor, torch.dtype], Tensor] | None = None
+    from_normalizers: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+
+
+class ForwardKL(Entry):
     r"""Forward KL :math:`\mathcal{D} = \sum p_T (\log p_T - \log p_S)` (Hinton et al., 2015).
 
     Gradients :math:`\partial_a = p_S - p_T`, :math:`\partial_b = p_T (\log p_T - \log p_S -
     \mathcal{D})`. Buckets: :math:`g = -Q/P`, :math:`c = \sum Q - Q/P`; the kept tokens' term is
-    formed as :math:`P_i \sum Q - Q_i`, finite even where :math:`P_i` underflows.
+    formed as :math:`P_i \sum Q - Q_i`, finite even where :math:`P_i` underflows. Normalizer
+    form: :math:`\mathcal{D} = \sum p_T (b - a) - \mathrm{lse}(b) + \mathrm{lse}(a)`.
     """
 
-    temperature_squared = True
+    @staticmethod
+    def cross_logits(student: Tensor, teacher: Tensor, dtype: torch.dtype) -> Tensor:
+        return torch.sub(teacher.to(dtype), student)  # T (b - a)
+
+    @staticmethod
+    def from_normalizers(cross: Tensor, student_lse: Tensor, teacher_lse: Tensor) -> Tensor:
+        return cross + (student_lse - teacher_lse)
 
     @staticmethod
     def dense(
@@ -112,10 +140,10 @@ class ForwardKL:
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
         log_ratio = teacher_log - student_log
-        rows = weighted_row_sum(teacher, log_ratio, safe)
+        rows = _weighted_row_sum(teacher, log_ratio, safe)
         teacher_gradient = None
         if teacher_grad:
-            teacher_gradient = weighted(teacher, log_ratio - rows.unsqueeze(-1), safe)
+            teacher_gradient = _weighted(teacher, log_ratio - rows.unsqueeze(-1), safe)
         return rows, student - teacher if student_grad else None, teacher_gradient
 
     @staticmethod
@@ -139,20 +167,18 @@ class ForwardKL:
         teacher_log: Tensor, student_log: Tensor, beta: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         teacher = teacher_log.exp()
-        rows = weighted(teacher, teacher_log - student_log, safe=True).sum(-1)
+        rows = _weighted(teacher, teacher_log - student_log, safe=True).sum(-1)
         mass = teacher.sum(-1, keepdim=True)
         tail = mass[:, 0] - torch.exp(teacher_log[:, -1] - student_log[:, -1])
         return rows, student_log[:, :-1].exp() * mass - teacher[:, :-1], tail
 
 
-class ReverseKL:
+class ReverseKL(Entry):
     r"""Reverse KL :math:`\mathcal{D} = \sum p_S (\log p_S - \log p_T)` (MiniLLM, Gu et al.).
 
     Gradients :math:`\partial_a = p_S (\log p_S - \log p_T - \mathcal{D})`,
     :math:`\partial_b = p_T - p_S`. Buckets: :math:`c = \log(P/Q) - \mathcal{D}`.
     """
-
-    temperature_squared = True
 
     @staticmethod
     def dense(
@@ -166,10 +192,10 @@ class ReverseKL:
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
         log_ratio = student_log - teacher_log
-        rows = weighted_row_sum(student, log_ratio, safe)
+        rows = _weighted_row_sum(student, log_ratio, safe)
         student_gradient = None
         if student_grad:
-            student_gradient = weighted(student, log_ratio - rows.unsqueeze(-1), safe)
+            student_gradient = _weighted(student, log_ratio - rows.unsqueeze(-1), safe)
         return rows, student_gradient, teacher - student if teacher_grad else None
 
     @staticmethod
@@ -189,21 +215,26 @@ class ReverseKL:
         teacher_log: Tensor, student_log: Tensor, beta: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         ratio = student_log - teacher_log
-        rows = weighted(student_log.exp(), ratio, safe=True).sum(-1)
+        rows = _weighted(student_log.exp(), ratio, safe=True).sum(-1)
         return rows, *_kept_terms(student_log, ratio - rows.unsqueeze(-1))
 
 
-class SoftCE:
+class SoftCE(Entry):
     r"""Soft cross-entropy :math:`\mathcal{D} = H(p_T, p_S) = -\sum p_T \log p_S`.
 
     Gradients :math:`\partial_a = p_S - p_T`, :math:`\partial_b = -p_T (\log p_S + \mathcal{D})`.
-    Not a divergence (its minimum is the teacher's entropy), so it has no chunked or bucket
-    form: the fused loss distils with the proper divergences.
+    Normalizer form: :math:`\mathcal{D} = \mathrm{lse}(a) - \sum p_T a`. Not a divergence (its
+    minimum is the teacher's entropy), so it has no chunked or bucket form: the fused loss
+    distils with the proper divergences.
     """
 
-    temperature_squared = True
-    chunked = None
-    buckets = None
+    @staticmethod
+    def cross_logits(student: Tensor, teacher: Tensor, dtype: torch.dtype) -> Tensor:
+        return student.to(dtype, copy=True)  # T a
+
+    @staticmethod
+    def from_normalizers(cross: Tensor, student_lse: Tensor, teacher_lse: Tensor) -> Tensor:
+        return student_lse - cross
 
     @staticmethod
     def dense(
@@ -216,14 +247,14 @@ class SoftCE:
         teacher_grad: bool,
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
-        rows = -weighted_row_sum(teacher, student_log, safe)
+        rows = -_weighted_row_sum(teacher, student_log, safe)
         teacher_gradient = None
         if teacher_grad:
-            teacher_gradient = -weighted(teacher, student_log + rows.unsqueeze(-1), safe)
+            teacher_gradient = -_weighted(teacher, student_log + rows.unsqueeze(-1), safe)
         return rows, student - teacher if student_grad else None, teacher_gradient
 
 
-class JSD:
+class JSD(Entry):
     r"""Generalized Jensen-Shannon divergence JSD(β), ``beta`` strictly in (0, 1).
 
     With :math:`m = \beta p_T + (1 - \beta) p_S`, :math:`K_T = \mathrm{KL}(p_T \| m)`,
@@ -238,8 +269,6 @@ class JSD:
     set to 0 before (in the dense form only with ``safe``).
     """
 
-    temperature_squared = True
-
     @staticmethod
     def dense(
         student_log: Tensor,
@@ -253,16 +282,16 @@ class JSD:
         student, teacher = student_log.exp(), teacher_log.exp()
         absent = (teacher == 0) & (student == 0) if safe else None
         teacher_ratio, student_ratio = _jsd_ratios(teacher_log, student_log, beta, absent)
-        teacher_part = weighted_row_sum(teacher, teacher_ratio, safe)
-        student_part = weighted_row_sum(student, student_ratio, safe)
+        teacher_part = _weighted_row_sum(teacher, teacher_ratio, safe)
+        student_part = _weighted_row_sum(student, student_ratio, safe)
         rows = beta * teacher_part + (1.0 - beta) * student_part
         student_gradient = teacher_gradient = None
         if student_grad:
-            student_gradient = (1.0 - beta) * weighted(
+            student_gradient = (1.0 - beta) * _weighted(
                 student, student_ratio - student_part.unsqueeze(-1), safe
             )
         if teacher_grad:
-            teacher_gradient = beta * weighted(
+            teacher_gradient = beta * _weighted(
                 teacher, teacher_ratio - teacher_part.unsqueeze(-1), safe
             )
         return rows, student_gradient, teacher_gradient
@@ -294,14 +323,14 @@ class JSD:
         teacher, student = teacher_log.exp(), student_log.exp()
         absent = (teacher == 0) & (student == 0)  # the empty tail
         teacher_ratio, student_ratio = _jsd_ratios(teacher_log, student_log, beta, absent)
-        student_part = weighted(student, student_ratio, safe=True).sum(-1)
-        teacher_part = weighted(teacher, teacher_ratio, safe=True).sum(-1)
+        student_part = _weighted(student, student_ratio, safe=True).sum(-1)
+        teacher_part = _weighted(teacher, teacher_ratio, safe=True).sum(-1)
         rows = beta * teacher_part + (1.0 - beta) * student_part
         coefficients = (1.0 - beta) * (student_ratio - student_part.unsqueeze(-1))
         return rows, *_kept_terms(student_log, coefficients)
 
 
-class TVD:
+class TVD(Entry):
     r"""Total variation distance :math:`\mathcal{D} = \tfrac12 \sum |p_T - p_S|`, no :math:`T^2`.
 
     With :math:`g = \tfrac12 \mathrm{sign}(p_S - p_T)` (0 where they are equal, as autograd's
@@ -361,7 +390,7 @@ class TVD:
         return rows, *_kept_terms(student_log, coefficients)
 
 
-DIVERGENCES: dict[str, type] = {
+DIVERGENCES: dict[str, type[Entry]] = {
     "forward_kl": ForwardKL,
     "reverse_kl": ReverseKL,
     "soft_ce": SoftCE,
@@ -372,11 +401,11 @@ NAMES: tuple[str, ...] = tuple(DIVERGENCES)
 
 
 def names(form: str) -> tuple[str, ...]:
-    """The divergences that have ``form`` (``"dense"``, ``"chunked"`` or ``"buckets"``)."""
+    """The divergences that have ``form`` (``"dense"``, ``"chunked"``, ``"buckets"``, ...)."""
     return tuple(name for name, entry in DIVERGENCES.items() if getattr(entry, form) is not None)
 
 
-def lookup(name: str, form: str, argument: str = "divergence") -> type:
+def lookup(name: str, form: str, argument: str = "divergence") -> type[Entry]:
     """The entry ``name`` if it has ``form``; else a ValueError naming ``argument``."""
     entry = DIVERGENCES.get(name) if isinstance(name, str) else None
     if entry is None or getattr(entry, form) is None:

@@ -76,28 +76,6 @@ _compile_failed = False
 # --------------------------------------------------------------------------- the math
 
 
-def _closed_form(
-    kind: Divergence,
-    student_log_probs: Tensor,
-    teacher_log_probs: Tensor,
-    beta: float,
-    *,
-    safe: bool,
-    student_grad: bool,
-    teacher_grad: bool,
-) -> KernelResult:
-    """Row divergences and their gradients w.r.t. the *softened* logits ``z / T``: the dense
-    form of the entry ``kind`` of :mod:`torchkd.losses.divergence_table`."""
-    return DIVERGENCES[kind].dense(
-        student_log_probs,
-        teacher_log_probs,
-        beta,
-        safe=safe,
-        student_grad=student_grad,
-        teacher_grad=teacher_grad,
-    )
-
-
 def _row_scale(kind: Divergence, temperature: float | Tensor) -> float | Tensor:
     """The factor of the rows: ``T^2``, or 1 for a divergence without it (TVD)."""
     return _squared(temperature) if DIVERGENCES[kind].temperature_squared else 1.0
@@ -134,8 +112,7 @@ def _fused(
         shifted = (values - values.amax(-1, keepdim=True)) * temperature.reciprocal()
         return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
-    rows, student_gradient, teacher_gradient = _closed_form(
-        kind,
+    rows, student_gradient, teacher_gradient = DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,
@@ -264,21 +241,20 @@ def _softmax_in_place(values: Tensor) -> Tensor:
 def _eager_probability_form(
     kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Forward KL or soft cross-entropy rows (x 1) and the student gradient ``p_S - p_T``.
+    """Rows (x 1) of a divergence with a normalizer form, and the student gradient ``p_S - p_T``.
 
-    With ``a = z_S / T``, ``b = z_T / T``: ``KL = sum p_T (b - a) - lse(b) + lse(a)`` and
-    ``H = lse(a) - sum p_T a``. Two ``[N, C]`` buffers in all: the teacher's probabilities, and
-    one that holds the weighted logits of the dot product, then the student's probabilities,
-    then the gradient. The result is non-finite where a zero probability meets an infinite
-    logit; callers then use the log form.
+    With ``a = z_S / T``, ``b = z_T / T``: the entry's normalizer form of
+    :mod:`torchkd.losses.divergence_table` (forward KL ``sum p_T (b - a) - lse(b) + lse(a)``,
+    soft cross-entropy ``lse(a) - sum p_T a``). Two ``[N, C]`` buffers in all: the teacher's
+    probabilities, and one that holds the weighted logits of the dot product, then the
+    student's probabilities, then the gradient. The result is non-finite where a zero
+    probability meets an infinite logit; callers then use the log form.
     """
+    entry = DIVERGENCES[kind]
     teacher_probs = _softened(teacher, temperature)
     teacher_lse = _softmax_in_place(teacher_probs)
     dtype = teacher_probs.dtype
-    if kind == "forward_kl":
-        work = torch.sub(teacher.to(dtype), student)
-    else:
-        work = student.to(dtype, copy=True)
+    work = entry.cross_logits(student, teacher, dtype)
     cross = work.mul_(teacher_probs).sum(-1) / temperature
     if isinstance(temperature, float) and temperature == 1.0:
         work.copy_(student)
@@ -287,7 +263,7 @@ def _eager_probability_form(
     else:
         work.copy_(student).div_(_column(temperature))
     student_lse = _softmax_in_place(work)
-    rows = cross + (student_lse - teacher_lse) if kind == "forward_kl" else student_lse - cross
+    rows = entry.from_normalizers(cross, student_lse, teacher_lse)
     return rows, work.sub_(teacher_probs)
 
 
@@ -301,14 +277,13 @@ def _eager_log_form(
     teacher_grad: bool,
     safe: bool,
 ) -> KernelResult:
-    """Any divergence from two in-place log-softmaxes and :func:`_closed_form`."""
+    """Any divergence from two in-place log-softmaxes and its dense form."""
 
     def log_probs(logits: Tensor) -> Tensor:
         values = _softened(logits, temperature)
         return torch.log_softmax(values, dim=-1, out=values)
 
-    return _closed_form(
-        kind,
+    return DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,
@@ -334,7 +309,7 @@ def _eager(
     comes out non-finite (``-inf`` or NaN logits), all rows are redone with the guarded form.
     """
     squared = _row_scale(kind, temperature)
-    if kind in ("forward_kl", "soft_ce") and not teacher_grad:
+    if DIVERGENCES[kind].cross_logits is not None and not teacher_grad:
         rows, student_gradient = _eager_probability_form(kind, student, teacher, temperature)
         if bool(torch.isfinite(rows).all()):
             return rows * squared, student_gradient if student_grad else None, None
@@ -508,8 +483,7 @@ def _autograd_rows(
         values = logits.to(compute_dtype(logits))
         return torch.log_softmax(divide_finite(values, _column(temperature)), dim=-1)
 
-    rows = _closed_form(
-        kind,
+    rows = DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,

@@ -37,14 +37,14 @@ A form an entry lacks is None; :func:`lookup` refuses it naming the argument.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
 
 from torchkd.losses._common import jsd_log_ratios
 
-__all__ = ["DIVERGENCES", "NAMES", "lookup"]
+__all__ = ["DIVERGENCES", "NAMES", "Divergence", "lookup"]
 
 DenseResult = tuple[Tensor, Tensor | None, Tensor | None]
 
@@ -390,14 +390,11 @@ class TVD(Entry):
         return rows, *_kept_terms(student_log, coefficients)
 
 
-DIVERGENCES: dict[str, type[Entry]] = {
-    "forward_kl": ForwardKL,
-    "reverse_kl": ReverseKL,
-    "soft_ce": SoftCE,
-    "jsd": JSD,
-    "tvd": TVD,
-}
-NAMES: tuple[str, ...] = tuple(DIVERGENCES)
+Divergence = Literal["forward_kl", "reverse_kl", "soft_ce", "jsd", "tvd"]
+NAMES: tuple[str, ...] = get_args(Divergence)
+DIVERGENCES: dict[str, type[Entry]] = dict(
+    zip(NAMES, (ForwardKL, ReverseKL, SoftCE, JSD, TVD), strict=True)
+)
 
 
 def names(form: str) -> tuple[str, ...]:

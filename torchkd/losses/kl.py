@@ -53,18 +53,16 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from torchkd.losses._common import compute_dtype, divide_finite, unresolved_divergences
-from torchkd.losses.divergence_table import DIVERGENCES, lookup
+from torchkd.losses.divergence_table import DIVERGENCES, Divergence, lookup
 
 __all__: list[str] = []
 
-Divergence = Literal["forward_kl", "reverse_kl", "soft_ce", "jsd", "tvd"]
 KernelResult = tuple[Tensor, Tensor | None, Tensor | None]
 
 COMPILE_ENV = "TORCHKD_COMPILE"
@@ -129,8 +127,9 @@ def _fused(
     return rows, student_gradient, teacher_gradient
 
 
-# One entry point per divergence: torch.compile caches compiled graphs per code object, so
-# separate functions keep each divergence's dtype/gradient variants in a cache of their own.
+# One entry point per divergence of the table: torch.compile caches compiled graphs per code
+# object, so separate functions keep each divergence's dtype/gradient variants in a cache of
+# their own.
 def _fused_forward_kl(*args: object) -> KernelResult:
     return _fused("forward_kl", *args)
 

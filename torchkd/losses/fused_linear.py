@@ -447,10 +447,7 @@ OPTIONS: tuple[inspect.Parameter, ...] = tuple(
     for parameter in inspect.signature(fused_linear_kd_loss).parameters.values()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in PER_CALL
 )
-_MODULE_SIGNATURE = inspect.Signature(
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
-    return_annotation="None",
-)
+_OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
 
 
 @register(
@@ -477,16 +474,18 @@ class FusedLinearKDLoss(HyperparameterModule):
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__()
         try:
-            bound = _MODULE_SIGNATURE.bind(None, *args, **options)
+            bound = _OPTIONS_SIGNATURE.bind(*args, **options)
         except TypeError as error:
             raise TypeError(f"{type(self).__name__}: {error}") from None
         bound.apply_defaults()
-        stored = dict(bound.arguments)
-        del stored["self"]
-        _check_options(stored)
-        self.store(**stored)
+        _check_options(bound.arguments)
+        self.store(**bound.arguments)
 
-    __init__.__signature__ = _MODULE_SIGNATURE  # type: ignore[attr-defined]  # for help()
+    # help() and inspect show the options: (self, divergence="forward_kl", beta=0.5, ...)
+    __init__.__signature__ = _OPTIONS_SIGNATURE.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
+        return_annotation="None",
+    )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())

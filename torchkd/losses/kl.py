@@ -80,7 +80,8 @@ def _row_scale(kind: Divergence, temperature: float | Tensor) -> float | Tensor:
 
 
 def _gradient_scale(kind: Divergence, temperature: float | Tensor) -> float | Tensor:
-    """The factor of the gradients w.r.t. the logits: the rows' factor over ``T`` (``[N, 1]``)."""
+    """The factor of the gradients w.r.t. the logits: the rows' factor over ``T`` (a per-row
+    temperature as an ``[N, 1]`` column)."""
     column = _column(temperature)
     return column if DIVERGENCES[kind].temperature_squared else 1.0 / column
 
@@ -301,25 +302,25 @@ def _eager(
     student_grad: bool,
     teacher_grad: bool,
 ) -> KernelResult:
-    """Loss rows (x T^2) and *unscaled* gradients (the caller owes them :func:`_gradient_scale`).
+    """Loss rows (x T^2, TVD x 1) and *unscaled* gradients (they owe :func:`_gradient_scale`).
 
     Library softmax calls written into fresh buffers in place (each new ``[N, C]`` buffer costs
     page faults that dwarf the arithmetic on CPU). The fast forms have no NaN guards; if a row
     comes out non-finite (``-inf`` or NaN logits), all rows are redone with the guarded form.
     """
-    squared = _row_scale(kind, temperature)
+    row_scale = _row_scale(kind, temperature)
     if DIVERGENCES[kind].cross_logits is not None and not teacher_grad:
         rows, student_gradient = _eager_probability_form(kind, student, teacher, temperature)
         if bool(torch.isfinite(rows).all()):
-            return rows * squared, student_gradient if student_grad else None, None
+            return rows * row_scale, student_gradient if student_grad else None, None
     else:
         args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
         rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=False)
         if bool(torch.isfinite(rows).all()):
-            return rows * squared, student_gradient, teacher_gradient
+            return rows * row_scale, student_gradient, teacher_gradient
     args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
     rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=True)
-    return rows * squared, student_gradient, teacher_gradient
+    return rows * row_scale, student_gradient, teacher_gradient
 
 
 # --------------------------------------------------------------------------- autograd glue

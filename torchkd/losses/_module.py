@@ -35,7 +35,7 @@ class HyperparameterModule(nn.Module):
         """Set each value as the attribute of its name, in order, and record the names."""
         for name, value in values.items():
             setattr(self, name, value)
-        self._hyperparameters = (*self._hyperparameters, *values)
+        self._hyperparameters = tuple(dict.fromkeys((*self._hyperparameters, *values)))
 
     def hyperparameters(self, **overrides: Any) -> dict[str, Any]:
         """The stored hyperparameters by name, with the overrides that are not None applied."""

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from torchkd.losses._common import jsd_log_ratios
+from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.kl import _graph_kept
-from torchkd.losses.topk import bucket_gradients
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Side:
 class Plan:
     """Everything the kernel needs besides the tensors."""
 
-    divergence: str  # "forward_kl" | "reverse_kl" | "jsd" | "tvd"
+    divergence: str  # a name with a chunked form in torchkd.losses.divergence_table
     beta: float
     temperature: float
     divergence_weight: float  # T^2, or 1 (no T^2, or TVD)
@@ -97,11 +96,6 @@ def _project(out: Tensor, hidden: Tensor, side: Side) -> None:
         torch.addmm(side.bias, hidden, weight, out=out)
 
 
-def _row_dot(first: Tensor, second: Tensor, scratch: Tensor) -> Tensor:
-    """``sum_c first * second`` per row through ``scratch`` (on CPU twice as fast as vecdot)."""
-    return torch.mul(first, second, out=scratch).sum(-1)
-
-
 def _dense_divergence(
     plan: Plan,
     student: Tensor,
@@ -115,62 +109,18 @@ def _dense_divergence(
     On entry both buffers hold the softened logits. ``masked`` says whether the student's and
     the teacher's logits may hold ``-inf`` (vocabulary masking by a bias or given logits): their
     log-probabilities are then clamped to the dtype's lowest value, so that entries masked on
-    both sides give ``0 log 0 = 0`` instead of ``-inf - (-inf)``. Every step writes into a
-    preallocated ``[chunk, V]`` buffer: forward and reverse KL use one more (two when the
-    teacher needs its gradient too), JSD and TVD two more.
+    both sides give ``0 log 0 = 0`` instead of ``-inf - (-inf)``. The divergence is the chunked
+    form of :mod:`torchkd.losses.divergence_table`, in preallocated ``[chunk, V]`` buffers:
+    forward and reverse KL use one more (two when the teacher needs its gradient too), JSD and
+    TVD two more.
     """
-    n = student.shape[0]
-    work = buffers.get("work", n)
     torch.log_softmax(student, dim=-1, out=student)
     torch.log_softmax(teacher, dim=-1, out=teacher)
     for side, side_masked in zip((student, teacher), masked, strict=True):
         if side_masked:
             side.clamp_(min=torch.finfo(side.dtype).min)
-    kind, beta = plan.divergence, plan.beta
-    teacher_gradient = None
-    if kind == "forward_kl":
-        torch.sub(teacher, student, out=work)  # log q - log p
-        teacher.exp_()  # q
-        if teacher_grad:  # q (log q - log p - D)
-            rows = _row_dot(work, teacher, buffers.get("scratch", n))
-            teacher_gradient = work.sub_(rows.unsqueeze(-1)).mul_(teacher)
-        else:
-            rows = work.mul_(teacher).sum(-1)
-        student.exp_().sub_(teacher)  # p - q
-    elif kind == "reverse_kl":
-        torch.sub(student, teacher, out=work)  # log p - log q
-        student.exp_()  # p
-        if teacher_grad:
-            teacher_gradient = teacher.exp_().sub_(student)  # q - p
-        rows = work.mul_(student).sum(-1)
-        student.mul_(rows.unsqueeze(-1))
-        torch.sub(work, student, out=student)  # p (log p - log q - D)
-    elif kind == "jsd":
-        scratch = buffers.get("scratch", n)
-        teacher_ratio, student_ratio = jsd_log_ratios(torch.sub(teacher, student, out=work), beta)
-        student.exp_()  # p
-        teacher.exp_()  # q
-        student_part = _row_dot(student, student_ratio, scratch)  # K_S = sum p log(p / m)
-        student.mul_(student_ratio.sub_(student_part.unsqueeze(-1)))
-        student.mul_(1.0 - beta)  # (1 - beta) p (log(p / m) - K_S)
-        teacher_part = _row_dot(teacher, teacher_ratio, scratch)
-        if teacher_grad:
-            teacher.mul_(teacher_ratio.sub_(teacher_part.unsqueeze(-1))).mul_(beta)
-            teacher_gradient = teacher
-        rows = beta * teacher_part + (1.0 - beta) * student_part
-    else:  # tvd: g_S = sign(p - q) / 2, g_T = -g_S
-        scratch = buffers.get("scratch", n)
-        student.exp_()
-        teacher.exp_()
-        torch.sub(student, teacher, out=work)
-        rows = 0.5 * torch.abs(work, out=scratch).sum(-1)
-        work.sign_().mul_(0.5)
-        student_mean = _row_dot(student, work, scratch).unsqueeze(-1)
-        if teacher_grad:  # q (g_T - sum q g_T) = q (sum q g_S - g_S)
-            teacher_mean = _row_dot(teacher, work, scratch).unsqueeze(-1)
-            teacher_gradient = teacher.mul_(torch.sub(teacher_mean, work, out=scratch))
-        student.mul_(work.sub_(student_mean))
-    return rows, teacher_gradient
+    chunked = DIVERGENCES[plan.divergence].chunked
+    return chunked(student, teacher, buffers, plan.beta, teacher_grad)
 
 
 def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Tensor) -> Tensor:
@@ -182,9 +132,8 @@ def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Te
     if ids.shape[1] < student.shape[1]:  # k = V: the tail is empty, its mass exactly 0
         tail = tail.clamp_min(torch.finfo(student.dtype).tiny)
     student_log = torch.cat([kept_log, tail.log().unsqueeze(-1)], dim=-1)
-    rows, kept, tail_coefficient = bucket_gradients(
-        plan.divergence, plan.beta, teacher_log, student_log
-    )
+    buckets = DIVERGENCES[plan.divergence].buckets
+    rows, kept, tail_coefficient = buckets(teacher_log, student_log, plan.beta)
     student.mul_(tail_coefficient.unsqueeze(-1)).scatter_(1, ids, kept)
     return rows
 

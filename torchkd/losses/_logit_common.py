@@ -5,7 +5,7 @@ and the base module that shows hyperparameters in ``repr``."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_mask,
@@ -17,6 +17,7 @@ from torchkd.losses._common import (
     select_rows,
     upcast,
 )
+from torchkd.losses._module import HyperparameterModule
 from torchkd.losses.kl import Divergence, divergence_rows
 
 __all__ = [
@@ -152,8 +153,9 @@ def format_value(value: object) -> str:
     return repr(value)
 
 
-class LogitLoss(nn.Module):
-    """Stores hyperparameters and shows them in ``repr``; subclasses call their functional."""
+class LogitLoss(HyperparameterModule):
+    """Stores hyperparameters (:meth:`store`) and shows those in ``_shown`` in ``repr``;
+    subclasses call their functional with :meth:`hyperparameters`."""
 
     _shown: tuple[str, ...] = ()
 

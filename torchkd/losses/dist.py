@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_mask,
@@ -13,6 +13,7 @@ from torchkd.losses._common import (
     select_rows,
     upcast,
 )
+from torchkd.losses._module import HyperparameterModule
 from torchkd.losses.registry import register
 
 __all__ = ["DISTLoss", "dist_loss"]
@@ -132,7 +133,7 @@ def dist_loss(
 
 
 @register("dist", functional=dist_loss, signature="logits", family="logit")
-class DISTLoss(nn.Module):
+class DISTLoss(HyperparameterModule):
     """Module form of :func:`dist_loss`; stores the hyperparameters.
 
     Example:
@@ -153,11 +154,7 @@ class DISTLoss(nn.Module):
         _check_weight("gamma", gamma)
         check_temperature(temperature)
         _check_dist_reduction(reduction)
-        self.beta = beta
-        self.gamma = gamma
-        self.temperature = temperature
-        self.eps = eps
-        self.reduction = reduction
+        self.store(beta=beta, gamma=gamma, temperature=temperature, eps=eps, reduction=reduction)
 
     def forward(
         self,
@@ -166,16 +163,8 @@ class DISTLoss(nn.Module):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return dist_loss(
-            student_logits,
-            teacher_logits,
-            beta=self.beta,
-            gamma=self.gamma,
-            temperature=self.temperature if temperature is None else temperature,
-            eps=self.eps,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return dist_loss(student_logits, teacher_logits, mask=mask, **options)
 
     def extra_repr(self) -> str:
         return (

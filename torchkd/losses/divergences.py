@@ -13,7 +13,6 @@ from torch import Tensor
 
 from torchkd.losses._common import (
     check_unit_interval,
-    divide_finite,
     reduce_rows,
     upcast,
 )
@@ -142,7 +141,7 @@ def tvd_loss(
 
     No :math:`T^2` factor: TVD is a bounded distance (in ``[0, 1]`` per row), not a divergence
     whose gradient shrinks like :math:`1/T^2`, and unscaled its values stay comparable across
-    temperatures.
+    temperatures. Computed by the kernels of :mod:`torchkd.losses.kl` (closed-form gradient).
 
     Args:
         student_logits: ``[..., C]`` student logits.
@@ -158,23 +157,13 @@ def tvd_loss(
         >>> round(tvd_loss(student, teacher).item(), 4)
         0.4374
     """
-    student_rows, teacher_rows, row_temperature = selected_pair(
-        student_logits, teacher_logits, temperature, reduction, mask
-    )
-    if isinstance(row_temperature, Tensor) and row_temperature.dim() == 1:
-        row_temperature = row_temperature.unsqueeze(-1)
-
-    def probs(logits: Tensor) -> Tensor:
-        values = upcast(logits, student_rows, teacher_rows)
-        return torch.softmax(divide_finite(values, row_temperature), dim=-1)
-
-    rows = 0.5 * (probs(teacher_rows) - probs(student_rows)).abs().sum(-1)
-    return reduce_rows(
-        rows,
-        reduction,
-        rows_shape=student_logits.shape[:-1],
+    return divergence_loss(
+        "tvd",
+        student_logits,
+        teacher_logits,
+        temperature=temperature,
+        reduction=reduction,
         mask=mask,
-        elements_per_row=student_logits.shape[-1],
     )
 
 
@@ -241,7 +230,7 @@ class ReverseKLLoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -250,13 +239,8 @@ class ReverseKLLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return reverse_kl_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return reverse_kl_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("jsd", functional=jsd_loss, signature="logits", family="logit")
@@ -274,7 +258,7 @@ class JSDLoss(LogitLoss):
         self, beta: float = 0.5, temperature: float | Tensor = 1.0, reduction: str = "batchmean"
     ) -> None:
         super().__init__()
-        self.beta, self.temperature, self.reduction = beta, temperature, reduction
+        self.store(beta=beta, temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -283,14 +267,8 @@ class JSDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return jsd_loss(
-            student_logits,
-            teacher_logits,
-            beta=self.beta,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return jsd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("tvd", functional=tvd_loss, signature="logits", family="logit")
@@ -306,7 +284,7 @@ class TVDLoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -315,13 +293,8 @@ class TVDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return tvd_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return tvd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("logit_mse", functional=logit_mse_loss, signature="logits", family="logit")
@@ -337,9 +310,9 @@ class LogitMSELoss(LogitLoss):
 
     def __init__(self, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.reduction = reduction
+        self.store(reduction=reduction)
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None
     ) -> Tensor:
-        return logit_mse_loss(student_logits, teacher_logits, reduction=self.reduction, mask=mask)
+        return logit_mse_loss(student_logits, teacher_logits, mask=mask, **self.hyperparameters())

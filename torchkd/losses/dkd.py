@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_labels,
@@ -18,6 +18,7 @@ from torchkd.losses._common import (
     unresolved_divergences,
     with_float64_rows,
 )
+from torchkd.losses._module import HyperparameterModule
 from torchkd.losses.registry import register
 
 __all__ = ["DKDLoss", "dkd_loss"]
@@ -191,7 +192,7 @@ def dkd_loss(
 
 
 @register("dkd", functional=dkd_loss, signature="logits_labels", family="logit")
-class DKDLoss(nn.Module):
+class DKDLoss(HyperparameterModule):
     """Module form of :func:`dkd_loss`; stores the hyperparameters.
 
     Example:
@@ -212,11 +213,13 @@ class DKDLoss(nn.Module):
         _check_weight("beta", beta)
         check_temperature(temperature)
         check_reduction(reduction)
-        self.alpha = alpha
-        self.beta = beta
-        self.temperature = temperature
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        self.store(
+            alpha=alpha,
+            beta=beta,
+            temperature=temperature,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
     def forward(
         self,
@@ -226,17 +229,8 @@ class DKDLoss(nn.Module):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return dkd_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            alpha=self.alpha,
-            beta=self.beta,
-            temperature=self.temperature if temperature is None else temperature,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return dkd_loss(student_logits, teacher_logits, labels, mask=mask, **options)
 
     def extra_repr(self) -> str:
         return (

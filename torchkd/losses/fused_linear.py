@@ -11,11 +11,13 @@ a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_floating,
@@ -28,12 +30,13 @@ from torchkd.losses._common import (
     unresolved_divergences,
 )
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
+from torchkd.losses._module import HyperparameterModule
+from torchkd.losses.divergence_table import DIVERGENCES, lookup
 from torchkd.losses.registry import register
 from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
 
 __all__ = ["FusedLinearKDLoss", "TopKLogits", "default_chunk_size", "fused_linear_kd_loss"]
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 FUSED_REDUCTIONS = ("batchmean", "sum")
 CHUNK_BUDGET_BYTES = 2**26  # one [chunk, V] buffer: 64 MiB
 MIN_CHUNK_ROWS = 256  # below this the matrix products slow down (CPU, H = 1024, V = 128k: ~30 %)
@@ -79,19 +82,13 @@ def _check_projection(prefix: str, hidden: Tensor, weight: Tensor, bias: Tensor 
             )
 
 
-def _check_options(
-    divergence: str,
-    beta: float,
-    temperature: float,
-    hard_label_weight: float,
-    reduction: str,
-    chunk_size: int | None,
-    ignore_index: int,
-    scales_caps: dict[str, float | None],
-) -> None:
-    """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`)."""
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`) of the
+    functional's :data:`OPTIONS`, given by name (the functional's arguments or a module's)."""
+    divergence, beta, temperature = options["divergence"], options["beta"], options["temperature"]
+    hard_label_weight, reduction = options["hard_label_weight"], options["reduction"]
+    chunk_size, ignore_index = options["chunk_size"], options["ignore_index"]
+    lookup(divergence, "chunked")  # the chunked form serves sparse targets' buckets alike
     check_unit_interval("beta", beta)
     if isinstance(temperature, Tensor):
         raise TypeError("temperature must be a float here (the fused loss has no learned T)")
@@ -105,7 +102,13 @@ def _check_options(
     if chunk_size is not None:
         check_number("chunk_size", chunk_size, minimum=1, integer=True)
     check_number("ignore_index", ignore_index, integer=True)
-    for name, value in scales_caps.items():
+    for name in (
+        "student_logit_scale",
+        "teacher_logit_scale",
+        "student_softcap",
+        "teacher_softcap",
+    ):
+        value = options[name]
         if value is not None:
             check_number(name, value, minimum=0.0, strict=True)
 
@@ -162,7 +165,7 @@ def _unresolved(plan: Plan, loss: Tensor, valid_rows: int, vocab: int) -> bool:
     the ``T^2``-scaled rounding of the log-normalizers (``T^2 eps log V``) is no longer small
     next to the value; the loss is then recomputed in float64. TVD has no ``T^2`` rounding.
     """
-    if plan.divergence == "tvd" or valid_rows == 0:
+    if not DIVERGENCES[plan.divergence].temperature_squared or valid_rows == 0:
         return False
     mean_row = loss.detach().reshape(1) * plan.denominator / valid_rows / plan.divergence_weight
     weight = plan.divergence_weight / plan.temperature**2
@@ -279,21 +282,7 @@ def fused_linear_kd_loss(
         >>> loss.item()
         0.0
     """
-    _check_options(
-        divergence,
-        beta,
-        temperature,
-        hard_label_weight,
-        reduction,
-        chunk_size,
-        ignore_index,
-        {
-            "student_logit_scale": student_logit_scale,
-            "teacher_logit_scale": teacher_logit_scale,
-            "student_softcap": student_softcap,
-            "teacher_softcap": teacher_softcap,
-        },
-    )
+    _check_options(locals())  # the arguments by name
     _check_projection("student", student_hidden, student_weight, student_bias)
     rows_shape = student_hidden.shape[:-1]
     dense: Tensor | None = None
@@ -398,11 +387,12 @@ def fused_linear_kd_loss(
                 "unless k equals the vocabulary (then the student's tail is empty too)"
             )
         buckets = (_rows(sparse.token_ids, index), log_masses)
+    squared = temperature_squared and DIVERGENCES[divergence].temperature_squared
     plan = Plan(
         divergence=divergence,
         beta=float(beta),
         temperature=float(temperature),
-        divergence_weight=temperature**2 if temperature_squared and divergence != "tvd" else 1.0,
+        divergence_weight=temperature**2 if squared else 1.0,
         hard_label_weight=float(hard_label_weight),
         denominator=denominator,
         chunk_size=chunk_size or default_chunk_size(vocab, dtype),
@@ -450,14 +440,27 @@ def fused_linear_kd_loss(
     return FusedLinearFunction.apply(*differentiable, compute)
 
 
+# The stored hyperparameters: the functional's keyword options but those given per call.
+PER_CALL = ("teacher_logits", "student_bias", "teacher_bias", "mask", "num_items_in_batch")
+OPTIONS: tuple[inspect.Parameter, ...] = tuple(
+    parameter.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    for parameter in inspect.signature(fused_linear_kd_loss).parameters.values()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in PER_CALL
+)
+_OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
+
+
 @register(
     "fused_linear_kd",
     functional=fused_linear_kd_loss,
     signature="hidden_states",
     family="logit",
 )
-class FusedLinearKDLoss(nn.Module):
+class FusedLinearKDLoss(HyperparameterModule):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
+
+    Its options are the functional's (:data:`OPTIONS`: names, defaults and order), checked by
+    the functional's check.
 
     A call may override the stored ``temperature`` (a float: a scheduled temperature) and the
     logit scales and softcaps (the models' own, as the Distiller passes them); ``None`` keeps
@@ -468,56 +471,24 @@ class FusedLinearKDLoss(nn.Module):
         FusedLinearKDLoss(divergence='jsd', beta=0.5, temperature=2.0, ...)
     """
 
-    def __init__(
-        self,
-        divergence: str = "forward_kl",
-        beta: float = 0.5,
-        temperature: float = 1.0,
-        temperature_squared: bool = True,
-        hard_label_weight: float = 0.0,
-        ignore_index: int = -100,
-        reduction: str = "batchmean",
-        chunk_size: int | None = None,
-        student_logit_scale: float = 1.0,
-        teacher_logit_scale: float = 1.0,
-        student_softcap: float | None = None,
-        teacher_softcap: float | None = None,
-        truncate_vocab: bool = False,
-    ) -> None:
+    def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__()
-        _check_options(
-            divergence,
-            beta,
-            temperature,
-            hard_label_weight,
-            reduction,
-            chunk_size,
-            ignore_index,
-            {
-                "student_logit_scale": student_logit_scale,
-                "teacher_logit_scale": teacher_logit_scale,
-                "student_softcap": student_softcap,
-                "teacher_softcap": teacher_softcap,
-            },
-        )
-        self.options = {
-            "divergence": divergence,
-            "beta": beta,
-            "temperature": temperature,
-            "temperature_squared": temperature_squared,
-            "hard_label_weight": hard_label_weight,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-            "chunk_size": chunk_size,
-            "student_logit_scale": student_logit_scale,
-            "teacher_logit_scale": teacher_logit_scale,
-            "student_softcap": student_softcap,
-            "teacher_softcap": teacher_softcap,
-            "truncate_vocab": truncate_vocab,
-        }
+        try:
+            bound = _OPTIONS_SIGNATURE.bind(*args, **options)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}: {error}") from None
+        bound.apply_defaults()
+        _check_options(bound.arguments)
+        self.store(**bound.arguments)
+
+    # help() and inspect show the options: (self, divergence="forward_kl", beta=0.5, ...)
+    __init__.__signature__ = _OPTIONS_SIGNATURE.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
+        return_annotation="None",
+    )
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.options.items())
+        return ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())
 
     def forward(
         self,
@@ -538,14 +509,13 @@ class FusedLinearKDLoss(nn.Module):
         student_softcap: float | None = None,
         teacher_softcap: float | None = None,
     ) -> Tensor:
-        given = {
-            "temperature": temperature,
-            "student_logit_scale": student_logit_scale,
-            "teacher_logit_scale": teacher_logit_scale,
-            "student_softcap": student_softcap,
-            "teacher_softcap": teacher_softcap,
-        }
-        options = {**self.options, **{k: v for k, v in given.items() if v is not None}}
+        options = self.hyperparameters(
+            temperature=temperature,
+            student_logit_scale=student_logit_scale,
+            teacher_logit_scale=teacher_logit_scale,
+            student_softcap=student_softcap,
+            teacher_softcap=teacher_softcap,
+        )
         return fused_linear_kd_loss(
             student_hidden,
             student_weight,

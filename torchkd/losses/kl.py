@@ -4,12 +4,14 @@ One kernel computes, per row of ``[N, C]`` logits, the divergence between the so
 distributions ``p_S = softmax(z_S / T)`` and ``p_T = softmax(z_T / T)`` scaled by ``T^2`` and,
 in the same forward call, its closed-form gradient with respect to the logits. The gradient is
 saved and the backward pass only multiplies it by the incoming row gradients, in place when
-autograd will not run the graph again (no new ``[N, C]`` buffer). Divergences (``kind``):
+autograd will not run the graph again (no new ``[N, C]`` buffer). Divergences (``kind``): the
+dense forms of :mod:`torchkd.losses.divergence_table`:
 
 - ``"forward_kl"``: ``KL(p_T || p_S)``, student gradient ``T (p_S - p_T)``;
 - ``"reverse_kl"``: ``KL(p_S || p_T)``;
 - ``"soft_ce"``: the cross-entropy ``H(p_T, p_S)``;
-- ``"jsd"``: the generalized Jensen-Shannon divergence with mixture weight ``beta`` in (0, 1).
+- ``"jsd"``: the generalized Jensen-Shannon divergence with mixture weight ``beta`` in (0, 1);
+- ``"tvd"``: the total variation distance, without the ``T^2`` factor (gradients ``/ T``).
 
 Three execution paths, all computing in at least float32 and returning gradients in the inputs'
 dtype:
@@ -51,22 +53,16 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from torchkd.losses._common import (
-    compute_dtype,
-    divide_finite,
-    jsd_log_ratios,
-    unresolved_divergences,
-)
+from torchkd.losses._common import compute_dtype, divide_finite, unresolved_divergences
+from torchkd.losses.divergence_table import DIVERGENCES, Divergence, lookup
 
 __all__: list[str] = []
 
-Divergence = Literal["forward_kl", "reverse_kl", "soft_ce", "jsd"]
 KernelResult = tuple[Tensor, Tensor | None, Tensor | None]
 
 COMPILE_ENV = "TORCHKD_COMPILE"
@@ -78,95 +74,16 @@ _compile_failed = False
 # --------------------------------------------------------------------------- the math
 
 
-def _weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
-    """``weights * values`` elementwise; with ``safe``, 0 wherever the weight is 0.
-
-    The safe form also keeps autograd finite: the ``where`` sends no gradient into values that
-    are NaN or infinite at zero-weight positions (``-inf - (-inf)`` at masked classes).
-    """
-    if safe:
-        return weights * torch.where(weights > 0, values, 0.0)
-    return weights * values
+def _row_scale(kind: Divergence, temperature: float | Tensor) -> float | Tensor:
+    """The factor of the rows: ``T^2``, or 1 for a divergence without it (TVD)."""
+    return _squared(temperature) if DIVERGENCES[kind].temperature_squared else 1.0
 
 
-def _weighted_row_sum(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
-    """``sum_c weights * values`` per row; the fast form is one library dot-product call."""
-    if safe:
-        return _weighted(weights, values, safe).sum(-1)
-    return torch.linalg.vecdot(weights, values)
-
-
-def _closed_form(
-    kind: Divergence,
-    student_log_probs: Tensor,
-    teacher_log_probs: Tensor,
-    beta: float,
-    *,
-    safe: bool,
-    student_grad: bool,
-    teacher_grad: bool,
-) -> KernelResult:
-    """Row divergences and their gradients w.r.t. the *softened* logits ``z / T``.
-
-    With ``a = z_S / T``, ``b = z_T / T``, ``p = softmax``, ``log p = log_softmax``:
-
-    - forward KL ``L = sum p_T (log p_T - log p_S)``: ``dL/da = p_S - p_T``,
-      ``dL/db = p_T (log p_T - log p_S - L)``;
-    - reverse KL ``L = sum p_S (log p_S - log p_T)``: ``dL/da = p_S (log p_S - log p_T - L)``,
-      ``dL/db = p_T - p_S``;
-    - soft cross-entropy ``L = -sum p_T log p_S``: ``dL/da = p_S - p_T``,
-      ``dL/db = -p_T (log p_S + L)``;
-    - JSD with ``m = beta p_T + (1 - beta) p_S``, ``K_T = KL(p_T || m)``, ``K_S = KL(p_S || m)``,
-      ``L = beta K_T + (1 - beta) K_S``: ``dL/da = (1 - beta) p_S (log p_S - log m - K_S)``,
-      ``dL/db = beta p_T (log p_T - log m - K_T)``; the log-ratios to ``m`` come from
-      :func:`~torchkd.losses._common.jsd_log_ratios` (stable near ``beta`` = 0 and 1).
-
-    Without ``safe``, a zero probability times an infinite log-ratio gives NaN in the row sum;
-    callers check the rows and redo non-finite ones with ``safe=True``.
-    """
-    student_probs = student_log_probs.exp()
-    teacher_probs = teacher_log_probs.exp()
-    student_gradient = teacher_gradient = None
-    if kind in ("forward_kl", "soft_ce"):
-        if kind == "forward_kl":
-            log_ratio = teacher_log_probs - student_log_probs
-            rows = _weighted_row_sum(teacher_probs, log_ratio, safe)
-            if teacher_grad:
-                teacher_gradient = _weighted(teacher_probs, log_ratio - rows.unsqueeze(-1), safe)
-        else:
-            rows = -_weighted_row_sum(teacher_probs, student_log_probs, safe)
-            if teacher_grad:
-                shifted = student_log_probs + rows.unsqueeze(-1)
-                teacher_gradient = -_weighted(teacher_probs, shifted, safe)
-        if student_grad:
-            student_gradient = student_probs - teacher_probs
-    elif kind == "reverse_kl":
-        log_ratio = student_log_probs - teacher_log_probs
-        rows = _weighted_row_sum(student_probs, log_ratio, safe)
-        if student_grad:
-            student_gradient = _weighted(student_probs, log_ratio - rows.unsqueeze(-1), safe)
-        if teacher_grad:
-            teacher_gradient = teacher_probs - student_probs
-    elif kind == "jsd":
-        log_ratio = teacher_log_probs - student_log_probs
-        if safe:  # classes with p_T = p_S = 0: -inf - (-inf) is NaN
-            absent = (teacher_probs == 0) & (student_probs == 0)
-            log_ratio = torch.where(absent, 0.0, log_ratio)
-        teacher_ratio, student_ratio = jsd_log_ratios(log_ratio, beta)
-        teacher_part = _weighted_row_sum(teacher_probs, teacher_ratio, safe)
-        student_part = _weighted_row_sum(student_probs, student_ratio, safe)
-        rows = beta * teacher_part + (1.0 - beta) * student_part
-        if student_grad:
-            student_gradient = (1.0 - beta) * _weighted(
-                student_probs, student_ratio - student_part.unsqueeze(-1), safe
-            )
-        if teacher_grad:
-            teacher_gradient = beta * _weighted(
-                teacher_probs, teacher_ratio - teacher_part.unsqueeze(-1), safe
-            )
-    else:
-        raise ValueError(f"unknown divergence {kind!r}")
-    return rows, student_gradient, teacher_gradient
+def _gradient_scale(kind: Divergence, temperature: float | Tensor) -> float | Tensor:
+    """The factor of the gradients w.r.t. the logits: the rows' factor over ``T`` (a per-row
+    temperature as an ``[N, 1]`` column)."""
+    column = _column(temperature)
+    return column if DIVERGENCES[kind].temperature_squared else 1.0 / column
 
 
 # --------------------------------------------------------------------------- fused kernel
@@ -181,7 +98,7 @@ def _fused(
     student_grad: bool,
     teacher_grad: bool,
 ) -> KernelResult:
-    """Loss rows (x T^2) and logit gradients (x T), written for :func:`torch.compile`.
+    """Loss rows (x T^2) and logit gradients (x T; TVD: x 1 and / T), for :func:`torch.compile`.
 
     ``temperature`` is ``[N, 1]``. The log-softmax is spelled out (max, shift, log-sum-exp)
     rather than called, so the compiler fuses everything into row reductions that recompute
@@ -194,8 +111,7 @@ def _fused(
         shifted = (values - values.amax(-1, keepdim=True)) * temperature.reciprocal()
         return shifted - shifted.exp().sum(-1, keepdim=True).log()
 
-    rows, student_gradient, teacher_gradient = _closed_form(
-        kind,
+    rows, student_gradient, teacher_gradient = DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,
@@ -203,16 +119,18 @@ def _fused(
         student_grad=student_grad,
         teacher_grad=teacher_grad,
     )
-    rows = rows * temperature.squeeze(-1).square()
+    rows = rows * _row_scale(kind, temperature.squeeze(-1))
+    scale = _gradient_scale(kind, temperature.squeeze(-1))
     if student_gradient is not None:
-        student_gradient = (student_gradient * temperature).to(student.dtype)
+        student_gradient = (student_gradient * scale).to(student.dtype)
     if teacher_gradient is not None:
-        teacher_gradient = (teacher_gradient * temperature).to(teacher.dtype)
+        teacher_gradient = (teacher_gradient * scale).to(teacher.dtype)
     return rows, student_gradient, teacher_gradient
 
 
-# One entry point per divergence: torch.compile caches compiled graphs per code object, so
-# separate functions keep each divergence's dtype/gradient variants in a cache of their own.
+# One entry point per divergence of the table: torch.compile caches compiled graphs per code
+# object, so separate functions keep each divergence's dtype/gradient variants in a cache of
+# their own.
 def _fused_forward_kl(*args: object) -> KernelResult:
     return _fused("forward_kl", *args)
 
@@ -229,11 +147,16 @@ def _fused_jsd(*args: object) -> KernelResult:
     return _fused("jsd", *args)
 
 
+def _fused_tvd(*args: object) -> KernelResult:
+    return _fused("tvd", *args)
+
+
 _FUSED_ENTRY_POINTS: dict[str, Callable[..., KernelResult]] = {
     "forward_kl": _fused_forward_kl,
     "reverse_kl": _fused_reverse_kl,
     "soft_ce": _fused_soft_ce,
     "jsd": _fused_jsd,
+    "tvd": _fused_tvd,
 }
 _compiled_kernels: dict[str, Callable[..., KernelResult]] = {}
 
@@ -318,21 +241,20 @@ def _softmax_in_place(values: Tensor) -> Tensor:
 def _eager_probability_form(
     kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Forward KL or soft cross-entropy rows (x 1) and the student gradient ``p_S - p_T``.
+    """Rows (x 1) of a divergence with a normalizer form, and the student gradient ``p_S - p_T``.
 
-    With ``a = z_S / T``, ``b = z_T / T``: ``KL = sum p_T (b - a) - lse(b) + lse(a)`` and
-    ``H = lse(a) - sum p_T a``. Two ``[N, C]`` buffers in all: the teacher's probabilities, and
-    one that holds the weighted logits of the dot product, then the student's probabilities,
-    then the gradient. The result is non-finite where a zero probability meets an infinite
-    logit; callers then use the log form.
+    With ``a = z_S / T``, ``b = z_T / T``: the entry's normalizer form of
+    :mod:`torchkd.losses.divergence_table` (forward KL ``sum p_T (b - a) - lse(b) + lse(a)``,
+    soft cross-entropy ``lse(a) - sum p_T a``). Two ``[N, C]`` buffers in all: the teacher's
+    probabilities, and one that holds the weighted logits of the dot product, then the
+    student's probabilities, then the gradient. The result is non-finite where a zero
+    probability meets an infinite logit; callers then use the log form.
     """
+    entry = DIVERGENCES[kind]
     teacher_probs = _softened(teacher, temperature)
     teacher_lse = _softmax_in_place(teacher_probs)
     dtype = teacher_probs.dtype
-    if kind == "forward_kl":
-        work = torch.sub(teacher.to(dtype), student)
-    else:
-        work = student.to(dtype, copy=True)
+    work = entry.cross_logits(student, teacher, dtype)
     cross = work.mul_(teacher_probs).sum(-1) / temperature
     if isinstance(temperature, float) and temperature == 1.0:
         work.copy_(student)
@@ -341,7 +263,7 @@ def _eager_probability_form(
     else:
         work.copy_(student).div_(_column(temperature))
     student_lse = _softmax_in_place(work)
-    rows = cross + (student_lse - teacher_lse) if kind == "forward_kl" else student_lse - cross
+    rows = entry.from_normalizers(cross, student_lse, teacher_lse)
     return rows, work.sub_(teacher_probs)
 
 
@@ -355,14 +277,13 @@ def _eager_log_form(
     teacher_grad: bool,
     safe: bool,
 ) -> KernelResult:
-    """Any divergence from two in-place log-softmaxes and :func:`_closed_form`."""
+    """Any divergence from two in-place log-softmaxes and its dense form."""
 
     def log_probs(logits: Tensor) -> Tensor:
         values = _softened(logits, temperature)
         return torch.log_softmax(values, dim=-1, out=values)
 
-    return _closed_form(
-        kind,
+    return DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,
@@ -381,25 +302,25 @@ def _eager(
     student_grad: bool,
     teacher_grad: bool,
 ) -> KernelResult:
-    """Loss rows (x T^2) and *unscaled* gradients (the caller owes them a factor of T).
+    """Loss rows (x T^2, TVD x 1) and *unscaled* gradients (they owe :func:`_gradient_scale`).
 
     Library softmax calls written into fresh buffers in place (each new ``[N, C]`` buffer costs
     page faults that dwarf the arithmetic on CPU). The fast forms have no NaN guards; if a row
     comes out non-finite (``-inf`` or NaN logits), all rows are redone with the guarded form.
     """
-    squared = _squared(temperature)
-    if kind in ("forward_kl", "soft_ce") and not teacher_grad:
+    row_scale = _row_scale(kind, temperature)
+    if DIVERGENCES[kind].cross_logits is not None and not teacher_grad:
         rows, student_gradient = _eager_probability_form(kind, student, teacher, temperature)
         if bool(torch.isfinite(rows).all()):
-            return rows * squared, student_gradient if student_grad else None, None
+            return rows * row_scale, student_gradient if student_grad else None, None
     else:
         args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
         rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=False)
         if bool(torch.isfinite(rows).all()):
-            return rows * squared, student_gradient, teacher_gradient
+            return rows * row_scale, student_gradient, teacher_gradient
     args = (kind, student, teacher, temperature, beta, student_grad, teacher_grad)
     rows, student_gradient, teacher_gradient = _eager_log_form(*args, safe=True)
-    return rows * squared, student_gradient, teacher_gradient
+    return rows * row_scale, student_gradient, teacher_gradient
 
 
 # --------------------------------------------------------------------------- autograd glue
@@ -451,8 +372,9 @@ def _refine(
     rows, student_gradient, teacher_gradient, pending = result
     if rows.dtype == torch.float64 or rows.device.type == "mps" or rows.numel() == 0:
         return
-    unscaled = rows / _squared(temperature)
-    flagged = unresolved_divergences(unscaled, student.shape[-1], temperature)
+    unscaled = rows / _row_scale(kind, temperature)
+    weight = 1.0 if DIVERGENCES[kind].temperature_squared else 0.0  # TVD: no T^2 rounding
+    flagged = unresolved_divergences(unscaled, student.shape[-1], temperature, weight)
     index = flagged.nonzero().squeeze(1)
     if index.numel() == 0:
         return
@@ -469,8 +391,8 @@ def _refine(
         teacher_gradient is not None,
     )
     rows[index] = exact[0].to(rows.dtype)
-    # The fused kernel's gradients carry their factor T already; the eager one's still owe it.
-    scale = _column(row_temperature) if pending is None else 1.0
+    # The fused kernel's gradients carry their factor already; the eager one's still owe it.
+    scale = _gradient_scale(kind, row_temperature) if pending is None else 1.0
     for gradient, exact_gradient in ((student_gradient, exact[1]), (teacher_gradient, exact[2])):
         if gradient is not None:
             gradient[index] = (exact_gradient * scale).to(gradient.dtype)
@@ -508,7 +430,7 @@ def _fast_kernel(
     rows, student_gradient, teacher_gradient = _eager(
         kind, student, teacher, temperature, beta, student_grad, teacher_grad
     )
-    return rows, student_gradient, teacher_gradient, _column(temperature)
+    return rows, student_gradient, teacher_gradient, _gradient_scale(kind, temperature)
 
 
 class _DivergenceFunction(torch.autograd.Function):
@@ -561,8 +483,7 @@ def _autograd_rows(
         values = logits.to(compute_dtype(logits))
         return torch.log_softmax(divide_finite(values, _column(temperature)), dim=-1)
 
-    rows = _closed_form(
-        kind,
+    rows = DIVERGENCES[kind].dense(
         log_probs(student),
         log_probs(teacher),
         beta,
@@ -570,7 +491,7 @@ def _autograd_rows(
         student_grad=False,
         teacher_grad=False,
     )[0]
-    return (rows * _squared(temperature)).clamp(min=0.0)
+    return (rows * _row_scale(kind, temperature)).clamp(min=0.0)
 
 
 def divergence_rows(
@@ -584,7 +505,8 @@ def divergence_rows(
     """``T^2 D(p_T, p_S)`` for each row of ``[N, C]`` logits, with the closed-form backward.
 
     Args:
-        kind: ``"forward_kl"``, ``"reverse_kl"``, ``"soft_ce"`` or ``"jsd"``.
+        kind: a divergence of :data:`~torchkd.losses.divergence_table.NAMES` (``"tvd"``: no
+            ``T^2``).
         student_rows: ``[N, C]`` student logits (already validated and row-selected).
         teacher_rows: ``[N, C]`` teacher logits, same shape.
         temperature: a positive float, or an ``[N]`` tensor of per-row temperatures. A tensor
@@ -604,6 +526,7 @@ def divergence_rows(
             temperature = float(temperature)
     else:  # a Python int (or other real number) takes the float path
         temperature = float(temperature)
+    lookup(kind, "dense", "kind")
     if kind == "jsd" and not 0.0 < beta < 1.0:
         raise ValueError(f"the jsd kernel needs 0 < beta < 1, got {beta} (use the KL kernels)")
     learned = isinstance(temperature, Tensor) and temperature.requires_grad

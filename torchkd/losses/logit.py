@@ -285,7 +285,7 @@ class KDLoss(LogitLoss):
         reduction: str = "batchmean",
     ) -> None:
         super().__init__()
-        self.temperature, self.standardize, self.reduction = temperature, standardize, reduction
+        self.store(temperature=temperature, standardize=standardize, reduction=reduction)
 
     def forward(
         self,
@@ -294,14 +294,8 @@ class KDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return kd_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            standardize=self.standardize,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return kd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("ls_kd", functional=ls_kd_loss, signature="logits", family="logit")
@@ -317,7 +311,7 @@ class LSKDLoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 2.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -326,13 +320,8 @@ class LSKDLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return ls_kd_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return ls_kd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("hinton", functional=hinton_loss, signature="logits_labels", family="logit")
@@ -355,8 +344,13 @@ class HintonLoss(LogitLoss):
         reduction: str = "batchmean",
     ) -> None:
         super().__init__()
-        self.temperature, self.alpha, self.standardize = temperature, alpha, standardize
-        self.ignore_index, self.reduction = ignore_index, reduction
+        self.store(
+            temperature=temperature,
+            alpha=alpha,
+            standardize=standardize,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        )
 
     def forward(
         self,
@@ -366,17 +360,8 @@ class HintonLoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return hinton_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            temperature=self.temperature if temperature is None else temperature,
-            alpha=self.alpha,
-            standardize=self.standardize,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return hinton_loss(student_logits, teacher_logits, labels, mask=mask, **options)
 
 
 @register("soft_ce", functional=soft_ce_loss, signature="logits", family="logit")
@@ -392,7 +377,7 @@ class SoftCELoss(LogitLoss):
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
-        self.temperature, self.reduction = temperature, reduction
+        self.store(temperature=temperature, reduction=reduction)
 
     def forward(
         self,
@@ -401,10 +386,5 @@ class SoftCELoss(LogitLoss):
         mask: Tensor | None = None,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
-        return soft_ce_loss(
-            student_logits,
-            teacher_logits,
-            temperature=self.temperature if temperature is None else temperature,
-            reduction=self.reduction,
-            mask=mask,
-        )
+        options = self.hyperparameters(temperature=temperature)
+        return soft_ce_loss(student_logits, teacher_logits, mask=mask, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_labels,
@@ -18,6 +18,7 @@ from torchkd.losses._common import (
     select_rows,
     upcast,
 )
+from torchkd.losses._module import HyperparameterModule
 from torchkd.losses.kl import divergence_rows
 from torchkd.losses.registry import register
 
@@ -237,7 +238,7 @@ def weights_from_accuracies(
     signature="multi_teacher",
     family="logit",
 )
-class MultiTeacherKDLoss(nn.Module):
+class MultiTeacherKDLoss(HyperparameterModule):
     """Module form of :func:`multi_teacher_kd_loss`; stores the hyperparameters.
 
     A tensor ``weighting`` is kept as a buffer, so it follows the module across devices.
@@ -270,9 +271,7 @@ class MultiTeacherKDLoss(nn.Module):
             raise ValueError(
                 f"weighting must be one of {WEIGHTINGS} or a tensor, got {weighting!r}"
             )
-        self.temperature = temperature
-        self.ignore_index = ignore_index
-        self.reduction = reduction
+        self.store(temperature=temperature, ignore_index=ignore_index, reduction=reduction)
 
     def forward(
         self,
@@ -288,11 +287,9 @@ class MultiTeacherKDLoss(nn.Module):
             teacher_logits,
             labels,
             weighting=self.weights if self.weights is not None else self.weighting,
-            temperature=self.temperature if temperature is None else temperature,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
             mask=mask,
             return_weights=return_weights,
+            **self.hyperparameters(temperature=temperature),
         )
 
     def extra_repr(self) -> str:

@@ -15,7 +15,8 @@ the same ``k + 1`` outcomes, so every divergence of them is a proper one (forwar
 when the student's bucket masses equal the teacher's), and by the data-processing inequality it is
 at most the divergence of the full distributions it approximates. The tail is
 ``tail_log_mass`` when given, else :math:`\\log(1 - \\sum_k q_{i_k})` (0 mass when the given
-log-probabilities already sum to 1, e.g. renormalized top-k).
+log-probabilities already sum to 1, e.g. renormalized top-k). Each divergence's bucket form
+(rows and the gradient w.r.t. the student's logits) is in :mod:`torchkd.losses.divergence_table`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from torchkd.losses._common import check_number, check_temperature, jsd_log_ratios, upcast
+from torchkd.losses._common import check_number, check_temperature, upcast
 
 __all__ = ["TopKLogits"]
 
@@ -127,70 +128,3 @@ def teacher_buckets(log_probs: Tensor, tail_log_mass: Tensor | None) -> Tensor:
     else:
         tail = tail_log_mass.to(log_probs.dtype)
     return torch.cat([log_probs, tail.unsqueeze(-1)], dim=-1)
-
-
-def _masked_product(weights: Tensor, values: Tensor) -> Tensor:
-    """``weights * values`` with 0 wherever the weight is 0 (``0 log 0 = 0``)."""
-    return weights * torch.where(weights > 0, values, 0.0)
-
-
-def bucket_divergence(
-    divergence: str, beta: float, teacher_log: Tensor, student_log: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Row divergences of ``[n, k + 1]`` bucket log-masses and their per-bucket coefficients.
-
-    For a divergence :math:`D(Q, P)` of bucket masses :math:`P_b = \\sum_{j \\in b} p_j` of
-    :math:`p = \\mathrm{softmax}(a)`, the chain rule gives
-    :math:`\\partial D / \\partial a_j = p_j \\, c_{b(j)}` with
-    :math:`c_b = g_b - \\sum_{b'} P_{b'} g_{b'}` and :math:`g_b = \\partial D / \\partial P_b`:
-
-    - forward KL :math:`\\sum Q \\log(Q/P)`: :math:`g = -Q/P`, :math:`c = \\sum Q - Q/P`;
-    - reverse KL :math:`\\sum P \\log(P/Q)`: :math:`c = \\log(P/Q) - D`;
-    - JSD(β), :math:`m = \\beta Q + (1-\\beta) P`: :math:`c = (1-\\beta)(\\log(P/m) - K_S)` with
-      :math:`K_S = \\mathrm{KL}(P \\| m)`;
-    - TVD :math:`\\tfrac12 \\sum |Q - P|`: :math:`g = \\tfrac12 \\mathrm{sign}(P - Q)`.
-
-    Buckets of zero mass on both sides (the empty tail of a top-k with k = V) add 0.
-    Returns the rows ``[n]`` and ``c`` ``[n, k + 1]``.
-    """
-    teacher, student = teacher_log.exp(), student_log.exp()
-    if divergence == "forward_kl":
-        rows = _masked_product(teacher, teacher_log - student_log).sum(-1)
-        coefficients = teacher.sum(-1, keepdim=True) - torch.exp(teacher_log - student_log)
-    elif divergence == "reverse_kl":
-        ratio = student_log - teacher_log
-        rows = _masked_product(student, ratio).sum(-1)
-        coefficients = ratio - rows.unsqueeze(-1)
-    elif divergence == "jsd":
-        absent = (teacher == 0) & (student == 0)  # the empty tail: -inf - (-inf) is NaN
-        log_ratio = torch.where(absent, 0.0, teacher_log - student_log)
-        teacher_ratio, student_ratio = jsd_log_ratios(log_ratio, beta)
-        student_part = _masked_product(student, student_ratio).sum(-1)
-        teacher_part = _masked_product(teacher, teacher_ratio).sum(-1)
-        rows = beta * teacher_part + (1.0 - beta) * student_part
-        coefficients = (1.0 - beta) * (student_ratio - student_part.unsqueeze(-1))
-    elif divergence == "tvd":
-        rows = 0.5 * (teacher - student).abs().sum(-1)
-        signs = 0.5 * torch.sign(student - teacher)
-        coefficients = signs - (student * signs).sum(-1, keepdim=True)
-    else:
-        raise ValueError(f"unknown divergence {divergence!r}")
-    return rows, coefficients
-
-
-def bucket_gradients(
-    divergence: str, beta: float, teacher_log: Tensor, student_log: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Rows, ``P_i c_i`` for the kept tokens ``[n, k]`` and ``c_tail`` ``[n]``.
-
-    The student's gradient w.r.t. its softened logits is ``P_i c_i`` at each kept token and
-    ``p_j c_tail`` at every other token ``j``. For forward KL the kept tokens' term is formed as
-    ``P_i sum Q - Q_i``, finite even where ``P_i`` underflows.
-    """
-    rows, coefficients = bucket_divergence(divergence, beta, teacher_log, student_log)
-    if divergence == "forward_kl":
-        teacher = teacher_log[:, :-1].exp()
-        kept = student_log[:, :-1].exp() * teacher_log.exp().sum(-1, keepdim=True) - teacher
-    else:
-        kept = student_log[:, :-1].exp() * coefficients[:, :-1]
-    return rows, kept, coefficients[:, -1]

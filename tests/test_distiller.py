@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.distiller import Distiller, Term, TermError
+from torchkd.forward import select_logits
 from torchkd.schedules import Linear
-from torchkd.teachers import TeacherEnsemble, as_teacher_list, select_logits
+from torchkd.teachers import TeacherEnsemble, as_teacher_list
 from torchkd.temperature import LearnableTemperature
 
 NUM_CLASSES = 3

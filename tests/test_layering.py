@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "adapters": 2,
     "taps": 2,
     "teachers": 2,
+    "forward": 2,
     "lm": 2,  # a causal LM's body and projection, token labels and their normalizer
     "lm.cache": 3,  # the teacher cache: runs teachers, reads datasets' files
     "lm.on_policy": 3,

@@ -9,14 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchkd.teachers import (
-    TeacherEnsemble,
-    TeacherList,
-    as_teacher_list,
-    call_model,
-    select_logits,
-    teacher_outputs,
-)
+from torchkd.forward import call_model, select_logits
+from torchkd.teachers import TeacherEnsemble, TeacherList, as_teacher_list, teacher_outputs
 
 
 def test_teachers_are_frozen_and_stay_in_eval_mode() -> None:

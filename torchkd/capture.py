@@ -16,9 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from torchkd.forward import call_model, select_logits
 from torchkd.lm import last_hidden_state
 from torchkd.taps import Taps
-from torchkd.teachers import call_model, select_logits
 
 __all__ = ["Capture", "ModelPlan", "RunMode", "num_rows", "run_model", "valid_positions"]
 

@@ -46,10 +46,11 @@ from torchkd import losses
 from torchkd.batch import as_batch
 from torchkd.calls import Call, checked_call
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model
+from torchkd.forward import call_model, select_logits
 from torchkd.lm import is_causal_lm
 from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import resolve_module
-from torchkd.teachers import as_teacher_list, call_model, select_logits, teacher_outputs
+from torchkd.teachers import as_teacher_list, teacher_outputs
 from torchkd.temperature import LearnableTemperature
 from torchkd.terms import (
     CACHE,

@@ -1,4 +1,4 @@
-"""Frozen teachers: freezing, a container that stays in eval mode, ensembles, logit selection.
+"""Frozen teachers: freezing, a container that stays in eval mode, ensembles.
 
 A teacher is any ``nn.Module``. Frozen means ``eval()`` (dropout off, BatchNorm on its running
 statistics) and ``requires_grad_(False)``; its forward runs under ``torch.no_grad()``.
@@ -6,19 +6,19 @@ statistics) and ``requires_grad_(False)``; its forward runs under ``torch.no_gra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchkd.forward import call_model, select_logits
+
 __all__ = [
     "TeacherEnsemble",
     "TeacherList",
     "as_teacher_list",
-    "call_model",
     "freeze",
-    "select_logits",
     "teacher_outputs",
 ]
 
@@ -78,68 +78,10 @@ def as_teacher_list(teachers: nn.Module | Sequence[nn.Module] | None) -> Teacher
     return TeacherList([teachers])
 
 
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a mapping of named inputs (Hugging Face style), else
-    ``model(inputs)``."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-
-
 def teacher_outputs(teachers: Sequence[nn.Module], inputs: Any) -> list[Any]:
     """Every teacher's raw output for ``inputs``, computed under ``torch.no_grad()``."""
     with torch.no_grad():
         return [call_model(teacher, inputs) for teacher in teachers]
-
-
-def select_logits(output: Any, key: str | int | None = None) -> Tensor:
-    """The logits tensor inside a model output.
-
-    A tensor is returned as is (``key`` is not needed). A tuple or list gives ``output[key]``
-    (default ``0``); a mapping, including a Hugging Face ``ModelOutput``, gives
-    ``output[key]`` (default ``"logits"``); any other object gives its attribute ``key``
-    (default ``logits``).
-
-    Raises:
-        KeyError: the key is missing (the message lists what the output holds).
-        TypeError: the selected value is not a tensor.
-
-    Example:
-        >>> import torch
-        >>> logits = torch.zeros(2, 3)
-        >>> select_logits({"logits": logits, "hidden": None}) is logits
-        True
-        >>> select_logits((logits, None)) is logits
-        True
-    """
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        position = 0 if key is None else key
-        if not isinstance(position, int) or not -len(output) <= position < len(output):
-            raise KeyError(
-                f"output_key {key!r} does not index the model's {type(output).__name__} output "
-                f"of length {len(output)}"
-            )
-        selected = output[position]
-    elif isinstance(output, Mapping):
-        name = "logits" if key is None else key
-        if name not in output:
-            raise KeyError(
-                f"model output has no key {name!r} (keys: {list(output.keys())}); set output_key"
-            )
-        selected = output[name]
-    else:
-        name = "logits" if key is None else key
-        if not isinstance(name, str) or not hasattr(output, name):
-            raise KeyError(
-                f"model output of type {type(output).__name__} has no attribute {name!r}; "
-                "set output_key"
-            )
-        selected = getattr(output, name)
-    if not isinstance(selected, Tensor):
-        raise TypeError(
-            f"selected logits (output_key={key!r}) must be a tensor, got {type(selected).__name__}"
-        )
-    return selected
 
 
 class TeacherEnsemble(nn.Module):

@@ -454,7 +454,7 @@ _OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
     "fused_linear_kd",
     functional=fused_linear_kd_loss,
     signature="hidden_states",
-    family="logit",
+    family="token",
 )
 class FusedLinearKDLoss(HyperparameterModule):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.

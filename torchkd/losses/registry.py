@@ -56,7 +56,7 @@ Signature = Literal[
     "indexed",
     "hidden_states",
 ]
-Family = Literal["logit", "feature", "relation"]
+Family = Literal["logit", "feature", "relation", "token"]  # token: fused with the projection
 
 # Probed tensor shapes of one side of a term, batch first (student shapes after adapters).
 Shapes = list[tuple[int, ...]]
@@ -75,7 +75,8 @@ class LossEntry:
         functional: the function form (``None`` for losses that own trainable parts).
         module: the ``nn.Module`` class.
         signature: how the loss is called (see :data:`Signature`).
-        family: ``logit``, ``feature`` or ``relation``.
+        family: ``logit``, ``feature``, ``relation`` or ``token`` (token-level losses fused
+            with the output projection).
         compares_shapes: the loss compares student and teacher tensors of different shapes
             itself, so the Distiller builds no adapter for it by default.
         sizes: constructor keyword arguments computed from the probed shapes (the user's own
@@ -111,7 +112,8 @@ def register(
         name: the loss name used in recipes and :func:`create`.
         functional: the function form, or ``None``.
         signature: how the loss is called (see :data:`Signature`).
-        family: ``logit``, ``feature`` or ``relation``.
+        family: ``logit``, ``feature``, ``relation`` or ``token`` (token-level losses fused
+            with the output projection).
         compares_shapes: see :class:`LossEntry`.
         sizes: see :class:`LossEntry`.
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchkd.batch import to_device
+from torchkd.forward import call_model, select_logits
 from torchkd.lm.tokens import IGNORE_INDEX, is_token_labels
-from torchkd.teachers import call_model, select_logits
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
 NUM_CALIBRATION_BINS = 15

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchkd.teachers import call_model
+from torchkd.forward import call_model
 
 __all__ = [
     "average_ranks",

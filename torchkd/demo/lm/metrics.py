@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchkd.forward import call_model, select_logits
 from torchkd.lm import IGNORE_INDEX
-from torchkd.teachers import call_model, select_logits
 
 __all__ = ["evaluate_lm", "top1_predictions"]
 

@@ -98,11 +98,13 @@ print("core ok")
 """
 
 
-def _run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], returncode: int = 0, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False, **kwargs
     )
-    assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == returncode, f"{command}:\n{result.stdout}\n{result.stderr}"
     return result
 
 
@@ -158,15 +160,7 @@ def test_a_clean_environment_with_the_core_alone_runs_the_losses_and_the_engine(
     (tmp_path / "check.py").write_text(SCRIPT)
     result = _run([python, "check.py"], cwd=tmp_path, env=environment)
     assert result.stdout.strip().endswith("core ok"), result.stdout
-    tune = subprocess.run(
-        [str(venv / "bin" / "torchkd"), "tune", "recipe.yaml"],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-        cwd=tmp_path,
-        env=environment,
-    )
-    assert tune.returncode == 1, tune.stderr
+    command = [str(venv / "bin" / "torchkd"), "tune", "recipe.yaml"]
+    tune = _run(command, returncode=1, cwd=tmp_path, env=environment)
     assert "needs optuna: pip install 'torchkd[tune]'" in tune.stderr
     shutil.rmtree(venv)  # torch alone is most of a gigabyte; kept only when the test fails

@@ -82,6 +82,10 @@ class RunLogger:
         resume_epoch: int | None = None,
         tensorboard: bool | None = None,
     ) -> None:
+        if tensorboard is None:
+            tensorboard = available("tensorboard")
+        elif tensorboard:  # before any file is touched
+            require("tensorboard", "log", "train.tensorboard=true (TensorBoard event files)")
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
@@ -90,10 +94,7 @@ class RunLogger:
             self._truncate(resume_step, resume_epoch or 0)
         self._stream = self.path.open("a")
         self._writer = None
-        if tensorboard is None:
-            tensorboard = available("tensorboard")
         if tensorboard:
-            require("tensorboard", "log", "train.tensorboard=true (TensorBoard event files)")
             from torch.utils.tensorboard import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1

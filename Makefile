@@ -5,7 +5,8 @@
 # (with its multi-GB nvidia-* wheels), on macOS and Windows a CPU build. For the CPU build on
 # Linux, take torch from PyTorch's CPU index (TORCH_INDEX; or a CUDA one, .../whl/cu126):
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# torch is installed first, so installing torchkd keeps it.
+# torch is installed first, so installing torchkd keeps it. The dev extra is every extra (tune,
+# log, hf, demo) plus the test tools: all the suite needs.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -53,9 +54,10 @@ publish-demo-lm: $(STAMP)
 publish-demo-embeddings: $(MINILM)
 	$(BIN)/torchkd demo embeddings --publish
 
-# The tests include the embeddings demo's checks on the real pretrained model.
+# The tests include the embeddings demo's checks on the real pretrained model, and
+# tests/test_wheel.py, which installs torch again in a clean venv (from TORCH_INDEX when set).
 test: $(MINILM)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+	TORCH_INDEX="$(TORCH_INDEX)" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check torchkd tests benchmarks

@@ -4,7 +4,7 @@ other in a circle. A failure names the file, the line and the import.
 
 The layers, bottom to top (see ``docs/architecture.md``)::
 
-    0  _registry, environment, errors   generic helpers, no torchkd imports
+    0  _registry, _extras, environment, errors   generic helpers, no torchkd imports
        _files, batch
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, teachers, lm (model, tokens)
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: dict[str, int] = {
     "_registry": 0,
     "_files": 0,
+    "_extras": 0,
     "errors": 0,
     "environment": 0,
     "batch": 0,

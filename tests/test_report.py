@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,17 @@ def test_write_report_reads_metrics_jsonl(tmp_path: Path) -> None:
     text = write_report(tmp_path).read_text()
     assert "| 3 | 0.6667 |" in text
     assert (tmp_path / "plots" / "schedules.png").is_file()
+
+
+def test_write_report_without_matplotlib_says_which_extra_draws_the_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if absent
+    text = write_report(tmp_path, synthetic_history(), steps=synthetic_steps()).read_text()
+    assert "| final (epoch 3) |" in text and "## Epochs" in text
+    assert "## Plots\n\nPlots are not drawn: matplotlib is not installed" in text
+    assert "pip install 'torchkd[log]'" in text
+    assert "![" not in text and not (tmp_path / "plots").exists()
 
 
 def test_write_report_without_epochs(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 :func:`write_report` reads a run's history (the epoch records of ``metrics.jsonl``) and step
 records and writes ``report.md`` plus ``plots/losses.png`` (train and validation curves of
 each loss term), ``plots/schedules.png`` (term weights, temperatures and the learning rate
-over training) and ``plots/accuracy.png`` (student vs teacher validation accuracy).
+over training) and ``plots/accuracy.png`` (student vs teacher validation accuracy); the plots
+need matplotlib (``pip install 'torchkd[log]'``), and a report without it says so.
 :func:`format_results_table` turns per-seed results into a ``mean ± std`` markdown table.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from torchkd._extras import available
 from torchkd.train.logging import read_jsonl, weighted_shares
 
 if TYPE_CHECKING:
@@ -271,6 +273,43 @@ def _baseline_row(baseline: Path) -> tuple[str, Mapping[str, float]]:
     return f"baseline `{baseline}` (final, epoch {epochs[-1]['epoch']})", epochs[-1]["val"]
 
 
+NO_PLOTS = (
+    "Plots are not drawn: matplotlib is not installed (`pip install 'torchkd[log]'` adds them)."
+)
+
+
+def _plots(
+    history: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]], plots_dir: Path
+) -> list[str]:
+    """Draw the plots into ``plots_dir`` and return their report sections; without matplotlib,
+    a section saying so and which extra installs it."""
+    if not available("matplotlib"):
+        return ["## Plots", "", NO_PLOTS, ""]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "losses.png": (
+            "Loss terms (train and validation)",
+            _plot_losses(history, steps, plots_dir / "losses.png"),
+        ),
+        "schedules.png": (
+            "Weights, temperatures and learning rate",
+            _plot_schedules(steps, plots_dir / "schedules.png"),
+        ),
+        "accuracy.png": (
+            "Student vs teacher accuracy",
+            _plot_accuracy(history, plots_dir / "accuracy.png"),
+        ),
+    }
+    lines: list[str] = []
+    for file_name, (caption, written) in plots.items():
+        if written:
+            lines += [f"## {caption}", "", f"![{caption}](plots/{file_name})", ""]
+    return lines
+
+
 def write_report(
     run_dir: str | Path,
     history: Sequence[Mapping[str, Any]] | None = None,
@@ -282,6 +321,9 @@ def write_report(
     baseline: str | Path | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path.
+
+    The plots need matplotlib (the ``log`` extra); without it the report has every table and
+    a "Plots" section saying that ``pip install 'torchkd[log]'`` adds them.
 
     Args:
         run_dir: the run directory.
@@ -296,9 +338,6 @@ def write_report(
     Raises:
         FileNotFoundError: ``baseline`` holds no epoch records.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     run_dir = Path(run_dir)
     records = read_jsonl(run_dir / "metrics.jsonl")
     if history is None:
@@ -306,8 +345,6 @@ def write_report(
     if steps is None:
         steps = [r for r in records if r.get("kind") == "step"]
     baseline_row = None if baseline is None else _baseline_row(Path(baseline))
-    plots_dir = run_dir / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title or run_dir.name}", ""]
     if not history:
         lines.append("No epoch finished yet.")
@@ -317,23 +354,7 @@ def write_report(
         lines += _weighted_terms(steps)
         lines += _run_section(history, model_sizes)
         lines += ["## Epochs", "", _epoch_table(history), ""]
-        plots = {
-            "losses.png": (
-                "Loss terms (train and validation)",
-                _plot_losses(history, steps, plots_dir / "losses.png"),
-            ),
-            "schedules.png": (
-                "Weights, temperatures and learning rate",
-                _plot_schedules(steps, plots_dir / "schedules.png"),
-            ),
-            "accuracy.png": (
-                "Student vs teacher accuracy",
-                _plot_accuracy(history, plots_dir / "accuracy.png"),
-            ),
-        }
-        for file_name, (caption, written) in plots.items():
-            if written:
-                lines += [f"## {caption}", "", f"![{caption}](plots/{file_name})", ""]
+        lines += _plots(history, steps, run_dir / "plots")
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

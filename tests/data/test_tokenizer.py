@@ -84,5 +84,5 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(ImportError, match=r"pip install torchkd\[hf\]"):
+    with pytest.raises(ImportError, match=r"pip install 'torchkd\[hf\]'"):
         require_hf("the text dataset")

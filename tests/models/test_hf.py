@@ -72,7 +72,7 @@ def test_hub_id_and_bad_arguments_are_refused(tmp_path: Path) -> None:
 
 def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if absent
-    with pytest.raises(ImportError, match=r"pip install torchkd\[hf\]"):
+    with pytest.raises(ImportError, match=r"pip install 'torchkd\[hf\]'"):
         create_model("hf_causal_lm", config=LLAMA)
 
 

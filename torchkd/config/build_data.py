@@ -89,7 +89,7 @@ def build_loaders(
 def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
     ``data.transfer`` is set, and the training and validation splits read with the teacher
-    cache when ``data.teacher_cache`` is (:class:`~torchkd.data.teacher_cache.TeacherCacheDataset`;
+    cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
     the validation split's terms are evaluated every epoch, the test split's are not)."""
     from torchkd.data import create_dataset
 

@@ -112,7 +112,7 @@ def reads_teacher_models(recipe: Recipe) -> bool:
 
 
 def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:
-    """The :class:`~torchkd.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
+    """The :class:`~torchkd.lm.on_policy.OnPolicy` of a recipe's ``on_policy:`` section; its seed
     defaults to ``default_seed`` (the recipe's ``train.seed``)."""
     from torchkd.lm.on_policy import OnPolicy
 

@@ -30,8 +30,9 @@ __all__ = [
 ]
 
 
-# What may differ when a run is resumed: more epochs, and whether a progress bar is shown.
-RESUMABLE_CHANGES = ("train.epochs", "train.progress")
+# What may differ when a run is resumed: more epochs, whether a progress bar is shown and
+# whether TensorBoard files are written.
+RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.tensorboard")
 
 
 _ABSENT = "<absent>"
@@ -67,7 +68,8 @@ def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
     """Refuse to resume ``run_dir`` with a recipe other than the one it started with.
 
     Only ``train.epochs`` may grow (the learning-rate schedule is then re-planned over the new
-    total, see :class:`torchkd.train.Trainer`) and ``train.progress`` may change. Anything
+    total, see :class:`torchkd.train.Trainer`) and ``train.progress`` and
+    ``train.tensorboard`` (what is shown and logged, not what is trained) may change. Anything
     else -- a learning rate, a loss argument, a model -- would silently mix two runs.
 
     Raises:
@@ -94,7 +96,8 @@ def check_resumable(recipe: Recipe, run_dir: str | Path) -> None:
         raise ConfigError(
             [
                 f"--resume: the recipe differs from the one {run_dir} started with; only "
-                "train.epochs may grow (and train.progress change). Differences, run -> now:",
+                "train.epochs may grow (and train.progress, train.tensorboard change). "
+                "Differences, run -> now:",
                 *[f"  {change}" for change in changes],
                 "Start a new run (another --run-dir) to train with other settings.",
             ]

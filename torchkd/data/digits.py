@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from torchkd._extras import require
 from torchkd.data.base import TensorDictDataset, check_fraction, check_split, holdout_split
 from torchkd.data.registry import DATASETS
 
@@ -40,9 +41,8 @@ def load_digits(
     check_split(split)
     check_fraction("val_fraction", val_fraction)
     check_fraction("test_fraction", test_fraction)
-    from sklearn.datasets import load_digits as sklearn_load_digits  # slow import: only here
-
-    bunch = sklearn_load_digits()
+    datasets = require("sklearn.datasets", "demo", "the digits dataset")  # slow import: only here
+    bunch = datasets.load_digits()
     inputs = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / MAX_PIXEL_VALUE
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
     development, test = holdout_split(len(labels), test_fraction, split_seed)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchkd._extras import require
 from torchkd.data.base import (
     TensorDictDataset,
     cache_dir,
@@ -79,13 +80,12 @@ def generate_mnist1d(
     path = cache_dir(cache) / "mnist1d" / f"mnist1d-{cache_key(settings)}.npz"
     if path.exists():
         return load_npz(path)
-    from mnist1d.data import get_dataset_args, make_dataset  # slow import (scipy): only here
-
-    args = get_dataset_args()
+    mnist1d = require("mnist1d.data", "demo", "the MNIST-1D dataset")  # slow (scipy): only here
+    args = mnist1d.get_dataset_args()
     args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        generated = make_dataset(args)
+        generated = mnist1d.make_dataset(args)
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)

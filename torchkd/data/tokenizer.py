@@ -1,6 +1,6 @@
 """Tokenizers for text data: a byte-level BPE trained offline, local loading, a fingerprint.
 
-``transformers`` and ``tokenizers`` are an optional extra (``pip install torchkd[hf]``); they are
+``transformers`` and ``tokenizers`` are an optional extra (``pip install 'torchkd[hf]'``); they are
 imported inside these functions only.
 
 Byte-level BPE (Sennrich et al., "Neural Machine Translation of Rare Words with Subword Units",
@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from torchkd._extras import require
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -39,14 +41,8 @@ _CALL_SETTINGS = ("padding", "truncation")
 def require_hf(what: str) -> None:
     """Raise ``ImportError`` naming the ``hf`` extra unless ``transformers`` and ``tokenizers``
     import; ``what`` says which feature needs them."""
-    try:
-        import tokenizers  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as error:
-        raise ImportError(
-            f"{what} needs the optional packages transformers and tokenizers: "
-            "pip install torchkd[hf]"
-        ) from error
+    for module in ("tokenizers", "transformers"):
+        require(module, "hf", what)
 
 
 def _texts(texts_or_files: Iterable[str | os.PathLike[str]]) -> Iterator[str]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torchkd._extras import require
 from torchkd.demo.arms import ARMS, ArmRun
 
 __all__ = [
@@ -260,10 +261,9 @@ def _plot_val_top1(result: DemoResult, path: Path) -> None:
 
 def write_demo_report(result: DemoResult, out: Path, quick: bool = False) -> Path:
     """Write ``out/report.md`` and ``out/plots/{test_top1,val_top1}.png``; returns the path."""
-    import matplotlib
-
     from torchkd.report import format_results_table
 
+    matplotlib = require("matplotlib", "demo", "the demo report")
     matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)

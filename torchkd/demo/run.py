@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from torchkd._extras import require
 from torchkd.demo.arms import (
     ARMS,
     Arm,
@@ -115,6 +116,8 @@ def run_demo(
     from torchkd.config import build_loaders, build_model, load_recipe
     from torchkd.train import evaluate
 
+    for module in ("mnist1d", "matplotlib"):  # before any training
+        require(module, "demo", "torchkd demo")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if publish:

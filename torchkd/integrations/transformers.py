@@ -35,8 +35,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from torchkd._extras import require
 from torchkd._files import atomic_write
 from torchkd.distiller import Distiller, DistillOutput, OnPolicyHook, Term
 from torchkd.lm.cache.format import CACHE_KEYS
@@ -49,14 +51,7 @@ from torchkd.lm.tokens import (
     next_token_labels,
 )
 
-try:
-    import transformers
-    from safetensors.torch import load_file, save
-except ImportError as error:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "torchkd.integrations.transformers needs transformers and safetensors: "
-        "pip install 'torchkd[hf]'"
-    ) from error
+transformers = require("transformers", "hf", "torchkd.integrations.transformers")
 
 __all__ = ["EXTRAS_FILE", "DistillationTrainer", "default_terms", "distillation_batch"]
 

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from torchkd._extras import require
 from torchkd.lm.cache.format import CACHE_KEYS
 from torchkd.lm.tokens import IGNORE_INDEX
 
@@ -236,9 +237,8 @@ class OnPolicy:
     ) -> Tensor:
         """``[B, max_new_tokens]`` sampled tokens (as ``generate`` returns them, padded to the
         full length with ``pad_id`` when every row stopped early)."""
-        from transformers import GenerationConfig
-
-        settings = GenerationConfig(
+        generation_config = require("transformers", "hf", "on-policy generation").GenerationConfig
+        settings = generation_config(
             do_sample=True,
             temperature=float(self.temperature),
             top_k=self.top_k or 0,  # 0 disables transformers' default top-k of 50
@@ -250,7 +250,7 @@ class OnPolicy:
         device = prompt_ids.device
         was_training = model.training
         own_settings = model.generation_config
-        model.generation_config = GenerationConfig()  # its sampling options must not fill in
+        model.generation_config = generation_config()  # its sampling options must not fill in
         try:
             model.eval()
             with (

@@ -1,5 +1,5 @@
 """Hugging Face transformers as torchkd models: causal LMs and encoders, from a local directory
-or built from a config dict. ``transformers`` is an optional extra (``pip install torchkd[hf]``),
+or built from a config dict. ``transformers`` is an optional extra (``pip install 'torchkd[hf]'``),
 imported only when one of these is built. Nothing is ever downloaded.
 
 Recipe::
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchkd._extras import require
 from torchkd.models.registry import MODELS
 
 __all__ = [
@@ -40,13 +41,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as error:
-        raise ImportError(
-            "Hugging Face models need the optional 'transformers' package: pip install torchkd[hf]"
-        ) from error
-    return transformers
+    return require("transformers", "hf", "Hugging Face models")
 
 
 @contextmanager

@@ -122,6 +122,10 @@ class TrainConfig(Section):
         progress_every_s: without a terminal, a step line (loss, terms, samples/s, ETA) at
             the first step record at least this many seconds after the previous line (0: at
             every step record, i.e. every ``log_every_steps`` steps).
+        tensorboard: TensorBoard event files (``tb/``) beside ``metrics.jsonl``: ``null``
+            (default) writes them when the ``tensorboard`` package is installed, ``true``
+            requires it (``ImportError`` with ``pip install 'torchkd[log]'`` when missing),
+            ``false`` never writes them.
         distributed: how processes launched by ``torchrun`` share the work
             (:mod:`torchkd.train.distributed`): ``auto`` (``ddp`` when launched with more than
             one process, else ``none``), ``none`` (one process only), ``ddp``
@@ -148,6 +152,7 @@ class TrainConfig(Section):
     log_every_steps: PositiveInt = 10
     progress: bool = True
     progress_every_s: NonNegativeFloat = 30.0
+    tensorboard: bool | None = None
     distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     shard_teacher: bool = False
 

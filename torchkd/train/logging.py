@@ -10,7 +10,8 @@ terminal and, without one (logs, CI, nohup), periodic step lines (:class:`StepLi
 
 ``step`` counts optimizer steps taken so far and ``epoch`` epochs started (1-based). Step
 values are means over the steps since the previous step record; non-finite values are
-written as ``null``. The same scalars go to TensorBoard under ``train/...``, ``weights/...``,
+written as ``null``. The same scalars go to TensorBoard (when ``train.tensorboard`` allows it,
+see :class:`RunLogger`) under ``train/...``, ``weights/...``,
 ``val/...`` and ``test/...``. The JSONL file is flushed at every record; TensorBoard events
 are flushed with every epoch record (and by the writer itself every two minutes), not at every
 step record.
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from torchkd._extras import available, require
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -66,7 +69,9 @@ class RunLogger:
             one run.
         resume_epoch: when resuming, the checkpoint's finished epochs (epoch records after it
             are dropped).
-        tensorboard: write TensorBoard event files.
+        tensorboard: write TensorBoard event files under ``tb/``: ``None`` when the
+            ``tensorboard`` package is installed, ``True`` always (``ImportError`` naming the
+            ``log`` extra when it is not), ``False`` never.
     """
 
     def __init__(
@@ -75,8 +80,12 @@ class RunLogger:
         *,
         resume_step: int | None = None,
         resume_epoch: int | None = None,
-        tensorboard: bool = True,
+        tensorboard: bool | None = None,
     ) -> None:
+        if tensorboard is None:
+            tensorboard = available("tensorboard")
+        elif tensorboard:  # before any file is touched
+            require("tensorboard", "log", "train.tensorboard=true (TensorBoard event files)")
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:

@@ -152,6 +152,7 @@ class Trainer:
                 self.run_dir,
                 resume_step=progress.step if resume else None,
                 resume_epoch=progress.epoch if resume else None,
+                tensorboard=self.config.tensorboard,
             )
             if self.parallel.is_main
             else SilentLogger()

@@ -30,14 +30,24 @@ The best parameters are retrained once on the full recipe and only that model is
 the test split; ``tune_report.md`` holds the best parameters, every trial, the parameter
 importances and the plots (see :mod:`torchkd.tune.report`).
 
+Optuna, scikit-learn (fANOVA) and matplotlib are the ``tune`` extra
+(``pip install 'torchkd[tune]'``): importing this package without them raises ``ImportError``
+with that line.
+
 TPE is the tree-structured Parzen estimator (Bergstra et al., "Algorithms for
 Hyper-Parameter Optimization", NeurIPS 2011); Hyperband is Li et al., JMLR 2018.
 """
 
 from __future__ import annotations
 
-from torchkd.tune.result import TuneResult
-from torchkd.tune.search import run_search
-from torchkd.tune.space import grid_points, suggest_params, trial_overrides
+from torchkd._extras import require
+
+for _module in ("optuna", "sklearn", "matplotlib"):  # the search, its importances, its plots
+    require(_module, "tune", "torchkd.tune (hyperparameter search)")
+
+# after the check, so a missing extra is named before any submodule fails on its import
+from torchkd.tune.result import TuneResult  # noqa: E402
+from torchkd.tune.search import run_search  # noqa: E402
+from torchkd.tune.space import grid_points, suggest_params, trial_overrides  # noqa: E402
 
 __all__ = ["TuneResult", "grid_points", "run_search", "suggest_params", "trial_overrides"]

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchkd._extras import require
 from torchkd.data import DATASETS
 from torchkd.demo.embeddings.text import SentenceSplits, module_documents, sentence_splits
 
@@ -75,11 +76,10 @@ class SentenceDataset:
 
 def load_tokenizer(path: str | Path | None = None) -> Any:
     """The tokenizer in the local directory ``path`` (default: the packaged all-MiniLM-L6-v2)."""
-    from transformers import AutoTokenizer
-
     from torchkd.demo.embeddings.models import model_dir
 
-    return AutoTokenizer.from_pretrained(path or model_dir(), local_files_only=True)
+    transformers = require("transformers", "demo", "the embeddings demo")
+    return transformers.AutoTokenizer.from_pretrained(path or model_dir(), local_files_only=True)
 
 
 def tokenize(tokenizer: Any, sentences: Sequence[str], max_length: int) -> SentenceDataset:

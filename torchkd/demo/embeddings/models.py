@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from torchkd._extras import require
 from torchkd.models.hf import SentenceEncoder, hf_encoder
 
 __all__ = [
@@ -55,10 +56,7 @@ def model_dir() -> Path:
 def load_encoder(path: str | Path | None = None) -> nn.Module:
     """The Hugging Face encoder in the local directory ``path`` (default :func:`model_dir`)."""
     directory = Path(path) if path is not None else model_dir()
-    try:
-        from transformers.utils import logging
-    except ImportError:
-        return hf_encoder(path=str(directory))  # raises, naming the extra to install
+    logging = require("transformers", "demo", "the embeddings demo").utils.logging
     bars = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()  # a dozen loads per demo: no bar for each
     try:

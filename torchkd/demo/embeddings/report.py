@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkd._extras import require
 from torchkd._files import atomic_write
 from torchkd.demo.embeddings.arms import ARMS
 
@@ -174,8 +175,7 @@ def _plot(result: EmbeddingsResult, path: Path) -> None:
 
 def write_report(result: EmbeddingsResult, out: Path, quick: bool = False) -> Path:
     """Write ``out/report.md`` and ``out/embeddings.png``; returns the report's path."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "demo", "the demo report")
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
     _plot(result, out / "embeddings.png")

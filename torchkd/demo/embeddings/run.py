@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from torchkd._extras import require
 from torchkd.demo.embeddings.arms import (
     ARMS,
     QUICK_OVERRIDES,
@@ -108,6 +109,9 @@ def run_embeddings_demo(
         overrides: more recipe overrides for every run (e.g. a local model directory).
     """
     from torchkd.demo.embeddings.models import model_dir
+
+    for module in ("transformers", "matplotlib"):  # before any training
+        require(module, "demo", "torchkd demo embeddings")
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torchkd._extras import require
 from torchkd.demo.arms import ArmRun
 from torchkd.demo.lm.arms import LM_ARMS
 from torchkd.demo.report import mean_std, paired_gain
@@ -287,8 +288,7 @@ def _plot_metric(result: LMDemoResult, metric: str, label: str, path: Path) -> N
 
 def write_lm_report(result: LMDemoResult, out: Path, quick: bool = False) -> Path:
     """Write ``out/report.md`` and ``out/plots/{perplexity,agreement}.png``; returns the path."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "demo", "the demo report")
     matplotlib.use("Agg")
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)

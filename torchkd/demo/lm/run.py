@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from torchkd._extras import require
 from torchkd.demo.arms import ArmRun
 from torchkd.demo.lm.arms import LM_ARMS, held_out_loader, measure_lm_run, train_lm_arm
 from torchkd.demo.lm.corpus import CorpusSettings
@@ -148,6 +149,9 @@ def run_lm_demo(
 
     from torchkd.config import build_model, write_resolved_config
     from torchkd.demo.lm.metrics import evaluate_lm, top1_predictions
+
+    for module in ("tokenizers", "transformers", "matplotlib"):  # before any training
+        require(module, "demo", "torchkd demo lm")
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import FLOAT64_EPS, float32_tolerance
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -209,9 +210,12 @@ def test_consecutive_nonfinite_steps_stop_naming_the_term(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ accumulation, AMP, device
 
 
-def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> Tensor:
+def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> tuple[Tensor, Tensor]:
+    """Six SGD steps of a float64 linear softmax regression on 48 samples; returns its
+    parameters and the inputs with a bias column ``x̃``."""
     torch.manual_seed(0)
-    distiller = Distiller(nn.Linear(NUM_FEATURES, NUM_CLASSES), None, [Term("ce", "ce")])
+    student = nn.Linear(NUM_FEATURES, NUM_CLASSES).double()
+    distiller = Distiller(student, None, [Term("ce", "ce")])
     config = make_config(
         epochs=1,
         optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0},
@@ -219,16 +223,30 @@ def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> Tensor:
         grad_clip_norm=None,
         grad_accum_steps=accum,
     )
-    loader_kwargs = {"batch_size": batch_size, "shuffle": False}
-    run(distiller, run_dir, config, loader_kwargs=loader_kwargs)
-    return torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
+    data = make_data(48, seed=1)
+    inputs = data.inputs.double()
+    train = DataLoader(TensorDictDataset(inputs, data.labels), batch_size=batch_size)
+    fit(distiller, train, DataLoader(train.dataset, batch_size=8), config, run_dir)
+    parameters = torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
+    return parameters, torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1)
 
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path: Path) -> None:
-    accumulated = _linear_sgd_run(tmp_path / "accum", batch_size=4, accum=2)
-    large_batch = _linear_sgd_run(tmp_path / "large", batch_size=8, accum=1)
-    small_steps = _linear_sgd_run(tmp_path / "small", batch_size=4, accum=1)
-    torch.testing.assert_close(accumulated, large_batch, rtol=0, atol=1e-6)
+    """Accumulating two micro-batches of 4 is one batch of 8, up to float64 rounding: the
+    same sums in another order, so the bound holds on any CPU and a 1e-3 error shows."""
+    accumulated, inputs = _linear_sgd_run(tmp_path / "accum", batch_size=4, accum=2)
+    large_batch, _ = _linear_sgd_run(tmp_path / "large", batch_size=8, accum=1)
+    small_steps, _ = _linear_sgd_run(tmp_path / "small", batch_size=4, accum=1)
+    lr, steps, size = 0.5, 6, float(inputs.abs().max())
+    logit_size = size * float(inputs.abs().sum(1).max()) * (1 + float(large_batch.abs().max()))
+    # per step, a parameter's error: lr x (the batch's 8 terms (p − y) x̃, the 3-class softmax
+    # of 9-term logits, /B, /accum, +=, ·lr, −) roundings of gradient terms ≤ |x̃|(1 + |z|)
+    step_error = lr * float32_tolerance(8 + 3 + 9 + 5, size * (1 + logit_size), FLOAT64_EPS)
+    # errors grow by at most 1 + lr L per step, L = ½ max ‖x̃‖² ≥ ‖∇²CE‖ (softmax Jacobian ≤ ½)
+    growth = (1 + lr * 0.5 * float(inputs.square().sum(1).max())) ** steps
+    atol = 2 * steps * growth * step_error  # both runs' errors, summed over the steps
+    assert atol < 1e-6  # far below the 1e-3 differences the check has to catch
+    torch.testing.assert_close(accumulated, large_batch, rtol=0, atol=atol)
     assert not torch.allclose(small_steps, large_batch, atol=1e-3)  # the check can fail
 
 

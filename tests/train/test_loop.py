@@ -348,6 +348,34 @@ def test_agreement_counts_same_argmax() -> None:
         agreement(student, teacher[:, :2])
 
 
+def _float64_nll(student: nn.Sequential, inputs: Tensor, labels: Tensor) -> tuple[float, float]:
+    """The mean NLL of the float32 MLP ``Linear, ReLU, Dropout, Linear`` (eval mode) computed in
+    float64 on the same weights and inputs, and the error bound of a float32 computation.
+
+    Each layer ``y = W x + b`` of ``n`` inputs is off by ``≤ (n + 1) ε (|W| |x| + |b|)`` from
+    its own rounding plus ``|W| δx`` carried from ``x``; ``log_softmax(z)_y = z_y − lse(z)`` by
+    ``2 max δz`` carried plus ``ε (2 max|z| + log V + V + 2)`` of its own; the mean over ``N``
+    samples (in any order and grouping, the division) adds ``(N + 2) ε mean``.
+    """
+    first, second = student[0].double(), student[3].double()
+    x = inputs.double()
+    hidden = torch.relu(first(x))
+    logits = second(hidden)
+    nll = float(-logits.log_softmax(-1).gather(1, labels[:, None]).mean())
+    rows, classes = logits.shape
+    error = float32_tolerance(x.shape[1] + 1, 1.0) * (
+        x.abs() @ first.weight.abs().T + first.bias.abs()
+    )
+    error = error @ second.weight.abs().T + float32_tolerance(hidden.shape[1] + 1, 1.0) * (
+        hidden.abs() @ second.weight.abs().T + second.bias.abs()
+    )
+    log_softmax = float32_tolerance(
+        2 * float(logits.abs().max()) + math.log(classes) + classes + 2, 1.0
+    )
+    per_sample = 2 * float(error.max()) + log_softmax
+    return nll, per_sample + float32_tolerance(rows + 2, nll)
+
+
 def test_evaluate_distiller_against_brute_force() -> None:
     distiller = make_distiller(dropout=0.5)
     distiller.build(next(iter(make_loaders()[0])))
@@ -366,11 +394,11 @@ def test_evaluate_distiller_against_brute_force() -> None:
         int(student_logits[i].argmax() == teacher_logits[i].argmax()) for i in range(len(labels))
     )
     teacher_correct = sum(int(teacher_logits[i].argmax() == labels[i]) for i in range(len(labels)))
-    nll = -sum(student_logits[i].log_softmax(0)[labels[i]].item() for i in range(len(labels)))
+    nll, tolerance = _float64_nll(distiller.student, inputs, labels)
     assert metrics["top1"] == 100 * correct / len(labels)
     assert metrics["agreement"] == 100 * same / len(labels)
     assert metrics["teacher_top1"] == 100 * teacher_correct / len(labels)
-    assert metrics["nll"] == pytest.approx(nll / len(labels), rel=1e-5)
+    assert metrics["nll"] == pytest.approx(nll, rel=0, abs=tolerance)
     assert set(metrics) >= {"terms/ce", "terms/dist", "terms/hint", "loss", "ece"}
 
 

@@ -357,17 +357,15 @@ def _float64_nll(student: nn.Sequential, inputs: Tensor, labels: Tensor) -> tupl
     ``2 max δz`` carried plus ``ε (2 max|z| + log V + V + 2)`` of its own; the mean over ``N``
     samples (in any order and grouping, the division) adds ``(N + 2) ε mean``.
     """
-    first, second = student[0].double(), student[3].double()
+    first, second = ([t.detach().double() for t in student[i].parameters()] for i in (0, 3))
     x = inputs.double()
-    hidden = torch.relu(first(x))
-    logits = second(hidden)
+    hidden = torch.relu(F.linear(x, *first))
+    logits = F.linear(hidden, *second)
     nll = float(-logits.log_softmax(-1).gather(1, labels[:, None]).mean())
     rows, classes = logits.shape
-    error = float32_tolerance(x.shape[1] + 1, 1.0) * (
-        x.abs() @ first.weight.abs().T + first.bias.abs()
-    )
-    error = error @ second.weight.abs().T + float32_tolerance(hidden.shape[1] + 1, 1.0) * (
-        hidden.abs() @ second.weight.abs().T + second.bias.abs()
+    error = float32_tolerance(x.shape[1] + 1, 1.0) * (x.abs() @ first[0].abs().T + first[1].abs())
+    error = error @ second[0].abs().T + float32_tolerance(hidden.shape[1] + 1, 1.0) * (
+        hidden.abs() @ second[0].abs().T + second[1].abs()
     )
     log_softmax = float32_tolerance(
         2 * float(logits.abs().max()) + math.log(classes) + classes + 2, 1.0

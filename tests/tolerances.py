@@ -79,6 +79,7 @@ def divergence_tolerance(
     scale: float = 1.0,
     student_projection: tuple[Tensor, Tensor] | None = None,
     teacher_projection: tuple[Tensor, Tensor] | None = None,
+    eps: float = FLOAT32_EPS,
 ) -> DivergenceTolerance:
     """Float32 error bounds of ``scale · mean_rows D(q, p)`` over ``[N, V]`` logits, from the
     float64 reference's logits (the same rounded inputs, exactly upcast).
@@ -112,6 +113,8 @@ def divergence_tolerance(
         scale: the factor of the divergence (``T²`` for torchkd's losses).
         student_projection: ``(h [N, H], W [V, H])`` when the student's logits are ``h Wᵀ``.
         teacher_projection: the same for the teacher.
+        eps: the machine epsilon of the computation (``FLOAT64_EPS`` for rows computed in
+            float64).
     """
     student = student_logits.detach().double() / temperature
     teacher = teacher_logits.detach().double() / temperature
@@ -143,17 +146,17 @@ def divergence_tolerance(
         abs_hidden, abs_weight = (float(t.detach().abs().max()) for t in student_projection)
     log_bound = 2 * logit_bound + math.log(vocab)
     per_row = (
-        FLOAT32_EPS
+        eps
         * (1 + term_size)
         * ((dot_terms + 1) * logit_bound + 2 * log_bound + 2 * vocab + 2)
     )
     mean_size = float(row_terms.sum(-1).abs().mean())
     column_mass = float((log_p.exp() + log_q.exp()).sum(0).max())
     gradient = scale / (rows * temperature)
-    summed_rows = column_mass * per_row + float32_tolerance(rows, 1 + term_size)
+    summed_rows = column_mass * per_row + float32_tolerance(rows, 1 + term_size, eps)
     return DivergenceTolerance(
         row=scale * per_row,
-        loss=scale * (per_row + float32_tolerance(rows, mean_size)),
+        loss=scale * (per_row + float32_tolerance(rows, mean_size, eps)),
         logits=gradient * per_row,
         hidden=gradient * 2 * per_row * abs_weight,
         weight=gradient * summed_rows * abs_hidden,

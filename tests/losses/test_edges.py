@@ -167,8 +167,15 @@ def test_huge_features_give_the_float64_value_and_zero_at_equality():
         def as64(side):
             return [t.double() for t in side] if isinstance(side, list) else side.double()
 
+        def scaled(side):  # by 2^-100: exact, and it commutes with every rounding
+            return [t * 2.0**-100 for t in side] if isinstance(side, list) else side * 2.0**-100
+
         value, expected = loss(student, teacher), loss(as64(student), as64(teacher))
         assert torch.isfinite(value), (name, value)
+        # the rounding: bit-identical to the loss of ordinary-sized inputs (whose float32
+        # accuracy test_template checks); then a sanity check that it is the float64 value, not
+        # an overflowed or clamped one (1e-3: no rounding tolerance, 8000 ε₃₂ of headroom)
+        assert torch.equal(value, loss(scaled(student), scaled(teacher))), name
         assert float(value) == pytest.approx(float(expected), rel=1e-3, abs=1e-6), name
         same = loss(student, student)
         assert float(same) == pytest.approx(0.0, abs=1e-6), (name, same)

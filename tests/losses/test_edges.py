@@ -172,9 +172,9 @@ def test_huge_features_give_the_float64_value_and_zero_at_equality():
 
         value, expected = loss(student, teacher), loss(as64(student), as64(teacher))
         assert torch.isfinite(value), (name, value)
-        # the rounding: bit-identical to the loss of ordinary-sized inputs (whose float32
-        # accuracy test_template checks); then a sanity check that it is the float64 value, not
-        # an overflowed or clamped one (1e-3: no rounding tolerance, 8000 ε₃₂ of headroom)
+        # no rounding of its own at this size: bit-identical to the loss of ordinary-sized
+        # inputs; then a check that it is the float64 value, not an overflowed or clamped one
+        # (1e-3 is no rounding tolerance: 8000 ε₃₂ of headroom over the ≤ 2 ε₃₂ seen)
         assert torch.equal(value, loss(scaled(student), scaled(teacher))), name
         assert float(value) == pytest.approx(float(expected), rel=1e-3, abs=1e-6), name
         same = loss(student, student)

@@ -146,9 +146,7 @@ def divergence_tolerance(
         abs_hidden, abs_weight = (float(t.detach().abs().max()) for t in student_projection)
     log_bound = 2 * logit_bound + math.log(vocab)
     per_row = (
-        eps
-        * (1 + term_size)
-        * ((dot_terms + 1) * logit_bound + 2 * log_bound + 2 * vocab + 2)
+        eps * (1 + term_size) * ((dot_terms + 1) * logit_bound + 2 * log_bound + 2 * vocab + 2)
     )
     mean_size = float(row_terms.sum(-1).abs().mean())
     column_mass = float((log_p.exp() + log_q.exp()).sum(0).max())
@@ -170,7 +168,7 @@ def _multi_row_sum_path(rows: int) -> int:
     added into level ``j + 1``; level 3 is never emptied (``rows >> 3p`` merges) and the
     final ``acc[0] += acc[1] + acc[2] + acc[3]`` adds 3; the leftover ``rows mod 2^p`` values
     go to level 0 (a shorter path)."""
-    level_power = max(4, math.ceil(math.log2(rows)) // 4) if rows > 1 else 4
+    level_power = max(4, (rows - 1).bit_length() // 4)  # CeilLog2(rows) // 4, at least 4
     step = 2**level_power
     return (
         min(step, rows)
@@ -200,7 +198,9 @@ def cascade_sum_terms(n_terms: int, threads: int | None = None) -> int:
       writes a partial sum, and the ``T`` partials are summed into the output.
 
     Sequential summation passes each term through at most ``n − 1`` roundings (Higham §4.2),
-    and so does every order, hence the cap.
+    and so does every order, hence the cap. For a reduction over several dimensions that do
+    not coalesce into one (a strided view), each outer row's result is added to the output in
+    sequence: add their count.
 
     Args:
         n_terms: the values summed.
@@ -210,12 +210,11 @@ def cascade_sum_terms(n_terms: int, threads: int | None = None) -> int:
         raise ValueError(f"n_terms: need >= 1, got {n_terms}")
     if n_terms == 1:
         return 1  # no rounding at all; 1 keeps float32_tolerance's n_terms >= 1
+    # the longest chunk of each smaller level power: CeilLog2(m) = 4 p + 3
     chunks = [n_terms] + [
-        2 ** (4 * power + 3)
-        for power in range(4, math.ceil(math.log2(n_terms)) // 4)
-        if 2 ** (4 * power + 3) < n_terms
+        2 ** (4 * power + 3) for power in range(4, (n_terms - 1).bit_length() // 4)
     ]
     path = max(_multi_row_sum_path(chunk) for chunk in chunks)
-    lanes = 16
+    lanes = 16  # AVX-512 float32 lanes, the widest CPU vector torch uses
     split = (threads or torch.get_num_threads()) + 1 if n_terms >= 32768 else 0
     return min(n_terms - 1, path + 6 + 2 * lanes + split)

@@ -238,9 +238,11 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path: Path) -> None:
     large_batch, _ = _linear_sgd_run(tmp_path / "large", batch_size=8, accum=1)
     small_steps, _ = _linear_sgd_run(tmp_path / "small", batch_size=4, accum=1)
     lr, steps, size = 0.5, 6, float(inputs.abs().max())
-    logit_size = size * float(inputs.abs().sum(1).max()) * (1 + float(large_batch.abs().max()))
+    # |θ| ≤ the init's 1/√8 + steps × lr × |∇| (|∇| ≤ max|x̃|: a mean of (p − y) x̃), so |z| ≤
+    weight_size = 1 / math.sqrt(NUM_FEATURES) + steps * lr * size
+    logit_size = float(inputs.abs().sum(1).max()) * weight_size
     # per step, a parameter's error: lr x (the batch's 8 terms (p − y) x̃, the 3-class softmax
-    # of 9-term logits, /B, /accum, +=, ·lr, −) roundings of gradient terms ≤ |x̃|(1 + |z|)
+    # of 9-term logits, /B, /accum, +=, ·lr, −) roundings of terms ≤ max|x̃| (1 + max|z|)
     step_error = lr * float32_tolerance(8 + 3 + 9 + 5, size * (1 + logit_size), FLOAT64_EPS)
     # errors grow by at most 1 + lr L per step, L = ½ max ‖x̃‖² ≥ ‖∇²CE‖ (softmax Jacobian ≤ ½)
     growth = (1 + lr * 0.5 * float(inputs.square().sum(1).max())) ** steps

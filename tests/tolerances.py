@@ -29,18 +29,25 @@ from torch import Tensor
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
-def float32_tolerance(n_terms: float, magnitude: float) -> float:
-    """Absolute error bound ``n_terms · ε₃₂ · magnitude`` of a float32 result that sums
-    ``n_terms`` terms (or passes that many roundings) of total size at most ``magnitude``
-    (``Σ |x_i|`` of a sum; module docstring).
+FLOAT64_EPS = torch.finfo(torch.float64).eps
+
+
+def float32_tolerance(n_terms: float, magnitude: float, eps: float = FLOAT32_EPS) -> float:
+    """Absolute error bound ``n_terms · ε · magnitude`` of a result that sums ``n_terms``
+    terms (or passes that many roundings) of total size at most ``magnitude`` (``Σ |x_i|`` of
+    a sum; module docstring), ``ε`` the machine epsilon of the dtype computed in.
 
     Args:
         n_terms: the terms summed plus the other roundings on the way to the result.
         magnitude: a bound on ``Σ |x_i|`` (or on the size of the rounded quantities).
+        eps: ``FLOAT32_EPS`` (``2⁻²³``) or, for float64 computations, ``FLOAT64_EPS``
+            (``2⁻⁵²``).
     """
     if not n_terms >= 1 or not magnitude >= 0:
         raise ValueError(f"need n_terms >= 1 and magnitude >= 0, got {n_terms}, {magnitude}")
-    return n_terms * FLOAT32_EPS * magnitude
+    if not 0 < eps < 1:
+        raise ValueError(f"eps: need a machine epsilon in (0, 1), got {eps}")
+    return n_terms * eps * magnitude
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ def divergence_tolerance(
     scale: float = 1.0,
     student_projection: tuple[Tensor, Tensor] | None = None,
     teacher_projection: tuple[Tensor, Tensor] | None = None,
+    eps: float = FLOAT32_EPS,
 ) -> DivergenceTolerance:
     """Float32 error bounds of ``scale · mean_rows D(q, p)`` over ``[N, V]`` logits, from the
     float64 reference's logits (the same rounded inputs, exactly upcast).
@@ -105,6 +113,8 @@ def divergence_tolerance(
         scale: the factor of the divergence (``T²`` for torchkd's losses).
         student_projection: ``(h [N, H], W [V, H])`` when the student's logits are ``h Wᵀ``.
         teacher_projection: the same for the teacher.
+        eps: the machine epsilon of the computation (``FLOAT64_EPS`` for rows computed in
+            float64).
     """
     student = student_logits.detach().double() / temperature
     teacher = teacher_logits.detach().double() / temperature
@@ -136,34 +146,75 @@ def divergence_tolerance(
         abs_hidden, abs_weight = (float(t.detach().abs().max()) for t in student_projection)
     log_bound = 2 * logit_bound + math.log(vocab)
     per_row = (
-        FLOAT32_EPS
-        * (1 + term_size)
-        * ((dot_terms + 1) * logit_bound + 2 * log_bound + 2 * vocab + 2)
+        eps * (1 + term_size) * ((dot_terms + 1) * logit_bound + 2 * log_bound + 2 * vocab + 2)
     )
     mean_size = float(row_terms.sum(-1).abs().mean())
     column_mass = float((log_p.exp() + log_q.exp()).sum(0).max())
     gradient = scale / (rows * temperature)
-    summed_rows = column_mass * per_row + float32_tolerance(rows, 1 + term_size)
+    summed_rows = column_mass * per_row + float32_tolerance(rows, 1 + term_size, eps)
     return DivergenceTolerance(
         row=scale * per_row,
-        loss=scale * (per_row + float32_tolerance(rows, mean_size)),
+        loss=scale * (per_row + float32_tolerance(rows, mean_size, eps)),
         logits=gradient * per_row,
         hidden=gradient * 2 * per_row * abs_weight,
         weight=gradient * summed_rows * abs_hidden,
     )
 
 
-def cascade_sum_terms(n_terms: int) -> int:
-    """Roundings on any term's path through torch's CPU ``sum`` of ``n_terms`` values, the
-    ``n_terms`` argument of :func:`float32_tolerance` for such a sum instead of ``n_terms``.
+def _multi_row_sum_path(rows: int) -> int:
+    """Roundings on a value's path through torch's ``multi_row_sum`` of ``rows`` values: four
+    accumulators, ``p = max(4, ⌈log2 rows⌉ // 4)``; level 0 adds ``2^p`` values in sequence,
+    then is added into level 1; level ``j`` (1, 2) takes ``2^p`` such merges before it is
+    added into level ``j + 1``; level 3 is never emptied (``rows >> 3p`` merges) and the
+    final ``acc[0] += acc[1] + acc[2] + acc[3]`` adds 3; the leftover ``rows mod 2^p`` values
+    go to level 0 (a shorter path)."""
+    level_power = max(4, (rows - 1).bit_length() // 4)  # CeilLog2(rows) // 4, at least 4
+    step = 2**level_power
+    return (
+        min(step, rows)
+        + min(step, rows >> level_power)
+        + min(step, rows >> 2 * level_power)
+        + (rows >> 3 * level_power)
+        + 3
+    )
 
-    The CPU reduction is a cascade (pairwise with leaf blocks): at each of ``⌈log2 n / p⌉``
-    levels at most ``2^p`` partial sums are added in sequence, ``p = max(4, ⌈⌈log2 n⌉ / 4⌉)``;
-    a term passes at most ``2^p`` roundings per level (Higham §4.2: pairwise summation is
-    ``γ_{⌈log2 n⌉}``, a sequential block of ``b`` terms ``γ_{b−1}``).
+
+def cascade_sum_terms(n_terms: int, threads: int | None = None) -> int:
+    """Roundings on any term's path through torch's CPU ``sum`` of ``n_terms`` contiguous
+    values (``aten/src/ATen/native/cpu/SumKernel.cpp``, ``cascade_sum``): the ``n_terms``
+    argument of :func:`float32_tolerance` for such a sum instead of ``n_terms``.
+
+    The count is ``min(n − 1, M + 6 + 2 W + S)``, an upper bound for every kernel the
+    reduction may pick and any chunk a thread is given:
+
+    - ``M = max_{m ≤ n}`` of the path through ``multi_row_sum`` of ``m`` values
+      (:func:`_multi_row_sum_path`; the maximum over shorter chunks, since the path is not
+      monotone where ``p`` steps up);
+    - 6: ``row_sum``'s four interleaved accumulators take up to 3 leftover values into the
+      first, then the other 3 are added to it;
+    - ``2 W``: the vectorised inner sum's lanes (``W ≤ 16``, AVX-512 floats) are added one by
+      one after up to ``W − 1`` leftover scalars;
+    - ``S = T + 1`` for ``n ≥ 32768`` (``at::internal::GRAIN_SIZE``): each of ``T`` threads
+      writes a partial sum, and the ``T`` partials are summed into the output.
+
+    Sequential summation passes each term through at most ``n − 1`` roundings (Higham §4.2),
+    and so does every order, hence the cap. For a reduction over several dimensions that do
+    not coalesce into one (a strided view), each outer row's result is added to the output in
+    sequence: add their count.
+
+    Args:
+        n_terms: the values summed.
+        threads: the threads of the reduction (``torch.get_num_threads()`` if ``None``).
     """
     if n_terms < 1:
-        raise ValueError(f"need n_terms >= 1, got {n_terms}")
-    depth = max(1, math.ceil(math.log2(n_terms)))
-    level_power = max(4, math.ceil(depth / 4))
-    return 2**level_power * math.ceil(depth / level_power)
+        raise ValueError(f"n_terms: need >= 1, got {n_terms}")
+    if n_terms == 1:
+        return 1  # no rounding at all; 1 keeps float32_tolerance's n_terms >= 1
+    # the longest chunk of each smaller level power: CeilLog2(m) = 4 p + 3
+    chunks = [n_terms] + [
+        2 ** (4 * power + 3) for power in range(4, (n_terms - 1).bit_length() // 4)
+    ]
+    path = max(_multi_row_sum_path(chunk) for chunk in chunks)
+    lanes = 16  # AVX-512 float32 lanes, the widest CPU vector torch uses
+    split = (threads or torch.get_num_threads()) + 1 if n_terms >= 32768 else 0
+    return min(n_terms - 1, path + 6 + 2 * lanes + split)

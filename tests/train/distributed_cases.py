@@ -45,12 +45,15 @@ class ContrastTable(TensorDictDataset):
 
 
 def mlp(hidden: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, NUM_CLASSES))
+    """A float64 MLP: the runs compared differ in summation order only, whose float64 rounding
+    (``test_distributed.TRAINED``) a few steps of training cannot grow to a visible error."""
+    layers = nn.Linear(NUM_FEATURES, hidden), nn.Tanh(), nn.Linear(hidden, NUM_CLASSES)
+    return nn.Sequential(*layers).double()
 
 
 def make_data(num_samples: int, seed: int, contrast: bool = False) -> TensorDictDataset:
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(num_samples, NUM_FEATURES, generator=generator)
+    inputs = torch.randn(num_samples, NUM_FEATURES, generator=generator, dtype=torch.float64)
     labels = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0.5).long()
     return (ContrastTable if contrast else TensorDictDataset)(inputs, labels)
 
@@ -222,7 +225,7 @@ def run_lm(
 ) -> dict[str, Tensor]:
     """Distil a tiny LM pair (token KD + CE) and return the final student weights (full)."""
     torch.manual_seed(0)
-    student, teacher = TinyLM(8), TinyLM(16)
+    student, teacher = TinyLM(8).double(), TinyLM(16).double()  # float64: as mlp's
     terms = [Term("kd", "kd", temperature=2.0), Term("ce", "ce", weight=0.5)]
     distiller = Distiller(student, teacher, terms)
     train_loader = batch_loader(

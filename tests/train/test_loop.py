@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerances import FLOAT64_EPS, float32_tolerance
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -209,9 +210,12 @@ def test_consecutive_nonfinite_steps_stop_naming_the_term(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ accumulation, AMP, device
 
 
-def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> Tensor:
+def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> tuple[Tensor, Tensor]:
+    """Six SGD steps of a float64 linear softmax regression on 48 samples; returns its
+    parameters and the inputs with a bias column ``x̃``."""
     torch.manual_seed(0)
-    distiller = Distiller(nn.Linear(NUM_FEATURES, NUM_CLASSES), None, [Term("ce", "ce")])
+    student = nn.Linear(NUM_FEATURES, NUM_CLASSES).double()
+    distiller = Distiller(student, None, [Term("ce", "ce")])
     config = make_config(
         epochs=1,
         optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.0},
@@ -219,16 +223,32 @@ def _linear_sgd_run(run_dir: Path, batch_size: int, accum: int) -> Tensor:
         grad_clip_norm=None,
         grad_accum_steps=accum,
     )
-    loader_kwargs = {"batch_size": batch_size, "shuffle": False}
-    run(distiller, run_dir, config, loader_kwargs=loader_kwargs)
-    return torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
+    data = make_data(48, seed=1)
+    inputs = data.inputs.double()
+    train = DataLoader(TensorDictDataset(inputs, data.labels), batch_size=batch_size)
+    fit(distiller, train, DataLoader(train.dataset, batch_size=8), config, run_dir)
+    parameters = torch.cat([p.detach().flatten() for p in distiller.student.parameters()])
+    return parameters, torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1)
 
 
 def test_grad_accumulation_matches_a_larger_batch(tmp_path: Path) -> None:
-    accumulated = _linear_sgd_run(tmp_path / "accum", batch_size=4, accum=2)
-    large_batch = _linear_sgd_run(tmp_path / "large", batch_size=8, accum=1)
-    small_steps = _linear_sgd_run(tmp_path / "small", batch_size=4, accum=1)
-    torch.testing.assert_close(accumulated, large_batch, rtol=0, atol=1e-6)
+    """Accumulating two micro-batches of 4 is one batch of 8, up to float64 rounding: the
+    same sums in another order, so the bound holds on any CPU and a 1e-3 error shows."""
+    accumulated, inputs = _linear_sgd_run(tmp_path / "accum", batch_size=4, accum=2)
+    large_batch, _ = _linear_sgd_run(tmp_path / "large", batch_size=8, accum=1)
+    small_steps, _ = _linear_sgd_run(tmp_path / "small", batch_size=4, accum=1)
+    lr, steps, size = 0.5, 6, float(inputs.abs().max())
+    # |θ| ≤ the init's 1/√8 + steps × lr × |∇| (|∇| ≤ max|x̃|: a mean of (p − y) x̃), so |z| ≤
+    weight_size = 1 / math.sqrt(NUM_FEATURES) + steps * lr * size
+    logit_size = float(inputs.abs().sum(1).max()) * weight_size
+    # per step, a parameter's error: lr x (the batch's 8 terms (p − y) x̃, the 3-class softmax
+    # of 9-term logits, /B, /accum, +=, ·lr, −) roundings of terms ≤ max|x̃| (1 + max|z|)
+    step_error = lr * float32_tolerance(8 + 3 + 9 + 5, size * (1 + logit_size), FLOAT64_EPS)
+    # errors grow by at most 1 + lr L per step, L = ½ max ‖x̃‖² ≥ ‖∇²CE‖ (softmax Jacobian ≤ ½)
+    growth = (1 + lr * 0.5 * float(inputs.square().sum(1).max())) ** steps
+    atol = 2 * steps * growth * step_error  # both runs' errors, summed over the steps
+    assert atol < 1e-6  # far below the 1e-3 differences the check has to catch
+    torch.testing.assert_close(accumulated, large_batch, rtol=0, atol=atol)
     assert not torch.allclose(small_steps, large_batch, atol=1e-3)  # the check can fail
 
 
@@ -330,6 +350,32 @@ def test_agreement_counts_same_argmax() -> None:
         agreement(student, teacher[:, :2])
 
 
+def _float64_nll(student: nn.Sequential, inputs: Tensor, labels: Tensor) -> tuple[float, float]:
+    """The mean NLL of the float32 MLP ``Linear, ReLU, Dropout, Linear`` (eval mode) computed in
+    float64 on the same weights and inputs, and the error bound of a float32 computation.
+
+    Each layer ``y = W x + b`` of ``n`` inputs is off by ``≤ (n + 1) ε (|W| |x| + |b|)`` from
+    its own rounding plus ``|W| δx`` carried from ``x``; ``log_softmax(z)_y = z_y − lse(z)`` by
+    ``2 max δz`` carried plus ``ε (2 max|z| + log V + V + 2)`` of its own; the mean over ``N``
+    samples (in any order and grouping, the division) adds ``(N + 2) ε mean``.
+    """
+    first, second = ([t.detach().double() for t in student[i].parameters()] for i in (0, 3))
+    x = inputs.double()
+    hidden = torch.relu(F.linear(x, *first))
+    logits = F.linear(hidden, *second)
+    nll = float(-logits.log_softmax(-1).gather(1, labels[:, None]).mean())
+    rows, classes = logits.shape
+    error = float32_tolerance(x.shape[1] + 1, 1.0) * (x.abs() @ first[0].abs().T + first[1].abs())
+    error = error @ second[0].abs().T + float32_tolerance(hidden.shape[1] + 1, 1.0) * (
+        hidden.abs() @ second[0].abs().T + second[1].abs()
+    )
+    log_softmax = float32_tolerance(
+        2 * float(logits.abs().max()) + math.log(classes) + classes + 2, 1.0
+    )
+    per_sample = 2 * float(error.max()) + log_softmax
+    return nll, per_sample + float32_tolerance(rows + 2, nll)
+
+
 def test_evaluate_distiller_against_brute_force() -> None:
     distiller = make_distiller(dropout=0.5)
     distiller.build(next(iter(make_loaders()[0])))
@@ -348,11 +394,11 @@ def test_evaluate_distiller_against_brute_force() -> None:
         int(student_logits[i].argmax() == teacher_logits[i].argmax()) for i in range(len(labels))
     )
     teacher_correct = sum(int(teacher_logits[i].argmax() == labels[i]) for i in range(len(labels)))
-    nll = -sum(student_logits[i].log_softmax(0)[labels[i]].item() for i in range(len(labels)))
+    nll, tolerance = _float64_nll(distiller.student, inputs, labels)
     assert metrics["top1"] == 100 * correct / len(labels)
     assert metrics["agreement"] == 100 * same / len(labels)
     assert metrics["teacher_top1"] == 100 * teacher_correct / len(labels)
-    assert metrics["nll"] == pytest.approx(nll / len(labels), rel=1e-5)
+    assert metrics["nll"] == pytest.approx(nll, rel=0, abs=tolerance)
     assert set(metrics) >= {"terms/ce", "terms/dist", "terms/hint", "loss", "ece"}
 
 

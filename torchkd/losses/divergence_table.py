@@ -190,13 +190,16 @@ class ReverseKL(Entry):
         student_grad: bool,
         teacher_grad: bool,
     ) -> DenseResult:
-        student, teacher = student_log.exp(), teacher_log.exp()
-        log_ratio = student_log - teacher_log
-        rows = _weighted_row_sum(student, log_ratio, safe)
-        student_gradient = None
-        if student_grad:
-            student_gradient = _weighted(student, log_ratio - rows.unsqueeze(-1), safe)
-        return rows, student_gradient, teacher - student if teacher_grad else None
+        """Forward KL with the sides swapped: KL(p_S || p_T) and its two gradients."""
+        rows, teacher_gradient, student_gradient = ForwardKL.dense(
+            teacher_log,
+            student_log,
+            beta,
+            safe=safe,
+            student_grad=teacher_grad,
+            teacher_grad=student_grad,
+        )
+        return rows, student_gradient, teacher_gradient
 
     @staticmethod
     def chunked(

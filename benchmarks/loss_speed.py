@@ -38,7 +38,7 @@ from torch import Tensor
 
 from torchkd.environment import cpu_model
 from torchkd.losses import hinton_loss, jsd_loss, kd_loss
-from torchkd.losses.kl import COMPILE_ENV, compile_policy, should_compile
+from torchkd.losses._compile import COMPILE_ENV, compile_policy, should_compile
 
 SHAPES = ((256, 100), (1024, 1000), (4096, 32000))
 TEMPERATURE = 4.0

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchkd.losses import fused_linear_kd_loss
-from torchkd.losses.fused_linear import default_chunk_size
+from torchkd.losses.fused_options import default_chunk_size
 
 RESULTS = Path(__file__).parent / "results" / "token_kd.md"
 DEFAULT_SIZES = tuple(

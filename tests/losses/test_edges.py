@@ -18,7 +18,7 @@ from tolerances import (
 from torch import Tensor
 
 import torchkd.losses as L
-from torchkd.losses import _common, kl
+from torchkd.losses import _common, _compile
 from torchkd.losses.crd import crd_nce_loss
 from torchkd.losses.crd_inbatch import crd_inbatch_loss
 from torchkd.losses.feature import at_loss, hint_loss
@@ -29,7 +29,7 @@ NEG_INF = float("-inf")
 
 @pytest.fixture(autouse=True)
 def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kl.COMPILE_ENV, "0")
+    monkeypatch.setenv(_compile.COMPILE_ENV, "0")
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32, scale: float = 2.0):

@@ -16,7 +16,7 @@ import torch
 from tolerances import FLOAT32_EPS
 from torch import Tensor
 
-from torchkd.losses import kl
+from torchkd.losses import _compile
 from torchkd.losses.divergences import jsd_loss
 from torchkd.losses.fused_linear import fused_linear_kd_loss
 from torchkd.losses.topk import TopKLogits
@@ -28,7 +28,7 @@ ROWS, VOCAB = 6, 40
 
 @pytest.fixture(autouse=True)
 def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kl.COMPILE_ENV, "0")
+    monkeypatch.setenv(_compile.COMPILE_ENV, "0")
 
 
 def logits(seed: int) -> Tensor:

@@ -18,6 +18,7 @@ from tolerances import FLOAT32_EPS, divergence_tolerance
 from torch import Tensor
 
 from torchkd.losses import (
+    _compile,
     hinton_loss,
     jsd_loss,
     kd_loss,
@@ -34,7 +35,7 @@ BETA = 0.3
 
 @pytest.fixture(autouse=True)
 def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kl.COMPILE_ENV, "0")
+    monkeypatch.setenv(_compile.COMPILE_ENV, "0")
 
 
 def logits(
@@ -269,13 +270,13 @@ def test_compiled_kernel_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     teacher[:, 3] = student[:, 3] = float("-inf")
     results = []
     for policy in ("0", "1"):
-        monkeypatch.setenv(kl.COMPILE_ENV, policy)
+        monkeypatch.setenv(_compile.COMPILE_ENV, policy)
         leaf = student.clone().requires_grad_()
         rows = kl.divergence_rows("forward_kl", leaf, teacher, temperature)
         (rows * torch.arange(1.0, 7.0)).sum().backward()
         results.append((rows, leaf.grad))
-    assert kl._compiled_kernels, "the compiled kernel did not run"
-    assert not kl._compile_failed
+    assert _compile._compiled_kernels, "the compiled kernel did not run"
+    assert not _compile._compile_failed
     # two float32 computations, each within the error bound of the exact rows and gradients
     bounds = [
         divergence_tolerance(s[None], t[None], temperature=float(tau), scale=float(tau) ** 2)
@@ -291,9 +292,9 @@ def test_failed_compilation_warns_once_and_falls_back(monkeypatch: pytest.Monkey
     def broken(kind: str) -> object:
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setenv(kl.COMPILE_ENV, "1")
-    monkeypatch.setattr(kl, "_compiled_kernel", broken)
-    monkeypatch.setattr(kl, "_compile_failed", False)
+    monkeypatch.setenv(_compile.COMPILE_ENV, "1")
+    monkeypatch.setattr(_compile, "_compiled_kernel", broken)
+    monkeypatch.setattr(_compile, "_compile_failed", False)
     student, teacher = logits(3, 4, seed=23, dtype=torch.float32), logits(3, 4, seed=24)
     teacher = teacher.float()
     with pytest.warns(RuntimeWarning, match="no compiler here"):
@@ -308,19 +309,19 @@ def test_failed_compilation_warns_once_and_falls_back(monkeypatch: pytest.Monkey
 
 
 def test_compile_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    small, large = torch.empty(2, 3), torch.empty(kl.AUTO_COMPILE_MIN_ELEMENTS)
-    monkeypatch.setattr(kl, "_platform_can_compile", lambda device_type: True)
-    monkeypatch.setattr(kl, "_compile_failed", False)
-    monkeypatch.setenv(kl.COMPILE_ENV, "auto")
-    assert not kl.should_compile(small) and kl.should_compile(large)
-    assert not kl.should_compile(large.double())  # float64 stays on the eager kernel
-    monkeypatch.setenv(kl.COMPILE_ENV, "1")
-    assert kl.should_compile(small)
-    monkeypatch.setenv(kl.COMPILE_ENV, "0")
-    assert not kl.should_compile(large)
-    monkeypatch.setenv(kl.COMPILE_ENV, "sometimes")
+    small, large = torch.empty(2, 3), torch.empty(_compile.AUTO_COMPILE_MIN_ELEMENTS)
+    monkeypatch.setattr(_compile, "_platform_can_compile", lambda device_type: True)
+    monkeypatch.setattr(_compile, "_compile_failed", False)
+    monkeypatch.setenv(_compile.COMPILE_ENV, "auto")
+    assert not _compile.should_compile(small) and _compile.should_compile(large)
+    assert not _compile.should_compile(large.double())  # float64 stays on the eager kernel
+    monkeypatch.setenv(_compile.COMPILE_ENV, "1")
+    assert _compile.should_compile(small)
+    monkeypatch.setenv(_compile.COMPILE_ENV, "0")
+    assert not _compile.should_compile(large)
+    monkeypatch.setenv(_compile.COMPILE_ENV, "sometimes")
     with pytest.raises(ValueError, match="TORCHKD_COMPILE"):
-        kl.should_compile(small)
+        _compile.should_compile(small)
 
 
 # --------------------------------------------------------------------------- losses

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 import torchkd.losses as L
-from torchkd.losses import entry, kl
+from torchkd.losses import _compile, entry
 from torchkd.losses.logit import standardize_logits
 
 from .references import dkd_row, kl_from_probs, softmax, standardize
@@ -24,7 +24,7 @@ EPS32 = torch.finfo(torch.float32).eps
 
 @pytest.fixture(autouse=True)
 def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kl.COMPILE_ENV, "0")
+    monkeypatch.setenv(_compile.COMPILE_ENV, "0")
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensor:

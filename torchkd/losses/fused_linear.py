@@ -12,117 +12,28 @@ a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from torchkd.losses._common import (
-    check_floating,
-    check_labels,
-    check_mask,
-    check_number,
-    check_temperature,
-    check_unit_interval,
-    compute_dtype,
-    unresolved_divergences,
-)
+from torchkd.losses._common import check_labels, check_mask, compute_dtype, unresolved_divergences
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
 from torchkd.losses._module import HyperparameterModule
-from torchkd.losses.divergence_table import DIVERGENCES, lookup
+from torchkd.losses.divergence_table import DIVERGENCES
+from torchkd.losses.fused_options import (
+    check_options,
+    check_projection,
+    check_teacher,
+    default_chunk_size,
+    loss_denominator,
+)
 from torchkd.losses.registry import register
-from torchkd.losses.topk import TopKLogits, check_topk, teacher_buckets
+from torchkd.losses.topk import TopKLogits, teacher_buckets
 
-__all__ = ["FusedLinearKDLoss", "TopKLogits", "default_chunk_size", "fused_linear_kd_loss"]
-
-FUSED_REDUCTIONS = ("batchmean", "sum")
-CHUNK_BUDGET_BYTES = 2**26  # one [chunk, V] buffer: 64 MiB
-MIN_CHUNK_ROWS = 256  # below this the matrix products slow down (CPU, H = 1024, V = 128k: ~30 %)
-
-
-def default_chunk_size(vocab: int, dtype: torch.dtype = torch.float32) -> int:
-    """Rows per chunk: as many as fit one ``[chunk, V]`` buffer into 64 MiB, at least 256.
-
-    At V = 32,000 in float32: 520 rows (a multiple of 8); at V = 128,256: 256 rows (131 MB per
-    buffer). The kernel holds three to five such buffers (logits of each side, a work buffer,
-    and one more for JSD, TVD, the hard-label term or a softcap): a few percent of the
-    ``[N, V]`` matrices of a plain composition at LM sizes. Fewer rows per chunk would save
-    memory but make the matrix products (the bulk of the time) slower.
-
-    Example:
-        >>> default_chunk_size(32000), default_chunk_size(128256)
-        (520, 256)
-    """
-    size = torch.empty((), dtype=dtype).element_size()
-    rows = CHUNK_BUDGET_BYTES // (max(vocab, 1) * size) // 8 * 8
-    return max(MIN_CHUNK_ROWS, rows)
-
-
-def _check_projection(prefix: str, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    check_floating(f"{prefix}_hidden", hidden)
-    check_floating(f"{prefix}_weight", weight)
-    if hidden.dim() < 1 or weight.dim() != 2:
-        raise ValueError(
-            f"{prefix}_hidden must be [..., H] and {prefix}_weight [V, H], got "
-            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
-        )
-    if hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"{prefix}_hidden has hidden size {hidden.shape[-1]} but {prefix}_weight "
-            f"{tuple(weight.shape)} expects {weight.shape[1]} ([V, H])"
-        )
-    if bias is not None:
-        check_floating(f"{prefix}_bias", bias)
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(
-                f"{prefix}_bias must have shape ({weight.shape[0]},) (one per vocabulary row), "
-                f"got {tuple(bias.shape)}"
-            )
-
-
-def _check_options(options: Mapping[str, Any]) -> None:
-    """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`) of the
-    functional's :data:`OPTIONS`, given by name (the functional's arguments or a module's)."""
-    divergence, beta, temperature = options["divergence"], options["beta"], options["temperature"]
-    hard_label_weight, reduction = options["hard_label_weight"], options["reduction"]
-    chunk_size, ignore_index = options["chunk_size"], options["ignore_index"]
-    lookup(divergence, "chunked")  # the chunked form serves sparse targets' buckets alike
-    check_unit_interval("beta", beta)
-    if isinstance(temperature, Tensor):
-        raise TypeError("temperature must be a float here (the fused loss has no learned T)")
-    check_temperature(temperature)
-    check_number("hard_label_weight", hard_label_weight, minimum=0.0)
-    if reduction not in FUSED_REDUCTIONS:
-        raise ValueError(
-            f"reduction must be one of {FUSED_REDUCTIONS} for the fused loss (its backward is "
-            f"stored per loss, not per row), got {reduction!r}"
-        )
-    if chunk_size is not None:
-        check_number("chunk_size", chunk_size, minimum=1, integer=True)
-    check_number("ignore_index", ignore_index, integer=True)
-    for name in (
-        "student_logit_scale",
-        "teacher_logit_scale",
-        "student_softcap",
-        "teacher_softcap",
-    ):
-        value = options[name]
-        if value is not None:
-            check_number(name, value, minimum=0.0, strict=True)
-
-
-def _vocab(student_vocab: int, teacher_vocab: int, truncate_vocab: bool, what: str) -> int:
-    if student_vocab == teacher_vocab:
-        return student_vocab
-    if not truncate_vocab:
-        raise ValueError(
-            f"student has {student_vocab} vocabulary entries, teacher {teacher_vocab} ({what}); "
-            "pass truncate_vocab=True to compare the first min(V_student, V_teacher) entries "
-            "(padded vocabularies of one model family)"
-        )
-    return min(student_vocab, teacher_vocab)
+__all__ = ["FusedLinearKDLoss", "TopKLogits", "fused_linear_kd_loss"]
 
 
 def _wide(side: Side | None) -> Side | None:
@@ -137,24 +48,6 @@ def _rows(tensor: Tensor, index: Tensor | None, per_token: bool = False) -> Tens
     """The selected rows of ``[..., D]`` as ``[n, D]`` (``per_token``: of ``[...]`` as ``[n]``)."""
     flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
     return flat if index is None else flat[index]
-
-
-def _denominator(reduction: str, num_items_in_batch: int | Tensor | None, valid_rows: int) -> float:
-    if num_items_in_batch is None:
-        return float(max(valid_rows, 1)) if reduction == "batchmean" else 1.0
-    if reduction != "batchmean":
-        raise ValueError(
-            "num_items_in_batch is the batchmean normalizer; use reduction='batchmean'"
-        )
-    if isinstance(num_items_in_batch, Tensor):
-        if num_items_in_batch.numel() != 1 or num_items_in_batch.dtype == torch.bool:
-            raise ValueError(
-                "num_items_in_batch must be a number or a one-element tensor, got a "
-                f"{num_items_in_batch.dtype} tensor of shape {tuple(num_items_in_batch.shape)}"
-            )
-        num_items_in_batch = num_items_in_batch.item()
-    check_number("num_items_in_batch", num_items_in_batch, minimum=0.0, strict=True)
-    return float(num_items_in_batch)
 
 
 def _unresolved(plan: Plan, loss: Tensor, valid_rows: int, vocab: int) -> bool:
@@ -282,51 +175,20 @@ def fused_linear_kd_loss(
         >>> loss.item()
         0.0
     """
-    _check_options(locals())  # the arguments by name
-    _check_projection("student", student_hidden, student_weight, student_bias)
+    check_options(locals())  # the arguments by name
+    check_projection("student", student_hidden, student_weight, student_bias)
     rows_shape = student_hidden.shape[:-1]
-    dense: Tensor | None = None
-    sparse: TopKLogits | None = None
-    if teacher_logits is not None:
-        if teacher_hidden is not None or teacher_weight is not None or teacher_bias is not None:
-            raise ValueError("give the teacher either as teacher_logits or as hidden + weight")
-        if teacher_logit_scale != 1.0 or teacher_softcap is not None:
-            raise ValueError(
-                "teacher_logit_scale/teacher_softcap apply to logits computed from teacher "
-                "hidden states; given teacher_logits must already be final"
-            )
-        if isinstance(teacher_logits, TopKLogits):
-            sparse = teacher_logits
-            vocab = student_weight.shape[0]
-            check_topk(sparse, rows_shape, vocab)
-        else:
-            check_floating("teacher_logits", teacher_logits)
-            dense = teacher_logits
-            if dense.shape[:-1] != rows_shape:
-                raise ValueError(
-                    f"teacher_logits must have shape [{', '.join(map(str, rows_shape))}, V] (the "
-                    f"student's tokens), got {tuple(dense.shape)}"
-                )
-            if dense.requires_grad and torch.is_grad_enabled():
-                raise ValueError(
-                    "teacher_logits require grad, but the fused loss gives given logits none: "
-                    "detach them, or pass teacher_hidden + teacher_weight to train the teacher"
-                )
-            if bool(torch.isnan(dense).any()) or bool((dense == float("inf")).any()):
-                raise ValueError("teacher_logits contain NaN or +inf")
-            vocab = _vocab(student_weight.shape[0], dense.shape[-1], truncate_vocab, "logits")
-    elif teacher_hidden is None or teacher_weight is None:
-        raise ValueError(
-            "the teacher is missing: give teacher_hidden and teacher_weight, or teacher_logits"
-        )
-    else:
-        _check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
-        if teacher_hidden.shape[:-1] != rows_shape:
-            raise ValueError(
-                f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
-                f"{tuple(teacher_hidden.shape)} must have the same tokens (all dims but the last)"
-            )
-        vocab = _vocab(student_weight.shape[0], teacher_weight.shape[0], truncate_vocab, "weights")
+    dense, sparse, vocab = check_teacher(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+        teacher_logits,
+        teacher_logit_scale=teacher_logit_scale,
+        teacher_softcap=teacher_softcap,
+        truncate_vocab=truncate_vocab,
+    )
     check_mask(mask, rows_shape)
     if labels is not None:
         labels = check_labels(labels, student_hidden.new_empty((*rows_shape, vocab)), ignore_index)
@@ -344,7 +206,7 @@ def fused_linear_kd_loss(
     index = None if valid is None or bool(valid.all()) else valid.nonzero().squeeze(-1)
     total_rows = rows_shape.numel()
     valid_rows = total_rows if index is None else index.numel()
-    denominator = _denominator(reduction, num_items_in_batch, valid_rows)
+    denominator = loss_denominator(reduction, num_items_in_batch, valid_rows)
 
     tensors = [
         student_hidden,
@@ -478,7 +340,7 @@ class FusedLinearKDLoss(HyperparameterModule):
         except TypeError as error:
             raise TypeError(f"{type(self).__name__}: {error}") from None
         bound.apply_defaults()
-        _check_options(bound.arguments)
+        check_options(bound.arguments)
         self.store(**bound.arguments)
 
     # help() and inspect show the options: (self, divergence="forward_kl", beta=0.5, ...)

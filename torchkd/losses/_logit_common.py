@@ -4,6 +4,8 @@ and the base module that shows hyperparameters in ``repr``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -154,10 +156,24 @@ def format_value(value: object) -> str:
 
 
 class LogitLoss(HyperparameterModule):
-    """Stores hyperparameters (:meth:`store`) and shows those in ``_shown`` in ``repr``;
-    subclasses call their functional with :meth:`hyperparameters`."""
+    """Stores hyperparameters (:meth:`store`) and shows those in ``_shown`` in ``repr``. A
+    ``"logits"`` loss sets ``functional`` and inherits :meth:`forward`; others define their own
+    ``forward`` calling their functional with :meth:`hyperparameters`."""
 
     _shown: tuple[str, ...] = ()
+    functional: Callable[..., Tensor]
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor | None = None,
+        temperature: float | Tensor | None = None,
+    ) -> Tensor:
+        """``functional(student_logits, teacher_logits, mask=mask, **hyperparameters)``;
+        ``temperature`` replaces the stored one for this call."""
+        options = self.hyperparameters(temperature=temperature)
+        return self.functional(student_logits, teacher_logits, mask=mask, **options)
 
     def extra_repr(self) -> str:
         shown = [f"{name}={format_value(getattr(self, name))}" for name in self._shown]

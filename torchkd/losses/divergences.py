@@ -227,20 +227,11 @@ class ReverseKLLoss(LogitLoss):
     """
 
     _shown = ("temperature", "reduction")
+    functional = staticmethod(reverse_kl_loss)
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.store(temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return reverse_kl_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("jsd", functional=jsd_loss, signature="logits", family="logit")
@@ -253,22 +244,13 @@ class JSDLoss(LogitLoss):
     """
 
     _shown = ("beta", "temperature", "reduction")
+    functional = staticmethod(jsd_loss)
 
     def __init__(
         self, beta: float = 0.5, temperature: float | Tensor = 1.0, reduction: str = "batchmean"
     ) -> None:
         super().__init__()
         self.store(beta=beta, temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return jsd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("tvd", functional=tvd_loss, signature="logits", family="logit")
@@ -281,20 +263,11 @@ class TVDLoss(LogitLoss):
     """
 
     _shown = ("temperature", "reduction")
+    functional = staticmethod(tvd_loss)
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.store(temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return tvd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("logit_mse", functional=logit_mse_loss, signature="logits", family="logit")

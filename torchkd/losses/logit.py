@@ -277,6 +277,7 @@ class KDLoss(LogitLoss):
     """
 
     _shown = ("temperature", "reduction")
+    functional = staticmethod(kd_loss)
 
     def __init__(
         self,
@@ -286,16 +287,6 @@ class KDLoss(LogitLoss):
     ) -> None:
         super().__init__()
         self.store(temperature=temperature, standardize=standardize, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return kd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("ls_kd", functional=ls_kd_loss, signature="logits", family="logit")
@@ -308,20 +299,11 @@ class LSKDLoss(LogitLoss):
     """
 
     _shown = ("temperature", "reduction")
+    functional = staticmethod(ls_kd_loss)
 
     def __init__(self, temperature: float | Tensor = 2.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.store(temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return ls_kd_loss(student_logits, teacher_logits, mask=mask, **options)
 
 
 @register("hinton", functional=hinton_loss, signature="logits_labels", family="logit")
@@ -374,17 +356,8 @@ class SoftCELoss(LogitLoss):
     """
 
     _shown = ("temperature", "reduction")
+    functional = staticmethod(soft_ce_loss)
 
     def __init__(self, temperature: float | Tensor = 1.0, reduction: str = "batchmean") -> None:
         super().__init__()
         self.store(temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return soft_ce_loss(student_logits, teacher_logits, mask=mask, **options)

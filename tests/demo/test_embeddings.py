@@ -247,7 +247,7 @@ def test_dataset_batches_are_cut_to_their_longest_sentence(tiny_dir: Path) -> No
     cut, padded = model(**batch["inputs"]), model(**full)
     # float64: the two calls differ in matrix shapes (summation order) only; 10⁶ ε₆₄ of the
     # outputs' size allows a condition number times rounding count of 10⁶ for 2 layers
-    atol = float32_tolerance(1e6, float(padded.abs().max()), FLOAT64_EPS)
+    atol = float32_tolerance(1e6, float(padded.detach().abs().max()), FLOAT64_EPS)
     torch.testing.assert_close(cut, padded, atol=atol, rtol=0)
     with pytest.raises(ValueError, match="max_length"):
         english_sentences("val", tokenizer=str(tiny_dir), max_length=2)

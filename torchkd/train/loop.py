@@ -59,16 +59,13 @@ from torchkd.lm.tokens import (
     count_valid_tokens,
     is_token_labels,
 )
-from torchkd.train.checkpoint import (
-    CheckpointError,
-    check_fits,
-    save_checkpoint,
-)
+from torchkd.train.checkpoint import CheckpointError, check_fits, save_checkpoint
+from torchkd.train.checkpoint_layout import due_checkpoints
 from torchkd.train.config import TrainConfig
 from torchkd.train.device import check_amp, device_rng_state, resolve_device
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
-from torchkd.train.logging import RunLogger, StepLines, progress_bar, term_texts
+from torchkd.train.logging import RunLogger, StepLines, progress_bar, step_record, term_texts
 from torchkd.train.optim import LRSchedule, build_optimizer, extension_notice
 from torchkd.train.results import NonFiniteLossError
 from torchkd.train.rng import (
@@ -288,7 +285,16 @@ class Trainer:
                 bar.update(group_size)
                 if progress.step % config.log_every_steps == 0 and self.window.steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    record = self._step_record(epoch, self.window, self.last_weights, elapsed)
+                    record = step_record(
+                        epoch=epoch + 1,
+                        step=progress.step,
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        means=self.window.means(),
+                        weights=self.last_weights,
+                        samples_per_s=self.window.samples / elapsed,
+                        nonfinite_steps=progress.nonfinite_steps,
+                        loss_scale=None if self.scaler is None else self.scaler.get_scale(),
+                    )
                     logger.log_step(record)
                     postfix = {"loss": f"{record['loss']:.4g}", **term_texts(record)}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
@@ -349,10 +355,7 @@ class Trainer:
         grad_norm = self.parallel.full_tensor(grad_norm)  # FSDP: the norm of all shards
         overflow = False
         if not group.all_finite(grad_norm):
-            values, names = group.values(grad_norm)
-            named = dict(zip(names, values.tolist(), strict=True))
-            loss, norm = named.pop("loss"), named.pop("grad_norm")
-            terms = {k.removeprefix("terms/"): v for k, v in named.items()}
+            loss, norm, terms = group.host_values(grad_norm)
             overflow = self.scaler is not None and math.isfinite(loss)
             if not overflow:
                 self._skip(terms, loss, norm)
@@ -375,10 +378,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.update()
-        progress.nonfinite_steps += 1
-        progress.consecutive_nonfinite += 1
-        bad = [name for name, value in terms.items() if not math.isfinite(value)]
-        progress.nonfinite_terms = sorted({*progress.nonfinite_terms, *bad})
+        progress.count_nonfinite(terms)
         if progress.consecutive_nonfinite < self.config.max_consecutive_nonfinite:
             return
         raise NonFiniteLossError.after(
@@ -389,23 +389,6 @@ class Trainer:
             loss,
             norm,
         )
-
-    def _step_record(
-        self, epoch: int, window: StepSums, weights: dict[str, float], elapsed: float
-    ) -> dict[str, Any]:
-        means = window.means()
-        return {
-            "epoch": epoch + 1,
-            "step": self.progress.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "loss": means["loss"],
-            "grad_norm": means["grad_norm"],
-            "terms": {k.removeprefix("terms/"): v for k, v in means.items() if "/" in k},
-            "weights": weights,
-            "samples_per_s": window.samples / elapsed,
-            "nonfinite_steps": self.progress.nonfinite_steps,
-            **({} if self.scaler is None else {"loss_scale": self.scaler.get_scale()}),
-        }
 
     def _run_epoch(self, epoch: int, logger: RunLogger) -> bool:
         """Train one epoch, evaluate (when due), log, and write the checkpoints due.
@@ -459,10 +442,6 @@ class Trainer:
     def _save_due(self, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
         """Write the checkpoints due after ``epoch`` (0-based)."""
         config = self.config
-        if improved:
-            self._save("best.pt", checkpoint)
-        if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
-            self._save("last.pt", checkpoint)
-        keep_every = config.keep_teacher_checkpoints_every
-        if keep_every is not None and (epoch + 1) % keep_every == 0:
-            self._save(f"epoch_{epoch + 1:03d}.pt", checkpoint)
+        every, keep_every = config.checkpoint_every_epochs, config.keep_teacher_checkpoints_every
+        for name in due_checkpoints(epoch + 1, config.epochs, every, keep_every, improved):
+            self._save(name, checkpoint)

@@ -64,6 +64,14 @@ class Progress:
             )
         return progress
 
+    def count_nonfinite(self, terms: Mapping[str, float]) -> None:
+        """Count a step skipped as non-finite; ``terms`` (the step's term values) adds the
+        non-finite ones to ``nonfinite_terms``."""
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        self.nonfinite_terms = sorted({*self.nonfinite_terms, *bad})
+
     def finish_epoch(self, epoch: int, record: dict[str, Any] | None = None) -> bool:
         """Count ``epoch`` (0-based) as finished; an evaluated epoch's ``record`` joins
         ``history`` and becomes the best when its score is finite and higher than the best so
@@ -174,6 +182,13 @@ class StepGroup:
             return values, names
         self.reduced = (self.reduce(values), names)
         return self.reduced
+
+    def host_values(self, grad_norm: Tensor) -> tuple[float, float, dict[str, float]]:
+        """The mean loss, ``grad_norm`` and mean terms (by name) of :meth:`values`, on the host."""
+        values, names = self.values(grad_norm)
+        named = dict(zip(names, values.tolist(), strict=True))
+        loss, norm = named.pop("loss"), named.pop("grad_norm")
+        return loss, norm, {k.removeprefix("terms/"): v for k, v in named.items()}
 
     def all_finite(self, grad_norm: Tensor) -> bool:
         """Whether the loss and the gradient norm are finite (one fused test, one sync)."""

@@ -19,6 +19,7 @@ __all__ = [
     "SHARDED_SUFFIX",
     "checkpoint_exists",
     "checkpoint_in_the_way",
+    "due_checkpoints",
     "sharded_path",
     "trainer_file",
     "trainer_state_file",
@@ -55,3 +56,24 @@ def trainer_state_file(path: Path) -> Path | None:
         return path
     sharded = trainer_file(sharded_path(path), 0)
     return sharded if sharded.is_file() else None
+
+
+def due_checkpoints(
+    epoch: int, epochs: int, every: int, keep_every: int | None, improved: bool
+) -> list[str]:
+    """The checkpoint files a run writes after ``epoch`` (1-based) of ``epochs``: ``best.pt``
+    when the epoch improved, ``last.pt`` every ``every`` epochs and after the last one, and
+    ``epoch_<N>.pt`` every ``keep_every`` epochs (``None``: never).
+
+    Example:
+        >>> due_checkpoints(4, epochs=10, every=2, keep_every=4, improved=True)
+        ['best.pt', 'last.pt', 'epoch_004.pt']
+        >>> due_checkpoints(3, epochs=10, every=2, keep_every=None, improved=False)
+        []
+    """
+    names = ["best.pt"] if improved else []
+    if epoch == epochs or epoch % every == 0:
+        names.append("last.pt")
+    if keep_every is not None and epoch % keep_every == 0:
+        names.append(f"epoch_{epoch:03d}.pt")
+    return names

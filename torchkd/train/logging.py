@@ -59,6 +59,40 @@ def _flatten(prefix: str, values: Mapping[str, Any]) -> dict[str, float]:
     return flat
 
 
+def step_record(
+    *,
+    epoch: int,
+    step: int,
+    lr: float,
+    means: Mapping[str, float],
+    weights: dict[str, float],
+    samples_per_s: float,
+    nonfinite_steps: int,
+    loss_scale: float | None,
+) -> dict[str, Any]:
+    """A ``"step"`` record (module docstring) from the ``means`` of the steps since the last one
+    (``loss``, ``grad_norm``, ``terms/<name>``); ``loss_scale`` (fp16) is left out when ``None``.
+
+    Example:
+        >>> means = {"loss": 0.7, "grad_norm": 1.9, "terms/kd": 0.5}
+        >>> step_record(epoch=1, step=20, lr=0.1, means=means, weights={"kd": 1.0},
+        ...             samples_per_s=5e3, nonfinite_steps=0, loss_scale=None)["terms"]
+        {'kd': 0.5}
+    """
+    return {
+        "epoch": epoch,
+        "step": step,
+        "lr": lr,
+        "loss": means["loss"],
+        "grad_norm": means["grad_norm"],
+        "terms": {k.removeprefix("terms/"): v for k, v in means.items() if "/" in k},
+        "weights": weights,
+        "samples_per_s": samples_per_s,
+        "nonfinite_steps": nonfinite_steps,
+        **({} if loss_scale is None else {"loss_scale": loss_scale}),
+    }
+
+
 class RunLogger:
     """Writes step and epoch records to ``metrics.jsonl`` and ``tb/`` of a run directory.
 

@@ -59,33 +59,23 @@ from torchkd.lm.tokens import (
     count_valid_tokens,
     is_token_labels,
 )
-from torchkd.train.checkpoint import (
-    CheckpointError,
-    check_fits,
-    save_checkpoint,
-)
+from torchkd.train.checkpoint import CheckpointError, check_fits, save_checkpoint
+from torchkd.train.checkpoint_layout import due_checkpoints
 from torchkd.train.config import TrainConfig
 from torchkd.train.device import check_amp, device_rng_state, resolve_device
 from torchkd.train.distributed import Parallel, SilentLogger
 from torchkd.train.evaluate import autocast_context, evaluate
-from torchkd.train.logging import RunLogger, StepLines, progress_bar, term_texts
-from torchkd.train.optim import LRSchedule, build_optimizer
+from torchkd.train.logging import RunLogger, StepLines, progress_bar, step_record, term_texts
+from torchkd.train.optim import LRSchedule, build_optimizer, extension_notice
 from torchkd.train.results import NonFiniteLossError
 from torchkd.train.rng import (
     capture_rng_state,
     restore_rng_state,
     seed_epoch_order,
 )
-from torchkd.train.state import COUNTS, InterruptFlag, Progress, StepGroup, StepSums
+from torchkd.train.state import InterruptFlag, Progress, StepGroup, StepSums
 
 __all__ = ["Trainer"]
-
-
-def _monitor(metrics: Mapping[str, float]) -> float:
-    """Higher is better: validation top-1, else minus the validation loss."""
-    if "top1" in metrics:
-        return metrics["top1"]
-    return -metrics.get("loss", float("nan"))
 
 
 class Trainer:
@@ -211,49 +201,16 @@ class Trainer:
         self.schedule.load_state_dict(checkpoint["lr_schedule"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
-        saved = Progress(**checkpoint["progress"])
-        if saved.batches_done and saved.num_batches != self.progress.num_batches:
-            raise CheckpointError(
-                f"{path} stopped inside an epoch of {saved.num_batches} batches, but the train "
-                f"loader now has {self.progress.num_batches}: the data or batch size changed"
-            )
-        saved.num_batches = self.progress.num_batches
-        if saved.epoch > self.config.epochs:
-            raise CheckpointError(
-                f"{path} has trained {saved.epoch} epochs but train.epochs is now "
-                f"{self.config.epochs}: a run can be extended on resume, not shortened"
-            )
-        self.progress = saved
-        self._announce_extension(checkpoint)
+        self.progress = Progress.resumed(
+            checkpoint["progress"], path, self.progress.num_batches, self.config.epochs
+        )
+        before = checkpoint.get("config", {}).get("train", {}).get("epochs")
+        notice = extension_notice(self.schedule, before, self.progress.step)
+        if notice is not None and self.config.progress:
+            print(notice, file=sys.stderr)  # the schedule is re-planned over the new total
         self.epoch_rng, self.step_rng = checkpoint["epoch_rng"], checkpoint["rng"]
         self.resume_rng = (checkpoint["epoch_rng"], checkpoint["rng"])
         restore_rng_state(checkpoint["rng"])
-
-    def _announce_extension(self, checkpoint: dict[str, Any]) -> None:
-        """Say what resuming with more epochs does to the learning rate.
-
-        The schedule is re-planned over the new total: from the resume step on, every step uses
-        the rate a run planned for ``train.epochs`` epochs uses at that step (a cosine that had
-        decayed to ``min_lr`` rises back to that curve).
-        """
-        before = checkpoint.get("config", {}).get("train", {}).get("epochs")
-        if before is None or before == self.config.epochs or not self.config.progress:
-            return
-        step = self.progress.step
-        planned = LRSchedule(
-            self.optimizer,
-            self.config.lr_schedule,
-            self.steps_per_epoch,
-            before * self.steps_per_epoch,
-        )
-        planned.base_lrs = self.schedule.base_lrs
-        was, now = planned.rate(step), self.schedule.rate(step)
-        print(
-            f"resuming with train.epochs {before} -> {self.config.epochs}: the learning-rate "
-            f"schedule is re-planned over {self.config.epochs} epochs; step {step} uses "
-            f"{now:.3g} (the {before}-epoch plan: {was:.3g})",
-            file=sys.stderr,
-        )
 
     # ------------------------------------------------------------------ checkpoints
     def _capture_interrupted_rng(self) -> None:
@@ -299,11 +256,7 @@ class Trainer:
             self.resume_rng = None
         if progress.batches_done == 0:
             progress.epoch_totals = {}
-        self.epoch_sums = StepSums(
-            steps=int(progress.epoch_totals.get("steps", 0)),
-            samples=int(progress.epoch_totals.get("samples", 0)),
-            totals={k: v for k, v in progress.epoch_totals.items() if k not in COUNTS},
-        )
+        self.epoch_sums = StepSums.resumed(progress.epoch_totals)
         self.boundary_rng = device_rng_state(self.device)
         self.distiller.train()
         self.window = StepSums()
@@ -332,7 +285,16 @@ class Trainer:
                 bar.update(group_size)
                 if progress.step % config.log_every_steps == 0 and self.window.steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    record = self._step_record(epoch, self.window, self.last_weights, elapsed)
+                    record = step_record(
+                        epoch=epoch + 1,
+                        step=progress.step,
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        means=self.window.means(),
+                        weights=self.last_weights,
+                        samples_per_s=self.window.samples / elapsed,
+                        nonfinite_steps=progress.nonfinite_steps,
+                        loss_scale=None if self.scaler is None else self.scaler.get_scale(),
+                    )
                     logger.log_step(record)
                     postfix = {"loss": f"{record['loss']:.4g}", **term_texts(record)}
                     bar.set_postfix(postfix | {"samples/s": f"{record['samples_per_s']:.0f}"})
@@ -341,7 +303,7 @@ class Trainer:
                 self.interrupts.check()
         finally:
             bar.close()
-            progress.epoch_totals = self._epoch_train_totals()
+            progress.epoch_totals = self.epoch_sums.summary()
 
     def _accumulate(self, batches: Iterator[Mapping[str, Any]], group_size: int) -> StepGroup:
         """Forward and backward ``group_size`` micro-batches; gradients add up."""
@@ -393,10 +355,7 @@ class Trainer:
         grad_norm = self.parallel.full_tensor(grad_norm)  # FSDP: the norm of all shards
         overflow = False
         if not group.all_finite(grad_norm):
-            values, names = group.values(grad_norm)
-            named = dict(zip(names, values.tolist(), strict=True))
-            loss, norm = named.pop("loss"), named.pop("grad_norm")
-            terms = {k.removeprefix("terms/"): v for k, v in named.items()}
+            loss, norm, terms = group.host_values(grad_norm)
             overflow = self.scaler is not None and math.isfinite(loss)
             if not overflow:
                 self._skip(terms, loss, norm)
@@ -419,57 +378,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.update()
-        progress.nonfinite_steps += 1
-        progress.consecutive_nonfinite += 1
-        bad = [name for name, value in terms.items() if not math.isfinite(value)]
-        progress.nonfinite_terms = sorted({*progress.nonfinite_terms, *bad})
+        progress.count_nonfinite(terms)
         if progress.consecutive_nonfinite < self.config.max_consecutive_nonfinite:
             return
-        if progress.nonfinite_terms:
-            culprit = f"non-finite terms: {', '.join(map(repr, progress.nonfinite_terms))}"
-        elif not math.isfinite(loss):
-            culprit = "every term was finite but the weighted total was not (check the weights)"
-        else:
-            culprit = f"the loss was finite but the gradient norm was {norm}"
-        raise NonFiniteLossError(
-            f"{progress.consecutive_nonfinite} consecutive optimizer steps had a non-finite "
-            f"loss or gradient (the last at step {progress.step}; "
-            f"max_consecutive_nonfinite={self.config.max_consecutive_nonfinite}); {culprit}",
-            terms=list(progress.nonfinite_terms),
-            step=progress.step,
+        raise NonFiniteLossError.after(
+            progress.consecutive_nonfinite,
+            progress.step,
+            self.config.max_consecutive_nonfinite,
+            progress.nonfinite_terms,
+            loss,
+            norm,
         )
-
-    def _epoch_train_totals(self) -> dict[str, float]:
-        """The epoch's sums so far (``steps``, ``samples`` and each value), read to the host."""
-        sums = self.epoch_sums
-        totals = sums.drain()
-        if not sums.steps:
-            return {}
-        return {"steps": float(sums.steps), "samples": float(sums.samples), **totals}
-
-    def _step_record(
-        self, epoch: int, window: StepSums, weights: dict[str, float], elapsed: float
-    ) -> dict[str, Any]:
-        means = window.means()
-        return {
-            "epoch": epoch + 1,
-            "step": self.progress.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "loss": means["loss"],
-            "grad_norm": means["grad_norm"],
-            "terms": {k.removeprefix("terms/"): v for k, v in means.items() if "/" in k},
-            "weights": weights,
-            "samples_per_s": window.samples / elapsed,
-            "nonfinite_steps": self.progress.nonfinite_steps,
-            **({} if self.scaler is None else {"loss_scale": self.scaler.get_scale()}),
-        }
-
-    def _epoch_train_metrics(self) -> dict[str, float]:
-        totals = self._epoch_train_totals()
-        steps = totals.get("steps", 0.0)
-        if not steps:
-            return {}
-        return {k: v / steps for k, v in totals.items() if k not in COUNTS}
 
     def _run_epoch(self, epoch: int, logger: RunLogger) -> bool:
         """Train one epoch, evaluate (when due), log, and write the checkpoints due.
@@ -480,57 +399,49 @@ class Trainer:
         started = time.perf_counter()
         samples_before = progress.epoch_totals.get("samples", 0.0) if progress.batches_done else 0.0
         self._train_epoch(epoch, logger)
-        final = epoch + 1 == config.epochs
-        if not final and (epoch + 1) % config.eval_every_epochs != 0:
-            progress.epoch, progress.batches_done = epoch + 1, 0
-            self.epoch_rng = self.step_rng = capture_rng_state()
-            self.boundary_rng = device_rng_state(self.device)
-            self._save_due(epoch, self._checkpoint(), improved=False)
-            self.interrupts.check()
-            return False
-        with self.parallel.evaluation(self.distiller):
-            val_metrics = evaluate(
-                self.distiller, self.val_loader, device=self.device, amp=config.amp, with_terms=True
-            )
-        elapsed = time.perf_counter() - started
-        samples = progress.epoch_totals.get("samples", 0.0) - samples_before
-        record = {
-            "epoch": epoch + 1,
-            "step": progress.step,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "time_s": elapsed,
-            "samples_per_s": samples / max(elapsed, 1e-9),
-            "nonfinite_steps": progress.nonfinite_steps,
-            "train": self._epoch_train_metrics(),
-            "val": val_metrics,
-        }
-        score = _monitor(val_metrics)
-        improved = math.isfinite(score) and (
-            progress.best_metric is None or score > progress.best_metric
-        )
+        due = epoch + 1 == config.epochs or (epoch + 1) % config.eval_every_epochs == 0
+        record = self._epoch_record(epoch, started, samples_before) if due else None
         # Ctrl-C only sets a flag (checked below), so these updates commit whole; an exception
         # raised before this point re-runs the evaluation on resume.
-        progress.history.append(record)
-        progress.epoch, progress.batches_done = epoch + 1, 0
-        if improved:
-            progress.best_metric, progress.best_epoch = score, epoch + 1
+        improved = progress.finish_epoch(epoch, record)
         self.epoch_rng = self.step_rng = capture_rng_state()
         self.boundary_rng = device_rng_state(self.device)
-        logger.log_epoch(record)
-        if config.progress and self.parallel.is_main:
-            summary = ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if k != "samples")
+        if record is not None:
+            logger.log_epoch(record)
+        if record is not None and config.progress and self.parallel.is_main:
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in record["val"].items() if k != "samples")
             print(f"epoch {epoch + 1}/{config.epochs}: {summary}", file=sys.stderr)
         self._save_due(epoch, self._checkpoint(), improved=improved)
         self.interrupts.check()
-        return True
+        return record is not None
+
+    def _epoch_record(self, epoch: int, started: float, samples_before: float) -> dict[str, Any]:
+        """Evaluate; the epoch's record, timed from ``started`` (``samples_before``: the samples
+        trained before a resume inside the epoch)."""
+        with self.parallel.evaluation(self.distiller):
+            val_metrics = evaluate(
+                self.distiller,
+                self.val_loader,
+                device=self.device,
+                amp=self.config.amp,
+                with_terms=True,
+            )
+        elapsed = time.perf_counter() - started
+        samples = self.progress.epoch_totals.get("samples", 0.0) - samples_before
+        return {
+            "epoch": epoch + 1,
+            "step": self.progress.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time_s": elapsed,
+            "samples_per_s": samples / max(elapsed, 1e-9),
+            "nonfinite_steps": self.progress.nonfinite_steps,
+            "train": self.epoch_sums.means(),
+            "val": val_metrics,
+        }
 
     def _save_due(self, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
         """Write the checkpoints due after ``epoch`` (0-based)."""
         config = self.config
-        if improved:
-            self._save("best.pt", checkpoint)
-        if epoch + 1 == config.epochs or (epoch + 1) % config.checkpoint_every_epochs == 0:
-            self._save("last.pt", checkpoint)
-        keep_every = config.keep_teacher_checkpoints_every
-        if keep_every is not None and (epoch + 1) % keep_every == 0:
-            self._save(f"epoch_{epoch + 1:03d}.pt", checkpoint)
+        every, keep_every = config.checkpoint_every_epochs, config.keep_teacher_checkpoints_every
+        for name in due_checkpoints(epoch + 1, config.epochs, every, keep_every, improved):
+            self._save(name, checkpoint)

@@ -76,6 +76,7 @@ class LRSchedule:
             )
         self.optimizer = optimizer
         self.config = config
+        self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
         self.warmup_steps = round(config.warmup_epochs * steps_per_epoch)
         self.milestone_steps = [epoch * steps_per_epoch for epoch in config.milestones]
@@ -128,3 +129,39 @@ class LRSchedule:
                 f"{len(self.optimizer.param_groups)}"
             )
         self.base_lrs = list(state["base_lrs"])
+
+
+def extension_notice(schedule: LRSchedule, epochs_before: int | None, step: int) -> str | None:
+    """What resuming with more epochs does to the learning rate (``None``: nothing changed).
+
+    ``schedule`` is planned over the new ``train.epochs`` (whole epochs of its
+    ``steps_per_epoch``); ``epochs_before`` is the checkpoint's ``train.epochs``. From the
+    resume ``step`` on, every step uses the rate a run planned for the new total uses at that
+    step (a cosine that had decayed to ``min_lr`` rises back to that curve); the notice gives
+    that rate and the one the old plan had.
+
+    Example:
+        >>> config = LRScheduleConfig(name="cosine")
+        >>> optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> schedule = LRSchedule(optimizer, config, steps_per_epoch=2, total_steps=8)
+        >>> extension_notice(schedule, epochs_before=2, step=4).split("; ")[1]
+        'step 4 uses 0.5 (the 2-epoch plan: 0)'
+        >>> extension_notice(schedule, epochs_before=4, step=4) is None
+        True
+    """
+    epochs = schedule.total_steps // schedule.steps_per_epoch
+    if epochs_before is None or epochs_before == epochs:
+        return None
+    planned = LRSchedule(
+        schedule.optimizer,
+        schedule.config,
+        schedule.steps_per_epoch,
+        epochs_before * schedule.steps_per_epoch,
+    )
+    planned.base_lrs = schedule.base_lrs
+    was, now = planned.rate(step), schedule.rate(step)
+    return (
+        f"resuming with train.epochs {epochs_before} -> {epochs}: the learning-rate "
+        f"schedule is re-planned over {epochs} epochs; step {step} uses "
+        f"{now:.3g} (the {epochs_before}-epoch plan: {was:.3g})"
+    )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,33 @@ class NonFiniteLossError(RuntimeError):
         super().__init__(message)
         self.terms = terms
         self.step = step
+
+    @classmethod
+    def after(
+        cls, count: int, step: int, limit: int, terms: list[str], loss: float, grad_norm: float
+    ) -> NonFiniteLossError:
+        """The error after ``count`` non-finite steps in a row (the last at ``step``; ``limit``
+        is ``max_consecutive_nonfinite``), naming the culprit: the non-finite ``terms`` if any,
+        else the weighted total ``loss`` if it was not finite, else the ``grad_norm``.
+
+        Example:
+            >>> error = NonFiniteLossError.after(3, 7, 3, [], loss=1.0, grad_norm=float("inf"))
+            >>> str(error).split("; ")[-1]
+            'the loss was finite but the gradient norm was inf'
+        """
+        if terms:
+            culprit = f"non-finite terms: {', '.join(map(repr, terms))}"
+        elif not math.isfinite(loss):
+            culprit = "every term was finite but the weighted total was not (check the weights)"
+        else:
+            culprit = f"the loss was finite but the gradient norm was {grad_norm}"
+        return cls(
+            f"{count} consecutive optimizer steps had a non-finite "
+            f"loss or gradient (the last at step {step}; "
+            f"max_consecutive_nonfinite={limit}); {culprit}",
+            terms=list(terms),
+            step=step,
+        )
 
 
 @dataclass

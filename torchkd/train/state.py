@@ -4,15 +4,19 @@ step (:class:`StepGroup`) and deferred Ctrl-C handling (:class:`InterruptFlag`).
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from torchkd.train.checkpoint import CheckpointError
 
 __all__ = ["COUNTS", "InterruptFlag", "Progress", "StepGroup", "StepSums"]
 
@@ -35,6 +39,57 @@ class Progress:
     epoch_totals: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def resumed(
+        cls, saved: Mapping[str, Any], path: Path, num_batches: int, epochs: int
+    ) -> Progress:
+        """The progress a checkpoint saved (``saved``, read from ``path``), to resume a run
+        whose train loader has ``num_batches`` batches and that trains ``epochs`` epochs.
+
+        Raises:
+            CheckpointError: the checkpoint stopped inside an epoch of another size, or has
+                trained more than ``epochs`` epochs.
+        """
+        progress = cls(**saved)
+        if progress.batches_done and progress.num_batches != num_batches:
+            raise CheckpointError(
+                f"{path} stopped inside an epoch of {progress.num_batches} batches, but the train "
+                f"loader now has {num_batches}: the data or batch size changed"
+            )
+        progress.num_batches = num_batches
+        if progress.epoch > epochs:
+            raise CheckpointError(
+                f"{path} has trained {progress.epoch} epochs but train.epochs is now "
+                f"{epochs}: a run can be extended on resume, not shortened"
+            )
+        return progress
+
+    def count_nonfinite(self, terms: Mapping[str, float]) -> None:
+        """Count a step skipped as non-finite; ``terms`` (the step's term values) adds the
+        non-finite ones to ``nonfinite_terms``."""
+        self.nonfinite_steps += 1
+        self.consecutive_nonfinite += 1
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        self.nonfinite_terms = sorted({*self.nonfinite_terms, *bad})
+
+    def finish_epoch(self, epoch: int, record: dict[str, Any] | None = None) -> bool:
+        """Count ``epoch`` (0-based) as finished; an evaluated epoch's ``record`` joins
+        ``history`` and becomes the best when its score is finite and higher than the best so
+        far (higher is better: validation ``top1``, else minus the validation ``loss``).
+
+        Returns whether the epoch became the best.
+        """
+        self.epoch, self.batches_done = epoch + 1, 0
+        if record is None:
+            return False
+        val = record["val"]
+        score = val["top1"] if "top1" in val else -val.get("loss", math.nan)
+        improved = math.isfinite(score) and (self.best_metric is None or score > self.best_metric)
+        self.history.append(record)
+        if improved:
+            self.best_metric, self.best_epoch = score, epoch + 1
+        return improved
+
 
 @dataclass
 class StepSums:
@@ -49,6 +104,15 @@ class StepSums:
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[Tensor] = field(default_factory=list)
     pending_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def resumed(cls, summary: Mapping[str, float]) -> StepSums:
+        """Sums that go on from a :meth:`summary` (an epoch's, saved in :class:`Progress`)."""
+        return cls(
+            steps=int(summary.get("steps", 0)),
+            samples=int(summary.get("samples", 0)),
+            totals={k: v for k, v in summary.items() if k not in COUNTS},
+        )
 
     def add(self, values: Tensor, names: list[str], samples: int) -> None:
         if self.pending and names != self.pending_names:
@@ -67,7 +131,15 @@ class StepSums:
             self.pending = []
         return self.totals
 
+    def summary(self) -> dict[str, float]:
+        """``steps``, ``samples`` and each value's sum, read to the host (``{}`` before a step)."""
+        totals = self.drain()
+        if not self.steps:
+            return {}
+        return {"steps": float(self.steps), "samples": float(self.samples), **totals}
+
     def means(self) -> dict[str, float]:
+        """Each value's mean over the steps (``{}`` before a step)."""
         count = max(self.steps, 1)
         return {name: value / count for name, value in self.drain().items()}
 
@@ -110,6 +182,13 @@ class StepGroup:
             return values, names
         self.reduced = (self.reduce(values), names)
         return self.reduced
+
+    def host_values(self, grad_norm: Tensor) -> tuple[float, float, dict[str, float]]:
+        """The mean loss, ``grad_norm`` and mean terms (by name) of :meth:`values`, on the host."""
+        values, names = self.values(grad_norm)
+        named = dict(zip(names, values.tolist(), strict=True))
+        loss, norm = named.pop("loss"), named.pop("grad_norm")
+        return loss, norm, {k.removeprefix("terms/"): v for k, v in named.items()}
 
     def all_finite(self, grad_norm: Tensor) -> bool:
         """Whether the loss and the gradient norm are finite (one fused test, one sync)."""

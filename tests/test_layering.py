@@ -7,7 +7,7 @@ The layers, bottom to top (see ``docs/architecture.md``)::
     0  _registry, _extras, environment, errors   generic helpers, no torchkd imports
        _files, batch
     1  losses                           pure math
-    2  schedules, temperature, adapters, taps, teachers, lm (model, tokens)
+    2  schedules, temperature, adapters, taps, forward, teachers, lm (model, tokens)
     3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy
        (and the package root, which exports the Distiller)
     4  train                            the engine

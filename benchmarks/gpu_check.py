@@ -45,8 +45,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the suite's error bounds
 
-from tolerances import FLOAT32_EPS, divergence_tolerance  # noqa: E402
 from token_kd import JSD_BETA, fused, liger, liger_available, make_inputs, plain  # noqa: E402
+from tolerances import FLOAT32_EPS, divergence_tolerance  # noqa: E402
 
 from torchkd.losses.fused_options import default_chunk_size  # noqa: E402
 
@@ -291,22 +291,25 @@ def section_status(work: Path, name: str) -> dict:
     return {"status": status, "seconds": None, "columns": [], "rows": [], "notes": []}
 
 
-def report(work: Path, out: Path, command: str, device: torch.device) -> None:
+def report(work: Path, out: Path, command: str, device: torch.device) -> bool:
+    """Write the table to ``out``; whether every section passed or was skipped."""
     sections = {name: section_status(work, name) for name in TITLES}
-    dry = device.type == "cpu"
+    dry, stamp = device.type == "cpu", time.gmtime()
     lines = [
-        "# GPU check: the fused loss, memory and time, cache-teacher, LM training and DDP on "
-        "CUDA",
+        "# GPU check: the fused loss, memory and time, cache-teacher, LM training and DDP on CUDA",
         "",
         *(
-            ["**Dry run on the CPU at small shapes: it exercises the script, it measures "
-             "nothing.**", ""]
+            [
+                "**Dry run on the CPU at small shapes: it exercises the script, it measures "
+                "nothing.**",
+                "",
+            ]
             if dry
             else []
         ),
         f"Command: `{command}`",
         "",
-        f"Environment: {environment(device)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Environment: {environment(device)}; {time.strftime('%Y-%m-%d %H:%M UTC', stamp)}.",
         "",
         "| section | result | seconds |",
         "|---|---|---:|",
@@ -314,8 +317,7 @@ def report(work: Path, out: Path, command: str, device: torch.device) -> None:
     for name, section in sections.items():
         seconds = section["seconds"]
         lines.append(
-            f"| {TITLES[name]} | {section['status']} | "
-            f"{'-' if seconds is None else f'{seconds:.1f}'} |"
+            f"| {TITLES[name]} | {section['status']} | {'-' if not seconds else f'{seconds:.1f}'} |"
         )
     for name, section in sections.items():
         lines += ["", f"## {TITLES[name]}", ""]
@@ -329,6 +331,7 @@ def report(work: Path, out: Path, command: str, device: torch.device) -> None:
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written to {out}")
+    return all(section["status"].startswith(("ok", "skipped:")) for section in sections.values())
 
 
 def main() -> None:
@@ -345,8 +348,7 @@ def main() -> None:
     if args.report:
         if args.dry_run and (args.out is None or args.out.resolve() == RESULTS):
             parser.error("--dry-run: give --out PATH other than benchmarks/results/gpu.md")
-        report(args.work, args.out or RESULTS, args.command, device)
-        return
+        sys.exit(0 if report(args.work, args.out or RESULTS, args.command, device) else 1)
     if args.section is None:
         parser.error("give --section NAME or --report")
     from gpu_check_lm import LM_SECTIONS

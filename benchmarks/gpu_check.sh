@@ -38,8 +38,9 @@ elif [ ${#out[@]} -eq 0 ]; then
 fi
 work="$(mktemp -d)"
 command="bash benchmarks/gpu_check.sh${dry[*]:+ ${dry[*]}}"
-# section:seconds; 60 + 180 + 60 + 90 + 60 = 450 s, the report a few more
-for entry in correctness:60 memory:180 cache:60 train:90 ddp:60; do
+# section:seconds; 120 + 150 + 60 + 90 + 45 = 465 s (cold torch.compile included), the
+# CUDA probe and the report a few more
+for entry in correctness:120 memory:150 cache:60 train:90 ddp:45; do
     name="${entry%%:*}"
     limit="${entry##*:}"
     echo "$limit" > "$work/$name.limit"

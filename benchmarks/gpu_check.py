@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the suite's error bounds
 from token_kd import JSD_BETA, fused, liger, liger_available, make_inputs, plain  # noqa: E402
 from tolerances import FLOAT32_EPS, divergence_tolerance  # noqa: E402
 
+from torchkd.losses._compile import should_compile  # noqa: E402
 from torchkd.losses.fused_options import default_chunk_size  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "gpu.md"
@@ -76,6 +77,13 @@ def pick_device(dry_run: bool) -> torch.device:
     return torch.device("cuda")
 
 
+def kernel(chunk: int, vocab: int, dtype: torch.dtype, device: torch.device) -> str:
+    """Which kernel computed a ``[chunk, V]`` block of the fused loss (after the run: a failed
+    compilation has switched to eager by then)."""
+    probe = torch.empty(chunk, vocab, dtype=dtype, device=device)
+    return "torch.compile" if should_compile(probe) else "eager"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -89,12 +97,12 @@ def max_error(result: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def correctness(device: torch.device, mode: str) -> dict:
-    rows_, hidden, vocab = SIZES[mode]["correctness"]
-    chunk = max(1, min(default_chunk_size(vocab), rows_ // 4))  # at least four chunks
+    tokens, hidden, vocab = SIZES[mode]["correctness"]
+    chunk = max(1, min(default_chunk_size(vocab), tokens // 4))  # at least four chunks
     columns = ["inputs", "divergence", "quantity", "max abs error", "bound", "result"]
     rows, failed = [], 0
     for dtype in (torch.float32, torch.bfloat16):
-        inputs = make_inputs(rows_, hidden, vocab, seed=1, device=device, dtype=dtype)
+        inputs = make_inputs(tokens, hidden, vocab, seed=1, device=device, dtype=dtype)
         exact = {
             key: value.detach().double().requires_grad_(value.requires_grad)
             if value.is_floating_point()
@@ -161,7 +169,8 @@ def correctness(device: torch.device, mode: str) -> dict:
         "columns": columns,
         "rows": rows,
         "notes": [
-            f"BT = {rows_}, H = {hidden}, V = {vocab}, chunk {chunk} rows, T = 1, on {device}.",
+            f"BT = {tokens}, H = {hidden}, V = {vocab}, chunk {chunk} rows, T = 1, on {device}, "
+            f"{kernel(chunk, vocab, torch.float32, device)} kernel.",
             "Bound: divergence_tolerance (tests/tolerances.py) at float32's eps (both dtypes "
             "compute in float32) + eps(dtype) / 2 x max|reference| (the result's rounding).",
         ],
@@ -192,8 +201,9 @@ def run_once(
 
 
 def memory(device: torch.device, mode: str) -> dict:
-    rows_, hidden, vocab = SIZES[mode]["memory"]
+    tokens, hidden, vocab = SIZES[mode]["memory"]
     repeats = REPEATS[mode]
+    chunk = min(default_chunk_size(vocab), tokens)  # bfloat16 computes in float32
     variants = {"plain": plain, "fused": fused}
     if liger_available():
         variants["liger"] = liger
@@ -208,7 +218,7 @@ def memory(device: torch.device, mode: str) -> dict:
     ]
     rows = []
     for divergence in DIVERGENCES:
-        inputs = make_inputs(rows_, hidden, vocab, device=device, dtype=torch.bfloat16)
+        inputs = make_inputs(tokens, hidden, vocab, device=device, dtype=torch.bfloat16)
         samples: dict[str, list] = {name: [] for name in variants}
         for repeat in range(repeats + 1):  # round 0 is the warm-up (compilation)
             for name, variant in variants.items():
@@ -246,7 +256,8 @@ def memory(device: torch.device, mode: str) -> dict:
         "columns": columns,
         "rows": rows,
         "notes": [
-            f"BT = {rows_}, H = {hidden}, V = {vocab}, bfloat16 inputs on {device}; median of "
+            f"BT = {tokens}, H = {hidden}, V = {vocab}, bfloat16 inputs on {device}, fused chunk "
+            f"{chunk} rows ({kernel(chunk, vocab, torch.float32, device)} kernel); median of "
             f"{repeats} runs after a warm-up, variants interleaved; peak = "
             "torch.cuda.max_memory_allocated minus the memory allocated before the run (the "
             "student weight's gradient included). JSD: beta 0.5; Liger's beta 0 is forward KL."

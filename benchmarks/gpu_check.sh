@@ -9,7 +9,9 @@
 #
 # Python: $PYTHON, else the repository's .venv/bin/python, else `python`; it needs torch and
 # torchkd's dependencies (transformers, tokenizers, safetensors), nothing from the internet.
-# This checkout's torchkd is used (PYTHONPATH). liger-kernel is optional.
+# This checkout's torchkd is used (PYTHONPATH is prepended to). liger-kernel is optional: for
+# its rows on a machine without internet, `pip install --no-deps --target DIR liger-kernel`
+# elsewhere, copy DIR over and run with PYTHONPATH=DIR.
 set -u
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -4,7 +4,7 @@
 # each section in its own process under its own timeout (at most 8 minutes in all), then one
 # Markdown table.
 #
-#   bash benchmarks/gpu_check.sh                          # CUDA: benchmarks/results/gpu.md
+#   bash benchmarks/gpu_check.sh [--out PATH]             # CUDA: benchmarks/results/gpu.md
 #   bash benchmarks/gpu_check.sh --dry-run [--out PATH]   # CPU, small shapes (< 60 s)
 #
 # Python: $PYTHON, else the repository's .venv/bin/python, else `python`; it needs torch and
@@ -40,9 +40,9 @@ elif [ ${#out[@]} -eq 0 ]; then
 fi
 work="$(mktemp -d)"
 command="bash benchmarks/gpu_check.sh${dry[*]:+ ${dry[*]}}"
-# section:seconds; 120 + 150 + 60 + 90 + 45 = 465 s (cold torch.compile included), the
+# section:seconds; 120 + 135 + 60 + 90 + 60 = 465 s (cold torch.compile included), the
 # CUDA probe and the report a few more
-for entry in correctness:120 memory:150 cache:60 train:90 ddp:45; do
+for entry in correctness:120 memory:135 cache:60 train:90 ddp:60; do
     name="${entry%%:*}"
     limit="${entry##*:}"
     echo "$limit" > "$work/$name.limit"

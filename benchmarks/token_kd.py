@@ -77,19 +77,30 @@ def liger_available() -> bool:
 # --------------------------------------------------------------------------- the variants
 
 
-def make_inputs(n: int, h: int, v: int, seed: int = 0) -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(seed)
+def make_inputs(
+    n: int,
+    h: int,
+    v: int,
+    seed: int = 0,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
+    """Student hidden ``[n, h]`` and weight ``[v, h]`` requiring grad, the frozen teacher's,
+    and labels, drawn on ``device`` (a generator there) and rounded to ``dtype``."""
+    generator = torch.Generator(device=device).manual_seed(seed)
     scale = 3.0 / h**0.5  # logits with standard deviation ~3: peaked, like a trained LM's
 
     def randn(*shape: int, factor: float = 1.0) -> Tensor:
-        return torch.randn(*shape, generator=generator) * factor
+        values = torch.randn(*shape, generator=generator, device=device) * factor
+        return values.to(dtype)
 
     return {
         "student_hidden": randn(n, h).requires_grad_(),
         "student_weight": randn(v, h, factor=scale).requires_grad_(),
         "teacher_hidden": randn(n, h),
         "teacher_weight": randn(v, h, factor=scale),
-        "labels": torch.randint(0, v, (n,), generator=generator),
+        "labels": torch.randint(0, v, (n,), generator=generator, device=device),
     }
 
 

@@ -256,11 +256,12 @@ def check_temperature(
         raise ValueError(f"{name} must be {bound}, got {temperature}")
 
 
-def check_unit_interval(name: str, value: float) -> None:
-    """Raise unless ``value`` is a real number with ``0 <= value <= 1``."""
+def check_unit_interval(name: str, value: float, *, include_one: bool = True) -> None:
+    """Raise unless ``value`` is a real number with ``0 <= value <= 1`` (``< 1`` without
+    ``include_one``)."""
     check_number(name, value)
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not (0.0 <= float(value) <= 1.0 if include_one else 0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name} must be in [0, {'1]' if include_one else '1)'}, got {value}")
 
 
 def check_labels(labels: Tensor, logits: Tensor, ignore_index: int | None = None) -> Tensor:

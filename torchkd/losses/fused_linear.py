@@ -210,7 +210,9 @@ def fused_linear_kd_loss(
         divergence = "reverse_kl"
     elif skew_lambda == 0 and divergence.startswith("skew_"):
         divergence = divergence.removeprefix("skew_")
-    parameter = {"jsd": beta, "akl": akl_mu}.get(divergence, skew_lambda)
+    # the table entry's one parameter: JSD's beta, the skew KLs' lambda, AKL's mu
+    own = {"skew_forward_kl": skew_lambda, "skew_reverse_kl": skew_lambda, "akl": akl_mu}
+    parameter = own.get(divergence, beta)
 
     valid = None if mask is None else mask.reshape(-1)
     if labels is not None:

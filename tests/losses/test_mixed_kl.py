@@ -25,7 +25,7 @@ from torchkd.losses import (
     skew_forward_kl_loss,
     skew_reverse_kl_loss,
 )
-from torchkd.losses.divergence_table import DIVERGENCES
+from torchkd.losses.divergence_table import DIVERGENCES, NAMES
 
 from .references import akl_weight
 
@@ -87,6 +87,11 @@ def test_dense_values_and_gradients_match_the_float64_formula(kind: str) -> None
     assert_gradients_close(
         got, torch.autograd.grad((expected * upstream).sum(), (student, teacher))
     )
+
+
+def test_every_divergence_has_its_compiled_entry_point() -> None:
+    """One function per divergence (torch.compile caches per code object), the new ones too."""
+    assert set(_compile._FUSED_ENTRY_POINTS) == set(NAMES)
 
 
 @pytest.mark.parametrize("kind", ["skew_forward_kl", "skew_reverse_kl"])

@@ -189,7 +189,7 @@ def head_weight(teacher: Tensor, student: Tensor, mu: float) -> Tensor:
     reaches :math:`\mu`: a token is in it when the teacher's mass ranked strictly above it is
     below :math:`\mu` (ties ranked by index); :math:`g_\text{head} = \sum_{i \in H}
     |p_{T,i} - p_{S,i}|`, :math:`g_\text{tail}` the same over the rest. Sorts the rows. The
-    widely copied ``get_ratio`` of AKL's code draws the boundary one token earlier (a token is
+    ``get_ratio`` of public AKL implementations draws the boundary one token earlier (a token is
     in its head when the mass up to and including it is at most :math:`\mu`, and the top token
     always): the token that crosses :math:`\mu` is in the head here, in its tail there.
     """

@@ -25,6 +25,7 @@ from torchkd.losses import (
     skew_forward_kl_loss,
     skew_reverse_kl_loss,
 )
+from torchkd.losses.divergence_mixtures import head_weight
 from torchkd.losses.divergence_table import DIVERGENCES, NAMES
 
 from .references import akl_weight
@@ -138,34 +139,27 @@ def test_skew_kl_is_bounded_by_minus_log_lambda() -> None:
         assert 0 < loss(student, teacher, skew_lambda=0.1).item() <= -math.log(0.1) + 1e-6
 
 
-def test_akl_mu_endpoints_are_reverse_and_forward_kl() -> None:
-    student, teacher = randn(3, 7, seed=9), randn(3, 7, seed=10)
-    options = {"temperature": 2.0, "reduction": "none"}
-    torch.testing.assert_close(
-        akl_loss(student, teacher, akl_mu=0.0, **options),
-        reverse_kl_loss(student, teacher, **options),
-        rtol=1e-12,
-        atol=1e-12,
-    )
-    torch.testing.assert_close(
-        akl_loss(student, teacher, akl_mu=1.0, **options),
-        kd_loss(student, teacher, **options),
-        rtol=1e-12,
-        atol=1e-12,
-    )
+def test_akl_head_is_the_top_token_and_the_mass_up_to_mu() -> None:
+    """The authors' get_ratio: the top token, then every token whose cumulative teacher mass is
+    at most mu; the token that crosses mu is in the tail."""
+    teacher = torch.tensor([[0.4, 0.3, 0.2, 0.1]], dtype=torch.float64)
+    student = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)  # gaps .3 .1 .1 .3
+    for mu, head in ((0.0, 0.3), (0.5, 0.3), (0.7, 0.4), (0.75, 0.4), (0.95, 0.5), (1.0, 0.8)):
+        expected = torch.tensor([head / 0.8], dtype=torch.float64)
+        torch.testing.assert_close(head_weight(teacher, student, mu), expected, rtol=1e-12, atol=0)
 
 
 def test_akl_weighs_forward_kl_where_the_student_misses_the_head() -> None:
-    """A student that reshuffles the teacher's head (two tokens of mass 0.37 each, μ = 0.5)
-    but matches its tail gets mostly forward KL."""
+    """A student that reshuffles the teacher's head (two tokens of mass 0.37 each, both in the
+    head at μ = 0.75) but matches its tail gets mostly forward KL."""
     teacher = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
     student = torch.tensor([[3.0, -3.0, 0.0, 0.0]], dtype=torch.float64)
     p_teacher, p_student = torch.softmax(teacher, -1), torch.softmax(student, -1)
-    weight = akl_weight(p_teacher[0].tolist(), p_student[0].tolist(), 0.5)
+    weight = akl_weight(p_teacher[0].tolist(), p_student[0].tolist(), 0.75)
     assert weight > 0.8
     forward, reverse = kl_div(p_teacher, p_student), kl_div(p_student, p_teacher)
     torch.testing.assert_close(
-        akl_loss(student, teacher),
+        akl_loss(student, teacher, akl_mu=0.75),
         (weight * forward + (1 - weight) * reverse)[0],
         rtol=1e-12,
         atol=0,

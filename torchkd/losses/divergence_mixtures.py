@@ -185,19 +185,18 @@ def head_weight(teacher: Tensor, student: Tensor, mu: float) -> Tensor:
     r"""AKL's weight of forward KL per row, :math:`g_\text{head} / (g_\text{head} +
     g_\text{tail})` (1/2 where :math:`p_S = p_T`, both KLs then 0); computed without gradient.
 
-    The head :math:`H` is the smallest set of the teacher's most likely tokens whose mass
-    reaches :math:`\mu`: a token is in it when the teacher's mass ranked strictly above it is
-    below :math:`\mu` (ties ranked by index); :math:`g_\text{head} = \sum_{i \in H}
-    |p_{T,i} - p_{S,i}|`, :math:`g_\text{tail}` the same over the rest. Sorts the rows. The
-    ``get_ratio`` of public AKL implementations draws the boundary one token earlier (a token is
-    in its head when the mass up to and including it is at most :math:`\mu`, and the top token
-    always): the token that crosses :math:`\mu` is in the head here, in its tail there.
+    The head :math:`H` is the teacher's most likely token and every token whose teacher mass,
+    ranked in descending order (ties by index) and summed up to and including it, is at most
+    :math:`\mu`, as in the authors' released ``get_ratio`` (the token whose mass crosses
+    :math:`\mu` is in the tail); :math:`g_\text{head} = \sum_{i \in H} |p_{T,i} - p_{S,i}|`,
+    :math:`g_\text{tail}` the same over the rest. Sorts the rows.
     """
     teacher, student = teacher.detach(), student.detach()
     ranked, order = teacher.sort(dim=-1, descending=True, stable=True)
-    above = ranked.cumsum(-1) - ranked
+    inside = ranked.cumsum(-1) <= mu
+    inside[..., 0] = True  # the top token is always in the head
     gaps = (ranked - student.gather(-1, order)).abs()
-    head = torch.where(above < mu, gaps, 0.0).sum(-1)
+    head = torch.where(inside, gaps, 0.0).sum(-1)
     total = gaps.sum(-1)
     return torch.where(total > 0, head / total, 0.5)
 

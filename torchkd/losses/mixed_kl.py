@@ -162,9 +162,9 @@ def akl_loss(
         \\mathrm{KL}(p_S \\| p_T)\\right],
         \\quad g_\\text{head} = \\sum_{i \\in H} |p_{T,i} - p_{S,i}|
 
-    per row, with :math:`H` the teacher's head: the smallest set of its most likely tokens
-    whose mass reaches :math:`\\mu` (ties ranked by index), and :math:`g_\\text{tail}` the same
-    sum over the other tokens. Where the student misses the head, forward KL (which fits the
+    per row, with :math:`H` the teacher's head: its most likely token and every token whose
+    cumulative mass (descending, ties ranked by index) is at most :math:`\\mu`, as in the
+    authors' ``get_ratio``, and :math:`g_\\text{tail}` the same sum over the other tokens. Where the student misses the head, forward KL (which fits the
     head) gets the weight, where it misses the tail, reverse KL. The weights are constants:
     no gradient flows through them, as in the paper's implementation, so the gradient is the
     weighted sum of the two KLs' gradients, not the derivative of the value. A row with

@@ -186,6 +186,54 @@ def tvd_row(student: np.ndarray, teacher: np.ndarray, *, temperature: float = 1.
     return 0.5 * sum(abs(pt - ps) for pt, ps in zip(p_teacher, p_student, strict=True))
 
 
+def skew_kl_row(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    *,
+    skew_lambda: float = 0.1,
+    temperature: float = 1.0,
+    reverse: bool = False,
+) -> float:
+    """DistiLLM's skew KL (Ko et al. 2024), x T^2: forward KL(p_T || l p_T + (1 - l) p_S),
+    reverse KL(p_S || l p_S + (1 - l) p_T)."""
+    p_teacher = softmax(teacher, temperature)
+    p_student = softmax(student, temperature)
+    first, second = (p_student, p_teacher) if reverse else (p_teacher, p_student)
+    mixture = [skew_lambda * a + (1 - skew_lambda) * b for a, b in zip(first, second, strict=True)]
+    return temperature**2 * kl_from_probs(first, mixture)
+
+
+def skew_reverse_kl_row(student: np.ndarray, teacher: np.ndarray, **kwargs: float) -> float:
+    return skew_kl_row(student, teacher, reverse=True, **kwargs)
+
+
+def akl_weight(p_teacher: list[float], p_student: list[float], akl_mu: float) -> float:
+    """AKL's g_head / (g_head + g_tail): the head is the teacher's top token and every token
+    whose cumulative teacher mass (descending, ties by index, up to and including it) is at most
+    mu (the authors' get_ratio); 1/2 where the gaps are all 0."""
+    order = sorted(range(len(p_teacher)), key=lambda c: (-p_teacher[c], c))
+    head = tail = cumulative = 0.0
+    for rank, c in enumerate(order):
+        gap = abs(p_teacher[c] - p_student[c])
+        cumulative += p_teacher[c]
+        if rank == 0 or cumulative <= akl_mu:
+            head += gap
+        else:
+            tail += gap
+    return head / (head + tail) if head + tail > 0 else 0.5
+
+
+def akl_row(
+    student: np.ndarray, teacher: np.ndarray, *, akl_mu: float = 0.5, temperature: float = 1.0
+) -> float:
+    """Adaptive KL (Wu et al. 2025), x T^2: w_head KL(p_T || p_S) + w_tail KL(p_S || p_T)."""
+    p_teacher = softmax(teacher, temperature)
+    p_student = softmax(student, temperature)
+    weight = akl_weight(p_teacher, p_student, akl_mu)
+    forward, reverse = kl_from_probs(p_teacher, p_student), kl_from_probs(p_student, p_teacher)
+    return temperature**2 * (weight * forward + (1 - weight) * reverse)
+
+
 def logit_mse_row(student: np.ndarray, teacher: np.ndarray) -> float:
     """sum_c (z_S,c - z_T,c)^2 (Ba & Caruana 2014 logit regression)."""
     return sum((float(s) - float(t)) ** 2 for s, t in zip(student, teacher, strict=True))
@@ -314,6 +362,10 @@ def multi_teacher_reference(
 
 
 _EQUAL_NOT_ZERO = "a cross-entropy term does not vanish when student equals teacher"
+_AKL_WEIGHTS_CONSTANT = (
+    "AKL's gradient holds its weights constant, so it is not the finite-difference derivative "
+    "of the value (checked against autograd with detached weights in test_mixed_kl.py)"
+)
 
 REFERENCES: dict[str, Reference] = {
     "ce": Reference(
@@ -348,6 +400,25 @@ REFERENCES: dict[str, Reference] = {
         reductions=ALL_REDUCTIONS,
     ),
     "tvd": Reference(rowwise(tvd_row), {"temperature": 2.0}, reductions=ALL_REDUCTIONS),
+    "skew_forward_kl": Reference(
+        rowwise(skew_kl_row),
+        {"skew_lambda": 0.3, "temperature": 2.0},
+        variants=({"skew_lambda": 0.0}, {}),
+        reductions=ALL_REDUCTIONS,
+    ),
+    "skew_reverse_kl": Reference(
+        rowwise(skew_reverse_kl_row),
+        {"skew_lambda": 0.3, "temperature": 2.0},
+        variants=({"skew_lambda": 0.0}, {}),
+        reductions=ALL_REDUCTIONS,
+    ),
+    "akl": Reference(
+        rowwise(akl_row),
+        {"akl_mu": 0.6, "temperature": 2.0},
+        variants=({"akl_mu": 0.0}, {"akl_mu": 0.95}, {}),  # mu = 1 sits on cumsum rounding
+        reductions=ALL_REDUCTIONS,
+        skip={"gradcheck": _AKL_WEIGHTS_CONSTANT},
+    ),
     "logit_mse": Reference(rowwise(logit_mse_row), {}, reductions=ALL_REDUCTIONS),
     "ls_kd": Reference(
         rowwise(ls_kd_row), {"temperature": 3.0}, variants=({},), reductions=ALL_REDUCTIONS
@@ -998,6 +1069,8 @@ def fused_linear_reference(
     *,
     divergence: str = "forward_kl",
     beta: float = 0.5,
+    skew_lambda: float = 0.1,
+    akl_mu: float = 0.5,
     temperature: float = 1.0,
     temperature_squared: bool = True,
     hard_label_weight: float = 0.0,
@@ -1018,6 +1091,13 @@ def fused_linear_reference(
         "reverse_kl": lambda s, t: reverse_kl_row(s, t, temperature=temperature),
         "jsd": lambda s, t: jsd_row(s, t, beta=beta, temperature=temperature),
         "tvd": lambda s, t: tvd_row(s, t, temperature=temperature) * temperature**2,
+        "skew_forward_kl": lambda s, t: skew_kl_row(
+            s, t, skew_lambda=skew_lambda, temperature=temperature
+        ),
+        "skew_reverse_kl": lambda s, t: skew_reverse_kl_row(
+            s, t, skew_lambda=skew_lambda, temperature=temperature
+        ),
+        "akl": lambda s, t: akl_row(s, t, akl_mu=akl_mu, temperature=temperature),
     }
     student_rows = student_hidden.reshape(-1, student_hidden.shape[-1])
     teacher_rows = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
@@ -1051,6 +1131,10 @@ REFERENCES["fused_linear_kd"] = Reference(
         {"divergence": "jsd", "beta": 0.0},
         {"divergence": "jsd", "beta": 1.0},
         {"divergence": "tvd"},
+        {"divergence": "skew_forward_kl", "skew_lambda": 0.3},
+        {"divergence": "skew_reverse_kl"},
+        {"divergence": "skew_reverse_kl", "skew_lambda": 0.0},
+        {"divergence": "akl", "akl_mu": 0.4, "chunk_size": 2},
         {"hard_label_weight": 0.5, "temperature_squared": False},
         {"student_softcap": 3.0, "student_logit_scale": 0.5},
     ),

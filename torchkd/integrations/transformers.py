@@ -70,7 +70,9 @@ def default_terms(
 
     Args:
         temperature: the softening temperature T (the divergence is scaled by T²).
-        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"tvd"``.
+        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``, ``"tvd"``,
+            ``"skew_forward_kl"``, ``"skew_reverse_kl"`` or ``"akl"`` (their options at their
+            defaults: :func:`torchkd.losses.fused_linear_kd_loss`).
         hard_label_weight: weight of the hard-label cross-entropy on the same student logits.
 
     Example:

@@ -73,9 +73,10 @@ def jsd_log_ratios(log_ratio: Tensor, beta: float) -> tuple[Tensor, Tensor]:
     ``β = 1e-6``, ``log(p / m) ≈ β (1 - q / p)`` is ~1e-6 while each log is rounded by
     ``ε |log p|``. In this form each ratio is rounded relative to its own size (``logaddexp`` of
     ``log(1-β) ≈ -β`` and a small term is ``log1p`` of it), so JSD(β) keeps float32 precision
-    for every ``β`` in (0, 1). ``d`` is NaN where ``p = q = 0``; the caller masks those classes.
+    for every ``β`` in (0, 1). ``β = 0`` (``m = p``, the skew KLs' limit) gives ``(d, 0)``
+    through ``log β = -inf``. ``d`` is NaN where ``p = q = 0``; the caller masks those classes.
     """
-    log_beta, log_rest = math.log(beta), math.log1p(-beta)
+    log_beta, log_rest = math.log(beta) if beta > 0 else -math.inf, math.log1p(-beta)
     student_ratio = -torch.logaddexp(log_ratio + log_beta, log_ratio.new_tensor(log_rest))
     teacher_ratio = -torch.logaddexp(log_rest - log_ratio, log_ratio.new_tensor(log_beta))
     return teacher_ratio, student_ratio
@@ -255,11 +256,12 @@ def check_temperature(
         raise ValueError(f"{name} must be {bound}, got {temperature}")
 
 
-def check_unit_interval(name: str, value: float) -> None:
-    """Raise unless ``value`` is a real number with ``0 <= value <= 1``."""
+def check_unit_interval(name: str, value: float, *, include_one: bool = True) -> None:
+    """Raise unless ``value`` is a real number with ``0 <= value <= 1`` (``< 1`` without
+    ``include_one``)."""
     check_number(name, value)
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if not (0.0 <= float(value) <= 1.0 if include_one else 0.0 <= float(value) < 1.0):
+        raise ValueError(f"{name} must be in [0, {'1]' if include_one else '1)'}, got {value}")
 
 
 def check_labels(labels: Tensor, logits: Tensor, ignore_index: int | None = None) -> Tensor:

@@ -96,12 +96,27 @@ def _fused_tvd(*args: object) -> KernelResult:
     return _fused("tvd", *args)
 
 
+def _fused_skew_forward_kl(*args: object) -> KernelResult:
+    return _fused("skew_forward_kl", *args)
+
+
+def _fused_skew_reverse_kl(*args: object) -> KernelResult:
+    return _fused("skew_reverse_kl", *args)
+
+
+def _fused_akl(*args: object) -> KernelResult:
+    return _fused("akl", *args)
+
+
 _FUSED_ENTRY_POINTS: dict[str, Callable[..., KernelResult]] = {
     "forward_kl": _fused_forward_kl,
     "reverse_kl": _fused_reverse_kl,
     "soft_ce": _fused_soft_ce,
     "jsd": _fused_jsd,
     "tvd": _fused_tvd,
+    "skew_forward_kl": _fused_skew_forward_kl,
+    "skew_reverse_kl": _fused_skew_reverse_kl,
+    "akl": _fused_akl,
 }
 _compiled_kernels: dict[str, Callable[..., KernelResult]] = {}
 

@@ -48,7 +48,7 @@ class Plan:
     """Everything the kernel needs besides the tensors."""
 
     divergence: str  # a name with a chunked form in torchkd.losses.divergence_table
-    beta: float
+    parameter: float  # the entry's beta: JSD's beta, the skew KLs' lambda, AKL's mu
     temperature: float
     divergence_weight: float  # T^2, or 1 (no T^2, or TVD)
     hard_label_weight: float
@@ -120,7 +120,7 @@ def _dense_divergence(
         if side_masked:
             side.clamp_(min=torch.finfo(side.dtype).min)
     chunked = DIVERGENCES[plan.divergence].chunked
-    return chunked(student, teacher, buffers, plan.beta, teacher_grad)
+    return chunked(student, teacher, buffers, plan.parameter, teacher_grad)
 
 
 def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Tensor) -> Tensor:
@@ -133,7 +133,7 @@ def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Te
         tail = tail.clamp_min(torch.finfo(student.dtype).tiny)
     student_log = torch.cat([kept_log, tail.log().unsqueeze(-1)], dim=-1)
     buckets = DIVERGENCES[plan.divergence].buckets
-    rows, kept, tail_coefficient = buckets(teacher_log, student_log, plan.beta)
+    rows, kept, tail_coefficient = buckets(teacher_log, student_log, plan.parameter)
     student.mul_(tail_coefficient.unsqueeze(-1)).scatter_(1, ids, kept)
     return rows
 

@@ -4,7 +4,10 @@ Every divergence :math:`\mathcal{D}(p_T, p_S)` of the logit losses is an entry o
 :data:`DIVERGENCES`, a class whose docstring gives the formula and whose static methods compute
 it from the log-probabilities of a block of rows, softened: :math:`a = z_S / T`,
 :math:`b = z_T / T`, :math:`\log p = \mathrm{log\_softmax}`. The gradients are w.r.t. ``a``
-(and ``b``); the kernels apply the temperature's factors. The forms:
+(and ``b``); the kernels apply the temperature's factors. ``beta`` is the entry's one
+parameter: JSD's mixture weight β, the skew KLs' λ, AKL's head mass μ (ignored by the others).
+The skew KLs and AKL are in :mod:`torchkd.losses.divergence_mixtures`, the shared steps in
+:mod:`torchkd.losses._divergence_steps`. The forms:
 
 - ``dense(student_log, teacher_log, beta, safe=, student_grad=, teacher_grad=)``: rows and
   gradients in fresh tensors (:mod:`torchkd.losses.kl`). Without ``safe``, a zero probability
@@ -36,79 +39,25 @@ A form an entry lacks is None; :func:`lookup` refuses it naming the argument.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, Protocol, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from torchkd.losses._common import jsd_log_ratios
+from torchkd.losses._divergence_steps import (
+    Buffers,
+    DenseResult,
+    Entry,
+    kept_terms,
+    mixture_ratios,
+    row_dot,
+    weighted,
+    weighted_row_sum,
+)
+from torchkd.losses.divergence_mixtures import AKL, SkewForwardKL, SkewReverseKL
 
 __all__ = ["DIVERGENCES", "NAMES", "Divergence", "lookup"]
-
-DenseResult = tuple[Tensor, Tensor | None, Tensor | None]
-
-
-class Buffers(Protocol):
-    def get(self, name: str, rows: int) -> Tensor: ...
-
-
-# --------------------------------------------------------------------------- shared steps
-
-
-def _weighted(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
-    """``weights * values`` elementwise; with ``safe``, 0 wherever the weight is 0.
-
-    The safe form also keeps autograd finite: the ``where`` sends no gradient into values that
-    are NaN or infinite at zero-weight positions (``-inf - (-inf)`` at masked classes).
-    """
-    if safe:
-        return weights * torch.where(weights > 0, values, 0.0)
-    return weights * values
-
-
-def _weighted_row_sum(weights: Tensor, values: Tensor, safe: bool) -> Tensor:
-    """``sum_c weights * values`` per row; the fast form is one library dot-product call."""
-    if safe:
-        return _weighted(weights, values, safe).sum(-1)
-    return torch.linalg.vecdot(weights, values)
-
-
-def _row_dot(first: Tensor, second: Tensor, scratch: Tensor) -> Tensor:
-    """``sum_c first * second`` per row through ``scratch`` (on CPU twice as fast as vecdot)."""
-    return torch.mul(first, second, out=scratch).sum(-1)
-
-
-def _kept_terms(student_log: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor]:
-    """``P_i c_i`` of the kept buckets and ``c_tail``, from the coefficients of all buckets."""
-    return student_log[:, :-1].exp() * coefficients[:, :-1], coefficients[:, -1]
-
-
-def _jsd_ratios(
-    teacher_log: Tensor, student_log: Tensor, beta: float, absent: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """``(log(q / m), log(p / m))`` with the classes in ``absent`` (``p = q = 0``) at 0."""
-    log_ratio = teacher_log - student_log
-    if absent is not None:  # -inf - (-inf) is NaN
-        log_ratio = torch.where(absent, 0.0, log_ratio)
-    return jsd_log_ratios(log_ratio, beta)
-
-
-# --------------------------------------------------------------------------- the entries
-
-
-class Entry:
-    """One divergence: its forms as static methods (see the module docstring), None if absent.
-
-    ``temperature_squared``: whether the losses scale the rows by ``T^2`` (all but TVD).
-    """
-
-    temperature_squared = True
-    dense: Callable[..., DenseResult]
-    chunked: Callable[..., tuple[Tensor, Tensor | None]] | None = None
-    buckets: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
-    cross_logits: Callable[[Tensor, Tensor, torch.dtype], Tensor] | None = None
-    from_normalizers: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
 
 class ForwardKL(Entry):
@@ -140,10 +89,10 @@ class ForwardKL(Entry):
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
         log_ratio = teacher_log - student_log
-        rows = _weighted_row_sum(teacher, log_ratio, safe)
+        rows = weighted_row_sum(teacher, log_ratio, safe)
         teacher_gradient = None
         if teacher_grad:
-            teacher_gradient = _weighted(teacher, log_ratio - rows.unsqueeze(-1), safe)
+            teacher_gradient = weighted(teacher, log_ratio - rows.unsqueeze(-1), safe)
         return rows, student - teacher if student_grad else None, teacher_gradient
 
     @staticmethod
@@ -155,7 +104,7 @@ class ForwardKL(Entry):
         teacher.exp_()  # q
         teacher_gradient = None
         if teacher_grad:  # q (log q - log p - D)
-            rows = _row_dot(work, teacher, buffers.get("scratch", n))
+            rows = row_dot(work, teacher, buffers.get("scratch", n))
             teacher_gradient = work.sub_(rows.unsqueeze(-1)).mul_(teacher)
         else:
             rows = work.mul_(teacher).sum(-1)
@@ -167,7 +116,7 @@ class ForwardKL(Entry):
         teacher_log: Tensor, student_log: Tensor, beta: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         teacher = teacher_log.exp()
-        rows = _weighted(teacher, teacher_log - student_log, safe=True).sum(-1)
+        rows = weighted(teacher, teacher_log - student_log, safe=True).sum(-1)
         mass = teacher.sum(-1, keepdim=True)
         tail = mass[:, 0] - torch.exp(teacher_log[:, -1] - student_log[:, -1])
         return rows, student_log[:, :-1].exp() * mass - teacher[:, :-1], tail
@@ -218,8 +167,8 @@ class ReverseKL(Entry):
         teacher_log: Tensor, student_log: Tensor, beta: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         ratio = student_log - teacher_log
-        rows = _weighted(student_log.exp(), ratio, safe=True).sum(-1)
-        return rows, *_kept_terms(student_log, ratio - rows.unsqueeze(-1))
+        rows = weighted(student_log.exp(), ratio, safe=True).sum(-1)
+        return rows, *kept_terms(student_log, ratio - rows.unsqueeze(-1))
 
 
 class SoftCE(Entry):
@@ -250,10 +199,10 @@ class SoftCE(Entry):
         teacher_grad: bool,
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
-        rows = -_weighted_row_sum(teacher, student_log, safe)
+        rows = -weighted_row_sum(teacher, student_log, safe)
         teacher_gradient = None
         if teacher_grad:
-            teacher_gradient = -_weighted(teacher, student_log + rows.unsqueeze(-1), safe)
+            teacher_gradient = -weighted(teacher, student_log + rows.unsqueeze(-1), safe)
         return rows, student - teacher if student_grad else None, teacher_gradient
 
 
@@ -284,17 +233,17 @@ class JSD(Entry):
     ) -> DenseResult:
         student, teacher = student_log.exp(), teacher_log.exp()
         absent = (teacher == 0) & (student == 0) if safe else None
-        teacher_ratio, student_ratio = _jsd_ratios(teacher_log, student_log, beta, absent)
-        teacher_part = _weighted_row_sum(teacher, teacher_ratio, safe)
-        student_part = _weighted_row_sum(student, student_ratio, safe)
+        teacher_ratio, student_ratio = mixture_ratios(teacher_log, student_log, beta, absent)
+        teacher_part = weighted_row_sum(teacher, teacher_ratio, safe)
+        student_part = weighted_row_sum(student, student_ratio, safe)
         rows = beta * teacher_part + (1.0 - beta) * student_part
         student_gradient = teacher_gradient = None
         if student_grad:
-            student_gradient = (1.0 - beta) * _weighted(
+            student_gradient = (1.0 - beta) * weighted(
                 student, student_ratio - student_part.unsqueeze(-1), safe
             )
         if teacher_grad:
-            teacher_gradient = beta * _weighted(
+            teacher_gradient = beta * weighted(
                 teacher, teacher_ratio - teacher_part.unsqueeze(-1), safe
             )
         return rows, student_gradient, teacher_gradient
@@ -309,10 +258,10 @@ class JSD(Entry):
         teacher_ratio, student_ratio = jsd_log_ratios(log_ratio, beta)
         student.exp_()  # p
         teacher.exp_()  # q
-        student_part = _row_dot(student, student_ratio, scratch)  # K_S = sum p log(p / m)
+        student_part = row_dot(student, student_ratio, scratch)  # K_S = sum p log(p / m)
         student.mul_(student_ratio.sub_(student_part.unsqueeze(-1)))
         student.mul_(1.0 - beta)  # (1 - beta) p (log(p / m) - K_S)
-        teacher_part = _row_dot(teacher, teacher_ratio, scratch)
+        teacher_part = row_dot(teacher, teacher_ratio, scratch)
         teacher_gradient = None
         if teacher_grad:
             teacher.mul_(teacher_ratio.sub_(teacher_part.unsqueeze(-1))).mul_(beta)
@@ -325,12 +274,12 @@ class JSD(Entry):
     ) -> tuple[Tensor, Tensor, Tensor]:
         teacher, student = teacher_log.exp(), student_log.exp()
         absent = (teacher == 0) & (student == 0)  # the empty tail
-        teacher_ratio, student_ratio = _jsd_ratios(teacher_log, student_log, beta, absent)
-        student_part = _weighted(student, student_ratio, safe=True).sum(-1)
-        teacher_part = _weighted(teacher, teacher_ratio, safe=True).sum(-1)
+        teacher_ratio, student_ratio = mixture_ratios(teacher_log, student_log, beta, absent)
+        student_part = weighted(student, student_ratio, safe=True).sum(-1)
+        teacher_part = weighted(teacher, teacher_ratio, safe=True).sum(-1)
         rows = beta * teacher_part + (1.0 - beta) * student_part
         coefficients = (1.0 - beta) * (student_ratio - student_part.unsqueeze(-1))
-        return rows, *_kept_terms(student_log, coefficients)
+        return rows, *kept_terms(student_log, coefficients)
 
 
 class TVD(Entry):
@@ -374,10 +323,10 @@ class TVD(Entry):
         torch.sub(student, teacher, out=work)
         rows = 0.5 * torch.abs(work, out=scratch).sum(-1)
         work.sign_().mul_(0.5)
-        student_mean = _row_dot(student, work, scratch).unsqueeze(-1)
+        student_mean = row_dot(student, work, scratch).unsqueeze(-1)
         teacher_gradient = None
         if teacher_grad:
-            teacher_mean = _row_dot(teacher, work, scratch).unsqueeze(-1)
+            teacher_mean = row_dot(teacher, work, scratch).unsqueeze(-1)
             teacher_gradient = teacher.mul_(torch.sub(teacher_mean, work, out=scratch))
         student.mul_(work.sub_(student_mean))
         return rows, teacher_gradient
@@ -390,14 +339,15 @@ class TVD(Entry):
         rows = 0.5 * (teacher - student).abs().sum(-1)
         signs = 0.5 * torch.sign(student - teacher)
         coefficients = signs - (student * signs).sum(-1, keepdim=True)
-        return rows, *_kept_terms(student_log, coefficients)
+        return rows, *kept_terms(student_log, coefficients)
 
 
-Divergence = Literal["forward_kl", "reverse_kl", "soft_ce", "jsd", "tvd"]
+Divergence = Literal[
+    "forward_kl", "reverse_kl", "soft_ce", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "akl"
+]
 NAMES: tuple[str, ...] = get_args(Divergence)
-DIVERGENCES: dict[str, type[Entry]] = dict(
-    zip(NAMES, (ForwardKL, ReverseKL, SoftCE, JSD, TVD), strict=True)
-)
+ENTRIES = (ForwardKL, ReverseKL, SoftCE, JSD, TVD, SkewForwardKL, SkewReverseKL, AKL)
+DIVERGENCES: dict[str, type[Entry]] = dict(zip(NAMES, ENTRIES, strict=True))
 
 
 def names(form: str) -> tuple[str, ...]:

@@ -90,6 +90,8 @@ def fused_linear_kd_loss(
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
     truncate_vocab: bool = False,
+    skew_lambda: float = 0.1,
+    akl_mu: float = 0.5,
 ) -> Tensor:
     """Token-level distillation loss from the student's hidden states and output projection.
 
@@ -105,8 +107,13 @@ def fused_linear_kd_loss(
     reverse KL :math:`\\mathrm{KL}(p \\| q)`, the generalized JSD(β)
     :math:`\\beta \\mathrm{KL}(q \\| m) + (1-\\beta) \\mathrm{KL}(p \\| m)`,
     :math:`m = \\beta q + (1-\\beta) p` (Agarwal et al., "On-Policy Distillation of Language
-    Models", ICLR 2024; β = 0 / 1 are forward / reverse KL as in :func:`jsd_loss`), or TVD
-    :math:`\\tfrac12 \\sum |q - p|`. The :math:`T^2` factor is the one :func:`kd_loss` applies
+    Models", ICLR 2024; β = 0 / 1 are forward / reverse KL as in :func:`jsd_loss`), TVD
+    :math:`\\tfrac12 \\sum |q - p|`, the skew KLs :math:`\\mathrm{KL}(q \\| \\lambda q +
+    (1-\\lambda) p)` and :math:`\\mathrm{KL}(p \\| \\lambda p + (1-\\lambda) q)` (DistiLLM, Ko et
+    al., ICML 2024; :func:`skew_forward_kl_loss`, λ = 0 is the plain KL) or adaptive KL
+    :math:`w_\\text{head} \\mathrm{KL}(q \\| p) + w_\\text{tail} \\mathrm{KL}(p \\| q)` with
+    constant per-token weights from the teacher's head of mass μ (AKL, Wu et al., COLING 2025;
+    :func:`akl_loss`). The :math:`T^2` factor is the one :func:`kd_loss` applies
     (it keeps the gradient's size independent of T); ``temperature_squared=False`` drops it, for
     parity with libraries that omit it (Liger-Kernel's fused losses, TRL's GKD loss), and TVD
     never has it (as :func:`tvd_loss`). The hard-label cross-entropy uses the same student
@@ -146,7 +153,8 @@ def fused_linear_kd_loss(
             distribution at ``temperature``, only the student is softened).
         student_bias: ``[V]`` optional output bias of the student.
         teacher_bias: ``[V']`` optional output bias of the teacher.
-        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"`` or ``"tvd"``.
+        divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``, ``"tvd"``,
+            ``"skew_forward_kl"``, ``"skew_reverse_kl"`` or ``"akl"``.
         beta: the JSD mixture weight in ``[0, 1]``.
         temperature: :math:`T > 0`, a float.
         temperature_squared: multiply the divergence by :math:`T^2` (default, as ``kd_loss``).
@@ -162,6 +170,8 @@ def fused_linear_kd_loss(
         teacher_softcap: final-logit softcap of the teacher (from hidden states).
         truncate_vocab: compare the first ``min(V, V')`` entries when the sizes differ
             (otherwise a size mismatch is an error).
+        skew_lambda: the skew KLs' mixture weight λ in ``[0, 1)`` (DistiLLM's 0.1).
+        akl_mu: AKL's head mass μ in ``[0, 1]`` (the paper's 0.5).
 
     Returns:
         The loss, a 0-dim tensor (float32 for half-precision inputs).
@@ -198,6 +208,11 @@ def fused_linear_kd_loss(
         divergence = "forward_kl"
     elif beta == 1 and divergence == "jsd":
         divergence = "reverse_kl"
+    elif skew_lambda == 0 and divergence.startswith("skew_"):
+        divergence = divergence.removeprefix("skew_")
+    # the table entry's one parameter: JSD's beta, the skew KLs' lambda, AKL's mu
+    own = {"skew_forward_kl": skew_lambda, "skew_reverse_kl": skew_lambda, "akl": akl_mu}
+    parameter = own.get(divergence, beta)
 
     valid = None if mask is None else mask.reshape(-1)
     if labels is not None:
@@ -242,17 +257,18 @@ def fused_linear_kd_loss(
         if every_token_kept:  # no token is outside: both tails are empty (not rounding residue)
             log_masses[:, -1] = float("-inf")
         no_tail = bool((log_masses[:, -1] == float("-inf")).any())
-        if divergence == "reverse_kl" and no_tail and not every_token_kept:
+        if divergence in ("reverse_kl", "akl") and no_tail and not every_token_kept:
             raise ValueError(
-                "reverse KL with a top-k teacher needs a positive tail mass in every row "
-                "(KL(p || q) is infinite where q puts 0 on tokens the student may emit), "
-                "unless k equals the vocabulary (then the student's tail is empty too)"
+                f"divergence={divergence!r} with a top-k teacher needs a positive tail mass in "
+                "every row (KL(p || q) is infinite where q puts 0 on tokens the student may "
+                "emit), unless k equals the vocabulary (then the student's tail is empty too); "
+                "skew_reverse_kl stays finite"
             )
         buckets = (_rows(sparse.token_ids, index), log_masses)
     squared = temperature_squared and DIVERGENCES[divergence].temperature_squared
     plan = Plan(
         divergence=divergence,
-        beta=float(beta),
+        parameter=float(parameter),
         temperature=float(temperature),
         divergence_weight=temperature**2 if squared else 1.0,
         hard_label_weight=float(hard_label_weight),

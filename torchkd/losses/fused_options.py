@@ -83,6 +83,8 @@ def check_options(options: Mapping[str, Any]) -> None:
     chunk_size, ignore_index = options["chunk_size"], options["ignore_index"]
     lookup(divergence, "chunked")  # the chunked form serves sparse targets' buckets alike
     check_unit_interval("beta", beta)
+    check_unit_interval("skew_lambda", options["skew_lambda"], include_one=False)
+    check_unit_interval("akl_mu", options["akl_mu"])
     if isinstance(temperature, Tensor):
         raise TypeError("temperature must be a float here (the fused loss has no learned T)")
     check_temperature(temperature)

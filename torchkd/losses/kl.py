@@ -11,7 +11,10 @@ dense forms of :mod:`torchkd.losses.divergence_table`:
 - ``"reverse_kl"``: ``KL(p_S || p_T)``;
 - ``"soft_ce"``: the cross-entropy ``H(p_T, p_S)``;
 - ``"jsd"``: the generalized Jensen-Shannon divergence with mixture weight ``beta`` in (0, 1);
-- ``"tvd"``: the total variation distance, without the ``T^2`` factor (gradients ``/ T``).
+- ``"tvd"``: the total variation distance, without the ``T^2`` factor (gradients ``/ T``);
+- ``"skew_forward_kl"``, ``"skew_reverse_kl"``: DistiLLM's skew KLs with skew ``beta`` = λ in
+  [0, 1);
+- ``"akl"``: adaptive KL, forward and reverse KL weighted per row, head mass ``beta`` = μ.
 
 Three execution paths, all computing in at least float32 and returning gradients in the inputs'
 dtype:
@@ -229,7 +232,8 @@ def divergence_rows(
         teacher_rows: ``[N, C]`` teacher logits, same shape.
         temperature: a positive float, or an ``[N]`` tensor of per-row temperatures. A tensor
             that requires grad takes the plain-autograd path so it receives its gradient.
-        beta: the JSD mixture weight, strictly between 0 and 1 (ignored by the others).
+        beta: the divergence's parameter: the JSD mixture weight, strictly between 0 and 1;
+            the skew KLs' λ in [0, 1); AKL's head mass μ in [0, 1] (ignored by the others).
 
     Returns:
         ``[N]`` rows in float32 (float64 if either input is float64: a float32 student with a

@@ -108,7 +108,9 @@ class SEEDLoss(nn.Module):
 
     The student feature goes through an :class:`~torchkd.losses.crd.EmbeddingHead` (flatten,
     linear to the teacher's flattened size ``teacher_dim``, L2-normalize); the teacher feature
-    is flattened and L2-normalized, with no parameters. The queue (buffer ``queue``,
+    is flattened and L2-normalized, with no parameters, and is a fixed target: no gradient flows
+    to it (the paper's teacher is frozen; a zero teacher row would otherwise get the
+    normalization's ``1 / eps`` gradient). The queue (buffer ``queue``,
     ``queue_size x teacher_dim``) starts as random unit vectors drawn from a generator seeded
     with ``seed``. After each training forward, once the loss is computed, the batch's teacher
     embeddings are enqueued first-in first-out under ``no_grad``: row :math:`b` of a batch of
@@ -193,7 +195,7 @@ class SEEDLoss(nn.Module):
                 "student_embedding and teacher_embedding must share the batch size, got "
                 f"{list(student_embedding.shape)} and {list(teacher_embedding.shape)}"
             )
-        teacher = teacher_embedding.reshape(batch_size, -1)
+        teacher = teacher_embedding.detach().reshape(batch_size, -1)
         if teacher.shape[1] != self.teacher_dim:
             raise ValueError(
                 f"teacher_embedding flattens to {teacher.shape[1]} values per sample but the "
@@ -208,7 +210,7 @@ class SEEDLoss(nn.Module):
             teacher_temperature=self.teacher_temperature,
         )
         if self.training:
-            self._enqueue(gather_rows(unit_vectors(teacher.detach(), dim=1)))
+            self._enqueue(gather_rows(unit_vectors(teacher, dim=1)))
         return loss
 
     def extra_repr(self) -> str:

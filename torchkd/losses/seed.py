@@ -121,8 +121,8 @@ class SEEDLoss(nn.Module):
 
     Under ``torchrun`` the loss is per sample (each process's share is exact) and every
     process enqueues the teacher rows of every process in rank order, so the queues stay
-    identical; leave the term's ``global_batch`` off (its rows would be enqueued once per
-    process).
+    identical; leave the term's ``global_batch`` off (on N processes, each gathered row would
+    enter the queue N times).
 
     Args:
         student_dim: flattened size of the student feature.

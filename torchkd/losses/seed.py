@@ -35,7 +35,7 @@ def seed_loss(
     student_temperature: float = 0.2,
     teacher_temperature: float = 1e-4,
 ) -> Tensor:
-    r"""SEED's objective (Fang et al., ICLR 2021, eq. 3): cross-entropy between the teacher's and
+    r"""SEED's objective (Fang et al., ICLR 2021): cross-entropy between the teacher's and
     the student's similarity distributions over the sample's own teacher embedding and a queue.
 
     Rows are L2-normalized here: :math:`s_i, t_i` the student's and teacher's unit embeddings,
@@ -51,8 +51,8 @@ def seed_loss(
         \mathcal{L} = -\frac{1}{B} \sum_{i=1}^{B} \sum_{k=0}^{K} p^T_{ik} \log p^S_{ik}
 
     The defaults are the authors' code's (``--temp 0.2`` for the student, ``--distill-t 1e-4``
-    for the teacher, where :math:`p^T` is nearly one-hot on :math:`d_0`); the paper's ablation
-    finds a small teacher temperature best. Computed in float32 at least.
+    for the teacher, where :math:`p^T` is nearly one-hot on :math:`d_0`). Computed in float32
+    at least.
 
     Args:
         student_embedding: ``[B, D]`` (project the student to the teacher's ``D`` first, see

@@ -634,6 +634,33 @@ def crd_inbatch_reference(
     return total / (2 * size)
 
 
+def seed_reference(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    *,
+    module: torch.nn.Module,
+    student_temperature: float,
+    teacher_temperature: float,
+    **_: object,
+) -> float:
+    """SEED (Fang et al. 2021): -mean_i sum_k p_T(i, k) log p_S(i, k), both softmaxes over the
+    similarities to [own teacher embedding; queue rows], by loops (the queue read before the
+    forward enqueues the batch)."""
+    queue = [unit_vector(list(row)) for row in module.queue.double().numpy()]
+    student_units = _unit_head(module.student_head, student)
+    total = 0.0
+    teacher_rows = teacher.reshape(len(teacher), -1)
+    for student_row, teacher_row in zip(student_units, teacher_rows, strict=True):
+        teacher_unit = unit_vector(list(teacher_row))
+        instances = [teacher_unit, *queue]
+        teacher_scores = np.array([dot_product(teacher_unit, d) for d in instances])
+        student_scores = np.array([dot_product(list(student_row), d) for d in instances])
+        targets = softmax(teacher_scores, teacher_temperature)
+        log_probs = log_softmax(student_scores, student_temperature)
+        total -= math.fsum(p * log_q for p, log_q in zip(targets, log_probs, strict=True))
+    return total / len(student_units)
+
+
 _NOT_A_DISTANCE = "a contrastive objective is not zero when student equals teacher"
 
 REFERENCES.update(
@@ -664,6 +691,24 @@ REFERENCES.update(
             crd_inbatch_reference,
             {"student_dim": 6, "teacher_dim": 6, "feat_dim": 3, "temperature": 0.5},
             skip={"zero_at_equal": _NOT_A_DISTANCE},
+        ),
+        "seed": Reference(
+            seed_reference,
+            {
+                "student_dim": 6,
+                "teacher_dim": 6,
+                "queue_size": 5,
+                "student_temperature": 0.5,
+                "teacher_temperature": 0.1,
+                "seed": 3,
+            },
+            variants=({"student_temperature": 0.2, "teacher_temperature": 1e-4},),
+            skip={
+                "zero_at_equal": "a cross-entropy (the teacher's entropy remains) through a "
+                "random head, at two temperatures",
+                "gradcheck": "each training forward enqueues the batch, so repeated calls "
+                "differ; tests/losses/test_seed.py gradchecks seed_loss and the module in eval",
+            },
         ),
     }
 )

@@ -80,6 +80,16 @@ TERMS: dict[str, list[Term]] = {
             weight="auto",
         ),
     ],
+    "seed": [  # 16 rows a step into 24 slots: the queue wraps around mid-batch
+        Term("ce", "ce"),
+        Term(
+            "seed",
+            "seed",
+            {"queue_size": 24, "student_temperature": 0.5, "teacher_temperature": 0.1},
+            student="1",
+            teacher="1",
+        ),
+    ],
 }
 
 

@@ -68,13 +68,17 @@ def test_two_processes_equal_one_with_the_global_batch(
     spawned: Path, tmp_path: Path, case: str
 ) -> None:
     """2 ranks x batch 8 for 8 steps == 1 rank x batch 16 (student and extras: adapters,
-    CRD heads and memory banks, the "auto" uncertainty weight)."""
+    CRD heads and memory banks, SEED's head and queue, the "auto" uncertainty weight)."""
     single = cases.run(case, tmp_path / "one")
     rank0, rank1 = (load(spawned / f"{case}.rank{r}.pt") for r in (0, 1))
     assert max_difference(single, rank0) < TRAINED
     assert max_difference(rank0, rank1) == 0.0  # identical on every rank (banks, weights)
-    learned = {"crd": ["weight.log_variance", "student_bank"], "logit": ["temperature"]}
-    for name in learned.get(case, []):  # "auto" weights, learned temperatures, CRD banks
+    learned = {
+        "crd": ["weight.log_variance", "student_bank"],
+        "logit": ["temperature"],
+        "seed": ["queue", "queue_pointer"],
+    }
+    for name in learned.get(case, []):  # "auto" weights, learned temperatures, CRD banks, queue
         assert any(name in key for key in rank0), (name, sorted(rank0))
 
 

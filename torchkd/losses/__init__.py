@@ -39,4 +39,5 @@ from torchkd.losses.registry import create as create
 from torchkd.losses.registry import entry as entry
 from torchkd.losses.registry import register as register
 from torchkd.losses.relation import *  # noqa: F403
+from torchkd.losses.uld import *  # noqa: F403
 from torchkd.losses.vid import *  # noqa: F403

@@ -226,8 +226,8 @@ def _projected(
 def fused_linear_uld_loss(
     student_hidden: Tensor,
     student_weight: Tensor,
-    teacher_hidden: Tensor,
-    teacher_weight: Tensor,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
     labels: Tensor | None = None,
     *,
     student_bias: Tensor | None = None,
@@ -263,7 +263,8 @@ def fused_linear_uld_loss(
     Args:
         student_hidden: ``[..., Hs]`` the student's last hidden states.
         student_weight: ``[V_S, Hs]`` the student's output projection.
-        teacher_hidden: ``[..., Ht]`` the teacher's last hidden states (the same tokens).
+        teacher_hidden: ``[..., Ht]`` the teacher's last hidden states (the same tokens);
+            required: None (a cached teacher gives none) is refused, naming what is missing.
         teacher_weight: ``[V_T, Ht]`` the teacher's output projection (``V_T`` may differ).
         labels: ``[...]`` student next-token ids (already shifted) or ``ignore_index``.
         student_bias: ``[V_S]`` optional output bias of the student.
@@ -297,6 +298,8 @@ def fused_linear_uld_loss(
             "ULD sorts the teacher's full distribution, which teacher_logits (a cached top-k "
             "teacher, teacher='cache') do not give; use teacher='logits'"
         )
+    if teacher_hidden is None or teacher_weight is None:
+        raise ValueError("the teacher is missing: give teacher_hidden and teacher_weight")
     check_projection("student", student_hidden, student_weight, student_bias)
     check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
     rows_shape = student_hidden.shape[:-1]
@@ -503,8 +506,8 @@ class FusedLinearULDLoss(_ULDModule):
         self,
         student_hidden: Tensor,
         student_weight: Tensor,
-        teacher_hidden: Tensor,
-        teacher_weight: Tensor,
+        teacher_hidden: Tensor | None = None,
+        teacher_weight: Tensor | None = None,
         labels: Tensor | None = None,
         *,
         student_bias: Tensor | None = None,

@@ -30,6 +30,7 @@ from torchkd.losses.factor_transfer import *  # noqa: F403
 from torchkd.losses.feature import *  # noqa: F403
 from torchkd.losses.fused_linear import *  # noqa: F403
 from torchkd.losses.fused_options import *  # noqa: F403
+from torchkd.losses.fused_uld import *  # noqa: F403
 from torchkd.losses.kl import *  # noqa: F403
 from torchkd.losses.logit import *  # noqa: F403
 from torchkd.losses.multi_teacher import *  # noqa: F403

@@ -235,3 +235,50 @@ def test_errors_name_the_problem() -> None:
         fused_linear_uld_loss(*sides, teacher_softcap=-1.0)
     with pytest.raises(ValueError, match="teacher_bias"):
         fused_linear_uld_loss(*sides, teacher_bias=x["student_bias"])
+
+
+def test_logits_beyond_float32_are_redone_in_float64() -> None:
+    """A student whose logits (fused: h W^T; dense: z / T) overflow float32 next to an ordinary
+    teacher: ULD = 2 (1 - q_(1)), the float64 value."""
+    x = inputs(5, 9)
+    sides = [x[k] for k in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight")]
+    huge = [sides[0] * 1e19, sides[1] * 1e19, *sides[2:]]
+    wide = fused_linear_uld_loss(*huge, temperature=0.5)
+    q = torch.softmax((logits(x, "teacher") - x["teacher_bias"]) / 0.5, dim=-1).amax(dim=-1)
+    torch.testing.assert_close(wide, 2 * (1 - q).mean())
+    narrow = [t.float().requires_grad_() for t in huge]
+    value = fused_linear_uld_loss(*narrow, temperature=0.5)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value.double(), wide, rtol=1e-6, atol=1e-6)
+    value.backward()
+    assert all(torch.isfinite(t.grad).all() for t in narrow)
+
+    student = logits(x, "student")
+    student = student * (3e38 / student.abs().max())  # finite in float32, z / T is not
+    teacher = logits(x, "teacher")
+    dense = uld_loss(student.float(), teacher.float(), temperature=0.5)
+    torch.testing.assert_close(dense.double(), uld_loss(student, teacher, temperature=0.5))
+
+
+def test_the_fused_form_saves_no_token_by_vocabulary_tensor() -> None:
+    """Every tensor autograd saves (the per-chunk graphs included) is smaller than one side's
+    [N, V] logits: at most [chunk, V] or an output weight."""
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab_s, vocab_t, chunk = 64, 50, 70, 4
+    sides = [
+        torch.randn(rows, 8, generator=generator, requires_grad=True),
+        torch.randn(vocab_s, 8, generator=generator, requires_grad=True),
+        torch.randn(rows, 8, generator=generator, requires_grad=True),
+        torch.randn(vocab_t, 8, generator=generator, requires_grad=True),
+    ]
+    labels = torch.randint(0, vocab_s, (rows,), generator=generator)
+    sizes: list[int] = []
+
+    def pack(tensor: Tensor) -> Tensor:
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        value = fused_linear_uld_loss(*sides, labels, hard_label_weight=1.0, chunk_size=chunk)
+    value.backward()
+    assert sizes and max(sizes) <= max(chunk * vocab_t, vocab_t * 8) < rows * vocab_s

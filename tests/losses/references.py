@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .uld_reference import fused_linear_uld_reference, uld_reference
+
 ALL_REDUCTIONS: tuple[str, ...] = ("batchmean", "sum", "mean", "none")
 
 
@@ -1184,4 +1186,28 @@ REFERENCES["fused_linear_kd"] = Reference(
         {"student_softcap": 3.0, "student_logit_scale": 0.5},
     ),
     reductions=("batchmean", "sum"),
+)
+
+
+# --------------------------------------------------------------------------- ULD (uld_reference)
+
+_ULD_VOCABULARIES = "ULD compares distributions over vocabularies of different sizes"
+_ULD_SKIP = {"bad_inputs:class_mismatch": _ULD_VOCABULARIES}
+REFERENCES["uld"] = Reference(
+    uld_reference,
+    {"temperature": 2.0},
+    variants=({}, {"hard_label_weight": 0.5, "temperature": 1.5}),
+    reductions=("batchmean", "sum"),
+    skip=_ULD_SKIP,
+)
+REFERENCES["fused_linear_uld"] = Reference(
+    fused_linear_uld_reference,
+    {"temperature": 2.0, "chunk_size": 5},
+    variants=(
+        {"chunk_size": 2, "hard_label_weight": 0.5},
+        {"chunk_size": None, "temperature": 1.0},
+        {"student_softcap": 3.0, "student_logit_scale": 0.5, "teacher_softcap": 4.0},
+    ),
+    reductions=("batchmean", "sum"),
+    skip=_ULD_SKIP,
 )

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from torchkd import losses
 from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
 from torchkd.capture import Capture
 from torchkd.losses.distributed import gather_rows_with_grad
@@ -24,6 +25,16 @@ __all__ = ["LabelsCall", "LogitsCall", "LogitsLabelsCall", "MultiTeacherCall"]
 
 def _temperature_kwargs(temperature: float | Tensor | None) -> dict[str, Any]:
     return {} if temperature is None else {"temperature": temperature}
+
+
+def _compares_classes(term: Term) -> bool:
+    """Whether the term's loss (a registered name) compares logits of different class counts
+    itself (``compares_shapes``, e.g. ULD across vocabularies)."""
+    return (
+        isinstance(term.loss, str)
+        and ":" not in term.loss
+        and losses.entry(term.loss).compares_shapes
+    )
 
 
 class LabelsCall(Call):
@@ -53,7 +64,12 @@ class LogitsCall(Call):
     token_rows = True
 
     def build(self, term: Term, capture: Capture, owner: Owner) -> tuple[nn.ModuleDict, dict]:
-        if term.student == LOGITS and (self.all_teachers or term.teacher == LOGITS):
+        same_classes = not _compares_classes(term)
+        if (
+            same_classes
+            and term.student == LOGITS
+            and (self.all_teachers or term.teacher == LOGITS)
+        ):
             student_classes = capture.student_logits.shape[-1]
             for index in self.teacher_indices(term, len(owner.teachers)):
                 teacher_classes = capture.teacher_logits[index].shape[-1]

@@ -30,6 +30,7 @@ from torchkd.losses.factor_transfer import *  # noqa: F403
 from torchkd.losses.feature import *  # noqa: F403
 from torchkd.losses.fused_linear import *  # noqa: F403
 from torchkd.losses.fused_options import *  # noqa: F403
+from torchkd.losses.fused_uld import *  # noqa: F403
 from torchkd.losses.kl import *  # noqa: F403
 from torchkd.losses.logit import *  # noqa: F403
 from torchkd.losses.mixed_kl import *  # noqa: F403
@@ -41,4 +42,5 @@ from torchkd.losses.registry import entry as entry
 from torchkd.losses.registry import register as register
 from torchkd.losses.relation import *  # noqa: F403
 from torchkd.losses.seed import *  # noqa: F403
+from torchkd.losses.uld import *  # noqa: F403
 from torchkd.losses.vid import *  # noqa: F403

@@ -234,7 +234,9 @@ def evaluate(
     rows with the same argmax as the teacher, or as the mean of the teachers' probabilities)
     and ``teacher_top1`` (``teacher{i}_top1`` each, with several teachers), ``teacher_nll`` (of
     the teacher, or of the mean of the teachers' probabilities) and, for token labels,
-    ``teacher_perplexity`` (``exp(teacher_nll)``) for a Distiller with teachers; ``samples``.
+    ``teacher_perplexity`` (``exp(teacher_nll)``) for a Distiller with teachers (none when a
+    teacher's logits have another number of classes than the student's, as for ULD across
+    vocabularies: its ids are not the labels' nor the student's); ``samples``.
     With ``with_terms`` the Distiller's full forward is run and each loss term's batch-weighted
     mean is returned as ``terms/<name>`` (and the weighted total as ``loss``); state that
     evaluation must not change (stateful loss buffers such as CRD memory banks, every random
@@ -284,6 +286,8 @@ def evaluate(
                     else:
                         student_logits = select_logits(call_model(model, batch[inputs_key]))
                         teacher_logits, terms = [], {}
+                if any(t.shape[-1] != student_logits.shape[-1] for t in teacher_logits):
+                    teacher_logits, num_teachers = [], 0  # another vocabulary: not comparable
                 totals.add(student_logits, list(teacher_logits), labels, terms)
     finally:
         model.train(was_training)

@@ -1,0 +1,310 @@
+"""ULD (:mod:`torchkd.losses.uld`, Boizard et al., TMLR 2025) fused with the output
+projections: :func:`fused_linear_uld_loss` takes each model's last hidden states and output
+weight and computes the logits, the sorted probabilities and the gradients a chunk of rows at a
+time, never the ``[tokens x V]`` logit matrices of both sides.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchkd.losses._common import compute_dtype
+from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction
+from torchkd.losses.fused_options import check_projection, default_chunk_size, loss_denominator
+from torchkd.losses.registry import register
+from torchkd.losses.uld import ULDModule, check_uld_options, uld_row_values, uld_valid_rows
+
+__all__ = ["FusedLinearULDLoss", "fused_linear_uld_loss"]
+
+
+def _projected(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: float, softcap: float | None
+) -> Tensor:
+    """One side's logits :math:`c \\tanh(s (h W^\\top + b) / c)` (softcap ``c`` optional)."""
+    logits = F.linear(hidden, weight, bias)
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits
+
+
+def fused_linear_uld_loss(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    labels: Tensor | None = None,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    teacher_logits: None = None,
+    temperature: float = 1.0,
+    hard_label_weight: float = 0.0,
+    ignore_index: int = -100,
+    mask: Tensor | None = None,
+    num_items_in_batch: int | Tensor | None = None,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
+) -> Tensor:
+    """ULD (formula: :mod:`torchkd.losses.uld`) from each model's last hidden states and
+    output projection.
+
+    Each side's logits are :math:`z = s (h W^\\top + b)`, through the optional softcap
+    :math:`c \\tanh(z / c)`; the value is :func:`~torchkd.losses.uld.uld_loss`'s on them (same
+    valid rows, normalizer ``D`` and reductions), computed ``chunk_size`` rows at a time.
+
+    Memory: per chunk the logits, softmax and sorted probabilities of both sides are built and
+    differentiated at once (``torch.autograd.grad`` of the chunk's sum, in the forward pass);
+    the gradients w.r.t. the hidden rows, weights and biases that require grad are accumulated
+    and the backward pass only scales them. The peak is a few ``[chunk, V_S + V_T]`` buffers
+    (logits, probabilities, sorted values and their int64 sort indices) plus the weights'
+    gradients, never ``[N, V]``. Default chunk: :func:`default_chunk_size` of
+    ``max(V_S, V_T)``. Half-precision inputs are computed in float32 (the weights are upcast
+    once); a float64 input promotes the computation to float64. Where the logits overflow the
+    compute dtype the loss is redone in float64 (the result is that value, or ``inf`` where it
+    is out of range); :func:`~torchkd.losses.uld.uld_loss` likewise redoes such rows.
+
+    Args:
+        student_hidden: ``[..., Hs]`` the student's last hidden states.
+        student_weight: ``[V_S, Hs]`` the student's output projection.
+        teacher_hidden: ``[..., Ht]`` the teacher's last hidden states (the same tokens);
+            required: None (a cached teacher gives none) is refused, naming what is missing.
+        teacher_weight: ``[V_T, Ht]`` the teacher's output projection (``V_T`` may differ).
+        labels: ``[...]`` student next-token ids (already shifted) or ``ignore_index``.
+        student_bias: ``[V_S]`` optional output bias of the student.
+        teacher_bias: ``[V_T]`` optional output bias of the teacher.
+        teacher_logits: not supported (a cached top-k teacher lacks the full sorted
+            distribution): must be None.
+        temperature, hard_label_weight, ignore_index, mask, num_items_in_batch, reduction:
+            as in :func:`~torchkd.losses.uld.uld_loss`.
+        chunk_size: rows per chunk; None picks :func:`default_chunk_size`.
+        student_logit_scale: factor :math:`s` of the student's logits.
+        teacher_logit_scale: factor of the teacher's logits.
+        student_softcap: final-logit softcap :math:`c` of the student.
+        teacher_softcap: final-logit softcap of the teacher.
+
+    Returns:
+        The loss, a 0-dim tensor (float32 for half-precision inputs).
+
+    Example:
+        >>> from torchkd.losses import uld_loss
+        >>> _ = torch.manual_seed(0)
+        >>> hidden = torch.randn(2, 3, 8)
+        >>> small, large = torch.randn(50, 8), torch.randn(70, 8)
+        >>> fused = fused_linear_uld_loss(hidden, small, hidden, large, chunk_size=4)
+        >>> dense = uld_loss(hidden @ small.T, hidden @ large.T)
+        >>> torch.allclose(fused, dense)
+        True
+    """
+    check_uld_options(locals())
+    if teacher_logits is not None:
+        raise ValueError(
+            "fused_linear_uld_loss needs the teacher's hidden states and output projection: "
+            "ULD sorts the teacher's full distribution, which teacher_logits (a cached top-k "
+            "teacher, teacher='cache') do not give; use teacher='logits'"
+        )
+    if teacher_hidden is None or teacher_weight is None:
+        raise ValueError("the teacher is missing: give teacher_hidden and teacher_weight")
+    check_projection("student", student_hidden, student_weight, student_bias)
+    check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
+    rows_shape = student_hidden.shape[:-1]
+    if teacher_hidden.shape[:-1] != rows_shape:
+        raise ValueError(
+            f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
+            f"{tuple(teacher_hidden.shape)} must have the same tokens (all dims but the last)"
+        )
+    labels, valid = uld_valid_rows(
+        rows_shape, student_weight.shape[0], labels, mask, ignore_index, hard_label_weight
+    )
+    index = None if valid is None or bool(valid.all()) else valid.nonzero().squeeze(-1)
+    total_rows = rows_shape.numel()
+    valid_rows = total_rows if index is None else index.numel()
+    denominator = loss_denominator(reduction, num_items_in_batch, valid_rows)
+    inputs = (
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_hidden,
+        teacher_weight,
+        teacher_bias,
+    )
+    dtype = compute_dtype(*(t for t in inputs if t is not None))
+    chunk = chunk_size or default_chunk_size(
+        max(student_weight.shape[0], teacher_weight.shape[0]), dtype
+    )
+
+    def rows(tensor: Tensor, per_token: bool = False) -> Tensor:
+        flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
+        return flat if index is None else flat[index]
+
+    hidden_rows = {"student_hidden": rows(student_hidden), "teacher_hidden": rows(teacher_hidden)}
+    selected = None if labels is None else rows(labels, per_token=True)
+    originals = dict(zip(INPUT_NAMES, inputs, strict=True))
+
+    def run(work: torch.dtype, wanted: set[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss and the wanted gradients, computed chunk by chunk in dtype ``work``."""
+        # detached leaves: the whole weights and biases, and per chunk the hidden rows
+        leaves = {
+            name: tensor.detach().to(work).requires_grad_(name in wanted)
+            for name, tensor in originals.items()
+            if tensor is not None and not name.endswith("hidden")
+        }
+        grads = {name: torch.zeros_like(leaves[name]) for name in leaves if name in wanted}
+        for name in ("student_hidden", "teacher_hidden"):
+            if name in wanted:
+                grads[name] = hidden_rows[name].new_zeros(hidden_rows[name].shape, dtype=work)
+        total = torch.zeros((), dtype=work, device=student_hidden.device)
+        for start in range(0, valid_rows, chunk):
+            end = min(start + chunk, valid_rows)
+            with torch.enable_grad():
+                chunk_hidden = {
+                    name: hidden[start:end].detach().to(work).requires_grad_(name in wanted)
+                    for name, hidden in hidden_rows.items()
+                }
+                value = uld_row_values(
+                    _projected(
+                        chunk_hidden["student_hidden"],
+                        leaves["student_weight"],
+                        leaves.get("student_bias"),
+                        student_logit_scale,
+                        student_softcap,
+                    ),
+                    _projected(
+                        chunk_hidden["teacher_hidden"],
+                        leaves["teacher_weight"],
+                        leaves.get("teacher_bias"),
+                        teacher_logit_scale,
+                        teacher_softcap,
+                    ),
+                    None if selected is None else selected[start:end],
+                    temperature,
+                    hard_label_weight,
+                ).sum()
+            targets = {**leaves, **chunk_hidden}
+            names = [name for name in grads if targets[name].requires_grad]
+            if names:
+                parts = torch.autograd.grad(value, [targets[name] for name in names])
+                for name, part in zip(names, parts, strict=True):
+                    if name.endswith("hidden"):
+                        grads[name][start:end] = part
+                    else:
+                        grads[name] += part
+            total += value.detach()
+        for gradient in grads.values():
+            gradient /= denominator
+        return total / denominator, grads
+
+    def compute(wanted: set[str]) -> tuple[Tensor, dict[str, Tensor], Callable]:
+        loss, grads = run(dtype, wanted)
+        if bool(torch.isfinite(loss)) or dtype == torch.float64 or loss.device.type == "mps":
+            return loss, grads, finish
+        # logits beyond the compute dtype's range (hidden states and weights near its largest
+        # values): redo in float64, which gives the true value, or inf where that is too large
+        loss, grads = run(torch.float64, wanted)
+        return loss.to(dtype), {name: grad.to(dtype) for name, grad in grads.items()}, finish
+
+    def finish(name: str, gradient: Tensor) -> Tensor:
+        original = originals[name]
+        if name.endswith("hidden"):
+            if index is not None:
+                full = gradient.new_zeros((total_rows, gradient.shape[-1]))
+                gradient = full.index_copy_(0, index, gradient)
+            gradient = gradient.reshape(original.shape)
+        return gradient.to(original.dtype)
+
+    needs = any(t is not None and t.requires_grad for t in inputs)
+    if not (torch.is_grad_enabled() and needs):
+        return compute(set())[0]
+    return FusedLinearFunction.apply(*inputs, compute)
+
+
+# The fused module's stored options: the functional's keyword options but those given per call.
+PER_CALL = ("student_bias", "teacher_bias", "teacher_logits", "mask", "num_items_in_batch")
+OPTIONS: tuple[inspect.Parameter, ...] = tuple(
+    parameter.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    for parameter in inspect.signature(fused_linear_uld_loss).parameters.values()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in PER_CALL
+)
+_OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
+
+
+@register(
+    "fused_linear_uld", functional=fused_linear_uld_loss, signature="hidden_states", family="token"
+)
+class FusedLinearULDLoss(ULDModule):
+    """Module form of :func:`fused_linear_uld_loss`; stores the options (:data:`OPTIONS`).
+
+    A call may override the stored ``temperature`` and the logit scales and softcaps (the
+    models' own, as the Distiller passes them); ``None`` keeps the stored value.
+
+    Example:
+        >>> FusedLinearULDLoss(temperature=2.0, chunk_size=128)  # doctest: +ELLIPSIS
+        FusedLinearULDLoss(temperature=2.0, hard_label_weight=0.0, ..., chunk_size=128, ...)
+    """
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__()
+        try:
+            bound = _OPTIONS_SIGNATURE.bind(*args, **options)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}: {error}") from None
+        bound.apply_defaults()
+        check_uld_options(bound.arguments)
+        self.store(**bound.arguments)
+
+    # help() and inspect show the options: (self, temperature=1.0, hard_label_weight=0.0, ...)
+    __init__.__signature__ = _OPTIONS_SIGNATURE.replace(  # type: ignore[attr-defined]
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
+        return_annotation="None",
+    )
+
+    def forward(
+        self,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor | None = None,
+        teacher_weight: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        student_bias: Tensor | None = None,
+        teacher_bias: Tensor | None = None,
+        teacher_logits: None = None,
+        mask: Tensor | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+        temperature: float | None = None,
+        student_logit_scale: float | None = None,
+        teacher_logit_scale: float | None = None,
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
+    ) -> Tensor:
+        options = self.hyperparameters(
+            temperature=temperature,
+            student_logit_scale=student_logit_scale,
+            teacher_logit_scale=teacher_logit_scale,
+            student_softcap=student_softcap,
+            teacher_softcap=teacher_softcap,
+        )
+        return fused_linear_uld_loss(
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            teacher_logits=teacher_logits,
+            mask=mask,
+            num_items_in_batch=num_items_in_batch,
+            **options,
+        )

@@ -164,12 +164,12 @@ def akl_loss(
 
     per row, with :math:`H` the teacher's head: its most likely token and every token whose
     cumulative mass (descending, ties ranked by index) is at most :math:`\\mu`, as in the
-    authors' ``get_ratio``, and :math:`g_\\text{tail}` the same sum over the other tokens. Where the student misses the head, forward KL (which fits the
-    head) gets the weight, where it misses the tail, reverse KL. The weights are constants:
-    no gradient flows through them, as in the paper's implementation, so the gradient is the
-    weighted sum of the two KLs' gradients, not the derivative of the value. A row with
-    :math:`p_S = p_T` (both KLs 0) weighs them 1/2 each. ``akl_mu=0`` is reverse KL;
-    ``akl_mu=1`` forward KL up to the tokens of zero teacher mass.
+    authors' ``get_ratio``, and :math:`g_\\text{tail}` the same sum over the other tokens.
+    Where the student misses the head, forward KL (which fits the head) gets the weight, where
+    it misses the tail, reverse KL. The weights are constants: no gradient flows through them,
+    as in the paper's implementation, so the gradient is the weighted sum of the two KLs'
+    gradients, not the derivative of the value. A row with :math:`p_S = p_T` (both KLs 0)
+    weighs them 1/2 each. ``akl_mu=0`` puts the top token alone in the head.
 
     Args:
         student_logits: ``[..., C]`` student logits.

@@ -11,17 +11,15 @@ a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchkd.losses._common import check_labels, check_mask, compute_dtype, unresolved_divergences
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
-from torchkd.losses._module import HyperparameterModule
+from torchkd.losses._module import FunctionalOptionsModule, keyword_options
 from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.fused_options import (
     check_options,
@@ -320,12 +318,6 @@ def fused_linear_kd_loss(
 
 # The stored hyperparameters: the functional's keyword options but those given per call.
 PER_CALL = ("teacher_logits", "student_bias", "teacher_bias", "mask", "num_items_in_batch")
-OPTIONS: tuple[inspect.Parameter, ...] = tuple(
-    parameter.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    for parameter in inspect.signature(fused_linear_kd_loss).parameters.values()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in PER_CALL
-)
-_OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
 
 
 @register(
@@ -334,11 +326,11 @@ _OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
     signature="hidden_states",
     family="token",
 )
-class FusedLinearKDLoss(HyperparameterModule):
+class FusedLinearKDLoss(FunctionalOptionsModule):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
 
-    Its options are the functional's (:data:`OPTIONS`: names, defaults and order), checked by
-    the functional's check.
+    Its options are the functional's (``FusedLinearKDLoss.options``: names, defaults and
+    order), checked by the functional's check.
 
     A call may override the stored ``temperature`` (a float: a scheduled temperature) and the
     logit scales and softcaps (the models' own, as the Distiller passes them); ``None`` keeps
@@ -349,24 +341,8 @@ class FusedLinearKDLoss(HyperparameterModule):
         FusedLinearKDLoss(divergence='jsd', beta=0.5, temperature=2.0, ...)
     """
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__()
-        try:
-            bound = _OPTIONS_SIGNATURE.bind(*args, **options)
-        except TypeError as error:
-            raise TypeError(f"{type(self).__name__}: {error}") from None
-        bound.apply_defaults()
-        check_options(bound.arguments)
-        self.store(**bound.arguments)
-
-    # help() and inspect show the options: (self, divergence="forward_kl", beta=0.5, ...)
-    __init__.__signature__ = _OPTIONS_SIGNATURE.replace(  # type: ignore[attr-defined]
-        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
-        return_annotation="None",
-    )
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())
+    options = keyword_options(fused_linear_kd_loss, PER_CALL)
+    check_options = staticmethod(check_options)
 
     def forward(
         self,

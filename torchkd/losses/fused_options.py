@@ -76,7 +76,7 @@ def check_projection(prefix: str, hidden: Tensor, weight: Tensor, bias: Tensor |
 
 def check_options(options: Mapping[str, Any]) -> None:
     """Hyperparameter checks (the shared ones of :mod:`torchkd.losses._common`) of the
-    functional's :data:`~torchkd.losses.fused_linear.OPTIONS`, given by name (the functional's
+    functional's options (``FusedLinearKDLoss.options``), given by name (the functional's
     arguments or a module's)."""
     divergence, beta, temperature = options["divergence"], options["beta"], options["temperature"]
     hard_label_weight, reduction = options["hard_label_weight"], options["reduction"]

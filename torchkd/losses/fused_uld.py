@@ -6,9 +6,7 @@ time, never the ``[tokens x V]`` logit matrices of both sides.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +14,10 @@ from torch import Tensor
 
 from torchkd.losses._common import compute_dtype
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction
+from torchkd.losses._module import FunctionalOptionsModule, keyword_options
 from torchkd.losses.fused_options import check_projection, default_chunk_size, loss_denominator
 from torchkd.losses.registry import register
-from torchkd.losses.uld import ULDModule, check_uld_options, uld_row_values, uld_valid_rows
+from torchkd.losses.uld import check_uld_options, uld_row_values, uld_valid_rows
 
 __all__ = ["FusedLinearULDLoss", "fused_linear_uld_loss"]
 
@@ -231,19 +230,14 @@ def fused_linear_uld_loss(
 
 # The fused module's stored options: the functional's keyword options but those given per call.
 PER_CALL = ("student_bias", "teacher_bias", "teacher_logits", "mask", "num_items_in_batch")
-OPTIONS: tuple[inspect.Parameter, ...] = tuple(
-    parameter.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    for parameter in inspect.signature(fused_linear_uld_loss).parameters.values()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in PER_CALL
-)
-_OPTIONS_SIGNATURE = inspect.Signature(OPTIONS)
 
 
 @register(
     "fused_linear_uld", functional=fused_linear_uld_loss, signature="hidden_states", family="token"
 )
-class FusedLinearULDLoss(ULDModule):
-    """Module form of :func:`fused_linear_uld_loss`; stores the options (:data:`OPTIONS`).
+class FusedLinearULDLoss(FunctionalOptionsModule):
+    """Module form of :func:`fused_linear_uld_loss`; stores the options
+    (``FusedLinearULDLoss.options``).
 
     A call may override the stored ``temperature`` and the logit scales and softcaps (the
     models' own, as the Distiller passes them); ``None`` keeps the stored value.
@@ -253,21 +247,8 @@ class FusedLinearULDLoss(ULDModule):
         FusedLinearULDLoss(temperature=2.0, hard_label_weight=0.0, ..., chunk_size=128, ...)
     """
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__()
-        try:
-            bound = _OPTIONS_SIGNATURE.bind(*args, **options)
-        except TypeError as error:
-            raise TypeError(f"{type(self).__name__}: {error}") from None
-        bound.apply_defaults()
-        check_uld_options(bound.arguments)
-        self.store(**bound.arguments)
-
-    # help() and inspect show the options: (self, temperature=1.0, hard_label_weight=0.0, ...)
-    __init__.__signature__ = _OPTIONS_SIGNATURE.replace(  # type: ignore[attr-defined]
-        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *OPTIONS],
-        return_annotation="None",
-    )
+    options = keyword_options(fused_linear_uld_loss, PER_CALL)
+    check_options = staticmethod(check_uld_options)
 
     def forward(
         self,

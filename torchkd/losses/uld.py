@@ -47,7 +47,7 @@ from torchkd.losses._common import (
     compute_dtype,
     with_float64_rows,
 )
-from torchkd.losses._module import HyperparameterModule
+from torchkd.losses._module import FunctionalOptionsModule, keyword_options
 from torchkd.losses.fused_options import FUSED_REDUCTIONS, loss_denominator
 from torchkd.losses.registry import register
 
@@ -206,17 +206,10 @@ def uld_loss(
     return total / loss_denominator(reduction, num_items_in_batch, valid_rows)
 
 
-class ULDModule(HyperparameterModule):
-    """Stores the hyperparameters (checked as the functional checks them); repr shows them."""
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{key}={value!r}" for key, value in self.hyperparameters().items())
-
-
 @register(
     "uld", functional=uld_loss, signature="logits_labels", family="logit", compares_shapes=True
 )
-class ULDLoss(ULDModule):
+class ULDLoss(FunctionalOptionsModule):
     """Module form of :func:`uld_loss`; a call may override the stored ``temperature``.
 
     Registered with the ``"logits_labels"`` signature and ``compares_shapes``: the Distiller
@@ -227,22 +220,8 @@ class ULDLoss(ULDModule):
         ULDLoss(temperature=1.0, hard_label_weight=0.5, ignore_index=-100, reduction='batchmean')
     """
 
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        hard_label_weight: float = 0.0,
-        ignore_index: int = -100,
-        reduction: str = "batchmean",
-    ) -> None:
-        super().__init__()
-        options = {
-            "temperature": temperature,
-            "hard_label_weight": hard_label_weight,
-            "ignore_index": ignore_index,
-            "reduction": reduction,
-        }
-        check_uld_options(options)
-        self.store(**options)
+    options = keyword_options(uld_loss, ("mask", "num_items_in_batch"))
+    check_options = staticmethod(check_uld_options)
 
     def forward(
         self,

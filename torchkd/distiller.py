@@ -34,7 +34,6 @@ shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
 from typing import Any, Protocol
@@ -42,9 +41,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from torchkd import losses
 from torchkd.batch import as_batch
-from torchkd.calls import Call, checked_call
+from torchkd.calls import Call, checked_call, term_loss
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model
 from torchkd.forward import call_model, select_logits
 from torchkd.lm import is_causal_lm
@@ -259,16 +257,9 @@ class Distiller(nn.Module):
         self, term: Term, capture: Capture
     ) -> tuple[nn.ModuleDict, Callable[..., Tensor]]:
         parts, kwargs = self._calls[term.name].build(term, capture, self)
-        loss = self._create_loss(term, kwargs)
+        loss = term_loss(term, kwargs)
         if isinstance(loss, nn.Module):
             parts["loss"] = loss
-        if term.temperature is not None and not _takes_temperature(loss):
-            raise TermError(
-                term.name,
-                "temperature",
-                f"term {term.name!r}: temperature={term.temperature!r} needs a loss whose call "
-                f"takes `temperature=`; {type(loss).__name__} does not",
-            )
         if term.temperature == "learned":
             parts["temperature"] = LearnableTemperature()
         elif isinstance(term.temperature, nn.Module):
@@ -276,18 +267,6 @@ class Distiller(nn.Module):
         if term.weight == "auto":
             parts["weight"] = UncertaintyWeight()
         return parts, loss
-
-    def _create_loss(self, term: Term, kwargs: dict[str, Any]) -> Callable[..., Tensor]:
-        if not isinstance(term.loss, str):
-            return term.loss
-        try:
-            return losses.create(term.loss, **kwargs)
-        except (TypeError, ValueError) as error:
-            raise TermError(
-                term.name,
-                "loss_kwargs",
-                f"term {term.name!r}: cannot build loss {term.loss!r} with {kwargs}: {error}",
-            ) from error
 
     # ---------------------------------------------------------------- running
     def set_progress(self, step: int, total_steps: int) -> None:
@@ -444,15 +423,6 @@ def _paths(specs: Any) -> list[str]:
             if path not in (LOGITS, CACHE) and path not in paths:
                 paths.append(path)
     return paths
-
-
-def _takes_temperature(loss: Callable[..., Tensor]) -> bool:
-    """Whether ``loss`` (its ``forward`` for a module) takes a ``temperature=`` keyword."""
-    function = loss.forward if isinstance(loss, nn.Module) else loss
-    parameters = inspect.signature(function).parameters.values()
-    return any(
-        p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
-    )
 
 
 def _check_scalar(value: Tensor, term: Term) -> Tensor:

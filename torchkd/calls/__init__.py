@@ -11,7 +11,7 @@ pass, builds the term's parts and calls its loss; the loss tests draw their inpu
 from __future__ import annotations
 
 from torchkd.calls.base import Call, Example, Owner
-from torchkd.calls.checks import checked_call
+from torchkd.calls.checks import checked_call, term_loss
 from torchkd.calls.table import CALLS, call_for
 
-__all__ = ["CALLS", "Call", "Example", "Owner", "call_for", "checked_call"]
+__all__ = ["CALLS", "Call", "Example", "Owner", "call_for", "checked_call", "term_loss"]

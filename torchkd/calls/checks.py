@@ -1,11 +1,17 @@
 """The checks of a :class:`~torchkd.terms.Term` every call convention shares (which teachers
 exist, paths or lists of paths, adapters, temperature, ``global_batch``), then the
-convention's own (:meth:`~torchkd.calls.base.Call.check`)."""
+convention's own (:meth:`~torchkd.calls.base.Call.check`); and the term's loss, built and
+checked to take the term's temperature (:func:`term_loss`)."""
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import typing
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.adapters import ADAPTER_KINDS
@@ -13,9 +19,9 @@ from torchkd.calls.base import Call, Owner
 from torchkd.calls.features import adapter_kind
 from torchkd.calls.table import CALLS, call_for
 from torchkd.losses.registry import Signature
-from torchkd.terms import CACHE, Term
+from torchkd.terms import CACHE, Term, TermError
 
-__all__ = ["checked_call"]
+__all__ = ["checked_call", "term_loss"]
 
 SIGNATURES: tuple[str, ...] = typing.get_args(Signature)
 
@@ -92,3 +98,36 @@ def _resolve_signature(term: Term) -> str:
             f"got {signature!r}"
         )
     return signature
+
+
+def term_loss(term: Term, kwargs: dict[str, Any]) -> Callable[..., Tensor]:
+    """The term's loss: its module or callable, or the registered loss built with ``kwargs``
+    (the term's ``loss_kwargs`` completed by the call convention); one that cannot take the
+    term's ``temperature=`` is refused."""
+    loss = term.loss
+    if isinstance(loss, str):
+        try:
+            loss = losses.create(loss, **kwargs)
+        except (TypeError, ValueError) as error:
+            raise TermError(
+                term.name,
+                "loss_kwargs",
+                f"term {term.name!r}: cannot build loss {term.loss!r} with {kwargs}: {error}",
+            ) from error
+    if term.temperature is not None and not _takes_temperature(loss):
+        raise TermError(
+            term.name,
+            "temperature",
+            f"term {term.name!r}: temperature={term.temperature!r} needs a loss whose call "
+            f"takes `temperature=`; {type(loss).__name__} does not",
+        )
+    return loss
+
+
+def _takes_temperature(loss: Callable[..., Tensor]) -> bool:
+    """Whether ``loss`` (its ``forward`` for a module) takes a ``temperature=`` keyword."""
+    function = loss.forward if isinstance(loss, nn.Module) else loss
+    parameters = inspect.signature(function).parameters.values()
+    return any(
+        p.name == "temperature" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )

@@ -1,8 +1,9 @@
 """Writing a teacher cache: a causal-LM teacher's top-k next-token distribution per position,
-written once to safetensors shards (:func:`write_teacher_cache`), resumable shard by shard.
+or tokens sampled from it, written once to safetensors shards (:func:`write_teacher_cache`),
+resumable shard by shard.
 
-The format (layout, ``bytes/token = k (b_id + 2) + 2``, fingerprints, manifest) is described
-in :mod:`torchkd.lm.cache.format`.
+The format (layout, ``bytes/token = k (b_id + 2) + 2`` or ``N (b_id + b_count) + 4``,
+fingerprints, manifest) is described in :mod:`torchkd.lm.cache.format`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from torchkd.batch import to_device
 from torchkd.lm.cache.format import (
     CACHE_FORMAT,
     CACHE_VERSION,
+    ENTROPY_DTYPE,
+    KINDS,
     MANIFEST,
+    MAX_SAMPLES,
     SETTINGS,
     VALUE_DTYPE,
     TeacherCacheError,
+    count_dtype,
     fingerprint_dataset,
     read_manifest,
+    row_seed,
     shard_name,
     teacher_fingerprint,
     token_id_dtype,
@@ -37,10 +43,10 @@ from torchkd.lm.cache.format import (
     write_manifest,
 )
 from torchkd.lm.model import last_hidden_state, output_projection
-from torchkd.losses import TopKLogits, default_chunk_size
+from torchkd.losses import SampledLogits, TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
 
-__all__ = ["check_k", "write_teacher_cache"]
+__all__ = ["check_k", "check_samples", "write_teacher_cache"]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +96,31 @@ def check_k(k: Any, teacher: nn.Module) -> None:
         raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")
 
 
+def check_samples(samples: Any) -> None:
+    """``samples`` must be a positive integer, at most 65,535 (counts are stored as uint16)."""
+    _check_positive("samples", samples)
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"samples must be at most {MAX_SAMPLES} (uint16 counts), got {samples}")
+
+
+def _check_kind(kind: Any, k: Any, samples: Any, teacher: nn.Module) -> None:
+    """A top-k cache takes ``k`` (not ``samples``), a sampled one ``samples`` (not ``k``)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    size, other, other_kind = (
+        ("k", "samples", "sampled") if kind == "topk" else ("samples", "k", "topk")
+    )
+    given = {"k": k, "samples": samples}
+    if given[size] is None:
+        raise ValueError(f"a {kind!r} teacher cache needs {size}")
+    if given[other] is not None:
+        raise ValueError(f"{other} is for a {other_kind!r} cache, not {kind!r}; give {size} only")
+    if kind == "topk":
+        check_k(k, teacher)
+    else:
+        check_samples(samples)
+
+
 def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:
     """The batch of ``dataset[p]`` for ``positions``, checking that each sample's ``index`` is
     its position (cache rows are keyed by it)."""
@@ -124,6 +155,83 @@ def _top_k(
     log_probs = torch.cat([part.log_probs for part in parts]).reshape(*rows, k)
     tail = torch.cat([part.tail_log_mass for part in parts]).reshape(rows)
     return ids, log_probs, tail
+
+
+def _sampled(
+    teacher: nn.Module,
+    inputs: Any,
+    positions: range,
+    samples: int,
+    seed: int,
+    temperature: float,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``[B, L, N]`` distinct drawn ids and counts and ``[B, L]`` entropies of
+    ``softmax(teacher logits / T)`` for the rows ``positions``
+    (:meth:`SampledLogits.from_logits <torchkd.losses.SampledLogits.from_logits>` of each row's
+    seeded uniforms, :func:`_row_uniforms`), a chunk of ``chunk_size`` positions at a time."""
+    projection = output_projection(teacher, "teacher")
+    hidden = last_hidden_state(teacher, inputs, "teacher")
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    uniforms = _row_uniforms(positions, hidden.shape[1], samples, seed)
+    flat_uniforms = uniforms.reshape(-1, samples).to(hidden.device)
+    parts = [
+        SampledLogits.from_logits(
+            projection.logits(flat[start : start + chunk_size]),
+            samples,
+            temperature,
+            uniforms=flat_uniforms[start : start + chunk_size],
+        )
+        for start in range(0, flat.shape[0], chunk_size)
+    ]
+    rows = hidden.shape[:-1]
+    ids = torch.cat([part.token_ids for part in parts]).reshape(*rows, samples)
+    counts = torch.cat([part.counts for part in parts]).reshape(*rows, samples)
+    entropy = torch.cat([part.entropy for part in parts]).reshape(rows)
+    return ids, counts, entropy
+
+
+def _row_uniforms(rows: range, length: int, samples: int, seed: int) -> Tensor:
+    """``[len(rows), L, N]`` float64 uniforms, each row's from its own CPU generator seeded
+    with :func:`~torchkd.lm.cache.format.row_seed` (the same draws on every device, whatever
+    the batch and chunk sizes)."""
+    uniforms = []
+    for row in rows:
+        generator = torch.Generator().manual_seed(row_seed(seed, row))
+        uniforms.append(torch.rand((length, samples), generator=generator, dtype=torch.float64))
+    return torch.stack(uniforms)
+
+
+def _sampled_tensors(
+    teacher: nn.Module,
+    dataset: Any,
+    rows: range,
+    *,
+    samples: int,
+    seed: int,
+    temperature: float,
+    batch_size: int,
+    chunk_size: int,
+    id_dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    ids, counts, entropies = [], [], []
+    for start in range(rows.start, rows.stop, batch_size):
+        positions = range(start, min(start + batch_size, rows.stop))
+        batch = _collate(dataset, positions)
+        inputs = to_device(batch["inputs"], device)
+        drawn, count, entropy = _sampled(
+            teacher, inputs, positions, samples, seed, temperature, chunk_size
+        )
+        ids.append(drawn.cpu().to(id_dtype))
+        counts.append(count.cpu().to(count_dtype(samples)))
+        entropies.append(entropy.cpu().to(ENTROPY_DTYPE))
+    return {
+        "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
+        "token_ids": torch.cat(ids),
+        "counts": torch.cat(counts),
+        "entropy": torch.cat(entropies),
+    }
 
 
 def _shard_tensors(
@@ -161,7 +269,10 @@ def write_teacher_cache(
     dataset: Any,
     directory: str | os.PathLike[str],
     *,
-    k: int,
+    k: int | None = None,
+    kind: str = "topk",
+    samples: int | None = None,
+    seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 8,
     rows_per_shard: int = 256,
@@ -173,7 +284,8 @@ def write_teacher_cache(
     on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
-    distribution at every position (the format: :mod:`torchkd.lm.cache.format`). Storage is
+    distribution at every position, or ``samples`` tokens drawn from it (``kind="sampled"``;
+    the format: :mod:`torchkd.lm.cache.format`). Storage of a top-k cache is
 
     .. math::
         \\text{bytes/token} = k \\, (b_\\text{id} + 2) + 2
@@ -189,6 +301,15 @@ def write_teacher_cache(
     output projection ``chunk_size`` positions at a time. The teacher runs in eval mode without
     gradients, over the samples in index order (``dataset[i]["index"]`` must be ``i``).
 
+    A sampled cache stores per position what
+    :meth:`SampledLogits.from_logits <torchkd.losses.SampledLogits.from_logits>` gives: the
+    distinct ids of ``samples`` i.i.d. draws from ``softmax(z / T)``, their counts and the
+    entropy :math:`H(q)`, an unbiased estimate of forward KL and its gradient
+    (:mod:`torchkd.losses.sampled`), at :math:`N (b_\\text{id} + b_\\text{count}) + 4` bytes
+    per position (:func:`~torchkd.lm.cache.format.sampled_bytes_per_token`). Row ``i``'s draws
+    come from a generator seeded with ``row_seed(seed, i)``, so they do not depend on the batch
+    size, the chunk size or where a write was resumed.
+
     Shards are written one by one through a temp file and a rename, each followed by an atomic
     rewrite of ``manifest.json`` with its SHA-256, so an interrupted run (Ctrl-C, a crash)
     leaves a consistent cache (the temporary of a write killed outright is removed by the next
@@ -200,7 +321,10 @@ def write_teacher_cache(
         teacher: a causal LM (:func:`torchkd.lm.is_causal_lm`).
         dataset: spec-format causal-LM samples (``inputs`` mapping, ``index``).
         directory: the cache directory (created; must be new, empty or this cache's).
-        k: tokens kept per position.
+        k: tokens kept per position (``kind="topk"``).
+        kind: ``"topk"`` (default) or ``"sampled"``.
+        samples: draws per position (``kind="sampled"``; the paper's default is 12).
+        seed: the seed of a sampled cache's draws (recorded in the manifest).
         temperature: the softening temperature, the temperature of the term that reads it.
         batch_size: samples per teacher forward pass.
         rows_per_shard: samples per shard.
@@ -224,7 +348,9 @@ def write_teacher_cache(
             a missing or damaged shard.
         ValueError: a bad argument (named).
     """
-    check_k(k, teacher)
+    _check_kind(kind, k, samples, teacher)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     _check_positive("batch_size", batch_size)
     _check_positive("rows_per_shard", rows_per_shard)
     if chunk_size is not None:
@@ -245,11 +371,14 @@ def write_teacher_cache(
         "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
+        "kind": kind,
         "k": k,
+        "samples": samples,
+        "seed": seed if kind == "sampled" else None,
         "temperature": float(temperature),
         "vocab_size": vocab_size,
         "token_id_dtype": str(id_dtype).removeprefix("torch."),
-        "value_dtype": str(VALUE_DTYPE).removeprefix("torch."),
+        "value_dtype": str(VALUE_DTYPE if kind == "topk" else ENTROPY_DTYPE).removeprefix("torch."),
         "rows": len(dataset),
         "rows_per_shard": rows_per_shard,
     }
@@ -269,17 +398,19 @@ def write_teacher_cache(
                 rows = range(
                     shard * rows_per_shard, min((shard + 1) * rows_per_shard, len(dataset))
                 )
-                tensors = _shard_tensors(
-                    teacher,
-                    dataset,
-                    rows,
-                    k=k,
-                    temperature=float(temperature),
-                    batch_size=batch_size,
-                    chunk_size=chunk_size,
-                    id_dtype=id_dtype,
-                    device=device,
-                )
+                common = {
+                    "temperature": float(temperature),
+                    "batch_size": batch_size,
+                    "chunk_size": chunk_size,
+                    "id_dtype": id_dtype,
+                    "device": device,
+                }
+                if kind == "topk":
+                    tensors = _shard_tensors(teacher, dataset, rows, k=k, **common)
+                else:
+                    tensors = _sampled_tensors(
+                        teacher, dataset, rows, samples=samples, seed=seed, **common
+                    )
                 data = save_safetensors(tensors)
                 atomic_write(
                     directory / shard_name(shard), lambda stream, data=data: stream.write(data)

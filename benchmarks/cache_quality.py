@@ -43,14 +43,22 @@ POOLED = (200, 2000)  # D: draws whose mean estimate gives the bias
 
 
 def loss_and_grad(student_hidden: Tensor, weight: Tensor, bias: Tensor, teacher: object):
+    """The loss and its gradients w.r.t. the student's hidden states and output weight."""
     hidden = student_hidden.clone().requires_grad_()
-    loss = fused_linear_kd_loss(hidden, weight, teacher_logits=teacher, student_bias=bias)
-    (grad,) = torch.autograd.grad(loss, hidden)
-    return loss.item(), grad
+    student_weight = weight.clone().requires_grad_()
+    loss = fused_linear_kd_loss(hidden, student_weight, teacher_logits=teacher, student_bias=bias)
+    hidden_grad, weight_grad = torch.autograd.grad(loss, [hidden, student_weight])
+    return loss.item(), hidden_grad, weight_grad
 
 
-def errors(estimate: tuple[float, Tensor], dense: tuple[float, Tensor]) -> tuple[float, float]:
-    return abs(estimate[0] - dense[0]) / abs(dense[0]), relative(estimate[1], dense[1])
+def errors(estimate: tuple, dense: tuple) -> tuple[float, float, float]:
+    """Relative errors of the loss, the hidden-state and the weight gradient."""
+    loss_error = abs(estimate[0] - dense[0]) / abs(dense[0])
+    return loss_error, relative(estimate[1], dense[1]), relative(estimate[2], dense[2])
+
+
+def cell(values: tuple[float, ...]) -> str:
+    return " / ".join(f"{value:.4f}" for value in values)
 
 
 def stored_topk(teacher: Tensor, k: int) -> TopKLogits:
@@ -84,9 +92,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     samples = sorted({*SAMPLES, *(equal_bytes(k, args.vocab) for k in KS)})
-    pooled = " | ".join(f"bias D={d}: loss / grad" for d in POOLED)
+    pooled = " | ".join(f"bias D={d}" for d in POOLED)
     lines = [
-        f"| teacher | cache | bytes/token | spread (1 draw): loss / grad | {pooled} |",
+        f"| teacher | cache | bytes/token | spread (1 draw) | {pooled} |",
         "|---|---|---:|---:|" + "---:|" * len(POOLED),
     ]
     paired = []
@@ -98,31 +106,31 @@ def main() -> None:
         label = f"{name}, H = {entropy(teacher):.2f}"
         rows: dict[str, tuple[int, str]] = {}
         for k in KS:
-            loss_error, grad_error = errors(
+            error = errors(
                 loss_and_grad(student_hidden, weight, bias, stored_topk(teacher, k)), dense
             )
             size = bytes_per_token(k, args.vocab)
-            bias_cells = " | ".join(f"{loss_error:.4f} / {grad_error:.4f}" for _ in POOLED)
+            bias_cells = " | ".join(cell(error) for _ in POOLED)
             rows[f"top-{k}"] = (size, f"— | {bias_cells}")
         for n in samples:
             single = [
                 errors(loss_and_grad(student_hidden, weight, bias, sampled(teacher, n, s)), dense)
                 for s in range(args.draws)
             ]
-            mean_loss = sum(e[0] for e in single) / len(single)
-            mean_grad = sum(e[1] for e in single) / len(single)
+            spread_cell = cell(
+                tuple(sum(column) / len(single) for column in zip(*single, strict=True))
+            )
             bias_cells = []
             for draws in POOLED:
                 # seeds past the single draws': independent of them
                 pool = sampled(teacher, n * draws, seed=args.draws + draws)
-                loss_error, grad_error = errors(
-                    loss_and_grad(student_hidden, weight, bias, pool), dense
+                bias_cells.append(
+                    cell(errors(loss_and_grad(student_hidden, weight, bias, pool), dense))
                 )
-                bias_cells.append(f"{loss_error:.4f} / {grad_error:.4f}")
             size = sampled_bytes_per_token(n, args.vocab)
             rows[f"sampled N={n}"] = (
                 size,
-                f"{mean_loss:.4f} / {mean_grad:.4f} | " + " | ".join(bias_cells),
+                f"{spread_cell} | " + " | ".join(bias_cells),
             )
         for cache, (size, cells) in sorted(rows.items(), key=lambda item: item[1][0]):
             lines.append(f"| {label} | {cache} | {size} | {cells} |")
@@ -145,7 +153,11 @@ def main() -> None:
         f"{args.rows} tokens, hidden size {args.hidden}, V = {args.vocab}, float64, T = 1, "
         "forward KL; the teachers of `benchmarks/topk_error.py` (H: mean teacher entropy in "
         "nats). Each cell is the relative error of the loss value / of the gradient w.r.t. the "
-        "student's hidden states, against the dense teacher's. Spread: mean error of one "
+        "student's hidden states (one per token) / of the gradient w.r.t. its output weight (a "
+        "sum over the tokens), against the dense teacher's. The student is close to the "
+        "teacher (p − q small), so one draw's noise q̂ − q is large next to the gradient "
+        "p − q: training averages it over steps, as the bias columns average it over draws. "
+        "Spread: mean error of one "
         f"sampled draw ({args.draws} seeded draws). Bias: error of the mean estimate over D "
         "draws (computed exactly as one estimate of the D·N pooled draws: the estimate is "
         "linear in the counts); it falls as spread / √D for the sampled cache (unbiased), "
@@ -158,7 +170,7 @@ def main() -> None:
         "",
         "## Paired at (about) equal bytes/token",
         "",
-        f"| teacher | cache | spread (1 draw): loss / grad | {pooled} |",
+        f"| teacher | cache | spread (1 draw) | {pooled} |",
         "|---|---|---:|" + "---:|" * len(POOLED),
         *paired,
     ]

@@ -32,15 +32,18 @@ def make_case(seed: int) -> dict[str, Tensor]:
     }
 
 
-def brute_force(case: dict[str, Tensor], sampled: SampledLogits, temperature: float) -> Tensor:
-    """T² mean over rows of −Σ_j q̂_j log p_j − H(q), q̂ written out over the vocabulary."""
+def brute_force(
+    case: dict[str, Tensor], sampled: SampledLogits, temperature: float, kept: Tensor | None = None
+) -> Tensor:
+    """T² mean over the ``kept`` rows (default all) of −Σ_j q̂_j log p_j − H(q), q̂ written out
+    over the vocabulary."""
     logits = case["student_hidden"] @ case["student_weight"].T + case["student_bias"]
     log_p = torch.log_softmax(logits.reshape(-1, VOCAB) / temperature, dim=-1)
     counts = sampled.counts.reshape(-1, SAMPLES).double()
     q_hat = torch.zeros_like(log_p).scatter_add_(1, sampled.token_ids.reshape(-1, SAMPLES), counts)
     q_hat = q_hat / q_hat.sum(-1, keepdim=True)
     rows = -(q_hat * log_p).sum(-1) - sampled.entropy.reshape(-1).double()
-    return temperature**2 * rows.mean()
+    return temperature**2 * (rows.mean() if kept is None else rows[kept].mean())
 
 
 def grads(loss: Tensor, case: dict[str, Tensor]) -> list[Tensor]:
@@ -58,26 +61,48 @@ def draw(case: dict[str, Tensor], seed: int, samples: int = SAMPLES) -> SampledL
     return SampledLogits.from_logits(case["teacher_logits"], samples, T, generator=generator)
 
 
+def float64_bounds(case: dict[str, Tensor]) -> tuple[float, float]:
+    """Bounds on the loss and gradient differences of two float64 computations summed in other
+    orders: per row the (H + 1)-term logits, the V-class log-softmax, the N sampled terms and
+    the entropy, then the mean over rows, each term at most the size of the softened logits
+    and log V; the gradient T (p − q̂) / R reaches h, W, b through sums of ≤ V, R terms of size
+    ≤ max |h|, |W|."""
+    logits = (case["student_hidden"] @ case["student_weight"].T + case["student_bias"]).detach()
+    size = 2 * float(logits.abs().max()) / T + math.log(VOCAB)
+    roundings = HIDDEN_S + 1 + VOCAB + SAMPLES + 2 + ROWS
+    value = float32_tolerance(roundings, T**2 * (1 + size), FLOAT64_EPS)
+    largest = max(
+        float(case[key].detach().abs().max()) for key in ("student_hidden", "student_weight")
+    )
+    gradient = float32_tolerance(roundings + VOCAB + ROWS, 2 * T * max(1.0, largest), FLOAT64_EPS)
+    return value, gradient
+
+
+def assert_matches(value: Tensor, expected: Tensor, case: dict[str, Tensor]) -> None:
+    value_bound, gradient_bound = float64_bounds(case)
+    torch.testing.assert_close(value, expected, rtol=0, atol=value_bound)
+    for got, want in zip(grads(value, case), grads(expected, case), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=gradient_bound)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_a_fixed_draw_matches_the_float64_formula(chunk_size: int | None) -> None:
     case = make_case(0)
     sampled = draw(case, 1)
     value = fused(case, sampled, chunk_size=chunk_size)
-    expected = brute_force(case, sampled, T)
-    # float64 both sides, summed in other orders: per row the (H + 1)-term logits, the V-class
-    # log-softmax, the N sampled terms and the entropy, then the mean; each term ≤ the size
-    logits = (case["student_hidden"] @ case["student_weight"].T + case["student_bias"]).detach()
-    size = 2 * float(logits.abs().max()) / T + math.log(VOCAB)
-    roundings = HIDDEN_S + 1 + VOCAB + SAMPLES + 2 + ROWS
-    atol = float32_tolerance(roundings, T**2 * (1 + size), FLOAT64_EPS)
-    torch.testing.assert_close(value, expected, rtol=0, atol=atol)
-    largest = max(
-        float(case[key].detach().abs().max()) for key in ("student_hidden", "student_weight")
-    )
-    # the gradient T (p − q̂) / N reaches h, W, b through sums of ≤ V, N terms of size ≤ max|h|
-    bound = float32_tolerance(roundings + VOCAB + ROWS, 2 * T * max(1.0, largest), FLOAT64_EPS)
-    for got, want in zip(grads(value, case), grads(expected, case), strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=bound)
+    assert_matches(value, brute_force(case, sampled, T), case)
+
+
+def test_ignored_and_masked_rows_are_left_out() -> None:
+    case = make_case(8)
+    sampled = draw(case, 2)
+    labels = torch.zeros(2, ROWS // 2, dtype=torch.int64)
+    labels[0, 1] = -100
+    mask = torch.ones(2, ROWS // 2, dtype=torch.bool)
+    mask[1, 3] = False
+    kept = (labels != -100).reshape(-1) & mask.reshape(-1)
+    value = fused(case, sampled, labels=labels, mask=mask, chunk_size=3)
+    assert_matches(value, brute_force(case, sampled, T, kept), case)
 
 
 def test_padding_and_repeated_ids_add_up() -> None:

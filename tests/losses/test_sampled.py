@@ -56,9 +56,9 @@ def fused(case: dict[str, Tensor], sampled: SampledLogits, **options) -> Tensor:
     return fused_linear_kd_loss(**inputs, teacher_logits=sampled, temperature=T, **options)
 
 
-def draw(case: dict[str, Tensor], seed: int, samples: int = SAMPLES) -> SampledLogits:
+def draw(case: dict[str, Tensor], seed: int) -> SampledLogits:
     generator = torch.Generator().manual_seed(seed)
-    return SampledLogits.from_logits(case["teacher_logits"], samples, T, generator=generator)
+    return SampledLogits.from_logits(case["teacher_logits"], SAMPLES, T, generator=generator)
 
 
 def float64_bounds(case: dict[str, Tensor]) -> tuple[float, float]:

@@ -48,9 +48,10 @@ def draw_samples(log_probs: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
 
     Draw ``n`` is the first id ``j`` whose cumulative probability :math:`\\sum_{l \\le j} q_l`
     exceeds ``uniforms[..., n]`` (uniform in ``[0, 1)``), so tokens of zero probability are never
-    drawn. The cumulative sums are taken in float64 and divided by their total (rounding cannot
-    leave ``u`` beyond the last token). The draws depend on the uniforms alone, not on how rows
-    are chunked: a cache writer seeds them per row (reproducible, resumable writes).
+    drawn. The cumulative sums are taken in float64 and divided by their total, which makes the
+    last one exactly 1: no rounding leaves a ``u < 1`` beyond the last token. The draws depend
+    on the uniforms alone, not on how rows are chunked: a cache writer seeds them per row
+    (reproducible, resumable writes).
 
     Args:
         log_probs: ``[..., V]`` log-probabilities (``-inf`` allowed).
@@ -70,8 +71,7 @@ def draw_samples(log_probs: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
     """
     cumulative = log_probs.double().exp().cumsum(-1)
     cumulative = cumulative / cumulative[..., -1:]
-    drawn = torch.searchsorted(cumulative, uniforms.to(cumulative), right=True)
-    drawn = drawn.clamp_max(log_probs.shape[-1] - 1).sort(-1).values
+    drawn = torch.searchsorted(cumulative, uniforms.to(cumulative), right=True).sort(-1).values
     first = torch.ones_like(drawn, dtype=torch.bool)
     first[..., 1:] = drawn[..., 1:] != drawn[..., :-1]
     slot = first.cumsum(-1) - 1  # the distinct id's slot of every draw

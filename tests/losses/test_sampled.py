@@ -42,6 +42,11 @@ def brute_force(
     counts = sampled.counts.reshape(-1, SAMPLES).double()
     q_hat = torch.zeros_like(log_p).scatter_add_(1, sampled.token_ids.reshape(-1, SAMPLES), counts)
     q_hat = q_hat / q_hat.sum(-1, keepdim=True)
+    if sampled.head is not None:  # the head exactly, the draws scaled by the mass outside it
+        head = sampled.head
+        q_hat = q_hat * head.tail_log_mass.reshape(-1, 1).double().exp()
+        head_ids = head.token_ids.reshape(-1, head.token_ids.shape[-1])
+        q_hat = q_hat.scatter_add(1, head_ids, head.log_probs.reshape(head_ids.shape).exp())
     rows = -(q_hat * log_p).sum(-1) - sampled.entropy.reshape(-1).double()
     return temperature**2 * (rows.mean() if kept is None else rows[kept].mean())
 
@@ -56,9 +61,9 @@ def fused(case: dict[str, Tensor], sampled: SampledLogits, **options) -> Tensor:
     return fused_linear_kd_loss(**inputs, teacher_logits=sampled, temperature=T, **options)
 
 
-def draw(case: dict[str, Tensor], seed: int) -> SampledLogits:
+def draw(case: dict[str, Tensor], seed: int, k: int = 0) -> SampledLogits:
     generator = torch.Generator().manual_seed(seed)
-    return SampledLogits.from_logits(case["teacher_logits"], SAMPLES, T, generator=generator)
+    return SampledLogits.from_logits(case["teacher_logits"], SAMPLES, T, generator=generator, k=k)
 
 
 def float64_bounds(case: dict[str, Tensor]) -> tuple[float, float]:
@@ -86,9 +91,10 @@ def assert_matches(value: Tensor, expected: Tensor, case: dict[str, Tensor]) -> 
 
 
 @pytest.mark.parametrize("chunk_size", [None, 3])
-def test_a_fixed_draw_matches_the_float64_formula(chunk_size: int | None) -> None:
+@pytest.mark.parametrize("k", [0, 3], ids=["samples", "head+samples"])
+def test_a_fixed_draw_matches_the_float64_formula(chunk_size: int | None, k: int) -> None:
     case = make_case(0)
-    sampled = draw(case, 1)
+    sampled = draw(case, 1, k)
     value = fused(case, sampled, chunk_size=chunk_size)
     assert_matches(value, brute_force(case, sampled, T), case)
 
@@ -120,9 +126,12 @@ def test_padding_and_repeated_ids_add_up() -> None:
 DRAWS = 2000
 
 
-def standard_errors_off(case: dict[str, Tensor], draw_temperature: float) -> tuple[float, float]:
+def standard_errors_off(
+    case: dict[str, Tensor], draw_temperature: float, k: int = 0
+) -> tuple[float, float]:
     """The largest distance, in standard errors, of the mean over ``DRAWS`` seeded draws (from
-    the teacher at ``draw_temperature``) of the loss and of each hidden-state gradient
+    the teacher at ``draw_temperature``, with an exact head of ``k`` tokens) of the loss and of
+    each hidden-state gradient
     coordinate from the dense forward KL's at ``T``, and the threshold ``z`` it must not pass.
 
     By the central limit theorem each of the ``1 + R·H`` means is off by more than ``z``
@@ -137,9 +146,9 @@ def standard_errors_off(case: dict[str, Tensor], draw_temperature: float) -> tup
     for seed in range(DRAWS):
         generator = torch.Generator().manual_seed(seed)
         drawn = SampledLogits.from_logits(
-            case["teacher_logits"], SAMPLES, draw_temperature, generator=generator
+            case["teacher_logits"], SAMPLES, draw_temperature, generator=generator, k=k
         )
-        value = fused(case, SampledLogits(drawn.token_ids, drawn.counts, entropy))
+        value = fused(case, SampledLogits(drawn.token_ids, drawn.counts, entropy, drawn.head))
         losses.append(value.detach())
         hidden_grads.append(torch.autograd.grad(value, case["student_hidden"])[0])
     compared = torch.cat([torch.stack(losses)[:, None], torch.stack(hidden_grads).flatten(1)], 1)
@@ -150,10 +159,11 @@ def standard_errors_off(case: dict[str, Tensor], draw_temperature: float) -> tup
     return off, NormalDist().inv_cdf(1 - 1e-6 / (2 * compared.shape[1]))
 
 
-def test_the_estimate_is_unbiased_over_many_draws() -> None:
+@pytest.mark.parametrize("k", [0, 3], ids=["samples", "head+samples"])
+def test_the_estimate_is_unbiased_over_many_draws(k: int) -> None:
     """The mean loss and hidden-state gradient over 2000 draws lie within z standard errors
     of the dense forward KL's (false-failure rate at most 1e-6, see standard_errors_off)."""
-    off, z = standard_errors_off(make_case(4), T)
+    off, z = standard_errors_off(make_case(4), T, k)
     assert off <= z, (off, z)
 
 
@@ -178,6 +188,19 @@ def test_draws_are_reproducible_and_follow_the_probabilities() -> None:
     assert torch.equal(again[0], ids) and torch.equal(again[1], counts)
     # chunking the rows does not change the draws (the uniforms decide)
     assert torch.equal(draw_samples(log_probs[:1], uniforms[:1])[0], ids[:1])
+
+
+def test_a_head_leaves_its_tokens_out_of_the_draws() -> None:
+    case = make_case(9)
+    sampled = draw(case, 0, k=4)
+    head = sampled.head.token_ids
+    drawn = torch.where(sampled.counts > 0, sampled.token_ids, -1)
+    assert not bool((drawn.unsqueeze(-1) == head.unsqueeze(-2)).any())
+    ids, weights = sampled.estimate(torch.float64)
+    assert ids.shape[-1] == 4 + SAMPLES
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, ROWS // 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="k must be below the vocabulary"):
+        draw(case, 0, k=VOCAB)
 
 
 def test_from_logits_entropy_is_exact() -> None:

@@ -82,9 +82,9 @@ def _sparse_rows(
                 f"divergence must be one of {UNBIASED} with a SampledLogits teacher_logits (its "
                 f"estimate is unbiased only for forward KL, linear in q), got {divergence!r}"
             )
-        weights = _rows(sparse.probabilities(dtype), index)
+        ids, weights = sparse.estimate(dtype)
         entropy = _rows(sparse.entropy, index, True).to(dtype)
-        return SampledRows(_rows(sparse.token_ids, index), weights, entropy)
+        return SampledRows(_rows(ids, index), _rows(weights, index), entropy)
     tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
     log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
     every_token_kept = sparse.token_ids.shape[-1] == vocab
@@ -259,6 +259,8 @@ def fused_linear_kd_loss(
         sparse_values = [sparse.log_probs, sparse.tail_log_mass]
     elif sparse is not None:
         sparse_values = [sparse.entropy]
+        if sparse.head is not None:
+            sparse_values += [sparse.head.log_probs, sparse.head.tail_log_mass]
     dtype = compute_dtype(*(t for t in [*tensors, *sparse_values] if t is not None))
 
     def side(

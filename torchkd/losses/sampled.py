@@ -22,8 +22,20 @@ with :math:`p = \\mathrm{softmax}(z_S / T)` over the full vocabulary. Linear in
     \\mathbb{E}[p - \\hat q] = p - q = \\frac{\\partial \\mathrm{KL}(q \\| p)}{\\partial a}
 
 (:math:`\\sum_i \\hat q_i = 1`). One draw's estimate may be negative; its mean over draws is
-the divergence. Only forward KL (soft cross-entropy) is linear in :math:`q`: reverse KL, JSD and
-TVD have no unbiased estimate of this form and are refused with a sampled teacher.
+the divergence.
+
+With an exact *head* (top-k plus samples combined), the ``k`` most likely tokens ``K`` keep
+their probabilities and the ``N`` draws come from the rest of the distribution,
+:math:`q_j / m` for :math:`j \\notin K` with :math:`m = \\sum_{j \\notin K} q_j`:
+
+.. math::
+    \\hat q_i = q_i \\;(i \\in K), \\qquad \\hat q_j = m \\, \\frac{c_j}{N} \\;(j \\notin K),
+    \\qquad \\mathbb{E}[\\hat q] = q
+
+still unbiased, with no noise on the head (where a peaked teacher has most of its mass).
+
+Only forward KL (soft cross-entropy) is linear in :math:`q`: reverse KL, JSD and TVD have no
+unbiased estimate of this form and are refused with a sampled teacher.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import torch
 from torch import Tensor
 
 from torchkd.losses._common import check_number, check_temperature, upcast
+from torchkd.losses.topk import TopKLogits, check_topk
 
 __all__ = ["SampledLogits", "draw_samples"]
 
@@ -92,6 +105,9 @@ class SampledLogits:
             row); :math:`\\hat q_i = c_i / \\sum_l c_l`.
         entropy: ``[...]`` the teacher's entropy :math:`H(q)` at the loss's temperature (it
             only shifts the loss value, so that it estimates KL rather than cross-entropy).
+        head: the teacher's exact top-``k`` (:class:`TopKLogits`, its tail the mass ``m``
+            outside them), the draws being from the rest; None: the draws are from all of
+            ``q``.
 
     Example:
         >>> import torch
@@ -107,6 +123,7 @@ class SampledLogits:
     token_ids: Tensor
     counts: Tensor
     entropy: Tensor
+    head: TopKLogits | None = None
 
     @classmethod
     def from_logits(
@@ -117,14 +134,30 @@ class SampledLogits:
         *,
         generator: torch.Generator | None = None,
         uniforms: Tensor | None = None,
+        k: int = 0,
     ) -> SampledLogits:
         """``samples`` draws per row from ``softmax(logits / T)`` (:func:`draw_samples`) and the
-        exact entropy (no gradient). The uniforms are ``uniforms`` (``[..., samples]``) when
-        given, else drawn in float64 on the CPU from ``generator``."""
+        exact entropy (no gradient); with ``k > 0`` the top ``k`` are kept exactly as the head
+        (:meth:`TopKLogits.from_logits`) and the draws come from the other tokens. The uniforms
+        are ``uniforms`` (``[..., samples]``) when given, else drawn in float64 on the CPU from
+        ``generator``."""
         check_temperature(temperature)
         check_number("samples", samples, minimum=1, integer=True)
+        check_number("k", k, minimum=0, integer=True)
+        if k >= logits.shape[-1]:
+            raise ValueError(
+                f"k must be below the vocabulary ({logits.shape[-1]}) to leave tokens to "
+                f"sample, got {k}"
+            )
         with torch.no_grad():
             log_probs = torch.log_softmax(upcast(logits) / temperature, dim=-1)
+            head = rest = None
+            if k:
+                head = TopKLogits.from_logits(logits, k, temperature)
+                rest = log_probs.scatter(-1, head.token_ids, float("-inf"))
+                # a row whose rest has no mass left (m = 0) draws from q: its weight m is 0
+                empty = torch.isneginf(rest.amax(-1, keepdim=True))
+                rest = torch.where(empty, log_probs, rest)
             if uniforms is None:
                 shape = (*logits.shape[:-1], samples)
                 uniforms = torch.rand(shape, generator=generator, dtype=torch.float64)
@@ -133,15 +166,27 @@ class SampledLogits:
                     f"uniforms must have shape {(*logits.shape[:-1], samples)} (the rows, "
                     f"samples), got {tuple(uniforms.shape)}"
                 )
-            token_ids, counts = draw_samples(log_probs, uniforms.to(logits.device))
+            drawn_from = log_probs if rest is None else rest
+            token_ids, counts = draw_samples(drawn_from, uniforms.to(logits.device))
             entropy = torch.special.entr(log_probs.exp()).sum(-1)
-        return cls(token_ids, counts, entropy)
+        return cls(token_ids, counts, entropy, head)
 
-    def probabilities(self, dtype: torch.dtype | None = None) -> Tensor:
-        """:math:`\\hat q = c / \\sum c` per row, ``[..., N]`` in ``dtype`` (default: the
-        entropy's)."""
-        counts = self.counts.to(dtype or self.entropy.dtype)
-        return counts / counts.sum(-1, keepdim=True)
+    def estimate(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """The ids and :math:`\\hat q` per row, ``[..., k + N]`` (``dtype``, default the
+        entropy's): the head's probabilities, then :math:`m \\, c / \\sum c` (``m = 1``
+        without a head)."""
+        dtype = dtype or self.entropy.dtype
+        counts = self.counts.to(dtype)
+        weights = counts / counts.sum(-1, keepdim=True)
+        if self.head is None:
+            return self.token_ids, weights
+        head = self.head.log_probs.to(dtype).exp()
+        if self.head.tail_log_mass is None:
+            mass = (1 - head.sum(-1)).clamp_min(0)
+        else:
+            mass = self.head.tail_log_mass.to(dtype).exp()
+        ids = torch.cat([self.head.token_ids, self.token_ids], -1)
+        return ids, torch.cat([head, mass.unsqueeze(-1) * weights], -1)
 
 
 def check_sampled(targets: SampledLogits, rows_shape: torch.Size, vocab: int) -> None:
@@ -171,6 +216,12 @@ def check_sampled(targets: SampledLogits, rows_shape: torch.Size, vocab: int) ->
         )
     if entropy.requires_grad:
         raise ValueError("SampledLogits.entropy requires grad, but sampled targets get none")
+    if targets.head is not None:
+        if not isinstance(targets.head, TopKLogits):
+            raise TypeError(
+                f"SampledLogits.head must be a TopKLogits or None, got {type(targets.head)}"
+            )
+        check_topk(targets.head, rows_shape, vocab)
     if ids.numel() == 0:
         return
     if int(ids.min()) < 0 or int(ids.max()) >= vocab:

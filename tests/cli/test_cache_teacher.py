@@ -386,8 +386,8 @@ def test_a_sampled_cache_is_written_read_and_trained_from(
     ("override", "named"),
     [
         (
-            "data.teacher_cache={dir: cache, kind: sampled, k: 8}",
-            "k: is for a kind: topk cache, but kind is sampled",
+            f"data.teacher_cache={{dir: cache, kind: sampled, k: {VOCAB}}}",
+            "data.teacher_cache.k: k (the exact head of a sampled cache) must be below",
         ),
         (
             "data.teacher_cache={dir: cache, samples: 8}",
@@ -409,3 +409,17 @@ def test_a_sampled_cache_refuses_bad_settings_naming_their_yaml_path(
     overrides = [SAMPLED, override] if override.startswith("terms") else [override]
     refused(capsys, main(["cache-teacher", str(recipe), *overrides]), named)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_sampled_cache_with_an_exact_head_trains(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = "data.teacher_cache={dir: cache, kind: sampled, samples: 6, k: 4}"
+    assert main(["cache-teacher", str(recipe), head, "--error-batches", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(sampled, 6 samples, exact top-4, seed 0, temperature 2)" in out
+    assert f"{6 * (2 + 1) + 4 + 4 * (2 + 4) + 4} stored" in out
+    batch = next(iter(build_loaders(load_recipe(recipe, [head]).data).train))
+    assert batch["teacher_topk_ids"].shape == (4, LENGTH, 4)
+    assert batch["teacher_sample_counts"].sum(-1).eq(6).all()
+    assert main(["train", str(recipe), *FAST, head, "--run-dir", "run"]) == 0

@@ -90,6 +90,50 @@ def test_round_trip_equals_the_seeded_draws_of_the_dense_logits(
     assert torch.equal(targets.token_ids, batch["teacher_sample_ids"])
 
 
+def test_a_sampled_cache_with_an_exact_head(
+    tmp_path: Path, teacher: Any, data: TokenSamples
+) -> None:
+    """kind="sampled" with k: the top-k kept exactly (float32), the draws from the rest; the
+    reader gives both, and the loss's teacher is a SampledLogits with that head."""
+    manifest = write_teacher_cache(teacher, data, tmp_path, **{**SAMPLED, "k": 3})
+    assert manifest["k"] == 3 and manifest["samples"] == 6
+    with torch.no_grad():
+        logits = teacher(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
+    cached = TeacherCacheDataset(data, tmp_path, kind="sampled", k=3, samples=6)
+    batch = cached[list(range(ROWS))]
+    targets = cached_teacher(batch, term=None)  # type: ignore[arg-type]
+    assert isinstance(targets, SampledLogits) and targets.head is not None
+    for position in range(ROWS):
+        uniforms = torch.rand(
+            (LENGTH, 6),
+            generator=torch.Generator().manual_seed(row_seed(3, position)),
+            dtype=torch.float64,
+        )
+        reference = SampledLogits.from_logits(logits[position], 6, 2.0, uniforms=uniforms, k=3)
+        assert torch.equal(targets.token_ids[position], reference.token_ids)
+        assert torch.equal(targets.counts[position], reference.counts)
+        assert torch.equal(targets.head.token_ids[position], reference.head.token_ids)
+        # float32 storage of the head, as the entropy (the float32 forward in batches of 2)
+        torch.testing.assert_close(
+            targets.head.log_probs[position], reference.head.log_probs, rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            targets.head.tail_log_mass[position],
+            reference.head.tail_log_mass,
+            rtol=0,
+            atol=1e-5,
+        )
+    per_token = sampled_bytes_per_token(6, VOCAB, k=3)
+    assert per_token == 6 * 3 + 4 + 3 * (2 + 4) + 4
+    for entry in manifest["shards"]:
+        path = tmp_path / entry["file"]
+        (header_size,) = struct.unpack("<Q", path.read_bytes()[:8])
+        rows = entry["rows"]
+        assert path.stat().st_size == 8 + header_size + 8 * rows + per_token * rows * LENGTH
+    with pytest.raises(TeacherCacheError, match="written with k=3, but k=4"):
+        TeacherCacheDataset(data, tmp_path, k=4)
+
+
 @pytest.mark.parametrize(("samples", "count_dtype", "count_bytes"), [(6, "U8", 1), (300, "U16", 2)])
 def test_storage_is_the_bytes_per_token_formula(
     tmp_path: Path, samples: int, count_dtype: str, count_bytes: int
@@ -183,7 +227,7 @@ def test_the_kind_and_the_samples_are_checked_on_read(
     ("settings", "match"),
     [
         ({"kind": "sampled"}, "a 'sampled' teacher cache needs samples"),
-        ({"kind": "sampled", "samples": 4, "k": 4}, "k is for a 'topk' cache, not 'sampled'"),
+        ({"kind": "sampled", "samples": 4, "k": VOCAB}, "must be below the teacher's vocab"),
         ({"k": 4, "samples": 4}, "samples is for a 'sampled' cache, not 'topk'"),
         ({"kind": "sampled", "samples": 70_000}, "samples must be at most 65535"),
         ({"kind": "sampled", "samples": 0}, "samples must be a positive integer"),

@@ -109,6 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     from torchkd.lm.cache import (
         TeacherCacheDataset,
         bytes_per_token,
+        check_head,
         check_k,
         check_samples,
         read_manifest,
@@ -134,17 +135,21 @@ def _run(args: argparse.Namespace) -> int:
     student = build_model(recipe.student, "student")
     check_teacher_weights(teacher_config, teacher_path)
     teacher = build_model(teacher_config, teacher_path)
-    if kind == "topk":
-        with blame("data.teacher_cache.k"):
-            check_k(size, teacher)
-    else:
+    with blame("data.teacher_cache.k"):
+        if kind == "topk":
+            check_k(cache.k, teacher)
+        elif cache.k is not None:
+            check_head(cache.k, teacher)
+    if kind == "sampled":
         with blame("data.teacher_cache.samples"):
             check_samples(size)
     data = recipe.data.model_copy(update={"teacher_cache": None})
     datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)
     batch_size = args.batch_size or recipe.data.batch_size
-    sizes = {"k": size} if kind == "topk" else {"samples": size, "seed": cache.seed}
+    sizes = {"k": cache.k}
+    if kind == "sampled":
+        sizes.update(samples=size, seed=cache.seed)
     settings = {
         "kind": kind,
         **sizes,
@@ -178,10 +183,14 @@ def _run(args: argparse.Namespace) -> int:
         layout = f"k x ({manifest['token_id_dtype']} id + float16 log-prob) + float16 tail"
         print(f"teacher cache: {directory} (k = {size}, temperature {temperature:g})")
     else:
-        stored = sampled_bytes_per_token(size, manifest["vocab_size"])
+        stored = sampled_bytes_per_token(size, manifest["vocab_size"], cache.k)
         layout = f"samples x ({manifest['token_id_dtype']} id + count) + float32 entropy"
+        head = ""
+        if cache.k is not None:
+            layout += f" + k x ({manifest['token_id_dtype']} id + float32 log-prob) + float32 tail"
+            head = f", exact top-{cache.k}"
         print(
-            f"teacher cache: {directory} (sampled, {size} samples, seed {cache.seed}, "
+            f"teacher cache: {directory} (sampled, {size} samples{head}, seed {cache.seed}, "
             f"temperature {temperature:g})"
         )
     print(

@@ -176,7 +176,9 @@ class TeacherCacheConfig(Section):
             (``samples`` tokens drawn from the teacher: an unbiased estimate of forward KL and
             its gradient, :mod:`torchkd.losses.sampled`; forward-KL terms only).
         k: tokens kept per position of a ``topk`` cache (default 16; 66 bytes per token at
-            k = 16 for vocabularies up to 65,535 entries, 98 above).
+            k = 16 for vocabularies up to 65,535 entries, 98 above); for a ``sampled`` cache
+            the optional exact head (top-k plus samples combined: the ``k`` most likely
+            tokens kept exactly, the samples drawn from the rest).
         samples: draws per position of a ``sampled`` cache (default 12; 40 bytes per token at
             12 for vocabularies up to 65,535 entries, 64 above).
         seed: the seed of a ``sampled`` cache's draws.
@@ -191,17 +193,18 @@ class TeacherCacheConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _size_of_its_kind(cls, data: Any) -> Any:
-        """``k`` for a top-k cache (default 16), ``samples`` for a sampled one (default 12)."""
+        """``k`` for a top-k cache (default 16); ``samples`` for a sampled one (default 12),
+        with ``k`` its optional exact head."""
         if not isinstance(data, dict):
             return data
-        kind = data.get("kind", "topk")
-        size, other = ("samples", "k") if kind == "sampled" else ("k", "samples")
-        if data.get(other) is not None:
+        if data.get("kind", "topk") == "sampled":
+            return {"samples": CACHE_SIZE_DEFAULTS["samples"], **data}
+        if data.get("samples") is not None:
             raise ValueError(
-                f"{other}: is for a kind: {'sampled' if other == 'samples' else 'topk'} cache, "
-                f"but kind is {kind}; a kind: {kind} cache takes {size}"
+                "samples: is for a kind: sampled cache, but kind is topk; a kind: topk cache "
+                "takes k"
             )
-        return {size: CACHE_SIZE_DEFAULTS[size], **data}
+        return {"k": CACHE_SIZE_DEFAULTS["k"], **data}
 
 
 class DataConfig(Section):

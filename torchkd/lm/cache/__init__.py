@@ -31,7 +31,7 @@ from torchkd.lm.cache.format import (
     write_manifest,
 )
 from torchkd.lm.cache.read import TeacherCacheDataset, cached_targets
-from torchkd.lm.cache.write import check_k, check_samples, write_teacher_cache
+from torchkd.lm.cache.write import check_head, check_k, check_samples, write_teacher_cache
 
 __all__ = [
     "CACHE_FORMAT",
@@ -44,6 +44,7 @@ __all__ = [
     "TeacherCacheError",
     "bytes_per_token",
     "cached_targets",
+    "check_head",
     "check_k",
     "check_samples",
     "count_dtype",

@@ -33,7 +33,10 @@ float32 ``[n, L]`` (the teacher's :math:`H(q)`):
 
 (40 bytes at N = 12 with a vocabulary under 65,536). Its draws are seeded per row from the
 manifest's ``seed`` and the row index (:func:`row_seed`), so a resumed write draws what an
-uninterrupted one would.
+uninterrupted one would. A sampled cache with an exact head (manifest ``k``: top-k plus
+samples combined) also holds the head as ``head_ids`` ``[n, L, k]``, ``head_log_probs``
+float32 ``[n, L, k]`` and ``head_tail`` float32 ``[n, L]`` (float32, not float16: rounding
+the head's probabilities would bias the estimate), ``k (b_id + 4) + 4`` more bytes per token.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
 # the batch entries of a sampled cache: distinct drawn ids and their counts [..., L, N] and the
 # teacher's entropy [..., L] (what ``torchkd.losses.SampledLogits(ids, counts, entropy)`` takes)
 SAMPLED_KEYS = ("teacher_sample_ids", "teacher_sample_counts", "teacher_entropy")
+# a sampled cache with an exact head adds the head under CACHE_KEYS (SampledLogits.head)
 KINDS = ("topk", "sampled")  # a cache's kind: its manifest's ``kind``
 CACHE_FORMAT = "torchkd-teacher-cache"
 # 2: the manifest holds its own SHA-256 and the teacher's source fingerprint; 3: its kind
@@ -92,7 +96,8 @@ CACHE_VERSION = 3
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest_sha256"  # the manifest's own entry: SHA-256 of all the others
 VALUE_DTYPE = torch.float16
-ENTROPY_DTYPE = torch.float32  # a sampled cache's H(q): float16 would shift the loss by ~1e-3
+# a sampled cache's H(q) and head: float16 would shift the loss by ~1e-3 and bias the head
+ENTROPY_DTYPE = torch.float32
 UINT16_VOCAB = 65535  # largest vocabulary whose ids are stored as uint16
 UINT8_COUNT = 255  # most samples whose counts are stored as uint8
 MAX_SAMPLES = 65535  # counts are at most uint16
@@ -155,17 +160,23 @@ def count_dtype(samples: int) -> torch.dtype:
     return torch.uint8 if samples <= UINT8_COUNT else torch.uint16
 
 
-def sampled_bytes_per_token(samples: int, vocab_size: int) -> int:
+def sampled_bytes_per_token(samples: int, vocab_size: int, k: int | None = None) -> int:
     """Stored bytes per token position of a sampled cache: ``N * (id bytes + count bytes) + 4``
-    (ids, counts, one float32 entropy), without the per-row ``index`` and the shard headers.
+    (ids, counts, one float32 entropy), plus ``k * (id bytes + 4) + 4`` with an exact head of
+    ``k`` tokens (float32 log-probabilities and tail), without the per-row ``index`` and the
+    shard headers.
 
     Example:
         >>> sampled_bytes_per_token(12, 32000), sampled_bytes_per_token(12, 128256)
         (40, 64)
+        >>> sampled_bytes_per_token(8, 32000, k=4)
+        56
     """
     id_bytes = torch.empty((), dtype=token_id_dtype(vocab_size)).element_size()
     counts = torch.empty((), dtype=count_dtype(samples)).element_size()
-    return samples * (id_bytes + counts) + torch.empty((), dtype=ENTROPY_DTYPE).element_size()
+    value_bytes = torch.empty((), dtype=ENTROPY_DTYPE).element_size()
+    head = 0 if not k else k * (id_bytes + value_bytes) + value_bytes
+    return samples * (id_bytes + counts) + value_bytes + head
 
 
 def row_seed(seed: int, index: int) -> int:

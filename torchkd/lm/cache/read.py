@@ -31,12 +31,14 @@ def cached_targets(batch: Mapping[str, Any]) -> TopKLogits | SampledLogits | Non
     """The batch's cached teacher: :class:`~torchkd.losses.SampledLogits` from the
     :data:`~torchkd.lm.cache.format.SAMPLED_KEYS` of a sampled cache,
     :class:`~torchkd.losses.TopKLogits` from the :data:`~torchkd.lm.cache.format.CACHE_KEYS`
-    of a top-k one, or None when the batch carries neither."""
-    if all(batch.get(key) is not None for key in SAMPLED_KEYS):
-        return SampledLogits(*(batch[key] for key in SAMPLED_KEYS))
+    of a top-k one (both: a sampled cache with an exact head, ``SampledLogits.head``), or None
+    when the batch carries neither."""
+    topk = None
     if all(batch.get(key) is not None for key in CACHE_KEYS[:2]):
-        return TopKLogits(*(batch.get(key) for key in CACHE_KEYS))
-    return None
+        topk = TopKLogits(*(batch.get(key) for key in CACHE_KEYS))
+    if all(batch.get(key) is not None for key in SAMPLED_KEYS):
+        return SampledLogits(*(batch[key] for key in SAMPLED_KEYS), head=topk)
+    return topk
 
 
 class TeacherCacheDataset:
@@ -49,7 +51,8 @@ class TeacherCacheDataset:
     ``TopKLogits(ids, log_probs, tail)`` takes), and from a sampled cache
     ``teacher_sample_ids`` and ``teacher_sample_counts`` int64 ``[..., L, N]`` and
     ``teacher_entropy`` float32 ``[..., L]`` (what ``SampledLogits(ids, counts, entropy)``
-    takes), looked up by the sample's ``index`` (``teacher: cache`` terms).
+    takes; with an exact head, the head under the top-k keys too), looked up by the sample's
+    ``index`` (``teacher: cache`` terms).
 
     The manifest is checked when the dataset is made: the cache must be complete and written
     for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
@@ -139,9 +142,12 @@ class TeacherCacheDataset:
         return self.manifest["samples"]
 
     @property
-    def keys(self) -> tuple[str, str, str]:
-        """The batch keys this cache adds (:data:`CACHE_KEYS` or :data:`SAMPLED_KEYS`)."""
-        return CACHE_KEYS if self.kind == "topk" else SAMPLED_KEYS
+    def keys(self) -> tuple[str, ...]:
+        """The batch keys this cache adds: :data:`CACHE_KEYS`, :data:`SAMPLED_KEYS`, or both
+        (sampled with an exact head)."""
+        if self.kind == "topk":
+            return CACHE_KEYS
+        return SAMPLED_KEYS if self.k is None else (*SAMPLED_KEYS, *CACHE_KEYS)
 
     @property
     def temperature(self) -> float:
@@ -174,7 +180,7 @@ class TeacherCacheDataset:
         self._handles[shard] = handle
         return handle
 
-    def _row(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _row(self, index: int) -> tuple[Tensor, ...]:
         if not 0 <= index < int(self.manifest["rows"]):
             raise IndexError(
                 f"sample index {index} is outside the teacher cache's {self.manifest['rows']} rows"
@@ -184,7 +190,12 @@ class TeacherCacheDataset:
         ids = handle.get_slice("token_ids")[offset].to(torch.int64)
         if self.kind == "sampled":
             counts = handle.get_slice("counts")[offset].to(torch.int64)
-            return ids, counts, handle.get_slice("entropy")[offset].to(torch.float32)
+            drawn = (ids, counts, handle.get_slice("entropy")[offset].to(torch.float32))
+            if self.k is None:
+                return drawn
+            head_ids = handle.get_slice("head_ids")[offset].to(torch.int64)
+            head = [handle.get_slice(name)[offset] for name in ("head_log_probs", "head_tail")]
+            return (*drawn, head_ids, *head)
         log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
         tail = handle.get_slice("tail")[offset].to(torch.float32)
         return ids, log_probs, tail

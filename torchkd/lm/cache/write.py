@@ -22,6 +22,7 @@ from torch.utils.data import default_collate
 
 from torchkd._files import atomic_write, remove_stale_temporaries
 from torchkd.batch import to_device
+from torchkd.lm.cache.draws import sampled_batch
 from torchkd.lm.cache.format import (
     CACHE_FORMAT,
     CACHE_VERSION,
@@ -35,7 +36,6 @@ from torchkd.lm.cache.format import (
     count_dtype,
     fingerprint_dataset,
     read_manifest,
-    row_seed,
     shard_name,
     teacher_fingerprint,
     token_id_dtype,
@@ -43,10 +43,10 @@ from torchkd.lm.cache.format import (
     write_manifest,
 )
 from torchkd.lm.model import last_hidden_state, output_projection
-from torchkd.losses import SampledLogits, TopKLogits, default_chunk_size
+from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
 
-__all__ = ["check_k", "check_samples", "write_teacher_cache"]
+__all__ = ["check_head", "check_k", "check_samples", "write_teacher_cache"]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -104,21 +104,34 @@ def check_samples(samples: Any) -> None:
 
 
 def _check_kind(kind: Any, k: Any, samples: Any, teacher: nn.Module) -> None:
-    """A top-k cache takes ``k`` (not ``samples``), a sampled one ``samples`` (not ``k``)."""
+    """A top-k cache takes ``k`` (not ``samples``); a sampled one ``samples`` and, for an exact
+    head, ``k`` below the vocabulary (tokens must be left to sample)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    size, other, other_kind = (
-        ("k", "samples", "sampled") if kind == "topk" else ("samples", "k", "topk")
-    )
-    given = {"k": k, "samples": samples}
-    if given[size] is None:
-        raise ValueError(f"a {kind!r} teacher cache needs {size}")
-    if given[other] is not None:
-        raise ValueError(f"{other} is for a {other_kind!r} cache, not {kind!r}; give {size} only")
     if kind == "topk":
+        if samples is not None:
+            raise ValueError("samples is for a 'sampled' cache, not 'topk'; give k only")
+        if k is None:
+            raise ValueError("a 'topk' teacher cache needs k")
         check_k(k, teacher)
-    else:
-        check_samples(samples)
+        return
+    if samples is None:
+        raise ValueError("a 'sampled' teacher cache needs samples")
+    check_samples(samples)
+    if k is not None:
+        check_head(k, teacher)
+
+
+def check_head(k: Any, teacher: nn.Module) -> None:
+    """The exact head of a sampled cache: a ``k`` (:func:`check_k`) below the teacher's
+    vocabulary, leaving tokens to sample."""
+    check_k(k, teacher)
+    vocab_size = output_projection(teacher, "teacher").weight.shape[0]
+    if k == vocab_size:
+        raise ValueError(
+            f"k (the exact head of a sampled cache) must be below the teacher's vocabulary "
+            f"({vocab_size}) to leave tokens to sample, got {k}"
+        )
 
 
 def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:
@@ -157,57 +170,13 @@ def _top_k(
     return ids, log_probs, tail
 
 
-def _sampled(
-    teacher: nn.Module,
-    inputs: Any,
-    positions: range,
-    samples: int,
-    seed: int,
-    temperature: float,
-    chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``[B, L, N]`` distinct drawn ids and counts and ``[B, L]`` entropies of
-    ``softmax(teacher logits / T)`` for the rows ``positions``
-    (:meth:`SampledLogits.from_logits <torchkd.losses.SampledLogits.from_logits>` of each row's
-    seeded uniforms, :func:`_row_uniforms`), a chunk of ``chunk_size`` positions at a time."""
-    projection = output_projection(teacher, "teacher")
-    hidden = last_hidden_state(teacher, inputs, "teacher")
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    uniforms = _row_uniforms(positions, hidden.shape[1], samples, seed)
-    flat_uniforms = uniforms.reshape(-1, samples).to(hidden.device)
-    parts = [
-        SampledLogits.from_logits(
-            projection.logits(flat[start : start + chunk_size]),
-            samples,
-            temperature,
-            uniforms=flat_uniforms[start : start + chunk_size],
-        )
-        for start in range(0, flat.shape[0], chunk_size)
-    ]
-    rows = hidden.shape[:-1]
-    ids = torch.cat([part.token_ids for part in parts]).reshape(*rows, samples)
-    counts = torch.cat([part.counts for part in parts]).reshape(*rows, samples)
-    entropy = torch.cat([part.entropy for part in parts]).reshape(rows)
-    return ids, counts, entropy
-
-
-def _row_uniforms(rows: range, length: int, samples: int, seed: int) -> Tensor:
-    """``[len(rows), L, N]`` float64 uniforms, each row's from its own CPU generator seeded
-    with :func:`~torchkd.lm.cache.format.row_seed` (the same draws on every device, whatever
-    the batch and chunk sizes)."""
-    uniforms = []
-    for row in rows:
-        generator = torch.Generator().manual_seed(row_seed(seed, row))
-        uniforms.append(torch.rand((length, samples), generator=generator, dtype=torch.float64))
-    return torch.stack(uniforms)
-
-
 def _sampled_tensors(
     teacher: nn.Module,
     dataset: Any,
     rows: range,
     *,
     samples: int,
+    k: int | None,
     seed: int,
     temperature: float,
     batch_size: int,
@@ -215,22 +184,19 @@ def _sampled_tensors(
     id_dtype: torch.dtype,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    ids, counts, entropies = [], [], []
+    stored = {"counts": count_dtype(samples), "token_ids": id_dtype, "head_ids": id_dtype}
+    parts: dict[str, list[Tensor]] = {}
     for start in range(rows.start, rows.stop, batch_size):
         positions = range(start, min(start + batch_size, rows.stop))
         batch = _collate(dataset, positions)
         inputs = to_device(batch["inputs"], device)
-        drawn, count, entropy = _sampled(
-            teacher, inputs, positions, samples, seed, temperature, chunk_size
-        )
-        ids.append(drawn.cpu().to(id_dtype))
-        counts.append(count.cpu().to(count_dtype(samples)))
-        entropies.append(entropy.cpu().to(ENTROPY_DTYPE))
+        drawn = sampled_batch(teacher, inputs, positions, samples, k, seed, temperature, chunk_size)
+        for name, tensor in drawn.items():
+            dtype = stored.get(name, ENTROPY_DTYPE)  # values (entropy, head) in float32
+            parts.setdefault(name, []).append(tensor.cpu().to(dtype))
     return {
         "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
-        "token_ids": torch.cat(ids),
-        "counts": torch.cat(counts),
-        "entropy": torch.cat(entropies),
+        **{name: torch.cat(tensors) for name, tensors in parts.items()},
     }
 
 
@@ -306,7 +272,9 @@ def write_teacher_cache(
     distinct ids of ``samples`` i.i.d. draws from ``softmax(z / T)``, their counts and the
     entropy :math:`H(q)`, an unbiased estimate of forward KL and its gradient
     (:mod:`torchkd.losses.sampled`), at :math:`N (b_\\text{id} + b_\\text{count}) + 4` bytes
-    per position (:func:`~torchkd.lm.cache.format.sampled_bytes_per_token`). Row ``i``'s draws
+    per position (:func:`~torchkd.lm.cache.format.sampled_bytes_per_token`). With ``k`` the
+    ``k`` most likely tokens are kept exactly (float32) and the draws come from the others
+    (``SampledLogits.head``), ``k (b_\\text{id} + 4) + 4`` more bytes. Row ``i``'s draws
     come from a generator seeded with ``row_seed(seed, i)``, so they do not depend on the batch
     size, the chunk size or where a write was resumed.
 
@@ -321,7 +289,8 @@ def write_teacher_cache(
         teacher: a causal LM (:func:`torchkd.lm.is_causal_lm`).
         dataset: spec-format causal-LM samples (``inputs`` mapping, ``index``).
         directory: the cache directory (created; must be new, empty or this cache's).
-        k: tokens kept per position (``kind="topk"``).
+        k: tokens kept per position (``kind="topk"``), or the exact head of a sampled cache
+            (top-k plus samples combined; None: no head).
         kind: ``"topk"`` (default) or ``"sampled"``.
         samples: draws per position (``kind="sampled"``; the paper's default is 12).
         seed: the seed of a sampled cache's draws (recorded in the manifest).
@@ -409,7 +378,7 @@ def write_teacher_cache(
                     tensors = _shard_tensors(teacher, dataset, rows, k=k, **common)
                 else:
                     tensors = _sampled_tensors(
-                        teacher, dataset, rows, samples=samples, seed=seed, **common
+                        teacher, dataset, rows, samples=samples, k=k, seed=seed, **common
                     )
                 data = save_safetensors(tensors)
                 atomic_write(

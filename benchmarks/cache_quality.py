@@ -15,6 +15,8 @@ value and of the gradient w.r.t. the student's hidden states.
   independent draws of ``N`` is exactly the estimate of their pooled ``D N`` draws, which is
   how it is computed (one loss call). An unbiased estimator's bias shrinks as ``spread / √D``;
   a biased one's stays.
+* top-k plus samples combined (``kind: sampled`` with ``k``): an exact top-``k/4`` head
+  (float32) and the ``N`` draws from the rest that fill top-k's bytes/token; unbiased too.
 
 Bytes/token are the cache's (:func:`~torchkd.lm.cache.bytes_per_token`,
 :func:`~torchkd.lm.cache.sampled_bytes_per_token`). Nothing is timed. Usage::
@@ -69,18 +71,43 @@ def stored_topk(teacher: Tensor, k: int) -> TopKLogits:
     return TopKLogits(exact.token_ids, log_probs, exact.tail_log_mass.to(torch.float16).double())
 
 
-def sampled(teacher: Tensor, samples: int, seed: int) -> SampledLogits:
-    """``samples`` seeded draws per row; the entropy in float32, as the cache holds it."""
+def sampled(teacher: Tensor, samples: int, seed: int, head: int = 0) -> SampledLogits:
+    """``samples`` seeded draws per row (from outside an exact top-``head``); the entropy and
+    the head in float32, as the cache holds them."""
     draw = SampledLogits.from_logits(
-        teacher, samples, generator=torch.Generator().manual_seed(seed)
+        teacher, samples, generator=torch.Generator().manual_seed(seed), k=head
     )
-    return SampledLogits(draw.token_ids, draw.counts, draw.entropy.float().double())
+    exact = None
+    if draw.head is not None:
+        log_probs, tail = (
+            t.float().double() for t in (draw.head.log_probs, draw.head.tail_log_mass)
+        )
+        exact = TopKLogits(draw.head.token_ids, log_probs, tail)
+    return SampledLogits(draw.token_ids, draw.counts, draw.entropy.float().double(), exact)
 
 
-def equal_bytes(k: int, vocab: int) -> int:
-    """The ``N`` whose sampled bytes/token are closest to top-k's at ``k``."""
+def equal_bytes(k: int, vocab: int, head: int = 0) -> int:
+    """The ``N`` whose sampled bytes/token (with an exact top-``head``) are closest to top-k's
+    at ``k``."""
     target = bytes_per_token(k, vocab)
-    return min(range(1, 4 * k), key=lambda n: abs(sampled_bytes_per_token(n, vocab) - target))
+    return min(
+        range(1, 4 * k),
+        key=lambda n: abs(sampled_bytes_per_token(n, vocab, head or None) - target),
+    )
+
+
+def sampled_cells(student_hidden, weight, bias, teacher, dense, n, head, draws) -> str:
+    """Spread (mean error of ``draws`` single draws) and bias (error of the mean of ``D``
+    draws, for each ``D`` in ``POOLED``) of the sampled cache of ``n`` draws."""
+
+    def error(estimate: SampledLogits) -> tuple[float, float, float]:
+        return errors(loss_and_grad(student_hidden, weight, bias, estimate), dense)
+
+    single = [error(sampled(teacher, n, seed, head)) for seed in range(draws)]
+    spread = tuple(sum(column) / len(single) for column in zip(*single, strict=True))
+    # seeds past the single draws': independent of them
+    pooled = [cell(error(sampled(teacher, n * d, draws + d, head))) for d in POOLED]
+    return f"{cell(spread)} | " + " | ".join(pooled)
 
 
 def main() -> None:
@@ -113,37 +140,28 @@ def main() -> None:
             bias_cells = " | ".join(cell(error) for _ in POOLED)
             rows[f"top-{k}"] = (size, f"— | {bias_cells}")
         for n in samples:
-            single = [
-                errors(loss_and_grad(student_hidden, weight, bias, sampled(teacher, n, s)), dense)
-                for s in range(args.draws)
-            ]
-            spread_cell = cell(
-                tuple(sum(column) / len(single) for column in zip(*single, strict=True))
-            )
-            bias_cells = []
-            for draws in POOLED:
-                # seeds past the single draws': independent of them
-                pool = sampled(teacher, n * draws, seed=args.draws + draws)
-                bias_cells.append(
-                    cell(errors(loss_and_grad(student_hidden, weight, bias, pool), dense))
-                )
             size = sampled_bytes_per_token(n, args.vocab)
-            rows[f"sampled N={n}"] = (
-                size,
-                f"{spread_cell} | " + " | ".join(bias_cells),
-            )
+            cells = sampled_cells(student_hidden, weight, bias, teacher, dense, n, 0, args.draws)
+            rows[f"sampled N={n}"] = (size, cells)
+        for k in KS:  # an exact head of k / 4 tokens, samples for the rest of top-k's bytes
+            head = k // 4
+            n = equal_bytes(k, args.vocab, head)
+            size = sampled_bytes_per_token(n, args.vocab, head)
+            cells = sampled_cells(student_hidden, weight, bias, teacher, dense, n, head, args.draws)
+            rows[f"top-{head} + sampled N={n}"] = (size, cells)
         for cache, (size, cells) in sorted(rows.items(), key=lambda item: item[1][0]):
             lines.append(f"| {label} | {cache} | {size} | {cells} |")
             print(lines[-1], flush=True)
         for k in KS:
-            n = equal_bytes(k, args.vocab)
-            paired.append(
-                f"| {label} | top-{k} ({rows[f'top-{k}'][0]} B) | {rows[f'top-{k}'][1]} |"
-            )
-            paired.append(
-                f"| {label} | sampled N={n} ({rows[f'sampled N={n}'][0]} B) | "
-                f"{rows[f'sampled N={n}'][1]} |"
-            )
+            head = k // 4
+            pair = [
+                f"top-{k}",
+                f"sampled N={equal_bytes(k, args.vocab)}",
+                f"top-{head} + sampled N={equal_bytes(k, args.vocab, head)}",
+            ]
+            for cache in pair:
+                size, cells = rows[cache]
+                paired.append(f"| {label} | {cache} ({size} B) | {cells} |")
     command = "python benchmarks/cache_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = [
         "# Teacher caches against the dense teacher: top-k (biased) and sampled (unbiased)",
@@ -161,8 +179,10 @@ def main() -> None:
         f"sampled draw ({args.draws} seeded draws). Bias: error of the mean estimate over D "
         "draws (computed exactly as one estimate of the D·N pooled draws: the estimate is "
         "linear in the counts); it falls as spread / √D for the sampled cache (unbiased), "
-        "while top-k's error is its bias whatever D (it has no spread: '—'). Top-k holds "
-        "float16 log-probabilities and tail, sampled a float32 entropy, as the cache does.",
+        "while top-k's error is its bias whatever D (it has no spread: '—'). 'top-k + sampled "
+        "N': an exact head of k tokens and N draws from the rest (unbiased too). Top-k holds "
+        "float16 log-probabilities and tail, sampled a float32 entropy (and head), as the cache "
+        "does.",
         "",
         "## Every cache, by bytes/token",
         "",

@@ -84,7 +84,9 @@ class Term:
             means the causal LM's final hidden state and output projection (logits never built).
         teacher: the same on the teacher side; or ``"cache"`` (``"hidden_states"`` losses only):
             the teacher's cached top-k distribution in the batch (``teacher_topk_ids``,
-            ``teacher_topk_log_probs``, ``teacher_topk_tail``), no teacher model run.
+            ``teacher_topk_log_probs``, ``teacher_topk_tail``) or its sampled tokens
+            (``teacher_sample_ids``, ``teacher_sample_counts``, ``teacher_entropy``), no
+            teacher model run.
         adapter: how student tensors are mapped to the teacher's shape (see
             :func:`torchkd.adapters.build_adapter`); only for feature, embedding and indexed
             losses. ``"auto"`` builds nothing for losses that compare shapes themselves.

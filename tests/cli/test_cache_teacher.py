@@ -349,3 +349,77 @@ def test_a_cache_only_run_is_not_warned_about_the_teacher_it_never_builds(
     assert main(["train", str(recipe), *FAST, no_weights, "--run-dir", "run"]) == 0
     err = capsys.readouterr().err
     assert "teacher.checkpoint" not in err and "no checkpoint" not in err
+
+
+SAMPLED = "data.teacher_cache={dir: cache, kind: sampled, samples: 6, seed: 1}"
+
+
+def test_a_sampled_cache_is_written_read_and_trained_from(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["cache-teacher", str(recipe), SAMPLED, "--rows-per-shard", "5"]
+    assert main([*argv, "--error-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "cache")
+    assert manifest["kind"] == "sampled" and manifest["samples"] == 6 and manifest["seed"] == 1
+    assert manifest["k"] is None and read_manifest(tmp_path / "cache" / "val")["samples"] == 6
+    assert "(sampled, 6 samples, seed 1, temperature 2)" in out
+    assert f"{6 * (2 + 1) + 4} stored" in out
+    assert manifest["error"]["grad_relative_error"] > 0
+    loaders = build_loaders(load_recipe(recipe, [SAMPLED]).data)
+    batch = next(iter(loaders.train))
+    assert batch["teacher_sample_ids"].shape == batch["teacher_sample_counts"].shape
+    assert batch["teacher_sample_counts"].sum(-1).eq(6).all()
+    assert batch["teacher_entropy"].shape == (4, LENGTH) and "teacher_topk_ids" not in batch
+    assert main(["train", str(recipe), *FAST, SAMPLED, "--run-dir", "run"]) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    # read as a top-k cache, or with other samples: refused before the first step
+    code = main(["train", str(recipe), *FAST, "--run-dir", "other"])
+    refused(capsys, code, "data.teacher_cache (train split)", "is a 'sampled' cache")
+    other = SAMPLED.replace("samples: 6", "samples: 12")
+    code = main(["train", str(recipe), *FAST, other, "--run-dir", "other"])
+    refused(capsys, code, "written with samples=6, but samples=12")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            f"data.teacher_cache={{dir: cache, kind: sampled, k: {VOCAB}}}",
+            "data.teacher_cache.k: k (the exact head of a sampled cache) must be below",
+        ),
+        (
+            "data.teacher_cache={dir: cache, samples: 8}",
+            "samples: is for a kind: sampled cache, but kind is topk",
+        ),
+        (
+            "data.teacher_cache={dir: cache, kind: sampled, samples: 70000}",
+            "data.teacher_cache.samples: samples must be at most 65535",
+        ),
+        (
+            "terms.0.loss_kwargs={divergence: reverse_kl}",
+            "terms.0.loss_kwargs.divergence: a sampled teacher cache",
+        ),
+    ],
+)
+def test_a_sampled_cache_refuses_bad_settings_naming_their_yaml_path(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, named: str
+) -> None:
+    overrides = [SAMPLED, override] if override.startswith("terms") else [override]
+    refused(capsys, main(["cache-teacher", str(recipe), *overrides]), named)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_sampled_cache_with_an_exact_head_trains(
+    recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    head = "data.teacher_cache={dir: cache, kind: sampled, samples: 6, k: 4}"
+    assert main(["cache-teacher", str(recipe), head, "--error-batches", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(sampled, 6 samples, exact top-4, seed 0, temperature 2)" in out
+    assert f"{6 * (2 + 1) + 4 + 4 * (2 + 4) + 4} stored" in out
+    batch = next(iter(build_loaders(load_recipe(recipe, [head]).data).train))
+    assert batch["teacher_topk_ids"].shape == (4, LENGTH, 4)
+    assert batch["teacher_sample_counts"].sum(-1).eq(6).all()
+    assert main(["train", str(recipe), *FAST, head, "--run-dir", "run"]) == 0

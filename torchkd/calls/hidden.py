@@ -7,8 +7,9 @@
 
 The term's ``student`` and ``teacher`` stay ``"logits"``: each causal LM's final hidden state
 and output projection (:func:`torchkd.lm.output_projection`) are read instead of logits, which
-are never built. ``teacher="cache"`` passes the batch's cached top-k teacher distribution
-(:class:`~torchkd.losses.topk.TopKLogits`) as ``teacher_logits=`` and runs no teacher. A batch's
+are never built. ``teacher="cache"`` passes the batch's cached teacher (top-k,
+:class:`~torchkd.losses.topk.TopKLogits`, or sampled, :class:`~torchkd.losses.SampledLogits`)
+as ``teacher_logits=`` and runs no teacher. A batch's
 :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``, set by the training loop)
 gives ``num_items_in_batch`` its divisor.
 """
@@ -21,10 +22,11 @@ from typing import Any
 from torch import nn
 
 from torchkd.calls.base import Call, Example, Owner, loss_name
-from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
+from torchkd.lm.cache.read import cached_targets
 from torchkd.lm.model import OutputProjection, is_causal_lm, output_projection
 from torchkd.lm.tokens import TOKEN_NORMALIZER, TokenNormalizer
-from torchkd.losses.topk import TopKLogits
+from torchkd.losses import SampledLogits, TopKLogits
 from torchkd.terms import CACHE, LOGITS, Term, TermError
 
 __all__ = ["HiddenStatesCall", "cached_teacher"]
@@ -42,17 +44,17 @@ def _projection_kwargs(side: str, projection: OutputProjection) -> dict[str, Any
     return kwargs
 
 
-def cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits:
-    """The batch's cached top-k teacher distribution (see ``torchkd.lm.cache``)."""
-    missing = [key for key in CACHE_KEYS[:2] if batch.get(key) is None]
-    if missing:
+def cached_teacher(batch: Mapping[str, Any], term: Term) -> TopKLogits | SampledLogits:
+    """The batch's cached teacher, top-k or sampled (see ``torchkd.lm.cache``)."""
+    targets = cached_targets(batch)
+    if targets is None:
         raise ValueError(
-            f"term {term.name!r} reads the cached teacher (teacher='cache') but the batch has no "
-            f"{missing} (keys: {list(batch)}); wrap the dataset in a teacher cache "
-            "(recipe data.teacher_cache, written by `torchkd cache-teacher RECIPE`)"
+            f"term {term.name!r} reads the cached teacher (teacher='cache') but the batch has "
+            f"neither {list(CACHE_KEYS[:2])} nor {list(SAMPLED_KEYS)} (keys: {list(batch)}); "
+            "wrap the dataset in a teacher cache (recipe data.teacher_cache, written by "
+            "`torchkd cache-teacher RECIPE`)"
         )
-    ids, log_probs, tail = (batch.get(key) for key in CACHE_KEYS)
-    return TopKLogits(ids, log_probs, tail)
+    return targets
 
 
 class HiddenStatesCall(Call):

@@ -1,5 +1,6 @@
-"""``torchkd cache-teacher``: write a recipe's sparse teacher cache (training split in DIR,
-validation split in DIR/val) and report its size and its error against the dense teacher."""
+"""``torchkd cache-teacher``: write a recipe's sparse teacher cache, top-k or sampled (training
+split in DIR, validation split in DIR/val), and report its size and its error against the
+dense teacher."""
 
 from __future__ import annotations
 
@@ -108,8 +109,11 @@ def _run(args: argparse.Namespace) -> int:
     from torchkd.lm.cache import (
         TeacherCacheDataset,
         bytes_per_token,
+        check_head,
         check_k,
+        check_samples,
         read_manifest,
+        sampled_bytes_per_token,
         split_directory,
         write_manifest,
     )
@@ -122,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dir is None and cache is None:
         raise UsageError("give --dir DIR, or set data.teacher_cache.dir in the recipe")
     directory = Path(args.dir) if args.dir else Path(cache.dir)  # type: ignore[union-attr]
-    k = (cache or TeacherCacheConfig(dir=str(directory))).k
+    cache = cache or TeacherCacheConfig(dir=str(directory))
+    kind, size = cache.kind, cache.k if cache.kind == "topk" else cache.samples
     temperature = cache_temperature(recipe)
     check_cache_terms(recipe)
     teacher_config, teacher_path = cache_teacher(recipe)
@@ -131,13 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     check_teacher_weights(teacher_config, teacher_path)
     teacher = build_model(teacher_config, teacher_path)
     with blame("data.teacher_cache.k"):
-        check_k(k, teacher)
+        if kind == "topk":
+            check_k(cache.k, teacher)
+        elif cache.k is not None:
+            check_head(cache.k, teacher)
+    if kind == "sampled":
+        with blame("data.teacher_cache.samples"):
+            check_samples(size)
     data = recipe.data.model_copy(update={"teacher_cache": None})
     datasets = build_datasets(data, CACHED_SPLITS)
     device = resolve_device(recipe.train.device)
     batch_size = args.batch_size or recipe.data.batch_size
+    sizes = {"k": cache.k}
+    if kind == "sampled":
+        sizes.update(samples=size, seed=cache.seed)
     settings = {
-        "k": k,
+        "kind": kind,
+        **sizes,
         "temperature": temperature,
         "batch_size": batch_size,
         "device": device,
@@ -150,14 +165,34 @@ def _run(args: argparse.Namespace) -> int:
         )
         for split in CACHED_SPLITS
     }
-    cached = TeacherCacheDataset(datasets["train"], directory, k=k, temperature=temperature)
-    length = int(cached[0]["teacher_topk_tail"].shape[-1])
+    cached = TeacherCacheDataset(
+        datasets["train"],
+        directory,
+        kind=kind,
+        temperature=temperature,
+        k=cache.k,
+        samples=cache.samples,
+    )
+    length = int(cached[0][cached.keys[2]].shape[-1])
     tokens = {split: manifest["rows"] * length for split, manifest in manifests.items()}
     positions = sum(tokens.values())
     on_disk = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
     manifest = manifests["train"]
-    stored = bytes_per_token(k, manifest["vocab_size"])
-    print(f"teacher cache: {directory} (k = {k}, temperature {temperature:g})")
+    if kind == "topk":
+        stored = bytes_per_token(size, manifest["vocab_size"])
+        layout = f"k x ({manifest['token_id_dtype']} id + float16 log-prob) + float16 tail"
+        print(f"teacher cache: {directory} (k = {size}, temperature {temperature:g})")
+    else:
+        stored = sampled_bytes_per_token(size, manifest["vocab_size"], cache.k)
+        layout = f"samples x ({manifest['token_id_dtype']} id + count) + float32 entropy"
+        head = ""
+        if cache.k is not None:
+            layout += f" + k x ({manifest['token_id_dtype']} id + float32 log-prob) + float32 tail"
+            head = f", exact top-{cache.k}"
+        print(
+            f"teacher cache: {directory} (sampled, {size} samples{head}, seed {cache.seed}, "
+            f"temperature {temperature:g})"
+        )
     print(
         f"  tokens cached    {positions:,} ("
         + ", ".join(f"{split} {count:,}" for split, count in tokens.items())
@@ -165,10 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     shards = sum(len(split_manifest["shards"]) for split_manifest in manifests.values())
     print(f"  bytes on disk    {on_disk:,} ({shards} shards and the manifests)")
-    print(
-        f"  bytes/token      {on_disk / positions:.1f} on disk; {stored} stored "
-        f"(k x ({manifest['token_id_dtype']} id + float16 log-prob) + float16 tail)"
-    )
+    print(f"  bytes/token      {on_disk / positions:.1f} on disk; {stored} stored ({layout})")
     manifest = read_manifest(directory)
     manifest["tokens"], manifest["bytes_on_disk"] = positions, on_disk  # both splits
     if args.error_batches:
@@ -203,11 +235,13 @@ def _run(args: argparse.Namespace) -> int:
 register(
     Command(
         name="cache-teacher",
-        summary="write the recipe teacher's top-k outputs on its training data to a cache",
+        summary="write the recipe teacher's top-k (or sampled) outputs on its data to a cache",
         description="Run the recipe's teacher once over the training split (into DIR) and the "
         "validation split (into DIR/val, for the per-epoch evaluation of the terms) and store, per "
-        "token, its top-k token ids, log-probabilities and tail mass at the temperature of the "
-        "terms that read the cache (teacher: cache) in safetensors shards with a manifest "
+        "token, its top-k token ids, log-probabilities and tail mass (or, with "
+        "data.teacher_cache.kind=sampled, the ids and counts of tokens sampled from it and its "
+        "entropy) at the temperature of the terms that read the cache (teacher: cache) in "
+        "safetensors shards with a manifest "
         "(fingerprints, per-shard SHA-256). Training with data.teacher_cache then needs no "
         "teacher forward pass. Prints the size (bytes/token) and the error of the cached "
         "teacher against the dense one on a few training batches (also written to the "
@@ -217,7 +251,9 @@ register(
         examples="torchkd cache-teacher configs/demo_lm/cache.yaml teacher.checkpoint=teacher."
         "safetensors 'data.kwargs.files=[\"corpus/**/*.py\"]' data.kwargs.tokenizer=tokenizer\n"
         "torchkd cache-teacher runs/demo_lm/cache_teacher/config.yaml --dir cache/lm_k32 "
-        "data.teacher_cache.k=32",
+        "data.teacher_cache.k=32\n"
+        "torchkd cache-teacher runs/demo_lm/cache_teacher/config.yaml --dir cache/lm_n12 "
+        "data.teacher_cache.kind=sampled data.teacher_cache.samples=12",
         add_arguments=_arguments,
         run=_run,
     )

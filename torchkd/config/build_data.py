@@ -115,7 +115,11 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
         for split in [name for name in CACHED_SPLITS if name in splits]:
             with blame(f"data.teacher_cache ({split} split)"):
                 datasets[split] = TeacherCacheDataset(
-                    datasets[split], split_directory(cache.dir, split), k=cache.k
+                    datasets[split],
+                    split_directory(cache.dir, split),
+                    kind=cache.kind,
+                    k=cache.k,
+                    samples=cache.samples,
                 )
     return datasets
 

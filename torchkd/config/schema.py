@@ -158,23 +158,53 @@ class AugmentConfig(Section):
     shift: NonNegativeInt = 0
 
 
+CACHE_SIZE_DEFAULTS = {"k": 16, "samples": 12}  # data.teacher_cache's k / samples by kind
+
+
 class TeacherCacheConfig(Section):
     """``data.teacher_cache:``: train from a cached sparse teacher (``torchkd cache-teacher``).
 
     The training and validation splits are read with the teacher's top-k log-probabilities of
-    every position (:class:`torchkd.lm.cache.TeacherCacheDataset`) for the terms whose
-    ``teacher`` is ``cache``; the cache's temperature is theirs (a cache written at another
-    temperature is refused).
+    every position, or tokens sampled from it (:class:`torchkd.lm.cache.TeacherCacheDataset`),
+    for the terms whose ``teacher`` is ``cache``; the cache's temperature is theirs (a cache
+    written at another temperature, or of another kind, is refused).
 
     Attributes:
         dir: the cache directory (the training split's cache; the validation split's is in
             ``dir/val``).
-        k: tokens kept per position (66 bytes per token at k = 16 for vocabularies up to
-            65,535 entries, 98 above).
+        kind: ``topk`` (default: the ``k`` most likely tokens and the tail mass) or ``sampled``
+            (``samples`` tokens drawn from the teacher: an unbiased estimate of forward KL and
+            its gradient, :mod:`torchkd.losses.sampled`; forward-KL terms only).
+        k: tokens kept per position of a ``topk`` cache (default 16; 66 bytes per token at
+            k = 16 for vocabularies up to 65,535 entries, 98 above); for a ``sampled`` cache
+            the optional exact head (top-k plus samples combined: the ``k`` most likely
+            tokens kept exactly, the samples drawn from the rest).
+        samples: draws per position of a ``sampled`` cache (default 12; 40 bytes per token at
+            12 for vocabularies up to 65,535 entries, 64 above).
+        seed: the seed of a ``sampled`` cache's draws.
     """
 
     dir: str
-    k: PositiveInt = 16
+    kind: Literal["topk", "sampled"] = "topk"
+    k: PositiveInt | None = None
+    samples: PositiveInt | None = None
+    seed: NonNegativeInt = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_of_its_kind(cls, data: Any) -> Any:
+        """``k`` for a top-k cache (default 16); ``samples`` for a sampled one (default 12),
+        with ``k`` its optional exact head."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("kind", "topk") == "sampled":
+            return {"samples": CACHE_SIZE_DEFAULTS["samples"], **data}
+        if data.get("samples") is not None:
+            raise ValueError(
+                "samples: is for a kind: sampled cache, but kind is topk; a kind: topk cache "
+                "takes k"
+            )
+        return {"k": CACHE_SIZE_DEFAULTS["k"], **data}
 
 
 class DataConfig(Section):

@@ -91,8 +91,9 @@ def cache_temperature(recipe: Recipe) -> float:
 def check_cache_terms(recipe: Recipe) -> None:
     """Build the loss of every term that reads the cache from its ``loss_kwargs``, so that
     ``torchkd cache-teacher`` refuses the arguments training would refuse (e.g.
-    ``chunk_size: 0``) before it writes anything. Losses whose sizes come from probed shapes
-    are checked by training only."""
+    ``chunk_size: 0``, or a divergence other than forward KL with a sampled cache) before it
+    writes anything. Losses whose sizes come from probed shapes are checked by training
+    only."""
     from torchkd import losses
 
     for index, term in enumerate(recipe.terms):
@@ -102,7 +103,30 @@ def check_cache_terms(recipe: Recipe) -> None:
             entry = losses.entry(term.loss)
         if entry.sizes is None:
             with blame(f"terms.{index}.loss_kwargs"):
-                entry.module(**term.loss_kwargs)
+                module = entry.module(**term.loss_kwargs)
+            _check_sampled_divergence(recipe, index, module)
+
+
+def _check_sampled_divergence(recipe: Recipe, index: int, module: object) -> None:
+    """A sampled cache estimates forward KL only (:mod:`torchkd.losses.sampled`): refuse a
+    cache-reading term whose loss compares another divergence."""
+    from torchkd.losses.sampled import UNBIASED
+
+    cache = recipe.data.teacher_cache
+    options = getattr(module, "hyperparameters", dict)()
+    if cache is None or cache.kind != "sampled" or "divergence" not in options:
+        return
+    divergence = options["divergence"]
+    if divergence == "jsd" and options.get("beta") == 0:
+        divergence = "forward_kl"  # JSD(0) is forward KL
+    if divergence not in UNBIASED:
+        raise ConfigError(
+            [
+                f"terms.{index}.loss_kwargs.divergence: a sampled teacher cache "
+                f"(data.teacher_cache.kind: sampled) estimates {', '.join(UNBIASED)} only "
+                f"without bias, got {options['divergence']!r}; use a kind: topk cache for it"
+            ]
+        )
 
 
 def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -> None:
@@ -119,6 +143,8 @@ def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -
     cache = recipe.data.teacher_cache
     if cache is None or not indices:
         return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
+    if cache.kind == "sampled":
+        check_cache_terms(recipe)
     teacher_source = None
     for split in [name for name in CACHED_SPLITS if name in splits]:
         directory = split_directory(cache.dir, split)

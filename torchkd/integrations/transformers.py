@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchkd._extras import require
 from torchkd._files import atomic_write
 from torchkd.distiller import Distiller, DistillOutput, OnPolicyHook, Term
-from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.tokens import (
     IGNORE_INDEX,
     TOKEN_NORMALIZER,
@@ -58,7 +58,7 @@ __all__ = ["EXTRAS_FILE", "DistillationTrainer", "default_terms", "distillation_
 EXTRAS_FILE = "torchkd_extras.safetensors"  # adapters, learned weights/temperatures of the terms
 
 # Batch entries that are not model inputs: they go to the torchkd batch beside "inputs".
-_BATCH_KEYS = ("index", "prompt_ids", "prompt_mask", *CACHE_KEYS)
+_BATCH_KEYS = ("index", "prompt_ids", "prompt_mask", *CACHE_KEYS, *SAMPLED_KEYS)
 _LABEL_KEYS = ("labels", "shift_labels")
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from torchkd._extras import require
-from torchkd.lm.cache.format import CACHE_KEYS
+from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.tokens import IGNORE_INDEX
 
 __all__ = ["OnPolicy"]
@@ -142,7 +142,7 @@ class OnPolicy:
         generated one (``-100`` elsewhere: the loss covers the generated tokens only) and the
         batch's ``index``, ``prompt_ids`` and ``prompt_mask``. Other keys are dropped.
         """
-        cached = [key for key in CACHE_KEYS if key in batch]
+        cached = [key for key in (*CACHE_KEYS, *SAMPLED_KEYS) if key in batch]
         if cached:
             raise ValueError(
                 f"on-policy distillation needs a teacher model to score the sampled tokens, but "

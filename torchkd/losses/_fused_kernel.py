@@ -30,6 +30,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.kl import _graph_kept
+from torchkd.losses.sampled import SampledRows, sampled_divergence
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def run(
     plan: Plan,
     student: Side,
     teacher: Side | tuple[Tensor, Tensor | None] | None,
-    sparse: tuple[Tensor, Tensor] | None,
+    sparse: tuple[Tensor, Tensor] | SampledRows | None,
     labels: Tensor | None,
     wanted: set[str],
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -203,7 +204,8 @@ def run(
 
     The teacher is a :class:`Side`, or dense logits as ``(all rows [N, V'], index of the
     selected rows or None)`` (rows are gathered a chunk at a time, never copied whole), or None
-    with ``sparse`` = (token ids ``[n, k]``, bucket log-masses ``[n, k + 1]``). ``wanted``
+    with ``sparse`` = (token ids ``[n, k]``, bucket log-masses ``[n, k + 1]``) of a top-k
+    teacher, or the :class:`~torchkd.losses.sampled.SampledRows` of a sampled one. ``wanted``
     names inputs as ``"student_hidden"``, ``"teacher_weight"``, ...; the weights must already
     be in the compute dtype.
     """
@@ -239,7 +241,9 @@ def run(
             hard_gradient = buffers.get("hard", n)
             hard = _hard_labels(hard_gradient, logits, labels[start:stop], temperature)
         teacher_hidden = teacher_derivative = other = None
-        if sparse is not None:
+        if isinstance(sparse, SampledRows):
+            rows = sampled_divergence(logits, sparse.rows(start, stop))
+        elif sparse is not None:
             ids, log_masses = sparse
             rows = _sparse_divergence(plan, logits, ids[start:stop], log_masses[start:stop])
         else:

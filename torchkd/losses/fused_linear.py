@@ -3,7 +3,8 @@
 
 A language model's logits are ``h W^T (+ b)`` for its last hidden states ``h`` and output
 projection ``W`` (``lm_head.weight``). :func:`fused_linear_kd_loss` takes ``h`` and ``W`` of the
-student (and of the teacher, or the teacher's logits: dense, or sparse :class:`TopKLogits`)
+student (and of the teacher, or the teacher's logits: dense, sparse :class:`TopKLogits` or
+sampled :class:`SampledLogits`)
 and computes the loss a chunk of rows at a time, with closed-form gradients accumulated in
 float32 during the forward pass (see :mod:`torchkd.losses._fused_kernel`). Peak extra memory is
 a few ``[chunk, V]`` buffers plus the gradient of ``W``, instead of several ``[N, V]`` matrices.
@@ -29,9 +30,10 @@ from torchkd.losses.fused_options import (
     loss_denominator,
 )
 from torchkd.losses.registry import register
+from torchkd.losses.sampled import UNBIASED, SampledLogits, SampledRows
 from torchkd.losses.topk import TopKLogits, teacher_buckets
 
-__all__ = ["FusedLinearKDLoss", "TopKLogits", "fused_linear_kd_loss"]
+__all__ = ["FusedLinearKDLoss", "SampledLogits", "TopKLogits", "fused_linear_kd_loss"]
 
 
 def _wide(side: Side | None) -> Side | None:
@@ -63,6 +65,40 @@ def _unresolved(plan: Plan, loss: Tensor, valid_rows: int, vocab: int) -> bool:
     return bool(unresolved_divergences(mean_row, vocab, plan.temperature, weight).any())
 
 
+def _sparse_rows(
+    sparse: TopKLogits | SampledLogits,
+    index: Tensor | None,
+    dtype: torch.dtype,
+    divergence: str,
+    vocab: int,
+) -> tuple[Tensor, Tensor] | SampledRows:
+    """The kernel's form of a sparse teacher's selected rows: (ids, bucket log-masses) of a
+    top-k teacher, :class:`SampledRows` (ids, :math:`\\hat q`, entropy) of a sampled one."""
+    if isinstance(sparse, SampledLogits):
+        if divergence not in UNBIASED:
+            raise ValueError(
+                f"divergence must be one of {UNBIASED} with a SampledLogits teacher_logits (its "
+                f"estimate is unbiased only for forward KL, linear in q), got {divergence!r}"
+            )
+        ids, weights = sparse.estimate(dtype)
+        entropy = _rows(sparse.entropy, index, True).to(dtype)
+        return SampledRows(_rows(ids, index), _rows(weights, index), entropy)
+    tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
+    log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
+    every_token_kept = sparse.token_ids.shape[-1] == vocab
+    if every_token_kept:  # no token is outside: both tails are empty (not rounding residue)
+        log_masses[:, -1] = float("-inf")
+    no_tail = bool((log_masses[:, -1] == float("-inf")).any())
+    if divergence in ("reverse_kl", "akl") and no_tail and not every_token_kept:
+        raise ValueError(
+            f"divergence={divergence!r} with a top-k teacher needs a positive tail mass in "
+            "every row (KL(p || q) is infinite where q puts 0 on tokens the student may "
+            "emit), unless k equals the vocabulary (then the student's tail is empty too); "
+            "skew_reverse_kl stays finite"
+        )
+    return _rows(sparse.token_ids, index), log_masses
+
+
 def fused_linear_kd_loss(
     student_hidden: Tensor,
     student_weight: Tensor,
@@ -70,7 +106,7 @@ def fused_linear_kd_loss(
     teacher_weight: Tensor | None = None,
     labels: Tensor | None = None,
     *,
-    teacher_logits: Tensor | TopKLogits | None = None,
+    teacher_logits: Tensor | TopKLogits | SampledLogits | None = None,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
     divergence: str = "forward_kl",
@@ -148,7 +184,9 @@ def fused_linear_kd_loss(
         teacher_logits: instead of teacher hidden states: dense ``[..., V']`` logits (``-inf``
             allowed for masked vocabulary entries), or a :class:`TopKLogits` (bucket math in
             :mod:`torchkd.losses.topk`; its log-probabilities are taken as the teacher's
-            distribution at ``temperature``, only the student is softened).
+            distribution at ``temperature``, only the student is softened), or a
+            :class:`SampledLogits` (forward KL only: the unbiased estimate of
+            :mod:`torchkd.losses.sampled`, drawn at ``temperature``).
         student_bias: ``[V]`` optional output bias of the student.
         teacher_bias: ``[V']`` optional output bias of the teacher.
         divergence: ``"forward_kl"``, ``"reverse_kl"``, ``"jsd"``, ``"tvd"``,
@@ -230,7 +268,13 @@ def fused_linear_kd_loss(
         teacher_bias,
         dense,
     ]
-    sparse_values = [] if sparse is None else [sparse.log_probs, sparse.tail_log_mass]
+    sparse_values = []
+    if isinstance(sparse, TopKLogits):
+        sparse_values = [sparse.log_probs, sparse.tail_log_mass]
+    elif sparse is not None:
+        sparse_values = [sparse.entropy]
+        if sparse.head is not None:
+            sparse_values += [sparse.head.log_probs, sparse.head.tail_log_mass]
     dtype = compute_dtype(*(t for t in [*tensors, *sparse_values] if t is not None))
 
     def side(
@@ -247,22 +291,7 @@ def fused_linear_kd_loss(
         teacher = side(
             teacher_hidden, teacher_weight, teacher_bias, teacher_logit_scale, teacher_softcap
         )
-    buckets = None
-    if sparse is not None:
-        tail = None if sparse.tail_log_mass is None else _rows(sparse.tail_log_mass, index, True)
-        log_masses = teacher_buckets(_rows(sparse.log_probs, index).to(dtype), tail)
-        every_token_kept = sparse.token_ids.shape[-1] == vocab
-        if every_token_kept:  # no token is outside: both tails are empty (not rounding residue)
-            log_masses[:, -1] = float("-inf")
-        no_tail = bool((log_masses[:, -1] == float("-inf")).any())
-        if divergence in ("reverse_kl", "akl") and no_tail and not every_token_kept:
-            raise ValueError(
-                f"divergence={divergence!r} with a top-k teacher needs a positive tail mass in "
-                "every row (KL(p || q) is infinite where q puts 0 on tokens the student may "
-                "emit), unless k equals the vocabulary (then the student's tail is empty too); "
-                "skew_reverse_kl stays finite"
-            )
-        buckets = (_rows(sparse.token_ids, index), log_masses)
+    buckets = None if sparse is None else _sparse_rows(sparse, index, dtype, divergence, vocab)
     squared = temperature_squared and DIVERGENCES[divergence].temperature_squared
     plan = Plan(
         divergence=divergence,
@@ -305,7 +334,13 @@ def fused_linear_kd_loss(
         # values): redo in float64, which gives the true value, or inf where that is too large;
         # likewise a divergence float32 cannot resolve (large temperatures, see _unresolved).
         teacher_side = _wide(teacher) if teacher_rows is None else (teacher_rows.double(), index)
-        wide_buckets = None if buckets is None else (buckets[0], buckets[1].double())
+        wide_buckets = buckets
+        if isinstance(buckets, SampledRows):
+            wide_buckets = SampledRows(
+                buckets.ids, buckets.weights.double(), buckets.entropy.double()
+            )
+        elif buckets is not None:
+            wide_buckets = (buckets[0], buckets[1].double())
         loss, grads = run(plan, _wide(student), teacher_side, wide_buckets, selected_labels, wanted)
         return loss.to(dtype), {key: grad.to(dtype) for key, grad in grads.items()}, finish
 
@@ -352,7 +387,7 @@ class FusedLinearKDLoss(FunctionalOptionsModule):
         teacher_weight: Tensor | None = None,
         labels: Tensor | None = None,
         *,
-        teacher_logits: Tensor | TopKLogits | None = None,
+        teacher_logits: Tensor | TopKLogits | SampledLogits | None = None,
         student_bias: Tensor | None = None,
         teacher_bias: Tensor | None = None,
         mask: Tensor | None = None,

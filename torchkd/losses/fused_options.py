@@ -23,6 +23,7 @@ from torchkd.losses._common import (
     check_unit_interval,
 )
 from torchkd.losses.divergence_table import lookup
+from torchkd.losses.sampled import SampledLogits, check_sampled
 from torchkd.losses.topk import TopKLogits, check_topk
 
 __all__ = ["default_chunk_size"]
@@ -127,21 +128,21 @@ def check_teacher(
     teacher_hidden: Tensor | None,
     teacher_weight: Tensor | None,
     teacher_bias: Tensor | None,
-    teacher_logits: Tensor | TopKLogits | None,
+    teacher_logits: Tensor | TopKLogits | SampledLogits | None,
     *,
     teacher_logit_scale: float,
     teacher_softcap: float | None,
     truncate_vocab: bool,
-) -> tuple[Tensor | None, TopKLogits | None, int]:
+) -> tuple[Tensor | None, TopKLogits | SampledLogits | None, int]:
     """The teacher's form, checked against the student's tokens and vocabulary.
 
-    Returns the dense ``teacher_logits`` (or None), the top-k ``teacher_logits`` (or None; both
-    None: the teacher is given by hidden states and weight) and the vocabulary size ``V`` the
-    loss compares (``min(V, V')`` with ``truncate_vocab``).
+    Returns the dense ``teacher_logits`` (or None), the top-k or sampled ``teacher_logits`` (or
+    None; both None: the teacher is given by hidden states and weight) and the vocabulary size
+    ``V`` the loss compares (``min(V, V')`` with ``truncate_vocab``).
     """
     rows_shape = student_hidden.shape[:-1]
     dense: Tensor | None = None
-    sparse: TopKLogits | None = None
+    sparse: TopKLogits | SampledLogits | None = None
     if teacher_logits is not None:
         if teacher_hidden is not None or teacher_weight is not None or teacher_bias is not None:
             raise ValueError("give the teacher either as teacher_logits or as hidden + weight")
@@ -154,6 +155,10 @@ def check_teacher(
             sparse = teacher_logits
             vocab = student_weight.shape[0]
             check_topk(sparse, rows_shape, vocab)
+        elif isinstance(teacher_logits, SampledLogits):
+            sparse = teacher_logits
+            vocab = student_weight.shape[0]
+            check_sampled(sparse, rows_shape, vocab)
         else:
             check_floating("teacher_logits", teacher_logits)
             dense = teacher_logits

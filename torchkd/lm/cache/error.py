@@ -1,5 +1,6 @@
-"""How far a top-k teacher cache is from the dense teacher it was written from: the forward-KL
-loss value and the student's hidden-state gradient, dense against cached, on a few batches."""
+"""How far a teacher cache (top-k or sampled) is from the dense teacher it was written from:
+the forward-KL loss value and the student's hidden-state gradient, dense against cached, on a
+few batches."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch.utils.data import default_collate
 
 from torchkd.batch import to_device
 from torchkd.lm import count_valid_tokens, last_hidden_state, output_projection
-from torchkd.losses import TopKLogits, fused_linear_kd_loss
+from torchkd.lm.cache.read import cached_targets
+from torchkd.losses import fused_linear_kd_loss
 
 __all__ = ["measure_cache_error"]
 
@@ -33,7 +35,8 @@ def measure_cache_error(
     :class:`~torchkd.lm.cache.TeacherCacheDataset`, in index order) it computes the
     forward-KL :func:`~torchkd.losses.fused_linear_kd_loss` (``reduction="sum"``, at
     ``temperature``) of ``student`` against the dense teacher (its hidden states and output
-    projection) and against the cached ``TopKLogits``, and the gradients ``g`` of both w.r.t.
+    projection) and against the cached ``TopKLogits`` or ``SampledLogits``
+    (:func:`~torchkd.lm.cache.read.cached_targets`), and the gradients ``g`` of both w.r.t.
     the student's last hidden states:
 
     .. math::
@@ -42,7 +45,8 @@ def measure_cache_error(
         {\\lVert g_\\text{dense} \\rVert}
 
     summed over the tokens of all batches. The errors include the top-k truncation and the
-    float16 storage.
+    float16 storage, or the sampling noise of the one draw a sampled cache holds (its bias is
+    0: ``benchmarks/cache_quality.py`` measures both).
 
     Returns:
         ``batches``, ``tokens`` (valid ones), ``loss_dense`` and ``loss_cache`` (per token),
@@ -88,11 +92,7 @@ def measure_cache_error(
                 **common,
             )
             (dense_grad,) = torch.autograd.grad(dense, student_hidden)
-            sparse_teacher = TopKLogits(
-                batch["teacher_topk_ids"],
-                batch["teacher_topk_log_probs"],
-                batch["teacher_topk_tail"],
-            )
+            sparse_teacher = cached_targets(batch)
             cache = fused_linear_kd_loss(
                 student_hidden,
                 student_weight,

@@ -1,6 +1,6 @@
 """The teacher cache's on-disk format: directory layout, sizes, fingerprints and the manifest
 (the writer is :mod:`torchkd.lm.cache.write`, the reader :mod:`torchkd.lm.cache.read`), and the
-batch keys a cached teacher's top-k distribution travels under.
+batch keys a cached teacher's top-k or sampled distribution travels under.
 
 Directory layout::
 
@@ -22,6 +22,21 @@ position is
 (e.g. 66 bytes at k = 16 with a vocabulary under 65,536, 98 bytes above), plus 8 bytes per row
 for ``index`` and a small safetensors header per shard. Every position of every row is stored,
 padding included (the loss ignores positions whose label is ``-100``).
+
+A *sampled* cache (manifest ``kind: sampled``, :mod:`torchkd.losses.sampled`) holds instead
+``token_ids`` ``[n, L, N]`` (the distinct ids of ``N`` draws from the teacher, then padding),
+``counts`` ``[n, L, N]`` (uint8 for ``N <= 255``, else uint16; 0 for padding) and ``entropy``
+float32 ``[n, L]`` (the teacher's :math:`H(q)`):
+
+.. math::
+    \\text{bytes/token} = N \\, (b_\\text{id} + b_\\text{count}) + 4
+
+(40 bytes at N = 12 with a vocabulary under 65,536). Its draws are seeded per row from the
+manifest's ``seed`` and the row index (:func:`row_seed`), so a resumed write draws what an
+uninterrupted one would. A sampled cache with an exact head (manifest ``k``: top-k plus
+samples combined) also holds the head as ``head_ids`` ``[n, L, k]``, ``head_log_probs``
+float32 ``[n, L, k]`` and ``head_tail`` float32 ``[n, L]`` (float32, not float16: rounding
+the head's probabilities would bias the estimate), ``k (b_id + 4) + 4`` more bytes per token.
 """
 
 from __future__ import annotations
@@ -45,13 +60,18 @@ __all__ = [
     "CACHE_FORMAT",
     "CACHE_KEYS",
     "CACHE_VERSION",
+    "KINDS",
     "MANIFEST",
+    "SAMPLED_KEYS",
     "SETTINGS",
     "VALUE_DTYPE",
     "TeacherCacheError",
     "bytes_per_token",
+    "count_dtype",
     "fingerprint_dataset",
     "read_manifest",
+    "row_seed",
+    "sampled_bytes_per_token",
     "shard_name",
     "source_fingerprint",
     "split_directory",
@@ -64,12 +84,23 @@ __all__ = [
 # the batch entries of a cached teacher: top-k ids [..., L, k], their log-probabilities and the
 # log of the tail mass [..., L] (what ``torchkd.losses.TopKLogits(ids, log_probs, tail)`` takes)
 CACHE_KEYS = ("teacher_topk_ids", "teacher_topk_log_probs", "teacher_topk_tail")
+# the batch entries of a sampled cache: distinct drawn ids and their counts [..., L, N] and the
+# teacher's entropy [..., L] (what ``torchkd.losses.SampledLogits(ids, counts, entropy)`` takes)
+SAMPLED_KEYS = ("teacher_sample_ids", "teacher_sample_counts", "teacher_entropy")
+# a sampled cache with an exact head adds the head under CACHE_KEYS (SampledLogits.head)
+KINDS = ("topk", "sampled")  # a cache's kind: its manifest's ``kind``
 CACHE_FORMAT = "torchkd-teacher-cache"
-CACHE_VERSION = 2  # 2: the manifest holds its own SHA-256 and the teacher's source fingerprint
+# 2: the manifest holds its own SHA-256 and the teacher's source fingerprint; 3: its kind
+# (top-k or sampled), samples and seed
+CACHE_VERSION = 3
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest_sha256"  # the manifest's own entry: SHA-256 of all the others
 VALUE_DTYPE = torch.float16
+# a sampled cache's H(q) and head: float16 would shift the loss by ~1e-3 and bias the head
+ENTROPY_DTYPE = torch.float32
 UINT16_VOCAB = 65535  # largest vocabulary whose ids are stored as uint16
+UINT8_COUNT = 255  # most samples whose counts are stored as uint8
+MAX_SAMPLES = 65535  # counts are at most uint16
 # manifest entries that must match for a run to resume (or a reader to accept the cache)
 SETTINGS = (
     "format",
@@ -78,7 +109,10 @@ SETTINGS = (
     "teacher_source",
     "tokenizer_fingerprint",
     "dataset_fingerprint",
+    "kind",
     "k",
+    "samples",
+    "seed",
     "temperature",
     "vocab_size",
     "token_id_dtype",
@@ -114,6 +148,47 @@ def bytes_per_token(k: int, vocab_size: int) -> int:
     id_bytes = torch.empty((), dtype=token_id_dtype(vocab_size)).element_size()
     value_bytes = torch.empty((), dtype=VALUE_DTYPE).element_size()
     return k * (id_bytes + value_bytes) + value_bytes
+
+
+def count_dtype(samples: int) -> torch.dtype:
+    """The dtype of a sampled cache's counts: uint8 for ``samples <= 255``, else uint16.
+
+    Example:
+        >>> count_dtype(12), count_dtype(1000)
+        (torch.uint8, torch.uint16)
+    """
+    return torch.uint8 if samples <= UINT8_COUNT else torch.uint16
+
+
+def sampled_bytes_per_token(samples: int, vocab_size: int, k: int | None = None) -> int:
+    """Stored bytes per token position of a sampled cache: ``N * (id bytes + count bytes) + 4``
+    (ids, counts, one float32 entropy), plus ``k * (id bytes + 4) + 4`` with an exact head of
+    ``k`` tokens (float32 log-probabilities and tail), without the per-row ``index`` and the
+    shard headers.
+
+    Example:
+        >>> sampled_bytes_per_token(12, 32000), sampled_bytes_per_token(12, 128256)
+        (40, 64)
+        >>> sampled_bytes_per_token(8, 32000, k=4)
+        56
+    """
+    id_bytes = torch.empty((), dtype=token_id_dtype(vocab_size)).element_size()
+    counts = torch.empty((), dtype=count_dtype(samples)).element_size()
+    value_bytes = torch.empty((), dtype=ENTROPY_DTYPE).element_size()
+    head = 0 if not k else k * (id_bytes + value_bytes) + value_bytes
+    return samples * (id_bytes + counts) + value_bytes + head
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of row ``index``'s draws in a sampled cache written with ``seed``: the first 63
+    bits of SHA-256 of both (independent streams per row, whatever the write order).
+
+    Example:
+        >>> row_seed(0, 1) == row_seed(0, 1) != row_seed(0, 2)
+        True
+    """
+    digest = hashlib.sha256(f"torchkd-sampled-cache|{seed}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def split_directory(directory: str | os.PathLike[str], split: str) -> Path:

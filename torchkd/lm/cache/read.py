@@ -1,10 +1,12 @@
 """Reading a teacher cache during training: :class:`TeacherCacheDataset` adds the cached
-teacher's top-k distribution to every sample of the dataset it was written from, with no
-teacher model in memory."""
+teacher's top-k distribution (or its sampled tokens) to every sample of the dataset it was
+written from, with no teacher model in memory; :func:`cached_targets` makes the loss's teacher
+of a batch."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +16,48 @@ from torch import Tensor
 
 from torchkd.lm.cache.format import (
     CACHE_KEYS,
+    SAMPLED_KEYS,
     TeacherCacheError,
     fingerprint_dataset,
     read_manifest,
     verify_shards,
 )
+from torchkd.losses import SampledLogits, TopKLogits
 
-__all__ = ["TeacherCacheDataset"]
+__all__ = ["TeacherCacheDataset", "cached_targets"]
+
+
+def cached_targets(batch: Mapping[str, Any]) -> TopKLogits | SampledLogits | None:
+    """The batch's cached teacher: :class:`~torchkd.losses.SampledLogits` from the
+    :data:`~torchkd.lm.cache.format.SAMPLED_KEYS` of a sampled cache,
+    :class:`~torchkd.losses.TopKLogits` from the :data:`~torchkd.lm.cache.format.CACHE_KEYS`
+    of a top-k one (both: a sampled cache with an exact head, ``SampledLogits.head``), or None
+    when the batch carries neither."""
+    topk = None
+    if all(batch.get(key) is not None for key in CACHE_KEYS[:2]):
+        topk = TopKLogits(*(batch.get(key) for key in CACHE_KEYS))
+    if all(batch.get(key) is not None for key in SAMPLED_KEYS):
+        return SampledLogits(*(batch[key] for key in SAMPLED_KEYS), head=topk)
+    return topk
 
 
 class TeacherCacheDataset:
-    """``base_dataset`` with the cached teacher's top-k distribution added to every sample.
+    """``base_dataset`` with the cached teacher's top-k distribution (or sampled tokens) added
+    to every sample.
 
-    Each sample (or batch, for a list of positions) of the base dataset gains
-    ``teacher_topk_ids`` int64 ``[..., L, k]``, ``teacher_topk_log_probs`` float32
-    ``[..., L, k]`` and ``teacher_topk_tail`` float32 ``[..., L]``, looked up by the sample's
-    ``index``: what ``TopKLogits(ids, log_probs, tail)`` takes (``teacher: cache`` terms).
+    Each sample (or batch, for a list of positions) of the base dataset gains, from a top-k
+    cache, ``teacher_topk_ids`` int64 ``[..., L, k]``, ``teacher_topk_log_probs`` float32
+    ``[..., L, k]`` and ``teacher_topk_tail`` float32 ``[..., L]`` (what
+    ``TopKLogits(ids, log_probs, tail)`` takes), and from a sampled cache
+    ``teacher_sample_ids`` and ``teacher_sample_counts`` int64 ``[..., L, N]`` and
+    ``teacher_entropy`` float32 ``[..., L]`` (what ``SampledLogits(ids, counts, entropy)``
+    takes; with an exact head, the head under the top-k keys too), looked up by the sample's
+    ``index`` (``teacher: cache`` terms).
 
     The manifest is checked when the dataset is made: the cache must be complete and written
     for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
-    ``k`` / ``temperature`` when given), and so are its own digest and shard list
+    ``kind`` / ``k`` / ``samples`` / ``temperature`` when given: a top-k cache read as a
+    sampled one, or the reverse, is refused), and so are its own digest and shard list
     (:func:`~torchkd.lm.cache.format.read_manifest`) and the SHA-256 of every shard
     (:func:`~torchkd.lm.cache.format.verify_shards`): a damaged cache is refused before
     training starts. Shards are then read lazily, row by row, from memory-mapped safetensors
@@ -44,6 +68,8 @@ class TeacherCacheDataset:
         directory: the cache directory.
         k: the ``k`` the caller expects (e.g. the recipe's ``data.teacher_cache.k``).
         temperature: the temperature the caller expects.
+        kind: the kind the caller expects (``"topk"`` or ``"sampled"``).
+        samples: the ``samples`` the caller expects (a sampled cache).
         tokenizer_fingerprint: the data's tokenizer fingerprint (default: the base dataset's
             ``tokenizer_fingerprint`` attribute, if any).
 
@@ -59,6 +85,8 @@ class TeacherCacheDataset:
         k: int | None = None,
         temperature: float | None = None,
         tokenizer_fingerprint: str | None = None,
+        kind: str | None = None,
+        samples: int | None = None,
     ) -> None:
         self.dataset = base_dataset
         self.directory = Path(directory)
@@ -69,7 +97,14 @@ class TeacherCacheDataset:
                 f"the teacher cache in {directory} is incomplete ({len(manifest['shards'])} "
                 "shards written); run `torchkd cache-teacher RECIPE` again to finish it"
             )
-        for name, expected in (("k", k), ("temperature", temperature)):
+        if kind is not None and manifest["kind"] != kind:
+            raise TeacherCacheError(
+                f"the teacher cache in {directory} is a {manifest['kind']!r} cache, but a "
+                f"{kind!r} one is asked for (data.teacher_cache.kind); write a {kind!r} cache "
+                "with `torchkd cache-teacher RECIPE --dir NEW_DIR`"
+            )
+        asked = (("k", k), ("samples", samples), ("temperature", temperature))
+        for name, expected in asked:
             if expected is not None and manifest[name] != expected:
                 raise TeacherCacheError(
                     f"the teacher cache in {directory} was written with {name}="
@@ -95,8 +130,24 @@ class TeacherCacheDataset:
         self._handles: dict[int, Any] = {}
 
     @property
-    def k(self) -> int:
-        return int(self.manifest["k"])
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def k(self) -> int | None:
+        return self.manifest["k"]
+
+    @property
+    def samples(self) -> int | None:
+        return self.manifest["samples"]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The batch keys this cache adds: :data:`CACHE_KEYS`, :data:`SAMPLED_KEYS`, or both
+        (sampled with an exact head)."""
+        if self.kind == "topk":
+            return CACHE_KEYS
+        return SAMPLED_KEYS if self.k is None else (*SAMPLED_KEYS, *CACHE_KEYS)
 
     @property
     def temperature(self) -> float:
@@ -129,7 +180,7 @@ class TeacherCacheDataset:
         self._handles[shard] = handle
         return handle
 
-    def _row(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _row(self, index: int) -> tuple[Tensor, ...]:
         if not 0 <= index < int(self.manifest["rows"]):
             raise IndexError(
                 f"sample index {index} is outside the teacher cache's {self.manifest['rows']} rows"
@@ -137,6 +188,14 @@ class TeacherCacheDataset:
         shard, offset = divmod(index, int(self.manifest["rows_per_shard"]))
         handle = self._shard(shard)
         ids = handle.get_slice("token_ids")[offset].to(torch.int64)
+        if self.kind == "sampled":
+            counts = handle.get_slice("counts")[offset].to(torch.int64)
+            drawn = (ids, counts, handle.get_slice("entropy")[offset].to(torch.float32))
+            if self.k is None:
+                return drawn
+            head_ids = handle.get_slice("head_ids")[offset].to(torch.int64)
+            head = [handle.get_slice(name)[offset] for name in ("head_log_probs", "head_tail")]
+            return (*drawn, head_ids, *head)
         log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
         tail = handle.get_slice("tail")[offset].to(torch.float32)
         return ids, log_probs, tail
@@ -146,7 +205,7 @@ class TeacherCacheDataset:
         sample = self.dataset[position]
         index = torch.as_tensor(sample["index"])
         rows = [self._row(int(i)) for i in index.reshape(-1).tolist()]
-        ids, log_probs, tail = (torch.stack(column) for column in zip(*rows, strict=True))
+        columns = [torch.stack(column) for column in zip(*rows, strict=True)]
         if index.dim() == 0:
-            ids, log_probs, tail = ids[0], log_probs[0], tail[0]
-        return {**sample, **dict(zip(CACHE_KEYS, (ids, log_probs, tail), strict=True))}
+            columns = [column[0] for column in columns]
+        return {**sample, **dict(zip(self.keys, columns, strict=True))}

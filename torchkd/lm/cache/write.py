@@ -1,8 +1,9 @@
 """Writing a teacher cache: a causal-LM teacher's top-k next-token distribution per position,
-written once to safetensors shards (:func:`write_teacher_cache`), resumable shard by shard.
+or tokens sampled from it, written once to safetensors shards (:func:`write_teacher_cache`),
+resumable shard by shard.
 
-The format (layout, ``bytes/token = k (b_id + 2) + 2``, fingerprints, manifest) is described
-in :mod:`torchkd.lm.cache.format`.
+The format (layout, ``bytes/token = k (b_id + 2) + 2`` or ``N (b_id + b_count) + 4``,
+fingerprints, manifest) is described in :mod:`torchkd.lm.cache.format`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ from torch.utils.data import default_collate
 
 from torchkd._files import atomic_write, remove_stale_temporaries
 from torchkd.batch import to_device
+from torchkd.lm.cache.draws import sampled_batch
 from torchkd.lm.cache.format import (
     CACHE_FORMAT,
     CACHE_VERSION,
+    ENTROPY_DTYPE,
+    KINDS,
     MANIFEST,
+    MAX_SAMPLES,
     SETTINGS,
     VALUE_DTYPE,
     TeacherCacheError,
+    count_dtype,
     fingerprint_dataset,
     read_manifest,
     shard_name,
@@ -40,7 +46,7 @@ from torchkd.lm.model import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
 
-__all__ = ["check_k", "write_teacher_cache"]
+__all__ = ["check_head", "check_k", "check_samples", "write_teacher_cache"]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +96,44 @@ def check_k(k: Any, teacher: nn.Module) -> None:
         raise ValueError(f"k must be at most the teacher's vocabulary ({vocab_size}), got {k}")
 
 
+def check_samples(samples: Any) -> None:
+    """``samples`` must be a positive integer, at most 65,535 (counts are stored as uint16)."""
+    _check_positive("samples", samples)
+    if samples > MAX_SAMPLES:
+        raise ValueError(f"samples must be at most {MAX_SAMPLES} (uint16 counts), got {samples}")
+
+
+def _check_kind(kind: Any, k: Any, samples: Any, teacher: nn.Module) -> None:
+    """A top-k cache takes ``k`` (not ``samples``); a sampled one ``samples`` and, for an exact
+    head, ``k`` below the vocabulary (tokens must be left to sample)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "topk":
+        if samples is not None:
+            raise ValueError("samples is for a 'sampled' cache, not 'topk'; give k only")
+        if k is None:
+            raise ValueError("a 'topk' teacher cache needs k")
+        check_k(k, teacher)
+        return
+    if samples is None:
+        raise ValueError("a 'sampled' teacher cache needs samples")
+    check_samples(samples)
+    if k is not None:
+        check_head(k, teacher)
+
+
+def check_head(k: Any, teacher: nn.Module) -> None:
+    """The exact head of a sampled cache: a ``k`` (:func:`check_k`) below the teacher's
+    vocabulary, leaving tokens to sample."""
+    check_k(k, teacher)
+    vocab_size = output_projection(teacher, "teacher").weight.shape[0]
+    if k == vocab_size:
+        raise ValueError(
+            f"k (the exact head of a sampled cache) must be below the teacher's vocabulary "
+            f"({vocab_size}) to leave tokens to sample, got {k}"
+        )
+
+
 def _collate(dataset: Any, positions: Iterable[int]) -> dict[str, Any]:
     """The batch of ``dataset[p]`` for ``positions``, checking that each sample's ``index`` is
     its position (cache rows are keyed by it)."""
@@ -124,6 +168,36 @@ def _top_k(
     log_probs = torch.cat([part.log_probs for part in parts]).reshape(*rows, k)
     tail = torch.cat([part.tail_log_mass for part in parts]).reshape(rows)
     return ids, log_probs, tail
+
+
+def _sampled_tensors(
+    teacher: nn.Module,
+    dataset: Any,
+    rows: range,
+    *,
+    samples: int,
+    k: int | None,
+    seed: int,
+    temperature: float,
+    batch_size: int,
+    chunk_size: int,
+    id_dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    stored = {"counts": count_dtype(samples), "token_ids": id_dtype, "head_ids": id_dtype}
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(rows.start, rows.stop, batch_size):
+        positions = range(start, min(start + batch_size, rows.stop))
+        batch = _collate(dataset, positions)
+        inputs = to_device(batch["inputs"], device)
+        drawn = sampled_batch(teacher, inputs, positions, samples, k, seed, temperature, chunk_size)
+        for name, tensor in drawn.items():
+            dtype = stored.get(name, ENTROPY_DTYPE)  # values (entropy, head) in float32
+            parts.setdefault(name, []).append(tensor.cpu().to(dtype))
+    return {
+        "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
+        **{name: torch.cat(tensors) for name, tensors in parts.items()},
+    }
 
 
 def _shard_tensors(
@@ -161,7 +235,10 @@ def write_teacher_cache(
     dataset: Any,
     directory: str | os.PathLike[str],
     *,
-    k: int,
+    k: int | None = None,
+    kind: str = "topk",
+    samples: int | None = None,
+    seed: int = 0,
     temperature: float = 1.0,
     batch_size: int = 8,
     rows_per_shard: int = 256,
@@ -173,7 +250,8 @@ def write_teacher_cache(
     on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
-    distribution at every position (the format: :mod:`torchkd.lm.cache.format`). Storage is
+    distribution at every position, or ``samples`` tokens drawn from it (``kind="sampled"``;
+    the format: :mod:`torchkd.lm.cache.format`). Storage of a top-k cache is
 
     .. math::
         \\text{bytes/token} = k \\, (b_\\text{id} + 2) + 2
@@ -189,6 +267,17 @@ def write_teacher_cache(
     output projection ``chunk_size`` positions at a time. The teacher runs in eval mode without
     gradients, over the samples in index order (``dataset[i]["index"]`` must be ``i``).
 
+    A sampled cache stores per position what
+    :meth:`SampledLogits.from_logits <torchkd.losses.SampledLogits.from_logits>` gives: the
+    distinct ids of ``samples`` i.i.d. draws from ``softmax(z / T)``, their counts and the
+    entropy :math:`H(q)`, an unbiased estimate of forward KL and its gradient
+    (:mod:`torchkd.losses.sampled`), at :math:`N (b_\\text{id} + b_\\text{count}) + 4` bytes
+    per position (:func:`~torchkd.lm.cache.format.sampled_bytes_per_token`). With ``k`` the
+    ``k`` most likely tokens are kept exactly (float32) and the draws come from the others
+    (``SampledLogits.head``), ``k (b_\\text{id} + 4) + 4`` more bytes. Row ``i``'s draws
+    come from a generator seeded with ``row_seed(seed, i)``, so they do not depend on the batch
+    size, the chunk size or where a write was resumed.
+
     Shards are written one by one through a temp file and a rename, each followed by an atomic
     rewrite of ``manifest.json`` with its SHA-256, so an interrupted run (Ctrl-C, a crash)
     leaves a consistent cache (the temporary of a write killed outright is removed by the next
@@ -200,7 +289,11 @@ def write_teacher_cache(
         teacher: a causal LM (:func:`torchkd.lm.is_causal_lm`).
         dataset: spec-format causal-LM samples (``inputs`` mapping, ``index``).
         directory: the cache directory (created; must be new, empty or this cache's).
-        k: tokens kept per position.
+        k: tokens kept per position (``kind="topk"``), or the exact head of a sampled cache
+            (top-k plus samples combined; None: no head).
+        kind: ``"topk"`` (default) or ``"sampled"``.
+        samples: draws per position (``kind="sampled"``; the paper's default is 12).
+        seed: the seed of a sampled cache's draws (recorded in the manifest).
         temperature: the softening temperature, the temperature of the term that reads it.
         batch_size: samples per teacher forward pass.
         rows_per_shard: samples per shard.
@@ -224,7 +317,9 @@ def write_teacher_cache(
             a missing or damaged shard.
         ValueError: a bad argument (named).
     """
-    check_k(k, teacher)
+    _check_kind(kind, k, samples, teacher)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     _check_positive("batch_size", batch_size)
     _check_positive("rows_per_shard", rows_per_shard)
     if chunk_size is not None:
@@ -245,11 +340,14 @@ def write_teacher_cache(
         "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
+        "kind": kind,
         "k": k,
+        "samples": samples,
+        "seed": seed if kind == "sampled" else None,
         "temperature": float(temperature),
         "vocab_size": vocab_size,
         "token_id_dtype": str(id_dtype).removeprefix("torch."),
-        "value_dtype": str(VALUE_DTYPE).removeprefix("torch."),
+        "value_dtype": str(VALUE_DTYPE if kind == "topk" else ENTROPY_DTYPE).removeprefix("torch."),
         "rows": len(dataset),
         "rows_per_shard": rows_per_shard,
     }
@@ -269,17 +367,19 @@ def write_teacher_cache(
                 rows = range(
                     shard * rows_per_shard, min((shard + 1) * rows_per_shard, len(dataset))
                 )
-                tensors = _shard_tensors(
-                    teacher,
-                    dataset,
-                    rows,
-                    k=k,
-                    temperature=float(temperature),
-                    batch_size=batch_size,
-                    chunk_size=chunk_size,
-                    id_dtype=id_dtype,
-                    device=device,
-                )
+                common = {
+                    "temperature": float(temperature),
+                    "batch_size": batch_size,
+                    "chunk_size": chunk_size,
+                    "id_dtype": id_dtype,
+                    "device": device,
+                }
+                if kind == "topk":
+                    tensors = _shard_tensors(teacher, dataset, rows, k=k, **common)
+                else:
+                    tensors = _sampled_tensors(
+                        teacher, dataset, rows, samples=samples, k=k, seed=seed, **common
+                    )
                 data = save_safetensors(tensors)
                 atomic_write(
                     directory / shard_name(shard), lambda stream, data=data: stream.write(data)

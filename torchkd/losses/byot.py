@@ -46,7 +46,9 @@ def _check_exits(
 ) -> None:
     for name, value in (("exit_logits", exit_logits), ("exit_features", exit_features)):
         if not isinstance(value, list | tuple) or not value:
-            raise TypeError(f"{name} must be a non-empty list of tensors, got {type(value).__name__}")
+            raise TypeError(
+                f"{name} must be a non-empty list of tensors, got {type(value).__name__}"
+            )
     if len(exit_logits) != len(exit_features):
         raise ValueError(
             f"exit_logits and exit_features must have one entry per exit, got "
@@ -177,4 +179,3 @@ class BYOTLoss(nn.Module):
             f"temperature={self.temperature}, alpha={self.alpha}, "
             f"hint_weight={self.hint_weight}, reduction={self.reduction!r}"
         )
-

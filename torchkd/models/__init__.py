@@ -12,9 +12,9 @@ from torchkd.models.simple import CNN1D, MLP, DigitsCNN
 
 __all__ = [
     "CNN1D",
-    "CNN1DExits",
     "MLP",
     "MODELS",
+    "CNN1DExits",
     "DigitsCNN",
     "ResNet",
     "SentenceEncoder",

@@ -314,7 +314,7 @@ def _self_exits_call(
     ``identical`` makes the deepest exit a copy of the first exit; ``masked_classes`` masks that
     many last classes of every logit tensor, and the labels avoid them.
     """
-    exit_logits, exit_features, final_logits, final_features, _ = base
+    final_logits = base[2]
     batch = final_logits.shape[0] if batch is None else batch
     generator = torch.Generator().manual_seed(seed)
     value_dtype = rounded_to or dtype

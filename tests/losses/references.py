@@ -1200,20 +1200,23 @@ def byot_reference(
     temperature: float = 3.0,
     alpha: float = 0.3,
     hint_weight: float = 0.03,
+    ignore_index: int = -100,
     reduction: str = "batchmean",
 ):
     """Zhang et al. 2019, per sample: sum over exits i of (1 - a) CE(z_i, y)
-    + a T^2 KL(p_C || p_i) + lambda sum_j (F_i,j - F_C,j)^2, by loops over samples and exits."""
+    + a T^2 KL(p_C || p_i) + lambda sum_j (F_i,j - F_C,j)^2, by loops over samples and exits;
+    a row labeled ``ignore_index`` has no CE part."""
     values = []
     for row in range(len(labels)):
         total = 0.0
+        labeled = None if int(labels[row]) == ignore_index else int(labels[row])
         for logits, features in zip(exit_logits, exit_features, strict=True):
             hint = sum(
                 (float(s) - float(t)) ** 2
                 for s, t in zip(features[row].ravel(), final_features[row].ravel(), strict=True)
             )
             total += (
-                (1 - alpha) * ce_row(logits[row], int(labels[row]))
+                (1 - alpha) * (0.0 if labeled is None else ce_row(logits[row], labeled))
                 + alpha * kd_row(logits[row], final_logits[row], temperature=temperature)
                 + hint_weight * hint
             )

@@ -68,6 +68,22 @@ def test_one_exit_equal_to_the_deepest_leaves_its_cross_entropy() -> None:
     assert loss.item() == pytest.approx((1 - KWARGS["alpha"]) * ce.item(), rel=1e-12)
 
 
+def test_unlabeled_rows_keep_their_kl_and_hint_parts() -> None:
+    exits, features, final, final_features, labels = _inputs()
+    labels = labels.clone()
+    labels[[1, 3]] = -100
+    rows = byot_loss(exits, features, final, final_features, labels, **KWARGS, reduction="none")
+    expected = byot_reference(*_numpy([exits, features, final, final_features, labels]), **KWARGS)
+    assert rows.mean().item() == pytest.approx(expected, rel=1e-12)
+    alone = {**KWARGS, "alpha": 1.0}  # KL and hint only: the labels do not matter
+    torch.testing.assert_close(
+        byot_loss(exits, features, final, final_features, labels, **alone, reduction="none"),
+        byot_loss(
+            exits, features, final, final_features, labels.clamp(min=0), **alone, reduction="none"
+        ),
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

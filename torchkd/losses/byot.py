@@ -83,6 +83,7 @@ def byot_loss(
     temperature: float = 3.0,
     alpha: float = 0.3,
     hint_weight: float = 0.03,
+    ignore_index: int = -100,
     reduction: str = "batchmean",
 ) -> Tensor:
     r"""The "Be Your Own Teacher" loss of the shallow exits (see the module docstring).
@@ -96,6 +97,8 @@ def byot_loss(
         temperature: :math:`T`.
         alpha: :math:`\alpha` in [0, 1], the share of the KL term against the labels.
         hint_weight: :math:`\lambda \ge 0`, the weight of the feature hint.
+        ignore_index: rows with this label (unlabeled samples) have no cross-entropy part;
+            their KL and hint parts remain, and ``"batchmean"`` still divides by every row.
         reduction: ``"batchmean"`` (mean of :math:`\ell` over samples), ``"sum"`` or ``"none"``
             (``[B]``).
 
@@ -107,7 +110,7 @@ def byot_loss(
         True
     """
     _check_exits(exit_logits, exit_features, final_logits, final_features)
-    labels = check_labels(labels, final_logits)
+    labels = check_labels(labels, final_logits, ignore_index)
     check_temperature(temperature)
     check_unit_interval("alpha", alpha)
     check_number("hint_weight", hint_weight, minimum=0.0)
@@ -119,7 +122,7 @@ def byot_loss(
     rows = target_logits.new_zeros(target_logits.shape[0])
     for logits, features in zip(exit_logits, exit_features, strict=True):
         logits = upcast(logits, final_logits)
-        ce = F.cross_entropy(logits, labels, reduction="none")
+        ce = F.cross_entropy(logits, labels, reduction="none", ignore_index=ignore_index)
         log_student = F.log_softmax(logits / temperature, dim=-1)
         kl = (targets.exp() * (targets - log_student)).sum(-1)
         hint = (upcast(features, final_features).flatten(1) - target_features).pow(2).sum(-1)
@@ -146,12 +149,13 @@ class BYOTLoss(nn.Module):
         temperature: float = 3.0,
         alpha: float = 0.3,
         hint_weight: float = 0.03,
+        ignore_index: int = -100,
         reduction: str = "batchmean",
     ) -> None:
         super().__init__()
         check_temperature(temperature)
         self.temperature, self.alpha, self.hint_weight = temperature, alpha, hint_weight
-        self.reduction = reduction
+        self.ignore_index, self.reduction = ignore_index, reduction
 
     def forward(
         self,
@@ -171,11 +175,13 @@ class BYOTLoss(nn.Module):
             temperature=self.temperature if temperature is None else temperature,
             alpha=self.alpha,
             hint_weight=self.hint_weight,
+            ignore_index=self.ignore_index,
             reduction=self.reduction,
         )
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, alpha={self.alpha}, "
-            f"hint_weight={self.hint_weight}, reduction={self.reduction!r}"
+            f"hint_weight={self.hint_weight}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}"
         )

@@ -12,7 +12,9 @@ recipe's, so with ``kd`` + ``ce`` generation ``g`` minimises
 Each generation is an ordinary run in ``RUN_DIR/gen<g>/`` (config, checkpoints, metrics,
 report); ``RUN_DIR/report.md`` tabulates the generations' validation and test top-1.
 ``--resume`` resumes the unfinished generation (finished ones resume to their end at once) and
-goes on with the next.
+goes on with the next; resumed with a larger ``generations``, it adds generations. More
+``train.epochs`` on resume extend every generation in turn, each generation then continuing
+with its teacher's new ``best.pt``.
 """
 
 from __future__ import annotations

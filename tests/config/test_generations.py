@@ -97,3 +97,7 @@ def test_a_chain_trains_summarises_and_resumes(tmp_path: Path) -> None:
     assert main(["train", str(recipe), "--run-dir", str(run_dir), "--resume"]) == 0
     assert (run_dir / "gen2" / "checkpoints" / "best.pt").is_file()
     assert _digests(run_dir / "gen1") == first  # the finished generation is not retrained
+    more = ["generations=3", "--run-dir", str(run_dir), "--resume"]
+    assert main(["train", str(recipe), *more]) == 0  # a longer chain adds generations
+    assert (run_dir / "gen3" / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "report.md").read_text().count("| [gen") == 3

@@ -13,9 +13,11 @@ shallow exits is, per sample,
         + \lambda\, \lVert F_i - F_C \rVert_2^2
 
 with :math:`z_C` and :math:`F_C` detached (the deepest exit is a fixed target: it learns from
-the labels alone, through the recipe's own ``ce`` term on the logits). The paper writes the KL
-term without :math:`T^2`; the factor keeps its gradient's scale independent of :math:`T`
-(Hinton et al., 2015), as in :func:`torchkd.losses.kd_loss`.
+the labels alone, through the recipe's own ``ce`` term on the logits). The paper writes the
+soft term as :math:`\alpha\,\mathrm{KL}(q^i, q^C)` of the temperature softmaxes; here it is
+the distillation direction KL(teacher ‖ student) with the factor :math:`T^2`, which keeps its
+gradient's scale independent of :math:`T` (Hinton et al., 2015), as in
+:func:`torchkd.losses.kd_loss`.
 """
 
 from __future__ import annotations

@@ -181,6 +181,8 @@ METHODS: dict[str, Method] = {
     "dkd": Method("DKD", "dkd.yaml"),
     "dist": Method("DIST", "dist.yaml"),
     "ls_kd": Method("KD + logit standardization", "ls_kd.yaml"),
+    # no teacher: the student's deepest exit teaches its early exits (cnn1d_exits)
+    "byot": Method("BYOT (self-distillation)", "byot.yaml", cnn_only=True),
 }
 
 

@@ -1211,3 +1211,50 @@ REFERENCES["fused_linear_uld"] = Reference(
     reductions=("batchmean", "sum"),
     skip=_ULD_SKIP,
 )
+
+
+# --------------------------------------------------------------------------- self-distillation
+
+
+def byot_reference(
+    exit_logits: list[np.ndarray],
+    exit_features: list[np.ndarray],
+    final_logits: np.ndarray,
+    final_features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    temperature: float = 3.0,
+    alpha: float = 0.3,
+    hint_weight: float = 0.03,
+    ignore_index: int = -100,
+    reduction: str = "batchmean",
+):
+    """Zhang et al. 2019, per sample: sum over exits i of (1 - a) CE(z_i, y)
+    + a T^2 KL(p_C || p_i) + lambda sum_j (F_i,j - F_C,j)^2, by loops over samples and exits;
+    a row labeled ``ignore_index`` has no CE part."""
+    values = []
+    for row in range(len(labels)):
+        total = 0.0
+        labeled = None if int(labels[row]) == ignore_index else int(labels[row])
+        for logits, features in zip(exit_logits, exit_features, strict=True):
+            hint = sum(
+                (float(s) - float(t)) ** 2
+                for s, t in zip(features[row].ravel(), final_features[row].ravel(), strict=True)
+            )
+            total += (
+                (1 - alpha) * (0.0 if labeled is None else ce_row(logits[row], labeled))
+                + alpha * kd_row(logits[row], final_logits[row], temperature=temperature)
+                + hint_weight * hint
+            )
+        values.append(total)
+    return reduce(values, reduction, (len(labels),), 1)
+
+
+REFERENCES["byot"] = Reference(
+    byot_reference,
+    {"temperature": 2.0, "alpha": 0.4, "hint_weight": 0.5},
+    variants=({}, {"alpha": 1.0, "hint_weight": 0.0}, {"alpha": 0.0}),
+    reductions=("batchmean", "sum", "none"),
+    skip={"zero_at_equal": "the exits' cross-entropy with the labels remains"},
+    teacher_grad=False,
+)

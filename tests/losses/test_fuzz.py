@@ -155,6 +155,23 @@ def build_call(
             row_mask=row_mask,
             as_float64=as_float64,
         )
+    if signature_of(name) == "self_exits":
+        return _self_exits_call(
+            name,
+            base,
+            dtype=dtype,
+            seed=seed,
+            batch=batch,
+            scale=scale,
+            kwargs={**spec.kwargs, **(kwargs or {})},
+            teacher_dtype=teacher_dtype,
+            label_dtype=label_dtype,
+            rounded_to=rounded_to,
+            identical=identical,
+            masked_classes=masked_classes,
+            as_float64=as_float64,
+            learned_temperature=learned_temperature,
+        )
     kwargs = dict(kwargs or {})
     if learned_temperature is not None:
         wide = torch.float64 if as_float64 or dtype == torch.float64 else torch.float32
@@ -272,6 +289,55 @@ def _hidden_states_call(
         mask.view(-1)[0] = True
         call_kwargs["mask"] = mask
     return functools.partial(entry(name).functional, *inputs, **call_kwargs)
+
+
+def _self_exits_call(
+    name: str,
+    base: tuple[object, ...],
+    *,
+    dtype: torch.dtype,
+    seed: int,
+    batch: int | None,
+    scale: float,
+    kwargs: dict[str, object],
+    teacher_dtype: torch.dtype | None,
+    label_dtype: torch.dtype,
+    rounded_to: torch.dtype | None,
+    identical: bool,
+    masked_classes: int,
+    as_float64: bool,
+    learned_temperature: float | None,
+) -> functools.partial[Tensor]:
+    """:func:`build_call` for the ``self_exits`` signature: the exits' logits and features
+    (the student side), the deepest exit's logits and features (the teacher side), labels.
+
+    ``identical`` makes the deepest exit a copy of the first exit; ``masked_classes`` masks that
+    many last classes of every logit tensor, and the labels avoid them.
+    """
+    final_logits = base[2]
+    batch = final_logits.shape[0] if batch is None else batch
+    generator = torch.Generator().manual_seed(seed)
+    value_dtype = rounded_to or dtype
+    side_dtype = teacher_dtype or dtype
+    student = [_fresh_side(side, batch, generator, scale, value_dtype) for side in base[:2]]
+    teacher = (
+        [student[0][0].clone(), student[1][0].clone()]
+        if identical
+        else [_fresh_side(side, batch, generator, scale, value_dtype) for side in base[2:4]]
+    )
+    for logits in [*student[0], teacher[0]] if masked_classes else []:
+        logits[..., -masked_classes:] = float("-inf")
+    classes = final_logits.shape[-1] - masked_classes
+    labels = torch.randint(0, classes, (batch,), generator=generator).to(label_dtype)
+    inputs = [
+        *(_cast_side(side, torch.float64 if as_float64 else dtype) for side in student),
+        *(_cast_side(side, torch.float64 if as_float64 else side_dtype) for side in teacher),
+        labels,
+    ]
+    if learned_temperature is not None:
+        wide = torch.float64 if as_float64 or dtype == torch.float64 else torch.float32
+        kwargs["temperature"] = torch.tensor(learned_temperature, dtype=wide, requires_grad=True)
+    return functools.partial(entry(name).functional, *inputs, **kwargs)
 
 
 # --------------------------------------------------------------------------- the grid

@@ -193,13 +193,13 @@ def with_sides(
     for slots, tensors in zip(side_slots(name), (student, teacher), strict=True):
         if tensors is None:
             continue
-        if len(slots) > 1:
-            for slot, tensor in zip(slots, tensors, strict=True):
-                rebuilt[slot] = tensor
-        elif isinstance(inputs[slots[0]], Tensor):
-            rebuilt[slots[0]] = tensors[0]
-        else:
-            rebuilt[slots[0]] = list(tensors)
+        remaining = iter(tensors)  # side_of's order: each slot's tensor, or its list's members
+        for slot in slots:
+            if isinstance(inputs[slot], Tensor):
+                rebuilt[slot] = next(remaining)
+            else:
+                rebuilt[slot] = [next(remaining) for _ in inputs[slot]]
+        assert next(remaining, None) is None, "more tensors than the side's slots hold"
     return tuple(rebuilt)
 
 

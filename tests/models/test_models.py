@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchkd.models import CNN1D, MLP, DigitsCNN, ResNet, available_models, create_model
+from torchkd.models import (
+    CNN1D,
+    MLP,
+    CNN1DExits,
+    DigitsCNN,
+    ResNet,
+    available_models,
+    create_model,
+)
 
 # Published parameter counts (CIFAR-100 heads), CRD / RepDistiller model tables.
 PUBLISHED_MILLIONS = {"resnet32x4": 7.43, "resnet8x4": 1.23, "wrn_40_2": 2.26, "resnet56": 0.86}
@@ -18,7 +26,7 @@ def _num_parameters(model: nn.Module) -> int:
 
 
 def _example_input(name: str) -> torch.Tensor:
-    if name in ("cnn1d", "mlp"):
+    if name in ("cnn1d", "cnn1d_exits", "mlp"):
         return torch.randn(2, 1, 40)
     if name == "digits_cnn":
         return torch.randn(2, 1, 8, 8)
@@ -99,6 +107,29 @@ def test_resnet_preact_tap_is_the_residual_sum_before_relu() -> None:
     model(torch.randn(2, 3, 16, 16))
     assert (captured["preact"] < 0).any()
     torch.testing.assert_close(captured["out"], captured["preact"].relu())
+
+
+def test_cnn1d_exits_returns_the_backbones_logits_and_taps_its_exits() -> None:
+    torch.manual_seed(0)
+    model = CNN1DExits(width=6)
+    backbone = CNN1D(width=6)
+    backbone.load_state_dict(model.state_dict(), strict=False)  # the exits are extra
+    inputs = torch.randn(3, 1, 40)
+    torch.testing.assert_close(model(inputs), backbone(inputs))
+    captured: dict[str, torch.Tensor] = {}
+    for path in ("exit1", "exit2", "exit1.bottleneck", "exit2.bottleneck", "flatten"):
+        model.get_submodule(path).register_forward_hook(
+            lambda module, args, output, path=path: captured.__setitem__(path, output)
+        )
+    model(inputs)
+    shapes = {path: tuple(out.shape) for path, out in captured.items()}
+    assert shapes == {
+        "exit1": (3, 10),
+        "exit2": (3, 10),
+        "exit1.bottleneck": (3, 30),
+        "exit2.bottleneck": (3, 30),
+        "flatten": (3, 30),
+    }
 
 
 def test_construction_is_deterministic_under_seed() -> None:

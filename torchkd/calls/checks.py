@@ -46,10 +46,13 @@ def checked_call(term: Term, owner: Owner) -> Call:
             )
     for side in ("student", "teacher"):
         spec = getattr(term, side)
-        if call.lists != isinstance(spec, list) or (call.lists and not spec):
-            expected = "a non-empty list of paths" if call.lists else "one path or 'logits'"
+        # a list of teacher paths needs a teacher ('self_exits': the student's own logits)
+        lists = call.lists and (side == "student" or call.reads_teacher)
+        if lists != isinstance(spec, list) or (lists and not spec):
+            expected = "a non-empty list of paths" if lists else "one path or 'logits'"
             raise ValueError(f"{where}: {side} must be {expected} for {signature!r} losses")
-    if call.lists and len(term.student) != len(term.teacher) and adapter_kind(term) != "none":
+    paired = call.lists and call.reads_teacher
+    if paired and len(term.student) != len(term.teacher) and adapter_kind(term) != "none":
         raise ValueError(
             f"{where}: {len(term.student)} student paths but {len(term.teacher)} teacher "
             "paths; adapters pair them up (adapter='none' leaves the pairing to the loss)"

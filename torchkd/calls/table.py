@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torchkd.calls.base import Call
+from torchkd.calls.exits import SelfExitsCall
 from torchkd.calls.features import EmbeddingsCall, FeatureListsCall, FeaturesCall, IndexedCall
 from torchkd.calls.hidden import HiddenStatesCall
 from torchkd.calls.logits import LabelsCall, LogitsCall, LogitsLabelsCall, MultiTeacherCall
@@ -21,6 +22,7 @@ CALLS: dict[str, Call] = {
         EmbeddingsCall(),
         IndexedCall(),
         HiddenStatesCall(),
+        SelfExitsCall(),
     )
 }
 

@@ -187,12 +187,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from torchkd.config import fit_recipe
+    from torchkd.config.generations import generation_dir
     from torchkd.train.checkpoint_layout import checkpoint_exists, checkpoint_in_the_way
     from torchkd.train.distributed import is_main_process
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
-    last = run_dir / "checkpoints" / "last.pt"
+    first = generation_dir(run_dir, 1) if recipe.generations > 1 else run_dir  # born-again
+    last = first / "checkpoints" / "last.pt"
     if args.resume and not checkpoint_exists(last):  # last.pt, or an FSDP run's last.dcp/
         raise UsageError(f"--resume: {last} does not exist (nothing to resume in {run_dir})")
     if not args.resume and checkpoint_in_the_way(last):
@@ -240,11 +242,15 @@ register(
         name="train",
         summary="train a student from a YAML recipe",
         description="Train the recipe's student (with its teachers and loss terms) and write "
-        "checkpoints, metrics.jsonl, TensorBoard events and report.md to the run directory.",
+        "checkpoints, metrics.jsonl, TensorBoard events and report.md to the run directory. "
+        "With generations: N > 1 (born-again networks), train N students in a chain in "
+        "DIR/gen1 .. DIR/genN, each taught by the previous one's best.pt, and summarise them "
+        "in DIR/report.md.",
         examples="torchkd train configs/mnist1d/baseline.yaml\n"
         "torchkd train configs/mnist1d/kd.yaml teacher.checkpoint=teacher.safetensors "
         "terms.0.loss_kwargs.temperature=8\n"
-        "torchkd train configs/mnist1d/kd.yaml --run-dir runs/kd --resume",
+        "torchkd train configs/mnist1d/kd.yaml --run-dir runs/kd --resume\n"
+        "torchkd train configs/mnist1d/born_again.yaml generations=3",
         add_arguments=_train_arguments,
         run=_train,
     )

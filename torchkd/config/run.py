@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkd.config.build import SPLIT_NAMES, Built, build_from_recipe, term_path
 from torchkd.config.errors import ConfigError
+from torchkd.config.generations import fit_generations
 from torchkd.config.loading import write_resolved_config
 from torchkd.config.schema import Recipe
 from torchkd.train.checkpoint_layout import checkpoint_in_the_way, trainer_state_file
@@ -206,10 +207,30 @@ def fit_recipe(
         on_epoch_end: called with each evaluated epoch's record (see
             :func:`torchkd.train.fit`).
         baseline: a run directory the report compares with (:func:`torchkd.report.write_report`).
+
+    A recipe with ``generations: N > 1`` runs as a born-again chain
+    (:func:`~torchkd.config.generations.fit_generations`): each generation is one call of this
+    function, in ``run_dir/gen<g>/``; the last generation's result is returned.
     """
     from torchkd.train import fit
     from torchkd.train.distributed import is_main_process
 
+    if recipe.generations > 1:
+
+        def fit_one(one: Recipe, directory: Path, resume_one: bool) -> FitResult:
+            return fit_recipe(
+                one,
+                directory,
+                resume=resume_one,
+                evaluate_test=evaluate_test,
+                report=report,
+                progress=progress,
+                train_samples=train_samples,
+                on_epoch_end=on_epoch_end,
+                baseline=baseline,
+            )
+
+        return fit_generations(recipe, run_dir, fit_one, resume=resume, report=report)
     if resume:
         check_resumable(recipe, run_dir)
     splits = SPLIT_NAMES if evaluate_test else ("train", "val")

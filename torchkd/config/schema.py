@@ -345,6 +345,9 @@ class Recipe(Section):
 
     ``name`` names the run directory (``runs/<name>/``); ``output_key`` selects the logits in
     model outputs that are tuples or mappings (see :class:`~torchkd.distiller.Distiller`).
+    ``generations: N`` (born-again networks, :mod:`torchkd.config.generations`) trains the
+    student ``N`` times in a chain, each generation distilled from the previous one's best
+    checkpoint; 1 (the default) is a single run.
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
@@ -357,6 +360,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     on_policy: OnPolicyConfig | None = None
     tune: TuneConfig | None = None  # torchkd tune's search (ignored by torchkd train)
+    generations: PositiveInt = 1
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -389,7 +393,26 @@ class Recipe(Section):
                 "teacher's distributions on the dataset's tokens only, not on sampled ones; "
                 "score on-policy samples with a teacher model (teacher: logits)"
             )
+        if self.generations > 1:
+            self._check_generations()
         return self
+
+    def _check_generations(self) -> None:
+        """A born-again chain replaces ``teacher:`` by the previous generation's student."""
+        reason = None
+        if self.teacher is None:
+            reason = (
+                "needs one teacher: for generation 1 (e.g. a trained network of the student's "
+                "architecture); later generations are taught by the previous one"
+            )
+        elif self.student.checkpoint is not None:
+            reason = "trains fresh students; drop student.checkpoint"
+        elif self.on_policy is not None or self.data.teacher_cache is not None:
+            reason = "replaces the teacher model each generation; drop on_policy/teacher_cache"
+        elif any(term.teacher == CACHE for term in self.terms):
+            reason = "replaces the teacher model each generation; no term may read the cache"
+        if reason is not None:
+            raise ValueError(f"generations: {self.generations} generations {reason}")
 
     @property
     def teacher_configs(self) -> list[ModelConfig]:

@@ -19,6 +19,7 @@ Rules every loss follows (see :mod:`torchkd.losses._common`):
 
 from torchkd.losses._common import check_pair as check_pair
 from torchkd.losses.attention_align import *  # noqa: F403
+from torchkd.losses.byot import *  # noqa: F403
 from torchkd.losses.ce import *  # noqa: F403
 from torchkd.losses.crd import *  # noqa: F403
 from torchkd.losses.crd_inbatch import *  # noqa: F403

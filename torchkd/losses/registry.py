@@ -45,6 +45,8 @@ __all__ = [
 #   "hidden_states"  f(student_hidden [..., Hs], student_weight [V, Hs],
 #                      teacher_hidden [..., Ht], teacher_weight [V, Ht], labels=None)
 #                    token-level losses fused with the output projection (logits never built)
+#   "self_exits"     f([exit_logits], [exit_features], final_logits, final_features, labels)
+#                    a network's early exits taught by its own deepest exit (no teacher model)
 Signature = Literal[
     "labels",
     "logits",
@@ -55,6 +57,7 @@ Signature = Literal[
     "embeddings",
     "indexed",
     "hidden_states",
+    "self_exits",
 ]
 Family = Literal["logit", "feature", "relation", "token"]  # token: fused with the projection
 

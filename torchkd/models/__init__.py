@@ -5,6 +5,7 @@ Hugging Face causal LMs, encoders and sentence encoders (``hf_causal_lm``, ``hf_
 from __future__ import annotations
 
 from torchkd.models.cifar import ResNet, WideResNet
+from torchkd.models.exits import CNN1DExits
 from torchkd.models.hf import SentenceEncoder, hf_causal_lm, hf_encoder, hf_sentence_encoder
 from torchkd.models.registry import MODELS, available_models, create_model
 from torchkd.models.simple import CNN1D, MLP, DigitsCNN
@@ -13,6 +14,7 @@ __all__ = [
     "CNN1D",
     "MLP",
     "MODELS",
+    "CNN1DExits",
     "DigitsCNN",
     "ResNet",
     "SentenceEncoder",

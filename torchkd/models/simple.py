@@ -70,15 +70,19 @@ class CNN1D(nn.Module):
         self.flatten = nn.Flatten()
         self.head = nn.Linear(width * length, num_classes)
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    def checked_inputs(self, inputs: Tensor) -> Tensor:
+        """``inputs`` as ``[B, in_channels, input_length]``, or a ValueError naming the shape."""
         if inputs.dim() == 2 and self.in_channels == 1:
             inputs = inputs.unsqueeze(1)
         if inputs.dim() != 3 or inputs.shape[1:] != (self.in_channels, self.input_length):
             raise ValueError(
-                f"CNN1D expects inputs [B, {self.in_channels}, {self.input_length}], "
-                f"got {tuple(inputs.shape)}"
+                f"{type(self).__name__} expects inputs [B, {self.in_channels}, "
+                f"{self.input_length}], got {tuple(inputs.shape)}"
             )
-        features = self.conv3(self.conv2(self.conv1(inputs)))
+        return inputs
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        features = self.conv3(self.conv2(self.conv1(self.checked_inputs(inputs))))
         return self.head(self.flatten(features))
 
 

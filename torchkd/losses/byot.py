@@ -23,7 +23,7 @@ gradient's scale independent of :math:`T` (Hinton et al., 2015), as in
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchkd.losses._common import (
     check_floating,
@@ -33,6 +33,7 @@ from torchkd.losses._common import (
     check_unit_interval,
     upcast,
 )
+from torchkd.losses._module import FunctionalOptionsModule, keyword_options
 from torchkd.losses.registry import register
 
 __all__ = ["BYOTLoss", "byot_loss"]
@@ -135,7 +136,7 @@ def byot_loss(
 
 
 @register("byot", functional=byot_loss, signature="self_exits", family="logit")
-class BYOTLoss(nn.Module):
+class BYOTLoss(FunctionalOptionsModule):
     """Module form of :func:`byot_loss`.
 
     Example:
@@ -146,18 +147,8 @@ class BYOTLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(
-        self,
-        temperature: float = 3.0,
-        alpha: float = 0.3,
-        hint_weight: float = 0.03,
-        ignore_index: int = -100,
-        reduction: str = "batchmean",
-    ) -> None:
-        super().__init__()
-        check_temperature(temperature)
-        self.temperature, self.alpha, self.hint_weight = temperature, alpha, hint_weight
-        self.ignore_index, self.reduction = ignore_index, reduction
+    options = keyword_options(byot_loss, ())
+    check_options = staticmethod(lambda options: check_temperature(options["temperature"]))
 
     def forward(
         self,
@@ -168,22 +159,7 @@ class BYOTLoss(nn.Module):
         labels: Tensor,
         temperature: float | Tensor | None = None,
     ) -> Tensor:
+        options = self.hyperparameters(temperature=temperature)
         return byot_loss(
-            exit_logits,
-            exit_features,
-            final_logits,
-            final_features,
-            labels,
-            temperature=self.temperature if temperature is None else temperature,
-            alpha=self.alpha,
-            hint_weight=self.hint_weight,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, alpha={self.alpha}, "
-            f"hint_weight={self.hint_weight}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}"
+            exit_logits, exit_features, final_logits, final_features, labels, **options
         )

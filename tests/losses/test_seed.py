@@ -218,7 +218,7 @@ def test_state_dict_round_trip_resumes_exactly():
     torch.save(module.state_dict(), buffer)
     buffer.seek(0)
     resumed = SEEDLoss(3, 2, queue_size=6, seed=7)
-    resumed.load_state_dict(torch.load(buffer))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(resumed.queue, module.queue)
     assert int(resumed.queue_pointer) == int(module.queue_pointer) == 0  # 12 rows into 6 slots
     student, teacher = torch.randn(5, 3), torch.randn(5, 2)

@@ -13,7 +13,7 @@ from torchkd.losses._common import (
     select_rows,
     upcast,
 )
-from torchkd.losses._module import HyperparameterModule
+from torchkd.losses._logit_common import LogitLoss
 from torchkd.losses.registry import register
 
 __all__ = ["DISTLoss", "dist_loss"]
@@ -133,13 +133,16 @@ def dist_loss(
 
 
 @register("dist", functional=dist_loss, signature="logits", family="logit")
-class DISTLoss(HyperparameterModule):
+class DISTLoss(LogitLoss):
     """Module form of :func:`dist_loss`; stores the hyperparameters.
 
     Example:
         >>> DISTLoss(temperature=4.0)
         DISTLoss(beta=1.0, gamma=1.0, temperature=4.0, eps=1e-08, reduction='batchmean')
     """
+
+    _shown = ("beta", "gamma", "temperature", "eps", "reduction")
+    functional = staticmethod(dist_loss)
 
     def __init__(
         self,
@@ -155,19 +158,3 @@ class DISTLoss(HyperparameterModule):
         check_temperature(temperature)
         _check_dist_reduction(reduction)
         self.store(beta=beta, gamma=gamma, temperature=temperature, eps=eps, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return dist_loss(student_logits, teacher_logits, mask=mask, **options)
-
-    def extra_repr(self) -> str:
-        return (
-            f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}, "
-            f"eps={self.eps}, reduction={self.reduction!r}"
-        )

@@ -223,15 +223,7 @@ class SkewForwardKLLoss(_SkewModule):
         SkewForwardKLLoss(skew_lambda=0.2, temperature=1.0, reduction='batchmean')
     """
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return skew_forward_kl_loss(student_logits, teacher_logits, mask=mask, **options)
+    functional = staticmethod(skew_forward_kl_loss)
 
 
 @register("skew_reverse_kl", functional=skew_reverse_kl_loss, signature="logits", family="logit")
@@ -243,15 +235,7 @@ class SkewReverseKLLoss(_SkewModule):
         SkewReverseKLLoss(skew_lambda=0.1, temperature=1.0, reduction='batchmean')
     """
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return skew_reverse_kl_loss(student_logits, teacher_logits, mask=mask, **options)
+    functional = staticmethod(skew_reverse_kl_loss)
 
 
 @register("akl", functional=akl_loss, signature="logits", family="logit")
@@ -264,19 +248,10 @@ class AKLLoss(LogitLoss):
     """
 
     _shown = ("akl_mu", "temperature", "reduction")
+    functional = staticmethod(akl_loss)
 
     def __init__(
         self, akl_mu: float = 0.5, temperature: float | Tensor = 1.0, reduction: str = "batchmean"
     ) -> None:
         super().__init__()
         self.store(akl_mu=akl_mu, temperature=temperature, reduction=reduction)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        mask: Tensor | None = None,
-        temperature: float | Tensor | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return akl_loss(student_logits, teacher_logits, mask=mask, **options)

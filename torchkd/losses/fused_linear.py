@@ -20,9 +20,11 @@ from torch import Tensor
 
 from torchkd.losses._common import check_labels, check_mask, compute_dtype, unresolved_divergences
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
-from torchkd.losses._module import FunctionalOptionsModule, keyword_options
+from torchkd.losses._module import keyword_options
 from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.fused_options import (
+    PER_CALL,
+    HiddenStatesLoss,
     check_options,
     check_projection,
     check_teacher,
@@ -351,17 +353,13 @@ def fused_linear_kd_loss(
     return FusedLinearFunction.apply(*differentiable, compute)
 
 
-# The stored hyperparameters: the functional's keyword options but those given per call.
-PER_CALL = ("teacher_logits", "student_bias", "teacher_bias", "mask", "num_items_in_batch")
-
-
 @register(
     "fused_linear_kd",
     functional=fused_linear_kd_loss,
     signature="hidden_states",
     family="token",
 )
-class FusedLinearKDLoss(FunctionalOptionsModule):
+class FusedLinearKDLoss(HiddenStatesLoss):
     """Module form of :func:`fused_linear_kd_loss`; stores the hyperparameters.
 
     Its options are the functional's (``FusedLinearKDLoss.options``: names, defaults and
@@ -376,45 +374,6 @@ class FusedLinearKDLoss(FunctionalOptionsModule):
         FusedLinearKDLoss(divergence='jsd', beta=0.5, temperature=2.0, ...)
     """
 
+    functional = staticmethod(fused_linear_kd_loss)
     options = keyword_options(fused_linear_kd_loss, PER_CALL)
     check_options = staticmethod(check_options)
-
-    def forward(
-        self,
-        student_hidden: Tensor,
-        student_weight: Tensor,
-        teacher_hidden: Tensor | None = None,
-        teacher_weight: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        teacher_logits: Tensor | TopKLogits | SampledLogits | None = None,
-        student_bias: Tensor | None = None,
-        teacher_bias: Tensor | None = None,
-        mask: Tensor | None = None,
-        num_items_in_batch: int | Tensor | None = None,
-        temperature: float | None = None,
-        student_logit_scale: float | None = None,
-        teacher_logit_scale: float | None = None,
-        student_softcap: float | None = None,
-        teacher_softcap: float | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(
-            temperature=temperature,
-            student_logit_scale=student_logit_scale,
-            teacher_logit_scale=teacher_logit_scale,
-            student_softcap=student_softcap,
-            teacher_softcap=teacher_softcap,
-        )
-        return fused_linear_kd_loss(
-            student_hidden,
-            student_weight,
-            teacher_hidden,
-            teacher_weight,
-            labels,
-            teacher_logits=teacher_logits,
-            student_bias=student_bias,
-            teacher_bias=teacher_bias,
-            mask=mask,
-            num_items_in_batch=num_items_in_batch,
-            **options,
-        )

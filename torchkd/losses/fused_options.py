@@ -3,14 +3,15 @@
 The checks of :func:`torchkd.losses.fused_linear_kd_loss` and its module beyond the shared
 ones of :mod:`torchkd.losses._common`: the hyperparameters (:func:`check_options`), each
 side's output layer (:func:`check_projection`), the teacher's form (:func:`check_teacher`) and
-the normalizer ``D`` (:func:`loss_denominator`); and :func:`default_chunk_size`, the rows the
-kernel processes at a time. A wrong type is a ``TypeError``, a value out of range a
+the normalizer ``D`` (:func:`loss_denominator`); :func:`default_chunk_size`, the rows the
+kernel processes at a time; and :class:`HiddenStatesLoss`, the module form every fused loss
+shares (stored options, per-call tensors). A wrong type is a ``TypeError``, a value out of range a
 ``ValueError``, both naming the argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from torchkd.losses._common import (
     check_temperature,
     check_unit_interval,
 )
+from torchkd.losses._module import FunctionalOptionsModule
 from torchkd.losses.divergence_table import lookup
 from torchkd.losses.sampled import SampledLogits, check_sampled
 from torchkd.losses.topk import TopKLogits, check_topk
@@ -210,3 +212,58 @@ def loss_denominator(
         num_items_in_batch = num_items_in_batch.item()
     check_number("num_items_in_batch", num_items_in_batch, minimum=0.0, strict=True)
     return float(num_items_in_batch)
+
+
+# A fused module's stored options: its functional's keyword options but those given per call.
+PER_CALL = ("teacher_logits", "student_bias", "teacher_bias", "mask", "num_items_in_batch")
+
+
+class HiddenStatesLoss(FunctionalOptionsModule):
+    """The module form of a loss fused with the output projection (signature
+    ``"hidden_states"``): a subclass sets ``functional``, its ``options`` (without
+    :data:`PER_CALL`) and ``check_options``; the tensors, the biases, the mask and the token
+    count come with each call, as the Distiller passes them."""
+
+    functional: Callable[..., Tensor]
+
+    def forward(
+        self,
+        student_hidden: Tensor,
+        student_weight: Tensor,
+        teacher_hidden: Tensor | None = None,
+        teacher_weight: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        teacher_logits: Tensor | TopKLogits | SampledLogits | None = None,
+        student_bias: Tensor | None = None,
+        teacher_bias: Tensor | None = None,
+        mask: Tensor | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+        temperature: float | None = None,
+        student_logit_scale: float | None = None,
+        teacher_logit_scale: float | None = None,
+        student_softcap: float | None = None,
+        teacher_softcap: float | None = None,
+    ) -> Tensor:
+        """The functional on these tensors with the stored options; ``temperature`` and the
+        logit scales and softcaps replace the stored ones for this call when not None."""
+        options = self.hyperparameters(
+            temperature=temperature,
+            student_logit_scale=student_logit_scale,
+            teacher_logit_scale=teacher_logit_scale,
+            student_softcap=student_softcap,
+            teacher_softcap=teacher_softcap,
+        )
+        return self.functional(
+            student_hidden,
+            student_weight,
+            teacher_hidden,
+            teacher_weight,
+            labels,
+            teacher_logits=teacher_logits,
+            student_bias=student_bias,
+            teacher_bias=teacher_bias,
+            mask=mask,
+            num_items_in_batch=num_items_in_batch,
+            **options,
+        )

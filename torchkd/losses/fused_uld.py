@@ -14,8 +14,14 @@ from torch import Tensor
 
 from torchkd.losses._common import compute_dtype
 from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction
-from torchkd.losses._module import FunctionalOptionsModule, keyword_options
-from torchkd.losses.fused_options import check_projection, default_chunk_size, loss_denominator
+from torchkd.losses._module import keyword_options
+from torchkd.losses.fused_options import (
+    PER_CALL,
+    HiddenStatesLoss,
+    check_projection,
+    default_chunk_size,
+    loss_denominator,
+)
 from torchkd.losses.registry import register
 from torchkd.losses.uld import check_uld_options, uld_row_values, uld_valid_rows
 
@@ -228,14 +234,10 @@ def fused_linear_uld_loss(
     return FusedLinearFunction.apply(*inputs, compute)
 
 
-# The fused module's stored options: the functional's keyword options but those given per call.
-PER_CALL = ("student_bias", "teacher_bias", "teacher_logits", "mask", "num_items_in_batch")
-
-
 @register(
     "fused_linear_uld", functional=fused_linear_uld_loss, signature="hidden_states", family="token"
 )
-class FusedLinearULDLoss(FunctionalOptionsModule):
+class FusedLinearULDLoss(HiddenStatesLoss):
     """Module form of :func:`fused_linear_uld_loss`; stores the options
     (``FusedLinearULDLoss.options``).
 
@@ -247,45 +249,6 @@ class FusedLinearULDLoss(FunctionalOptionsModule):
         FusedLinearULDLoss(temperature=2.0, hard_label_weight=0.0, ..., chunk_size=128, ...)
     """
 
+    functional = staticmethod(fused_linear_uld_loss)
     options = keyword_options(fused_linear_uld_loss, PER_CALL)
     check_options = staticmethod(check_uld_options)
-
-    def forward(
-        self,
-        student_hidden: Tensor,
-        student_weight: Tensor,
-        teacher_hidden: Tensor | None = None,
-        teacher_weight: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        student_bias: Tensor | None = None,
-        teacher_bias: Tensor | None = None,
-        teacher_logits: None = None,
-        mask: Tensor | None = None,
-        num_items_in_batch: int | Tensor | None = None,
-        temperature: float | None = None,
-        student_logit_scale: float | None = None,
-        teacher_logit_scale: float | None = None,
-        student_softcap: float | None = None,
-        teacher_softcap: float | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(
-            temperature=temperature,
-            student_logit_scale=student_logit_scale,
-            teacher_logit_scale=teacher_logit_scale,
-            student_softcap=student_softcap,
-            teacher_softcap=teacher_softcap,
-        )
-        return fused_linear_uld_loss(
-            student_hidden,
-            student_weight,
-            teacher_hidden,
-            teacher_weight,
-            labels,
-            student_bias=student_bias,
-            teacher_bias=teacher_bias,
-            teacher_logits=teacher_logits,
-            mask=mask,
-            num_items_in_batch=num_items_in_batch,
-            **options,
-        )

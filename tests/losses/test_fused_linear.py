@@ -17,7 +17,14 @@ from hypothesis import given, settings
 from tolerances import FLOAT64_EPS, divergence_tolerance, float32_tolerance
 from torch import Tensor
 
-from torchkd.losses import FusedLinearKDLoss, TopKLogits, create, fused_linear_kd_loss
+from torchkd.losses import (
+    FusedLinearKDLoss,
+    SampledLogits,
+    TopKLogits,
+    _fused_kernel,
+    create,
+    fused_linear_kd_loss,
+)
 
 ROWS, HIDDEN_S, HIDDEN_T, VOCAB = 10, 6, 5, 13
 DIVERGENCES = [
@@ -345,6 +352,55 @@ def test_result_does_not_depend_on_the_chunk_size(divergence: str, beta: float) 
         torch.testing.assert_close(other, value, rtol=1e-12, atol=1e-14)
         for key, gradient in grads.items():
             torch.testing.assert_close(other_grads[key], gradient, rtol=1e-12, atol=1e-14)
+
+
+@pytest.fixture
+def two_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The elementwise work in blocks of 2 rows (VOCAB entries each), below every chunk size."""
+    monkeypatch.setattr(_fused_kernel, "BLOCK_ELEMENTS", 2 * VOCAB)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+@pytest.mark.parametrize(("divergence", "beta"), DIVERGENCES)
+def test_blocks_of_rows_match_reference(
+    two_row_blocks: None, divergence: str, beta: float, options: dict
+) -> None:
+    """Blocks of 2 rows in chunks of 3 to 5 (an odd last block): the hidden teacher with its
+    gradients, hard labels, softcaps (their derivatives kept per block) and a mask."""
+    case = make_case(bias=True)
+    mask = torch.ones(2, ROWS // 2, dtype=torch.bool)
+    mask[0, 1] = mask[1, 4] = False
+    options = {"divergence": divergence, "beta": beta, "chunk_size": 5, "mask": mask, **options}
+    assert_matches_reference(case, options)
+
+
+@pytest.mark.parametrize("teacher", ["logits", "topk", "sampled"])
+def test_blocks_of_rows_read_given_and_cached_teachers_row_by_row(
+    monkeypatch: pytest.MonkeyPatch, teacher: str
+) -> None:
+    """The teacher's given logits, top-k and sampled rows are read block by block: the result
+    equals that of one block per chunk (each row's arithmetic is the same; only the float64
+    sum over blocks is grouped otherwise)."""
+    case = make_case(seed=7, bias=True)
+    logits = (case.pop("teacher_hidden") @ case.pop("teacher_weight").T).detach()
+    case.pop("teacher_bias")
+    given = {
+        "logits": logits,
+        "topk": TopKLogits.from_logits(logits, k=4, temperature=2.0),
+        "sampled": SampledLogits.from_logits(
+            logits, 5, 2.0, generator=torch.Generator().manual_seed(0)
+        ),
+    }[teacher]
+    mask = torch.ones(2, ROWS // 2, dtype=torch.bool)
+    mask[1, :2] = False
+    options = {"teacher_logits": given, "temperature": 2.0, "chunk_size": 4, "mask": mask}
+    options["hard_label_weight"] = 0.3
+    value, grads = value_and_grads(fused_linear_kd_loss, case, options)
+    monkeypatch.setattr(_fused_kernel, "BLOCK_ELEMENTS", 3 * VOCAB)
+    blocked, blocked_grads = value_and_grads(fused_linear_kd_loss, case, options)
+    torch.testing.assert_close(blocked, value, rtol=4 * FLOAT64_EPS, atol=0)
+    for key, gradient in grads.items():
+        torch.testing.assert_close(blocked_grads[key], gradient, rtol=0, atol=0, msg=key)
 
 
 # float32 compute on half inputs: the loss to float32's error bound (tests/tolerances.py) of

@@ -2,8 +2,10 @@ r"""The chunked kernel behind :func:`torchkd.losses.fused_linear_kd_loss`.
 
 Rows are processed ``chunk_size`` at a time. For each chunk the student's (and, from hidden
 states, the teacher's) logits are written into one preallocated ``[chunk, V]`` buffer per side,
-the divergence and its closed-form gradient w.r.t. the logits are computed in place, and the
-gradient is pushed through the output projection at once: ``grad_hidden[chunk] = G W``,
+the divergence and its closed-form gradient w.r.t. the logits are computed in place, a block
+of a few rows at a time (:func:`block_rows`: the several elementwise passes over a block then
+run in the processor's cache, and their work buffers are ``[block, V]``, not ``[chunk, V]``),
+and the gradient is pushed through the output projection at once: ``grad_hidden[chunk] = G W``,
 ``grad_weight += G^T h``, ``grad_bias += sum_rows G``, accumulated in float32 (float64 for
 float64 inputs). The backward pass only multiplies the stored gradients by the incoming scalar.
 
@@ -203,84 +205,154 @@ def run(
     """The loss (0-dim, compute dtype) and the gradients of the ``wanted`` inputs.
 
     The teacher is a :class:`Side`, or dense logits as ``(all rows [N, V'], index of the
-    selected rows or None)`` (rows are gathered a chunk at a time, never copied whole), or None
+    selected rows or None)`` (rows are gathered a block at a time, never copied whole), or None
     with ``sparse`` = (token ids ``[n, k]``, bucket log-masses ``[n, k + 1]``) of a top-k
     teacher, or the :class:`~torchkd.losses.sampled.SampledRows` of a sampled one. ``wanted``
     names inputs as ``"student_hidden"``, ``"teacher_weight"``, ...; the weights must already
     be in the compute dtype.
     """
-    teacher_logits = row_index = None
-    if isinstance(teacher, tuple):
-        (teacher_logits, row_index), teacher = teacher, None
+    projected = teacher if isinstance(teacher, Side) else None
     dtype, device = student.weight.dtype, student.weight.device
     rows_total, vocab = student.hidden.shape[0], student.weight.shape[0]
-    grads = _gradient_buffers(student, teacher, wanted)
-    student_grad = any(key.startswith("student_") for key in grads)
-    teacher_grad = any(key.startswith("teacher_") for key in grads)
+    grads = _gradient_buffers(student, projected, wanted)
     chunk = max(1, min(plan.chunk_size, rows_total))
-    buffers = _Buffers(chunk, vocab, dtype, device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    temperature = plan.temperature
-    masked = (
-        _masks_vocabulary(student),
-        teacher_logits is not None or (teacher is not None and _masks_vocabulary(teacher)),
+    block = _Block(
+        plan,
+        _Buffers(min(chunk, block_rows(vocab)), vocab, dtype, device),
+        None if projected is not None else teacher,
+        sparse,
+        labels,
+        student_grad=any(key.startswith("student_") for key in grads),
+        teacher_grad=any(key.startswith("teacher_") for key in grads),
+        masked=(
+            _masks_vocabulary(student),
+            isinstance(teacher, tuple) or (projected is not None and _masks_vocabulary(projected)),
+        ),
     )
-    factor = plan.divergence_weight / (temperature * plan.denominator)
+    logits = _Buffers(chunk, vocab, dtype, device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    factor = plan.divergence_weight / (plan.temperature * plan.denominator)
     for start in range(0, rows_total, chunk):
         stop = min(start + chunk, rows_total)
-        n = stop - start
         hidden = student.hidden[start:stop].to(dtype)
-        logits = buffers.get("student", n)
-        _project(logits, hidden, student)
+        student_logits = logits.get("student", stop - start)
+        _project(student_logits, hidden, student)
+        teacher_hidden = teacher_logits = None
+        if projected is not None:
+            teacher_hidden = projected.hidden[start:stop].to(dtype)
+            teacher_logits = logits.get("teacher", stop - start)
+            _project(teacher_logits, teacher_hidden, projected)
+        step = block.buffers.shape[0]
+        for first in range(0, stop - start, step):
+            last = min(first + step, stop - start)
+            teacher_block = None if teacher_logits is None else teacher_logits[first:last]
+            total += block(student_logits[first:last], teacher_block, start + first, start + last)
+        if block.student_grad:
+            scale = factor * plan.student_scale
+            _backpropagate(student_logits, scale, student, hidden, start, grads, "student")
+        if block.teacher_grad and projected is not None:
+            scale = factor * plan.teacher_scale
+            _backpropagate(
+                teacher_logits, scale, projected, teacher_hidden, start, grads, "teacher"
+            )
+    return (total / plan.denominator).to(dtype), grads
+
+
+def block_rows(vocab: int) -> int:
+    """Rows per block of the elementwise work: ``[rows, V]`` buffers of about
+    :data:`BLOCK_ELEMENTS` entries, so that the several passes over a block (softmax, the
+    divergence, its gradient) run in the processor's cache rather than in main memory."""
+    return max(1, BLOCK_ELEMENTS // max(vocab, 1))
+
+
+BLOCK_ELEMENTS = 2**20  # 4 MiB per float32 block buffer: a few of them fit a CPU's L2 / L3
+
+
+@dataclass
+class _Block:
+    r"""The elementwise work on a block of rows of the projected logits, done in place.
+
+    Called with the student's block (and the projected teacher's, or None) holding the raw
+    logits ``h W^T + b`` of rows ``[start, stop)``; afterwards the student's block holds the
+    gradient w.r.t. them, and the teacher's too when ``teacher_grad``, both up to the factor
+    :math:`\lambda / (T D)` the matrix products apply. Returns the block's summed loss
+    (the divergence rows times :math:`\lambda` plus the weighted hard-label cross-entropy) in
+    float64. ``teacher_logits``: the given teacher logits (all rows, row index or None), when
+    the teacher is not projected; ``masked``: as for :func:`_dense_divergence`.
+    """
+
+    plan: Plan
+    buffers: _Buffers
+    teacher_logits: tuple[Tensor, Tensor | None] | None
+    sparse: tuple[Tensor, Tensor] | SampledRows | None
+    labels: Tensor | None
+    student_grad: bool
+    teacher_grad: bool
+    masked: tuple[bool, bool]
+
+    def __call__(self, student: Tensor, teacher: Tensor | None, start: int, stop: int) -> Tensor:
+        plan, buffers, n = self.plan, self.buffers, stop - start
+        temperature = plan.temperature
         student_derivative = None
-        if student_grad and plan.student_softcap is not None:
+        if self.student_grad and plan.student_softcap is not None:
             student_derivative = buffers.get("student_derivative", n)
-        _soften(logits, plan.student_scale, plan.student_softcap, temperature, student_derivative)
+        _soften(student, plan.student_scale, plan.student_softcap, temperature, student_derivative)
         hard = hard_gradient = None
         if plan.hard_label_weight > 0:
             hard_gradient = buffers.get("hard", n)
-            hard = _hard_labels(hard_gradient, logits, labels[start:stop], temperature)
-        teacher_hidden = teacher_derivative = other = None
-        if isinstance(sparse, SampledRows):
-            rows = sampled_divergence(logits, sparse.rows(start, stop))
-        elif sparse is not None:
-            ids, log_masses = sparse
-            rows = _sparse_divergence(plan, logits, ids[start:stop], log_masses[start:stop])
+            hard = _hard_labels(hard_gradient, student, self.labels[start:stop], temperature)
+        teacher_derivative = teacher_gradient = None
+        if isinstance(self.sparse, SampledRows):
+            rows = sampled_divergence(student, self.sparse.rows(start, stop))
+        elif self.sparse is not None:
+            ids, log_masses = self.sparse
+            rows = _sparse_divergence(plan, student, ids[start:stop], log_masses[start:stop])
         else:
-            other = buffers.get("teacher", n)
             if teacher is not None:
-                teacher_hidden = teacher.hidden[start:stop].to(dtype)
-                _project(other, teacher_hidden, teacher)
-                if teacher_grad and plan.teacher_softcap is not None:
+                if self.teacher_grad and plan.teacher_softcap is not None:
                     teacher_derivative = buffers.get("teacher_derivative", n)
                 _soften(
-                    other, plan.teacher_scale, plan.teacher_softcap, temperature, teacher_derivative
+                    teacher,
+                    plan.teacher_scale,
+                    plan.teacher_softcap,
+                    temperature,
+                    teacher_derivative,
                 )
             else:
-                if row_index is None:
-                    other.copy_(teacher_logits[start:stop, :vocab])
-                else:
-                    other.copy_(teacher_logits.index_select(0, row_index[start:stop])[:, :vocab])
-                if temperature != 1.0:
-                    other.div_(temperature)
-            rows, other = _dense_divergence(plan, logits, other, buffers, teacher_grad, masked)
+                teacher = self._given_teacher(start, stop)
+            rows, teacher_gradient = _dense_divergence(
+                plan, student, teacher, buffers, self.teacher_grad, self.masked
+            )
         row_sum = rows.sum() * plan.divergence_weight
         if hard is not None:
             row_sum = row_sum + hard.sum() * plan.hard_label_weight
-        total += row_sum.double()
-        if student_grad:
-            scale = factor * plan.student_scale
-            if hard_gradient is not None:  # fold the hard-label gradient in, w / D * s
-                logits.add_(hard_gradient, alpha=plan.hard_label_weight / plan.denominator / factor)
+        if self.student_grad:
+            if hard_gradient is not None:  # fold the hard-label gradient in: w / D over the factor
+                factor = plan.divergence_weight / (temperature * plan.denominator)
+                student.add_(
+                    hard_gradient, alpha=plan.hard_label_weight / plan.denominator / factor
+                )
             if student_derivative is not None:
-                logits.mul_(student_derivative)
-            _backpropagate(logits, scale, student, hidden, start, grads, "student")
-        if teacher_grad and teacher_hidden is not None:
+                student.mul_(student_derivative)
+        if teacher_gradient is not None:
+            if teacher_gradient.data_ptr() != teacher.data_ptr():
+                teacher.copy_(teacher_gradient)
             if teacher_derivative is not None:
-                other.mul_(teacher_derivative)
-            scale = factor * plan.teacher_scale
-            _backpropagate(other, scale, teacher, teacher_hidden, start, grads, "teacher")
-    return (total / plan.denominator).to(dtype), grads
+                teacher.mul_(teacher_derivative)
+        return row_sum.double()
+
+    def _given_teacher(self, start: int, stop: int) -> Tensor:
+        """The given teacher logits of rows ``[start, stop)``, softened, in a block buffer."""
+        logits, row_index = self.teacher_logits
+        vocab = self.buffers.shape[1]
+        block = self.buffers.get("teacher", stop - start)
+        if row_index is None:
+            block.copy_(logits[start:stop, :vocab])
+        else:
+            block.copy_(logits.index_select(0, row_index[start:stop])[:, :vocab])
+        if self.plan.temperature != 1.0:
+            block.div_(self.plan.temperature)
+        return block
 
 
 INPUT_NAMES = (

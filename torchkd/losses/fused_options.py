@@ -31,26 +31,31 @@ from torchkd.losses.topk import TopKLogits, check_topk
 __all__ = ["default_chunk_size"]
 
 FUSED_REDUCTIONS = ("batchmean", "sum")
-CHUNK_BUDGET_BYTES = 2**26  # one [chunk, V] buffer: 64 MiB
-MIN_CHUNK_ROWS = 256  # below this the matrix products slow down (CPU, H = 1024, V = 128k: ~30 %)
+CHUNK_BUDGET_BYTES = 2**29  # the [chunk, V] buffers of one chunk together: 512 MiB
+MIN_CHUNK_ROWS = 64  # fewer rows make the matrix products several times slower
+MAX_CHUNK_ROWS = 1024  # more rows make them no faster (CPU, H = 1024, V = 128,256)
 
 
-def default_chunk_size(vocab: int, dtype: torch.dtype = torch.float32) -> int:
-    """Rows per chunk: as many as fit one ``[chunk, V]`` buffer into 64 MiB, at least 256.
+def default_chunk_size(vocab: int, dtype: torch.dtype = torch.float32, buffers: int = 2) -> int:
+    """Rows per chunk: as many as let ``buffers`` ``[chunk, V]`` buffers of ``dtype`` fit into
+    512 MiB together, rounded down to a multiple of 64, between 64 and 1024 rows.
 
-    At V = 32,000 in float32: 520 rows (a multiple of 8); at V = 128,256: 256 rows (131 MB per
-    buffer). The kernel holds three to five such buffers (logits of each side, a work buffer,
-    and one more for JSD, TVD, the hard-label term or a softcap): a few percent of the
-    ``[N, V]`` matrices of a plain composition at LM sizes. Fewer rows per chunk would save
-    memory but make the matrix products (the bulk of the time) slower.
+    The fused KD kernel holds two such buffers (each side's logits; its elementwise work runs
+    on a few rows at a time, in buffers of a few MiB): 512 rows at V = 128,256 in float32, 1024
+    at V = 32,000 or in bfloat16. The matrix products (the bulk of the time) slow down below
+    about 1024 rows and sharply below 256 (``benchmarks/token_kd.py`` compares chunk sizes).
+    ``fused_linear_uld_loss`` builds more buffers per chunk (logits, probabilities and sorted
+    values of both sides) and asks for 8.
 
     Example:
         >>> default_chunk_size(32000), default_chunk_size(128256)
-        (520, 256)
+        (1024, 512)
+        >>> default_chunk_size(128256, buffers=8)
+        128
     """
     size = torch.empty((), dtype=dtype).element_size()
-    rows = CHUNK_BUDGET_BYTES // (max(vocab, 1) * size) // 8 * 8
-    return max(MIN_CHUNK_ROWS, rows)
+    rows = CHUNK_BUDGET_BYTES // (buffers * max(vocab, 1) * size) // MIN_CHUNK_ROWS
+    return min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, rows * MIN_CHUNK_ROWS))
 
 
 def check_projection(prefix: str, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:

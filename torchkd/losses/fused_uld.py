@@ -75,10 +75,11 @@ def fused_linear_uld_loss(
     and the backward pass only scales them. The peak is a few ``[chunk, V_S + V_T]`` buffers
     (logits, probabilities, sorted values and their int64 sort indices) plus the weights'
     gradients, never ``[N, V]``. Default chunk: :func:`default_chunk_size` of
-    ``max(V_S, V_T)``. Half-precision inputs are computed in float32 (the weights are upcast
-    once); a float64 input promotes the computation to float64. Where the logits overflow the
-    compute dtype the loss is redone in float64 (the result is that value, or ``inf`` where it
-    is out of range); :func:`~torchkd.losses.uld.uld_loss` likewise redoes such rows.
+    ``max(V_S, V_T)`` for 8 such buffers. Half-precision inputs are computed in float32 (the
+    weights are upcast once); a float64 input promotes the computation to float64. Where the
+    logits overflow the compute dtype the loss is redone in float64 (the result is that value,
+    or ``inf`` where it is out of range); :func:`~torchkd.losses.uld.uld_loss` likewise redoes
+    such rows.
 
     Args:
         student_hidden: ``[..., Hs]`` the student's last hidden states.
@@ -146,7 +147,7 @@ def fused_linear_uld_loss(
     )
     dtype = compute_dtype(*(t for t in inputs if t is not None))
     chunk = chunk_size or default_chunk_size(
-        max(student_weight.shape[0], teacher_weight.shape[0]), dtype
+        max(student_weight.shape[0], teacher_weight.shape[0]), dtype, buffers=8
     )
 
     def rows(tensor: Tensor, per_token: bool = False) -> Tensor:

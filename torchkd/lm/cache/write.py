@@ -304,7 +304,7 @@ def write_teacher_cache(
             from (:func:`~torchkd.lm.cache.format.source_fingerprint`; ``torchkd
             cache-teacher`` records the recipe's teacher, ``torchkd train`` compares it).
         chunk_size: positions per logits chunk (default
-            :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
+            :func:`~torchkd.losses.default_chunk_size` of the vocabulary).
         device: where the batches go; the teacher must already be there (default: where
             its parameters are). The results are stored from the CPU.
         on_shard: called as ``on_shard(shard, num_shards)`` after each written shard.

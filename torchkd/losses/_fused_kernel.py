@@ -2,10 +2,10 @@ r"""The chunked kernel behind :func:`torchkd.losses.fused_linear_kd_loss`.
 
 Rows are processed ``chunk_size`` at a time. For each chunk the student's (and, from hidden
 states, the teacher's) logits are written into one preallocated ``[chunk, V]`` buffer per side,
-the divergence and its closed-form gradient w.r.t. the logits are computed in place, a block
-of a few rows at a time (:func:`block_rows`: the several elementwise passes over a block then
-run in the processor's cache, and their work buffers are ``[block, V]``, not ``[chunk, V]``),
-and the gradient is pushed through the output projection at once: ``grad_hidden[chunk] = G W``,
+the divergence and its closed-form gradient w.r.t. the logits are computed in place (on a CPU
+a block of a few rows at a time, :func:`block_rows`: the several elementwise passes over a
+block then run in the processor's cache, and their work buffers are ``[block, V]``), and the
+gradient is pushed through the output projection at once: ``grad_hidden[chunk] = G W``,
 ``grad_weight += G^T h``, ``grad_bias += sum_rows G``, accumulated in float32 (float64 for
 float64 inputs). The backward pass only multiplies the stored gradients by the incoming scalar.
 
@@ -218,7 +218,7 @@ def run(
     chunk = max(1, min(plan.chunk_size, rows_total))
     block = _Block(
         plan,
-        _Buffers(min(chunk, block_rows(vocab)), vocab, dtype, device),
+        _Buffers(min(chunk, block_rows(vocab, device)), vocab, dtype, device),
         None if projected is not None else teacher,
         sparse,
         labels,
@@ -258,10 +258,13 @@ def run(
     return (total / plan.denominator).to(dtype), grads
 
 
-def block_rows(vocab: int) -> int:
-    """Rows per block of the elementwise work: ``[rows, V]`` buffers of about
+def block_rows(vocab: int, device: torch.device) -> int:
+    """Rows per block of the elementwise work. On a CPU, ``[rows, V]`` buffers of about
     :data:`BLOCK_ELEMENTS` entries, so that the several passes over a block (softmax, the
-    divergence, its gradient) run in the processor's cache rather than in main memory."""
+    divergence, its gradient) run in the processor's cache rather than in main memory; on an
+    accelerator, whose kernels are launched one by one, the whole chunk (no limit)."""
+    if device.type != "cpu":
+        return 2**62
     return max(1, BLOCK_ELEMENTS // max(vocab, 1))
 
 

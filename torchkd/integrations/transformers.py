@@ -26,6 +26,10 @@ that within transformers 5.x, and both are met: up to 5.18 it divides unless
 
 Every term is logged (``terms/<name>`` beside ``loss`` in the Trainer's logs), averaged over
 the logging interval as ``loss`` is.
+
+Several processes (``torchrun``, ``accelerate launch``): DDP through accelerate around the
+student and the terms' trainable parts, the teacher left out, ``N`` counted over the processes
+(:mod:`torchkd.integrations.transformers_parallel`).
 """
 
 from __future__ import annotations
@@ -226,7 +230,8 @@ class DistillationTrainer(transformers.Trainer):
         )
         self._terms_built = False
         # what the optimizer trains (student + extras) as one module whose forward is the
-        # Distiller's: accelerate wraps it in DDP on several processes; the teacher is outside
+        # Distiller's, what Trainer trains (_wrap_model): in DDP on several processes; the
+        # teacher is not part of it
         self.trained_part = _Trainable(self.distiller)
         # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch);
         # up to transformers 5.18 this also tells training_step not to divide the loss by G
@@ -284,26 +289,16 @@ class DistillationTrainer(transformers.Trainer):
     def _wrap_model(
         self, model: nn.Module, training: bool = True, dataloader: Any = None
     ) -> nn.Module:
-        """``Trainer``'s wrapping, except that on several processes the module accelerate
-        wraps in DDP is :attr:`trained_part` (student and extras), not the student alone."""
+        """What the training step calls: :attr:`trained_part` (student and extras, the
+        Distiller's forward) prepared by accelerate (on several processes wrapped in DDP;
+        mixed precision autocasts the whole forward), where ``Trainer`` would prepare the
+        student alone. The gradient clipping and the logged ``grad_norm`` therefore cover the
+        extras too."""
         wrapped = super()._wrap_model(model, training, dataloader)
-        if training and self.args.world_size > 1 and wrapped is self.model:
+        if training and wrapped is self.model:
             self.build_distiller()
             return self.accelerator.prepare_model(self.trained_part)
         return wrapped
-
-    def _is_wrapped_part(self, model: nn.Module) -> bool:
-        """Whether ``model`` (what ``Trainer`` trains) is the DDP-wrapped :attr:`trained_part`."""
-        return model is not self.model and self.accelerator.unwrap_model(model) is self.trained_part
-
-    def _clip_grad_norm(self, model: nn.Module) -> Any:
-        """Clip the gradients of every trained parameter, the extras' too (one process or
-        several alike)."""
-        return super()._clip_grad_norm(model if self._is_wrapped_part(model) else self.trained_part)
-
-    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        part = model if self._is_wrapped_part(model) else self.trained_part
-        return super()._get_grad_norm(part, grad_norm=grad_norm)
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep the batch entries the terms read when unused columns are removed."""
@@ -369,8 +364,8 @@ class DistillationTrainer(transformers.Trainer):
         if num_items_in_batch is not None and float(num_items_in_batch) > 0:
             processes = token_processes(self.args)
             normalizer = TokenNormalizer(float(num_items_in_batch), micro_batches, processes)
-        forward = model if self._is_wrapped_part(model) else self.distiller  # DDP or not
-        output = forward(distillation_batch(inputs, normalizer))
+        trains_part = self.accelerator.unwrap_model(model) is self.trained_part
+        output = (model if trains_part else self.distiller)(distillation_batch(inputs, normalizer))
         self._term_steps.add(self.state.global_step)
         for name, value in output.terms.items():
             self._term_sums[name] = self._term_sums.get(name, 0) + value.detach() / micro_batches

@@ -10,7 +10,10 @@ DistributedDataParallel through accelerate. What changes for distillation:
   module whose forward is the Distiller's, as in torchkd's own engine,
   :mod:`torchkd.train.distributed`); the training step calls that wrapper. The teacher is not
   a submodule of it: never in DDP's buckets, never broadcast, without gradients. ``trainer.model``
-  stays the student, which ``save_model`` and the checkpoints save.
+  stays the student, which ``save_model`` and the checkpoints save. (On one process the same
+  module is what accelerate prepares, so mixed precision autocasts the Distiller's whole
+  forward, as torchkd's own loop does, and gradient clipping covers the extras, on one process
+  as on several.)
 - **Tokens.** With ``average_tokens_across_devices`` (``Trainer``'s default) the step's valid
   tokens ``N`` are summed over the ``W`` processes and each micro-batch's token loss is divided
   by ``N / (G W)`` (:class:`~torchkd.lm.tokens.TokenNormalizer`); DDP averages the processes'

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from filelock import FileLock
 from tolerances import FLOAT64_EPS, float32_tolerance
 from torch import Tensor
 
@@ -47,11 +48,25 @@ def facts(out: Path, rank: int) -> dict:
     return json.loads((out / f"facts.rank{rank}.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hf-ddp")
+def run_two_processes(out: Path) -> None:
     result = cases.torchrun_cases(out)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The results of the one torchrun session; under xdist the workers share it (the first
+    to arrive runs it, the others wait for it)."""
+    if worker_id == "master":
+        out = tmp_path_factory.mktemp("hf-ddp")
+        run_two_processes(out)
+        return out
+    out = tmp_path_factory.getbasetemp().parent / "hf-ddp-shared"  # this run's, shared
+    with FileLock(f"{out}.lock"):
+        if not (out / "done").is_file():
+            out.mkdir(exist_ok=True)
+            run_two_processes(out)
+            (out / "done").touch()
     return out
 
 

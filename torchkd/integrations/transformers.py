@@ -26,6 +26,10 @@ that within transformers 5.x, and both are met: up to 5.18 it divides unless
 
 Every term is logged (``terms/<name>`` beside ``loss`` in the Trainer's logs), averaged over
 the logging interval as ``loss`` is.
+
+Several processes (``torchrun``, ``accelerate launch``): DDP through accelerate around the
+student and the terms' trainable parts, the teacher left out, ``N`` counted over the processes
+(:mod:`torchkd.integrations.transformers_parallel`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ from torch import Tensor, nn
 from torchkd._extras import require
 from torchkd._files import atomic_write
 from torchkd.distiller import Distiller, DistillOutput, OnPolicyHook, Term
+from torchkd.integrations.transformers_parallel import (
+    mean_over_processes,
+    refuse_unsupported_parallelism,
+    token_processes,
+    total_over_processes,
+)
 from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.tokens import (
     IGNORE_INDEX,
@@ -50,6 +60,7 @@ from torchkd.lm.tokens import (
     is_token_labels,
     next_token_labels,
 )
+from torchkd.train.distributed import _Trainable
 
 transformers = require("transformers", "hf", "torchkd.integrations.transformers")
 
@@ -153,8 +164,11 @@ class DistillationTrainer(transformers.Trainer):
         **kwargs: ``transformers.Trainer`` arguments (``args``, ``train_dataset``,
             ``data_collator``, ``callbacks``, ...).
 
-    One process on one device: data parallelism (``torchrun``, several GPUs) and model
-    sharding (DeepSpeed, FSDP) are refused, since the Distiller runs the student unwrapped.
+    One process, or several under ``torchrun`` / ``accelerate launch`` (DDP through
+    accelerate, around the student and the terms' trainable parts; the teacher is not wrapped;
+    tokens are counted over every process: :mod:`torchkd.integrations.transformers_parallel`).
+    ``nn.DataParallel``, DeepSpeed, FSDP and tensor / context / sequence parallelism are
+    refused.
 
     Example (``tests/integrations/test_transformers.py`` runs it on tiny Llamas)::
 
@@ -200,17 +214,7 @@ class DistillationTrainer(transformers.Trainer):
             )
         super().__init__(model=model, **kwargs)
         args = self.args
-        if (
-            args.world_size > 1
-            or args.n_gpu > 1
-            or self.is_deepspeed_enabled
-            or self.is_fsdp_enabled
-        ):
-            raise ValueError(
-                "DistillationTrainer runs on one process and one device (world_size="
-                f"{args.world_size}, n_gpu={args.n_gpu}); for several devices use torchkd's own "
-                "engine (torchkd train, torchrun)"
-            )
+        refuse_unsupported_parallelism(self)
         if args.label_smoothing_factor != 0:
             raise ValueError(
                 "DistillationTrainer: label_smoothing_factor is not used (the loss is the terms'); "
@@ -225,6 +229,10 @@ class DistillationTrainer(transformers.Trainer):
             self.model, self.teacher_model, list(terms or default_terms()), on_policy=on_policy
         )
         self._terms_built = False
+        # what the optimizer trains (student + extras) as one module whose forward is the
+        # Distiller's, what Trainer trains (_wrap_model): in DDP on several processes; the
+        # teacher is not part of it
+        self.trained_part = _Trainable(self.distiller)
         # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch);
         # up to transformers 5.18 this also tells training_step not to divide the loss by G
         self.model_accepts_loss_kwargs = True
@@ -278,6 +286,20 @@ class DistillationTrainer(transformers.Trainer):
             )
         return optimizer
 
+    def _wrap_model(
+        self, model: nn.Module, training: bool = True, dataloader: Any = None
+    ) -> nn.Module:
+        """What the training step calls: :attr:`trained_part` (student and extras, the
+        Distiller's forward) prepared by accelerate (on several processes wrapped in DDP;
+        mixed precision autocasts the whole forward), where ``Trainer`` would prepare the
+        student alone. The gradient clipping and the logged ``grad_norm`` therefore cover the
+        extras too."""
+        wrapped = super()._wrap_model(model, training, dataloader)
+        if training and wrapped is self.model:
+            self.build_distiller()
+            return self.accelerator.prepare_model(self.trained_part)
+        return wrapped
+
     def _set_signature_columns_if_needed(self) -> None:
         """Keep the batch entries the terms read when unused columns are removed."""
         super()._set_signature_columns_if_needed()
@@ -312,10 +334,11 @@ class DistillationTrainer(transformers.Trainer):
         return hf_batch
 
     def _get_num_items_in_batch(self, batch_samples: list[Any], device: torch.device) -> Tensor:
-        """The valid tokens of the SHIFTED labels of all the micro-batches of a step (never
-        None: ``Trainer`` up to 5.18 would then divide the loss by ``G`` a second time)."""
+        """The valid tokens of the SHIFTED labels of all the micro-batches of a step, summed
+        over the processes with ``average_tokens_across_devices`` (never None: ``Trainer`` up
+        to 5.18 would then divide the loss by ``G`` a second time)."""
         total = sum(count_valid_tokens(shifted_labels(batch)) for batch in batch_samples)
-        return torch.tensor(total, device=device)
+        return total_over_processes(self, torch.tensor(total, device=device))
 
     def compute_loss(
         self,
@@ -325,10 +348,11 @@ class DistillationTrainer(transformers.Trainer):
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Any]]:
         """The Distiller's loss of one micro-batch. In training, token-level terms are
-        normalized by ``TokenNormalizer(num_items_in_batch, G)`` (divisor ``N / G``) and the
-        loss is divided by ``G`` (``G`` micro-batches per step), and the terms are recorded for
-        the logs; in evaluation,
-        token-level terms are normalized by the batch's own token count."""
+        normalized by ``TokenNormalizer(num_items_in_batch, G, W)`` (divisor ``N / (G W)``,
+        ``W`` the processes counted: :func:`~torchkd.integrations.transformers_parallel.
+        token_processes`), the loss is divided by ``G`` (``G`` micro-batches per step), and the
+        terms are recorded for the logs; in evaluation, token-level terms are normalized by the
+        batch's own token count."""
         self.build_distiller()
         self.distiller.train(model.training)  # the teacher stays in eval mode (TeacherList)
         if not model.training:
@@ -338,8 +362,10 @@ class DistillationTrainer(transformers.Trainer):
         self.distiller.set_progress(self.state.global_step, max(self.state.max_steps, 1))
         normalizer = None
         if num_items_in_batch is not None and float(num_items_in_batch) > 0:
-            normalizer = TokenNormalizer(float(num_items_in_batch), micro_batches)
-        output = self.distiller(distillation_batch(inputs, normalizer))
+            processes = token_processes(self.args)
+            normalizer = TokenNormalizer(float(num_items_in_batch), micro_batches, processes)
+        trains_part = self.accelerator.unwrap_model(model) is self.trained_part
+        output = (model if trains_part else self.distiller)(distillation_batch(inputs, normalizer))
         self._term_steps.add(self.state.global_step)
         for name, value in output.terms.items():
             self._term_sums[name] = self._term_sums.get(name, 0) + value.detach() / micro_batches
@@ -348,10 +374,11 @@ class DistillationTrainer(transformers.Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """``Trainer``'s log, with each term's mean over the steps since the last training log
-        (``terms/<name>``) beside ``loss``."""
+        (``terms/<name>``, averaged over the processes) beside ``loss``."""
         if "loss" in logs and self._term_steps:
             steps = len(self._term_steps)
-            logs.update({f"terms/{name}": float(s) / steps for name, s in self._term_sums.items()})
+            sums = mean_over_processes(self, self._term_sums)
+            logs.update({f"terms/{name}": value / steps for name, value in sums.items()})
             self._term_sums, self._term_steps = {}, set()
         super().log(logs, start_time)
 
@@ -379,7 +406,9 @@ class DistillationTrainer(transformers.Trainer):
         if not os.path.exists(path):
             return
         self.build_distiller()
-        self.distiller.extras.load_state_dict(load_file(path, device=str(self.args.device)))
+        # read on the CPU (safetensors refuses a "cpu:0" device, what args.device is under DDP)
+        # and copied into the extras where they are
+        self.distiller.extras.load_state_dict(load_file(path))
 
 
 class _ClearExtrasGradients(transformers.TrainerCallback):

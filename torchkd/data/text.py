@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from torchkd._files import atomic_write
+from torchkd.data.aligned_text import encode_teacher_windows
 from torchkd.data.base import (
     SPLITS,
     cache_dir,
@@ -59,7 +60,6 @@ from torchkd.data.documents import (
 )
 from torchkd.data.registry import DATASETS
 from torchkd.data.tokenizer import load_tokenizer, require_hf, tokenizer_fingerprint
-from torchkd.data.aligned_text import encode_teacher_windows
 from torchkd.lm import IGNORE_INDEX, next_token_labels
 from torchkd.lm.aligned import TEACHER_INPUTS, TEACHER_POSITIONS
 

@@ -189,8 +189,9 @@ class HybridULDLoss(FunctionalOptionsModule):
     """Module form of :func:`hybrid_uld_loss`; a call may override the stored ``temperature``.
 
     Example:
-        >>> HybridULDLoss(shared_ids=[[0, 0]])
-        HybridULDLoss(shared_ids=[[0, 0]], temperature=1.0, hard_label_weight=0.0, ignore_index=-100, reduction='batchmean')
+        >>> loss = HybridULDLoss(shared_ids=[[0, 0]], temperature=2.0)
+        >>> loss.shared_ids, loss.temperature
+        ([[0, 0]], 2.0)
     """
 
     options = keyword_options(hybrid_uld_loss, ("mask", "num_items_in_batch"))

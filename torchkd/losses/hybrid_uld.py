@@ -55,9 +55,11 @@ def check_shared_ids(shared_ids: Any, student_vocab: int, teacher_vocab: int) ->
             "data.kwargs.teacher_tokenizer fills it in)"
         )
     ids = torch.as_tensor(shared_ids)
+    if ids.numel() == 0:
+        return torch.zeros((0, 2), dtype=torch.long)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"shared_ids must hold integer token ids, got {ids.dtype}")
-    ids = ids.long().reshape(-1, 2) if ids.numel() == 0 else ids.long()
+    ids = ids.long()
     if ids.dim() != 2 or ids.shape[1] != 2:
         raise ValueError(
             f"shared_ids must be [K, 2] (student id, teacher id) pairs, got {tuple(ids.shape)}"
@@ -92,7 +94,10 @@ def hybrid_rows(
     if shared_ids.shape[0]:
         log_p = torch.log_softmax(student_logits[:, student_shared] / temperature, dim=-1)
         log_q = torch.log_softmax(teacher_logits[:, teacher_shared] / temperature, dim=-1)
-        kl = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(dim=-1)
+        # 0 log 0 = 0: entries the teacher gives no mass (-inf logits) are left out
+        absent = torch.isneginf(log_q)
+        log_q, log_p = log_q.masked_fill(absent, 0.0), log_p.masked_fill(absent, 0.0)
+        kl = (log_q.exp().masked_fill(absent, 0.0) * (log_q - log_p)).sum(dim=-1)
         values = values + temperature**2 * kl
     student_rest = _rest(student_logits.shape[-1], student_shared)
     teacher_rest = _rest(teacher_logits.shape[-1], teacher_shared)

@@ -89,5 +89,5 @@ def test_a_teacher_vocabulary_smaller_than_its_tokenizer_is_refused(
     from torchkd.config import load_recipe
     from torchkd.config.build import build_distiller
 
-    with pytest.raises(ConfigError, match="data.kwargs.teacher_tokenizer: .* has 512 tokens"):
+    with pytest.raises(ConfigError, match=r"data\.kwargs\.teacher_tokenizer: .* has 512 tokens"):
         build_distiller(load_recipe(path))

@@ -59,12 +59,12 @@ def run(distiller: Distiller, batch: dict) -> tuple[torch.Tensor, list[torch.Ten
     distiller.build(batch)
     output = distiller(batch)
     output.loss.backward()
-    grads = [p.grad.clone() for p in distiller.student.parameters()]
+    grads = [p.grad.clone() for p in distiller.student.parameters() if p.grad is not None]
     distiller.student.zero_grad()
     return output.loss.detach(), grads
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", [*LOSSES, "hint"])
 def test_the_students_tokenizer_through_the_aligned_path_gives_the_plain_loss(
     tiny_causal_lm, tokenizer_pair, documents: Path, loss: str
 ) -> None:
@@ -76,7 +76,10 @@ def test_the_students_tokenizer_through_the_aligned_path_gives_the_plain_loss(
     values = []
     for batch, key in ((plain_batch, None), (paired_batch, "teacher_inputs")):
         student, teacher = models(tiny_causal_lm, STUDENT_VOCAB)
-        term = Term("x", loss, temperature=T, loss_kwargs=kwargs)
+        if loss == "hint":  # a feature term on each model's final norm, through an adapter
+            term = Term("x", "hint", student="model.norm", teacher="model.norm")
+        else:
+            term = Term("x", loss, temperature=T, loss_kwargs=kwargs)
         values.append(run(Distiller(student, teacher, [term], teacher_inputs_key=key), batch))
     (plain, plain_grads), (aligned, aligned_grads) = values
     assert plain > 0

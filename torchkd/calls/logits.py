@@ -11,7 +11,8 @@ A batch whose teacher has its own tokenizer carries the alignment
 (:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`): a ``"logits_labels"`` loss that compares
 vocabularies itself (``compares_shapes``: ``uld``, ``hybrid_uld``) then gets the aligned rows
 ``[n, V_S]``, ``[n, V_T]``, ``[n]`` (:func:`~torchkd.lm.aligned.aligned_rows`); any other
-teacher-reading logit loss is refused, since it would compare positions one to one.
+teacher-reading logit loss (``multi_teacher`` included) is refused, since it would compare
+positions one to one.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ class MultiTeacherCall(LogitsCall):
     gathers = False
 
     def arguments(self, term, capture, batch, owner, temperature):
+        if batch.get(TEACHER_POSITIONS) is not None:
+            raise unaligned_error(term, self.signature)
         student = student_value(term.student, capture, term)
         teachers = [teacher_value(term, capture, i) for i in range(len(owner.teachers))]
         kwargs = {**_temperature_kwargs(temperature), "labels": batch.get(owner.labels_key)}

@@ -47,14 +47,9 @@ __all__ = ["HybridULDLoss", "hybrid_uld_loss"]
 
 def check_shared_ids(shared_ids: Any, student_vocab: int, teacher_vocab: int) -> Tensor:
     """``shared_ids`` as an int64 ``[K, 2]`` tensor of distinct (student id, teacher id)
-    pairs inside both vocabularies, or a ``TypeError``/``ValueError`` naming it."""
-    if shared_ids is None:
-        raise ValueError(
-            "shared_ids not set: hybrid_uld needs the [K, 2] (student id, teacher id) pairs of "
-            "the shared tokens (torchkd.data.shared_vocabulary; a recipe with "
-            "data.kwargs.teacher_tokenizer fills it in)"
-        )
-    ids = torch.as_tensor(shared_ids)
+    pairs inside both vocabularies (None: ``K = 0``), or a ``TypeError``/``ValueError`` naming
+    it."""
+    ids = torch.as_tensor([] if shared_ids is None else shared_ids)
     if ids.numel() == 0:
         return torch.zeros((0, 2), dtype=torch.long)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
@@ -131,7 +126,9 @@ def hybrid_uld_loss(
         teacher_logits: ``[..., V_T]`` (the same leading dims).
         labels: ``[...]`` student token ids or ``ignore_index``.
         shared_ids: ``[K, 2]`` one-to-one (student id, teacher id) pairs of the tokens both
-            vocabularies hold (``K`` may be 0). Required.
+            vocabularies hold (:func:`torchkd.data.shared_vocabulary.shared_vocabulary`; a
+            recipe with ``data.kwargs.tokenizer`` fills it in). None or empty: ``K = 0``, the
+            loss is ULD.
         temperature: :math:`T > 0` applied to both sides (a float).
         hard_label_weight: weight :math:`w \\ge 0` of the student's cross-entropy (T = 1).
         ignore_index: label value of rows to leave out.

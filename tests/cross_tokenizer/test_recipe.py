@@ -109,3 +109,16 @@ def test_a_teacher_cache_is_refused(tokenizer_pair, tmp_path: Path) -> None:
     teacher = create_model("hf_causal_lm", config={**LLAMA, "vocab_size": TEACHER_VOCAB})
     with pytest.raises(ValueError, match="teacher has its own tokenizer"):
         write_teacher_cache(teacher, dataset, tmp_path / "cache_dir", k=4)
+
+
+def test_on_policy_sampling_is_refused(tokenizer_pair, tmp_path: Path) -> None:
+    _, _, directory = tokenizer_pair
+    path = recipe(tmp_path, directory, [{"name": "uld", "loss": "uld"}], TEACHER_VOCAB)
+    settings = yaml.safe_load(path.read_text())
+    settings["on_policy"] = {"fraction": 0.5, "max_new_tokens": 4, "prompt_length": 8}
+    path.write_text(yaml.safe_dump(settings))
+    from torchkd.config import load_recipe
+    from torchkd.config.build import build_distiller
+
+    with pytest.raises(ConfigError, match="on_policy: the student's sampled continuations"):
+        build_distiller(load_recipe(path))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torchkd.config.errors import ConfigError
 from torchkd.config.schema import Recipe
 from torchkd.lm.aligned import TEACHER_INPUTS
 
@@ -17,8 +18,23 @@ TEACHER_TOKENIZER_KEY = "teacher_tokenizer"  # in data.kwargs
 
 def teacher_inputs_key(recipe: Recipe) -> str | None:
     """``"teacher_inputs"`` when the recipe's teacher has its own tokenizer, else None (the
-    teachers read the student's inputs)."""
-    return TEACHER_INPUTS if recipe.data.kwargs.get(TEACHER_TOKENIZER_KEY) else None
+    teachers read the student's inputs).
+
+    Raises:
+        ConfigError: with ``on_policy``, whose sampled continuations exist in the student's
+            tokens only.
+    """
+    if not recipe.data.kwargs.get(TEACHER_TOKENIZER_KEY):
+        return None
+    if recipe.on_policy is not None:
+        raise ConfigError(
+            [
+                "on_policy: the student's sampled continuations have no teacher tokenization "
+                "(data.kwargs.teacher_tokenizer); distil across tokenizers on the dataset's "
+                "text only"
+            ]
+        )
+    return TEACHER_INPUTS
 
 
 def cross_tokenizer_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:

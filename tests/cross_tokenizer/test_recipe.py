@@ -1,6 +1,6 @@
 """``torchkd train RECIPE`` on the ``text`` dataset with ``data.kwargs.teacher_tokenizer``: a
 tiny Llama student (the 1024-token tokenizer) taught by a tiny Llama teacher with its own
-512-token tokenizer, through ``uld`` and ``hybrid_uld`` terms."""
+512-token tokenizer, through ``uld``, ``hybrid_uld`` and ``fused_linear_uld`` terms."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def test_train_with_a_teacher_of_another_tokenizer(tokenizer_pair, tmp_path: Pat
     terms = [
         {"name": "uld", "loss": "uld", "loss_kwargs": {"hard_label_weight": 1.0}, "weight": 0.5},
         {"name": "hybrid", "loss": "hybrid_uld", "temperature": 2.0, "weight": 0.5},
+        {"name": "fused", "loss": "fused_linear_uld", "weight": 0.5},
     ]
     path = recipe(tmp_path, directory, terms, TEACHER_VOCAB)
     run_dir = tmp_path / "run"
@@ -78,6 +79,7 @@ def test_train_with_a_teacher_of_another_tokenizer(tokenizer_pair, tmp_path: Pat
     assert (run_dir / "checkpoints" / "last.pt").exists()
     final = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert "perplexity" in str(final)
+    assert {"terms/uld", "terms/hybrid", "terms/fused"} <= set(final.get("val", {}))
 
 
 def test_a_teacher_vocabulary_smaller_than_its_tokenizer_is_refused(

@@ -98,6 +98,8 @@ class Distiller(nn.Module):
             itself, ``[0]`` of a tuple, ``"logits"`` of a dict or ``ModelOutput``).
         labels_key: batch key of the labels (may be absent: unlabeled transfer batches).
         inputs_key: batch key of the inputs (a tensor, or a mapping passed as ``**kwargs``).
+        teacher_inputs_key: batch key of the teachers' inputs when they are not the student's
+            (a teacher with its own tokenizer: ``"teacher_inputs"``); None: ``inputs_key``.
         on_policy: called by :meth:`prepare` on every training batch (on-policy sampling,
             ``torchkd.lm.on_policy.OnPolicy``); None trains on the batches as they come.
 
@@ -122,6 +124,7 @@ class Distiller(nn.Module):
         output_key: str | int | None = None,
         labels_key: str = "labels",
         inputs_key: str = "inputs",
+        teacher_inputs_key: str | None = None,
         on_policy: OnPolicyHook | None = None,
     ) -> None:
         super().__init__()
@@ -131,6 +134,7 @@ class Distiller(nn.Module):
         self.output_key = output_key
         self.labels_key = labels_key
         self.inputs_key = inputs_key
+        self.teacher_inputs_key = teacher_inputs_key
         self.on_policy = on_policy
         if len(terms) == 0:
             raise ValueError("a Distiller needs at least one Term")
@@ -229,7 +233,8 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             with torch.no_grad():
-                capture = self._capture(self._inputs(self._as_batch(example_batch)))
+                example = self._as_batch(example_batch)
+                capture = self._capture(self._inputs(example), self._teacher_inputs(example))
         finally:
             self.student.train(was_training)
         reference = next((p for p in self.student.parameters() if p.is_floating_point()), None)
@@ -300,7 +305,7 @@ class Distiller(nn.Module):
             )
         batch = self._as_batch(batch)
         inputs = self._inputs(batch)
-        capture = self._capture(inputs)
+        capture = self._capture(inputs, self._teacher_inputs(batch))
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
         temperatures: dict[str, float] = {}
@@ -358,11 +363,21 @@ class Distiller(nn.Module):
             raise KeyError(f"batch has no {self.inputs_key!r} entry (keys: {list(batch)})")
         return batch[self.inputs_key]
 
-    def _capture(self, inputs: Any) -> Capture:
+    def _teacher_inputs(self, batch: Mapping[str, Any]) -> Any:
+        if self.teacher_inputs_key is None:
+            return self._inputs(batch)
+        if self.teacher_inputs_key not in batch:
+            raise KeyError(
+                f"batch has no {self.teacher_inputs_key!r} entry (teacher_inputs_key; keys: "
+                f"{list(batch)})"
+            )
+        return batch[self.teacher_inputs_key]
+
+    def _capture(self, inputs: Any, teacher_inputs: Any) -> Capture:
         teacher_logits, teacher_hidden, teacher_taps = [], [], []
         with torch.no_grad():
             for teacher, plan in zip(self.teachers, self._teacher_plans, strict=True):
-                logits, hidden, taps = run_model(teacher, plan, inputs, self.output_key)
+                logits, hidden, taps = run_model(teacher, plan, teacher_inputs, self.output_key)
                 teacher_logits.append(logits)
                 teacher_hidden.append(hidden)
                 teacher_taps.append(taps)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .hybrid_uld_reference import hybrid_uld_reference
 from .uld_reference import fused_linear_uld_reference, uld_reference
 
 ALL_REDUCTIONS: tuple[str, ...] = ("batchmean", "sum", "mean", "none")
@@ -1199,6 +1200,21 @@ REFERENCES["uld"] = Reference(
     variants=({}, {"hard_label_weight": 0.5, "temperature": 1.5}),
     reductions=("batchmean", "sum"),
     skip=_ULD_SKIP,
+)
+REFERENCES["hybrid_uld"] = Reference(
+    hybrid_uld_reference,
+    # a partial map that swaps two ids (and pairs two of the last ids, which the fuzz masks)
+    {"temperature": 2.0, "shared_ids": [[0, 0], [1, 2], [2, 1], [4, 3]]},
+    variants=(
+        {"shared_ids": [], "hard_label_weight": 0.5},
+        {"shared_ids": [[c, c] for c in range(5)], "temperature": 1.5},
+    ),
+    reductions=("batchmean", "sum"),
+    skip={
+        **_ULD_SKIP,
+        "zero_at_equal": "equal logits differ under a map that swaps ids (0 for the identity "
+        "map: tests/cross_tokenizer/test_hybrid_uld.py)",
+    },
 )
 REFERENCES["fused_linear_uld"] = Reference(
     fused_linear_uld_reference,

@@ -8,7 +8,8 @@
 Student tensors pass through shape adapters (:func:`torchkd.adapters.build_adapter`) built from
 a probe pass, unless the loss compares shapes itself; losses whose constructor needs sizes get
 them from the probed shapes (``LossEntry.sizes``). Feature tensors ``[B, L, ...]`` keep only the
-positions whose ``attention_mask`` is 1.
+positions whose ``attention_mask`` is 1; with a teacher on its own tokens (the batch's
+:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`), the aligned positions of both sides instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torchkd import losses
 from torchkd.adapters import AdapterKind, build_adapter
 from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
 from torchkd.capture import Capture, valid_positions
+from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
 from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.terms import Term, blame_term
 
@@ -44,6 +46,18 @@ def _gathered(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
     if isinstance(value, list):
         return [gather_rows_with_grad(tensor) for tensor in value]
     return gather_rows_with_grad(value)
+
+
+def _aligned_features(
+    student: Tensor | list[Tensor], teacher: Tensor | list[Tensor], positions: Tensor
+) -> list[Any]:
+    """The ``[B, L, ...]`` student and ``[B, L_T, ...]`` teacher features (each pair of a
+    list) at the aligned positions (:func:`~torchkd.lm.aligned.aligned_rows`), as ``[n, ...]``."""
+    if isinstance(student, list):
+        pairs = [aligned_rows(s, t, None, positions) for s, t in zip(student, teacher, strict=True)]
+        return [[pair[0] for pair in pairs], [pair[1] for pair in pairs]]
+    aligned_student, aligned_teacher, _ = aligned_rows(student, teacher, None, positions)
+    return [aligned_student, aligned_teacher]
 
 
 class FeaturesCall(Call):
@@ -86,7 +100,10 @@ class FeaturesCall(Call):
             adapted if self.lists else adapted[0],
             teacher_value(term, capture, term.teacher_index),
         ]
-        if self.masks and capture.attention_mask is not None:
+        positions = batch.get(TEACHER_POSITIONS)
+        if self.masks and positions is not None:  # a teacher on its own tokens
+            args = _aligned_features(*args, positions)
+        elif self.masks and capture.attention_mask is not None:
             args = [valid_positions(value, capture.attention_mask) for value in args]
         if term.global_batch and owner.training:
             args = [_gathered(value) for value in args]

@@ -12,6 +12,11 @@ are never built. ``teacher="cache"`` passes the batch's cached teacher (top-k,
 as ``teacher_logits=`` and runs no teacher. A batch's
 :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``, set by the training loop)
 gives ``num_items_in_batch`` its divisor.
+
+A batch whose teacher has its own tokenizer (:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`)
+gives a loss that compares vocabularies (``compares_shapes``: ``fused_linear_uld``) the
+aligned hidden rows ``[n, H_S]``, ``[n, H_T]`` and labels ``[n]``; other fused losses are
+refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from typing import Any
 from torch import nn
 
 from torchkd.calls.base import Call, Example, Owner, loss_name
+from torchkd.calls.logits import compares_classes, unaligned_error
+from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
 from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.cache.read import cached_targets
 from torchkd.lm.model import OutputProjection, is_causal_lm, output_projection
@@ -119,8 +126,15 @@ class HiddenStatesCall(Call):
         index = term.teacher_index
         teacher = output_projection(owner.teachers[index], f"teacher {index}")
         kwargs.update(_projection_kwargs("teacher", teacher))
-        hidden = capture.teacher_hidden[index]
-        return [capture.student_hidden, student.weight, hidden, teacher.weight], kwargs
+        student_hidden, hidden = capture.student_hidden, capture.teacher_hidden[index]
+        positions = batch.get(TEACHER_POSITIONS)
+        if positions is not None:
+            if not compares_classes(term):
+                raise unaligned_error(term, self.signature)
+            student_hidden, hidden, kwargs["labels"] = aligned_rows(
+                student_hidden, hidden, kwargs["labels"], positions
+            )
+        return [student_hidden, student.weight, hidden, teacher.weight], kwargs
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
         labels = example.labels()

@@ -6,6 +6,13 @@
     "multi_teacher"  f(student_logits, [teacher_logits, ...], labels=None)
 
 Every one but ``"labels"`` takes the term's temperature as ``temperature=``.
+
+A batch whose teacher has its own tokenizer carries the alignment
+(:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`): a ``"logits_labels"`` loss that compares
+vocabularies itself (``compares_shapes``: ``uld``, ``hybrid_uld``) then gets the aligned rows
+``[n, V_S]``, ``[n, V_T]``, ``[n]`` (:func:`~torchkd.lm.aligned.aligned_rows`); any other
+teacher-reading logit loss (``multi_teacher`` included) is refused, since it would compare
+positions one to one.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from torch import Tensor, nn
 from torchkd import losses
 from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
 from torchkd.capture import Capture
+from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
 from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.terms import LOGITS, Term, TermError
 
@@ -27,13 +35,27 @@ def _temperature_kwargs(temperature: float | Tensor | None) -> dict[str, Any]:
     return {} if temperature is None else {"temperature": temperature}
 
 
-def _compares_classes(term: Term) -> bool:
+def compares_classes(term: Term) -> bool:
     """Whether the term's loss (a registered name) compares logits of different class counts
     itself (``compares_shapes``, e.g. ULD across vocabularies)."""
     return (
         isinstance(term.loss, str)
         and ":" not in term.loss
         and losses.entry(term.loss).compares_shapes
+    )
+
+
+def unaligned_error(term: Term, signature: str) -> TermError:
+    """The refusal of a loss that compares a student and a teacher position by position when
+    the batch's teacher has its own tokenizer."""
+    return TermError(
+        term.name,
+        "loss",
+        f"term {term.name!r}: the batch's teacher reads its own tokens "
+        f"(batch[{TEACHER_POSITIONS!r}] aligns them with the student's), but loss "
+        f"{term.loss!r} (signature {signature!r}) compares the two sides position by position "
+        "and vocabulary entry by entry; use a loss that compares vocabularies: 'uld', "
+        "'hybrid_uld' or 'fused_linear_uld'",
     )
 
 
@@ -64,7 +86,7 @@ class LogitsCall(Call):
     token_rows = True
 
     def build(self, term: Term, capture: Capture, owner: Owner) -> tuple[nn.ModuleDict, dict]:
-        same_classes = not _compares_classes(term)
+        same_classes = not compares_classes(term)
         if (
             same_classes
             and term.student == LOGITS
@@ -84,6 +106,10 @@ class LogitsCall(Call):
         return super().build(term, capture, owner)
 
     def arguments(self, term, capture, batch, owner, temperature):
+        if batch.get(TEACHER_POSITIONS) is not None and not (
+            self.signature == "logits_labels" and compares_classes(term)
+        ):
+            raise unaligned_error(term, self.signature)
         args = [
             student_value(term.student, capture, term),
             teacher_value(term, capture, term.teacher_index),
@@ -105,7 +131,12 @@ class LogitsLabelsCall(LogitsCall):
 
     def arguments(self, term, capture, batch, owner, temperature):
         args, kwargs = super().arguments(term, capture, batch, owner, temperature)
-        return [*args, self.batch_entry(batch, owner.labels_key, term)], kwargs
+        labels = self.batch_entry(batch, owner.labels_key, term)
+        positions = batch.get(TEACHER_POSITIONS)
+        if positions is not None:
+            student, teacher, labels = aligned_rows(*args, labels, positions)
+            args = [student, teacher]
+        return [*args, labels], kwargs
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
         shape = (*example.rows, example.classes)
@@ -119,6 +150,8 @@ class MultiTeacherCall(LogitsCall):
     gathers = False
 
     def arguments(self, term, capture, batch, owner, temperature):
+        if batch.get(TEACHER_POSITIONS) is not None:
+            raise unaligned_error(term, self.signature)
         student = student_value(term.student, capture, term)
         teachers = [teacher_value(term, capture, i) for i in range(len(owner.teachers))]
         kwargs = {**_temperature_kwargs(temperature), "labels": batch.get(owner.labels_key)}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchkd.config.arguments import check_arguments
 from torchkd.config.build_models import build_model, check_teacher_weights
+from torchkd.config.cross_tokenizer import cross_tokenizer_kwargs, teacher_inputs_key
 from torchkd.config.errors import ConfigError, blame
 from torchkd.config.schema import OnPolicyConfig, Recipe, is_number
 from torchkd.config.vocabulary import check_vocabulary
@@ -56,7 +57,7 @@ def build_term(recipe: Recipe, index: int) -> Term:
     return Term(
         name=spec.name,
         loss=spec.loss,
-        loss_kwargs=dict(spec.loss_kwargs),
+        loss_kwargs={**cross_tokenizer_kwargs(recipe, index), **spec.loss_kwargs},
         weight=_schedule_value(spec.weight, f"terms.{index}.weight"),
         student=spec.student,
         teacher=spec.teacher,
@@ -92,7 +93,12 @@ def build_distiller(recipe: Recipe) -> Distiller:
         on_policy = build_on_policy(recipe.on_policy, recipe.train.seed)
     try:
         return Distiller(
-            student, teachers or None, terms, output_key=recipe.output_key, on_policy=on_policy
+            student,
+            teachers or None,
+            terms,
+            output_key=recipe.output_key,
+            teacher_inputs_key=teacher_inputs_key(recipe),
+            on_policy=on_policy,
         )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error

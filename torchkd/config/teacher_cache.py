@@ -23,12 +23,27 @@ __all__ = [
 CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
+def _refuse_own_tokenizer(recipe: Recipe) -> None:
+    """A teacher with its own tokenizer has no cache yet: the cached top-k or samples are
+    read position by position over the student's vocabulary."""
+    if recipe.data.kwargs.get("teacher_tokenizer"):
+        raise ConfigError(
+            [
+                "data.kwargs.teacher_tokenizer: a teacher with its own tokenizer cannot be "
+                "cached (the teacher cache stores one distribution per student position over "
+                "the student's vocabulary); run the teacher in training (teacher: logits)"
+            ]
+        )
+
+
 def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
     """The teacher the cache-reading terms name (``teacher_index``) and its YAML path.
 
     Raises:
-        ConfigError: the recipe has no teacher, or its cache-reading terms name two.
+        ConfigError: the recipe has no teacher, its cache-reading terms name two, or the
+            teacher has its own tokenizer (``data.kwargs.teacher_tokenizer``).
     """
+    _refuse_own_tokenizer(recipe)
     indices = {term.teacher_index for term in recipe.terms if term.teacher == CACHE}
     configs = recipe.teacher_configs
     if not configs:
@@ -143,6 +158,7 @@ def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -
     cache = recipe.data.teacher_cache
     if cache is None or not indices:
         return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
+    _refuse_own_tokenizer(recipe)
     if cache.kind == "sampled":
         check_cache_terms(recipe)
     teacher_source = None

@@ -26,7 +26,8 @@ def _vocabulary_path(spec: ModelConfig, where: str) -> str:
 
 
 def check_vocabulary(recipe: Recipe, models: list[tuple[nn.Module, ModelConfig, str]]) -> None:
-    """Refuse a tokenizer (``data.kwargs.tokenizer``) with more tokens than a model has rows of
+    """Refuse a tokenizer (``data.kwargs.tokenizer``; for the teachers
+    ``data.kwargs.teacher_tokenizer`` when set) with more tokens than a model has rows of
     input embeddings.
 
     Args:
@@ -36,19 +37,25 @@ def check_vocabulary(recipe: Recipe, models: list[tuple[nn.Module, ModelConfig, 
     Raises:
         ConfigError: naming ``data.kwargs.tokenizer`` and the model's vocabulary path.
     """
-    tokenizer_path = recipe.data.kwargs.get("tokenizer")
-    if not isinstance(tokenizer_path, str):
-        return
     from torchkd.data.tokenizer import load_tokenizer
 
-    tokens = len(load_tokenizer(tokenizer_path))
+    paths = {key: recipe.data.kwargs.get(key) for key in ("tokenizer", "teacher_tokenizer")}
+    sizes = {key: len(load_tokenizer(path)) for key, path in paths.items() if isinstance(path, str)}
     problems = []
     for model, spec, where in models:
+        key = (
+            "teacher_tokenizer"
+            if where != "student" and "teacher_tokenizer" in sizes
+            else "tokenizer"
+        )
+        if key not in sizes:
+            continue
+        tokenizer_path, tokens = paths[key], sizes[key]
         embeddings = getattr(model, "get_input_embeddings", None)
         rows = getattr(embeddings() if callable(embeddings) else None, "num_embeddings", None)
         if rows is not None and tokens > rows:
             problems.append(
-                f"data.kwargs.tokenizer: {tokenizer_path} has {tokens} tokens, but "
+                f"data.kwargs.{key}: {tokenizer_path} has {tokens} tokens, but "
                 f"{_vocabulary_path(spec, where)} gives the {where} a vocabulary of {rows}; "
                 "the vocabulary must hold every token id (at least the tokenizer's size)"
             )

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from torchkd._files import atomic_write
+from torchkd.data.aligned_text import encode_teacher_windows
 from torchkd.data.base import (
     SPLITS,
     cache_dir,
@@ -60,15 +61,24 @@ from torchkd.data.documents import (
 from torchkd.data.registry import DATASETS
 from torchkd.data.tokenizer import load_tokenizer, require_hf, tokenizer_fingerprint
 from torchkd.lm import IGNORE_INDEX, next_token_labels
+from torchkd.lm.aligned import TEACHER_INPUTS, TEACHER_POSITIONS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    _Tokenizers = tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase | None]
 
 __all__ = ["FORMAT_VERSION", "TextDataset", "load_text"]
 
 FORMAT_VERSION = 2  # bump when the encoding changes: old cache files are then never read
 # (2: the file holds its digest)
-_STORED_DTYPES = {"input_ids": torch.int32, "labels": torch.int32, "prompt_ids": torch.int32}
+_STORED_DTYPES = {
+    "input_ids": torch.int32,
+    "labels": torch.int32,
+    "prompt_ids": torch.int32,
+    "teacher_input_ids": torch.int32,
+    "teacher_positions": torch.int32,
+}
 
 
 class TextDataset(Dataset[dict[str, Any]]):
@@ -120,6 +130,12 @@ class TextDataset(Dataset[dict[str, Any]]):
         }
         if "prompt_ids" in rows:
             sample["prompt_ids"], sample["prompt_mask"] = rows["prompt_ids"], rows["prompt_mask"]
+        if "teacher_input_ids" in rows:
+            sample[TEACHER_INPUTS] = {
+                "input_ids": rows["teacher_input_ids"],
+                "attention_mask": rows["teacher_attention_mask"],
+            }
+            sample[TEACHER_POSITIONS] = rows["teacher_positions"]
         return sample
 
     @property
@@ -129,6 +145,12 @@ class TextDataset(Dataset[dict[str, Any]]):
     @property
     def tokenizer_fingerprint(self) -> str:
         return str(self.settings["tokenizer"])
+
+    @property
+    def teacher_tokenizer_fingerprint(self) -> str | None:
+        """The fingerprint of ``teacher_tokenizer`` (None: the teacher reads the student's
+        tokens)."""
+        return self.settings.get("teacher_tokenizer")
 
     @cached_property
     def fingerprint(self) -> str:
@@ -199,15 +221,23 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list
 
 def _encode_split(
     documents: list[Document],
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizers: _Tokenizers,
     settings: dict[str, Any],
     eos: int,
     pad: int,
 ) -> dict[str, Tensor]:
+    tokenizer, teacher_tokenizer = tokenizers
     if settings["format"] == "text":
-        tensors = _pack(
-            _tokenize(tokenizer, [d.fields[0] for d in documents]), eos, settings["seq_len"]
-        )
+        texts = [d.fields[0] for d in documents]
+        tensors = _pack(_tokenize(tokenizer, texts), eos, settings["seq_len"])
+        if teacher_tokenizer is not None:
+            tensors |= encode_teacher_windows(
+                texts,
+                tokenizer,
+                teacher_tokenizer,
+                settings["seq_len"],
+                *_special_ids(teacher_tokenizer),
+            )
     else:
         tensors = _encode_pairs(
             _tokenize(tokenizer, [d.fields[0] for d in documents]),
@@ -234,7 +264,7 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
 
 
 def _build(
-    files: list[Path], tokenizer: PreTrainedTokenizerBase, settings: dict[str, Any], path: Path
+    files: list[Path], tokenizers: _Tokenizers, settings: dict[str, Any], path: Path
 ) -> dict[str, Any]:
     """Read, split, tokenize and encode every split; write them to ``path`` atomically."""
     from safetensors.torch import save
@@ -243,13 +273,13 @@ def _build(
     parts = split_documents(
         len(documents), settings["val_fraction"], settings["test_fraction"], settings["split_seed"]
     )
-    eos, pad = _special_ids(tokenizer)
+    eos, pad = _special_ids(tokenizers[0])
     tensors: dict[str, Tensor] = {}
     sources: dict[str, list[str]] = {}
     for split in SPLITS:
         chosen = [documents[i] for i in parts[split]]
         sources[split] = [document.source for document in chosen]
-        for name, tensor in _encode_split(chosen, tokenizer, settings, eos, pad).items():
+        for name, tensor in _encode_split(chosen, tokenizers, settings, eos, pad).items():
             tensors[f"{split}.{name}"] = tensor.contiguous()
     metadata = {
         "settings": json.dumps(settings, sort_keys=True),
@@ -345,6 +375,7 @@ def load_text(
     *,
     files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
+    teacher_tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
     seq_len: int,
     format: str = "text",
     max_prompt_length: int | None = None,
@@ -363,6 +394,11 @@ def load_text(
             recipe sets it).
         tokenizer: a local tokenizer directory (:func:`~torchkd.data.tokenizer.load_tokenizer`)
             or a loaded tokenizer; it needs an eos token. Required, like ``files``.
+        teacher_tokenizer: the teacher's own tokenizer (a directory or a loaded fast
+            tokenizer with an eos token), when it is not the student's: each sample then also
+            holds ``teacher_inputs`` (the same text in the teacher's tokens) and
+            ``teacher_positions`` (the alignment; :mod:`torchkd.data.aligned_text`).
+            ``format="text"`` only; its fingerprint joins the cache key.
         seq_len: tokens per sample.
         format: ``"text"`` (packed) or ``"prompt_completion"`` (one padded pair per sample).
         max_prompt_length: prompt tokens kept (the last ones) and the width of ``prompt_ids``;
@@ -380,6 +416,13 @@ def load_text(
     paths = resolve_files(files)
     if isinstance(tokenizer, str | os.PathLike):
         tokenizer = load_tokenizer(tokenizer)
+    if isinstance(teacher_tokenizer, str | os.PathLike):
+        teacher_tokenizer = load_tokenizer(teacher_tokenizer)
+    if teacher_tokenizer is not None and format != "text":
+        raise ValueError(
+            "data.kwargs.teacher_tokenizer needs format='text' (packed windows); aligning "
+            f"prompt_completion samples across tokenizers is not supported, got {format!r}"
+        )
     settings: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "files": [file_digest(path) for path in paths],
@@ -390,8 +433,12 @@ def load_text(
         **fractions,
         "split_seed": split_seed,
     }
+    if teacher_tokenizer is not None:  # only then: the plain dataset keeps its cache key
+        settings["teacher_tokenizer"] = tokenizer_fingerprint(teacher_tokenizer)
     path = cache_dir(cache) / "text" / f"text-{cache_key(settings)}.safetensors"
-    stored = _load_cached(path, settings) or _build(paths, tokenizer, settings, path)
+    stored = _load_cached(path, settings) or _build(
+        paths, (tokenizer, teacher_tokenizer), settings, path
+    )
     documents = json.loads(stored["metadata"]["documents"])[split]
     if not documents:
         total = sum(len(names) for names in json.loads(stored["metadata"]["documents"]).values())

@@ -32,6 +32,7 @@ from torchkd.losses.feature import *  # noqa: F403
 from torchkd.losses.fused_linear import *  # noqa: F403
 from torchkd.losses.fused_options import *  # noqa: F403
 from torchkd.losses.fused_uld import *  # noqa: F403
+from torchkd.losses.hybrid_uld import *  # noqa: F403
 from torchkd.losses.kl import *  # noqa: F403
 from torchkd.losses.logit import *  # noqa: F403
 from torchkd.losses.mixed_kl import *  # noqa: F403

@@ -236,7 +236,11 @@ def fused_linear_uld_loss(
 
 
 @register(
-    "fused_linear_uld", functional=fused_linear_uld_loss, signature="hidden_states", family="token"
+    "fused_linear_uld",
+    functional=fused_linear_uld_loss,
+    signature="hidden_states",
+    family="token",
+    compares_shapes=True,
 )
 class FusedLinearULDLoss(HiddenStatesLoss):
     """Module form of :func:`fused_linear_uld_loss`; stores the options

@@ -61,8 +61,16 @@ def uld_rows(student_logits: Tensor, teacher_logits: Tensor, temperature: float)
     side's remaining sorted probabilities, :math:`\\sum_{i \\le m} |p_{(i)} - q_{(i)}| +
     \\sum_{i > m} r_{(i)}`.
     """
-    p = torch.softmax(student_logits / temperature, dim=-1).sort(dim=-1, descending=True).values
-    q = torch.softmax(teacher_logits / temperature, dim=-1).sort(dim=-1, descending=True).values
+    p = torch.softmax(student_logits / temperature, dim=-1)
+    q = torch.softmax(teacher_logits / temperature, dim=-1)
+    return sorted_distance(p, q)
+
+
+def sorted_distance(p: Tensor, q: Tensor) -> Tensor:
+    """``[n]``: :math:`\\sum_i |p_{(i)} - q_{(i)}|` of ``[n, m]`` and ``[n, k]`` probability
+    rows sorted descending, the shorter zero-padded (either may have no entries)."""
+    p = p.sort(dim=-1, descending=True).values
+    q = q.sort(dim=-1, descending=True).values
     shorter = min(p.shape[-1], q.shape[-1])
     longer = p if p.shape[-1] > shorter else q
     distance = (p[:, :shorter] - q[:, :shorter]).abs().sum(dim=-1)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from torchkd.batch import to_device
 from torchkd.forward import call_model, select_logits
+from torchkd.lm.aligned import TEACHER_POSITIONS
 from torchkd.lm.tokens import IGNORE_INDEX, is_token_labels
 from torchkd.train.rng import capture_rng_state, restore_rng_state
 
@@ -236,7 +237,9 @@ def evaluate(
     the teacher, or of the mean of the teachers' probabilities) and, for token labels,
     ``teacher_perplexity`` (``exp(teacher_nll)``) for a Distiller with teachers (none when a
     teacher's logits have another number of classes than the student's, as for ULD across
-    vocabularies: its ids are not the labels' nor the student's); ``samples``.
+    vocabularies: its ids are not the labels' nor the student's, nor for a teacher with its
+    own tokenizer, whose positions are not the student's: batches with
+    ``teacher_positions``); ``samples``.
     With ``with_terms`` the Distiller's full forward is run and each loss term's batch-weighted
     mean is returned as ``terms/<name>`` (and the weighted total as ``loss``); state that
     evaluation must not change (stateful loss buffers such as CRD memory banks, every random
@@ -267,26 +270,33 @@ def evaluate(
             for raw_batch in loader:
                 batch = to_device(raw_batch, device)
                 labels = batch.get(labels_key)
+                # a teacher with its own tokenizer: its positions are not the student's
+                own_tokens = batch.get(TEACHER_POSITIONS) is not None
                 with autocast_context(device, amp):
                     if with_terms:
                         output = model(batch)
                         student_logits, teacher_logits = (
                             output.student_logits,
-                            output.teacher_logits,
+                            [] if own_tokens else output.teacher_logits,
                         )
                         if student_logits is None or None in teacher_logits:  # body-only LMs
                             student_logits = model.student_logits(batch[inputs_key])
+                        if None in teacher_logits:
                             teacher_logits = model.teacher_logits(batch[inputs_key])
                         terms = {f"terms/{name}": value for name, value in output.terms.items()}
                         terms["loss"] = output.loss
                     elif distiller:
                         student_logits = model.student_logits(batch[inputs_key])
-                        teacher_logits = model.teacher_logits(batch[inputs_key])
+                        teacher_logits = (
+                            [] if own_tokens else model.teacher_logits(batch[inputs_key])
+                        )
                         terms = {}
                     else:
                         student_logits = select_logits(call_model(model, batch[inputs_key]))
                         teacher_logits, terms = [], {}
-                if any(t.shape[-1] != student_logits.shape[-1] for t in teacher_logits):
+                if own_tokens or any(
+                    t.shape[-1] != student_logits.shape[-1] for t in teacher_logits
+                ):
                     teacher_logits, num_teachers = [], 0  # another vocabulary: not comparable
                 totals.add(student_logits, list(teacher_logits), labels, terms)
     finally:

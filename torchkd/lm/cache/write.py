@@ -329,6 +329,11 @@ def write_teacher_cache(
     check_temperature(temperature)
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to cache")
+    if getattr(dataset, "teacher_tokenizer_fingerprint", None) is not None:
+        raise ValueError(
+            "dataset: its teacher has its own tokenizer (teacher_tokenizer); the teacher cache "
+            "stores one distribution per student position and cannot hold it"
+        )
     vocab_size = output_projection(teacher, "teacher").weight.shape[0]
     id_dtype = token_id_dtype(vocab_size)
     if tokenizer_fingerprint is None:

@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "lm": 2,  # a causal LM's body and projection, token labels and their normalizer
     "lm.cache": 3,  # the teacher cache: runs teachers, reads datasets' files
     "lm.on_policy": 3,
+    "lm.server": 3,  # the teacher server: answers what the teacher cache stores
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,

@@ -112,10 +112,11 @@ register(
         "safetensors. A run whose recipe says teacher: {server: URL}, with the same terms, then "
         "trains against it as against that cache, its teacher's forward pass on this process's "
         "device instead of the training one; the client checks the server's fingerprint and "
-        "settings first and in every answer. Prints the URL (with --port 0, the port it got). "
+        "settings first and in every answer (e.g. torchkd train RECIPE 'teacher={server: "
+        "http://127.0.0.1:8000}' data.teacher_cache=null). Prints the URL (with --port 0, the "
+        "port it got). "
         "No authentication: keep it on 127.0.0.1 or a private network.",
         examples="torchkd serve-teacher runs/demo_lm/cache_teacher/config.yaml --port 8000\n"
-        "torchkd train RECIPE 'teacher={server: http://127.0.0.1:8000}' data.teacher_cache=null\n"
         "torchkd serve-teacher RECIPE --port 0 data.teacher_cache.kind=sampled train.device=cuda",
         add_arguments=_arguments,
         run=_run,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
-from torchkd.config.teacher_server import TeacherServerConfig
+from torchkd.config.server_schema import TeacherServerConfig
 from torchkd.config.tune_schema import TuneConfig
 from torchkd.terms import CACHE
 from torchkd.train.config import (
@@ -345,18 +345,18 @@ class OnPolicyConfig(Section):
 def _teacher_kind(value: Any) -> str:
     """A ``teacher:`` with ``server`` is a teacher server, anything else a model."""
     served = isinstance(value, dict) and "server" in value
-    return "server" if served or isinstance(value, TeacherServerConfig) else "model"
+    return "a server" if served or isinstance(value, TeacherServerConfig) else "a model"
 
 
 TeacherSpec = Annotated[
-    Annotated[ModelConfig, Tag("model")] | Annotated[TeacherServerConfig, Tag("server")],
+    Annotated[ModelConfig, Tag("a model")] | Annotated[TeacherServerConfig, Tag("a server")],
     Discriminator(_teacher_kind),
 ]
 
 
 class Recipe(Section):
     """A whole recipe. Give ``teacher`` (one, or a teacher server: ``{server: URL}``, see
-    :class:`~torchkd.config.teacher_server.TeacherServerConfig`) or ``teachers`` (a list), or
+    :class:`~torchkd.config.server_schema.TeacherServerConfig`) or ``teachers`` (a list), or
     neither.
 
     ``name`` names the run directory (``runs/<name>/``); ``output_key`` selects the logits in

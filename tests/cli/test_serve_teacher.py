@@ -176,3 +176,31 @@ def test_serve_teacher_usage_errors(workspace: Path, capsys: pytest.CaptureFixtu
     assert "--port must be at most 65535" in capsys.readouterr().err
     assert main(["serve-teacher", recipe, "teacher=null"]) == 2
     assert "runs the recipe's teacher" in capsys.readouterr().err
+
+
+def test_an_untrained_teacher_is_the_one_cache_teacher_draws(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchkd.lm.server
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt  # Ctrl-C as soon as it serves
+
+    def stopped_at_once(*args: object) -> object:
+        httpd = bind(*args)
+        monkeypatch.setattr(httpd, "serve_forever", interrupt)
+        return httpd
+
+    bind = torchkd.lm.server.bind
+    monkeypatch.setattr(torchkd.lm.server, "bind", stopped_at_once)
+    recipe = str(workspace / "recipe.yaml")
+    untrained = ["teacher.checkpoint=null", "teacher.untrained=true"]
+    directory = workspace / "untrained_cache"
+    assert main(["serve-teacher", recipe, "--port", "0", *untrained]) == 0
+    out = capsys.readouterr().out
+    assert "torchkd serve-teacher: stopped" in out
+    fingerprint = re.search(r"teacher fingerprint ([0-9a-f]{64})", out)
+    assert fingerprint
+    argv = ["cache-teacher", recipe, "--dir", str(directory), "--error-batches", "0"]
+    assert main([*argv, *untrained]) == 0
+    assert read_manifest(directory)["teacher_fingerprint"] == fingerprint.group(1)

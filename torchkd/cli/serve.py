@@ -61,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     check_cache_terms(recipe)
     teacher_config, teacher_path = cache_teacher(recipe)
     seed_everything(recipe.train.seed)
+    if teacher_config.untrained:  # the random weights cache-teacher draws: after the student's
+        build_model(recipe.student, "student")
     check_teacher_weights(teacher_config, teacher_path)
     device = resolve_device(recipe.train.device)
     teacher = build_model(teacher_config, teacher_path).to(device)

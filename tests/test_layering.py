@@ -8,7 +8,7 @@ The layers, bottom to top (see ``docs/architecture.md``)::
        _files, batch
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, forward, teachers, lm (model, tokens)
-    3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy
+    3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy, lm.server
        (and the package root, which exports the Distiller)
     4  train                            the engine
     5  report

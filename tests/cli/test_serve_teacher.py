@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import save_file
 
 from torchkd.cli import main
-from torchkd.config import build_model
+from torchkd.config import ConfigError, ModelConfig, build_model, load_recipe
 from torchkd.lm.cache import read_manifest
 from torchkd.train import load_student_weights
 
@@ -204,3 +204,19 @@ def test_an_untrained_teacher_is_the_one_cache_teacher_draws(
     argv = ["cache-teacher", recipe, "--dir", str(directory), "--error-batches", "0"]
     assert main([*argv, *untrained]) == 0
     assert read_manifest(directory)["teacher_fingerprint"] == fingerprint.group(1)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher={server: 'ftp://host:1'}", "teacher.server: expected a match of"),
+        ("teacher={server: 'http://host:1', kk: 3}", "teacher.kk: unknown key (did you mean 'k'?)"),
+        ("teacher={server: 'http://host:1', fingerprint: abc}", "teacher.fingerprint: expected"),
+        ("teacher={server: 'http://host:1', retries: -1}", "teacher.retries: expected a value"),
+        ("teacher={model: mlp, kwarg: {}}", "teacher.kwarg: unknown key (did you mean 'kwargs'?)"),
+    ],
+)
+def test_the_teacher_server_keys_are_checked(workspace: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(workspace / "recipe.yaml", [override])
+    assert isinstance(load_recipe(workspace / "recipe.yaml").teacher, ModelConfig)

@@ -77,11 +77,13 @@ class TeacherServerClient:
         if self._settings is None:
             try:
                 served = json.loads(self._request(SETTINGS_PATH))
-            except json.JSONDecodeError as error:
+            except json.JSONDecodeError:
+                served = None
+            if not isinstance(served, dict):
                 raise TeacherServerError(
-                    f"{self.where}: {self.url}{SETTINGS_PATH} answered no JSON ({error}); is it "
+                    f"{self.where}: {self.url}{SETTINGS_PATH} answered no JSON object; is it "
                     "`torchkd serve-teacher`?"
-                ) from None
+                )
             self._check(served)
             self._settings = served
             self.expected = {key: served.get(key) for key in CHECKED}  # pinned from now on

@@ -6,6 +6,7 @@ named."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -159,3 +160,32 @@ def test_an_unreachable_server_is_named(data: TokenSamples) -> None:
     client = TeacherServerClient(url, retries=1, backoff=0.01, timeout=5)
     with pytest.raises(TeacherServerError, match=rf"no answer from the teacher server at {url}"):
         client.settings()
+
+
+def test_a_silent_server_times_out_and_a_failed_answer_is_retried(
+    data: TokenSamples, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        client = TeacherServerClient(url, retries=1, backoff=0.01, timeout=0.2)
+        with pytest.raises(TeacherServerError, match=r"after 2 attempts \(.*timed out"):
+            client.settings()
+    failures = []
+    answer = TeacherServer.answer
+
+    def fail_once(self: TeacherServer, body: bytes) -> bytes:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("out of memory")
+        return answer(self, body)
+
+    monkeypatch.setattr(TeacherServer, "answer", fail_once)
+    with serving(tiny_llama(), kind="topk", k=2) as url:
+        retried = TeacherServerClient(url, backoff=0.01)
+        assert retried.answer(data[[0]]["inputs"], torch.tensor([0]))["token_ids"].shape[-1] == 2
+        failures.clear()
+        once = TeacherServerClient(url, retries=0)
+        with pytest.raises(
+            TeacherServerError, match=r"HTTP 500: the teacher failed: .*out of memory"
+        ):
+            once.answer(data[[0]]["inputs"], torch.tensor([0]))

@@ -8,7 +8,7 @@ The layers, bottom to top (see ``docs/architecture.md``)::
        _files, batch
     1  losses                           pure math
     2  schedules, temperature, adapters, taps, forward, teachers, lm (model, tokens)
-    3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy
+    3  distiller, terms, calls, capture, data, models, lm.cache, lm.on_policy, lm.server
        (and the package root, which exports the Distiller)
     4  train                            the engine
     5  report
@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "lm": 2,  # a causal LM's body and projection, token labels and their normalizer
     "lm.cache": 3,  # the teacher cache: runs teachers, reads datasets' files
     "lm.on_policy": 3,
+    "lm.server": 3,  # the teacher server: answers what the teacher cache stores
     "": 3,  # torchkd/__init__.py
     "distiller": 3,
     "terms": 3,

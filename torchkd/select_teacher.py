@@ -190,7 +190,7 @@ def candidate_spec(path: str | Path, recipe: Recipe) -> ModelConfig:
             stored = None  # a bare state dict
     if stored is not None:
         spec = ModelConfig.model_validate(stored)
-    elif recipe.teacher is not None:
+    elif isinstance(recipe.teacher, ModelConfig):
         spec = recipe.teacher
     else:
         raise ConfigError(
@@ -201,12 +201,13 @@ def candidate_spec(path: str | Path, recipe: Recipe) -> ModelConfig:
 
 
 def _single_teacher(recipe: Recipe) -> None:
-    if recipe.teachers is not None or recipe.teacher is None:
+    if not isinstance(recipe.teacher, ModelConfig):
+        given = "a list of teachers" if recipe.teachers is not None else "no teacher"
         raise ConfigError(
             [
-                "teacher: select-teacher needs a recipe with one `teacher:` (its terms say how "
-                "the probe distils); got "
-                + ("a list of teachers" if recipe.teachers is not None else "no teacher")
+                "teacher: select-teacher needs a recipe with one `teacher:` model (its terms say "
+                "how the probe distils); got "
+                + ("a teacher server" if recipe.teacher is not None else given)
             ]
         )
 

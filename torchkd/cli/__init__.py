@@ -1,5 +1,5 @@
 """The ``torchkd`` command line: ``demo``, ``train``, ``eval``, ``export``, ``list``, ``tune``,
-``select-teacher``, ``cache-teacher``.
+``select-teacher``, ``cache-teacher``, ``serve-teacher``.
 
 Each subcommand is one :class:`Command` (a function that adds its arguments and a function that
 runs it) passed to :func:`register`; :func:`main` builds the parser from the registered commands.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 # registers the commands, in this order
 from torchkd.cli import runs, search  # noqa: F401  # isort: skip
-from torchkd.cli import cache  # noqa: F401  # isort: skip
+from torchkd.cli import cache, serve  # noqa: F401  # isort: skip
 from torchkd.cli.base import (
     COMMANDS,
     Command,

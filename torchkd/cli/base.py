@@ -130,12 +130,12 @@ def student_from_checkpoint(recipe: Recipe, checkpoint: str, role: str = "studen
     """The recipe's student (or, with ``role="teacher"``, its teacher), in eval mode, holding
     the student weights of ``checkpoint`` (a teacher's own training run stores it as its
     student)."""
-    from torchkd.config import build_model
+    from torchkd.config import ModelConfig, build_model
     from torchkd.train import CheckpointError, load_student_weights
 
     path = existing_file(checkpoint, "--checkpoint")
     spec = recipe.student if role == "student" else recipe.teacher
-    if spec is None:
+    if not isinstance(spec, ModelConfig):
         raise UsageError(f"--model {role}: the recipe has no single `{role}:` to build")
     model = build_model(spec.model_copy(update={"checkpoint": None}), role)
     try:

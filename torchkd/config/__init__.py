@@ -35,6 +35,7 @@ from torchkd.config.schema import (
     OnPolicyConfig,
     Recipe,
     TeacherCacheConfig,
+    TeacherServerConfig,
     TermConfig,
     TransferConfig,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "Recipe",
     "SearchParam",
     "TeacherCacheConfig",
+    "TeacherServerConfig",
     "TermConfig",
     "TrainConfig",
     "TransferConfig",

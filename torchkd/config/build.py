@@ -20,6 +20,7 @@ from torchkd.config.build_terms import (
 )
 from torchkd.config.schema import Recipe
 from torchkd.config.teacher_cache import check_teacher_cache
+from torchkd.config.teacher_server import teacher_server_client
 from torchkd.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -56,14 +57,20 @@ def build_from_recipe(
 
     The one place a recipe's run is seeded: before the models are built, so their initial
     weights are a function of the recipe (:func:`torchkd.train.fit` does not reseed).
-    ``splits`` and ``train_samples`` go to :func:`build_loaders`.
+    ``splits`` and ``train_samples`` go to :func:`build_loaders`, with the client of a
+    teacher server (``teacher: {server: URL}``, checked first).
     """
     from torchkd.train.rng import seed_everything
 
     check_teacher_cache(recipe, splits)
+    server = teacher_server_client(recipe)
     seed_everything(recipe.train.seed)
     distiller = build_distiller(recipe)
     loaders = build_loaders(
-        recipe.data, seed=recipe.train.seed, splits=splits, train_samples=train_samples
+        recipe.data,
+        seed=recipe.train.seed,
+        splits=splits,
+        train_samples=train_samples,
+        teacher_server=server,
     )
     return Built(distiller, loaders, recipe.train)

@@ -15,6 +15,8 @@ from torchkd.config.teacher_cache import CACHED_SPLITS
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from torchkd.lm.server import TeacherServerClient
+
 __all__ = ["SPLIT_NAMES", "Loaders", "build_datasets", "build_loaders"]
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -35,6 +37,7 @@ def build_loaders(
     *,
     splits: Sequence[str] = SPLIT_NAMES,
     train_samples: int | None = None,
+    teacher_server: TeacherServerClient | None = None,
 ) -> Loaders:
     """The loaders of ``data``: the one loader builder of every run.
 
@@ -53,6 +56,9 @@ def build_loaders(
             split is never built.
         train_samples: keep only this many training samples, the first of a permutation
             seeded by ``seed`` (probes shorter than one epoch).
+        teacher_server: the client of a recipe's teacher server (``teacher: {server: URL}``):
+            it adds the served teacher to the training and validation batches, as
+            ``data.teacher_cache`` adds a cached one.
 
     Example:
         >>> from torchkd.config import DataConfig
@@ -65,7 +71,7 @@ def build_loaders(
     from torchkd.data import RowsView
     from torchkd.data.batching import Augment, batch_loader
 
-    datasets = build_datasets(data, splits)
+    datasets = build_datasets(data, splits, teacher_server=teacher_server)
     if "train" in splits and train_samples is not None:
         order = torch.randperm(
             len(datasets["train"]), generator=torch.Generator().manual_seed(seed)
@@ -86,11 +92,18 @@ def build_loaders(
     return Loaders(**loaders)
 
 
-def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
+def build_datasets(
+    data: DataConfig,
+    splits: Sequence[str] = SPLIT_NAMES,
+    *,
+    teacher_server: TeacherServerClient | None = None,
+) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
     ``data.transfer`` is set, and the training and validation splits read with the teacher
     cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
-    the validation split's terms are evaluated every epoch, the test split's are not)."""
+    the validation split's terms are evaluated every epoch, the test split's are not), or with
+    the answers of ``teacher_server``
+    (:class:`~torchkd.lm.server.TeacherServerDataset`)."""
     from torchkd.data import create_dataset
 
     unknown = [split for split in splits if split not in SPLIT_NAMES]
@@ -121,6 +134,11 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
                     k=cache.k,
                     samples=cache.samples,
                 )
+    if teacher_server is not None:
+        from torchkd.lm.server import TeacherServerDataset
+
+        for split in [name for name in CACHED_SPLITS if name in splits]:
+            datasets[split] = TeacherServerDataset(datasets[split], teacher_server)
     return datasets
 
 

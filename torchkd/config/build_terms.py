@@ -9,7 +9,7 @@ from torchkd.config.arguments import check_arguments
 from torchkd.config.build_models import build_model, check_teacher_weights
 from torchkd.config.cross_tokenizer import cross_tokenizer_kwargs, teacher_inputs_key
 from torchkd.config.errors import ConfigError, blame
-from torchkd.config.schema import OnPolicyConfig, Recipe, is_number
+from torchkd.config.schema import ModelConfig, OnPolicyConfig, Recipe, is_number
 from torchkd.config.vocabulary import check_vocabulary
 from torchkd.terms import CACHE
 
@@ -23,6 +23,7 @@ __all__ = [
     "build_term",
     "build_terms",
     "reads_teacher_models",
+    "teacher_model_terms",
     "term_path",
 ]
 
@@ -75,7 +76,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
     student = build_model(recipe.student, "student")
     teacher_paths = (
         ["teacher"]
-        if recipe.teacher
+        if isinstance(recipe.teacher, ModelConfig)
         else [f"teachers.{i}" for i in range(len(recipe.teacher_configs))]
     )
     built_teachers = []
@@ -108,13 +109,20 @@ def reads_teacher_models(recipe: Recipe) -> bool:
     """Whether a term (or on-policy sampling) runs the teachers: a recipe whose teacher-reading
     terms all read the teacher cache trains with no teacher model in memory (its ``teacher:``
     is what ``torchkd cache-teacher`` runs)."""
+    return recipe.on_policy is not None or bool(teacher_model_terms(recipe))
+
+
+def teacher_model_terms(recipe: Recipe) -> list[int]:
+    """The indices of the terms that read a teacher model: not the teacher cache
+    (``teacher: cache``), not the labels alone."""
     from torchkd import losses
 
-    return recipe.on_policy is not None or any(
-        term.teacher != CACHE
+    return [
+        index
+        for index, term in enumerate(recipe.terms)
+        if term.teacher != CACHE
         and (term.loss not in losses.available() or losses.entry(term.loss).signature != "labels")
-        for term in recipe.terms
-    )
+    ]
 
 
 def build_on_policy(spec: OnPolicyConfig, default_seed: int = 0) -> OnPolicy:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Tag
 
 from torchkd._registry import closest
 from torchkd.errors import InputError
@@ -124,6 +124,19 @@ def _clean_location(location: tuple[Any, ...], data: Any, error_type: str) -> li
     return cleaned
 
 
+def _tagged_member(schema: Any, location: tuple[Any, ...]) -> Any:
+    """The member of the tagged union ``schema`` (e.g. ``teacher:``, a model or a server)
+    that pydantic validated, whose tag is in the error's raw ``location``; ``schema`` itself
+    when it is no tagged union."""
+    if typing.get_origin(schema) not in (typing.Union, types.UnionType):
+        return schema
+    for member in typing.get_args(schema):
+        tags = [item.tag for item in getattr(member, "__metadata__", ()) if isinstance(item, Tag)]
+        if tags and tags[0] in location:
+            return _unwrap(member)
+    return schema
+
+
 def describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
@@ -155,7 +168,7 @@ def _format_error(error: Any, data: Any) -> str:
     parts = _clean_location(error["loc"], data, error_type)
     where = path_text(parts)
     if error_type == "extra_forbidden":
-        schema = schema_at(parts[:-1])
+        schema = _tagged_member(schema_at(parts[:-1]), error["loc"])
         options = list(schema.model_fields) if is_model(schema) else []
         prefix = path_text(parts[:-1]) if len(parts) > 1 else ""
         hint = suggest(str(parts[-1]), options, schema, prefix)

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
+from torchkd.config.server_schema import TeacherServerConfig
 from torchkd.config.tune_schema import TuneConfig
 from torchkd.terms import CACHE
 from torchkd.train.config import (
@@ -41,6 +42,7 @@ __all__ = [
     "OnPolicyConfig",
     "Recipe",
     "TeacherCacheConfig",
+    "TeacherServerConfig",
     "TermConfig",
     "TransferConfig",
     "is_number",
@@ -340,8 +342,22 @@ class OnPolicyConfig(Section):
     seed: NonNegativeInt | None = None
 
 
+def _teacher_kind(value: Any) -> str:
+    """A ``teacher:`` with ``server`` is a teacher server, anything else a model."""
+    served = isinstance(value, dict) and "server" in value
+    return "a server" if served or isinstance(value, TeacherServerConfig) else "a model"
+
+
+TeacherSpec = Annotated[
+    Annotated[ModelConfig, Tag("a model")] | Annotated[TeacherServerConfig, Tag("a server")],
+    Discriminator(_teacher_kind),
+]
+
+
 class Recipe(Section):
-    """A whole recipe. Give ``teacher`` (one) or ``teachers`` (a list), or neither.
+    """A whole recipe. Give ``teacher`` (one, or a teacher server: ``{server: URL}``, see
+    :class:`~torchkd.config.server_schema.TeacherServerConfig`) or ``teachers`` (a list), or
+    neither.
 
     ``name`` names the run directory (``runs/<name>/``); ``output_key`` selects the logits in
     model outputs that are tuples or mappings (see :class:`~torchkd.distiller.Distiller`).
@@ -353,7 +369,7 @@ class Recipe(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     data: DataConfig
     student: ModelConfig
-    teacher: ModelConfig | None = None
+    teacher: TeacherSpec | None = None  # a model, or {server: URL} (torchkd serve-teacher)
     teachers: list[ModelConfig] | None = None
     terms: Annotated[list[TermConfig], Field(min_length=1)]
     output_key: str | int | None = None
@@ -416,7 +432,8 @@ class Recipe(Section):
 
     @property
     def teacher_configs(self) -> list[ModelConfig]:
-        """The teachers as a list (empty for a supervised recipe)."""
-        if self.teacher is not None:
+        """The teacher models as a list (empty for a supervised recipe, or a teacher
+        server)."""
+        if isinstance(self.teacher, ModelConfig):
             return [self.teacher]
         return list(self.teachers or [])

@@ -4,6 +4,7 @@ entropies (and exact head) from the teacher's last hidden state, a chunk at a ti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ __all__ = ["row_uniforms", "sampled_batch"]
 def sampled_batch(
     teacher: nn.Module,
     inputs: Any,
-    positions: range,
+    positions: Sequence[int],
     samples: int,
     k: int | None,
     seed: int,
@@ -63,7 +64,7 @@ def sampled_batch(
     }
 
 
-def row_uniforms(rows: range, length: int, samples: int, seed: int) -> Tensor:
+def row_uniforms(rows: Sequence[int], length: int, samples: int, seed: int) -> Tensor:
     """``[len(rows), L, N]`` float64 uniforms, each row's from its own CPU generator seeded
     with :func:`~torchkd.lm.cache.format.row_seed` (the same draws on every device, whatever
     the batch and chunk sizes)."""

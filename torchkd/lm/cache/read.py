@@ -6,7 +6,7 @@ of a batch."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torchkd.lm.cache.format import (
 )
 from torchkd.losses import SampledLogits, TopKLogits
 
-__all__ = ["TeacherCacheDataset", "cached_targets"]
+__all__ = ["TeacherCacheDataset", "cached_targets", "entry_keys", "stored_entries"]
 
 
 def cached_targets(batch: Mapping[str, Any]) -> TopKLogits | SampledLogits | None:
@@ -39,6 +39,30 @@ def cached_targets(batch: Mapping[str, Any]) -> TopKLogits | SampledLogits | Non
     if all(batch.get(key) is not None for key in SAMPLED_KEYS):
         return SampledLogits(*(batch[key] for key in SAMPLED_KEYS), head=topk)
     return topk
+
+
+def entry_keys(kind: str, k: int | None) -> tuple[str, ...]:
+    """The batch keys a cache of ``kind`` adds: :data:`CACHE_KEYS` (top-k),
+    :data:`SAMPLED_KEYS` (sampled), or both (sampled with an exact head of ``k`` tokens)."""
+    if kind == "topk":
+        return CACHE_KEYS
+    return SAMPLED_KEYS if k is None else (*SAMPLED_KEYS, *CACHE_KEYS)
+
+
+def stored_entries(kind: str, k: int | None, read: Callable[[str], Tensor]) -> tuple[Tensor, ...]:
+    """The batch entries (in :func:`entry_keys` order) of the tensors a shard stores, each
+    fetched by its shard name with ``read`` (one row's slice, or a batch of rows as a teacher
+    server answers): ids and counts as int64, log-probabilities, tails and entropies as
+    float32."""
+    ids = read("token_ids").to(torch.int64)
+    if kind == "sampled":
+        counts = read("counts").to(torch.int64)
+        drawn = (ids, counts, read("entropy").to(torch.float32))
+        if k is None:
+            return drawn
+        head_ids = read("head_ids").to(torch.int64)
+        return (*drawn, head_ids, read("head_log_probs"), read("head_tail"))
+    return ids, read("log_probs").to(torch.float32), read("tail").to(torch.float32)
 
 
 class TeacherCacheDataset:
@@ -143,11 +167,8 @@ class TeacherCacheDataset:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The batch keys this cache adds: :data:`CACHE_KEYS`, :data:`SAMPLED_KEYS`, or both
-        (sampled with an exact head)."""
-        if self.kind == "topk":
-            return CACHE_KEYS
-        return SAMPLED_KEYS if self.k is None else (*SAMPLED_KEYS, *CACHE_KEYS)
+        """The batch keys this cache adds (:func:`entry_keys`)."""
+        return entry_keys(self.kind, self.k)
 
     @property
     def temperature(self) -> float:
@@ -187,18 +208,7 @@ class TeacherCacheDataset:
             )
         shard, offset = divmod(index, int(self.manifest["rows_per_shard"]))
         handle = self._shard(shard)
-        ids = handle.get_slice("token_ids")[offset].to(torch.int64)
-        if self.kind == "sampled":
-            counts = handle.get_slice("counts")[offset].to(torch.int64)
-            drawn = (ids, counts, handle.get_slice("entropy")[offset].to(torch.float32))
-            if self.k is None:
-                return drawn
-            head_ids = handle.get_slice("head_ids")[offset].to(torch.int64)
-            head = [handle.get_slice(name)[offset] for name in ("head_log_probs", "head_tail")]
-            return (*drawn, head_ids, *head)
-        log_probs = handle.get_slice("log_probs")[offset].to(torch.float32)
-        tail = handle.get_slice("tail")[offset].to(torch.float32)
-        return ids, log_probs, tail
+        return stored_entries(self.kind, self.k, lambda name: handle.get_slice(name)[offset])
 
     def __getitem__(self, position: Any) -> dict[str, Any]:
         """A sample, or a batch for a sequence of positions (as the base dataset answers)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from torchkd.lm.model import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
 
-__all__ = ["check_head", "check_k", "check_samples", "write_teacher_cache"]
+__all__ = ["check_head", "check_k", "check_samples", "stored_batch", "write_teacher_cache"]
 
 
 def _start(directory: Path, settings: dict[str, Any]) -> dict[str, Any]:
@@ -170,33 +170,37 @@ def _top_k(
     return ids, log_probs, tail
 
 
-def _sampled_tensors(
+def stored_batch(
     teacher: nn.Module,
-    dataset: Any,
-    rows: range,
+    inputs: Any,
+    rows: Sequence[int],
     *,
-    samples: int,
+    kind: str,
     k: int | None,
+    samples: int | None,
     seed: int,
     temperature: float,
-    batch_size: int,
     chunk_size: int,
     id_dtype: torch.dtype,
-    device: torch.device,
 ) -> dict[str, Tensor]:
-    stored = {"counts": count_dtype(samples), "token_ids": id_dtype, "head_ids": id_dtype}
-    parts: dict[str, list[Tensor]] = {}
-    for start in range(rows.start, rows.stop, batch_size):
-        positions = range(start, min(start + batch_size, rows.stop))
-        batch = _collate(dataset, positions)
-        inputs = to_device(batch["inputs"], device)
-        drawn = sampled_batch(teacher, inputs, positions, samples, k, seed, temperature, chunk_size)
-        for name, tensor in drawn.items():
-            dtype = stored.get(name, ENTROPY_DTYPE)  # values (entropy, head) in float32
-            parts.setdefault(name, []).append(tensor.cpu().to(dtype))
+    """The tensors a cache shard stores (by their shard names, on the CPU, in the stored
+    dtypes) for one batch of ``inputs`` whose sample indices are ``rows``: a top-k cache's
+    ``token_ids``, float16 ``log_probs`` (clamped to float16's range) and ``tail``, or a
+    sampled cache's ``token_ids``, ``counts`` and float32 ``entropy`` (and head) of each row's
+    seeded draws (:func:`~torchkd.lm.cache.draws.sampled_batch`). The writer stores them; a
+    teacher server (:mod:`torchkd.lm.server`) answers them."""
+    if kind == "sampled":
+        drawn = sampled_batch(teacher, inputs, rows, samples, k, seed, temperature, chunk_size)
+        stored = {"counts": count_dtype(samples), "token_ids": id_dtype, "head_ids": id_dtype}
+        # values (entropy, head) in float32
+        return {name: t.cpu().to(stored.get(name, ENTROPY_DTYPE)) for name, t in drawn.items()}
+    top_ids, top_log_probs, tail = _top_k(teacher, inputs, k, temperature, chunk_size)
+    # a log-probability below float16's range would become -inf: clamp it to the minimum
+    low = torch.finfo(VALUE_DTYPE).min
     return {
-        "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
-        **{name: torch.cat(tensors) for name, tensors in parts.items()},
+        "token_ids": top_ids.cpu().to(id_dtype),
+        "log_probs": top_log_probs.cpu().clamp_min(low).to(VALUE_DTYPE),
+        "tail": tail.cpu().to(VALUE_DTYPE),  # -inf (no mass left) stays -inf
     }
 
 
@@ -205,28 +209,21 @@ def _shard_tensors(
     dataset: Any,
     rows: range,
     *,
-    k: int,
-    temperature: float,
     batch_size: int,
-    chunk_size: int,
-    id_dtype: torch.dtype,
     device: torch.device,
+    **settings: Any,
 ) -> dict[str, Tensor]:
-    ids, log_probs, tails = [], [], []
+    """A shard's tensors: ``index`` and the :func:`stored_batch` of its rows, a batch of
+    ``batch_size`` samples at a time."""
+    parts: dict[str, list[Tensor]] = {}
     for start in range(rows.start, rows.stop, batch_size):
-        batch = _collate(dataset, range(start, min(start + batch_size, rows.stop)))
-        inputs = to_device(batch["inputs"], device)
-        top_ids, top_log_probs, tail = _top_k(teacher, inputs, k, temperature, chunk_size)
-        ids.append(top_ids.cpu().to(id_dtype))
-        # a log-probability below float16's range would become -inf: clamp it to the minimum
-        low = torch.finfo(VALUE_DTYPE).min
-        log_probs.append(top_log_probs.cpu().clamp_min(low).to(VALUE_DTYPE))
-        tails.append(tail.cpu().to(VALUE_DTYPE))  # -inf (no mass left) stays -inf
+        positions = range(start, min(start + batch_size, rows.stop))
+        inputs = to_device(_collate(dataset, positions)["inputs"], device)
+        for name, tensor in stored_batch(teacher, inputs, positions, **settings).items():
+            parts.setdefault(name, []).append(tensor)
     return {
         "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
-        "token_ids": torch.cat(ids),
-        "log_probs": torch.cat(log_probs),
-        "tail": torch.cat(tails),
+        **{name: torch.cat(tensors) for name, tensors in parts.items()},
     }
 
 
@@ -372,19 +369,20 @@ def write_teacher_cache(
                 rows = range(
                     shard * rows_per_shard, min((shard + 1) * rows_per_shard, len(dataset))
                 )
-                common = {
-                    "temperature": float(temperature),
-                    "batch_size": batch_size,
-                    "chunk_size": chunk_size,
-                    "id_dtype": id_dtype,
-                    "device": device,
-                }
-                if kind == "topk":
-                    tensors = _shard_tensors(teacher, dataset, rows, k=k, **common)
-                else:
-                    tensors = _sampled_tensors(
-                        teacher, dataset, rows, samples=samples, k=k, seed=seed, **common
-                    )
+                tensors = _shard_tensors(
+                    teacher,
+                    dataset,
+                    rows,
+                    kind=kind,
+                    k=k,
+                    samples=samples,
+                    seed=seed,
+                    temperature=float(temperature),
+                    batch_size=batch_size,
+                    chunk_size=chunk_size,
+                    id_dtype=id_dtype,
+                    device=device,
+                )
                 data = save_safetensors(tensors)
                 atomic_write(
                     directory / shard_name(shard), lambda stream, data=data: stream.write(data)

@@ -5,7 +5,9 @@
     "logits_labels"  f(student_logits, teacher_logits, labels)          labels required
     "multi_teacher"  f(student_logits, [teacher_logits, ...], labels=None)
 
-Every one but ``"labels"`` takes the term's temperature as ``temperature=``.
+Every one but ``"labels"`` takes the term's temperature as ``temperature=``. On token logits
+``[B, L, V]`` each reads only the positions with a valid label and is normalized by the batch's
+:class:`~torchkd.lm.TokenNormalizer` (:mod:`torchkd.calls.tokens`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from torchkd import losses
-from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
+from torchkd.calls.base import Example, Owner, student_value, teacher_value
+from torchkd.calls.tokens import TokenRowsCall
 from torchkd.capture import Capture
-from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.terms import LOGITS, Term, TermError
 
 __all__ = ["LabelsCall", "LogitsCall", "LogitsLabelsCall", "MultiTeacherCall"]
@@ -37,10 +39,9 @@ def _compares_classes(term: Term) -> bool:
     )
 
 
-class LabelsCall(Call):
+class LabelsCall(TokenRowsCall):
     signature = "labels"
     reads_teacher = False
-    token_rows = True
     teacher_slots = ()
 
     def check(self, term: Term, owner: Owner) -> None:
@@ -49,7 +50,7 @@ class LabelsCall(Call):
                 f"term {term.name!r}: a temperature needs a teacher; 'labels' losses have none"
             )
 
-    def arguments(self, term, capture, batch, owner, temperature):
+    def raw_arguments(self, term, capture, batch, owner, temperature):
         student = student_value(term.student, capture, term)
         return [student, self.batch_entry(batch, owner.labels_key, term)], {}
 
@@ -58,10 +59,9 @@ class LabelsCall(Call):
         return (student, example.labels())
 
 
-class LogitsCall(Call):
+class LogitsCall(TokenRowsCall):
     signature = "logits"
     gathers = True
-    token_rows = True
 
     def build(self, term: Term, capture: Capture, owner: Owner) -> tuple[nn.ModuleDict, dict]:
         same_classes = not _compares_classes(term)
@@ -83,13 +83,11 @@ class LogitsCall(Call):
                     )
         return super().build(term, capture, owner)
 
-    def arguments(self, term, capture, batch, owner, temperature):
+    def raw_arguments(self, term, capture, batch, owner, temperature):
         args = [
             student_value(term.student, capture, term),
             teacher_value(term, capture, term.teacher_index),
         ]
-        if term.global_batch and owner.training:
-            args = [gather_rows_with_grad(value) for value in args]
         return args, _temperature_kwargs(temperature)
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
@@ -103,8 +101,8 @@ class LogitsLabelsCall(LogitsCall):
     signature = "logits_labels"
     gathers = False
 
-    def arguments(self, term, capture, batch, owner, temperature):
-        args, kwargs = super().arguments(term, capture, batch, owner, temperature)
+    def raw_arguments(self, term, capture, batch, owner, temperature):
+        args, kwargs = super().raw_arguments(term, capture, batch, owner, temperature)
         return [*args, self.batch_entry(batch, owner.labels_key, term)], kwargs
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
@@ -118,7 +116,7 @@ class MultiTeacherCall(LogitsCall):
     all_teachers = True
     gathers = False
 
-    def arguments(self, term, capture, batch, owner, temperature):
+    def raw_arguments(self, term, capture, batch, owner, temperature):
         student = student_value(term.student, capture, term)
         teachers = [teacher_value(term, capture, i) for i in range(len(owner.teachers))]
         kwargs = {**_temperature_kwargs(temperature), "labels": batch.get(owner.labels_key)}

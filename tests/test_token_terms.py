@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from torchkd import losses
 from torchkd.distiller import Distiller, Term
+from torchkd.forward import select_logits
 from torchkd.lm import IGNORE_INDEX, TOKEN_NORMALIZER, TokenNormalizer, next_token_labels
 from torchkd.losses import TopKLogits
 
@@ -54,7 +55,8 @@ def token_batch(teacher: nn.Module, width: int = max(LENGTHS), junk_labels: bool
         labels = torch.where(mask.bool(), labels, junk)
     inputs = {"input_ids": input_ids, "attention_mask": mask}
     with torch.no_grad():
-        sparse = TopKLogits.from_logits(teacher(**inputs).logits, k=5, temperature=T)
+        logits = select_logits(teacher(**inputs), None)
+        sparse = TopKLogits.from_logits(logits, k=5, temperature=T)
     return {
         "inputs": inputs,
         "labels": labels,
@@ -182,3 +184,42 @@ def test_sample_rows_are_unchanged_by_a_token_normalizer() -> None:
     with torch.no_grad():
         expected = losses.kd_loss(student(batch["inputs"]), teacher(batch["inputs"]), temperature=T)
     torch.testing.assert_close(plain["t"], expected, rtol=0, atol=0)
+
+
+class _Body(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.embed(input_ids).tanh()
+
+
+class TensorBodyLM(nn.Module):
+    """A causal LM whose body returns a plain tensor ``[B, L, H]`` (no ``ModelOutput``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = _Body(), nn.Linear(8, VOCAB)
+
+    def get_decoder(self) -> nn.Module:
+        return self.body
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.head(self.body(input_ids))
+
+
+def test_fused_term_beside_a_logit_term_reads_a_tensor_body_whole() -> None:
+    """With a logit term the models run in full and the body's output is kept by a hook: all
+    of a plain tensor, as the body-only run reads it."""
+    torch.manual_seed(0)
+    student, teacher = TensorBodyLM().double(), TensorBodyLM().double()
+    batch = token_batch(teacher)
+    alone = Distiller(student, teacher, [TERMS["fused"]])
+    beside = Distiller(student, teacher, [TERMS["fused"], Term("ce", "ce")])
+    for distiller in (alone, beside):
+        distiller.build(batch)
+    torch.testing.assert_close(beside(batch).terms["t"], alone(batch).terms["t"], rtol=0, atol=0)

@@ -147,6 +147,40 @@ def test_token_normalizer_divides_the_summed_term(
     torch.testing.assert_close(scaled, per_token * factor, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("name", DENSE)
+def test_a_share_without_valid_tokens_gives_zero(
+    models: tuple[nn.Module, nn.Module], name: str
+) -> None:
+    """A process's micro-batch of prompt and padding only: exactly 0, with a zero gradient
+    reaching every student parameter (DDP needs the graph)."""
+    student, teacher = models
+    distiller = Distiller(student, teacher, [TERMS[name]])
+    batch = token_batch(teacher)
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+    distiller.build(batch)
+    value, grads = term_value(distiller, batch, TokenNormalizer(tokens=10, processes=2))
+    assert value.item() == 0.0 and all(not grad.any() for grad in grads)
+
+
+def test_a_loss_without_mask_gets_the_valid_rows(models: tuple[nn.Module, nn.Module]) -> None:
+    student, teacher = models
+    shapes = []
+
+    def loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+        shapes.append(tuple(student_logits.shape))
+        return losses.kd_loss(student_logits, teacher_logits, temperature=temperature)
+
+    distiller = Distiller(student, teacher, [Term("t", loss, signature="logits", temperature=T)])
+    batch = token_batch(teacher)
+    distiller.build(batch)
+    shapes.clear()
+    per_token = distiller(batch).terms["t"]
+    scaled = distiller({**batch, TOKEN_NORMALIZER: TokenNormalizer(tokens=4)}).terms["t"]
+    valid = int((batch["labels"] != IGNORE_INDEX).sum())
+    assert shapes == [(valid, VOCAB)] * 2
+    torch.testing.assert_close(scaled, per_token * valid / 4, rtol=1e-12, atol=0)
+
+
 def test_a_summed_term_is_not_rescaled(models: tuple[nn.Module, nn.Module]) -> None:
     student, teacher = models
     term = Term("t", "kd", temperature=T, loss_kwargs={"reduction": "sum"})

@@ -36,7 +36,7 @@ else:  # run as a script (torchrun): this folder is on the path
 
 T = 2.0
 # Valid labels per sequence are LENGTH - 1 (the last position has no next token).
-LENGTHS = (6, 6, 2, 1, 6, 4, 2, 1, 1, 2, 6, 6, 3, 1, 6, 3)
+LENGTHS = (6, 6, 2, 1, 6, 4, 2, 1, 1, 1, 6, 6, 3, 1, 6, 4)
 PROMPTS = (0, 10)  # sequences whose first label is a prompt position
 EPOCHS = 2  # 2 steps an epoch: K = 4 optimizer steps
 MICRO_BATCH, RANKS, GROUP = 2, 2, 2  # sequences per rank and micro-batch; processes; micro-batches

@@ -50,7 +50,7 @@ class LabelsCall(TokenRowsCall):
                 f"term {term.name!r}: a temperature needs a teacher; 'labels' losses have none"
             )
 
-    def raw_arguments(self, term, capture, batch, owner, temperature):
+    def arguments(self, term, capture, batch, owner, temperature):
         student = student_value(term.student, capture, term)
         return [student, self.batch_entry(batch, owner.labels_key, term)], {}
 
@@ -83,7 +83,7 @@ class LogitsCall(TokenRowsCall):
                     )
         return super().build(term, capture, owner)
 
-    def raw_arguments(self, term, capture, batch, owner, temperature):
+    def arguments(self, term, capture, batch, owner, temperature):
         args = [
             student_value(term.student, capture, term),
             teacher_value(term, capture, term.teacher_index),
@@ -101,8 +101,8 @@ class LogitsLabelsCall(LogitsCall):
     signature = "logits_labels"
     gathers = False
 
-    def raw_arguments(self, term, capture, batch, owner, temperature):
-        args, kwargs = super().raw_arguments(term, capture, batch, owner, temperature)
+    def arguments(self, term, capture, batch, owner, temperature):
+        args, kwargs = super().arguments(term, capture, batch, owner, temperature)
         return [*args, self.batch_entry(batch, owner.labels_key, term)], kwargs
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
@@ -116,7 +116,7 @@ class MultiTeacherCall(LogitsCall):
     all_teachers = True
     gathers = False
 
-    def raw_arguments(self, term, capture, batch, owner, temperature):
+    def arguments(self, term, capture, batch, owner, temperature):
         student = student_value(term.student, capture, term)
         teachers = [teacher_value(term, capture, i) for i in range(len(owner.teachers))]
         kwargs = {**_temperature_kwargs(temperature), "labels": batch.get(owner.labels_key)}

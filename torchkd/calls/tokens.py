@@ -5,10 +5,14 @@ value is normalized so that a step's gradient is that of the whole global batch.
 Positions. With token labels ``[B, L]`` a term reads the positions whose label is not ``-100``
 and whose ``attention_mask`` (of the inputs mapping, where it has the labels' shape) is 1
 (:func:`torchkd.lm.read_labels`); without labels, the positions whose ``attention_mask`` is 1.
-When the student tensor's leading dimensions are those ``[B, L]``, every argument that has them
-(both sides' logits, the labels, a per-token temperature) keeps only those ``n`` positions,
-``[n, ...]``, before the loss sees it: padding and prompt positions enter neither the loss nor
-its average. Terms on sample rows (``[B, C]`` logits, ``[B]`` labels) are unchanged.
+When the student tensor's leading dimensions are those ``[B, L]``, the loss gets them as its
+``mask=`` (every registered logit loss takes one, and leaves the other rows out of its value
+and its average; with none left its value is exactly 0, its graph intact). A loss without a
+``mask`` keyword, and ``global_batch`` (which gathers rows of every process, whose lengths
+differ), get instead the ``n`` positions alone, ``[n, ...]``, of every argument that has the
+``[B, L]`` dimensions (both sides' logits, the labels, a per-token temperature). Either way
+padding and prompt positions enter neither the loss nor its average. Terms on sample rows
+(``[B, C]`` logits, ``[B]`` labels) are unchanged.
 
 Normalization. A loss that averages over its rows (``reduction`` ``"batchmean"`` or ``"mean"``;
 one without a ``reduction`` attribute is taken to average, the losses' default) returns
@@ -30,20 +34,24 @@ with ``global_batch`` and one micro-batch per step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from torchkd.calls.base import Call, Owner
+from torchkd.calls.base import Call
 from torchkd.capture import Capture
-from torchkd.lm.tokens import TOKEN_NORMALIZER, TokenNormalizer, is_token_labels, read_labels
+from torchkd.lm.tokens import (
+    IGNORE_INDEX,
+    TOKEN_NORMALIZER,
+    TokenNormalizer,
+    is_token_labels,
+    read_labels,
+)
 from torchkd.losses.distributed import gather_rows_with_grad, world_size
-from torchkd.terms import Term
 
-__all__ = ["AVERAGING_REDUCTIONS", "TokenRowsCall", "averages_rows", "token_normalizer"]
-
-AVERAGING_REDUCTIONS = ("batchmean", "mean")
+__all__ = ["TokenRowsCall", "averages_rows", "token_normalizer"]
 
 
 def token_normalizer(batch: Mapping[str, Any]) -> TokenNormalizer | None:
@@ -59,14 +67,35 @@ def token_normalizer(batch: Mapping[str, Any]) -> TokenNormalizer | None:
 
 def averages_rows(loss: Callable[..., Tensor]) -> bool:
     """Whether ``loss`` averages over its rows (its ``reduction``, ``"batchmean"`` if none)."""
-    return getattr(loss, "reduction", "batchmean") in AVERAGING_REDUCTIONS
+    return getattr(loss, "reduction", "batchmean") in ("batchmean", "mean")
 
 
 def _positions(labels: Any, attention_mask: Tensor | None) -> Tensor | None:
     """bool ``[B, L]``: the positions a token term reads (None: no token positions known)."""
     if is_token_labels(labels):
-        return read_labels(labels, attention_mask) != -100
+        return read_labels(labels, attention_mask) != IGNORE_INDEX
     return None if attention_mask is None else attention_mask.bool()
+
+
+def _takes_mask(loss: Callable[..., Tensor]) -> bool:
+    """Whether ``loss`` (its ``forward`` for a module) takes a ``mask=`` keyword."""
+    function = loss.forward if isinstance(loss, nn.Module) else loss
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == "mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _token_positions(student: Any, labels: Any, capture: Capture) -> Tensor | None:
+    """The positions of the term's token rows it reads: None unless the student tensor's
+    leading dimensions are those of the positions (token labels or attention mask)."""
+    positions = _positions(labels, capture.attention_mask)
+    if positions is None or not isinstance(student, Tensor) or student.dim() <= positions.dim():
+        return None
+    return positions if student.shape[: positions.dim()] == positions.shape else None
+
+
+def _gathered(args: list[Any]) -> list[Any]:
+    """``global_batch``: the rows of every process of the first two arguments (both sides)."""
+    return [gather_rows_with_grad(value) for value in args[:2]] + args[2:]
 
 
 def _select(value: Any, positions: Tensor) -> Any:
@@ -81,61 +110,30 @@ def _select(value: Any, positions: Tensor) -> Any:
 
 class TokenRowsCall(Call):
     """A logit convention whose rows may be tokens (see the module docstring): subclasses give
-    :meth:`raw_arguments`; positions are selected, rows gathered (``global_batch``) and the
-    value normalized here."""
+    :meth:`arguments` at every position (``args[0]`` the student's tensor; the first two are
+    gathered under ``global_batch``); :meth:`value` keeps the positions the term reads, gathers
+    and normalizes."""
 
     token_rows = True
 
-    def raw_arguments(
-        self,
-        term: Term,
-        capture: Capture,
-        batch: Mapping[str, Any],
-        owner: Owner,
-        temperature: float | Tensor | None,
-    ) -> tuple[list[Any], dict[str, Any]]:
-        """The loss's arguments with every position (``args[0]`` is the student's tensor, the
-        first ``2`` are gathered under ``global_batch``)."""
-        raise NotImplementedError
-
-    def arguments(self, term, capture, batch, owner, temperature):
-        args, kwargs, _ = self._token_arguments(term, capture, batch, owner, temperature)
-        return args, kwargs
-
     def value(self, term, capture, batch, owner, temperature, loss):
-        args, kwargs, rows = self._token_arguments(term, capture, batch, owner, temperature)
-        value = loss(*args, **kwargs)
-        normalizer = token_normalizer(batch)
-        if rows is None or normalizer is None or not averages_rows(loss):
-            return value
-        return value * (rows / normalizer.divisor)
-
-    def _token_arguments(
-        self,
-        term: Term,
-        capture: Capture,
-        batch: Mapping[str, Any],
-        owner: Owner,
-        temperature: float | Tensor | None,
-    ) -> tuple[list[Any], dict[str, Any], float | None]:
-        """The loss's arguments at the positions the term reads, and the rows its value
-        averages over in this process's share (``n / P``; None: not token rows)."""
-        args, kwargs = self.raw_arguments(term, capture, batch, owner, temperature)
-        positions = _positions(batch.get(owner.labels_key), capture.attention_mask)
-        student = args[0]
-        if not (
-            positions is not None
-            and isinstance(student, Tensor)
-            and student.dim() > positions.dim()
-            and student.shape[: positions.dim()] == positions.shape
-        ):
-            positions = None
-        else:
+        args, kwargs = self.arguments(term, capture, batch, owner, temperature)
+        positions = _token_positions(args[0], batch.get(owner.labels_key), capture)
+        gathered = self.gathers and term.global_batch and owner.training
+        if positions is None:
+            return loss(*(_gathered(args) if gathered else args), **kwargs)
+        if gathered or not _takes_mask(loss):
             args = [_select(value, positions) for value in args]
             kwargs = {name: _select(value, positions) for name, value in kwargs.items()}
-        processes = 1
-        if self.gathers and term.global_batch and owner.training:
-            args = [gather_rows_with_grad(value) for value in args[:2]] + args[2:]
-            processes = world_size()
-        rows = None if positions is None else args[0].shape[0] / processes
-        return args, kwargs, rows
+        else:  # the loss leaves the other positions out itself
+            kwargs = {**kwargs, "mask": positions}
+        rows: float | Tensor = positions.sum()
+        if gathered:
+            args = _gathered(args)
+            rows = args[0].shape[0] / world_size()
+        value = loss(*args, **kwargs)
+        normalizer = token_normalizer(batch)
+        if normalizer is None or not averages_rows(loss):
+            return value
+        rows = rows.to(value.dtype) if isinstance(rows, Tensor) else rows
+        return value * (rows / normalizer.divisor)

@@ -83,7 +83,9 @@ def _keep_hidden(store: list[Tensor]) -> Callable[[nn.Module, Any, Any], None]:
 
     def keep(module: nn.Module, args: Any, output: Any) -> None:
         hidden = getattr(output, "last_hidden_state", None)
-        store[:] = [output[0] if hidden is None else hidden]
+        if hidden is None:  # as last_hidden_state reads it: a tuple's first entry, or a tensor
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+        store[:] = [hidden]
 
     return keep
 

@@ -25,7 +25,9 @@ batch's :class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``); a 
 whose logits no term reads runs its body alone, so the ``[tokens x vocabulary]`` logits are
 never built. ``teacher="cache"`` reads the teacher's
 top-k distribution from the batch instead of running a teacher. Feature terms on ``[B, L, H]``
-tensors keep only the positions whose ``attention_mask`` (in the inputs mapping) is 1.
+tensors keep only the positions whose ``attention_mask`` (in the inputs mapping) is 1; logit
+terms on token logits ``[B, L, V]`` only those whose label is valid too, and divide by the
+batch's token normalizer (:mod:`torchkd.calls.tokens`).
 
 :meth:`Distiller.build` must be called once with an example batch before the optimizer is
 built: it probes the tapped shapes, builds adapters, loss modules whose sizes depend on those
@@ -45,7 +47,7 @@ from torchkd.batch import as_batch
 from torchkd.calls import Call, checked_call, term_loss
 from torchkd.capture import Capture, ModelPlan, num_rows, run_model
 from torchkd.forward import call_model, select_logits
-from torchkd.lm import is_causal_lm
+from torchkd.lm import attention_mask, is_causal_lm
 from torchkd.schedules import Schedule, as_schedule, progress
 from torchkd.taps import resolve_module
 from torchkd.teachers import as_teacher_list, teacher_outputs
@@ -382,7 +384,6 @@ class Distiller(nn.Module):
                 teacher_hidden.append(hidden)
                 teacher_taps.append(taps)
         logits, hidden, taps = run_model(self.student, self._student_plan, inputs, self.output_key)
-        mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
         return Capture(
             logits,
             hidden,
@@ -390,7 +391,7 @@ class Distiller(nn.Module):
             teacher_logits,
             teacher_hidden,
             teacher_taps,
-            mask.bool() if isinstance(mask, Tensor) else None,
+            attention_mask(inputs),
         )
 
     def _term_value(
@@ -406,9 +407,10 @@ class Distiller(nn.Module):
             temperatures[term.name] = float(
                 temperature.detach().mean() if isinstance(temperature, Tensor) else temperature
             )
-        call = self._calls[term.name]
-        args, kwargs = call.arguments(term, capture, batch, self, temperature)
-        return _check_scalar(self._losses[term.name](*args, **kwargs), term)
+        value = self._calls[term.name].value(
+            term, capture, batch, self, temperature, self._losses[term.name]
+        )
+        return _check_scalar(value, term)
 
     def _temperature(self, term: Term, capture: Capture) -> float | Tensor | None:
         if term.temperature is None:

@@ -1,11 +1,13 @@
-"""Token terms under gradient accumulation: the loop's token normalizer makes an
-accumulated step on sequences of uneven length equal the step of the one large batch."""
+"""Token terms under gradient accumulation (fused, and dense logit terms on ``[B, L, V]``):
+the loop's token normalizer makes an accumulated step on sequences of uneven length equal the
+step of the one large batch."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -34,9 +36,17 @@ def samples(vocab: int = 61, width: int = 8) -> list[dict]:
     return rows
 
 
-def distiller_for(student: nn.Module, teacher: nn.Module) -> Distiller:
-    kd = Term("kd", "fused_linear_kd", loss_kwargs={"hard_label_weight": 0.5}, temperature=2.0)
-    return Distiller(student, teacher, [kd])
+TERMS = {  # every token-term family: fused, dense logits, labels, logits + labels, teachers
+    "fused": [
+        Term("kd", "fused_linear_kd", loss_kwargs={"hard_label_weight": 0.5}, temperature=2.0)
+    ],
+    "dense": [
+        Term("kd", "kd", temperature=2.0),
+        Term("ce", "ce", weight=0.5),
+        Term("dkd", "dkd", temperature=2.0, weight=0.25),
+        Term("multi", "multi_teacher_kd", temperature=2.0, weight=0.25),
+    ],
+}
 
 
 def gradient(distiller: Distiller, batch: dict) -> list[Tensor]:
@@ -45,13 +55,14 @@ def gradient(distiller: Distiller, batch: dict) -> list[Tensor]:
     return [p.grad.clone() for p in distiller.student.parameters()]
 
 
+@pytest.mark.parametrize("terms", sorted(TERMS))
 def test_accumulated_step_equals_one_large_batch(
-    tiny_causal_lm: Callable[..., nn.Module], tmp_path: Path
+    tiny_causal_lm: Callable[..., nn.Module], tmp_path: Path, terms: str
 ) -> None:
     student, teacher = tiny_causal_lm(0), tiny_causal_lm(1, hidden_size=24)
     data = samples()
     whole = next(iter(DataLoader(data, batch_size=len(data))))
-    distiller = distiller_for(student, teacher)
+    distiller = Distiller(student, teacher, TERMS[terms])
     distiller.build(whole)
     expected = gradient(distiller, whole)
     micro = list(DataLoader(data, batch_size=2))

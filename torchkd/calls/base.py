@@ -8,7 +8,7 @@ The same object makes example inputs of the signature for the loss tests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -128,6 +128,20 @@ class Call:
     ) -> tuple[list[Any], dict[str, Any]]:
         """The loss's positional and keyword arguments for one forward pass."""
         raise NotImplementedError
+
+    def value(
+        self,
+        term: Term,
+        capture: Capture,
+        batch: Mapping[str, Any],
+        owner: Owner,
+        temperature: float | Tensor | None,
+        loss: Callable[..., Tensor],
+    ) -> Tensor:
+        """The term's loss for one forward pass: ``loss(*args, **kwargs)`` of
+        :meth:`arguments` (token-row conventions also normalize it, :mod:`torchkd.calls.tokens`)."""
+        args, kwargs = self.arguments(term, capture, batch, owner, temperature)
+        return loss(*args, **kwargs)
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:
         """Positional example inputs of this signature (the loss tests' inputs)."""

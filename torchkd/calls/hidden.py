@@ -9,9 +9,11 @@ The term's ``student`` and ``teacher`` stay ``"logits"``: each causal LM's final
 and output projection (:func:`torchkd.lm.output_projection`) are read instead of logits, which
 are never built. ``teacher="cache"`` passes the batch's cached teacher (top-k,
 :class:`~torchkd.losses.topk.TopKLogits`, or sampled, :class:`~torchkd.losses.SampledLogits`)
-as ``teacher_logits=`` and runs no teacher. A batch's
-:class:`~torchkd.lm.TokenNormalizer` (``batch["token_normalizer"]``, set by the training loop)
-gives ``num_items_in_batch`` its divisor.
+as ``teacher_logits=`` and runs no teacher. The loss reads
+the tokens whose label is not ``-100`` and whose ``attention_mask`` is 1 (the labels passed are
+:func:`torchkd.lm.read_labels`), and a batch's :class:`~torchkd.lm.TokenNormalizer`
+(``batch["token_normalizer"]``, set by the training loop) gives ``num_items_in_batch`` its
+divisor.
 
 A batch whose teacher has its own tokenizer (:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`)
 gives a loss that compares vocabularies (``compares_shapes``: ``fused_linear_uld``) the
@@ -28,11 +30,12 @@ from torch import nn
 
 from torchkd.calls.base import Call, Example, Owner, loss_name
 from torchkd.calls.logits import compares_classes, unaligned_error
+from torchkd.calls.tokens import token_normalizer
 from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
 from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.cache.read import cached_targets
 from torchkd.lm.model import OutputProjection, is_causal_lm, output_projection
-from torchkd.lm.tokens import TOKEN_NORMALIZER, TokenNormalizer
+from torchkd.lm.tokens import read_labels
 from torchkd.losses import SampledLogits, TopKLogits
 from torchkd.terms import CACHE, LOGITS, Term, TermError
 
@@ -107,14 +110,10 @@ class HiddenStatesCall(Call):
         return False
 
     def arguments(self, term, capture, batch, owner, temperature):
-        kwargs: dict[str, Any] = {"labels": self.batch_entry(batch, owner.labels_key, term)}
-        normalizer = batch.get(TOKEN_NORMALIZER)
+        labels = self.batch_entry(batch, owner.labels_key, term)
+        kwargs: dict[str, Any] = {"labels": read_labels(labels, capture.attention_mask)}
+        normalizer = token_normalizer(batch)
         if normalizer is not None:
-            if not isinstance(normalizer, TokenNormalizer):
-                raise TypeError(
-                    f"batch[{TOKEN_NORMALIZER!r}] must be a torchkd.lm.TokenNormalizer, got "
-                    f"{type(normalizer).__name__}"
-                )
             kwargs["num_items_in_batch"] = normalizer.divisor
         if temperature is not None:
             kwargs["temperature"] = float(temperature)

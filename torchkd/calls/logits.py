@@ -5,7 +5,9 @@
     "logits_labels"  f(student_logits, teacher_logits, labels)          labels required
     "multi_teacher"  f(student_logits, [teacher_logits, ...], labels=None)
 
-Every one but ``"labels"`` takes the term's temperature as ``temperature=``.
+Every one but ``"labels"`` takes the term's temperature as ``temperature=``. On token logits
+``[B, L, V]`` each reads only the positions with a valid label and is normalized by the batch's
+:class:`~torchkd.lm.TokenNormalizer` (:mod:`torchkd.calls.tokens`).
 
 A batch whose teacher has its own tokenizer carries the alignment
 (:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`): a ``"logits_labels"`` loss that compares
@@ -22,10 +24,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from torchkd import losses
-from torchkd.calls.base import Call, Example, Owner, student_value, teacher_value
+from torchkd.calls.base import Example, Owner, student_value, teacher_value
+from torchkd.calls.tokens import TokenRowsCall
 from torchkd.capture import Capture
 from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
-from torchkd.losses.distributed import gather_rows_with_grad
 from torchkd.terms import LOGITS, Term, TermError
 
 __all__ = ["LabelsCall", "LogitsCall", "LogitsLabelsCall", "MultiTeacherCall"]
@@ -59,10 +61,9 @@ def unaligned_error(term: Term, signature: str) -> TermError:
     )
 
 
-class LabelsCall(Call):
+class LabelsCall(TokenRowsCall):
     signature = "labels"
     reads_teacher = False
-    token_rows = True
     teacher_slots = ()
 
     def check(self, term: Term, owner: Owner) -> None:
@@ -80,10 +81,9 @@ class LabelsCall(Call):
         return (student, example.labels())
 
 
-class LogitsCall(Call):
+class LogitsCall(TokenRowsCall):
     signature = "logits"
     gathers = True
-    token_rows = True
 
     def build(self, term: Term, capture: Capture, owner: Owner) -> tuple[nn.ModuleDict, dict]:
         same_classes = not compares_classes(term)
@@ -114,8 +114,6 @@ class LogitsCall(Call):
             student_value(term.student, capture, term),
             teacher_value(term, capture, term.teacher_index),
         ]
-        if term.global_batch and owner.training:
-            args = [gather_rows_with_grad(value) for value in args]
         return args, _temperature_kwargs(temperature)
 
     def example_inputs(self, example: Example) -> tuple[Any, ...]:

@@ -15,9 +15,11 @@ from torchkd.lm.tokens import (
     IGNORE_INDEX,
     TOKEN_NORMALIZER,
     TokenNormalizer,
+    attention_mask,
     count_valid_tokens,
     is_token_labels,
     next_token_labels,
+    read_labels,
 )
 
 __all__ = [
@@ -25,10 +27,12 @@ __all__ = [
     "TOKEN_NORMALIZER",
     "OutputProjection",
     "TokenNormalizer",
+    "attention_mask",
     "count_valid_tokens",
     "is_causal_lm",
     "is_token_labels",
     "last_hidden_state",
     "next_token_labels",
     "output_projection",
+    "read_labels",
 ]

@@ -4,7 +4,9 @@ micro-batch's token loss is normalized (:class:`TokenNormalizer`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,9 +15,11 @@ __all__ = [
     "IGNORE_INDEX",
     "TOKEN_NORMALIZER",
     "TokenNormalizer",
+    "attention_mask",
     "count_valid_tokens",
     "is_token_labels",
     "next_token_labels",
+    "read_labels",
 ]
 
 TOKEN_NORMALIZER = "token_normalizer"  # the batch entry holding a micro-batch's TokenNormalizer
@@ -95,6 +99,26 @@ def next_token_labels(
         keep[..., :-1] = attention_mask[..., 1:].bool() & attention_mask[..., :-1].bool()
         labels = labels.masked_fill(~keep, ignore_index)
     return labels
+
+
+def attention_mask(inputs: Any) -> Tensor | None:
+    """The ``attention_mask`` of a batch's inputs mapping, as bool (None: none there)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    return mask.bool() if isinstance(mask, Tensor) else None
+
+
+def read_labels(labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """The token labels a token-level term reads: ``labels`` with ``IGNORE_INDEX`` wherever
+    ``attention_mask`` is 0. A mask of another shape than the labels (an encoder's, for
+    decoder labels) is not the labels' and leaves them as they are.
+
+    Example:
+        >>> read_labels(torch.tensor([[6, 7, 8]]), torch.tensor([[1, 1, 0]]))
+        tensor([[   6,    7, -100]])
+    """
+    if attention_mask is None or attention_mask.shape != labels.shape:
+        return labels
+    return labels.masked_fill(~attention_mask.bool(), IGNORE_INDEX)
 
 
 def count_valid_tokens(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:

@@ -11,14 +11,15 @@ with :class:`NonFiniteLossError` naming the terms that went non-finite. The lear
 each step comes from :class:`~torchkd.train.optim.LRSchedule`.
 
 Token terms are normalized by the step's tokens, not each micro-batch's: with ``N`` the valid
-tokens (label != -100) of all the step's micro-batches on all processes, ``G`` micro-batches
-and ``W`` processes, every micro-batch carries ``batch["token_normalizer"] =
-TokenNormalizer(N, G, W)`` (:class:`torchkd.lm.TokenNormalizer`). A token loss that divides its
-summed per-token loss by its ``divisor`` ``N / (G W)`` (the fused ``hidden_states`` losses do),
-then by ``G`` (above), summed over micro-batches and averaged over processes (DDP), divides the
-step's summed token loss by ``N``: the gradient of the one large batch, however unevenly the
-valid tokens fall. Other losses average within each micro-batch, as does every loss in a step
-with no valid token.
+tokens (label != -100 and ``attention_mask`` 1, :func:`torchkd.lm.read_labels`) of all the
+step's micro-batches on all processes, ``G`` micro-batches and ``W`` processes, every
+micro-batch carries ``batch["token_normalizer"] = TokenNormalizer(N, G, W)``
+(:class:`torchkd.lm.TokenNormalizer`). A token term divides its summed per-token loss by its
+``divisor`` ``N / (G W)`` (the fused ``hidden_states`` losses, and the logit terms on token
+logits, :mod:`torchkd.calls.tokens`); then by ``G`` (above), summed over micro-batches and
+averaged over processes (DDP), the step's summed token loss is divided by ``N``: the gradient
+of the one large batch, however unevenly the valid tokens fall. Sample-level terms average
+within each micro-batch, as does every term in a step with no valid token.
 
 Resuming is exact: each epoch's shuffle order is derived from ``(seed, epoch)``, and a
 checkpoint stores every random generator's state at the last optimizer step (and at the start
@@ -56,8 +57,10 @@ from torchkd.batch import to_device
 from torchkd.lm.tokens import (
     TOKEN_NORMALIZER,
     TokenNormalizer,
+    attention_mask,
     count_valid_tokens,
     is_token_labels,
+    read_labels,
 )
 from torchkd.train.checkpoint import CheckpointError, check_fits, save_checkpoint
 from torchkd.train.checkpoint_layout import due_checkpoints
@@ -331,7 +334,11 @@ class Trainer:
         labels = [batch.get(self.distiller.labels_key) for batch in micro_batches]
         if not all(is_token_labels(value) for value in labels):
             return
-        local = sum(count_valid_tokens(value) for value in labels)
+        masks = [attention_mask(batch.get(self.distiller.inputs_key)) for batch in micro_batches]
+        local = sum(
+            count_valid_tokens(read_labels(value, mask))
+            for value, mask in zip(labels, masks, strict=True)
+        )
         count = torch.tensor(local, dtype=torch.float64, device=self.device)  # exact to 2**53
         tokens = round(float(self.parallel.mean(count)) * self.parallel.world_size)
         if tokens == 0:

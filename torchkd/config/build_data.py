@@ -15,6 +15,8 @@ from torchkd.config.teacher_cache import CACHED_SPLITS
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from torchkd.distiller import Distiller
+
 __all__ = ["SPLIT_NAMES", "Loaders", "build_datasets", "build_loaders"]
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -35,6 +37,7 @@ def build_loaders(
     *,
     splits: Sequence[str] = SPLIT_NAMES,
     train_samples: int | None = None,
+    distiller: Distiller | None = None,
 ) -> Loaders:
     """The loaders of ``data``: the one loader builder of every run.
 
@@ -53,6 +56,8 @@ def build_loaders(
             split is never built.
         train_samples: keep only this many training samples, the first of a permutation
             seeded by ``seed`` (probes shorter than one epoch).
+        distiller: the run's distiller, whose teacher (and student) synthesize the training
+            split of ``data.synthetic``.
 
     Example:
         >>> from torchkd.config import DataConfig
@@ -65,7 +70,7 @@ def build_loaders(
     from torchkd.data import RowsView
     from torchkd.data.batching import Augment, batch_loader
 
-    datasets = build_datasets(data, splits)
+    datasets = build_datasets(data, splits, distiller)
     if "train" in splits and train_samples is not None:
         order = torch.randperm(
             len(datasets["train"]), generator=torch.Generator().manual_seed(seed)
@@ -86,9 +91,13 @@ def build_loaders(
     return Loaders(**loaders)
 
 
-def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dict[str, Any]:
+def build_datasets(
+    data: DataConfig, splits: Sequence[str] = SPLIT_NAMES, distiller: Distiller | None = None
+) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
-    ``data.transfer`` is set, and the training and validation splits read with the teacher
+    ``data.transfer`` is set, the inputs ``distiller``'s teacher synthesizes when
+    ``data.synthetic`` is (:mod:`~torchkd.config.build_synthetic`), and the training and
+    validation splits read with the teacher
     cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
     the validation split's terms are evaluated every epoch, the test split's are not)."""
     from torchkd.data import create_dataset
@@ -101,13 +110,16 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
     if data.transfer is not None:
         transfer_keys = ["split", "num_samples", "seed", *data.transfer.kwargs]
         _check_dataset(data.transfer.dataset, "data.transfer.dataset", transfer_keys)
+    replaced = data.transfer is not None or data.synthetic is not None
     datasets: dict[str, Any] = {}
     with blame("data"):
         for split in splits:
-            if split != "train" or data.transfer is None:
+            if split != "train" or not replaced:
                 datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
     if "train" in splits and data.transfer is not None:
         datasets["train"] = _transfer_set(data)
+    if "train" in splits and data.synthetic is not None:
+        datasets["train"] = _synthetic_set(data, distiller)
     if data.teacher_cache is not None:
         from torchkd.lm.cache import TeacherCacheDataset, split_directory
 
@@ -145,6 +157,19 @@ def _check_dataset(name: str, path: str, passed: Sequence[str]) -> None:
                 "'Your own model and dataset')"
             ]
         )
+
+
+def _synthetic_set(data: DataConfig, distiller: Distiller | None) -> Any:
+    from torchkd.config.build_synthetic import synthetic_training_set
+
+    if distiller is None or not distiller.teachers:
+        raise ConfigError(
+            [
+                "data.synthetic: the training set is synthesized from the run's teacher; "
+                "build the loaders with the recipe's distiller (build_from_recipe does)"
+            ]
+        )
+    return synthetic_training_set(data, distiller.teachers[0], distiller.student)
 
 
 def _transfer_set(data: DataConfig) -> Any:

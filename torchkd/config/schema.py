@@ -246,7 +246,7 @@ class DataConfig(Section):
     def _one_training_set(self) -> DataConfig:
         if self.synthetic is not None and self.transfer is not None:
             raise ValueError(
-                "synthetic, transfer: each replaces the training split; give one of them"
+                "synthetic: replaces the training split, as data.transfer does; give one of them"
             )
         return self
 

@@ -1,5 +1,6 @@
 """``data.synthetic:`` recipes: schema and refusals with their paths, the unlabeled synthetic
-training set the engine trains on, and its cache (keyed by teacher weights and settings)."""
+training set the engine trains on (and ``torchkd eval`` skips), and its cache (keyed by teacher
+weights and settings)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 import torchkd.data
+from torchkd.cli import main
 from torchkd.config import ConfigError, build_from_recipe, build_loaders, recipe_from_dict
 from torchkd.train import fit
 
@@ -81,6 +84,10 @@ def test_synthetic_set_trains_the_student_and_is_cached(
     (cached,) = (cache / "synthetic").glob("deepinversion-*.safetensors")
     result = fit(distiller, loaders.train, loaders.val, config, tmp_path / "run")
     assert result.nonfinite_steps == 0 and result.history[0]["step"] == 2
+    recipe_file = tmp_path / "data_free.yaml"
+    recipe_file.write_text(yaml.safe_dump(RAW))
+    checkpoint = str(result.last_checkpoint)
+    assert main(["eval", str(recipe_file), "--checkpoint", checkpoint, "--split", "val"]) == 0
 
     def no_synthesis(*args: object, **kwargs: object) -> None:
         raise AssertionError("synthesized again instead of reading the cache")

@@ -1,5 +1,6 @@
 """The datasets and loaders of a recipe's ``data:`` section: :func:`build_loaders`, the one
-loader builder of every run, and :func:`build_datasets` (transfer set, teacher cache)."""
+loader builder of every run, and :func:`build_datasets` (transfer set, synthetic set, teacher
+cache)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def build_loaders(
 
     Args:
         data: the recipe's ``data:`` section. With ``data.transfer`` the transfer set is the
-            training split; ``data.augment`` applies to the training loader only;
-            ``data.teacher_cache`` adds the cached teacher to the training and validation
-            samples.
+            training split, with ``data.synthetic`` the inputs synthesized from the teacher;
+            ``data.augment`` applies to the training loader only; ``data.teacher_cache`` adds
+            the cached teacher to the training and validation samples.
         seed: seeds the training shuffle (the trainer reseeds it every epoch from
             ``(seed, epoch)``) and the ``train_samples`` selection.
         splits: which loaders to build; a search asks for ``("train", "val")`` so the test
@@ -97,9 +98,9 @@ def build_datasets(
     """The datasets of ``data`` by split name: the transfer set as the training split when
     ``data.transfer`` is set, the inputs ``distiller``'s teacher synthesizes when
     ``data.synthetic`` is (:mod:`~torchkd.config.build_synthetic`), and the training and
-    validation splits read with the teacher
-    cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
-    the validation split's terms are evaluated every epoch, the test split's are not)."""
+    validation splits read with the teacher cache when ``data.teacher_cache`` is
+    (:class:`~torchkd.lm.cache.TeacherCacheDataset`; the validation split's terms are
+    evaluated every epoch, the test split's are not)."""
     from torchkd.data import create_dataset
 
     unknown = [split for split in splits if split not in SPLIT_NAMES]

@@ -22,8 +22,12 @@ interval over seeds, and each arm's difference from ``labeled`` paired by seed.
 
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data_free_mnist1d.py   # 3 seeds, ~5 min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/data_free_mnist1d.py   # 3 seeds
     .venv/bin/python benchmarks/data_free_mnist1d.py --dry-run --out /tmp/df.md  # seconds
+
+The published run took 13.4 min on 2 cores shared with other jobs (load ~13); the three
+syntheses (5000 inputs x 200 Adam steps each) dominate, and later runs read them from the
+cache.
 """
 
 from __future__ import annotations

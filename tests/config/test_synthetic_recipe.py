@@ -68,6 +68,12 @@ def test_a_teacher_without_batchnorm_is_refused_with_the_path() -> None:
         build_from_recipe(_recipe(["teacher.model=cnn1d"]))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a missing CUDA device")
+def test_a_missing_synthesis_device_is_refused_with_the_path() -> None:
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.device: 'cuda', but CUDA is not"):
+        build_from_recipe(_recipe(["data.synthetic.device=cuda"]))
+
+
 def test_loaders_need_the_distiller() -> None:
     with pytest.raises(ConfigError, match="synthesized from the run's teacher"):
         build_loaders(_recipe().data, splits=["train"])

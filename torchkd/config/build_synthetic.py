@@ -11,9 +11,10 @@ per batch, more than distilling on the result, and is a function of the teacher,
 and the code alone (seeded noise, eval-mode models), so runs that differ only in the student's
 seed or the terms share one set. The cache key (:func:`synthetic_cache_key`) holds a digest of
 the teacher's weights (and of the student's, when the competition term reads it), the
-settings and the code version (the synthesis module, the teacher's class source and the torch
-version); the set is a safetensors file ``synthetic/<method>-<key>.safetensors`` under
-:func:`torchkd.data.cache_dir`. ``cache: false`` synthesizes it every run.
+settings, the device type it is synthesized on and the code version (the synthesis module, the
+teacher's class source and the torch version); the set is a safetensors file
+``synthetic/<method>-<key>.safetensors`` under :func:`torchkd.data.cache_dir`. ``cache: false``
+synthesizes it every run.
 """
 
 from __future__ import annotations
@@ -95,15 +96,21 @@ def _code_version(teacher: nn.Module) -> dict[str, str]:
 
 
 def synthetic_cache_key(
-    settings: SyntheticConfig, input_shape: list[int], teacher: nn.Module, student: nn.Module
+    settings: SyntheticConfig,
+    input_shape: list[int],
+    teacher: nn.Module,
+    student: nn.Module,
+    device_type: str,
 ) -> str:
-    """The cache key of a synthetic set (module docstring)."""
+    """The cache key of a synthetic set (module docstring); ``device_type`` is where it is
+    synthesized (``cpu``, ``cuda``: the arithmetic differs)."""
     from torchkd.data.base import cache_key
 
     return cache_key(
         {
-            "settings": settings.model_dump(exclude={"cache", "input_shape"}),
+            "settings": settings.model_dump(exclude={"cache", "input_shape", "device"}),
             "input_shape": input_shape,
+            "device_type": device_type,
             "teacher": weights_digest(teacher),
             "student": weights_digest(student) if settings.competition_weight else None,
             "code": _code_version(teacher),
@@ -120,6 +127,7 @@ def synthetic_training_set(
 
     from torchkd._files import atomic_write
     from torchkd.data import TensorDictDataset, cache_dir, create_dataset, deep_inversion
+    from torchkd.train import resolve_device
 
     settings = data.synthetic
     assert settings is not None
@@ -130,25 +138,39 @@ def synthetic_training_set(
             input_shape = list(
                 create_dataset(data.dataset, "val", **split_kwargs)[0]["inputs"].shape
             )
-    key = synthetic_cache_key(settings, input_shape, teacher, student)
+    try:
+        device = resolve_device(settings.device)
+    except RuntimeError as error:
+        raise ConfigError(
+            [f"data.synthetic.device: {settings.device!r}, but CUDA is not available; use auto"]
+        ) from error
+    key = synthetic_cache_key(settings, input_shape, teacher, student, device.type)
     path = cache_dir() / "synthetic" / f"{settings.method}-{key}.safetensors"
     if settings.cache and path.exists():
         return TensorDictDataset(load_file(path)["inputs"])
+    models = [teacher, student] if settings.competition_weight else [teacher]
+    homes = [next(model.parameters()).device for model in models]
     with blame("data.synthetic"):
-        inputs, targets = deep_inversion(
-            teacher,
-            settings.samples,
-            input_shape,
-            steps=settings.steps,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            bn_weight=settings.bn_weight,
-            tv_weight=settings.tv_weight,
-            l2_weight=settings.l2_weight,
-            competition_weight=settings.competition_weight,
-            student=student if settings.competition_weight else None,
-            seed=settings.seed,
-        )
+        for model in models:
+            model.to(device)
+        try:
+            inputs, targets = deep_inversion(
+                teacher,
+                settings.samples,
+                input_shape,
+                steps=settings.steps,
+                batch_size=settings.batch_size,
+                lr=settings.lr,
+                bn_weight=settings.bn_weight,
+                tv_weight=settings.tv_weight,
+                l2_weight=settings.l2_weight,
+                competition_weight=settings.competition_weight,
+                student=student if settings.competition_weight else None,
+                seed=settings.seed,
+            )
+        finally:
+            for model, home in zip(models, homes, strict=True):
+                model.to(home)
     inputs = inputs.cpu()
     if settings.cache:
         tensors: dict[str, Any] = {"inputs": inputs, "targets": targets.cpu()}

@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from torchkd.train.config import (
     NonNegativeFloat,
@@ -38,7 +40,9 @@ class SyntheticConfig(Section):
             e.g. a student distilled on a first synthetic set); 0: plain DeepInversion.
         input_shape: one input's shape; default: that of ``data.dataset``'s validation samples
             (only their shape is read).
-        seed: seeds the initial noise.
+        seed: seeds the initial noise (drawn on the CPU, so it is the same on every device).
+        device: where to synthesize: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
+            ``cuda:N``; the teacher (and student) go back where they were afterwards.
         cache: keep the set in the cache directory (safetensors), keyed by the teacher's
             weights, these settings and the synthesis code, and reuse it; ``false``: synthesize
             it every run.
@@ -55,4 +59,5 @@ class SyntheticConfig(Section):
     competition_weight: NonNegativeFloat = 0.0
     input_shape: list[PositiveInt] | None = None
     seed: NonNegativeInt = 0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")] = "auto"
     cache: bool = True

@@ -59,6 +59,9 @@ def test_build_refuses_label_terms_and_a_missing_teacher() -> None:
     terms = [{"name": "kd", "loss": "kd"}, {"name": "ce", "loss": "ce"}]
     with pytest.raises(ConfigError, match=r"terms\.1\.loss: ce reads labels"):
         build_from_recipe(_recipe(terms=terms))
+    byot = [{"name": "byot", "loss": "byot", "student": ["exit1", "exit2"]}]
+    with pytest.raises(ConfigError, match=r"terms\.0\.loss: byot reads labels"):
+        build_from_recipe(_recipe(terms=byot))
     with pytest.raises(ConfigError, match=r"data\.synthetic: inputs are synthesized from the"):
         build_from_recipe(_recipe(teacher=None, terms=[{"name": "ce", "loss": "ce"}]))
 

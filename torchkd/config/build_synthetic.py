@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = ["check_synthetic", "synthetic_cache_key", "synthetic_training_set", "weights_digest"]
 
-LABEL_SIGNATURES = ("labels", "logits_labels")  # losses called with the labels
+# the call conventions that pass a loss the batch's labels (torchkd.calls)
+LABEL_SIGNATURES = ("labels", "logits_labels", "self_exits", "hidden_states")
 
 
 def check_synthetic(recipe: Recipe) -> None:

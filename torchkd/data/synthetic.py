@@ -225,6 +225,11 @@ def deep_inversion(
                 logits = teacher(inputs)
                 num_classes = num_classes or logits.shape[-1]
                 loss = F.cross_entropy(logits, positions % num_classes)
+                if len(captured) != len(layers):
+                    raise ValueError(
+                        f"teacher: its {len(layers)} BatchNorm layers ran {len(captured)} times "
+                        "in one forward pass; DeepInversion needs each to run once"
+                    )
                 statistics = [
                     bn_statistics_loss(features, layer.running_mean, layer.running_var)
                     for features, layer in zip(captured, layers, strict=True)

@@ -64,6 +64,9 @@ def _overrides(raw: dict, recipe: Path) -> list[str]:
         overrides.append("student.checkpoint=null")
     if raw["data"].get("transfer") is not None:
         overrides.append("data.transfer.num_samples=100")
+    if raw["data"].get("synthetic") is not None:  # a few inputs, a few steps, not cached
+        overrides += ["data.synthetic.samples=24", "data.synthetic.steps=2"]
+        overrides.append("data.synthetic.cache=false")
     if raw["data"]["dataset"] == "english_sentences":  # the pydoc topics only: fast
         overrides.append("data.kwargs.max_documents=60")
     return overrides

@@ -9,6 +9,7 @@ from torch import nn
 
 from torchkd.models import (
     CNN1D,
+    CNN1DBN,
     MLP,
     CNN1DExits,
     DigitsCNN,
@@ -26,7 +27,7 @@ def _num_parameters(model: nn.Module) -> int:
 
 
 def _example_input(name: str) -> torch.Tensor:
-    if name in ("cnn1d", "cnn1d_exits", "mlp"):
+    if name in ("cnn1d", "cnn1d_bn", "cnn1d_exits", "mlp"):
         return torch.randn(2, 1, 40)
     if name == "digits_cnn":
         return torch.randn(2, 1, 8, 8)
@@ -130,6 +131,20 @@ def test_cnn1d_exits_returns_the_backbones_logits_and_taps_its_exits() -> None:
         "exit2.bottleneck": (3, 30),
         "flatten": (3, 30),
     }
+
+
+def test_cnn1d_bn_normalizes_each_stage_before_its_relu() -> None:
+    model = CNN1DBN(width=6).eval()
+    plain = CNN1D(width=6).eval()
+    plain.load_state_dict(
+        {k.replace(".2.", ".1."): v for k, v in model.state_dict().items() if ".1." not in k}
+    )
+    inputs = torch.randn(3, 1, 40)
+    # fresh BatchNorm in eval mode (running mean 0, variance 1) is x / sqrt(1 + eps)
+    for name in model.feature_layers:
+        model.get_submodule(name)[1].eps = 0.0
+    torch.testing.assert_close(model(inputs), plain(inputs))
+    assert [type(m).__name__ for m in model.conv1] == ["Conv1d", "BatchNorm1d", "ReLU"]
 
 
 def test_construction_is_deterministic_under_seed() -> None:

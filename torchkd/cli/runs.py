@@ -280,8 +280,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     student = student_from_checkpoint(recipe, args.checkpoint)
-    # the labeled splits only: a transfer set is training data
-    loaders = build_loaders(recipe.data.model_copy(update={"transfer": None}))
+    # the labeled splits only: a transfer or synthetic set is training data
+    loaders = build_loaders(recipe.data.model_copy(update={"transfer": None, "synthetic": None}))
     # a teacher-free Distiller reads the logits where the recipe's output_key says
     model = Distiller(student, None, [Term("ce", "ce")], output_key=recipe.output_key)
     device = resolve_device(recipe.train.device)

@@ -1,6 +1,7 @@
 """Building a run from a recipe (:func:`build_from_recipe`), one module a job: models with
 their weights (:mod:`~torchkd.config.build_models`), datasets and loaders
-(:mod:`~torchkd.config.build_data`), the terms, the on-policy sampler and the Distiller
+(:mod:`~torchkd.config.build_data`; a synthetic training set:
+:mod:`~torchkd.config.build_synthetic`), the terms, the on-policy sampler and the Distiller
 (:mod:`~torchkd.config.build_terms`), and the argument checks they share
 (:mod:`~torchkd.config.arguments`)."""
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from torchkd.config.build_data import SPLIT_NAMES, Loaders, build_datasets, build_loaders
 from torchkd.config.build_models import build_model, check_teacher_weights
+from torchkd.config.build_synthetic import check_synthetic
 from torchkd.config.build_terms import (
     build_distiller,
     build_on_policy,
@@ -64,6 +66,7 @@ def build_from_recipe(
 
     check_teacher_cache(recipe, splits)
     server = teacher_server_client(recipe)
+    check_synthetic(recipe)
     seed_everything(recipe.train.seed)
     distiller = build_distiller(recipe)
     loaders = build_loaders(
@@ -72,5 +75,6 @@ def build_from_recipe(
         splits=splits,
         train_samples=train_samples,
         teacher_server=server,
+        distiller=distiller,
     )
     return Built(distiller, loaders, recipe.train)

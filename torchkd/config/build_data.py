@@ -1,5 +1,6 @@
 """The datasets and loaders of a recipe's ``data:`` section: :func:`build_loaders`, the one
-loader builder of every run, and :func:`build_datasets` (transfer set, teacher cache)."""
+loader builder of every run, and :func:`build_datasets` (transfer set, synthetic set, teacher
+cache)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torchkd.config.teacher_cache import CACHED_SPLITS
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
+    from torchkd.distiller import Distiller
     from torchkd.lm.server import TeacherServerClient
 
 __all__ = ["SPLIT_NAMES", "Loaders", "build_datasets", "build_loaders"]
@@ -38,6 +40,7 @@ def build_loaders(
     splits: Sequence[str] = SPLIT_NAMES,
     train_samples: int | None = None,
     teacher_server: TeacherServerClient | None = None,
+    distiller: Distiller | None = None,
 ) -> Loaders:
     """The loaders of ``data``: the one loader builder of every run.
 
@@ -47,9 +50,9 @@ def build_loaders(
 
     Args:
         data: the recipe's ``data:`` section. With ``data.transfer`` the transfer set is the
-            training split; ``data.augment`` applies to the training loader only;
-            ``data.teacher_cache`` adds the cached teacher to the training and validation
-            samples.
+            training split, with ``data.synthetic`` the inputs synthesized from the teacher;
+            ``data.augment`` applies to the training loader only; ``data.teacher_cache`` adds
+            the cached teacher to the training and validation samples.
         seed: seeds the training shuffle (the trainer reseeds it every epoch from
             ``(seed, epoch)``) and the ``train_samples`` selection.
         splits: which loaders to build; a search asks for ``("train", "val")`` so the test
@@ -59,6 +62,8 @@ def build_loaders(
         teacher_server: the client of a recipe's teacher server (``teacher: {server: URL}``):
             it adds the served teacher to the training and validation batches, as
             ``data.teacher_cache`` adds a cached one.
+        distiller: the run's distiller, whose teacher (and student) synthesize the training
+            split of ``data.synthetic``.
 
     Example:
         >>> from torchkd.config import DataConfig
@@ -71,7 +76,7 @@ def build_loaders(
     from torchkd.data import RowsView
     from torchkd.data.batching import Augment, batch_loader
 
-    datasets = build_datasets(data, splits, teacher_server=teacher_server)
+    datasets = build_datasets(data, splits, distiller=distiller, teacher_server=teacher_server)
     if "train" in splits and train_samples is not None:
         order = torch.randperm(
             len(datasets["train"]), generator=torch.Generator().manual_seed(seed)
@@ -96,14 +101,16 @@ def build_datasets(
     data: DataConfig,
     splits: Sequence[str] = SPLIT_NAMES,
     *,
+    distiller: Distiller | None = None,
     teacher_server: TeacherServerClient | None = None,
 ) -> dict[str, Any]:
     """The datasets of ``data`` by split name: the transfer set as the training split when
-    ``data.transfer`` is set, and the training and validation splits read with the teacher
-    cache when ``data.teacher_cache`` is (:class:`~torchkd.lm.cache.TeacherCacheDataset`;
-    the validation split's terms are evaluated every epoch, the test split's are not), or with
-    the answers of ``teacher_server``
-    (:class:`~torchkd.lm.server.TeacherServerDataset`)."""
+    ``data.transfer`` is set, the inputs ``distiller``'s teacher synthesizes when
+    ``data.synthetic`` is (:mod:`~torchkd.config.build_synthetic`), and the training and
+    validation splits read with the teacher cache when ``data.teacher_cache`` is
+    (:class:`~torchkd.lm.cache.TeacherCacheDataset`; the validation split's terms are
+    evaluated every epoch, the test split's are not), or with the answers of
+    ``teacher_server`` (:class:`~torchkd.lm.server.TeacherServerDataset`)."""
     from torchkd.data import create_dataset
 
     unknown = [split for split in splits if split not in SPLIT_NAMES]
@@ -114,13 +121,16 @@ def build_datasets(
     if data.transfer is not None:
         transfer_keys = ["split", "num_samples", "seed", *data.transfer.kwargs]
         _check_dataset(data.transfer.dataset, "data.transfer.dataset", transfer_keys)
+    replaced = data.transfer is not None or data.synthetic is not None
     datasets: dict[str, Any] = {}
     with blame("data"):
         for split in splits:
-            if split != "train" or data.transfer is None:
+            if split != "train" or not replaced:
                 datasets[split] = create_dataset(data.dataset, split, **split_kwargs)
     if "train" in splits and data.transfer is not None:
         datasets["train"] = _transfer_set(data)
+    if "train" in splits and data.synthetic is not None:
+        datasets["train"] = _synthetic_set(data, distiller)
     if data.teacher_cache is not None:
         from torchkd.lm.cache import TeacherCacheDataset, split_directory
 
@@ -163,6 +173,19 @@ def _check_dataset(name: str, path: str, passed: Sequence[str]) -> None:
                 "'Your own model and dataset')"
             ]
         )
+
+
+def _synthetic_set(data: DataConfig, distiller: Distiller | None) -> Any:
+    from torchkd.config.build_synthetic import synthetic_training_set
+
+    if distiller is None or not distiller.teachers:
+        raise ConfigError(
+            [
+                "data.synthetic: the training set is synthesized from the run's teacher; "
+                "build the loaders with the recipe's distiller (build_from_recipe does)"
+            ]
+        )
+    return synthetic_training_set(data, distiller.teachers[0], distiller.student)
 
 
 def _transfer_set(data: DataConfig) -> Any:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
 from torchkd.config.server_schema import TeacherServerConfig
+from torchkd.config.synthetic_schema import SyntheticConfig
 from torchkd.config.tune_schema import TuneConfig
 from torchkd.terms import CACHE
 from torchkd.train.config import (
@@ -227,6 +228,8 @@ class DataConfig(Section):
         augment: training-time augmentation (see :class:`AugmentConfig`).
         teacher_cache: a cached teacher read with the training split (see
             :class:`TeacherCacheConfig`).
+        synthetic: inputs synthesized from the teacher replacing the training split
+            (data-free distillation, see :class:`~torchkd.config.synthetic_schema.SyntheticConfig`).
     """
 
     dataset: str
@@ -239,6 +242,15 @@ class DataConfig(Section):
     transfer: TransferConfig | None = None
     augment: AugmentConfig | None = None
     teacher_cache: TeacherCacheConfig | None = None
+    synthetic: SyntheticConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_training_set(self) -> DataConfig:
+        if self.synthetic is not None and self.transfer is not None:
+            raise ValueError(
+                "synthetic: replaces the training split, as data.transfer does; give one of them"
+            )
+        return self
 
 
 class ModelConfig(Section):

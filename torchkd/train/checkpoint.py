@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from torchkd._files import atomic_write
 from torchkd.errors import InputError
+from torchkd.train.checkpoint_layout import sharded_path
 from torchkd.train.digest import content_sha256
 
 CHECKPOINT_FORMAT = "torchkd.checkpoint"
@@ -188,18 +189,40 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _sharded_directory(path: Path) -> Path | None:
+    """The sharded (FSDP) checkpoint ``path`` names: the directory ``path`` (``name.dcp/``), or
+    ``name.dcp/`` for a ``name.pt`` that does not exist; ``None`` for a file."""
+    if path.is_dir():
+        return path
+    if not path.exists() and sharded_path(path).is_dir():
+        return sharded_path(path)
+    return None
+
+
+def _sharded_student(directory: Path) -> dict[str, torch.Tensor]:
+    from torchkd.train.sharded import load_sharded_student  # it imports this module
+
+    return load_sharded_student(directory)
+
+
 def load_student_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The student state dict stored in ``path``.
 
-    ``path`` is a ``.safetensors`` file, a torchkd checkpoint (its ``"student"`` entry) or a
-    ``torch.save``-d state dict; everything is read without unpickling code. Digests are
-    checked: a torchkd checkpoint's (:func:`load_checkpoint`) and that in the metadata of a
-    safetensors file written by :func:`export_student`.
+    ``path`` is a ``.safetensors`` file, a torchkd checkpoint (its ``"student"`` entry), a
+    ``torch.save``-d state dict, or a sharded FSDP checkpoint (``name.dcp/``, also found as
+    ``name.pt`` when only the directory exists; read on this process alone,
+    :func:`~torchkd.train.sharded.load_sharded_student`); everything is read without
+    unpickling code. Digests are checked: a torchkd checkpoint's (:func:`load_checkpoint`),
+    every file's of a sharded one, and that in the metadata of a safetensors file written by
+    :func:`export_student`.
 
     Raises:
         CheckpointError: the file is missing, unreadable, damaged or holds no state dict.
     """
     path = Path(path)
+    sharded = _sharded_directory(path)
+    if sharded is not None:
+        return _sharded_student(sharded)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     loaded = _read(path)
@@ -211,14 +234,19 @@ def load_student_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def export_student(checkpoint_path: str | Path, out_path: str | Path) -> Path:
-    """Write the bare student weights of a checkpoint to a ``.safetensors`` file (no extras).
+    """Write the bare student weights of a checkpoint (a ``.pt`` file or a sharded ``.dcp``
+    directory) to a ``.safetensors`` file (no extras).
 
     Tensors are copied so that tied weights (shared storage) can be written; the file is
     written atomically, with the SHA-256 digest of its tensors in its metadata
     (``"torchkd.sha256"``). :func:`load_student_weights` checks the digest;
     ``safetensors.torch.load_file`` reads the file too, unchecked.
     """
-    student_state = load_checkpoint(checkpoint_path)["student"]
+    sharded = _sharded_directory(Path(checkpoint_path))
+    if sharded is not None:
+        student_state = _sharded_student(sharded)
+    else:
+        student_state = load_checkpoint(checkpoint_path)["student"]
     tensors = {name: value.detach().clone().contiguous() for name, value in student_state.items()}
     metadata = {
         "format": "pt",

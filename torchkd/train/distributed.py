@@ -11,7 +11,8 @@ place the engine meets ``torch.distributed``:
   Distiller's ``extras``: adapters, heads, "auto" weights, learned temperatures) are wrapped
   once, as one module whose forward is the Distiller's; the frozen teachers are never
   wrapped: every process holds a copy, or under ``fsdp`` with ``train.shard_teacher`` each
-  teacher is sharded on its own for inference;
+  teacher is sharded on its own for inference. FSDP shards the student (and a sharded
+  teacher) per transformer block (:mod:`torchkd.train.fsdp`);
 - the training batches: ``data.batch_size`` is the global batch; every process draws the same
   order and takes its contiguous share of each batch (:class:`~torchkd.data.BatchOrder` with
   ``num_replicas``), so N processes see exactly the batches one process would;
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchkd.data.batching import BatchOrder
 from torchkd.train.checkpoint import load_checkpoint, save_checkpoint
 from torchkd.train.checkpoint_layout import sharded_path
+from torchkd.train.fsdp import shard_blocks
 from torchkd.train.rng import capture_rng_state, seed_everything
 from torchkd.train.sharded import load_sharded, save_sharded
 
@@ -213,12 +215,13 @@ class Parallel:
 
         if self.shard_teacher:
             for teacher in distiller.teachers:
-                fully_shard(teacher, ignored_params=_scalars(teacher))
+                shard_blocks(teacher, _scalars(teacher), keep_root_gathered=False)
         # FSDP shards no 0-d parameters ("auto" weights, learned temperatures): they stay
         # replicated and their gradients are averaged by sync_gradients
         scalars = _scalars(trainable)
         self.replicated = [param for param in scalars if param.requires_grad]
-        fully_shard(distiller.student, ignored_params=scalars)  # evaluation calls it directly
+        # per transformer block; a unit of its own, as evaluation calls it directly
+        shard_blocks(distiller.student, scalars, keep_root_gathered=True)
         self.wrapped = fully_shard(trainable, ignored_params=scalars)
         return self.wrapped
 

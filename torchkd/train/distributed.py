@@ -42,6 +42,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from torchkd.data.batching import BatchOrder
+from torchkd.lm.model import is_causal_lm
 from torchkd.train.checkpoint import load_checkpoint, save_checkpoint
 from torchkd.train.checkpoint_layout import sharded_path
 from torchkd.train.fsdp import shard_blocks
@@ -220,8 +221,10 @@ class Parallel:
         # replicated and their gradients are averaged by sync_gradients
         scalars = _scalars(trainable)
         self.replicated = [param for param in scalars if param.requires_grad]
-        # per transformer block; a unit of its own, as evaluation calls it directly
-        shard_blocks(distiller.student, scalars, keep_root_gathered=True)
+        # per transformer block; a unit of its own, as evaluation calls it directly; a causal
+        # LM's output projection stays gathered for the fused losses that read it
+        student = distiller.student
+        shard_blocks(student, scalars, keep_root_gathered=is_causal_lm(student))
         self.wrapped = fully_shard(trainable, ignored_params=scalars)
         return self.wrapped
 

@@ -7,8 +7,8 @@ a time besides its shards; ``fully_shard`` at the root alone would gather the wh
 every forward and keep it through the backward.
 
 The parameters outside the blocks -- the embeddings, the final norm and the output projection,
-tied or not -- form the model's own unit. With ``keep_root_gathered`` (the student) that unit
-is not resharded after the forward: the fused hidden-state losses
+tied or not -- form the model's own unit. With ``keep_root_gathered`` (a causal LM student)
+that unit is not resharded after the forward: the fused hidden-state losses
 (:mod:`torchkd.calls.hidden`) read the output projection's weight after the model's forward,
 and find it whole -- gathered once per step, for the forward, and released after the backward
 (FSDP2 reduce-scatters its gradient at the end of the backward even though the loss reached

@@ -173,6 +173,7 @@ class Parallel:
         self.device = device
         self.wrapped: nn.Module | None = None
         self.replicated: list[nn.Parameter] = []  # FSDP: parameters kept whole on every rank
+        self.sharded_teachers: list[nn.Module] = []  # FSDP with shard_teacher
 
     @classmethod
     def from_environment(
@@ -215,7 +216,8 @@ class Parallel:
         from torch.distributed.fsdp import fully_shard
 
         if self.shard_teacher:
-            for teacher in distiller.teachers:
+            self.sharded_teachers = list(distiller.teachers)
+            for teacher in self.sharded_teachers:
                 shard_blocks(teacher, _scalars(teacher), keep_root_gathered=False)
         # FSDP shards no 0-d parameters ("auto" weights, learned temperatures): they stay
         # replicated and their gradients are averaged by sync_gradients
@@ -231,20 +233,29 @@ class Parallel:
     @contextmanager
     def sync_gradients(self, enabled: bool) -> Iterator[None]:
         """Average gradients in this forward/backward only when ``enabled`` (the last
-        micro-batch of an accumulated step)."""
+        micro-batch of an accumulated step); then release the sharded teachers' gathered
+        weights (:meth:`release_teachers`)."""
         if enabled or self.wrapped is None:
             yield
             self._average_replicated_gradients()
-            return
-        if self.mode == "ddp":
+        elif self.mode == "ddp":
             with self.wrapped.no_sync():
                 yield
-            return
-        self.wrapped.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.wrapped.set_requires_gradient_sync(True)
+        else:
+            self.wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.wrapped.set_requires_gradient_sync(True)
+        self.release_teachers()
+
+    def release_teachers(self) -> None:
+        """Reshard each sharded teacher's own unit (its embeddings and output projection):
+        FSDP2 keeps a root unit gathered after its forward (for the backward a student would
+        run), and a teacher runs none. The fused losses read the teacher's output projection
+        after its forward, so it is released once the backward is done."""
+        for teacher in self.sharded_teachers:
+            teacher.reshard()
 
     def _average_replicated_gradients(self) -> None:
         for param in self.replicated:
@@ -348,6 +359,8 @@ class Parallel:
             yield
         finally:
             self.wrapped.reshard()
+            distiller.student.reshard()  # its own unit, kept gathered after a causal LM's forward
+            self.release_teachers()
 
     # ----------------------------------------------------------------- checkpoints
     @property

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,12 @@ def worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(args: argparse.Namespace, nproc: int, mode: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
@@ -129,7 +136,7 @@ def launch(args: argparse.Namespace, nproc: int, mode: str) -> dict[str, float]:
             "--nproc-per-node",
             str(nproc),
             "--master-port",
-            str(29500 + nproc),
+            str(free_port()),
             __file__,
             "--worker",
             "--mode",
@@ -144,7 +151,9 @@ def launch(args: argparse.Namespace, nproc: int, mode: str) -> dict[str, float]:
 
 
 def table(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
-    student = sum(p.numel() for p in llama(args, tied=True).parameters())
+    student, teacher = (
+        sum(p.numel() for p in llama(args, tied=tied).parameters()) for tied in (True, False)
+    )
     lines = [
         "# FSDP2 per transformer block: memory per process (benchmarks/fsdp_memory.py)",
         "",
@@ -153,7 +162,8 @@ def table(args: argparse.Namespace, runs: list[dict[str, float]]) -> str:
         f"torch {torch.__version__}, gloo on cpu, {args.threads} thread(s) per process, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; Llama student "
         f"and teacher of {args.layers} layers, width {args.width}, vocabulary {args.vocab} "
-        f"({student / 1e6:.1f} M parameters each, float32; the student's embedding tied), "
+        f"({student / 1e6:.1f} M parameters, embedding tied, and {teacher / 1e6:.1f} M, "
+        "float32), "
         f"fused forward KL + CE, AdamW, global batch {args.batch} x {args.length} tokens, "
         f"{args.steps} steps. Bytes held per process (the largest over the processes), MiB.",
         "",

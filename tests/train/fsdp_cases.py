@@ -85,11 +85,14 @@ def fsdp_units(distiller: Distiller) -> dict[str, bool]:
 
 def fsdp_cases(out_dir: Path, rank: int) -> None:
     """The spawned FSDP cases (``distributed_cases.all_cases``): each rank saves
-    ``llama-fsdp.rank<R>.pt`` (its final student and which modules are FSDP units); the
+    ``llama-fsdp.rank<R>.pt`` (its final student and which modules are FSDP units) and
+    ``llama-fsdp-accum.rank<R>.pt`` (2 micro-batches a step, teacher not sharded); the
     "logit" case on FSDP for 2 epochs is left in ``logit-fsdp/`` to be resumed on 1 process."""
     distiller, state = run_llama(out_dir / "llama-fsdp", distributed="fsdp", shard_teacher=True)
     result = {"state": state, "units": fsdp_units(distiller)}
     torch.save(result, out_dir / f"llama-fsdp.rank{rank}.pt")
+    _, state = run_llama(out_dir / "llama-fsdp-accum", distributed="fsdp", grad_accum_steps=2)
+    torch.save(state, out_dir / f"llama-fsdp-accum.rank{rank}.pt")
     cases.run("logit", out_dir / "logit-fsdp", distributed="fsdp")
 
 

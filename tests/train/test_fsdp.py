@@ -29,13 +29,17 @@ def test_per_block_fsdp_with_the_fused_loss_equals_one_process(
 ) -> None:
     """A tied float64 Llama student and a sharded Llama teacher, each decoder layer its own
     FSDP unit, fused hidden-state KD on uneven sequences: 2 processes == 1 process (TRAINED
-    bounds the float64 rounding of summation order over these 4 steps; 2.8e-17 measured)."""
+    bounds the float64 rounding of summation order over these 4 steps; 2.8e-17 measured), also
+    accumulating 2 micro-batches a step."""
     rank0, rank1 = (torch.load(spawned / f"llama-fsdp.rank{r}.pt") for r in (0, 1))
     assert all(rank0["units"].values()), rank0["units"]  # layers, student and teacher
     assert len(rank0["units"]) == 6
     _, single = fsdp_cases.run_llama(tmp_path / "one", distributed="none")
     assert max_difference(single, rank0["state"]) < TRAINED
     assert max_difference(rank0["state"], rank1["state"]) == 0.0
+    # accumulating 2 micro-batches (gradient sync off for the first, the root kept gathered)
+    _, single = fsdp_cases.run_llama(tmp_path / "accum", distributed="none", grad_accum_steps=2)
+    assert max_difference(single, load(spawned / "llama-fsdp-accum.rank0.pt")) < TRAINED
 
 
 @pytest.mark.distributed

@@ -22,6 +22,8 @@ place the engine meets ``torch.distributed``:
   and checkpoint;
 - per-step values (loss, gradient norm, terms) are averaged over the processes before they
   are logged, and a step is skipped for a non-finite value on every process or on none;
+- validation and test batches are shared out across the processes and their metrics computed
+  from the sums and counts of all (``evaluate(..., processes=parallel)``);
 - rank 0 alone writes logs, TensorBoard events, reports and ``.pt`` checkpoints.
 """
 

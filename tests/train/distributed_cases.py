@@ -147,21 +147,23 @@ def free_port() -> int:
 TORCHRUN_TIMEOUT_S = 120
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 ARGS`` on a free port, one torch thread per process, this
-    checkout first on the path; its output captured, its exit code not checked."""
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node NPROC ARGS`` on a free port, one torch thread per process,
+    this checkout and its tests/ (the ``train`` test package) first on the path; its output
+    captured, its exit code not checked."""
     root = Path(__file__).resolve().parents[2]
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
-        "2",
+        str(nproc),
         "--master-port",
         str(free_port()),
         *args,
     ]
-    environment = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(root), str(root / "tests")])
+    environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         command,
         capture_output=True,
@@ -458,3 +460,6 @@ def all_cases(out: str) -> None:
     save("lm-fsdp", run_lm(out_dir / "lm-fsdp", distributed="fsdp", shard_teacher=True))
     run_lm(out_dir / "lm-fsdp-resumed", distributed="fsdp", epochs=1)
     save("lm-fsdp-resumed", run_lm(out_dir / "lm-fsdp-resumed", distributed="fsdp", resume=True))
+    from .fsdp_cases import fsdp_cases  # imports this module
+
+    fsdp_cases(out_dir, rank)

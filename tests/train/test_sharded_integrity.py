@@ -1,11 +1,13 @@
 """Sharded (FSDP, ``.dcp``) checkpoints whose bytes are checked: ``torchkd train --resume``
 under ``torchrun`` refuses a damaged one on every rank together -- exit 2 on each, one message
 naming the file, no traceback from torchkd, no rank left dying on "Connection closed by peer"
--- and changes no file. Select with ``-m distributed``."""
+-- and changes no file; ``torchkd eval`` and ``torchkd export`` read one on a single process,
+with no process group. Select with ``-m distributed``."""
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch import Tensor
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from torchkd.cli import main
+from torchkd.train import load_student_weights
 
 from . import distributed_cases as cases
 
@@ -123,3 +130,53 @@ def test_an_undamaged_sharded_checkpoint_resumes(
         run_dir / "checkpoints" / "last.dcp" / "trainer.rank0.pt", weights_only=True
     )
     assert trainer["progress"]["epoch"] == 2
+
+
+def student_by_torch(directory: Path, scratch: Path) -> dict[str, Tensor]:
+    """The student weights of the sharded ``directory`` as torch's own converter reads them
+    (``dcp_to_torch_save``: the whole checkpoint, model and optimizer)."""
+    whole = scratch / "whole.pt"
+    dcp_to_torch_save(directory, whole)
+    model = torch.load(whole, weights_only=True)["model"]
+    return {
+        key.removeprefix("student."): v for key, v in model.items() if key.startswith("student.")
+    }
+
+
+@pytest.mark.distributed
+def test_eval_and_export_read_a_sharded_checkpoint_on_one_process(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--checkpoint last.dcp`` (or ``last.pt``, the name the run's other files use) gives the
+    metrics of the same weights saved as a .pt file, and exports exactly those weights."""
+    recipe, run_dir = trained
+    last = run_dir / "checkpoints" / "last.dcp"
+    reference = tmp_path / "student.pt"
+    weights = student_by_torch(last, tmp_path)
+    torch.save(weights, reference)
+
+    def evaluated(checkpoint: Path) -> dict[str, object]:
+        code = main(["eval", str(recipe), "--checkpoint", str(checkpoint), "--json"])
+        assert code == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    expected = evaluated(reference)
+    assert evaluated(last) == expected
+    assert evaluated(last.with_suffix(".pt")) == expected
+    out = tmp_path / "student.safetensors"
+    assert main(["export", str(recipe), "--checkpoint", str(last), "--out", str(out)]) == 0
+    exported = load_student_weights(out)
+    assert exported.keys() == weights.keys()
+    assert all(torch.equal(exported[key], weights[key]) for key in weights)
+
+
+@pytest.mark.distributed
+def test_eval_refuses_a_damaged_sharded_checkpoint(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe, source = trained
+    last = tmp_path / "last.dcp"
+    shutil.copytree(source / "checkpoints" / "last.dcp", last)
+    damaged = flip_a_bit_of_a_model_tensor(last)
+    assert main(["eval", str(recipe), "--checkpoint", str(last)]) == 2
+    assert str(damaged) in capsys.readouterr().err

@@ -82,6 +82,18 @@ def existing_file(path: str, what: str) -> Path:
     return resolved
 
 
+def existing_checkpoint(path: str) -> Path:
+    """``--checkpoint PATH``: a file, or an FSDP run's sharded ``name.dcp/`` (also named as
+    ``name.pt`` when only the directory exists)."""
+    from torchkd.train.checkpoint_layout import sharded_path
+
+    resolved = Path(path)
+    for candidate in (resolved, sharded_path(resolved)):
+        if candidate.is_dir() and (candidate / ".metadata").is_file():
+            return candidate
+    return existing_file(path, "--checkpoint")
+
+
 def load_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
     from torchkd.config import load_recipe
 
@@ -133,7 +145,7 @@ def student_from_checkpoint(recipe: Recipe, checkpoint: str, role: str = "studen
     from torchkd.config import ModelConfig, build_model
     from torchkd.train import CheckpointError, load_student_weights
 
-    path = existing_file(checkpoint, "--checkpoint")
+    path = existing_checkpoint(checkpoint)
     spec = recipe.student if role == "student" else recipe.teacher
     if not isinstance(spec, ModelConfig):
         raise UsageError(f"--model {role}: the recipe has no single `{role}:` to build")

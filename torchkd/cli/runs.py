@@ -267,7 +267,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         metavar="PATH",
-        help="a training checkpoint (checkpoints/best.pt, last.pt) or exported .safetensors",
+        help="a training checkpoint (checkpoints/best.pt, last.pt; an FSDP run's best.dcp/, "
+        "last.dcp/) or exported .safetensors",
     )
     parser.add_argument("--split", choices=("val", "test"), default="test", help="default: test")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
@@ -318,7 +319,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         metavar="PATH",
-        help="a torchkd training checkpoint (or, for --format hf, any weights file)",
+        help="a torchkd training checkpoint (a .pt file, or an FSDP run's .dcp/ directory; "
+        "or, for --format hf, any weights file)",
     )
     parser.add_argument(
         "--out",

@@ -30,7 +30,7 @@ def build_model(spec: ModelConfig, path: str = "student") -> nn.Module:
     Class"`` for your own ``nn.Module``. ``checkpoint`` is a ``.safetensors`` file, a torchkd
     training checkpoint (its student weights are used) or a ``torch.save``-d state dict.
     """
-    from torchkd.train.checkpoint import load_student_weights
+    from torchkd.train.weights import load_student_weights
 
     with blame(f"{path}.model"):
         factory = _model_factory(spec.model)

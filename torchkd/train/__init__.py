@@ -6,9 +6,7 @@ from torchkd._files import remove_stale_temporaries
 from torchkd.train.checkpoint import (
     CheckpointError,
     export_pretrained,
-    export_student,
     load_checkpoint,
-    load_student_weights,
     save_checkpoint,
 )
 from torchkd.train.device import resolve_device
@@ -17,6 +15,7 @@ from torchkd.train.fit import fit
 from torchkd.train.loop import Trainer
 from torchkd.train.results import FitResult, NonFiniteLossError
 from torchkd.train.rng import seed_everything
+from torchkd.train.weights import export_student, load_student_weights
 
 __all__ = [
     "CheckpointError",

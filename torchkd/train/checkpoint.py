@@ -5,7 +5,7 @@ numbers, strings, lists, dicts)::
 
     {
       "format": "torchkd.checkpoint", "version": 2,
-      "student": student.state_dict(),          # what export_student writes
+      "student": student.state_dict(),          # what weights.export_student writes
       "extras": distiller.extras.state_dict(),  # adapters, loss state (CRD banks), auto weights
       "optimizer": ..., "lr_schedule": ..., "scaler": ... | None,
       "rng": {"python", "numpy", "torch", "cuda"},     # see torchkd.train.rng
@@ -28,7 +28,7 @@ the run, or ``save_checkpoint(load_checkpoint(path), path)``) adds one. A versio
 without its digest is refused as damaged.
 
 Exported ``.safetensors`` files carry the digest of their tensors in their metadata under
-``"torchkd.sha256"``; :func:`load_student_weights` checks it. Safetensors files written
+``"torchkd.sha256"``; :func:`load_student_file` checks it. Safetensors files written
 elsewhere have none and are read as they are.
 
 Writes are atomic (:func:`torchkd._files.atomic_write`: a locked temporary beside the target,
@@ -188,13 +188,14 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_student_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The student state dict stored in ``path``.
+def load_student_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The student state dict stored in the file ``path`` (a sharded FSDP checkpoint too:
+    :func:`torchkd.train.weights.load_student_weights`).
 
     ``path`` is a ``.safetensors`` file, a torchkd checkpoint (its ``"student"`` entry) or a
     ``torch.save``-d state dict; everything is read without unpickling code. Digests are
     checked: a torchkd checkpoint's (:func:`load_checkpoint`) and that in the metadata of a
-    safetensors file written by :func:`export_student`.
+    safetensors file written by :func:`save_student_safetensors`.
 
     Raises:
         CheckpointError: the file is missing, unreadable, damaged or holds no state dict.
@@ -210,21 +211,19 @@ def load_student_weights(path: str | Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} holds neither a torchkd checkpoint nor a state dict")
 
 
-def export_student(checkpoint_path: str | Path, out_path: str | Path) -> Path:
-    """Write the bare student weights of a checkpoint to a ``.safetensors`` file (no extras).
+def save_student_safetensors(
+    student_state: Mapping[str, Tensor], out_path: str | Path, source: str
+) -> Path:
+    """Write the bare student weights ``student_state`` (read from the checkpoint ``source``)
+    to a ``.safetensors`` file.
 
     Tensors are copied so that tied weights (shared storage) can be written; the file is
     written atomically, with the SHA-256 digest of its tensors in its metadata
-    (``"torchkd.sha256"``). :func:`load_student_weights` checks the digest;
+    (``"torchkd.sha256"``). :func:`load_student_file` checks the digest;
     ``safetensors.torch.load_file`` reads the file too, unchecked.
     """
-    student_state = load_checkpoint(checkpoint_path)["student"]
     tensors = {name: value.detach().clone().contiguous() for name, value in student_state.items()}
-    metadata = {
-        "format": "pt",
-        "source": str(checkpoint_path),
-        SAFETENSORS_DIGEST_KEY: _tensors_sha256(tensors),
-    }
+    metadata = {"format": "pt", "source": source, SAFETENSORS_DIGEST_KEY: _tensors_sha256(tensors)}
     payload = save(tensors, metadata=metadata)
     return atomic_write(out_path, lambda stream: stream.write(payload))
 

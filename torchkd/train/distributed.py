@@ -11,7 +11,8 @@ place the engine meets ``torch.distributed``:
   Distiller's ``extras``: adapters, heads, "auto" weights, learned temperatures) are wrapped
   once, as one module whose forward is the Distiller's; the frozen teachers are never
   wrapped: every process holds a copy, or under ``fsdp`` with ``train.shard_teacher`` each
-  teacher is sharded on its own for inference;
+  teacher is sharded on its own for inference. FSDP shards the student (and a sharded
+  teacher) per transformer block (:mod:`torchkd.train.fsdp`);
 - the training batches: ``data.batch_size`` is the global batch; every process draws the same
   order and takes its contiguous share of each batch (:class:`~torchkd.data.BatchOrder` with
   ``num_replicas``), so N processes see exactly the batches one process would;
@@ -21,6 +22,8 @@ place the engine meets ``torch.distributed``:
   and checkpoint;
 - per-step values (loss, gradient norm, terms) are averaged over the processes before they
   are logged, and a step is skipped for a non-finite value on every process or on none;
+- validation and test batches are shared out across the processes and their metrics computed
+  from the sums and counts of all (``evaluate(..., processes=parallel)``);
 - rank 0 alone writes logs, TensorBoard events, reports and ``.pt`` checkpoints.
 """
 
@@ -41,8 +44,10 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, DistributedSampler
 
 from torchkd.data.batching import BatchOrder
+from torchkd.lm.model import is_causal_lm
 from torchkd.train.checkpoint import load_checkpoint, save_checkpoint
 from torchkd.train.checkpoint_layout import sharded_path
+from torchkd.train.fsdp import shard_blocks
 from torchkd.train.rng import capture_rng_state, seed_everything
 from torchkd.train.sharded import load_sharded, save_sharded
 
@@ -170,6 +175,7 @@ class Parallel:
         self.device = device
         self.wrapped: nn.Module | None = None
         self.replicated: list[nn.Parameter] = []  # FSDP: parameters kept whole on every rank
+        self.sharded_teachers: list[nn.Module] = []  # FSDP with shard_teacher
 
     @classmethod
     def from_environment(
@@ -212,33 +218,46 @@ class Parallel:
         from torch.distributed.fsdp import fully_shard
 
         if self.shard_teacher:
-            for teacher in distiller.teachers:
-                fully_shard(teacher, ignored_params=_scalars(teacher))
+            self.sharded_teachers = list(distiller.teachers)
+            for teacher in self.sharded_teachers:
+                shard_blocks(teacher, _scalars(teacher), keep_root_gathered=False)
         # FSDP shards no 0-d parameters ("auto" weights, learned temperatures): they stay
         # replicated and their gradients are averaged by sync_gradients
         scalars = _scalars(trainable)
         self.replicated = [param for param in scalars if param.requires_grad]
-        fully_shard(distiller.student, ignored_params=scalars)  # evaluation calls it directly
+        # per transformer block; a unit of its own, as evaluation calls it directly; a causal
+        # LM's output projection stays gathered for the fused losses that read it
+        student = distiller.student
+        shard_blocks(student, scalars, keep_root_gathered=is_causal_lm(student))
         self.wrapped = fully_shard(trainable, ignored_params=scalars)
         return self.wrapped
 
     @contextmanager
     def sync_gradients(self, enabled: bool) -> Iterator[None]:
         """Average gradients in this forward/backward only when ``enabled`` (the last
-        micro-batch of an accumulated step)."""
+        micro-batch of an accumulated step); then release the sharded teachers' gathered
+        weights (:meth:`release_teachers`)."""
         if enabled or self.wrapped is None:
             yield
             self._average_replicated_gradients()
-            return
-        if self.mode == "ddp":
+        elif self.mode == "ddp":
             with self.wrapped.no_sync():
                 yield
-            return
-        self.wrapped.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.wrapped.set_requires_gradient_sync(True)
+        else:
+            self.wrapped.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.wrapped.set_requires_gradient_sync(True)
+        self.release_teachers()
+
+    def release_teachers(self) -> None:
+        """Reshard each sharded teacher's own unit (its embeddings and output projection):
+        FSDP2 keeps a root unit gathered after its forward (for the backward a student would
+        run), and a teacher runs none. The fused losses read the teacher's output projection
+        after its forward, so it is released once the backward is done."""
+        for teacher in self.sharded_teachers:
+            teacher.reshard()
 
     def _average_replicated_gradients(self) -> None:
         for param in self.replicated:
@@ -342,6 +361,8 @@ class Parallel:
             yield
         finally:
             self.wrapped.reshard()
+            distiller.student.reshard()  # its own unit, kept gathered after a causal LM's forward
+            self.release_teachers()
 
     # ----------------------------------------------------------------- checkpoints
     @property

@@ -4,9 +4,10 @@ and perplexity for token labels."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
-from typing import Any
+from itertools import zip_longest
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +158,18 @@ class _Totals:
         if teacher_logits:
             self.teacher_nll += _teacher_nll_sum(teacher_logits, labels)
 
+    def merge(self, other: _Totals) -> None:
+        """Add the sums of ``other`` (another process's share of the batches)."""
+        for name in ("samples", "labeled", "correct", "nll", "compared", "agree", "teacher_nll"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if other.bins is not None:
+            self.bins = other.bins if self.bins is None else self.bins + other.bins
+        pairs = zip_longest(self.teacher_correct, other.teacher_correct, fillvalue=0.0)
+        self.teacher_correct = [mine + theirs for mine, theirs in pairs]
+        for name, total in other.terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + total
+        self.token_labels = self.token_labels or other.token_labels
+
     def result(self, num_teachers: int) -> dict[str, float]:
         metrics: dict[str, float] = {"samples": float(self.samples)}
         if self.labeled:
@@ -211,6 +224,43 @@ def autocast_context(device: torch.device, amp: str) -> Any:
     return torch.autocast(device.type, dtype=dtype)
 
 
+class Processes(Protocol):
+    """The processes of a run that share an evaluation
+    (:class:`~torchkd.train.distributed.Parallel`)."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model's forward is a collective (FSDP): every process calls it as often."""
+        ...
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order."""
+        ...
+
+
+def _shares(
+    loader: Iterable[Mapping[str, Any]], processes: Processes | None
+) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """``(batch, counted)``: this process's batches of ``loader`` (batch ``i`` on process
+    ``i mod N``), each counted; under FSDP a process with fewer batches than another repeats
+    the first batch uncounted, so every process calls the model as often."""
+    if processes is None or processes.world_size == 1:
+        yield from ((batch, True) for batch in loader)
+        return
+    world, own, total, first = processes.world_size, 0, 0, None
+    for index, batch in enumerate(loader):
+        first = batch if first is None else first
+        total += 1
+        if index % world == processes.rank:
+            own += 1
+            yield batch, True
+    if processes.sharded and first is not None and own < math.ceil(total / world):
+        yield first, False
+
+
 def _is_distiller(model: nn.Module) -> bool:
     return hasattr(model, "student_logits") and hasattr(model, "teacher_logits")
 
@@ -223,6 +273,7 @@ def evaluate(
     amp: str = "none",
     with_terms: bool = False,
     num_bins: int = NUM_CALIBRATION_BINS,
+    processes: Processes | None = None,
 ) -> dict[str, float]:
     """Metrics of a model or Distiller on dict batches.
 
@@ -247,6 +298,12 @@ def evaluate(
 
     The model is put in eval mode and restored to its previous mode afterwards.
 
+    With ``processes`` (a run's :class:`~torchkd.train.distributed.Parallel`, a collective:
+    every process calls it with the same ``loader``), each process evaluates batch ``i`` when
+    ``i mod N`` is its rank, and the metrics are computed from the sums and counts of all the
+    processes (added in rank order: the one-process metrics up to the rounding of the order of
+    the sums); every process returns the same metrics.
+
     Example:
         >>> model = nn.Linear(3, 2)
         >>> batches = [{"inputs": torch.randn(4, 3), "labels": torch.tensor([0, 1, 1, 0])}]
@@ -267,7 +324,7 @@ def evaluate(
     totals = _Totals(num_bins)
     try:
         with torch.no_grad():
-            for raw_batch in loader:
+            for raw_batch, counted in _shares(loader, processes):
                 batch = to_device(raw_batch, device)
                 labels = batch.get(labels_key)
                 # a teacher with its own tokenizer: its positions are not the student's
@@ -298,12 +355,27 @@ def evaluate(
                     t.shape[-1] != student_logits.shape[-1] for t in teacher_logits
                 ):
                     teacher_logits, num_teachers = [], 0  # another vocabulary: not comparable
-                totals.add(student_logits, list(teacher_logits), labels, terms)
+                if counted:
+                    totals.add(student_logits, list(teacher_logits), labels, terms)
     finally:
         model.train(was_training)
         restore_rng_state(rng_state)
         _restore_extras(model, saved_buffers)
+    if processes is not None and processes.world_size > 1:
+        totals, num_teachers = _merged(totals, num_teachers, processes)
     return totals.result(num_teachers)
+
+
+def _merged(totals: _Totals, num_teachers: int, processes: Processes) -> tuple[_Totals, int]:
+    """The sums of every process's ``totals`` (moved to the CPU to be gathered), and the
+    teachers compared everywhere (0 where any process found another vocabulary)."""
+    if totals.bins is not None:
+        totals.bins = totals.bins.cpu()
+    merged = _Totals(totals.num_bins)
+    shares = processes.gather_objects((totals, num_teachers))
+    for share, _ in shares:
+        merged.merge(share)
+    return merged, min(teachers for _, teachers in shares)
 
 
 def _snapshot_extras(model: nn.Module) -> dict[str, Tensor]:

@@ -83,7 +83,13 @@ def fit(
     test_metrics = None
     if test_loader is not None:
         with trainer.parallel.evaluation(distiller):
-            test_metrics = evaluate(distiller, test_loader, device=trainer.device, amp=config.amp)
+            test_metrics = evaluate(
+                distiller,
+                test_loader,
+                device=trainer.device,
+                amp=config.amp,
+                processes=trainer.parallel,
+            )
     progress = trainer.progress
     history = progress.history
     best = next((r["val"] for r in history if r["epoch"] == progress.best_epoch), {})

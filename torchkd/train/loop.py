@@ -432,6 +432,7 @@ class Trainer:
                 device=self.device,
                 amp=self.config.amp,
                 with_terms=True,
+                processes=self.parallel,  # each process its share of the batches
             )
         elapsed = time.perf_counter() - started
         samples = self.progress.epoch_totals.get("samples", 0.0) - samples_before

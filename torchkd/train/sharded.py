@@ -14,9 +14,12 @@ A sharded checkpoint is a directory ``checkpoints/<name>.dcp/`` (its names:
 
 Writes are atomic as a whole: every process writes into ``.<name>.dcp.tmp/``; once all are
 done, rank 0 renames the previous directory aside, renames the new one into place and removes
-the old one. DCP reshards on load, so a run saved on N processes resumes on M: the model and
-optimizer load resharded; each process takes its own ``trainer.rank<R>.pt`` when there is one,
-else rank 0's (generator states then differ from a run that had M processes throughout).
+the old one. DCP reshards on load, so a run saved on N processes resumes on M (1 included:
+``torchrun --nproc-per-node 1`` with ``train.distributed: fsdp``): the model and optimizer load
+resharded; each process takes its own ``trainer.rank<R>.pt`` when there is one, else rank 0's
+(generator states then differ from a run that had M processes throughout).
+:func:`load_sharded_student` reads the student's full weights on one process, with no process
+group (``torchkd eval``, ``torchkd export``, a recipe's ``checkpoint:``).
 
 Damage is detected, never trained on (DCP itself checks nothing: a flipped bit in a tensor
 loads as it is). Before anything is loaded, every process checks the bytes of every DCP file
@@ -29,13 +32,16 @@ on any process -- naming the file -- is raised on every process together
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
+from torch import Tensor, nn
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
@@ -45,7 +51,7 @@ from torchkd.train.checkpoint_layout import trainer_file
 from torchkd.train.digest import file_sha256
 from torchkd.train.refusal import refuse_together
 
-__all__ = ["load_sharded", "save_sharded"]
+__all__ = ["load_sharded", "load_sharded_student", "save_sharded"]
 
 SHARDED = "sharded"
 _SHARDED_KEYS = ("student", "extras", "optimizer")
@@ -161,3 +167,35 @@ def load_sharded(
         model, [optimizer], model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
     return trainer
+
+
+_STUDENT_PREFIX = "model.student."  # the student's keys in the DCP files
+
+
+def load_sharded_student(directory: Path) -> dict[str, Tensor]:
+    """The student's full state dict (on the CPU) in the sharded checkpoint ``directory``,
+    read by this process alone (no process group needed, none used if there is one); the
+    files are checked as for resuming.
+
+    Raises:
+        CheckpointError: ``directory`` is not a sharded torchkd checkpoint, a file is missing
+            or damaged, or it holds no student weights.
+    """
+    _checked_trainer(directory, 0)
+    metadata = dcp.FileSystemReader(str(directory)).read_metadata()
+    state = {
+        key: torch.empty(item.size, dtype=item.properties.dtype)
+        for key, item in metadata.state_dict_metadata.items()
+        if key.startswith(_STUDENT_PREFIX) and isinstance(item, TensorStorageMetadata)
+    }
+    if not state:
+        raise CheckpointError(f"{directory} holds no student weights (no {_STUDENT_PREFIX}* keys)")
+    try:
+        with warnings.catch_warnings():  # that it reads on this process alone, as asked
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load(state, checkpoint_id=directory, no_dist=True)
+    except CheckpointException as error:
+        raise CheckpointError(
+            f"{directory}: the student weights could not be read ({_first_failure(error)})"
+        ) from None
+    return {key.removeprefix(_STUDENT_PREFIX): value for key, value in state.items()}

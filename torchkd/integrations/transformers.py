@@ -60,7 +60,7 @@ from torchkd.lm.tokens import (
     is_token_labels,
     next_token_labels,
 )
-from torchkd.train.distributed import _Trainable
+from torchkd.train.distributed import TrainedPart
 
 transformers = require("transformers", "hf", "torchkd.integrations.transformers")
 
@@ -232,7 +232,7 @@ class DistillationTrainer(transformers.Trainer):
         # what the optimizer trains (student + extras) as one module whose forward is the
         # Distiller's, what Trainer trains (_wrap_model): in DDP on several processes; the
         # teacher is not part of it
-        self.trained_part = _Trainable(self.distiller)
+        self.trained_part = TrainedPart(self.distiller)
         # the loss (ours) takes num_items_in_batch: Trainer counts it (_get_num_items_in_batch);
         # up to transformers 5.18 this also tells training_step not to divide the loss by G
         self.model_accepts_loss_kwargs = True

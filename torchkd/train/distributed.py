@@ -54,6 +54,7 @@ from torchkd.train.sharded import load_sharded, save_sharded
 __all__ = [
     "Parallel",
     "SilentLogger",
+    "TrainedPart",
     "end_process",
     "is_main_process",
     "process_description",
@@ -137,8 +138,9 @@ def resolve_mode(setting: str, world_size: int) -> Mode:
     return setting  # type: ignore[return-value]
 
 
-class _Trainable(nn.Module):
-    """The student and the extras as one module whose forward is the Distiller's.
+class TrainedPart(nn.Module):
+    """The student and the extras as one module whose forward is the Distiller's: what DDP and
+    FSDP wrap, in torchkd's loop and in ``DistillationTrainer``.
 
     The teachers are not submodules, so neither DDP nor FSDP sees them.
     """
@@ -208,7 +210,7 @@ class Parallel:
         extras wrapped once in DDP / FSDP2 (after ``distiller.build``)."""
         if self.mode == "none":
             return distiller
-        trainable = _Trainable(distiller)
+        trainable = TrainedPart(distiller)
         if self.mode == "ddp":
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(

@@ -276,12 +276,12 @@ def evaluate(
                         )
                         if student_logits is None or None in teacher_logits:  # body-only LMs
                             student_logits = model.student_logits(batch[inputs_key])
-                            teacher_logits = model.teacher_logits(batch[inputs_key])
+                            teacher_logits = model.teacher_logits(model.teacher_inputs(batch))
                         terms = {f"terms/{name}": value for name, value in output.terms.items()}
                         terms["loss"] = output.loss
                     elif distiller:
                         student_logits = model.student_logits(batch[inputs_key])
-                        teacher_logits = model.teacher_logits(batch[inputs_key])
+                        teacher_logits = model.teacher_logits(model.teacher_inputs(batch))
                         terms = {}
                     else:
                         student_logits = select_logits(call_model(model, batch[inputs_key]))

@@ -120,6 +120,7 @@ def build_datasets(data: DataConfig, splits: Sequence[str] = SPLIT_NAMES) -> dic
                     kind=cache.kind,
                     k=cache.k,
                     samples=cache.samples,
+                    inputs_key=data.teacher_inputs or "inputs",
                 )
     return datasets
 

@@ -92,7 +92,12 @@ def build_distiller(recipe: Recipe) -> Distiller:
         on_policy = build_on_policy(recipe.on_policy, recipe.train.seed)
     try:
         return Distiller(
-            student, teachers or None, terms, output_key=recipe.output_key, on_policy=on_policy
+            student,
+            teachers or None,
+            terms,
+            output_key=recipe.output_key,
+            teacher_inputs_key=recipe.data.teacher_inputs,
+            on_policy=on_policy,
         )
     except TermError as error:
         raise ConfigError([f"{term_path(recipe, error)}: {error}"]) from error

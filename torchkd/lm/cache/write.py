@@ -183,13 +183,14 @@ def _sampled_tensors(
     chunk_size: int,
     id_dtype: torch.dtype,
     device: torch.device,
+    inputs_key: str,
 ) -> dict[str, Tensor]:
     stored = {"counts": count_dtype(samples), "token_ids": id_dtype, "head_ids": id_dtype}
     parts: dict[str, list[Tensor]] = {}
     for start in range(rows.start, rows.stop, batch_size):
         positions = range(start, min(start + batch_size, rows.stop))
         batch = _collate(dataset, positions)
-        inputs = to_device(batch["inputs"], device)
+        inputs = to_device(batch[inputs_key], device)
         drawn = sampled_batch(teacher, inputs, positions, samples, k, seed, temperature, chunk_size)
         for name, tensor in drawn.items():
             dtype = stored.get(name, ENTROPY_DTYPE)  # values (entropy, head) in float32
@@ -211,11 +212,12 @@ def _shard_tensors(
     chunk_size: int,
     id_dtype: torch.dtype,
     device: torch.device,
+    inputs_key: str,
 ) -> dict[str, Tensor]:
     ids, log_probs, tails = [], [], []
     for start in range(rows.start, rows.stop, batch_size):
         batch = _collate(dataset, range(start, min(start + batch_size, rows.stop)))
-        inputs = to_device(batch["inputs"], device)
+        inputs = to_device(batch[inputs_key], device)
         top_ids, top_log_probs, tail = _top_k(teacher, inputs, k, temperature, chunk_size)
         ids.append(top_ids.cpu().to(id_dtype))
         # a log-probability below float16's range would become -inf: clamp it to the minimum
@@ -247,6 +249,7 @@ def write_teacher_cache(
     teacher_source: str | None = None,
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
+    inputs_key: str = "inputs",
     on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
@@ -299,7 +302,8 @@ def write_teacher_cache(
         rows_per_shard: samples per shard.
         tokenizer_fingerprint: recorded and checked by readers (default: the dataset's
             ``tokenizer_fingerprint`` attribute, if any).
-        dataset_fingerprint: default :func:`fingerprint_dataset`.
+        dataset_fingerprint: default :func:`fingerprint_dataset` of the dataset and
+            ``inputs_key``.
         teacher_source: recorded for readers that know the teacher only by where it comes
             from (:func:`~torchkd.lm.cache.format.source_fingerprint`; ``torchkd
             cache-teacher`` records the recipe's teacher, ``torchkd train`` compares it).
@@ -307,6 +311,7 @@ def write_teacher_cache(
             :func:`~torchkd.losses.default_chunk_size` of the vocabulary: a 64 MiB buffer).
         device: where the batches go; the teacher must already be there (default: where
             its parameters are). The results are stored from the CPU.
+        inputs_key: the samples' entry the teacher reads (``data.teacher_inputs``).
         on_shard: called as ``on_shard(shard, num_shards)`` after each written shard.
 
     Returns:
@@ -339,7 +344,7 @@ def write_teacher_cache(
         "teacher_fingerprint": teacher_fingerprint(teacher),
         "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
-        "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
+        "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset, inputs_key),
         "kind": kind,
         "k": k,
         "samples": samples,
@@ -373,6 +378,7 @@ def write_teacher_cache(
                     "chunk_size": chunk_size,
                     "id_dtype": id_dtype,
                     "device": device,
+                    "inputs_key": inputs_key,
                 }
                 if kind == "topk":
                     tensors = _shard_tensors(teacher, dataset, rows, k=k, **common)

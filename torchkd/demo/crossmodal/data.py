@@ -61,9 +61,7 @@ class CodeDocDataset:
     def __getitem__(self, position: Any) -> dict[str, Any]:
         """One sample (full padded length) for an integer; for a sequence of positions, the
         batch of those samples, each view cut to its longest row."""
-        single = isinstance(position, int) or (
-            isinstance(position, Tensor) and position.dim() == 0
-        )
+        single = isinstance(position, int) or (isinstance(position, Tensor) and position.dim() == 0)
         rows = torch.as_tensor(position, dtype=torch.long)
         sample: dict[str, Any] = {"index": rows}
         for view, (ids, mask) in self.views.items():

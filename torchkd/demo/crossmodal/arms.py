@@ -130,7 +130,8 @@ def embed(model: nn.Module, batches: Sequence[dict[str, Any]], view: str) -> Ten
 
 
 def _code_as_text(recipe: Recipe) -> list[dict[str, Any]]:
-    """The held-out code in the teacher's tokens (its first 128), in the test split's order."""
+    """The held-out code in the teacher's tokens (the first ``code_length``, as the student's),
+    in the test split's order."""
     from torchkd.config import build_datasets
     from torchkd.demo.embeddings.data import load_tokenizer
 
@@ -144,7 +145,7 @@ def _code_as_text(recipe: Recipe) -> list[dict[str, Any]]:
             code[start : start + size],
             padding=True,
             truncation=True,
-            max_length=128,
+            max_length=recipe.data.kwargs.get("code_length", 128),
             return_tensors="pt",
         )
         batches.append({"inputs": {key: encoded[key] for key in ("input_ids", "attention_mask")}})

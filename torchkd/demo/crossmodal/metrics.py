@@ -27,9 +27,9 @@ def retrieval_ranks(code: Tensor, docs: Tensor) -> Tensor:
     """``[N]`` ranks of docstring ``i`` for snippet ``i`` among the ``N`` docstrings.
 
     Example:
-        >>> code = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+        >>> code = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])  # rows 0 and 1 tie
         >>> retrieval_ranks(code, code).tolist()
-        [1.5, 1.0, 1.0]
+        [1.5, 1.5, 1.0]
     """
     if code.dim() != 2 or code.shape[0] != docs.shape[0] or code.shape[0] == 0:
         raise ValueError(

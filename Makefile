@@ -15,7 +15,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 MINILM := $(VENV)/.minilm-installed
 
-.PHONY: demo demo-lm demo-embeddings publish-demo publish-demo-lm publish-demo-embeddings
+.PHONY: demo demo-lm demo-embeddings demo-crossmodal publish-demo publish-demo-lm \
+	publish-demo-embeddings publish-demo-crossmodal
 .PHONY: test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
@@ -42,6 +43,9 @@ $(MINILM): $(STAMP)
 demo-embeddings: $(MINILM)
 	$(BIN)/torchkd demo embeddings
 
+demo-crossmodal: $(MINILM)
+	$(BIN)/torchkd demo crossmodal
+
 # Each demo writes runs/demo*/ only. Maintainers publish a demo's table by rerunning it with
 # --publish, which also writes benchmarks/results/demo*.md; then copy the table into README.md
 # (the tests check that the two agree).
@@ -53,6 +57,9 @@ publish-demo-lm: $(STAMP)
 
 publish-demo-embeddings: $(MINILM)
 	$(BIN)/torchkd demo embeddings --publish
+
+publish-demo-crossmodal: $(MINILM)
+	$(BIN)/torchkd demo crossmodal --publish
 
 # The tests include the embeddings demo's checks on the real pretrained model, and
 # tests/test_wheel.py, which installs torch again in a clean venv (from TORCH_INDEX when set).

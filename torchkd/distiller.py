@@ -29,6 +29,12 @@ tensors keep only the positions whose ``attention_mask`` (in the inputs mapping)
 terms on token logits ``[B, L, V]`` only those whose label is valid too, and divide by the
 batch's token normalizer (:mod:`torchkd.calls.tokens`).
 
+Cross-modal distillation (Gupta, Hoffman & Malik, "Cross Modal Distillation for Supervision
+Transfer", CVPR 2016): with ``teacher_inputs_key`` the teachers read another entry of the batch
+than the student (e.g. a docstring for the teacher, the code for the student, both of the same
+sample); every term compares the two forwards as usual, and the attention mask of token terms
+stays the student's.
+
 :meth:`Distiller.build` must be called once with an example batch before the optimizer is
 built: it probes the tapped shapes, builds adapters, loss modules whose sizes depend on those
 shapes, learned weights and temperatures, all in :attr:`Distiller.extras`.
@@ -100,8 +106,8 @@ class Distiller(nn.Module):
             itself, ``[0]`` of a tuple, ``"logits"`` of a dict or ``ModelOutput``).
         labels_key: batch key of the labels (may be absent: unlabeled transfer batches).
         inputs_key: batch key of the inputs (a tensor, or a mapping passed as ``**kwargs``).
-        teacher_inputs_key: batch key of the teachers' inputs when they are not the student's
-            (a teacher with its own tokenizer: ``"teacher_inputs"``); None: ``inputs_key``.
+        teacher_inputs_key: batch key of the teachers' inputs (cross-modal distillation: the
+            same samples in another modality); None: the student's ``inputs_key``.
         on_policy: called by :meth:`prepare` on every training batch (on-policy sampling,
             ``torchkd.lm.on_policy.OnPolicy``); None trains on the batches as they come.
 
@@ -136,8 +142,14 @@ class Distiller(nn.Module):
         self.output_key = output_key
         self.labels_key = labels_key
         self.inputs_key = inputs_key
-        self.teacher_inputs_key = teacher_inputs_key
+        self.teacher_inputs_key = inputs_key if teacher_inputs_key is None else teacher_inputs_key
         self.on_policy = on_policy
+        if on_policy is not None and self.teacher_inputs_key != inputs_key:
+            raise ValueError(
+                f"on_policy samples continuations of the student's inputs ({inputs_key!r}); "
+                f"teachers reading other inputs (teacher_inputs_key={teacher_inputs_key!r}) "
+                "cannot score them: drop one"
+            )
         if len(terms) == 0:
             raise ValueError("a Distiller needs at least one Term")
         self.terms = tuple(terms)
@@ -235,8 +247,7 @@ class Distiller(nn.Module):
         self.student.eval()
         try:
             with torch.no_grad():
-                example = self._as_batch(example_batch)
-                capture = self._capture(self._inputs(example), self._teacher_inputs(example))
+                capture = self._capture(self._as_batch(example_batch))
         finally:
             self.student.train(was_training)
         reference = next((p for p in self.student.parameters() if p.is_floating_point()), None)
@@ -306,8 +317,7 @@ class Distiller(nn.Module):
                 "building the optimizer): it creates the adapters and loss modules"
             )
         batch = self._as_batch(batch)
-        inputs = self._inputs(batch)
-        capture = self._capture(inputs, self._teacher_inputs(batch))
+        capture = self._capture(batch)
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
         temperatures: dict[str, float] = {}
@@ -335,7 +345,7 @@ class Distiller(nn.Module):
             student_logits=capture.student_logits,
             teacher_logits=capture.teacher_logits,
             temperatures=temperatures,
-            num_samples=num_rows(inputs, capture),
+            num_samples=num_rows(batch[self.inputs_key], capture),
         )
 
     def prepare(self, batch: Mapping[str, Any], step: int) -> Mapping[str, Any]:
@@ -360,22 +370,22 @@ class Distiller(nn.Module):
     def _as_batch(self, batch: Mapping[str, Any] | Sequence[Any]) -> Mapping[str, Any]:
         return as_batch(batch, self.inputs_key, self.labels_key)
 
-    def _inputs(self, batch: Mapping[str, Any]) -> Any:
-        if self.inputs_key not in batch:
-            raise KeyError(f"batch has no {self.inputs_key!r} entry (keys: {list(batch)})")
-        return batch[self.inputs_key]
+    def teacher_inputs(self, batch: Mapping[str, Any]) -> Any:
+        """The teachers' inputs of ``batch``: its ``teacher_inputs_key`` entry (the student's
+        ``inputs_key`` unless cross-modal)."""
+        return self._inputs(batch, self.teacher_inputs_key, "teacher_inputs_key")
 
-    def _teacher_inputs(self, batch: Mapping[str, Any]) -> Any:
-        if self.teacher_inputs_key is None:
-            return self._inputs(batch)
-        if self.teacher_inputs_key not in batch:
-            raise KeyError(
-                f"batch has no {self.teacher_inputs_key!r} entry (teacher_inputs_key; keys: "
-                f"{list(batch)})"
-            )
-        return batch[self.teacher_inputs_key]
+    def _inputs(
+        self, batch: Mapping[str, Any], key: str | None = None, argument: str = "inputs_key"
+    ) -> Any:
+        key = self.inputs_key if key is None else key
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r} entry ({argument}; keys: {list(batch)})")
+        return batch[key]
 
-    def _capture(self, inputs: Any, teacher_inputs: Any) -> Capture:
+    def _capture(self, batch: Mapping[str, Any]) -> Capture:
+        inputs = self._inputs(batch)
+        teacher_inputs = self.teacher_inputs(batch) if self.teachers else None
         teacher_logits, teacher_hidden, teacher_taps = [], [], []
         with torch.no_grad():
             for teacher, plan in zip(self.teachers, self._teacher_plans, strict=True):

@@ -1,4 +1,4 @@
-"""The README's demo table is the table the demo wrote to ``benchmarks/results/demo.md``."""
+"""The README's demo tables are the tables the demos wrote to ``benchmarks/results/``."""
 
 from __future__ import annotations
 
@@ -41,3 +41,14 @@ def test_readme_embeddings_table_is_the_demo_results_table() -> None:
     results = markdown_table((ROOT / RESULTS_FILE).read_text())
     readme = markdown_table((ROOT / "README.md").read_text(), after="**Embeddings demo**")
     assert len(results) == 7 and readme == results
+
+
+def test_readme_crossmodal_tables_are_the_demo_results_tables() -> None:
+    from torchkd.demo.crossmodal.run import RESULTS_FILE
+
+    results = (ROOT / RESULTS_FILE).read_text()
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("**Cross-modal demo**")[1]
+    for header in ("| model (code", "| kd minus"):  # the arms' table, the paired deltas
+        table = markdown_table(results, after=header)
+        assert len(table) >= 4 and markdown_table(section, after=header) == table

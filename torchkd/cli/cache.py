@@ -157,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         "batch_size": batch_size,
         "device": device,
         "teacher_source": recipe_teacher_source(teacher_config),
+        "inputs_key": recipe.data.teacher_inputs or "inputs",
     }
     teacher.to(device)
     manifests = {
@@ -172,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         temperature=temperature,
         k=cache.k,
         samples=cache.samples,
+        inputs_key=settings["inputs_key"],
     )
     length = int(cached[0][cached.keys[2]].shape[-1])
     tokens = {split: manifest["rows"] * length for split, manifest in manifests.items()}
@@ -212,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
             batches=args.error_batches,
             batch_size=batch_size,
             device=device,
+            teacher_inputs_key=settings["inputs_key"],
         )
         manifest["error"] = {
             "divergence": "forward_kl",

@@ -143,6 +143,7 @@ def build_datasets(
                     kind=cache.kind,
                     k=cache.k,
                     samples=cache.samples,
+                    inputs_key=data.teacher_inputs or "inputs",
                 )
     if teacher_server is not None:
         from torchkd.lm.server import TeacherServerDataset

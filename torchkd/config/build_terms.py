@@ -98,7 +98,7 @@ def build_distiller(recipe: Recipe) -> Distiller:
             teachers or None,
             terms,
             output_key=recipe.output_key,
-            teacher_inputs_key=teacher_inputs_key(recipe),
+            teacher_inputs_key=teacher_inputs_key(recipe) or recipe.data.teacher_inputs,
             on_policy=on_policy,
         )
     except TermError as error:

@@ -22,10 +22,18 @@ def teacher_inputs_key(recipe: Recipe) -> str | None:
 
     Raises:
         ConfigError: with ``on_policy``, whose sampled continuations exist in the student's
-            tokens only.
+            tokens only, or with ``data.teacher_inputs`` (the key is the dataset's).
     """
     if not recipe.data.kwargs.get(TEACHER_TOKENIZER_KEY):
         return None
+    if recipe.data.teacher_inputs is not None:
+        raise ConfigError(
+            [
+                "data.teacher_inputs: a teacher with its own tokenizer "
+                f"(data.kwargs.{TEACHER_TOKENIZER_KEY}) reads the dataset's {TEACHER_INPUTS!r}; "
+                "leave data.teacher_inputs unset"
+            ]
+        )
     if recipe.on_policy is not None:
         raise ConfigError(
             [

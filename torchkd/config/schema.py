@@ -230,6 +230,9 @@ class DataConfig(Section):
             :class:`TeacherCacheConfig`).
         synthetic: inputs synthesized from the teacher replacing the training split
             (data-free distillation, see :class:`~torchkd.config.synthetic_schema.SyntheticConfig`).
+        teacher_inputs: the batch entry the teachers read (cross-modal distillation: the same
+            samples in another modality, e.g. ``teacher_inputs`` of a dataset that yields
+            both); null: the student's ``inputs``.
     """
 
     dataset: str
@@ -242,6 +245,7 @@ class DataConfig(Section):
     transfer: TransferConfig | None = None
     augment: AugmentConfig | None = None
     teacher_cache: TeacherCacheConfig | None = None
+    teacher_inputs: Annotated[str, Field(min_length=1)] | None = None
     synthetic: SyntheticConfig | None = None
 
     @model_validator(mode="after")
@@ -421,6 +425,16 @@ class Recipe(Section):
                 "teacher's distributions on the dataset's tokens only, not on sampled ones; "
                 "score on-policy samples with a teacher model (teacher: logits)"
             )
+        if self.data.teacher_inputs is not None and not self.teacher_configs:
+            raise ValueError(
+                "data.teacher_inputs: names the batch entry the teachers read, but the recipe "
+                "has no teacher; give teacher or teachers, or drop it"
+            )
+        if self.data.teacher_inputs not in (None, "inputs") and self.on_policy is not None:
+            raise ValueError(
+                "on_policy, data.teacher_inputs: sampled continuations extend the student's "
+                "inputs, which teachers reading other inputs cannot score; drop one"
+            )
         if self.generations > 1:
             self._check_generations()
         return self
@@ -439,6 +453,11 @@ class Recipe(Section):
             reason = "replaces the teacher model each generation; drop on_policy/teacher_cache"
         elif any(term.teacher == CACHE for term in self.terms):
             reason = "replaces the teacher model each generation; no term may read the cache"
+        elif self.data.teacher_inputs not in (None, "inputs"):
+            reason = (
+                "replaces the teacher by the previous student, which reads the student's "
+                "inputs; drop data.teacher_inputs"
+            )
         if reason is not None:
             raise ValueError(f"generations: {self.generations} generations {reason}")
 

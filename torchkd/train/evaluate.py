@@ -339,13 +339,13 @@ def evaluate(
                         if student_logits is None or None in teacher_logits:  # body-only LMs
                             student_logits = model.student_logits(batch[inputs_key])
                         if None in teacher_logits:
-                            teacher_logits = model.teacher_logits(batch[inputs_key])
+                            teacher_logits = model.teacher_logits(model.teacher_inputs(batch))
                         terms = {f"terms/{name}": value for name, value in output.terms.items()}
                         terms["loss"] = output.loss
                     elif distiller:
                         student_logits = model.student_logits(batch[inputs_key])
                         teacher_logits = (
-                            [] if own_tokens else model.teacher_logits(batch[inputs_key])
+                            [] if own_tokens else model.teacher_logits(model.teacher_inputs(batch))
                         )
                         terms = {}
                     else:

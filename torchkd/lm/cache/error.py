@@ -28,6 +28,7 @@ def measure_cache_error(
     batches: int = 4,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
+    teacher_inputs_key: str = "inputs",
 ) -> dict[str, float | int]:
     """Loss and gradient error of the cached teacher against the dense one.
 
@@ -44,7 +45,8 @@ def measure_cache_error(
         e_\\text{grad} = \\frac{\\lVert g_\\text{cache} - g_\\text{dense} \\rVert}
         {\\lVert g_\\text{dense} \\rVert}
 
-    summed over the tokens of all batches. The errors include the top-k truncation and the
+    summed over the tokens of all batches (the teacher reads ``batch[teacher_inputs_key]``,
+    the student ``batch["inputs"]``). The errors include the top-k truncation and the
     float16 storage, or the sampling noise of the one draw a sampled cache holds (its bias is
     0: ``benchmarks/cache_quality.py`` measures both).
 
@@ -77,7 +79,7 @@ def measure_cache_error(
             batch = to_device(default_collate([cached[p] for p in positions]), device)
             labels = batch["labels"]
             with torch.no_grad():
-                teacher_hidden = last_hidden_state(teacher, batch["inputs"], "teacher")
+                teacher_hidden = last_hidden_state(teacher, batch[teacher_inputs_key], "teacher")
                 student_hidden = last_hidden_state(student, batch["inputs"], "student")
             student_hidden = student_hidden.detach().requires_grad_(True)
             dense = fused_linear_kd_loss(

@@ -245,16 +245,22 @@ def teacher_fingerprint(model: nn.Module) -> str:
     return hasher.hexdigest()
 
 
-def fingerprint_dataset(dataset: Any) -> str:
+def fingerprint_dataset(dataset: Any, inputs_key: str = "inputs") -> str:
     """The dataset's ``fingerprint`` attribute when it has one (the text dataset's: files,
-    tokenizer and settings), else SHA-256 over every sample's tensors, in index order."""
+    tokenizer and settings), else SHA-256 over every sample's tensors, in index order. A cache
+    of the teacher reading another entry than ``inputs`` (cross-modal distillation,
+    ``data.teacher_inputs``) has the SHA-256 of that fingerprint and ``inputs_key``, so it is
+    not read for the same data seen through another entry."""
     fingerprint = getattr(dataset, "fingerprint", None)
-    if isinstance(fingerprint, str):
+    if not isinstance(fingerprint, str):
+        hasher = hashlib.sha256()
+        for position in range(len(dataset)):
+            _hash_value(hasher, str(position), dataset[position])
+        fingerprint = hasher.hexdigest()
+    if inputs_key == "inputs":
         return fingerprint
-    hasher = hashlib.sha256()
-    for position in range(len(dataset)):
-        _hash_value(hasher, str(position), dataset[position])
-    return hasher.hexdigest()
+    keyed = json.dumps({"dataset": fingerprint, "inputs_key": inputs_key}, sort_keys=True)
+    return hashlib.sha256(keyed.encode()).hexdigest()
 
 
 def _file_digests(value: Any) -> Any:

@@ -96,6 +96,8 @@ class TeacherCacheDataset:
         samples: the ``samples`` the caller expects (a sampled cache).
         tokenizer_fingerprint: the data's tokenizer fingerprint (default: the base dataset's
             ``tokenizer_fingerprint`` attribute, if any).
+        inputs_key: the samples' entry the teacher read (``data.teacher_inputs``): part of
+            the dataset fingerprint (:func:`~torchkd.lm.cache.format.fingerprint_dataset`).
 
     Raises:
         TeacherCacheError: naming what does not match and the cache directory.
@@ -111,6 +113,7 @@ class TeacherCacheDataset:
         tokenizer_fingerprint: str | None = None,
         kind: str | None = None,
         samples: int | None = None,
+        inputs_key: str = "inputs",
     ) -> None:
         self.dataset = base_dataset
         self.directory = Path(directory)
@@ -142,7 +145,7 @@ class TeacherCacheDataset:
                 f"the teacher cache in {directory} was written with another tokenizer "
                 f"(fingerprint {stored[:16]}..., the data's is {tokenizer_fingerprint[:16]}...)"
             )
-        fingerprint = fingerprint_dataset(base_dataset)
+        fingerprint = fingerprint_dataset(base_dataset, inputs_key)
         if fingerprint != manifest["dataset_fingerprint"] or manifest["rows"] != len(base_dataset):
             raise TeacherCacheError(
                 f"the teacher cache in {directory} was written for other data (dataset "

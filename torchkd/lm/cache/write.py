@@ -211,6 +211,7 @@ def _shard_tensors(
     *,
     batch_size: int,
     device: torch.device,
+    inputs_key: str = "inputs",
     **settings: Any,
 ) -> dict[str, Tensor]:
     """A shard's tensors: ``index`` and the :func:`stored_batch` of its rows, a batch of
@@ -218,7 +219,7 @@ def _shard_tensors(
     parts: dict[str, list[Tensor]] = {}
     for start in range(rows.start, rows.stop, batch_size):
         positions = range(start, min(start + batch_size, rows.stop))
-        inputs = to_device(_collate(dataset, positions)["inputs"], device)
+        inputs = to_device(_collate(dataset, positions)[inputs_key], device)
         for name, tensor in stored_batch(teacher, inputs, positions, **settings).items():
             parts.setdefault(name, []).append(tensor)
     return {
@@ -244,6 +245,7 @@ def write_teacher_cache(
     teacher_source: str | None = None,
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
+    inputs_key: str = "inputs",
     on_shard: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run the causal LM ``teacher`` over ``dataset`` once and store its top-``k`` next-token
@@ -296,7 +298,8 @@ def write_teacher_cache(
         rows_per_shard: samples per shard.
         tokenizer_fingerprint: recorded and checked by readers (default: the dataset's
             ``tokenizer_fingerprint`` attribute, if any).
-        dataset_fingerprint: default :func:`fingerprint_dataset`.
+        dataset_fingerprint: default :func:`fingerprint_dataset` of the dataset and
+            ``inputs_key``.
         teacher_source: recorded for readers that know the teacher only by where it comes
             from (:func:`~torchkd.lm.cache.format.source_fingerprint`; ``torchkd
             cache-teacher`` records the recipe's teacher, ``torchkd train`` compares it).
@@ -304,6 +307,7 @@ def write_teacher_cache(
             :func:`~torchkd.losses.default_chunk_size` of the vocabulary).
         device: where the batches go; the teacher must already be there (default: where
             its parameters are). The results are stored from the CPU.
+        inputs_key: the samples' entry the teacher reads (``data.teacher_inputs``).
         on_shard: called as ``on_shard(shard, num_shards)`` after each written shard.
 
     Returns:
@@ -341,7 +345,7 @@ def write_teacher_cache(
         "teacher_fingerprint": teacher_fingerprint(teacher),
         "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
-        "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset),
+        "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset, inputs_key),
         "kind": kind,
         "k": k,
         "samples": samples,
@@ -382,6 +386,7 @@ def write_teacher_cache(
                     chunk_size=chunk_size,
                     id_dtype=id_dtype,
                     device=device,
+                    inputs_key=inputs_key,
                 )
                 data = save_safetensors(tensors)
                 atomic_write(

@@ -29,10 +29,9 @@ def student_layout(stored: dict[str, Tensor], positions: Tensor) -> dict[str, Te
     batch = torch.arange(positions.shape[0]).unsqueeze(-1)
     gathered = {name: tensor[batch, positions.clamp_min(0)] for name, tensor in stored.items()}
     ids, log_probs, tail = gathered["token_ids"], gathered["log_probs"], gathered["tail"]
-    k = ids.shape[-1]
-    padding = torch.arange(k, dtype=ids.dtype).expand_as(ids)
+    padding = torch.arange(ids.shape[-1]).expand_as(ids)  # int64: uint16 has no arange
     return {
-        "token_ids": torch.where(valid.unsqueeze(-1), ids, padding),
+        "token_ids": torch.where(valid.unsqueeze(-1), ids.long(), padding).to(ids.dtype),
         "log_probs": log_probs.masked_fill(~valid.unsqueeze(-1), torch.finfo(VALUE_DTYPE).min),
         "tail": tail.masked_fill(~valid, 0.0),
     }

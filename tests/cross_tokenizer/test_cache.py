@@ -163,3 +163,16 @@ def test_refusals(tokenizer_pair, tmp_path: Path, change: dict, message: str) ->
     path.write_text(yaml.safe_dump(settings))
     with pytest.raises(ConfigError, match=message):
         cache_teacher(load_recipe(path))
+
+
+def test_a_teacher_server_is_refused(tokenizer_pair, tmp_path: Path) -> None:
+    from torchkd.config import load_recipe
+    from torchkd.config.teacher_server import teacher_server_client
+
+    path = _cache_recipe(tmp_path, tokenizer_pair[2])
+    settings = yaml.safe_load(path.read_text())
+    del settings["data"]["teacher_cache"]
+    settings["teacher"] = {"server": "http://127.0.0.1:9"}
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match="a teacher with its own tokenizer is not served"):
+        teacher_server_client(load_recipe(path))

@@ -176,3 +176,15 @@ def test_a_teacher_server_is_refused(tokenizer_pair, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(settings))
     with pytest.raises(ConfigError, match="a teacher with its own tokenizer is not served"):
         teacher_server_client(load_recipe(path))
+
+
+def test_uld_from_a_sampled_cache_is_refused(tokenizer_pair, tmp_path: Path) -> None:
+    from torchkd.config import load_recipe
+    from torchkd.config.teacher_cache import check_cache_terms
+
+    path = _cache_recipe(tmp_path, tokenizer_pair[2], kind="sampled", samples=4, k=None)
+    settings = yaml.safe_load(path.read_text())
+    del settings["data"]["kwargs"]["teacher_tokenizer"]  # one tokenizer: refused all the same
+    path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match="cannot read a sampled teacher cache"):
+        check_cache_terms(load_recipe(path))

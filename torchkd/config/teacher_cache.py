@@ -146,7 +146,8 @@ def check_cache_terms(recipe: Recipe) -> None:
 
 def _check_sampled_divergence(recipe: Recipe, index: int, module: object) -> None:
     """A sampled cache estimates forward KL only (:mod:`torchkd.losses.sampled`): refuse a
-    cache-reading term whose loss compares another divergence."""
+    cache-reading term whose loss compares another divergence, or ULD (not linear in the
+    teacher's probabilities)."""
     from torchkd.losses.sampled import UNBIASED
 
     cache = recipe.data.teacher_cache

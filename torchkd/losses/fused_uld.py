@@ -57,7 +57,6 @@ def fused_linear_uld_loss(
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
     teacher_logits: TopKLogits | None = None,
-    teacher_vocab_size: int | None = None,
     temperature: float = 1.0,
     hard_label_weight: float = 0.0,
     ignore_index: int = -100,
@@ -69,6 +68,7 @@ def fused_linear_uld_loss(
     teacher_logit_scale: float = 1.0,
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
+    teacher_vocab_size: int | None = None,
 ) -> Tensor:
     """ULD (formula: :mod:`torchkd.losses.uld`) from each model's last hidden states and
     output projection, or from the student's and a cached top-k teacher.
@@ -109,8 +109,6 @@ def fused_linear_uld_loss(
             rows ``[..., k]``, instead of ``teacher_hidden`` and ``teacher_weight``; a sampled
             one (:class:`~torchkd.losses.SampledLogits`) is refused (ULD is not linear in the
             teacher's probabilities: its sampled estimate would be biased).
-        teacher_vocab_size: ``V_T``, the cached teacher's vocabulary size (needed with
-            ``teacher_logits``; the cache manifest's ``vocab_size``).
         temperature, hard_label_weight, ignore_index, mask, num_items_in_batch, reduction:
             as in :func:`~torchkd.losses.uld.uld_loss`.
         chunk_size: rows per chunk; None picks :func:`default_chunk_size`.
@@ -118,6 +116,8 @@ def fused_linear_uld_loss(
         teacher_logit_scale: factor of the teacher's logits.
         student_softcap: final-logit softcap :math:`c` of the student.
         teacher_softcap: final-logit softcap of the teacher.
+        teacher_vocab_size: ``V_T``, the cached teacher's vocabulary size (needed with
+            ``teacher_logits``; the cache manifest's ``vocab_size``).
 
     Returns:
         The loss, a 0-dim tensor (float32 for half-precision inputs).

@@ -90,13 +90,30 @@ def test_the_kd_losses_still_refuse_different_vocabularies(
         distiller(batch)
 
 
-def test_a_cached_teacher_is_refused(tiny_causal_lm: Callable[..., nn.Module]) -> None:
-    student, _ = models(tiny_causal_lm)
+def test_a_cached_top_k_teacher_of_all_but_one_token_gives_the_teachers_loss(
+    tiny_causal_lm: Callable[..., nn.Module],
+) -> None:
+    from torchkd.losses import TopKLogits
+
+    student, teacher = models(tiny_causal_lm)
     batch = lm_batch()
-    k = 4
-    batch["teacher_topk_ids"] = torch.zeros((*batch["labels"].shape, k), dtype=torch.long)
-    batch["teacher_topk_log_probs"] = torch.full((*batch["labels"].shape, k), -2.0)
-    distiller = Distiller(student, None, [Term("uld", "fused_linear_uld", teacher="cache")])
+    with torch.no_grad():
+        logits = teacher(**batch["inputs"]).logits.double()
+    top = TopKLogits.from_logits(logits, TEACHER_VOCAB - 1, T)  # one tail token: exact
+    cached = {
+        **batch,
+        "teacher_topk_ids": top.token_ids,
+        "teacher_topk_log_probs": top.log_probs.float(),
+        "teacher_topk_tail": top.tail_log_mass.float(),
+    }
+    options = {"temperature": T, "loss_kwargs": {"hard_label_weight": 0.5}}
+    dense = Distiller(student, teacher, [Term("uld", "fused_linear_uld", **options)])
+    dense.build(batch)
+    expected = dense(batch).loss
+    options["loss_kwargs"]["teacher_vocab_size"] = TEACHER_VOCAB
+    reader = Distiller(student, None, [Term("uld", "fused_linear_uld", teacher="cache", **options)])
+    reader.build(cached)
+    torch.testing.assert_close(reader(cached).loss, expected, rtol=1e-5, atol=1e-6)
+    del cached["teacher_topk_tail"], cached["teacher_topk_ids"]
     with pytest.raises(ValueError, match="teacher='cache'"):
-        distiller.build(batch)
-        distiller(batch)
+        reader(cached)  # no cached teacher in the batch

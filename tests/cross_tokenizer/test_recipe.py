@@ -95,24 +95,6 @@ def test_a_teacher_vocabulary_smaller_than_its_tokenizer_is_refused(
         build_distiller(load_recipe(path))
 
 
-def test_a_teacher_cache_is_refused(tokenizer_pair, tmp_path: Path) -> None:
-    _, _, directory = tokenizer_pair
-    terms = [{"name": "kd", "loss": "fused_linear_kd", "teacher": "cache"}]
-    path = recipe(tmp_path, directory, terms, TEACHER_VOCAB)
-    from torchkd.config import cache_teacher, load_recipe
-    from torchkd.config.build import build_datasets
-    from torchkd.lm.cache import write_teacher_cache
-    from torchkd.models import create_model
-
-    loaded = load_recipe(path)
-    with pytest.raises(ConfigError, match="teacher with its own tokenizer cannot be cached"):
-        cache_teacher(loaded)
-    dataset = build_datasets(loaded.data, ["train"])["train"]
-    teacher = create_model("hf_causal_lm", config={**LLAMA, "vocab_size": TEACHER_VOCAB})
-    with pytest.raises(ValueError, match="teacher has its own tokenizer"):
-        write_teacher_cache(teacher, dataset, tmp_path / "cache_dir", k=4)
-
-
 def test_on_policy_sampling_is_refused(tokenizer_pair, tmp_path: Path) -> None:
     _, _, directory = tokenizer_pair
     path = recipe(tmp_path, directory, [{"name": "uld", "loss": "uld"}], TEACHER_VOCAB)

@@ -225,7 +225,7 @@ def test_errors_name_the_problem() -> None:
         uld_loss(student, teacher, reduction="mean")
     with pytest.raises(TypeError, match="temperature"):
         uld_loss(student, teacher, temperature=torch.tensor(2.0))
-    with pytest.raises(ValueError, match="teacher='cache'"):
+    with pytest.raises(ValueError, match="not both"):
         fused_linear_uld_loss(*sides, teacher_logits=teacher)
     with pytest.raises(ValueError, match="same tokens"):
         fused_linear_uld_loss(*sides[:2], sides[2][:2], sides[3])

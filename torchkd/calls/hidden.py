@@ -17,7 +17,9 @@ divisor.
 
 A batch whose teacher has its own tokenizer (:data:`~torchkd.lm.aligned.TEACHER_POSITIONS`)
 gives a loss that compares vocabularies (``compares_shapes``: ``fused_linear_uld``) the
-aligned hidden rows ``[n, H_S]``, ``[n, H_T]`` and labels ``[n]``; other fused losses are
+aligned hidden rows ``[n, H_S]``, ``[n, H_T]`` and labels ``[n]``, or with ``teacher="cache"``
+the student's rows ``[n, H_S]``, labels ``[n]`` and cached top-k rows ``[n, k]`` where the
+alignment compares a position (the cache is in the student's layout); other fused losses are
 refused.
 """
 
@@ -31,7 +33,7 @@ from torch import nn
 from torchkd.calls.base import Call, Example, Owner, loss_name
 from torchkd.calls.logits import compares_classes, unaligned_error
 from torchkd.calls.tokens import token_normalizer
-from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows
+from torchkd.lm.aligned import TEACHER_POSITIONS, aligned_rows, compared_rows
 from torchkd.lm.cache.format import CACHE_KEYS, SAMPLED_KEYS
 from torchkd.lm.cache.read import cached_targets
 from torchkd.lm.model import OutputProjection, is_causal_lm, output_projection
@@ -119,17 +121,30 @@ class HiddenStatesCall(Call):
             kwargs["temperature"] = float(temperature)
         student = output_projection(owner.student, "the student")
         kwargs.update(_projection_kwargs("student", student))
+        positions = batch.get(TEACHER_POSITIONS)
+        if positions is not None and not compares_classes(term):
+            raise unaligned_error(term, self.signature)
         if term.teacher == CACHE:
-            kwargs["teacher_logits"] = cached_teacher(batch, term)
-            return [capture.student_hidden, student.weight], kwargs
+            cached = cached_teacher(batch, term)
+            student_hidden = capture.student_hidden
+            # the cache is in the student's layout (a sampled one is refused by the loss)
+            if positions is not None and isinstance(cached, TopKLogits):
+                student_hidden, kwargs["labels"], *parts = compared_rows(
+                    positions,
+                    student_hidden,
+                    kwargs["labels"],
+                    cached.token_ids,
+                    cached.log_probs,
+                    cached.tail_log_mass,
+                )
+                cached = TopKLogits(*parts)
+            kwargs["teacher_logits"] = cached
+            return [student_hidden, student.weight], kwargs
         index = term.teacher_index
         teacher = output_projection(owner.teachers[index], f"teacher {index}")
         kwargs.update(_projection_kwargs("teacher", teacher))
         student_hidden, hidden = capture.student_hidden, capture.teacher_hidden[index]
-        positions = batch.get(TEACHER_POSITIONS)
         if positions is not None:
-            if not compares_classes(term):
-                raise unaligned_error(term, self.signature)
             student_hidden, hidden, kwargs["labels"] = aligned_rows(
                 student_hidden, hidden, kwargs["labels"], positions
             )

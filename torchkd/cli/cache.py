@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 
 DEFAULT_ROWS_PER_SHARD = 256
+DIVERGENCES = {"forward_kl": "forward KL", "uld": "ULD"}  # measure_cache_error's, printed
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,13 +218,13 @@ def _run(args: argparse.Namespace) -> int:
             teacher_inputs_key=settings["inputs_key"],
         )
         manifest["error"] = {
-            "divergence": "forward_kl",
             "temperature": temperature,
             "student": "the recipe's student at initialization",
             **error,
         }
         print(
-            f"  cache vs dense teacher (forward KL at T = {temperature:g}, student at "
+            f"  cache vs dense teacher ({DIVERGENCES[error['divergence']]} at T = "
+            f"{temperature:g}, student at "
             f"initialization, {error['batches']} training batches, {error['tokens']:,} tokens):"
         )
         print(f"    loss relative error      {error['loss_relative_error']:.4g}")

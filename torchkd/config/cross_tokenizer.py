@@ -5,13 +5,29 @@ the tokens both vocabularies share (``shared_ids``, unless the term sets it)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torchkd.config.errors import ConfigError
 from torchkd.config.schema import Recipe
 from torchkd.lm.aligned import TEACHER_INPUTS
+from torchkd.terms import CACHE
 
 __all__ = ["TEACHER_TOKENIZER_KEY", "cross_tokenizer_kwargs", "teacher_inputs_key"]
+
+
+def _cached_vocab_size(recipe: Recipe, loss_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``teacher_vocab_size`` from the manifest of ``data.teacher_cache`` once it is written
+    (``torchkd cache-teacher`` builds the terms before it writes the cache)."""
+    cache = recipe.data.teacher_cache
+    if cache is None or "teacher_vocab_size" in loss_kwargs:
+        return {}
+    from torchkd.lm.cache import MANIFEST, read_manifest
+
+    if not (Path(cache.dir) / MANIFEST).is_file():
+        return {}
+    return {"teacher_vocab_size": int(read_manifest(cache.dir)["vocab_size"])}
+
 
 TEACHER_TOKENIZER_KEY = "teacher_tokenizer"  # in data.kwargs
 
@@ -48,8 +64,12 @@ def teacher_inputs_key(recipe: Recipe) -> str | None:
 def cross_tokenizer_kwargs(recipe: Recipe, index: int) -> dict[str, Any]:
     """The loss arguments term ``index`` gets from the recipe's tokenizers: ``shared_ids`` of
     a ``hybrid_uld`` term (the student's ``data.kwargs.tokenizer`` against the teacher's
-    ``data.kwargs.teacher_tokenizer``, or against itself without one); none otherwise."""
+    ``data.kwargs.teacher_tokenizer``, or against itself without one), and the
+    ``teacher_vocab_size`` of a ``fused_linear_uld`` term reading a written teacher cache (its
+    manifest's ``vocab_size``); none otherwise, and none the term sets."""
     spec = recipe.terms[index]
+    if spec.loss == "fused_linear_uld" and spec.teacher == CACHE:
+        return _cached_vocab_size(recipe, spec.loss_kwargs)
     tokenizer = recipe.data.kwargs.get("tokenizer")
     if spec.loss != "hybrid_uld" or "shared_ids" in spec.loss_kwargs or not tokenizer:
         return {}

@@ -23,17 +23,38 @@ __all__ = [
 CACHED_SPLITS = ("train", "val")  # the splits whose terms are computed (data.teacher_cache)
 
 
-def _refuse_own_tokenizer(recipe: Recipe) -> None:
-    """A teacher with its own tokenizer has no cache yet: the cached top-k or samples are
-    read position by position over the student's vocabulary."""
-    if recipe.data.kwargs.get("teacher_tokenizer"):
+def _check_own_tokenizer(recipe: Recipe) -> None:
+    """A teacher with its own tokenizer is cached as top-k in the student's layout
+    (:mod:`torchkd.lm.cache.layout`), read by losses that compare vocabularies
+    (``fused_linear_uld``); a sampled cache of it has no reader (ULD is not linear in the
+    teacher's probabilities)."""
+    from torchkd import losses
+
+    if not recipe.data.kwargs.get("teacher_tokenizer"):
+        return
+    cache = recipe.data.teacher_cache
+    if cache is not None and cache.kind != "topk":
         raise ConfigError(
             [
-                "data.kwargs.teacher_tokenizer: a teacher with its own tokenizer cannot be "
-                "cached (the teacher cache stores one distribution per student position over "
-                "the student's vocabulary); run the teacher in training (teacher: logits)"
+                "data.teacher_cache.kind: a teacher with its own tokenizer "
+                "(data.kwargs.teacher_tokenizer) is cached as kind: topk only (its terms "
+                "compare vocabularies by ULD, which a sampled cache would bias), got "
+                f"{cache.kind!r}"
             ]
         )
+    for index, term in enumerate(recipe.terms):
+        if term.teacher != CACHE:
+            continue
+        with blame(f"terms.{index}.loss"):
+            entry = losses.entry(term.loss)
+        if not entry.compares_shapes or entry.signature != "hidden_states":
+            raise ConfigError(
+                [
+                    f"terms.{index}.loss: a term reading the cache of a teacher with its own "
+                    f"tokenizer (data.kwargs.teacher_tokenizer) must compare vocabularies: use "
+                    f"'fused_linear_uld', got {term.loss!r}"
+                ]
+            )
 
 
 def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
@@ -41,9 +62,10 @@ def cache_teacher(recipe: Recipe) -> tuple[ModelConfig, str]:
 
     Raises:
         ConfigError: the recipe has no teacher, its cache-reading terms name two, or the
-            teacher has its own tokenizer (``data.kwargs.teacher_tokenizer``).
+            teacher has its own tokenizer (``data.kwargs.teacher_tokenizer``) and the cache
+            is sampled or read by a loss that does not compare vocabularies.
     """
-    _refuse_own_tokenizer(recipe)
+    _check_own_tokenizer(recipe)
     indices = {term.teacher_index for term in recipe.terms if term.teacher == CACHE}
     configs = recipe.teacher_configs
     if not configs:
@@ -124,11 +146,24 @@ def check_cache_terms(recipe: Recipe) -> None:
 
 def _check_sampled_divergence(recipe: Recipe, index: int, module: object) -> None:
     """A sampled cache estimates forward KL only (:mod:`torchkd.losses.sampled`): refuse a
-    cache-reading term whose loss compares another divergence."""
+    cache-reading term whose loss compares another divergence, or ULD (not linear in the
+    teacher's probabilities)."""
     from torchkd.losses.sampled import UNBIASED
 
     cache = recipe.data.teacher_cache
     options = getattr(module, "hyperparameters", dict)()
+    if (
+        cache is not None
+        and cache.kind == "sampled"
+        and recipe.terms[index].loss == "fused_linear_uld"
+    ):
+        raise ConfigError(
+            [
+                f"terms.{index}.loss: 'fused_linear_uld' cannot read a sampled teacher cache "
+                "(data.teacher_cache.kind: sampled): ULD is not linear in the teacher's "
+                "probabilities, so its sampled estimate would be biased; use a kind: topk cache"
+            ]
+        )
     if cache is None or cache.kind != "sampled" or "divergence" not in options:
         return
     divergence = options["divergence"]
@@ -158,7 +193,7 @@ def check_teacher_cache(recipe: Recipe, splits: Sequence[str] = CACHED_SPLITS) -
     cache = recipe.data.teacher_cache
     if cache is None or not indices:
         return  # without data.teacher_cache, the dataset itself may carry teacher_topk_*
-    _refuse_own_tokenizer(recipe)
+    _check_own_tokenizer(recipe)
     if cache.kind == "sampled":
         check_cache_terms(recipe)
     teacher_source = None

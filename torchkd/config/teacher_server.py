@@ -23,8 +23,9 @@ def teacher_server_client(recipe: Recipe) -> TeacherServerClient | None:
     (None when ``teacher:`` is no server).
 
     Raises:
-        ConfigError: a term reads a teacher model (not ``teacher: cache``), or the recipe
-            also has ``data.teacher_cache`` (naming the YAML paths).
+        ConfigError: a term reads a teacher model (not ``teacher: cache``), the recipe also
+            has ``data.teacher_cache``, or its teacher has its own tokenizer
+            (``data.kwargs.teacher_tokenizer``; naming the YAML paths).
         TeacherServerError: the server is unreachable, or serves other settings or another
             teacher than the recipe expects (naming ``teacher.server`` and both values).
     """
@@ -38,6 +39,15 @@ def teacher_server_client(recipe: Recipe) -> TeacherServerClient | None:
             [
                 "data.teacher_cache: the teacher server (teacher.server) answers the batches' "
                 "teacher; drop data.teacher_cache, or give teacher: a model"
+            ]
+        )
+    if recipe.data.kwargs.get("teacher_tokenizer"):
+        raise ConfigError(
+            [
+                "data.kwargs.teacher_tokenizer: a teacher server (teacher.server) answers for "
+                "the student's tokens; a teacher with its own tokenizer is not served: write "
+                "its cache (`torchkd cache-teacher RECIPE`, data.teacher_cache) or give "
+                "teacher: a model"
             ]
         )
     for index in teacher_model_terms(recipe):

@@ -7,13 +7,15 @@ and, under :data:`TEACHER_POSITIONS`, a ``[B, L]`` integer tensor: for each stud
 ``t``, or ``-1`` where nothing is compared. :func:`aligned_rows` gathers the compared pairs;
 with the identity alignment (``positions[b, t] = t``, one tokenizer) it returns every row in
 the order of ``tensor.reshape(-1, ...)``, so a per-row loss gives the plain path's value.
+A teacher cache of such a teacher is stored in the student's layout (the teacher's entry of
+position ``positions[b, t]`` at ``[b, t]``): :func:`compared_rows` gathers its rows.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["TEACHER_INPUTS", "TEACHER_POSITIONS", "aligned_rows"]
+__all__ = ["TEACHER_INPUTS", "TEACHER_POSITIONS", "aligned_rows", "compared_rows"]
 
 TEACHER_INPUTS = "teacher_inputs"
 TEACHER_POSITIONS = "teacher_positions"
@@ -58,3 +60,28 @@ def aligned_rows(
     rows, columns = (positions >= 0).nonzero(as_tuple=True)
     teacher_rows = teacher[rows, positions[rows, columns]]
     return student[rows, columns], teacher_rows, None if labels is None else labels[rows, columns]
+
+
+def compared_rows(positions: Tensor, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The rows ``tensor[b, t]`` of each ``[B, L, ...]`` tensor (None stays None) for every
+    ``(b, t)`` with ``positions[b, t] >= 0``, in row-major order: :func:`aligned_rows` of
+    tensors in the student's layout (a cached teacher's, or the student's own).
+
+    Example:
+        >>> import torch
+        >>> compared_rows(torch.tensor([[0, -1, 2]]), torch.tensor([[5, 6, 7]]))
+        (tensor([5, 7]),)
+    """
+    if positions.dim() != 2 or positions.is_floating_point():
+        raise ValueError(
+            f"batch[{TEACHER_POSITIONS!r}] must be an integer [B, L] tensor, got "
+            f"{positions.dtype} of shape {tuple(positions.shape)}"
+        )
+    for tensor in tensors:
+        if tensor is not None and tensor.shape[:2] != positions.shape:
+            raise ValueError(
+                f"batch[{TEACHER_POSITIONS!r}] {tuple(positions.shape)} must be [B, L] of the "
+                f"rows it selects, got {tuple(tensor.shape)}"
+            )
+    keep = positions >= 0
+    return tuple(None if tensor is None else tensor[keep] for tensor in tensors)

@@ -23,7 +23,14 @@ from torchkd.losses.fused_options import (
     loss_denominator,
 )
 from torchkd.losses.registry import register
-from torchkd.losses.uld import check_uld_options, uld_row_values, uld_valid_rows
+from torchkd.losses.topk import TopKLogits
+from torchkd.losses.uld import (
+    check_uld_options,
+    uld_prob_row_values,
+    uld_row_values,
+    uld_valid_rows,
+)
+from torchkd.losses.uld_topk import check_topk_teacher, topk_sorted_probs
 
 __all__ = ["FusedLinearULDLoss", "fused_linear_uld_loss"]
 
@@ -49,7 +56,7 @@ def fused_linear_uld_loss(
     *,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
-    teacher_logits: None = None,
+    teacher_logits: TopKLogits | None = None,
     temperature: float = 1.0,
     hard_label_weight: float = 0.0,
     ignore_index: int = -100,
@@ -61,13 +68,21 @@ def fused_linear_uld_loss(
     teacher_logit_scale: float = 1.0,
     student_softcap: float | None = None,
     teacher_softcap: float | None = None,
+    teacher_vocab_size: int | None = None,
 ) -> Tensor:
     """ULD (formula: :mod:`torchkd.losses.uld`) from each model's last hidden states and
-    output projection.
+    output projection, or from the student's and a cached top-k teacher.
 
     Each side's logits are :math:`z = s (h W^\\top + b)`, through the optional softcap
     :math:`c \\tanh(z / c)`; the value is :func:`~torchkd.losses.uld.uld_loss`'s on them (same
     valid rows, normalizer ``D`` and reductions), computed ``chunk_size`` rows at a time.
+
+    With ``teacher_logits`` (a cached teacher, :class:`~torchkd.losses.TopKLogits` at the
+    loss's temperature) instead of the teacher's hidden states, the teacher's sorted
+    probabilities are its ``k`` kept ones followed by the tail mass :math:`m` spread evenly
+    over the other ``V_T - k`` entries (``teacher_vocab_size``), each :math:`m / (V_T - k)`:
+    an approximation, exact when ``k >= V_T - 1`` or :math:`m = 0`
+    (:mod:`torchkd.losses.uld_topk`).
 
     Memory: per chunk the logits, softmax and sorted probabilities of both sides are built and
     differentiated at once (``torch.autograd.grad`` of the chunk's sum, in the forward pass);
@@ -85,13 +100,15 @@ def fused_linear_uld_loss(
         student_hidden: ``[..., Hs]`` the student's last hidden states.
         student_weight: ``[V_S, Hs]`` the student's output projection.
         teacher_hidden: ``[..., Ht]`` the teacher's last hidden states (the same tokens);
-            required: None (a cached teacher gives none) is refused, naming what is missing.
+            None with ``teacher_logits``.
         teacher_weight: ``[V_T, Ht]`` the teacher's output projection (``V_T`` may differ).
         labels: ``[...]`` student next-token ids (already shifted) or ``ignore_index``.
         student_bias: ``[V_S]`` optional output bias of the student.
         teacher_bias: ``[V_T]`` optional output bias of the teacher.
-        teacher_logits: not supported (a cached top-k teacher lacks the full sorted
-            distribution): must be None.
+        teacher_logits: a cached top-k teacher, :class:`~torchkd.losses.TopKLogits` of the
+            rows ``[..., k]``, instead of ``teacher_hidden`` and ``teacher_weight``; a sampled
+            one (:class:`~torchkd.losses.SampledLogits`) is refused (ULD is not linear in the
+            teacher's probabilities: its sampled estimate would be biased).
         temperature, hard_label_weight, ignore_index, mask, num_items_in_batch, reduction:
             as in :func:`~torchkd.losses.uld.uld_loss`.
         chunk_size: rows per chunk; None picks :func:`default_chunk_size`.
@@ -99,6 +116,8 @@ def fused_linear_uld_loss(
         teacher_logit_scale: factor of the teacher's logits.
         student_softcap: final-logit softcap :math:`c` of the student.
         teacher_softcap: final-logit softcap of the teacher.
+        teacher_vocab_size: ``V_T``, the cached teacher's vocabulary size (needed with
+            ``teacher_logits``; the cache manifest's ``vocab_size``).
 
     Returns:
         The loss, a 0-dim tensor (float32 for half-precision inputs).
@@ -114,18 +133,23 @@ def fused_linear_uld_loss(
         True
     """
     check_uld_options(locals())
-    if teacher_logits is not None:
-        raise ValueError(
-            "fused_linear_uld_loss needs the teacher's hidden states and output projection: "
-            "ULD sorts the teacher's full distribution, which teacher_logits (a cached top-k "
-            "teacher, teacher='cache') do not give; use teacher='logits'"
-        )
-    if teacher_hidden is None or teacher_weight is None:
-        raise ValueError("the teacher is missing: give teacher_hidden and teacher_weight")
     check_projection("student", student_hidden, student_weight, student_bias)
-    check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
     rows_shape = student_hidden.shape[:-1]
-    if teacher_hidden.shape[:-1] != rows_shape:
+    cached = teacher_logits is not None
+    if cached:
+        if teacher_hidden is not None or teacher_weight is not None:
+            raise ValueError(
+                "give the teacher either as teacher_hidden and teacher_weight or as "
+                "teacher_logits (a cached teacher), not both"
+            )
+        check_topk_teacher(teacher_logits, teacher_vocab_size, rows_shape)
+        teacher_classes = int(teacher_vocab_size)
+    elif teacher_hidden is None or teacher_weight is None:
+        raise ValueError("the teacher is missing: give teacher_hidden and teacher_weight")
+    else:
+        check_projection("teacher", teacher_hidden, teacher_weight, teacher_bias)
+        teacher_classes = teacher_weight.shape[0]
+    if not cached and teacher_hidden.shape[:-1] != rows_shape:
         raise ValueError(
             f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
             f"{tuple(teacher_hidden.shape)} must have the same tokens (all dims but the last)"
@@ -147,14 +171,22 @@ def fused_linear_uld_loss(
     )
     dtype = compute_dtype(*(t for t in inputs if t is not None))
     chunk = chunk_size or default_chunk_size(
-        max(student_weight.shape[0], teacher_weight.shape[0]), dtype, buffers=8
+        max(student_weight.shape[0], teacher_classes), dtype, buffers=8
     )
 
     def rows(tensor: Tensor, per_token: bool = False) -> Tensor:
         flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
         return flat if index is None else flat[index]
 
-    hidden_rows = {"student_hidden": rows(student_hidden), "teacher_hidden": rows(teacher_hidden)}
+    hidden_rows = {"student_hidden": rows(student_hidden)}
+    if cached:
+        tail = teacher_logits.tail_log_mass
+        cached_rows = (
+            rows(teacher_logits.log_probs),
+            None if tail is None else rows(tail, per_token=True),
+        )
+    else:
+        hidden_rows["teacher_hidden"] = rows(teacher_hidden)
     selected = None if labels is None else rows(labels, per_token=True)
     originals = dict(zip(INPUT_NAMES, inputs, strict=True))
 
@@ -167,7 +199,7 @@ def fused_linear_uld_loss(
             if tensor is not None and not name.endswith("hidden")
         }
         grads = {name: torch.zeros_like(leaves[name]) for name in leaves if name in wanted}
-        for name in ("student_hidden", "teacher_hidden"):
+        for name in hidden_rows:
             if name in wanted:
                 grads[name] = hidden_rows[name].new_zeros(hidden_rows[name].shape, dtype=work)
         total = torch.zeros((), dtype=work, device=student_hidden.device)
@@ -178,25 +210,38 @@ def fused_linear_uld_loss(
                     name: hidden[start:end].detach().to(work).requires_grad_(name in wanted)
                     for name, hidden in hidden_rows.items()
                 }
-                value = uld_row_values(
-                    _projected(
-                        chunk_hidden["student_hidden"],
-                        leaves["student_weight"],
-                        leaves.get("student_bias"),
-                        student_logit_scale,
-                        student_softcap,
-                    ),
-                    _projected(
+                student_logits = _projected(
+                    chunk_hidden["student_hidden"],
+                    leaves["student_weight"],
+                    leaves.get("student_bias"),
+                    student_logit_scale,
+                    student_softcap,
+                )
+                chunk_labels = None if selected is None else selected[start:end]
+                if cached:
+                    log_probs, tail = (None if t is None else t[start:end] for t in cached_rows)
+                    teacher_probs = topk_sorted_probs(
+                        log_probs.to(work), None if tail is None else tail.to(work), teacher_classes
+                    )
+                    values = uld_prob_row_values(
+                        student_logits, teacher_probs, chunk_labels, temperature, hard_label_weight
+                    )
+                else:
+                    teacher_logits_chunk = _projected(
                         chunk_hidden["teacher_hidden"],
                         leaves["teacher_weight"],
                         leaves.get("teacher_bias"),
                         teacher_logit_scale,
                         teacher_softcap,
-                    ),
-                    None if selected is None else selected[start:end],
-                    temperature,
-                    hard_label_weight,
-                ).sum()
+                    )
+                    values = uld_row_values(
+                        student_logits,
+                        teacher_logits_chunk,
+                        chunk_labels,
+                        temperature,
+                        hard_label_weight,
+                    )
+                value = values.sum()
             targets = {**leaves, **chunk_hidden}
             names = [name for name in grads if targets[name].requires_grad]
             if names:

@@ -54,21 +54,14 @@ from torchkd.losses.registry import register
 __all__ = ["ULDLoss", "uld_loss"]
 
 
-def uld_rows(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``[n]`` ULD of each row of ``[n, V_S]`` and ``[n, V_T]`` logits (no reduction).
-
-    The zero padding is not built: past the shorter vocabulary ``m`` the sum is the longer
-    side's remaining sorted probabilities, :math:`\\sum_{i \\le m} |p_{(i)} - q_{(i)}| +
-    \\sum_{i > m} r_{(i)}`.
-    """
-    p = torch.softmax(student_logits / temperature, dim=-1)
-    q = torch.softmax(teacher_logits / temperature, dim=-1)
-    return sorted_distance(p, q)
-
-
 def sorted_distance(p: Tensor, q: Tensor) -> Tensor:
     """``[n]``: :math:`\\sum_i |p_{(i)} - q_{(i)}|` of ``[n, m]`` and ``[n, k]`` probability
-    rows sorted descending, the shorter zero-padded (either may have no entries)."""
+    rows sorted descending, the shorter zero-padded (either may have no entries).
+
+    The zero padding is not built: past the shorter length ``m`` the sum is the longer side's
+    remaining sorted probabilities, :math:`\\sum_{i \\le m} |p_{(i)} - q_{(i)}| +
+    \\sum_{i > m} r_{(i)}`.
+    """
     p = p.sort(dim=-1, descending=True).values
     q = q.sort(dim=-1, descending=True).values
     shorter = min(p.shape[-1], q.shape[-1])
@@ -85,7 +78,23 @@ def uld_row_values(
     hard_label_weight: float,
 ) -> Tensor:
     """``[n]``: each row's ULD plus ``hard_label_weight`` times the student's CE (T = 1)."""
-    values = uld_rows(student_logits, teacher_logits, temperature)
+    teacher_probs = torch.softmax(teacher_logits / temperature, dim=-1)
+    return uld_prob_row_values(
+        student_logits, teacher_probs, labels, temperature, hard_label_weight
+    )
+
+
+def uld_prob_row_values(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    labels: Tensor | None,
+    temperature: float,
+    hard_label_weight: float,
+) -> Tensor:
+    """``[n]``: :func:`uld_row_values` with the teacher given by its probabilities
+    ``[n, V_T]`` (already at the temperature) instead of its logits."""
+    p = torch.softmax(student_logits / temperature, dim=-1)
+    values = sorted_distance(p, teacher_probs)
     if hard_label_weight > 0:
         ce = F.cross_entropy(student_logits, labels, reduction="none")
         values = values + hard_label_weight * ce
@@ -106,6 +115,8 @@ def check_uld_options(options: dict[str, Any]) -> None:
         )
     if options.get("chunk_size") is not None:
         check_number("chunk_size", options["chunk_size"], minimum=1, integer=True)
+    if options.get("teacher_vocab_size") is not None:
+        check_number("teacher_vocab_size", options["teacher_vocab_size"], minimum=1, integer=True)
     for name in ("student_logit_scale", "teacher_logit_scale"):
         if name in options:
             check_number(name, options[name], minimum=0.0, strict=True)

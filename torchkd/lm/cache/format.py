@@ -23,6 +23,11 @@ position is
 for ``index`` and a small safetensors header per shard. Every position of every row is stored,
 padding included (the loss ignores positions whose label is ``-100``).
 
+A teacher with its own tokenizer (manifest ``teacher_tokenizer_fingerprint``; ``vocab_size``
+is the teacher's ``V_T``) is cached in the student's layout: position ``t`` of a row holds the
+teacher's top-k at the teacher position aligned with student position ``t``, padding where none
+is (:mod:`torchkd.lm.cache.layout`). Such a cache is of kind ``topk`` only.
+
 A *sampled* cache (manifest ``kind: sampled``, :mod:`torchkd.losses.sampled`) holds instead
 ``token_ids`` ``[n, L, N]`` (the distinct ids of ``N`` draws from the teacher, then padding),
 ``counts`` ``[n, L, N]`` (uint8 for ``N <= 255``, else uint16; 0 for padding) and ``entropy``
@@ -108,6 +113,7 @@ SETTINGS = (
     "teacher_fingerprint",
     "teacher_source",
     "tokenizer_fingerprint",
+    "teacher_tokenizer_fingerprint",
     "dataset_fingerprint",
     "kind",
     "k",

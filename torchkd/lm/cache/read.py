@@ -65,6 +65,23 @@ def stored_entries(kind: str, k: int | None, read: Callable[[str], Tensor]) -> t
     return ids, read("log_probs").to(torch.float32), read("tail").to(torch.float32)
 
 
+def _describe(fingerprint: str | None) -> str:
+    if fingerprint is None:
+        return "no data.kwargs.teacher_tokenizer (the teacher reads the student's tokens)"
+    return f"a teacher tokenizer of fingerprint {fingerprint[:16]}..."
+
+
+def _check_teacher_tokenizer(directory: Any, stored: str | None, data: str | None) -> None:
+    """The cache's teacher tokenizer must be the data's (both None: one tokenizer)."""
+    if stored != data:
+        raise TeacherCacheError(
+            f"the teacher cache in {directory} was written with {_describe(stored)}, but the "
+            f"data has {_describe(data)}: set data.kwargs.teacher_tokenizer to the teacher "
+            "tokenizer the cache was written with, or write the cache again with `torchkd "
+            "cache-teacher RECIPE --dir NEW_DIR`"
+        )
+
+
 class TeacherCacheDataset:
     """``base_dataset`` with the cached teacher's top-k distribution (or sampled tokens) added
     to every sample.
@@ -79,7 +96,8 @@ class TeacherCacheDataset:
     ``index`` (``teacher: cache`` terms).
 
     The manifest is checked when the dataset is made: the cache must be complete and written
-    for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, and
+    for this data (dataset fingerprint, tokenizer fingerprint when both sides know one, the
+    teacher tokenizer's (a cache in the student's layout, :mod:`torchkd.lm.cache.layout`), and
     ``kind`` / ``k`` / ``samples`` / ``temperature`` when given: a top-k cache read as a
     sampled one, or the reverse, is refused), and so are its own digest and shard list
     (:func:`~torchkd.lm.cache.format.read_manifest`) and the SHA-256 of every shard
@@ -98,6 +116,9 @@ class TeacherCacheDataset:
             ``tokenizer_fingerprint`` attribute, if any).
         inputs_key: the samples' entry the teacher read (``data.teacher_inputs``): part of
             the dataset fingerprint (:func:`~torchkd.lm.cache.format.fingerprint_dataset`).
+        teacher_tokenizer_fingerprint: the fingerprint of the teacher's own tokenizer
+            (default: the base dataset's ``teacher_tokenizer_fingerprint`` attribute, if any;
+            None: the teacher reads the student's tokens); it must be the cache's.
 
     Raises:
         TeacherCacheError: naming what does not match and the cache directory.
@@ -111,6 +132,7 @@ class TeacherCacheDataset:
         k: int | None = None,
         temperature: float | None = None,
         tokenizer_fingerprint: str | None = None,
+        teacher_tokenizer_fingerprint: str | None = None,
         kind: str | None = None,
         samples: int | None = None,
         inputs_key: str = "inputs",
@@ -145,6 +167,13 @@ class TeacherCacheDataset:
                 f"the teacher cache in {directory} was written with another tokenizer "
                 f"(fingerprint {stored[:16]}..., the data's is {tokenizer_fingerprint[:16]}...)"
             )
+        if teacher_tokenizer_fingerprint is None:
+            teacher_tokenizer_fingerprint = getattr(
+                base_dataset, "teacher_tokenizer_fingerprint", None
+            )
+        _check_teacher_tokenizer(
+            directory, manifest.get("teacher_tokenizer_fingerprint"), teacher_tokenizer_fingerprint
+        )
         fingerprint = fingerprint_dataset(base_dataset, inputs_key)
         if fingerprint != manifest["dataset_fingerprint"] or manifest["rows"] != len(base_dataset):
             raise TeacherCacheError(

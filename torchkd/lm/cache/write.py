@@ -22,6 +22,7 @@ from torch.utils.data import default_collate
 
 from torchkd._files import atomic_write, remove_stale_temporaries
 from torchkd.batch import to_device
+from torchkd.lm.aligned import TEACHER_INPUTS, TEACHER_POSITIONS
 from torchkd.lm.cache.draws import sampled_batch
 from torchkd.lm.cache.format import (
     CACHE_FORMAT,
@@ -42,6 +43,7 @@ from torchkd.lm.cache.format import (
     verify_shards,
     write_manifest,
 )
+from torchkd.lm.cache.layout import student_layout
 from torchkd.lm.model import last_hidden_state, output_projection
 from torchkd.losses import TopKLogits, default_chunk_size
 from torchkd.losses._common import check_temperature
@@ -212,15 +214,28 @@ def _shard_tensors(
     batch_size: int,
     device: torch.device,
     inputs_key: str = "inputs",
+    aligned: bool,
     **settings: Any,
 ) -> dict[str, Tensor]:
     """A shard's tensors: ``index`` and the :func:`stored_batch` of its rows, a batch of
-    ``batch_size`` samples at a time."""
+    ``batch_size`` samples at a time; with ``aligned`` (a teacher with its own tokenizer), of
+    the samples' ``teacher_inputs``, in the student's layout
+    (:func:`~torchkd.lm.cache.layout.student_layout`)."""
     parts: dict[str, list[Tensor]] = {}
     for start in range(rows.start, rows.stop, batch_size):
         positions = range(start, min(start + batch_size, rows.stop))
-        inputs = to_device(_collate(dataset, positions)[inputs_key], device)
-        for name, tensor in stored_batch(teacher, inputs, positions, **settings).items():
+        batch = _collate(dataset, positions)
+        if aligned and (batch.get(TEACHER_INPUTS) is None or TEACHER_POSITIONS not in batch):
+            raise ValueError(
+                f"dataset: a teacher with its own tokenizer needs samples with "
+                f"{TEACHER_INPUTS!r} and {TEACHER_POSITIONS!r} (the text dataset with "
+                f"teacher_tokenizer), got keys {list(batch)}"
+            )
+        inputs = to_device(batch[TEACHER_INPUTS if aligned else inputs_key], device)
+        stored = stored_batch(teacher, inputs, positions, **settings)
+        if aligned:
+            stored = student_layout(stored, batch[TEACHER_POSITIONS])
+        for name, tensor in stored.items():
             parts.setdefault(name, []).append(tensor)
     return {
         "index": torch.arange(rows.start, rows.stop, dtype=torch.int64),
@@ -241,6 +256,7 @@ def write_teacher_cache(
     batch_size: int = 8,
     rows_per_shard: int = 256,
     tokenizer_fingerprint: str | None = None,
+    teacher_tokenizer_fingerprint: str | None = None,
     dataset_fingerprint: str | None = None,
     teacher_source: str | None = None,
     chunk_size: int | None = None,
@@ -298,6 +314,11 @@ def write_teacher_cache(
         rows_per_shard: samples per shard.
         tokenizer_fingerprint: recorded and checked by readers (default: the dataset's
             ``tokenizer_fingerprint`` attribute, if any).
+        teacher_tokenizer_fingerprint: the teacher's own tokenizer (default: the dataset's
+            ``teacher_tokenizer_fingerprint`` attribute, if any), recorded and checked by
+            readers. When set, the teacher reads each sample's ``teacher_inputs`` and the cache
+            stores its top-k in the student's layout (by ``teacher_positions``,
+            :mod:`torchkd.lm.cache.layout`); a top-k cache only.
         dataset_fingerprint: default :func:`fingerprint_dataset` of the dataset and
             ``inputs_key``.
         teacher_source: recorded for readers that know the teacher only by where it comes
@@ -330,10 +351,14 @@ def write_teacher_cache(
     check_temperature(temperature)
     if len(dataset) == 0:
         raise ValueError("dataset is empty: there is nothing to cache")
-    if getattr(dataset, "teacher_tokenizer_fingerprint", None) is not None:
+    if teacher_tokenizer_fingerprint is None:
+        teacher_tokenizer_fingerprint = getattr(dataset, "teacher_tokenizer_fingerprint", None)
+    aligned = teacher_tokenizer_fingerprint is not None
+    if aligned and kind != "topk":
         raise ValueError(
-            "dataset: its teacher has its own tokenizer (teacher_tokenizer); the teacher cache "
-            "stores one distribution per student position and cannot hold it"
+            f"kind={kind!r}: a teacher with its own tokenizer (teacher_tokenizer) is cached as "
+            "a 'topk' cache only: its readers compare vocabularies by ULD, which is not linear "
+            "in the teacher's probabilities (a sampled estimate of it would be biased)"
         )
     vocab_size = output_projection(teacher, "teacher").weight.shape[0]
     id_dtype = token_id_dtype(vocab_size)
@@ -345,6 +370,7 @@ def write_teacher_cache(
         "teacher_fingerprint": teacher_fingerprint(teacher),
         "teacher_source": teacher_source,
         "tokenizer_fingerprint": tokenizer_fingerprint,
+        "teacher_tokenizer_fingerprint": teacher_tokenizer_fingerprint,
         "dataset_fingerprint": dataset_fingerprint or fingerprint_dataset(dataset, inputs_key),
         "kind": kind,
         "k": k,
@@ -387,6 +413,7 @@ def write_teacher_cache(
                     id_dtype=id_dtype,
                     device=device,
                     inputs_key=inputs_key,
+                    aligned=aligned,
                 )
                 data = save_safetensors(tensors)
                 atomic_write(

@@ -140,7 +140,7 @@ def hybrid_uld_loss(
         >>> student = torch.tensor([[1.0, 2.0, 0.0]])
         >>> teacher = torch.tensor([[2.0, 1.0]])  # teacher id 0 is student id 1, 1 is 0
         >>> round(hybrid_uld_loss(student, teacher, shared_ids=[[1, 0], [0, 1]]).item(), 4)
-        0.0900
+        0.09
     """
     check_uld_options(locals())
     check_floating("student_logits", student_logits)

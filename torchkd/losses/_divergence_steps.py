@@ -1,8 +1,9 @@
 """The steps the entries of :mod:`torchkd.losses.divergence_table` share, and their base class.
 
 Row sums and elementwise products that give zero-weight terms 0 (``0 log 0 = 0``), the dot
-product of the in-place forms, the kept-token terms of the bucket forms and the log-ratios to a
-two-point mixture (JSD's and the skew KLs' ``m``).
+product of the in-place forms, a softmax in place that gives its log-sum-exp, the kept-token
+terms of the bucket forms and the log-ratios to a two-point mixture (JSD's and the skew KLs'
+``m``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Entry:
     dense: Callable[..., DenseResult]
     chunked: Callable[..., tuple[Tensor, Tensor | None]] | None = None
     buckets: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
-    cross_logits: Callable[[Tensor, Tensor, torch.dtype], Tensor] | None = None
+    cross_logits: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
     from_normalizers: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
 
@@ -62,6 +63,17 @@ def row_dot(first: Tensor, second: Tensor, scratch: Tensor) -> Tensor:
 def kept_terms(student_log: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor]:
     """``P_i c_i`` of the kept buckets and ``c_tail``, from the coefficients of all buckets."""
     return student_log[:, :-1].exp() * coefficients[:, :-1], coefficients[:, -1]
+
+
+def softmax_in_place(values: Tensor) -> Tensor:
+    """Overwrite ``values`` with ``softmax(values)``; return the rows' log-sum-exp.
+
+    The log-sum-exp comes from the softmax itself: the largest probability is
+    ``exp(max - lse)``, so ``lse = max - log(max p)``, with ``max p >= 1 / C`` (no underflow).
+    """
+    maximum = values.amax(-1)
+    torch.softmax(values, dim=-1, out=values)  # row by row, so aliasing the input is safe
+    return maximum - values.amax(-1).log()
 
 
 def mixture_ratios(

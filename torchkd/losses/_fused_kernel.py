@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from torchkd.losses._divergence_steps import softmax_in_place
 from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.kl import _graph_kept
 from torchkd.losses.sampled import SampledRows, sampled_divergence
@@ -124,6 +125,24 @@ def _dense_divergence(
             side.clamp_(min=torch.finfo(side.dtype).min)
     chunked = DIVERGENCES[plan.divergence].chunked
     return chunked(student, teacher, buffers, plan.parameter, teacher_grad)
+
+
+def _probability_divergence(plan: Plan, student: Tensor, teacher: Tensor, work: Tensor) -> Tensor:
+    """Rows of a divergence with a normalizer form (forward KL, soft cross-entropy) from the
+    softened logits ``a`` (``student``) and ``b`` (``teacher``); ``student`` <- ``p - q``.
+
+    The rows are ``from_normalizers(sum q w, lse(a), lse(b))`` of
+    :mod:`torchkd.losses.divergence_table` (forward KL: ``w = b - a``), each log-sum-exp taken
+    from its softmax: two exponentials per entry where the log form takes four. Only for
+    finite logits (no vocabulary masked) and no teacher gradient.
+    """
+    entry = DIVERGENCES[plan.divergence]
+    cross = entry.cross_logits(student, teacher, work)
+    teacher_lse = softmax_in_place(teacher)  # q
+    cross = cross.mul_(teacher).sum(-1)
+    student_lse = softmax_in_place(student)  # p
+    student.sub_(teacher)
+    return entry.from_normalizers(cross, student_lse, teacher_lse)
 
 
 def _sparse_divergence(plan: Plan, student: Tensor, ids: Tensor, teacher_log: Tensor) -> Tensor:
@@ -293,6 +312,12 @@ class _Block:
     teacher_grad: bool
     masked: tuple[bool, bool]
 
+    @property
+    def probability_form(self) -> bool:
+        """Whether the dense divergence takes :func:`_probability_divergence`."""
+        has_form = DIVERGENCES[self.plan.divergence].from_normalizers is not None
+        return has_form and not self.teacher_grad and not any(self.masked)
+
     def __call__(self, student: Tensor, teacher: Tensor | None, start: int, stop: int) -> Tensor:
         plan, buffers, n = self.plan, self.buffers, stop - start
         temperature = plan.temperature
@@ -323,9 +348,12 @@ class _Block:
                 )
             else:
                 teacher = self._given_teacher(start, stop)
-            rows, teacher_gradient = _dense_divergence(
-                plan, student, teacher, buffers, self.teacher_grad, self.masked
-            )
+            if self.probability_form:
+                rows = _probability_divergence(plan, student, teacher, buffers.get("work", n))
+            else:
+                rows, teacher_gradient = _dense_divergence(
+                    plan, student, teacher, buffers, self.teacher_grad, self.masked
+                )
         row_sum = rows.sum() * plan.divergence_weight
         if hard is not None:
             row_sum = row_sum + hard.sum() * plan.hard_label_weight

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from torchkd.losses._common import compute_dtype
+from torchkd.losses._divergence_steps import softmax_in_place
 from torchkd.losses.divergence_table import DIVERGENCES, Divergence
 
 KernelResult = tuple[Tensor, Tensor | None, Tensor | None]
@@ -51,17 +52,6 @@ def _softened(logits: Tensor, temperature: float | Tensor) -> Tensor:
     return values / column(temperature)
 
 
-def _softmax_in_place(values: Tensor) -> Tensor:
-    """Overwrite ``values`` with ``softmax(values)``; return the rows' log-sum-exp.
-
-    The log-sum-exp comes from the softmax itself: the largest probability is
-    ``exp(max - lse)``, so ``lse = max - log(max p)``, with ``max p >= 1 / C`` (no underflow).
-    """
-    maximum = values.amax(-1)
-    torch.softmax(values, dim=-1, out=values)  # row by row, so aliasing the input is safe
-    return maximum - values.amax(-1).log()
-
-
 def _eager_probability_form(
     kind: Divergence, student: Tensor, teacher: Tensor, temperature: float | Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -76,9 +66,9 @@ def _eager_probability_form(
     """
     entry = DIVERGENCES[kind]
     teacher_probs = _softened(teacher, temperature)
-    teacher_lse = _softmax_in_place(teacher_probs)
+    teacher_lse = softmax_in_place(teacher_probs)
     dtype = teacher_probs.dtype
-    work = entry.cross_logits(student, teacher, dtype)
+    work = entry.cross_logits(student, teacher, torch.empty_like(teacher_probs))
     cross = work.mul_(teacher_probs).sum(-1) / temperature
     if isinstance(temperature, float) and temperature == 1.0:
         work.copy_(student)
@@ -86,7 +76,7 @@ def _eager_probability_form(
         torch.div(student, column(temperature), out=work)
     else:
         work.copy_(student).div_(column(temperature))
-    student_lse = _softmax_in_place(work)
+    student_lse = softmax_in_place(work)
     rows = entry.from_normalizers(cross, student_lse, teacher_lse)
     return rows, work.sub_(teacher_probs)
 

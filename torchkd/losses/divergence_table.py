@@ -29,8 +29,8 @@ The skew KLs and AKL are in :mod:`torchkd.losses.divergence_mixtures`, the share
   of zero mass on both sides (the empty tail of a top-k with k = V) add 0.
 - the normalizer form, for the divergences whose student gradient is ``p_S - p_T`` (forward KL,
   soft cross-entropy): a row is ``sum_c p_T w_c`` plus log-normalizers, so the kl kernel's
-  fastest path needs no log-probabilities. ``cross_logits(student, teacher, dtype)`` gives the
-  unsoftened ``T w`` in a fresh buffer (the caller weights it in place and divides by ``T``);
+  fastest path needs no log-probabilities. ``cross_logits(student, teacher, out)`` writes the
+  unsoftened ``T w`` into the buffer ``out`` (the caller weights it in place and divides by ``T``);
   ``from_normalizers(cross, student_lse, teacher_lse)`` the rows from
   ``cross = sum p_T w`` and the log-sum-exps of ``a`` and ``b``.
 
@@ -70,8 +70,8 @@ class ForwardKL(Entry):
     """
 
     @staticmethod
-    def cross_logits(student: Tensor, teacher: Tensor, dtype: torch.dtype) -> Tensor:
-        return torch.sub(teacher.to(dtype), student)  # T (b - a)
+    def cross_logits(student: Tensor, teacher: Tensor, out: Tensor) -> Tensor:
+        return torch.sub(teacher.to(out.dtype), student, out=out)  # T (b - a)
 
     @staticmethod
     def from_normalizers(cross: Tensor, student_lse: Tensor, teacher_lse: Tensor) -> Tensor:
@@ -181,8 +181,8 @@ class SoftCE(Entry):
     """
 
     @staticmethod
-    def cross_logits(student: Tensor, teacher: Tensor, dtype: torch.dtype) -> Tensor:
-        return student.to(dtype, copy=True)  # T a
+    def cross_logits(student: Tensor, teacher: Tensor, out: Tensor) -> Tensor:
+        return out.copy_(student)  # T a
 
     @staticmethod
     def from_normalizers(cross: Tensor, student_lse: Tensor, teacher_lse: Tensor) -> Tensor:

@@ -374,6 +374,34 @@ def test_blocks_of_rows_match_reference(
     assert_matches_reference(case, options)
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["one_block", "two_row_blocks"])
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_frozen_teacher_forward_kl_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, options: dict, blocks: bool
+) -> None:
+    """A frozen teacher (no gradient) and finite logits: forward KL takes the probability form
+    (each log-sum-exp from its softmax) rather than the log form, and matches the reference."""
+    if blocks:
+        monkeypatch.setattr(_fused_kernel, "BLOCK_ELEMENTS", 2 * VOCAB)
+    case = make_case(seed=8, bias=True)
+    mask = torch.ones(2, ROWS // 2, dtype=torch.bool)
+    mask[1, 3] = False
+    options = {"divergence": "forward_kl", "chunk_size": 5, "mask": mask, **options}
+    frozen = {"teacher_hidden", "teacher_weight", "teacher_bias"}
+    inputs = {
+        key: value.detach().clone().requires_grad_(key not in frozen and value.is_floating_point())
+        for key, value in case.items()
+    }
+    student = [inputs[key] for key in ("student_hidden", "student_weight", "student_bias")]
+    value = fused_linear_kd_loss(**inputs, **options)
+    expected = reference(**inputs, **options)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(value, student)
+    expected_grads = torch.autograd.grad(expected, student)
+    for gradient, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(gradient, expected_grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("teacher", ["logits", "topk", "sampled"])
 def test_blocks_of_rows_read_given_and_cached_teachers_row_by_row(
     monkeypatch: pytest.MonkeyPatch, teacher: str

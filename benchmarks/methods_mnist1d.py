@@ -25,8 +25,14 @@ Two settings:
 Two-stage methods (FitNets: hint stage then KD; factor transfer: paraphraser stage then
 transfer) run their first stage for a quarter of the step budget before the full second stage.
 
-Results go to ``benchmarks/results/methods_mnist1d.jsonl`` (one line per run, so partial runs
-add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
+``--group self`` is a table of its own (``methods_mnist1d_self.md``, its own recipe key, its
+baseline rerun in it), CNN student only: BYOT (the top-1 of the deepest exit), SEED with
+label-free KD, and born-again networks: the teacher's architecture distilled generation after
+generation (``generations: 3``, one row per generation), measured against that architecture
+trained alone with CE on the same steps and seeds.
+
+Results go to ``benchmarks/results/methods_mnist1d.jsonl`` (one line per run and generation,
+so partial runs add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
 
 Usage::
 
@@ -35,6 +41,7 @@ Usage::
     .venv/bin/python benchmarks/methods_mnist1d.py --methods kd,crd --students mlp \
         --settings transfer --seeds 0,1
     .venv/bin/python benchmarks/methods_mnist1d.py --table-only         # re-render the table
+    .venv/bin/python benchmarks/methods_mnist1d.py --group self --seeds 0,1,2
 """
 
 from __future__ import annotations

@@ -25,8 +25,14 @@ Two settings:
 Two-stage methods (FitNets: hint stage then KD; factor transfer: paraphraser stage then
 transfer) run their first stage for a quarter of the step budget before the full second stage.
 
-Results go to ``benchmarks/results/methods_mnist1d.jsonl`` (one line per run, so partial runs
-add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
+``--group self`` is a table of its own (``methods_mnist1d_self.md``, its own recipe key, its
+baseline rerun in it), CNN student only: BYOT (the top-1 of the deepest exit), SEED with
+label-free KD, and born-again networks: the teacher's architecture distilled generation after
+generation (``generations: 3``, one row per generation), measured against that architecture
+trained alone with CE on the same steps and seeds.
+
+Results go to ``benchmarks/results/methods_mnist1d.jsonl`` (one line per run and generation,
+so partial runs add up) and the table to ``benchmarks/results/methods_mnist1d.md``.
 
 Usage::
 
@@ -35,6 +41,7 @@ Usage::
     .venv/bin/python benchmarks/methods_mnist1d.py --methods kd,crd --students mlp \
         --settings transfer --seeds 0,1
     .venv/bin/python benchmarks/methods_mnist1d.py --table-only         # re-render the table
+    .venv/bin/python benchmarks/methods_mnist1d.py --group self --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -106,8 +113,12 @@ class Method:
             ``hidden1`` (``[B, 256]``); the teacher's flattened conv3 is ``flatten``
             (``[B, 320]``).
         stage1_mlp_overrides: the same for the first stage.
-        overrides: benchmark-only changes to the recipe that keep a run within the CPU budget
-            (shown under the table).
+        overrides: benchmark-only changes to the recipe (shown under the table).
+        generations: born-again generations, each a row (the recipe's ``generations:`` chain,
+            trained by :func:`torchkd.config.generations.fit_generations`).
+        baseline: the method whose runs (same seed) the row's gains are measured against.
+        teacher_architecture: trains the teacher's architecture whatever the student family
+            (run once, shown in the CNN student's tables only).
     """
 
     label: str
@@ -117,6 +128,9 @@ class Method:
     mlp_overrides: tuple[str, ...] = ()
     stage1_mlp_overrides: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()
+    generations: int = 1
+    baseline: str = "baseline"
+    teacher_architecture: bool = False
 
 
 EMBEDDING = ("terms.0.student=hidden1",)
@@ -182,8 +196,47 @@ METHODS: dict[str, Method] = {
     "dist": Method("DIST", "dist.yaml"),
     "ls_kd": Method("KD + logit standardization", "ls_kd.yaml"),
     # no teacher: the student's deepest exit teaches its early exits (cnn1d_exits)
-    "byot": Method("BYOT (self-distillation)", "byot.yaml", cnn_only=True),
+    "byot": Method("BYOT (self-distillation, deepest exit)", "byot.yaml", cnn_only=True),
+    # label-free: the runner's batches replace the recipe's own transfer set and augmentation
+    "seed": Method(
+        "SEED + label-free KD",
+        "seed.yaml",
+        mlp_overrides=EMBEDDING,
+        overrides=("data.transfer=null", "data.augment=null"),
+    ),
+    # born-again: the teacher's own architecture (CNN1D width 64) distilled generation after
+    # generation; its baseline is that architecture trained alone with CE on the same steps
+    "baseline_wide": Method(
+        "baseline (CE), teacher architecture",
+        "baseline.yaml",
+        overrides=("student.kwargs={width: 64}",),
+        teacher_architecture=True,
+    ),
+    "born_again": Method(
+        "born-again, teacher architecture",
+        "born_again.yaml",
+        generations=3,
+        baseline="baseline_wide",
+        teacher_architecture=True,
+    ),
 }
+BASELINES = ("baseline", "baseline_wide")  # CE only: no unlabeled rows, no transfer runs
+# --group: which methods a table holds (each group has its own recipe key and table file)
+GROUPS = {
+    "all": tuple(name for name in METHODS if not METHODS[name].teacher_architecture),
+    "self": ("baseline", "kd", "byot", "seed", "baseline_wide", "born_again"),
+}
+GROUP_STUDENTS = {"all": STUDENTS, "self": ("cnn",)}
+SELF_NOTES = [
+    "- BYOT: the top-1 of the student's deepest exit (its logits), same width as the baseline",
+    "- SEED + label-free KD: no label reaches the loss; in the labeled setting its inputs are "
+    "the labeled rows, in the transfer setting the labeled and unlabeled rows",
+    "- born-again: the teacher's architecture (CNN1D width 64) trained with the teacher's "
+    "outputs only (KD, T = 1): generation 1 from the cached teacher, generation g > 1 a fresh "
+    "network (seed generation_seed(seed, g)) taught by generation g − 1's best-validation "
+    "`best.pt` (`generations: 3`, run by `fit_generations`); its gains are against the "
+    "teacher architecture trained alone with CE (same steps, same seed)",
+]
 
 
 # ----------------------------------------------------------------------------------- data
@@ -338,6 +391,7 @@ class Job:
     seed: int
     teacher: str
     steps: int = STEPS
+    group: str = "all"
 
 
 def stage_overrides(job: Job, recipe: Path, num_labeled: int, stage1: bool = False) -> list[str]:
@@ -365,11 +419,17 @@ def train_stage(
     job: Job, recipe_name: str, overrides: list[str], run_dir: Path, extras_from: Path | None
 ) -> Any:
     """Build ``recipe_name`` with ``overrides`` and train it with :func:`torchkd.train.fit`."""
-    from torchkd.config import build_from_recipe, load_recipe
+    from torchkd.config import load_recipe
+
+    return train_recipe(job, load_recipe(RECIPES / recipe_name, overrides), run_dir, extras_from)
+
+
+def train_recipe(job: Job, recipe: Any, run_dir: Path, extras_from: Path | None = None) -> Any:
+    """Build the loaded ``recipe`` and train it on ``job``'s batches with :func:`fit`."""
+    from torchkd.config import build_from_recipe
     from torchkd.train import fit
     from torchkd.train.checkpoint import load_checkpoint
 
-    recipe = load_recipe(RECIPES / recipe_name, overrides)
     distiller, loaders, config = build_from_recipe(recipe)
     loader = train_loader(job.setting, loaders.train.dataset, job.seed)
     if extras_from is not None:
@@ -393,8 +453,49 @@ def train_stage(
     )
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    """Train one (method, student, setting, seed); return its record."""
+def train_generations(job: Job, overrides: list[str], run_dir: Path) -> list[tuple[Any, float]]:
+    """The born-again chain of ``job``'s recipe (``generations: N``), run by the library's
+    :func:`~torchkd.config.generations.fit_generations` with every generation trained by
+    :func:`train_recipe` on the runner's batches: generation 1 learns from the cached teacher,
+    generation ``g > 1`` is a fresh network of the same architecture (seed
+    ``generation_seed(seed, g)``) taught by generation ``g - 1``'s ``best.pt``.
+
+    Returns ``(result, seconds)`` per generation.
+    """
+    from torchkd.config import load_recipe
+    from torchkd.config.generations import fit_generations
+
+    recipe = load_recipe(RECIPES / METHODS[job.method].recipe, overrides)
+    trained: list[tuple[Any, float]] = []
+
+    def fit_one(generation: Any, directory: Path, resume: bool) -> Any:
+        started = time.perf_counter()
+        result = train_recipe(job, generation, directory)
+        trained.append((result, time.perf_counter() - started))
+        return result
+
+    fit_generations(recipe, run_dir, fit_one, resume=False, report=False)
+    return trained
+
+
+def record(job: Job, result: Any, seconds: float, generation: int = 1) -> dict[str, Any]:
+    """The log line of one trained model."""
+    return {
+        "method": job.method,
+        "student": job.student,
+        "setting": job.setting,
+        "seed": job.seed,
+        **({"generation": generation} if METHODS[job.method].generations > 1 else {}),
+        "test_top1": result.test_metrics["top1"],
+        "val_top1": result.final_metrics.get("top1", float("nan")),
+        "nonfinite_steps": result.nonfinite_steps,
+        "seconds": seconds,
+        "config": config_key(job.steps, job.group),
+    }
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """Train one (method, student, setting, seed); return its records (one per generation)."""
     torch.set_num_threads(1)
     from torchkd.data import load_mnist1d
 
@@ -402,6 +503,11 @@ def run_job(job: Job) -> dict[str, Any]:
     num_labeled = len(load_mnist1d("train"))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="torchkd-methods-") as scratch:
+        if method.generations > 1:
+            overrides = stage_overrides(job, RECIPES / method.recipe, num_labeled)
+            overrides.append(f"generations={method.generations}")
+            chain = train_generations(job, overrides, Path(scratch))
+            return [record(job, *trained, g) for g, trained in enumerate(chain, start=1)]
         student_checkpoint, extras_from = None, None
         if method.stage1 is not None:
             stage1 = stage_overrides(job, RECIPES / method.stage1, num_labeled, stage1=True)
@@ -416,33 +522,25 @@ def run_job(job: Job) -> dict[str, Any]:
         if student_checkpoint is not None:
             overrides.append(f"student.checkpoint={student_checkpoint}")
         result = train_stage(job, method.recipe, overrides, Path(scratch) / "run", extras_from)
-    return {
-        "method": job.method,
-        "student": job.student,
-        "setting": job.setting,
-        "seed": job.seed,
-        "test_top1": result.test_metrics["top1"],
-        "val_top1": result.final_metrics.get("top1", float("nan")),
-        "nonfinite_steps": result.nonfinite_steps,
-        "seconds": time.perf_counter() - started,
-        "config": config_key(job.steps),
-    }
+    return [record(job, result, time.perf_counter() - started)]
 
 
-def config_key(steps: int) -> str:
-    """Identifies the training recipe: runs with another key are not mixed into the table."""
-    names = {"teacher.yaml"} | {m.recipe for m in METHODS.values()}
-    names |= {m.stage1 for m in METHODS.values() if m.stage1 is not None}
+def config_key(steps: int, group: str = "all") -> str:
+    """Identifies the training recipe of ``group``'s table: runs with another key are not mixed
+    into it."""
+    methods = [METHODS[name] for name in GROUPS[group]]
+    names = {"teacher.yaml"} | {m.recipe for m in methods}
+    names |= {m.stage1 for m in methods if m.stage1 is not None}
     paths = [RECIPES / name for name in sorted(names)]
     sizes = (steps, BATCHES_PER_EPOCH, TRANSFER_SAMPLES, TRANSFER_LABELED_PER_BATCH)
     extra = [str(value) for value in (*sizes, STAGE1_FRACTION)]
-    extra += [repr(method) for method in METHODS.values()]
+    extra += [repr(method) for method in methods]
     overridden = [override.split("=", 1)[0] for override in common_overrides(steps)]
     return recipe_hash(paths, [*common_overrides(steps), *extra], ignore=overridden)
 
 
-def table_path(steps: int) -> Path:
-    suffix = "" if steps == STEPS else f"_steps{steps}"
+def table_path(steps: int, group: str = "all") -> Path:
+    suffix = ("" if group == "all" else f"_{group}") + ("" if steps == STEPS else f"_steps{steps}")
     return RESULTS / f"methods_mnist1d{suffix}.md"
 
 
@@ -528,22 +626,32 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {spread:.1f}"
 
 
-def _runs(records: list[dict[str, Any]], method: str, student: str, setting: str) -> dict:
-    if method == "baseline":
-        setting = "labeled"  # the baseline cannot use unlabeled samples
+def _runs(
+    records: list[dict[str, Any]], method: str, student: str, setting: str, generation: int = 1
+) -> dict:
+    if method in BASELINES:
+        setting = "labeled"  # the baselines cannot use unlabeled samples
     return {
         r["seed"]: r
         for r in records
-        if r["method"] == method and r["student"] == student and r["setting"] == setting
+        if r["method"] == method
+        and r["student"] == student
+        and r["setting"] == setting
+        and r.get("generation", 1) == generation
     }
 
 
-def render_table(records: list[dict[str, Any]], header: list[str]) -> str:
-    """One table per student x setting: accuracy, gain and paired per-seed differences."""
+def render_table(records: list[dict[str, Any]], header: list[str], group: str = "all") -> str:
+    """One table per student x setting: accuracy, gain and paired per-seed differences against
+    each row's baseline (a born-again generation is a row of its own)."""
     lines = [*header]
-    for student in STUDENTS:
+    rows = [
+        (name, generation)
+        for name in GROUPS[group]
+        for generation in range(1, METHODS[name].generations + 1)
+    ]
+    for student in GROUP_STUDENTS[group]:
         for setting in SETTINGS:
-            baseline = _runs(records, "baseline", student, setting)
             lines += [
                 "",
                 f"### {student.upper()} student, {setting} setting",
@@ -552,24 +660,31 @@ def render_table(records: list[dict[str, Any]], header: list[str]) -> str:
                 "| wins | seeds | s / run |",
                 "|---|---|---|---|---|---|---|",
             ]
-            base_mean = (
-                statistics.mean(r["test_top1"] for r in baseline.values()) if baseline else None
-            )
-            for name, method in METHODS.items():
+            for name, generation in rows:
+                method = METHODS[name]
+                label = method.label
+                if method.generations > 1:
+                    label += f", generation {generation}"
+                baseline = _runs(records, method.baseline, student, setting)
+                base_mean = (
+                    statistics.mean(r["test_top1"] for r in baseline.values()) if baseline else None
+                )
+                if student == "mlp" and method.teacher_architecture:
+                    continue
                 if student == "mlp" and method.cnn_only:
                     lines.append(
                         f"| {method.label} | n/a: needs spatial feature maps; the MLP has none "
                         "| | | | | |"
                     )
                     continue
-                runs = _runs(records, name, student, setting)
+                runs = _runs(records, name, student, setting, generation)
                 if not runs:
-                    lines.append(f"| {method.label} | not run | | | | | |")
+                    lines.append(f"| {label} | not run | | | | | |")
                     continue
                 accuracies = [r["test_top1"] for r in runs.values()]
                 seconds = statistics.mean(r["seconds"] for r in runs.values())
                 gain, paired, wins = "—", "—", "—"
-                if name != "baseline" and base_mean is not None:
+                if name not in BASELINES and base_mean is not None:
                     gain = f"{statistics.mean(accuracies) - base_mean:+.1f}"
                     common = sorted(set(runs) & set(baseline))
                     diffs = [runs[s]["test_top1"] - baseline[s]["test_top1"] for s in common]
@@ -577,19 +692,20 @@ def render_table(records: list[dict[str, Any]], header: list[str]) -> str:
                         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
                         paired = f"{statistics.mean(diffs):+.1f} ± {spread:.1f}"
                         wins = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
-                    if name != "baseline" and statistics.mean(accuracies) <= base_mean:
+                    if statistics.mean(accuracies) <= base_mean:
                         gain += " (no gain)"
-                elif setting == "transfer" and name == "baseline":
+                elif setting == "transfer" and name in BASELINES:
                     gain = "(labeled runs: CE cannot use unlabeled rows)"
                 nonfinite = sum(r["nonfinite_steps"] for r in runs.values())
                 note = f" ({nonfinite} skipped non-finite steps)" if nonfinite else ""
                 lines.append(
-                    f"| {method.label} | {_mean_std(accuracies)}{note} | {gain} | {paired} "
+                    f"| {label} | {_mean_std(accuracies)}{note} | {gain} | {paired} "
                     f"| {wins} | {len(runs)} | {seconds:.1f} |"
                 )
-    notes = [f"- {m.label}: `{' '.join(m.overrides)}`" for m in METHODS.values() if m.overrides]
+    methods = [METHODS[name] for name in GROUPS[group]]
+    notes = [f"- {m.label}: `{' '.join(m.overrides)}`" for m in methods if m.overrides]
     if notes:
-        lines += ["", "Benchmark-only overrides of the recipes (CPU budget):", "", *notes]
+        lines += ["", "Benchmark-only overrides of the recipes:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -606,15 +722,29 @@ def environment_lines() -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--students", default=",".join(STUDENTS))
+    parser.add_argument(
+        "--group",
+        choices=GROUPS,
+        default="all",
+        help="which table: all (methods_mnist1d.md) or self (self-distillation, SEED and "
+        "born-again: methods_mnist1d_self.md)",
+    )
+    parser.add_argument("--methods", help="default: every method of --group")
+    parser.add_argument("--students", help="default: every student of --group")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
-    for flag, allowed in (("methods", METHODS), ("students", STUDENTS), ("settings", SETTINGS)):
+    args.methods = args.methods or ",".join(GROUPS[args.group])
+    args.students = args.students or ",".join(GROUP_STUDENTS[args.group])
+    choices = (
+        ("methods", GROUPS[args.group]),
+        ("students", GROUP_STUDENTS[args.group]),
+        ("settings", SETTINGS),
+    )
+    for flag, allowed in choices:
         values = [v for v in getattr(args, flag).split(",") if v]
         unknown = sorted(set(values) - set(allowed))
         if unknown:
@@ -630,33 +760,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.argv[1:] if argv is None else argv
     )
     started = time.perf_counter()
-    key = config_key(args.steps)
+    key = config_key(args.steps, args.group)
     if not args.table_only:
         torch.set_num_threads(1)
         teacher = str(teacher_checkpoint())
         jobs = [
-            Job(method, student, setting, seed, teacher, args.steps)
+            Job(method, student, setting, seed, teacher, args.steps, args.group)
             for seed in args.seeds
             for setting in args.settings
             for student in args.students
             for method in args.methods
             if not (student == "mlp" and METHODS[method].cnn_only)
-            and not (method == "baseline" and setting == "transfer")
+            and not (student == "mlp" and METHODS[method].teacher_architecture)
+            and not (method in BASELINES and setting == "transfer")
         ]
         RESULTS.mkdir(parents=True, exist_ok=True)
         print(f"{len(jobs)} runs on {args.workers} workers", flush=True)
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             futures = {pool.submit(run_job, job): job for job in jobs}
             for count, future in enumerate(as_completed(futures), start=1):
-                record = future.result()
-                with LOG_PATH.open("a") as stream:
-                    stream.write(json.dumps(record) + "\n")
-                print(
-                    f"[{count}/{len(jobs)}] {record['method']} {record['student']} "
-                    f"{record['setting']} seed {record['seed']}: {record['test_top1']:.1f}% "
-                    f"({record['seconds']:.1f} s, {time.perf_counter() - started:.0f} s total)",
-                    flush=True,
-                )
+                for record in future.result():
+                    with LOG_PATH.open("a") as stream:
+                        stream.write(json.dumps(record) + "\n")
+                    generation = f" gen {record['generation']}" if "generation" in record else ""
+                    print(
+                        f"[{count}/{len(jobs)}] {record['method']}{generation} "
+                        f"{record['student']} {record['setting']} seed {record['seed']}: "
+                        f"{record['test_top1']:.1f}% ({record['seconds']:.1f} s, "
+                        f"{time.perf_counter() - started:.0f} s total)",
+                        flush=True,
+                    )
         invocation = {
             "kind": "invocation",
             "command": command,
@@ -675,8 +808,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{record['teacher_test_top1']:.1f}%)"
         for record in invocations
     ]
+    title = {"all": "Distillation methods", "self": "Self-distillation, SEED and born-again"}
     header = [
-        "# Distillation methods on MNIST-1D",
+        f"# {title[args.group]} on MNIST-1D",
         "",
         "Written by `benchmarks/methods_mnist1d.py` (see its docstring for the protocol).",
         "",
@@ -693,8 +827,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "mean ± std over seeds of (method − baseline) with the same seed; wins = seeds where "
         "the method beats the baseline",
     ]
-    path = table_path(args.steps)
-    path.write_text(render_table(runs, header) + "\n".join(targets(runs)) + "\n")
+    if args.group == "self":
+        header += SELF_NOTES
+    path = table_path(args.steps, args.group)
+    goals = targets(runs) if args.group == "all" else []
+    path.write_text(render_table(runs, header, args.group) + "\n".join(goals) + "\n")
     print(path.read_text())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "methods_mnist1d", ROOT / "benchmarks" / "methods_mnist1d.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through it
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    # as when run as a script: benchmarks/ is on sys.path, so the entry point finds methods/
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("methods_mnist1d")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+        for name in [n for n in sys.modules if n.split(".")[0] in ("methods", "methods_mnist1d")]:
+            del sys.modules[name]
 
 
 def run(method: str, seed: int, top1: float, generation: int | None = None) -> dict:

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchkd.losses._common import check_floating, compute_dtype, with_float64_rows
-from torchkd.losses._module import FunctionalOptionsModule, keyword_options
+from torchkd.losses._module import keyword_options
 from torchkd.losses.fused_options import loss_denominator
 from torchkd.losses.registry import register
-from torchkd.losses.uld import check_uld_options, sorted_distance, uld_valid_rows
+from torchkd.losses.uld import ULDLoss, check_uld_options, sorted_distance, uld_valid_rows
 
 __all__ = ["HybridULDLoss", "hybrid_uld_loss"]
 
@@ -187,7 +187,7 @@ def hybrid_uld_loss(
     family="logit",
     compares_shapes=True,
 )
-class HybridULDLoss(FunctionalOptionsModule):
+class HybridULDLoss(ULDLoss):
     """Module form of :func:`hybrid_uld_loss`; a call may override the stored ``temperature``.
 
     Example:
@@ -196,25 +196,5 @@ class HybridULDLoss(FunctionalOptionsModule):
         ([[0, 0]], 2.0)
     """
 
+    functional = staticmethod(hybrid_uld_loss)
     options = keyword_options(hybrid_uld_loss, ("mask", "num_items_in_batch"))
-    check_options = staticmethod(check_uld_options)
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        labels: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        num_items_in_batch: int | Tensor | None = None,
-        temperature: float | None = None,
-    ) -> Tensor:
-        options = self.hyperparameters(temperature=temperature)
-        return hybrid_uld_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            mask=mask,
-            num_items_in_batch=num_items_in_batch,
-            **options,
-        )

@@ -239,6 +239,7 @@ class ULDLoss(FunctionalOptionsModule):
         ULDLoss(temperature=1.0, hard_label_weight=0.5, ignore_index=-100, reduction='batchmean')
     """
 
+    functional = staticmethod(uld_loss)
     options = keyword_options(uld_loss, ("mask", "num_items_in_batch"))
     check_options = staticmethod(check_uld_options)
 
@@ -252,8 +253,10 @@ class ULDLoss(FunctionalOptionsModule):
         num_items_in_batch: int | Tensor | None = None,
         temperature: float | None = None,
     ) -> Tensor:
+        """The class's ``functional`` (ULD here, the hybrid in a subclass) with the stored
+        options, ``temperature`` overriding the stored one when given."""
         options = self.hyperparameters(temperature=temperature)
-        return uld_loss(
+        return self.functional(
             student_logits,
             teacher_logits,
             labels,

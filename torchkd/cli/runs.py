@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 # Which demos `torchkd demo NAME` runs; the language-model demo ("lm") registers its runner here.
-DEMOS = ("mnist1d", "lm", "embeddings", "crossmodal")
+DEMOS = ("mnist1d", "lm", "embeddings", "crossmodal", "cross_tokenizer")
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,11 +149,28 @@ def _demo_lm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo_cross_tokenizer(args: argparse.Namespace) -> int:
+    from torchkd.demo.cross_tokenizer import RESULTS_FILE, run_xtok_demo
+    from torchkd.demo.cross_tokenizer.report import xtok_summary_markdown
+
+    _check_publish(args, RESULTS_FILE)
+    out = args.out or "runs/demo_cross_tokenizer"
+    result = run_xtok_demo(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
+    print()
+    print(xtok_summary_markdown(result))
+    print()
+    print(f"wall time {result.seconds:.0f} s; report: {out}/report.md")
+    return EXIT_OK
+
+
 _DEMO_RUNNERS = {
     "mnist1d": _demo_mnist1d,
     "lm": _demo_lm,
     "embeddings": _demo_embeddings,
     "crossmodal": _demo_crossmodal,
+    "cross_tokenizer": _demo_cross_tokenizer,
 }
 
 

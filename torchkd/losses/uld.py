@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,6 +55,24 @@ from torchkd.losses.registry import register
 __all__ = ["ULDLoss", "uld_loss"]
 
 
+def sorted_descending(rows: Tensor) -> Tensor:
+    """``[n, m]`` rows sorted in descending order, differentiable (the gradient of a sorted
+    entry goes to the entry sorted there).
+
+    On a CPU the order comes from NumPy's vectorized sort (``torch.sort`` on the CPU took 6 to
+    25 times as long on ``[1024, 8192]`` float32 rows: 0.47 s against 0.072 s for
+    ``np.argsort`` and 0.018 s for ``np.sort``); entries that tie may be ordered otherwise than
+    by ``torch.sort``, which changes neither the values nor the loss.
+    """
+    if rows.device.type != "cpu" or rows.dtype not in (torch.float32, torch.float64):
+        return rows.sort(dim=-1, descending=True).values
+    values = rows.detach().contiguous().numpy()
+    if not rows.requires_grad:
+        return torch.from_numpy(np.sort(values, axis=-1)[:, ::-1].copy())
+    order = torch.from_numpy(np.argsort(values, axis=-1)).flip(-1)
+    return rows.gather(-1, order)
+
+
 def sorted_distance(p: Tensor, q: Tensor) -> Tensor:
     """``[n]``: :math:`\\sum_i |p_{(i)} - q_{(i)}|` of ``[n, m]`` and ``[n, k]`` probability
     rows sorted descending, the shorter zero-padded (either may have no entries).
@@ -62,8 +81,7 @@ def sorted_distance(p: Tensor, q: Tensor) -> Tensor:
     remaining sorted probabilities, :math:`\\sum_{i \\le m} |p_{(i)} - q_{(i)}| +
     \\sum_{i > m} r_{(i)}`.
     """
-    p = p.sort(dim=-1, descending=True).values
-    q = q.sort(dim=-1, descending=True).values
+    p, q = sorted_descending(p), sorted_descending(q)
     shorter = min(p.shape[-1], q.shape[-1])
     longer = p if p.shape[-1] > shorter else q
     distance = (p[:, :shorter] - q[:, :shorter]).abs().sum(dim=-1)

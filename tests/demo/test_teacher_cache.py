@@ -22,7 +22,8 @@ def fake_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "demo/arms.py",
         "demo/report.py",
         "tune/search.py",
-        "cli.py",
+        "cli/runs.py",
+        "integrations/transformers.py",
         "distiller.py",
     ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,9 @@ def test_a_new_training_module_changes_the_key(fake_package: Path) -> None:
     assert demo.teacher_cache_path(quick=False) != before
 
 
-@pytest.mark.parametrize("source", ["demo/report.py", "tune/search.py", "cli.py"])
+@pytest.mark.parametrize(
+    "source", ["demo/report.py", "tune/search.py", "cli/runs.py", "integrations/transformers.py"]
+)
 def test_code_that_trains_no_teacher_keeps_the_key(fake_package: Path, source: str) -> None:
     before = demo.teacher_cache_path(quick=False)
     with (fake_package / source).open("a") as stream:
@@ -81,5 +84,7 @@ def test_the_real_package_is_fingerprinted() -> None:
         for path in fingerprint.teacher_source_files()
     }
     assert {"train/loop.py", "distiller.py", "config/build.py", "demo/arms.py"} <= files
-    assert {"cli.py", "demo/report.py", "tune/search.py"}.isdisjoint(files)
-    assert not any(name.startswith(("tune/", "demo/report")) for name in files)
+    assert {"demo/report.py", "tune/search.py"}.isdisjoint(files)
+    assert not any(
+        name.startswith(("tune/", "demo/report", "cli/", "integrations/")) for name in files
+    )

@@ -29,9 +29,10 @@ __all__ = [
     "teacher_source_files",
 ]
 
-# Modules of layers 7-8 (search, teacher selection, CLI): no training run imports them.
+# Modules of layers 7-8 (search, teacher selection, the Trainer integration, CLI): no training
+# run imports them.
 # The demo (layer 7) is excluded too except ``demo/arms.py``, which trains and exports the teacher.
-_NOT_TRAINING = ("tune", "demo", "select_teacher.py", "cli.py", "__main__.py")
+_NOT_TRAINING = ("tune", "demo", "integrations", "select_teacher.py", "cli", "__main__.py")
 _DEMO_TEACHER_CODE = "demo/arms.py"
 _LIBRARIES = ("torch", "numpy", "mnist1d")
 

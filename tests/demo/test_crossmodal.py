@@ -83,13 +83,18 @@ def test_pairs_have_no_docstring_in_their_code_and_split_by_module() -> None:
     assert sum(len(split) for split in splits.values()) == len(pairs)
 
 
-def test_dataset_views_are_cut_to_their_longest_row(tiny_dir: Path) -> None:
+def test_dataset_views_are_cut_to_their_longest_row(tiny_dir: Path, tmp_path: Path) -> None:
     data = stdlib_code_docs(
-        "test", max_files=FILES, vocab_size=300, tokenizer=str(tiny_dir), test_pairs=8
+        "test",
+        max_files=FILES,
+        vocab_size=300,
+        teacher_dir=str(tiny_dir),
+        test_pairs=8,
+        cache=str(tmp_path),
     )
     assert len(data) == 8 and data.pairs is not None
     batch = data[[0, 1, 2]]
-    for view in ("inputs", "teacher_inputs", "doc_inputs"):
+    for view in ("inputs", "doc_inputs"):
         mask = data.views[view][1]
         assert batch[view]["input_ids"].shape[1] == int(mask[:3].sum(1).max())
         assert batch[view]["input_ids"].shape[0] == 3
@@ -103,8 +108,8 @@ def test_tiny_end_to_end_run(tiny_dir: Path, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.chdir(tmp_path)  # a user's run writes its results page under OUT only
     lines: list[str] = []
     overrides = [
-        f"teacher.kwargs.path={tiny_dir}",
-        f"data.kwargs.tokenizer={tiny_dir}",
+        f"data.kwargs.teacher_dir={tiny_dir}",
+        f"data.kwargs.cache={tmp_path / 'cache'}",
         "data.kwargs.code_length=64",  # the tiny BERT has 72 positions
         "student.kwargs.width=16",
         "student.kwargs.heads=2",

@@ -23,6 +23,8 @@ from torchkd.demo.crossmodal import (
     split_pairs,
     stdlib_code_docs,
 )
+from torchkd.demo.embeddings.data import load_tokenizer
+from torchkd.demo.embeddings.models import minilm_teacher
 
 from .test_embeddings import _tiny_model_dir
 
@@ -99,6 +101,30 @@ def test_dataset_views_are_cut_to_their_longest_row(tiny_dir: Path, tmp_path: Pa
         assert batch[view]["input_ids"].shape[1] == int(mask[:3].sum(1).max())
         assert batch[view]["input_ids"].shape[0] == 3
     assert int(data[1]["index"]) == 1
+    cached = list((tmp_path / "crossmodal").glob("teacher-*.safetensors"))
+    assert len(cached) == 1  # the teacher's embeddings, computed once
+    teacher = minilm_teacher(str(tiny_dir)).eval()
+    docs = data.pairs[:3]
+    tokens = load_tokenizer(str(tiny_dir))(
+        [pair.docstring for pair in docs],
+        padding=True,
+        truncation=True,
+        max_length=48,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        expected = teacher(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(batch["teacher_inputs"]["embedding"], expected)
+    again = stdlib_code_docs(
+        "test",
+        max_files=FILES,
+        vocab_size=300,
+        teacher_dir=str(tiny_dir),
+        test_pairs=8,
+        cache=str(tmp_path),
+    )
+    assert torch.equal(again.teacher, data.teacher)
+    assert list((tmp_path / "crossmodal").glob("*")) == cached
     with pytest.raises(ValueError, match="test_pairs must be >= 1"):
         stdlib_code_docs("test", max_files=FILES, test_pairs=0)
 

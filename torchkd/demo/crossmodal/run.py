@@ -92,7 +92,9 @@ def run_crossmodal_demo(
         f"teacher's docstring embeddings, {workers} at a time, {RUN_THREADS} thread each"
     )
     with run_threads():  # the teacher's embeddings, computed once here for every job
-        build_datasets(arm_recipe(0, overrides).data, ["train", "val", "test"])
+        train_pairs = len(
+            build_datasets(arm_recipe(0, overrides).data, ["train", "val", "test"])["train"]
+        )
     encoded: list[Encoded] = []
     with executor(workers) as pool:
         try:
@@ -115,7 +117,7 @@ def run_crossmodal_demo(
         scores=sorted(scores, key=lambda score: (score.arm, score.seed)),
         seeds=list(range(seeds)),
         held_out=len(teacher.code),
-        train_pairs=recipe.data.kwargs.get("train_pairs"),
+        train_pairs=train_pairs,
         student=recipe.student.kwargs,
         terms=[term.model_dump(mode="json") for term in recipe.terms],
         epochs=recipe.train.epochs,

@@ -23,6 +23,8 @@ from torchkd.demo.crossmodal import (
     split_pairs,
     stdlib_code_docs,
 )
+from torchkd.demo.embeddings.data import load_tokenizer
+from torchkd.demo.embeddings.models import minilm_teacher
 
 from .test_embeddings import _tiny_model_dir
 
@@ -83,17 +85,46 @@ def test_pairs_have_no_docstring_in_their_code_and_split_by_module() -> None:
     assert sum(len(split) for split in splits.values()) == len(pairs)
 
 
-def test_dataset_views_are_cut_to_their_longest_row(tiny_dir: Path) -> None:
+def test_dataset_views_are_cut_to_their_longest_row(tiny_dir: Path, tmp_path: Path) -> None:
     data = stdlib_code_docs(
-        "test", max_files=FILES, vocab_size=300, tokenizer=str(tiny_dir), test_pairs=8
+        "test",
+        max_files=FILES,
+        vocab_size=300,
+        teacher_dir=str(tiny_dir),
+        test_pairs=8,
+        cache=str(tmp_path),
     )
     assert len(data) == 8 and data.pairs is not None
     batch = data[[0, 1, 2]]
-    for view in ("inputs", "teacher_inputs", "doc_inputs"):
+    for view in ("inputs", "doc_inputs"):
         mask = data.views[view][1]
         assert batch[view]["input_ids"].shape[1] == int(mask[:3].sum(1).max())
         assert batch[view]["input_ids"].shape[0] == 3
     assert int(data[1]["index"]) == 1
+    cached = list((tmp_path / "crossmodal").glob("teacher-*.safetensors"))
+    assert len(cached) == 1  # the teacher's embeddings, computed once
+    teacher = minilm_teacher(str(tiny_dir)).eval()
+    docs = data.pairs[:3]
+    tokens = load_tokenizer(str(tiny_dir))(
+        [pair.docstring for pair in docs],
+        padding=True,
+        truncation=True,
+        max_length=48,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        expected = teacher(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(batch["teacher_inputs"]["embedding"], expected)
+    again = stdlib_code_docs(
+        "test",
+        max_files=FILES,
+        vocab_size=300,
+        teacher_dir=str(tiny_dir),
+        test_pairs=8,
+        cache=str(tmp_path),
+    )
+    assert torch.equal(again.teacher, data.teacher)
+    assert list((tmp_path / "crossmodal").glob("*")) == cached
     with pytest.raises(ValueError, match="test_pairs must be >= 1"):
         stdlib_code_docs("test", max_files=FILES, test_pairs=0)
 
@@ -103,8 +134,8 @@ def test_tiny_end_to_end_run(tiny_dir: Path, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.chdir(tmp_path)  # a user's run writes its results page under OUT only
     lines: list[str] = []
     overrides = [
-        f"teacher.kwargs.path={tiny_dir}",
-        f"data.kwargs.tokenizer={tiny_dir}",
+        f"data.kwargs.teacher_dir={tiny_dir}",
+        f"data.kwargs.cache={tmp_path / 'cache'}",
         "data.kwargs.code_length=64",  # the tiny BERT has 72 positions
         "student.kwargs.width=16",
         "student.kwargs.heads=2",

@@ -436,3 +436,13 @@ def test_checkpoint_with_linear_normalizers_loads_into_log_space():
     unset = small_crd(labels_per_sample=LABELS)
     unset.load_state_dict({**old_state, "student_normalizer": torch.tensor(-1.0)})
     assert unset.student_normalizer.item() == -1.0
+
+
+def test_inbatch_module_without_heads_is_the_functional():
+    student, teacher = torch.randn(4, 5), torch.randn(4, 5)
+    module = CRDInBatchLoss(5, 5, temperature=0.5, heads=False)
+    assert list(module.parameters()) == []
+    expected = crd_inbatch_loss(student, teacher, temperature=0.5)
+    assert torch.equal(module(student, teacher), expected)
+    with pytest.raises(ValueError, match="heads=False needs student_dim == teacher_dim"):
+        CRDInBatchLoss(5, 4, heads=False)

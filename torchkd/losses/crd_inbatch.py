@@ -75,7 +75,9 @@ def crd_inbatch_loss(
     sizes=embedding_dims,
 )
 class CRDInBatchLoss(nn.Module):
-    """:func:`crd_inbatch_loss` behind learned :class:`EmbeddingHead` s (student and teacher).
+    """:func:`crd_inbatch_loss` behind learned :class:`EmbeddingHead` s (student and teacher),
+    or on the embeddings as they are with ``heads=False`` (the student then learns the
+    teacher's own space; ``student_dim`` must equal ``teacher_dim``).
 
     Example:
         >>> loss = CRDInBatchLoss(6, 10, feat_dim=4)(torch.randn(5, 6), torch.randn(5, 10))
@@ -84,7 +86,12 @@ class CRDInBatchLoss(nn.Module):
     """
 
     def __init__(
-        self, student_dim: int, teacher_dim: int, feat_dim: int = 128, temperature: float = 0.07
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        feat_dim: int = 128,
+        temperature: float = 0.07,
+        heads: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -94,9 +101,13 @@ class CRDInBatchLoss(nn.Module):
         ):
             check_number(name, value, minimum=1, integer=True)
         check_temperature(temperature)
+        if not heads and student_dim != teacher_dim:
+            raise ValueError(
+                f"heads=False needs student_dim == teacher_dim, got {student_dim} and {teacher_dim}"
+            )
         self.temperature = temperature
-        self.student_head = EmbeddingHead(student_dim, feat_dim)
-        self.teacher_head = EmbeddingHead(teacher_dim, feat_dim)
+        self.student_head = EmbeddingHead(student_dim, feat_dim) if heads else nn.Identity()
+        self.teacher_head = EmbeddingHead(teacher_dim, feat_dim) if heads else nn.Identity()
 
     def forward(self, student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
         check_floating("student_embedding", student_embedding)
@@ -108,4 +119,6 @@ class CRDInBatchLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        if isinstance(self.student_head, nn.Identity):
+            return f"heads=False, temperature={self.temperature}"
         return f"feat_dim={self.student_head.linear.out_features}, temperature={self.temperature}"

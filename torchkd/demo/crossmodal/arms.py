@@ -1,6 +1,7 @@
 """The cross-modal demo's arms and jobs: each embeds the held-out code (and, for the
-contrastive arm, the held-out docstrings in its own space); the teacher job embeds the
-held-out docstrings.
+contrastive arm, the held-out docstrings in its own space); the teacher job reads the
+teacher's embeddings of the held-out docstrings (computed once and cached,
+:mod:`torchkd.demo.crossmodal.teacher`).
 
 - ``untrained``: the code student at its initialisation (the seed's), a floor;
 - ``minilm_code``: the teacher itself reading the code as text (no training, one run): what
@@ -136,7 +137,7 @@ def _code_as_text(recipe: Recipe) -> list[dict[str, Any]]:
     from torchkd.demo.embeddings.data import load_tokenizer
 
     dataset = build_datasets(recipe.data, ["test"])["test"]
-    tokenizer = load_tokenizer(recipe.data.kwargs.get("tokenizer"))
+    tokenizer = load_tokenizer(recipe.data.kwargs.get("teacher_dir"))
     code = [pair.code for pair in dataset.pairs]
     size = recipe.data.eval_batch_size or recipe.data.batch_size
     batches = []
@@ -172,6 +173,7 @@ def encode_arm(arm_key: str, seed: int, overrides: Sequence[str], run_dir: str) 
     one torch thread."""
     from torchkd.config import build_model
     from torchkd.demo.crossmodal.contrastive import train_contrastive
+    from torchkd.demo.embeddings.models import minilm_teacher
     from torchkd.train.rng import seed_everything
 
     recipe = arm_recipe(seed, overrides)
@@ -184,8 +186,8 @@ def encode_arm(arm_key: str, seed: int, overrides: Sequence[str], run_dir: str) 
             seed_everything(seed)
             code = embed(build_model(recipe.student), batches, "inputs")
         elif arm_key == "minilm_code":
-            assert recipe.teacher is not None
-            code = embed(build_model(recipe.teacher, "teacher"), _code_as_text(recipe), "inputs")
+            teacher = minilm_teacher(recipe.data.kwargs.get("teacher_dir"))
+            code = embed(teacher, _code_as_text(recipe), "inputs")
         elif arm_key == "contrastive":
             student, doc_encoder, history = train_contrastive(recipe)
             code = embed(student, batches, "inputs")
@@ -199,7 +201,8 @@ def encode_arm(arm_key: str, seed: int, overrides: Sequence[str], run_dir: str) 
 
 
 def encode_teacher(overrides: Sequence[str]) -> Encoded:
-    """The teacher's embeddings of the held-out docstrings; one torch thread."""
+    """The teacher's embeddings of the held-out docstrings (the recipe's pass-through teacher
+    on the cached rows); one torch thread."""
     from torchkd.config import build_model
 
     recipe = arm_recipe(0, overrides)

@@ -4,15 +4,16 @@ standard library, seen three ways.
 - ``inputs``: the function's code (docstring removed) in the tokens of a byte-level BPE trained
   offline on the training split's code and docstrings (:func:`code_tokenizer`); the student
   reads it;
-- ``teacher_inputs``: the docstring's summary in all-MiniLM-L6-v2's own tokens; the teacher
-  reads it (``data.teacher_inputs: teacher_inputs``);
+- ``teacher_inputs``: ``{"embedding"}``, all-MiniLM-L6-v2's embedding of the docstring's
+  summary, computed once and cached (:mod:`torchkd.demo.crossmodal.teacher`); the recipe's
+  pass-through teacher returns it (``data.teacher_inputs: teacher_inputs``);
 - ``doc_inputs``: the summary in the BPE tokens; the contrastive arm's docstring encoder reads
   it (no teacher).
 
-Each is ``{"input_ids", "attention_mask"}`` int64; samples also carry ``index``, no labels. A
-batch cuts each view to its longest row. Importing this module registers the dataset; the
-demo's recipe names its student by a ``torchkd.demo.crossmodal.models:...`` path, whose import
-registers it, so ``torchkd train configs/crossmodal/kd.yaml`` works.
+Token views are ``{"input_ids", "attention_mask"}`` int64; samples also carry ``index``, no
+labels. A batch cuts each token view to its longest row. Importing this module registers the
+dataset; the demo's recipe names its student by a ``torchkd.demo.crossmodal.models:...`` path,
+whose import registers it, so ``torchkd train configs/crossmodal/kd.yaml`` works.
 """
 
 from __future__ import annotations
@@ -31,28 +32,37 @@ from torchkd.demo.crossmodal.pairs import Pair, function_pairs, split_pairs
 
 __all__ = ["VIEWS", "CodeDocDataset", "code_tokenizer", "stdlib_code_docs"]
 
-VIEWS = ("inputs", "teacher_inputs", "doc_inputs")
+VIEWS = ("inputs", "doc_inputs")  # the token views; ``teacher_inputs`` holds embeddings
 
 
 class CodeDocDataset:
-    """Tokenized pairs: one ``[N, L]`` id matrix and mask per view (right-padded).
+    """Tokenized pairs: one ``[N, L]`` id matrix and mask per token view (right-padded) and
+    the teacher's ``[N, D]`` embedding rows.
 
     Example:
         >>> ids, mask = torch.tensor([[5, 6, 0], [7, 0, 0]]), torch.tensor([[1, 1, 0], [1, 0, 0]])
-        >>> data = CodeDocDataset({view: (ids, mask) for view in VIEWS})
-        >>> data[[1]]["teacher_inputs"]["input_ids"].tolist(), int(data[0]["index"])
+        >>> data = CodeDocDataset({view: (ids, mask) for view in VIEWS}, torch.eye(2))
+        >>> data[[1]]["doc_inputs"]["input_ids"].tolist(), int(data[0]["index"])
         ([[7]], 0)
+        >>> data[[1]]["teacher_inputs"]["embedding"].tolist()
+        [[0.0, 1.0]]
     """
 
     def __init__(
-        self, views: dict[str, tuple[Tensor, Tensor]], pairs: Sequence[Pair] | None = None
+        self,
+        views: dict[str, tuple[Tensor, Tensor]],
+        teacher: Tensor,
+        pairs: Sequence[Pair] | None = None,
     ) -> None:
         if sorted(views) != sorted(VIEWS):
             raise ValueError(f"views must be {VIEWS}, got {sorted(views)}")
         rows = {ids.shape[0] for ids, _ in views.values()}
         if len(rows) != 1 or any(ids.shape != mask.shape for ids, mask in views.values()):
             raise ValueError("every view needs [N, L] ids and a mask of the same shape, one N")
+        if teacher.dim() != 2 or teacher.shape[0] not in rows:
+            raise ValueError(f"teacher must be [N, D] with N = {rows}, got {list(teacher.shape)}")
         self.views = {view: (ids.long(), mask.long()) for view, (ids, mask) in views.items()}
+        self.teacher = teacher.float()
         self.pairs = list(pairs) if pairs is not None else None
 
     def __len__(self) -> int:
@@ -63,7 +73,10 @@ class CodeDocDataset:
         batch of those samples, each view cut to its longest row."""
         single = isinstance(position, int) or (isinstance(position, Tensor) and position.dim() == 0)
         rows = torch.as_tensor(position, dtype=torch.long)
-        sample: dict[str, Any] = {"index": rows}
+        sample: dict[str, Any] = {
+            "index": rows,
+            "teacher_inputs": {"embedding": self.teacher[rows]},
+        }
         for view, (ids, mask) in self.views.items():
             if single:
                 sample[view] = {"input_ids": ids[rows], "attention_mask": mask[rows]}
@@ -129,7 +142,8 @@ def stdlib_code_docs(
     val_pairs: int | None = None,
     test_pairs: int | None = None,
     max_files: int | None = None,
-    tokenizer: str | None = None,
+    teacher_dir: str | None = None,
+    cache: str | None = None,
 ) -> CodeDocDataset:
     """(code, docstring) pairs of the standard library's functions, tokenized.
 
@@ -143,8 +157,12 @@ def stdlib_code_docs(
         train_pairs, val_pairs, test_pairs: keep this many pairs of the split (the first of a
             permutation seeded by ``split_seed``, in source order), or all (``None``).
         max_files: read only the first standard-library files (quick runs and tests).
-        tokenizer: the teacher's local tokenizer directory (default all-MiniLM-L6-v2's).
+        teacher_dir: the teacher's local directory, its tokenizer and weights (default
+            all-MiniLM-L6-v2's); the teacher's embeddings of the summaries are computed once
+            and cached (:func:`~torchkd.demo.crossmodal.teacher.teacher_embeddings`).
+        cache: the cache directory (default :func:`torchkd.data.base.cache_dir`).
     """
+    from torchkd.demo.crossmodal.teacher import teacher_embeddings
     from torchkd.demo.embeddings.data import load_tokenizer
 
     counts = {"train": train_pairs, "val": val_pairs, "test": test_pairs}
@@ -164,7 +182,7 @@ def stdlib_code_docs(
     docs = [pair.docstring for pair in pairs]
     views = {
         "inputs": _encoded(bpe, [pair.code for pair in pairs], code_length),
-        "teacher_inputs": _encoded(load_tokenizer(tokenizer), docs, doc_length),
         "doc_inputs": _encoded(bpe, docs, doc_length),
     }
-    return CodeDocDataset(views, pairs)
+    teacher_tokens = _encoded(load_tokenizer(teacher_dir), docs, doc_length)
+    return CodeDocDataset(views, teacher_embeddings(*teacher_tokens, teacher_dir, cache), pairs)

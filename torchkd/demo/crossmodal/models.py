@@ -1,5 +1,7 @@
-"""The cross-modal demo's models: the all-MiniLM-L6-v2 teacher (docstrings) and a small
-transformer over BPE tokens (the code student, and the contrastive arm's docstring encoder).
+"""The cross-modal demo's models: the all-MiniLM-L6-v2 teacher (docstrings; its embeddings are
+computed once and cached, and the recipe's teacher :class:`CachedTeacher` returns them) and a
+small transformer over BPE tokens (the code student, and the contrastive arm's docstring
+encoder).
 
 :class:`TokenEncoder`: token and learned position embeddings, ``layers`` pre-norm transformer
 encoder layers, the mean of the last hidden states over the real tokens (submodule ``pool``),
@@ -17,9 +19,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchkd.demo.crossmodal.data  # noqa: F401  (registers stdlib_code_docs for recipes)
+from torchkd.demo.crossmodal.teacher import CachedTeacher, cached_teacher
 from torchkd.demo.embeddings.models import minilm_teacher
 
-__all__ = ["MaskedMean", "TokenEncoder", "code_student", "minilm_teacher"]
+__all__ = [
+    "CachedTeacher",
+    "MaskedMean",
+    "TokenEncoder",
+    "cached_teacher",
+    "code_student",
+    "minilm_teacher",
+]
 
 
 class MaskedMean(nn.Module):

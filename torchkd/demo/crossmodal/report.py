@@ -157,12 +157,14 @@ def _description(result: CrossModalResult) -> str:
         f"transformer over a {student.get('vocab_size')}-token BPE of the training code and "
         f"docstrings, projected to 384; trained {result.epochs} epochs on "
         f"{result.train_pairs} pairs, no labels. kd: {_terms_text(result.terms)} against "
-        "the teacher's docstring embedding (the teacher reads `teacher_inputs`, the student "
-        "`inputs`). contrastive: the same student, loader, optimizer and schedule with a "
+        "the teacher's docstring embedding (computed once per run and cached: the teacher is "
+        "frozen and its inputs fixed; the batch entry `teacher_inputs` holds it, the student "
+        "reads `inputs`). contrastive: the same student, loader, optimizer and schedule with a "
         "docstring encoder of its size trained with it by symmetric InfoNCE (τ = 0.05), no "
         "teacher. Mean ± sample std over seeds; deltas paired by seed (the same initial "
         "student and batch order), 95% Student-t intervals; job s = mean wall time of a job "
-        "(training included)."
+        "(training included; the teacher's embeddings are computed before the jobs, within "
+        "the wall time)."
     )
 
 

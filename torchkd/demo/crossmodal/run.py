@@ -25,7 +25,7 @@ from torchkd.demo.crossmodal.report import (
     write_report,
 )
 from torchkd.demo.run import check_publishable, write_results
-from torchkd.demo.workers import RUN_THREADS, executor
+from torchkd.demo.workers import RUN_THREADS, executor, run_threads
 from torchkd.environment import available_cpus, environment
 
 __all__ = ["RESULTS_FILE", "run_crossmodal_demo"]
@@ -69,6 +69,7 @@ def run_crossmodal_demo(
             in the working directory (refused for ``quick`` runs, before any training).
         overrides: more recipe overrides for every run (e.g. a local teacher directory).
     """
+    from torchkd.config import build_datasets
     from torchkd.demo.embeddings.models import model_dir
 
     for module in ("transformers", "scipy"):  # before any training
@@ -77,7 +78,7 @@ def run_crossmodal_demo(
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if publish:
         check_publishable(RESULTS_FILE, quick)
-    if not any(word.startswith("teacher.kwargs.path=") for word in overrides):
+    if not any(word.startswith("data.kwargs.teacher_dir=") for word in overrides):
         model_dir()  # a missing model package fails here, saying how to install it
     started = time.perf_counter()
     out = Path(out)
@@ -90,6 +91,10 @@ def run_crossmodal_demo(
         f"{len(jobs)} jobs ({', '.join(arm.key for arm in ARMS)}; {seeds} seeds) and the "
         f"teacher's docstring embeddings, {workers} at a time, {RUN_THREADS} thread each"
     )
+    with run_threads():  # the teacher's embeddings, computed once here for every job
+        train_pairs = len(
+            build_datasets(arm_recipe(0, overrides).data, ["train", "val", "test"])["train"]
+        )
     encoded: list[Encoded] = []
     with executor(workers) as pool:
         try:
@@ -112,7 +117,7 @@ def run_crossmodal_demo(
         scores=sorted(scores, key=lambda score: (score.arm, score.seed)),
         seeds=list(range(seeds)),
         held_out=len(teacher.code),
-        train_pairs=recipe.data.kwargs.get("train_pairs"),
+        train_pairs=train_pairs,
         student=recipe.student.kwargs,
         terms=[term.model_dump(mode="json") for term in recipe.terms],
         epochs=recipe.train.epochs,

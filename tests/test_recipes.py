@@ -25,9 +25,13 @@ from torchkd.train import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "torchkd" / "configs"
 RECIPES = sorted(CONFIGS.rglob("*.yaml"))
-# The language-model demo's recipes need the corpus, tokenizer, teacher and top-k cache that
-# `torchkd demo lm` fills in: tests/demo/test_lm.py trains every one of them end to end.
-TRAINABLE = [path for path in RECIPES if "demo_lm" not in path.relative_to(CONFIGS).parts]
+# The language-model demos' recipes need the corpus, tokenizers, teacher and top-k cache that
+# `torchkd demo lm` / `torchkd demo cross_tokenizer` fill in: tests/demo/test_lm.py and
+# tests/demo/test_cross_tokenizer.py train every one of them end to end.
+FILLED_BY_A_DEMO = {"demo_lm", "demo_cross_tokenizer"}
+TRAINABLE = [
+    path for path in RECIPES if not FILLED_BY_A_DEMO & set(path.relative_to(CONFIGS).parts)
+]
 STEPS = 3
 BATCH_SIZE = 8
 VAL_ROWS = 16

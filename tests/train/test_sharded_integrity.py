@@ -126,9 +126,8 @@ def test_an_undamaged_sharded_checkpoint_resumes(
     shutil.copytree(source, run_dir)
     result = torchkd_train(recipe, run_dir, "train.epochs=2", "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
-    trainer = torch.load(
-        run_dir / "checkpoints" / "last.dcp" / "trainer.rank0.pt", weights_only=True
-    )
+    trainer_file = run_dir / "checkpoints" / "last.dcp" / "trainer.rank0.pt"
+    trainer = torch.load(trainer_file, weights_only=True)
     assert trainer["progress"]["epoch"] == 2
 
 

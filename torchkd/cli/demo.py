@@ -4,7 +4,9 @@ code search, cross-tokenizer distillation), each its own runner."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torchkd.cli.base import EXIT_OK, Command, UsageError, positive_int, register
 
@@ -55,96 +57,89 @@ def _check_publish(args: argparse.Namespace, published: Path) -> None:
             raise UsageError(f"--publish: {error}") from None
 
 
+def _run_demo(
+    args: argparse.Namespace,
+    published: Path,
+    run: Callable[..., Any],
+    default_out: str,
+    tables: Callable[[Any], list[str]],
+) -> int:
+    """What every demo does: refuse a bad ``--publish`` first, ``run`` it into ``--out``
+    (default ``default_out``), print its ``tables`` and the wall time with the report's path."""
+    _check_publish(args, published)
+    out = args.out or default_out
+    result = run(
+        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    )
+    for table in tables(result):
+        print()
+        print(table)
+    print()
+    print(f"wall time {result.seconds:.0f} s; report: {Path(out) / 'report.md'}")
+    return EXIT_OK
+
+
+def _require_minilm() -> None:
+    """The demos on all-MiniLM-L6-v2 need its PyPI package: a usage error without it."""
+    from torchkd.demo.embeddings.models import model_dir
+
+    try:
+        model_dir()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
+
+
 def _demo_mnist1d(args: argparse.Namespace) -> int:
     from torchkd.demo import RESULTS_FILE, run_demo
 
-    _check_publish(args, RESULTS_FILE)
-    out = args.out or "runs/demo"
-    result = run_demo(
-        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
-    )
-    print()
-    print(result.table())
-    print()
-    print(f"wall time {result.seconds:.0f} s; report: {result.report_path}")
-    return EXIT_OK
+    return _run_demo(args, RESULTS_FILE, run_demo, "runs/demo", lambda r: [r.table()])
 
 
 def _demo_embeddings(args: argparse.Namespace) -> int:
-    from torchkd.demo.embeddings.models import model_dir
-
-    try:
-        model_dir()
-    except ImportError as error:
-        raise UsageError(str(error)) from None
+    _require_minilm()
     from torchkd.demo.embeddings import RESULTS_FILE, run_embeddings_demo
     from torchkd.demo.embeddings.report import summary_markdown
 
-    _check_publish(args, RESULTS_FILE)
-    out = args.out or "runs/demo_embeddings"
-    result = run_embeddings_demo(
-        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    return _run_demo(
+        args,
+        RESULTS_FILE,
+        run_embeddings_demo,
+        "runs/demo_embeddings",
+        lambda r: [summary_markdown(r)],
     )
-    print()
-    print(summary_markdown(result))
-    print()
-    print(f"wall time {result.seconds:.0f} s; report: {result.report_path}")
-    return EXIT_OK
 
 
 def _demo_crossmodal(args: argparse.Namespace) -> int:
-    from torchkd.demo.embeddings.models import model_dir
-
-    try:
-        model_dir()
-    except ImportError as error:
-        raise UsageError(str(error)) from None
+    _require_minilm()
     from torchkd.demo.crossmodal import RESULTS_FILE, run_crossmodal_demo
     from torchkd.demo.crossmodal.report import deltas_markdown, summary_markdown
 
-    _check_publish(args, RESULTS_FILE)
-    out = args.out or "runs/demo_crossmodal"
-    result = run_crossmodal_demo(
-        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    return _run_demo(
+        args,
+        RESULTS_FILE,
+        run_crossmodal_demo,
+        "runs/demo_crossmodal",
+        lambda r: [summary_markdown(r), deltas_markdown(r)],
     )
-    print()
-    print(summary_markdown(result))
-    print()
-    print(deltas_markdown(result))
-    print()
-    print(f"wall time {result.seconds:.0f} s; report: {result.report_path}")
-    return EXIT_OK
 
 
 def _demo_lm(args: argparse.Namespace) -> int:
     from torchkd.demo.lm import RESULTS_FILE, run_lm_demo
 
-    _check_publish(args, RESULTS_FILE)
-    out = args.out or "runs/demo_lm"
-    result = run_lm_demo(
-        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
-    )
-    print()
-    print(result.table())
-    print()
-    print(f"wall time {result.seconds:.0f} s; report: {result.report_path}")
-    return EXIT_OK
+    return _run_demo(args, RESULTS_FILE, run_lm_demo, "runs/demo_lm", lambda r: [r.table()])
 
 
 def _demo_cross_tokenizer(args: argparse.Namespace) -> int:
     from torchkd.demo.cross_tokenizer import RESULTS_FILE, run_xtok_demo
     from torchkd.demo.cross_tokenizer.report import xtok_summary_markdown
 
-    _check_publish(args, RESULTS_FILE)
-    out = args.out or "runs/demo_cross_tokenizer"
-    result = run_xtok_demo(
-        seeds=args.seeds, quick=args.quick, out=out, workers=args.workers, publish=args.publish
+    return _run_demo(
+        args,
+        RESULTS_FILE,
+        run_xtok_demo,
+        "runs/demo_cross_tokenizer",
+        lambda r: [xtok_summary_markdown(r)],
     )
-    print()
-    print(xtok_summary_markdown(result))
-    print()
-    print(f"wall time {result.seconds:.0f} s; report: {out}/report.md")
-    return EXIT_OK
 
 
 _DEMO_RUNNERS = {

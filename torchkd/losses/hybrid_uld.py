@@ -36,11 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchkd.losses._common import check_floating, compute_dtype, with_float64_rows
 from torchkd.losses._module import keyword_options
-from torchkd.losses.fused_options import loss_denominator
 from torchkd.losses.registry import register
-from torchkd.losses.uld import ULDLoss, check_uld_options, sorted_distance, uld_valid_rows
+from torchkd.losses.uld import (
+    ULDLoss,
+    check_uld_inputs,
+    check_uld_options,
+    reduced_rows,
+    sorted_distance,
+)
 
 __all__ = ["HybridULDLoss", "hybrid_uld_loss"]
 
@@ -143,29 +147,9 @@ def hybrid_uld_loss(
         0.09
     """
     check_uld_options(locals())
-    check_floating("student_logits", student_logits)
-    check_floating("teacher_logits", teacher_logits)
-    if student_logits.dim() < 1 or student_logits.shape[:-1] != teacher_logits.shape[:-1]:
-        raise ValueError(
-            "student_logits [..., V_S] and teacher_logits [..., V_T] must have the same rows "
-            f"(all dims but the last), got {tuple(student_logits.shape)} and "
-            f"{tuple(teacher_logits.shape)}"
-        )
+    check_uld_inputs(student_logits, teacher_logits)
     shared = check_shared_ids(shared_ids, student_logits.shape[-1], teacher_logits.shape[-1])
     shared = shared.to(student_logits.device)
-    rows_shape = student_logits.shape[:-1]
-    labels, valid = uld_valid_rows(
-        rows_shape, student_logits.shape[-1], labels, mask, ignore_index, hard_label_weight
-    )
-    dtype = compute_dtype(student_logits, teacher_logits)
-
-    def rows(tensor: Tensor, per_token: bool = False) -> Tensor:
-        flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
-        return flat if valid is None else flat[valid]
-
-    row_tensors = (rows(student_logits).to(dtype), rows(teacher_logits).to(dtype))
-    if labels is not None:
-        row_tensors += (rows(labels, per_token=True),)
 
     def row_values(student: Tensor, teacher: Tensor, selected: Tensor | None = None) -> Tensor:
         values = hybrid_rows(student, teacher, shared, temperature)
@@ -175,9 +159,17 @@ def hybrid_uld_loss(
             )
         return values
 
-    total = with_float64_rows(row_values, row_tensors, lambda v: ~torch.isfinite(v)).sum()
-    valid_rows = rows_shape.numel() if valid is None else int(valid.sum())
-    return total / loss_denominator(reduction, num_items_in_batch, valid_rows)
+    return reduced_rows(
+        row_values,
+        student_logits,
+        teacher_logits,
+        labels,
+        mask=mask,
+        ignore_index=ignore_index,
+        hard_label_weight=hard_label_weight,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+    )
 
 
 @register(

@@ -32,6 +32,7 @@ takes each model's last hidden states and output projection and never builds the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -168,6 +169,52 @@ def uld_valid_rows(
     return labels, valid
 
 
+def check_uld_inputs(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    """Floating ``[..., V_S]`` and ``[..., V_T]`` logits with the same rows (a ``ValueError``)."""
+    check_floating("student_logits", student_logits)
+    check_floating("teacher_logits", teacher_logits)
+    if student_logits.dim() < 1 or student_logits.shape[:-1] != teacher_logits.shape[:-1]:
+        raise ValueError(
+            "student_logits [..., V_S] and teacher_logits [..., V_T] must have the same rows "
+            f"(all dims but the last), got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}"
+        )
+
+
+def reduced_rows(
+    row_values: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor | None,
+    *,
+    mask: Tensor | None,
+    ignore_index: int,
+    hard_label_weight: float,
+    num_items_in_batch: int | Tensor | None,
+    reduction: str,
+) -> Tensor:
+    """The reduced loss of the dense ULD forms: ``row_values(student, teacher, labels)`` of the
+    valid rows (:func:`uld_valid_rows`) in the compute dtype, rows whose ``z / T`` overflows it
+    redone in float64, summed and divided by the normalizer of ``reduction``."""
+    rows_shape = student_logits.shape[:-1]
+    labels, valid = uld_valid_rows(
+        rows_shape, student_logits.shape[-1], labels, mask, ignore_index, hard_label_weight
+    )
+    dtype = compute_dtype(student_logits, teacher_logits)
+
+    def rows(tensor: Tensor, per_token: bool = False) -> Tensor:
+        flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
+        return flat if valid is None else flat[valid]
+
+    row_tensors = (rows(student_logits).to(dtype), rows(teacher_logits).to(dtype))
+    if labels is not None:
+        row_tensors += (rows(labels, per_token=True),)
+    # rows whose z / T overflows the compute dtype are redone in float64
+    total = with_float64_rows(row_values, row_tensors, lambda v: ~torch.isfinite(v)).sum()
+    valid_rows = rows_shape.numel() if valid is None else int(valid.sum())
+    return total / loss_denominator(reduction, num_items_in_batch, valid_rows)
+
+
 def uld_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -212,35 +259,22 @@ def uld_loss(
         1.074
     """
     check_uld_options(locals())
-    check_floating("student_logits", student_logits)
-    check_floating("teacher_logits", teacher_logits)
-    if student_logits.dim() < 1 or student_logits.shape[:-1] != teacher_logits.shape[:-1]:
-        raise ValueError(
-            "student_logits [..., V_S] and teacher_logits [..., V_T] must have the same rows "
-            f"(all dims but the last), got {tuple(student_logits.shape)} and "
-            f"{tuple(teacher_logits.shape)}"
-        )
-    rows_shape = student_logits.shape[:-1]
-    labels, valid = uld_valid_rows(
-        rows_shape, student_logits.shape[-1], labels, mask, ignore_index, hard_label_weight
-    )
-    dtype = compute_dtype(student_logits, teacher_logits)
-
-    def rows(tensor: Tensor, per_token: bool = False) -> Tensor:
-        flat = tensor.reshape(-1) if per_token else tensor.reshape(-1, tensor.shape[-1])
-        return flat if valid is None else flat[valid]
-
-    row_tensors = (rows(student_logits).to(dtype), rows(teacher_logits).to(dtype))
-    if labels is not None:
-        row_tensors += (rows(labels, per_token=True),)
+    check_uld_inputs(student_logits, teacher_logits)
 
     def row_values(student: Tensor, teacher: Tensor, selected: Tensor | None = None) -> Tensor:
         return uld_row_values(student, teacher, selected, temperature, hard_label_weight)
 
-    # rows whose z / T overflows the compute dtype are redone in float64
-    total = with_float64_rows(row_values, row_tensors, lambda v: ~torch.isfinite(v)).sum()
-    valid_rows = rows_shape.numel() if valid is None else int(valid.sum())
-    return total / loss_denominator(reduction, num_items_in_batch, valid_rows)
+    return reduced_rows(
+        row_values,
+        student_logits,
+        teacher_logits,
+        labels,
+        mask=mask,
+        ignore_index=ignore_index,
+        hard_label_weight=hard_label_weight,
+        num_items_in_batch=num_items_in_batch,
+        reduction=reduction,
+    )
 
 
 @register(

@@ -23,7 +23,7 @@ normalizer; the scalar factor rides on the matrix products (their ``alpha``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -439,3 +439,16 @@ class FusedLinearFunction(torch.autograd.Function):
             result.append(ctx.finish(name, scaled))
         grads = None
         return (*result, None)
+
+
+def fused_loss(
+    inputs: Sequence[Tensor | None],
+    compute: Callable[[set[str]], tuple[Tensor, dict[str, Tensor], Callable]],
+) -> Tensor:
+    """The loss of ``compute`` on the six :data:`INPUT_NAMES` ``inputs``: through
+    :class:`FusedLinearFunction` when gradients are enabled and an input requires one, else
+    the value alone (no gradient computed)."""
+    needs = any(t is not None and t.requires_grad for t in inputs)
+    if not (torch.is_grad_enabled() and needs):
+        return compute(set())[0]
+    return FusedLinearFunction.apply(*inputs, compute)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from torchkd.losses._common import check_labels, check_mask, compute_dtype, unresolved_divergences
-from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction, Plan, Side, run
+from torchkd.losses._fused_kernel import INPUT_NAMES, Plan, Side, fused_loss, run
 from torchkd.losses._module import keyword_options
 from torchkd.losses.divergence_table import DIVERGENCES
 from torchkd.losses.fused_options import (
@@ -346,11 +346,7 @@ def fused_linear_kd_loss(
         loss, grads = run(plan, _wide(student), teacher_side, wide_buckets, selected_labels, wanted)
         return loss.to(dtype), {key: grad.to(dtype) for key, grad in grads.items()}, finish
 
-    differentiable = tensors[:6]
-    needs = any(t is not None and t.requires_grad for t in differentiable)
-    if not (torch.is_grad_enabled() and needs):
-        return compute(set())[0]
-    return FusedLinearFunction.apply(*differentiable, compute)
+    return fused_loss(tensors[:6], compute)
 
 
 @register(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchkd.losses._common import compute_dtype
-from torchkd.losses._fused_kernel import INPUT_NAMES, FusedLinearFunction
+from torchkd.losses._fused_kernel import INPUT_NAMES, fused_loss
 from torchkd.losses._module import keyword_options
 from torchkd.losses.fused_options import (
     PER_CALL,
@@ -274,10 +274,7 @@ def fused_linear_uld_loss(
             gradient = gradient.reshape(original.shape)
         return gradient.to(original.dtype)
 
-    needs = any(t is not None and t.requires_grad for t in inputs)
-    if not (torch.is_grad_enabled() and needs):
-        return compute(set())[0]
-    return FusedLinearFunction.apply(*inputs, compute)
+    return fused_loss(inputs, compute)
 
 
 @register(
